@@ -1,0 +1,941 @@
+/* conn.c -- the connection state machine: reading and parsing heads, request bodies, responses,
+ * keep-alive, pipelining, lingering close.
+ *
+ * Theory of operation
+ * -------------------
+ *   C_HEAD ---head parsed---> C_READY (queued) ---sp_poll hands it out---> C_BUSY (the app runs)
+ *     ^                                                                       |
+ *     +------------- sp_req_finish(): keep-alive, next pipelined head --------+
+ *   any state --bad input / timeout--> error response, then C_LINGER (half-closed, discarding
+ *     input until EOF or SP_LINGER_MS, so the client reads our answer instead of a reset).
+ *
+ * One request per connection is parsed at a time: the next pipelined head waits in the buffer
+ * until the current response is finished, so responses leave in request order by construction
+ * and a pipelining client cannot make us buffer more than one read chunk ahead.
+ *
+ * While Python owns a connection (C_READY/C_BUSY) the loop never reads its socket: the app's
+ * thread reads the body itself (sp_req_read) and writes its response directly (sp_req_write);
+ * only output the socket would not take waits in `out` for the loop to flush. A connection that
+ * fails while Python owns it is only shut down and marked dead; its memory and fd are released by
+ * sp_req_finish(), so no fd number is reused under the app's feet.
+ *
+ * Readiness is edge-triggered: `readable`/`writable` remember whether the last read/write stopped
+ * at EAGAIN, so we only make syscalls that can make progress.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/sendfile.h>
+#endif
+
+#include "core.h"
+#include "backend.h"
+
+#ifndef MSG_NOSIGNAL
+#define MSG_NOSIGNAL 0   /* macOS: SO_NOSIGPIPE is set on the socket instead */
+#endif
+
+#define SP_OUT_MIN 4096
+#define SP_HEAD_STACK 8192          /* respond fast path: response heads up to this stay on the stack */
+#define SP_PIPELINE_OUT_MAX 65536   /* don't start the next pipelined request past this much unsent */
+#define SP_DRAIN_IDLE_MS 1000       /* draining: idle keep-alive connections get this long */
+
+void srv_slot_freed(sp_server *s);
+
+static sp_conn *conn_of(sp_request *r) {
+    return (sp_conn *)((char *)r - offsetof(sp_conn, req));
+}
+
+/* ---- lifecycle ---------------------------------------------------------------------------------- */
+
+static size_t put_kv(char *dst, const char *k, const char *v) {
+    size_t kl = strlen(k) + 1, vl = strlen(v) + 1;
+    memcpy(dst, k, kl);
+    memcpy(dst + kl, v, vl);
+    return kl + vl;
+}
+
+sp_conn *conn_new(sp_server *s, int fd, int listener, const struct sockaddr *sa, int salen) {
+    (void)salen;
+    sp_conn *c = calloc(1, sizeof(*c));
+    if (!c) return NULL;
+    c->h.kind = K_CONN;
+    c->h.fd = fd;
+    c->srv = s;
+    c->state = C_HEAD;
+    c->writable = 1;
+    c->req.fd = fd;
+    c->req.listener = listener;
+    char host[INET6_ADDRSTRLEN] = "", port[8] = "";
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+        snprintf(port, sizeof(port), "%u", ntohs(a->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+        snprintf(port, sizeof(port), "%u", ntohs(a->sin6_port));
+    }
+    size_t n = put_kv(c->remote, "REMOTE_ADDR", host);
+    n += put_kv(c->remote + n, "REMOTE_PORT", port);
+    c->remote_len = n;
+    c->deadline_ms = sp_now_ms() + (s->cfg.header_timeout_ms > 0 ? s->cfg.header_timeout_ms : 10000);
+    c->next = s->conns;
+    if (s->conns) s->conns->prev = c;
+    s->conns = c;
+    s->nconns++;
+    return c;
+}
+
+static void release_in(sp_server *s, sp_conn *c) {
+    if (c->in && c->in_cap == SP_IN_CHUNK) srv_buf_put(s, c->in); else free(c->in);
+    c->in = NULL;
+    c->in_cap = c->in_len = c->pos = 0;
+}
+
+static void unqueue(sp_server *s, sp_conn *c) {
+    if (!c->queued) return;
+    sp_conn **pp = &s->q_head, *prev = NULL;
+    while (*pp && *pp != c) { prev = *pp; pp = &(*pp)->qnext; }
+    if (*pp) {
+        *pp = c->qnext;
+        if (s->q_tail == c) s->q_tail = prev;
+        s->nready--;
+    }
+    c->queued = 0;
+}
+
+void conn_close(sp_server *s, sp_conn *c) {
+    unqueue(s, c);
+    if (c->prev) c->prev->next = c->next; else s->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    close(c->h.fd);   /* also removes it from epoll/kqueue */
+    release_in(s, c);
+    free(c->out);
+    free(c->envbuf);
+    free(c);
+    s->nconns--;
+    srv_slot_freed(s);
+}
+
+/* The connection failed. If Python owns it, only shut it down: sp_req_finish() frees it. */
+static void conn_kill(sp_server *s, sp_conn *c) {
+    if (c->state == C_BUSY) {
+        if (!c->dead) shutdown(c->h.fd, SHUT_RDWR);
+        c->dead = 1;
+        c->deadline_ms = 0;
+        return;
+    }
+    conn_close(s, c);
+}
+
+/* ---- output ------------------------------------------------------------------------------------ */
+
+static int out_reserve(sp_conn *c, size_t n) {
+    if (c->out_off && c->out_off == c->out_len) c->out_off = c->out_len = 0;
+    if (c->out_cap - c->out_len >= n) return 0;
+    if (c->out_off) {   /* compact first */
+        memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+        c->out_len -= c->out_off;
+        c->out_off = 0;
+        if (c->out_cap - c->out_len >= n) return 0;
+    }
+    size_t cap = c->out_cap ? c->out_cap : SP_OUT_MIN;
+    while (cap - c->out_len < n) cap *= 2;
+    char *o = realloc(c->out, cap);
+    if (!o) return -ENOMEM;
+    c->out = o;
+    c->out_cap = cap;
+    return 0;
+}
+
+static int out_append(sp_conn *c, const char *p, size_t n) {
+    if (!n) return 0;
+    if (out_reserve(c, n) < 0) return -ENOMEM;
+    memcpy(c->out + c->out_len, p, n);
+    c->out_len += n;
+    return 0;
+}
+
+static size_t pending(const sp_conn *c) { return c->out_len - c->out_off; }
+
+/* Writes queued output. Returns the bytes still queued, or -errno (the connection is dead). */
+static ssize_t conn_flush(sp_server *s, sp_conn *c) {
+    if (c->dead) return -EPIPE;
+    while (pending(c) && c->writable) {
+        ssize_t r = send(c->h.fd, c->out + c->out_off, pending(c), MSG_NOSIGNAL);
+        if (r > 0) {
+            c->out_off += (size_t)r;
+            s->st.bytes_out += (uint64_t)r;
+            c->send_progress_ms = sp_now_ms();
+        } else if (r < 0 && errno == EINTR) {
+            continue;
+        } else if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            c->writable = 0;
+        } else {
+            int e = r < 0 ? errno : EPIPE;
+            conn_kill(s, c);
+            return -e;
+        }
+    }
+    if (!pending(c)) {
+        c->out_off = c->out_len = 0;
+        if (c->out_cap > 4 * SP_OUT_MIN) { free(c->out); c->out = NULL; c->out_cap = 0; }
+    }
+    srv_conn_interest(s, c);
+    return (ssize_t)pending(c);
+}
+
+/* Sends iov after whatever is queued; what the socket does not take is queued. Returns the bytes
+ * queued afterwards or -errno. */
+static ssize_t conn_sendv(sp_server *s, sp_conn *c, struct iovec *iov, int n) {
+    if (c->dead) return -EPIPE;
+    int i = 0;
+    if (!pending(c) && c->writable) {
+        size_t total = 0;
+        for (int k = 0; k < n; k++) total += iov[k].iov_len;
+        ssize_t r;
+        do r = writev(c->h.fd, iov, n); while (r < 0 && errno == EINTR);
+        if (r < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK) { int e = errno; conn_kill(s, c); return -e; }
+            c->writable = 0;
+            r = 0;
+        }
+        s->st.bytes_out += (uint64_t)r;
+        if (r > 0) c->send_progress_ms = sp_now_ms();
+        if ((size_t)r == total) return 0;
+        if ((size_t)r < total) c->writable = 0;   /* a short write means the socket is full */
+        size_t done = (size_t)r;
+        while (i < n && done >= iov[i].iov_len) done -= iov[i++].iov_len;
+        if (i < n) { iov[i].iov_base = (char *)iov[i].iov_base + done; iov[i].iov_len -= done; }
+    }
+    for (; i < n; i++)
+        if (out_append(c, iov[i].iov_base, iov[i].iov_len) < 0) { conn_kill(s, c); return -ENOMEM; }
+    if (!c->send_progress_ms) c->send_progress_ms = sp_now_ms();
+    return conn_flush(s, c);
+}
+
+/* ---- errors and closing ----------------------------------------------------------------------- */
+
+static const char *reason(int status) {
+    switch (status) {
+    case 400: return "Bad Request";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 417: return "Expectation Failed";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Error";
+    }
+}
+
+static void start_linger(sp_server *s, sp_conn *c) {
+    c->state = C_LINGER;
+    c->deadline_ms = sp_now_ms() + SP_LINGER_MS;
+    c->body_left = SP_LINGER_DISCARD;   /* reused as the discard budget */
+    if (!pending(c)) shutdown(c->h.fd, SHUT_WR);
+    srv_conn_interest(s, c);
+}
+
+/* Answers with an error status of our own and closes gracefully. Not for C_BUSY connections. */
+static void conn_error(sp_server *s, sp_conn *c, int status) {
+    char buf[512];
+    const char *why = reason(status);
+    int n = snprintf(buf, sizeof(buf),
+                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n%s%.*s\r\n%s\n",
+                     status, why, strlen(why) + 1, srv_date(s), (int)s->server_line_len, s->server_line, why);
+    s->st.rejected++;
+    s->st.status_class[status / 100]++;
+    unqueue(s, c);
+    c->in_len = c->pos = 0;
+    c->writable = 1;
+    struct iovec iov = { buf, (size_t)n };
+    if (conn_sendv(s, c, &iov, 1) < 0) return;   /* already closed */
+    start_linger(s, c);
+}
+
+static void linger_read(sp_server *s, sp_conn *c) {
+    char buf[4096];
+    for (;;) {
+        ssize_t r = recv(c->h.fd, buf, sizeof(buf), 0);
+        if (r > 0) {
+            c->body_left -= r;
+            if (c->body_left <= 0) { conn_close(s, c); return; }
+            continue;
+        }
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) { c->readable = 0; return; }
+        conn_close(s, c);   /* EOF or error: done */
+        return;
+    }
+}
+
+/* ---- reading and parsing heads --------------------------------------------------------------- */
+
+static int env_build(sp_server *s, sp_conn *c, const sp_request_head *rh, size_t head_len) {
+    size_t need = c->remote_len + head_len * 2 + rh->num_headers * 8 + 256;
+    for (int tries = 0; tries < 2; tries++) {
+        if (c->env_cap < need) {
+            char *e = realloc(c->envbuf, need);
+            if (!e) return -500;
+            c->envbuf = e;
+            c->env_cap = need;
+        }
+        memcpy(c->envbuf, c->remote, c->remote_len);
+        ssize_t n = sp_env_pack(rh, c->envbuf + c->remote_len, c->env_cap - c->remote_len);
+        if (n >= 0) {
+            c->req.env = c->envbuf;
+            c->req.env_len = c->remote_len + (size_t)n;
+            return 0;
+        }
+        if (n != -431) return (int)n;
+        need *= 2;
+    }
+    (void)s;
+    return -431;
+}
+
+/* Tries to parse a complete head at in[pos..]. Returns 1 (queued), 0 (need more), -1 (answered
+ * with an error). */
+static int try_parse(sp_server *s, sp_conn *c) {
+    if (c->pos == c->in_len) return 0;
+    sp_header hdrs[SP_HEADERS_MAX];
+    sp_request_head rh;
+    memset(&rh, 0, sizeof(rh));
+    rh.headers = hdrs;
+    rh.num_headers = s->cfg.limits.max_headers;
+    if (!c->head_started_ms) c->head_started_ms = sp_now_ms();
+    int rc = sp_parse_request(c->in + c->pos, c->in_len - c->pos, c->last_len, &s->cfg.limits, &rh);
+    if (rc == SP_PARTIAL) {
+        c->last_len = c->in_len - c->pos;
+        return 0;
+    }
+    if (rc < 0) { conn_error(s, c, -rc); return -1; }
+    sp_framing f;
+    int fr = sp_request_framing(&rh, &f);
+    if (fr < 0) { conn_error(s, c, -fr); return -1; }
+    if (s->cfg.max_body_size >= 0 && f.content_length > s->cfg.max_body_size) { conn_error(s, c, 413); return -1; }
+    int er = env_build(s, c, &rh, (size_t)rc);
+    if (er < 0) { conn_error(s, c, -er); return -1; }
+    c->req.body = f.chunked ? 2 : (f.content_length > 0 ? 1 : 0);
+    c->req.content_length = f.content_length;
+    c->req.head = rh.method_len == 4 && memcmp(rh.method, "HEAD", 4) == 0;
+    c->keep_alive = f.keep_alive && s->cfg.keepalive && !s->draining;
+    c->http11 = rh.minor_version >= 1;
+    c->expect_continue = f.expect_continue && c->req.body;
+    c->continue_sent = 0;
+    c->body_left = f.content_length > 0 ? f.content_length : 0;
+    c->body_total = 0;
+    memset(&c->chunk, 0, sizeof(c->chunk));
+    c->dec_avail = 0;
+    c->body_done = c->req.body == 0;
+    c->started = c->chunked_out = c->no_body = 0;
+    c->resp_left = -1;
+    c->status = 0;
+    c->pos += (size_t)rc;
+    c->last_len = 0;
+    c->head_started_ms = 0;
+    srv_enqueue(s, c);
+    return 1;
+}
+
+/* Reads what the socket has and parses; for C_HEAD connections. */
+static void conn_read_head(sp_server *s, sp_conn *c) {
+    const sp_limits *lim = &s->cfg.limits;
+    size_t max_buf = lim->max_head_size + SP_IN_CHUNK;
+    while (c->state == C_HEAD) {
+        if (!c->in) {
+            c->in = srv_buf_get(s);
+            if (!c->in) { conn_close(s, c); return; }
+            c->in_cap = SP_IN_CHUNK;
+        }
+        if (c->pos == c->in_len) c->pos = c->in_len = 0;
+        if (c->in_len == c->in_cap) {
+            if (c->pos) {
+                memmove(c->in, c->in + c->pos, c->in_len - c->pos);
+                c->in_len -= c->pos;
+                c->pos = 0;
+            } else if (c->in_cap < max_buf) {
+                size_t cap = c->in_cap * 2 < max_buf ? c->in_cap * 2 : max_buf;
+                char *n;
+                if (c->in_cap == SP_IN_CHUNK) {   /* pool buffers are not realloc'd in place */
+                    n = malloc(cap);
+                    if (n) { memcpy(n, c->in, c->in_len); srv_buf_put(s, c->in); }
+                } else {
+                    n = realloc(c->in, cap);
+                }
+                if (!n) { conn_close(s, c); return; }
+                c->in = n;
+                c->in_cap = cap;
+            } else {
+                conn_error(s, c, 431);   /* the parser enforces this first; belt and braces */
+                return;
+            }
+        }
+        if (!c->readable) return;
+        ssize_t r = recv(c->h.fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+        if (r > 0) {
+            if (c->in_len == c->pos && !c->head_started_ms) {
+                /* First byte of a new head: the header timeout starts now. */
+                c->head_started_ms = sp_now_ms();
+                c->deadline_ms = c->head_started_ms + s->cfg.header_timeout_ms;
+            }
+            c->in_len += (size_t)r;
+            if (try_parse(s, c) != 0) return;
+            continue;
+        }
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            c->readable = 0;
+            if (c->pos == c->in_len) release_in(s, c);   /* idle: give the buffer back */
+            return;
+        }
+        /* EOF or error. A half-received head gets no answer: the client has gone. */
+        conn_close(s, c);
+        return;
+    }
+}
+
+void conn_on_event(sp_server *s, sp_conn *c, int mask) {
+    if (mask & BE_ERROR) c->peer_closed = 1;
+    if (mask & BE_WRITE) {
+        c->writable = 1;
+        if (pending(c)) {
+            int was_close = c->state == C_LINGER;
+            if (conn_flush(s, c) < 0) return;
+            if (!pending(c) && was_close) shutdown(c->h.fd, SHUT_WR);
+            if (!pending(c) && c->state == C_HEAD && c->pos < c->in_len && !c->queued) {
+                /* output drained: a pipelined head held back by backpressure may go on */
+                if (try_parse(s, c) < 0) return;
+            }
+        }
+    }
+    if (mask & BE_READ) {
+        c->readable = 1;
+        switch (c->state) {
+        case C_HEAD:
+            if (pending(c) > SP_PIPELINE_OUT_MAX) return;   /* backpressure: read later */
+            conn_read_head(s, c);
+            break;
+        case C_LINGER:
+            linger_read(s, c);
+            break;
+        case C_BUSY:
+        case C_READY:
+            if (c->body_done && !c->peer_closed) {
+                /* Only a peek: a client that hung up while its long-poll waits is noticed. */
+                char b;
+                ssize_t r = recv(c->h.fd, &b, 1, MSG_PEEK);
+                if (r == 0) c->peer_closed = 1;
+                else if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) c->peer_closed = 1;
+            }
+            break;
+        }
+    }
+}
+
+void conn_timeout(sp_server *s, sp_conn *c, int64_t now) {
+    switch (c->state) {
+    case C_HEAD:
+        if (c->pos == c->in_len || !c->head_started_ms) conn_close(s, c);   /* idle keep-alive */
+        else conn_error(s, c, 408);                                          /* slowloris */
+        break;
+    case C_LINGER:
+        conn_close(s, c);
+        break;
+    case C_BUSY:
+        /* Only set while output is stuck: a client that stopped reading. */
+        if (pending(c) && now - c->send_progress_ms >= s->cfg.send_timeout_ms) conn_kill(s, c);
+        else c->deadline_ms = 0;
+        break;
+    default:
+        c->deadline_ms = 0;
+    }
+}
+
+void conn_drain(sp_server *s, sp_conn *c) {
+    c->keep_alive = 0;
+    if (c->state == C_HEAD && c->pos == c->in_len && !pending(c)) {
+        /* Idle keep-alive: closing now would race a request the client may be sending; its next
+         * request is answered (with Connection: close) if it comes soon, else we close. */
+        int64_t d = sp_now_ms() + SP_DRAIN_IDLE_MS;
+        if (!c->deadline_ms || c->deadline_ms > d) c->deadline_ms = d;
+    }
+    (void)s;
+}
+
+/* ---- responses ----------------------------------------------------------------------------- */
+
+static int is_tchar(unsigned char ch) {
+    static const char *extra = "!#$%&'*+-.^_`|~";
+    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+           (ch && strchr(extra, ch) != NULL);
+}
+
+static int ieq(const char *a, size_t al, const char *b) {
+    size_t bl = strlen(b);
+    if (al != bl) return 0;
+    for (size_t i = 0; i < al; i++) {
+        char x = a[i];
+        if (x >= 'A' && x <= 'Z') x = (char)(x + 32);
+        if (x != b[i]) return 0;
+    }
+    return 1;
+}
+
+static int contains_token(const char *v, size_t n, const char *tok) {
+    size_t tl = strlen(tok);
+    for (size_t i = 0; i + tl <= n; i++) {
+        if ((i == 0 || v[i - 1] == ',' || v[i - 1] == ' ') && ieq(v + i, tl, tok) &&
+            (i + tl == n || v[i + tl] == ',' || v[i + tl] == ' '))
+            return 1;
+    }
+    return 0;
+}
+
+/* Formats the response head into dst. blen >= 0: the whole body is known (respond fast path).
+ * Returns the length, -EINVAL for an invalid status/header, -ENOSPC if cap is too small. */
+static ssize_t format_head(sp_server *s, sp_conn *c, char *dst, size_t cap, const char *status,
+                           size_t slen, const char *h, size_t hlen, int64_t blen) {
+    if (slen < 3 || slen > 512) return -EINVAL;
+    for (int i = 0; i < 3; i++) if (status[i] < '0' || status[i] > '9') return -EINVAL;
+    if (slen > 3 && status[3] != ' ') return -EINVAL;
+    for (size_t i = 4; i < slen; i++) {
+        unsigned char ch = (unsigned char)status[i];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f) return -EINVAL;
+    }
+    int code = (status[0] - '0') * 100 + (status[1] - '0') * 10 + (status[2] - '0');
+    if (code < 100) return -EINVAL;
+    c->status = code;
+    c->no_body = c->req.head || code < 200 || code == 204 || code == 304;
+    int has_date = 0, has_server = 0, app_close = 0;
+    int64_t app_cl = -1;
+
+    size_t n = 0;
+#define PUT(p, l) do { size_t _l = (l); if (n + _l > cap) return -ENOSPC; memcpy(dst + n, (p), _l); n += _l; } while (0)
+    PUT("HTTP/1.1 ", 9);
+    PUT(status, slen);
+    PUT("\r\n", 2);
+    size_t i = 0;
+    while (i < hlen) {
+        const char *name = h + i;
+        const char *z = memchr(name, 0, hlen - i);
+        if (!z) return -EINVAL;
+        size_t nl = (size_t)(z - name);
+        i += nl + 1;
+        if (i > hlen) return -EINVAL;
+        const char *val = h + i;
+        const char *z2 = memchr(val, 0, hlen - i);
+        size_t vl = z2 ? (size_t)(z2 - val) : hlen - i;
+        i += vl + 1;
+        if (!nl) return -EINVAL;
+        for (size_t k = 0; k < nl; k++) if (!is_tchar((unsigned char)name[k])) return -EINVAL;
+        for (size_t k = 0; k < vl; k++) {
+            unsigned char ch = (unsigned char)val[k];
+            if ((ch < 0x20 && ch != '\t') || ch == 0x7f) return -EINVAL;   /* CR/LF injection */
+        }
+        if (ieq(name, nl, "content-length")) {
+            if (!vl || vl > 18) return -EINVAL;
+            int64_t v = 0;
+            for (size_t k = 0; k < vl; k++) {
+                if (val[k] < '0' || val[k] > '9') return -EINVAL;
+                v = v * 10 + (val[k] - '0');
+            }
+            if (app_cl >= 0 && app_cl != v) return -EINVAL;
+            app_cl = v;
+        } else if (ieq(name, nl, "transfer-encoding") || ieq(name, nl, "keep-alive") ||
+                   ieq(name, nl, "upgrade") || ieq(name, nl, "proxy-connection")) {
+            return -EINVAL;   /* hop-by-hop: framing is the server's job (PEP 3333) */
+        } else if (ieq(name, nl, "connection")) {
+            if (contains_token(val, vl, "close")) app_close = 1;
+            continue;         /* we write our own Connection header */
+        } else if (ieq(name, nl, "date")) {
+            has_date = 1;
+        } else if (ieq(name, nl, "server")) {
+            has_server = 1;
+        }
+        PUT(name, nl);
+        PUT(": ", 2);
+        PUT(val, vl);
+        PUT("\r\n", 2);
+    }
+    if (app_close || s->draining || c->close_after) c->keep_alive = 0;
+    if (!has_date) PUT(srv_date(s), strlen(srv_date(s)));
+    if (!has_server && s->server_line_len) PUT(s->server_line, s->server_line_len);
+    char tmp[48];
+    if (c->no_body) {
+        c->resp_left = 0;
+        if (c->req.head && app_cl < 0 && blen > 0) {   /* HEAD tells the length GET would send */
+            int tl = snprintf(tmp, sizeof(tmp), "Content-Length: %lld\r\n", (long long)blen);
+            PUT(tmp, (size_t)tl);
+        }
+    } else if (app_cl >= 0) {
+        c->resp_left = app_cl;
+    } else if (blen >= 0) {
+        int tl = snprintf(tmp, sizeof(tmp), "Content-Length: %lld\r\n", (long long)blen);
+        PUT(tmp, (size_t)tl);
+        c->resp_left = blen;
+    } else if (c->http11) {
+        PUT("Transfer-Encoding: chunked\r\n", 28);   /* length unknown: chunks (RFC 9112 7.1) */
+        c->chunked_out = 1;
+        c->resp_left = -1;
+    } else {
+        c->keep_alive = 0;   /* HTTP/1.0 cannot take chunks: the close delimits the body */
+        c->resp_left = -1;
+    }
+    if (!c->keep_alive) PUT("Connection: close\r\n", 19);
+    else if (!c->http11) PUT("Connection: keep-alive\r\n", 24);
+    PUT("\r\n", 2);
+#undef PUT
+    c->started = 1;
+    return (ssize_t)n;
+}
+
+/* ---- the API Python calls ------------------------------------------------------------------- */
+
+#define LOCK(s) pthread_mutex_lock(&(s)->mu)
+#define UNLOCK(s) pthread_mutex_unlock(&(s)->mu)
+
+int sp_req_start(sp_server *s, sp_request *r, const char *status, size_t slen,
+                 const char *headers, size_t hlen) {
+    sp_conn *c = conn_of(r);
+    LOCK(s);
+    int rc = 0;
+    if (c->dead) { rc = -EPIPE; goto out; }
+    if (c->started) { rc = -EALREADY; goto out; }
+    for (size_t cap = 1024;; cap *= 2) {
+        if (out_reserve(c, cap) < 0) { rc = -ENOMEM; goto out; }
+        ssize_t n = format_head(s, c, c->out + c->out_len, c->out_cap - c->out_len, status, slen, headers, hlen, -1);
+        if (n >= 0) { c->out_len += (size_t)n; break; }
+        if (n != -ENOSPC || cap > (1u << 24)) { rc = n == -ENOSPC ? -EINVAL : (int)n; goto out; }
+    }
+out:
+    UNLOCK(s);
+    return rc;
+}
+
+/* Queues body bytes; with the lock held. */
+static ssize_t body_write(sp_server *s, sp_conn *c, const char *buf, size_t len) {
+    if (c->dead) return -EPIPE;
+    if (c->no_body || !len) return conn_flush(s, c);
+    if (c->resp_left >= 0) {
+        if ((int64_t)len > c->resp_left) {
+            len = (size_t)c->resp_left;   /* more than its Content-Length: cut, then close */
+            c->keep_alive = 0;
+        }
+        c->resp_left -= (int64_t)len;
+        if (!len) return conn_flush(s, c);
+    }
+    struct iovec iov[3];
+    int n = 0;
+    char hdr[24];
+    if (c->chunked_out) {
+        int hl = snprintf(hdr, sizeof(hdr), "%zx\r\n", len);
+        iov[n].iov_base = hdr; iov[n++].iov_len = (size_t)hl;
+    }
+    iov[n].iov_base = (void *)buf; iov[n++].iov_len = len;
+    if (c->chunked_out) { iov[n].iov_base = "\r\n"; iov[n++].iov_len = 2; }
+    return conn_sendv(s, c, iov, n);
+}
+
+ssize_t sp_req_write(sp_server *s, sp_request *r, const char *buf, size_t len) {
+    sp_conn *c = conn_of(r);
+    LOCK(s);
+    ssize_t rc = c->started ? body_write(s, c, buf, len) : -EINVAL;
+    UNLOCK(s);
+    return rc;
+}
+
+ssize_t sp_req_flush(sp_server *s, sp_request *r) {
+    sp_conn *c = conn_of(r);
+    LOCK(s);
+    c->writable = 1;   /* asked after a wait for writability */
+    ssize_t rc = conn_flush(s, c);
+    UNLOCK(s);
+    return rc;
+}
+
+ssize_t sp_req_drain(sp_server *s, sp_request *r, size_t low_water) {
+    sp_conn *c = conn_of(r);
+    int timeout = s->cfg.send_timeout_ms > 0 ? s->cfg.send_timeout_ms : -1;
+    for (;;) {
+        LOCK(s);
+        ssize_t p = conn_flush(s, c);
+        int fd = c->h.fd;
+        UNLOCK(s);
+        if (p < 0 || (size_t)p <= low_water) return p;
+        struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+        int pr = poll(&pfd, 1, timeout);
+        if (pr == 0) return -ETIMEDOUT;
+        if (pr < 0 && errno != EINTR) return -errno;
+        LOCK(s);
+        c->writable = 1;
+        UNLOCK(s);
+    }
+}
+
+ssize_t sp_req_sendfile(sp_server *s, sp_request *r, int fd, int64_t offset, size_t count) {
+    sp_conn *c = conn_of(r);
+    ssize_t rc;
+    LOCK(s);
+#ifdef __linux__
+    if (c->dead) { rc = -EPIPE; goto out; }
+    if (c->chunked_out || !c->started) { rc = -ENOSYS; goto out; }   /* caller writes instead */
+    if (c->no_body) { rc = (ssize_t)count; goto out; }
+    rc = conn_flush(s, c);
+    if (rc < 0) goto out;
+    if (rc > 0) { rc = -EAGAIN; goto out; }
+    if (c->resp_left >= 0 && (int64_t)count > c->resp_left) { count = (size_t)c->resp_left; c->keep_alive = 0; }
+    if (!count) { rc = 0; goto out; }
+    off_t off = (off_t)offset;
+    ssize_t n;
+    do n = sendfile(c->h.fd, fd, &off, count); while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) { c->writable = 0; rc = -EAGAIN; }
+        else if (errno == EINVAL || errno == ENOSYS) rc = -ENOSYS;   /* not a regular file: fall back */
+        else { rc = -errno; conn_kill(s, c); }
+        goto out;
+    }
+    if (c->resp_left >= 0) c->resp_left -= n;
+    s->st.bytes_out += (uint64_t)n;
+    c->send_progress_ms = sp_now_ms();
+    rc = n;
+#else
+    (void)fd; (void)offset; (void)count; (void)c;
+    rc = -ENOSYS;
+    goto out;
+#endif
+out:
+    UNLOCK(s);
+    return rc;
+}
+
+int sp_req_respond(sp_server *s, sp_request *r, const char *status, size_t slen,
+                   const char *headers, size_t hlen, const char *body, size_t blen) {
+    sp_conn *c = conn_of(r);
+    char head[SP_HEAD_STACK];
+    LOCK(s);
+    int rc = 0;
+    if (c->dead) { rc = -EPIPE; goto out; }
+    if (c->started) { rc = -EALREADY; goto out; }
+    ssize_t n = format_head(s, c, head, sizeof(head), status, slen, headers, hlen, (int64_t)blen);
+    if (n == -ENOSPC) {   /* a huge head: take the general path */
+        UNLOCK(s);
+        rc = sp_req_start(s, r, status, slen, headers, hlen);
+        if (rc == 0) { ssize_t w = sp_req_write(s, r, body, blen); if (w < 0) rc = (int)w; }
+        return rc;
+    }
+    if (n < 0) { rc = (int)n; goto out; }
+    struct iovec iov[2] = { { head, (size_t)n }, { (void *)body, 0 } };
+    if (!c->no_body) {
+        if (c->resp_left >= 0 && (int64_t)blen > c->resp_left) { blen = (size_t)c->resp_left; c->keep_alive = 0; }
+        iov[1].iov_len = blen;
+        c->resp_left -= (int64_t)blen;
+    }
+    ssize_t w = conn_sendv(s, c, iov, iov[1].iov_len ? 2 : 1);
+    if (w < 0) rc = (int)w;
+out:
+    UNLOCK(s);
+    return rc;
+}
+
+/* Skips what is left of the request body if it is all buffered. Returns 1 when the body is done. */
+static int skip_body(sp_server *s, sp_conn *c) {
+    (void)s;
+    if (c->body_done) return 1;
+    if (c->req.body == 1) {
+        size_t avail = c->in_len - c->pos;
+        if ((int64_t)avail >= c->body_left) { c->pos += (size_t)c->body_left; c->body_left = 0; c->body_done = 1; }
+        return c->body_done;
+    }
+    /* chunked: decode what is buffered, dropping the data */
+    c->pos += c->dec_avail;
+    c->dec_avail = 0;
+    size_t out_len = 0, consumed = 0;
+    int rc = sp_chunked_decode(&c->chunk, c->in + c->pos, c->in_len - c->pos, &out_len, &consumed);
+    if (rc == 0) { c->pos += consumed; c->body_done = 1; return 1; }
+    if (rc == SP_PARTIAL) c->pos = c->in_len;
+    return 0;
+}
+
+int sp_req_finish(sp_server *s, sp_request *r, int abort) {
+    sp_conn *c = conn_of(r);
+    LOCK(s);
+    int rc = 0;
+    s->st.in_flight--;
+    if (c->status >= 100 && c->status < 600) s->st.status_class[c->status / 100]++;
+    s->st.requests++;
+    if (c->dead || abort) {
+        rc = c->dead ? -EPIPE : 0;
+        c->state = C_HEAD;   /* not C_BUSY any more: conn_close may free it */
+        conn_close(s, c);
+        goto out;
+    }
+    if (c->chunked_out) {
+        struct iovec iov = { "0\r\n\r\n", 5 };
+        if (conn_sendv(s, c, &iov, 1) < 0) { c->state = C_HEAD; conn_close(s, c); rc = -EPIPE; goto out; }
+    }
+    if (c->resp_left > 0) c->keep_alive = 0;   /* the app sent less than its Content-Length */
+    if (!skip_body(s, c)) c->keep_alive = 0;   /* unread body still on the wire */
+    if (s->draining) c->keep_alive = 0;
+    c->state = C_HEAD;
+    c->started = 0;
+    c->req.serial++;
+    if (!c->keep_alive) {
+        if (c->pos < c->in_len || !c->body_done || c->peer_closed == 0) {
+            start_linger(s, c);   /* half-close; let the client read the response */
+        } else {
+            conn_close(s, c);
+        }
+        goto out;
+    }
+    c->deadline_ms = sp_now_ms() + s->cfg.keepalive_timeout_ms;
+    if (s->draining) c->deadline_ms = sp_now_ms() + SP_DRAIN_IDLE_MS;
+    /* Pipelining: the next head may already be buffered; start it unless output is backed up. */
+    if (pending(c) <= SP_PIPELINE_OUT_MAX) {
+        int p = try_parse(s, c);
+        if (p == 0 && c->readable) conn_read_head(s, c);
+        else if (p == 0 && c->pos == c->in_len) release_in(s, c);
+    }
+out:
+    UNLOCK(s);
+    return rc;
+}
+
+/* ---- request bodies --------------------------------------------------------------------------- */
+
+static ssize_t send_continue(sp_server *s, sp_conn *c) {
+    c->continue_sent = 1;
+    struct iovec iov = { "HTTP/1.1 100 Continue\r\n\r\n", 25 };
+    return conn_sendv(s, c, &iov, 1);
+}
+
+static int in_make_room(sp_server *s, sp_conn *c) {
+    if (!c->in) {
+        c->in = srv_buf_get(s);
+        if (!c->in) return -ENOMEM;
+        c->in_cap = SP_IN_CHUNK;
+        c->in_len = c->pos = 0;
+    }
+    if (c->pos == c->in_len) c->pos = c->in_len = 0;
+    if (c->pos && c->in_len == c->in_cap) {
+        memmove(c->in, c->in + c->pos, c->in_len - c->pos);
+        c->in_len -= c->pos;
+        c->pos = 0;
+    }
+    return c->in_len < c->in_cap ? 0 : -ENOBUFS;
+}
+
+static ssize_t body_read(sp_server *s, sp_conn *c, char *buf, size_t n) {
+    if (c->dead) return -ECONNRESET;
+    if (!n) return 0;
+    if (c->req.body == 0) return 0;
+    if (c->req.body == 1) {
+        if (c->body_left <= 0) { c->body_done = 1; return 0; }
+        size_t want = (int64_t)n < c->body_left ? n : (size_t)c->body_left;
+        size_t avail = c->in_len - c->pos;
+        if (avail) {
+            size_t k = avail < want ? avail : want;
+            memcpy(buf, c->in + c->pos, k);
+            c->pos += k;
+            c->body_left -= (int64_t)k;
+            if (!c->body_left) c->body_done = 1;
+            return (ssize_t)k;
+        }
+        if (c->expect_continue && !c->continue_sent) {
+            ssize_t w = send_continue(s, c);
+            if (w < 0) return w;
+        }
+        /* Nothing buffered: read straight into the app's buffer, never past this body. */
+        ssize_t r;
+        do r = recv(c->h.fd, buf, want, 0); while (r < 0 && errno == EINTR);
+        if (r > 0) {
+            c->body_left -= r;
+            if (!c->body_left) c->body_done = 1;
+            return r;
+        }
+        if (r == 0) { c->keep_alive = 0; return -ECONNABORTED; }   /* body cut short */
+        if (errno == EAGAIN || errno == EWOULDBLOCK) { c->readable = 0; return -EAGAIN; }
+        return -errno;
+    }
+    /* chunked */
+    for (;;) {
+        if (c->dec_avail) {
+            size_t k = c->dec_avail < n ? c->dec_avail : n;
+            memcpy(buf, c->in + c->pos, k);
+            c->pos += k;
+            c->dec_avail -= k;
+            return (ssize_t)k;
+        }
+        if (c->body_done) return 0;
+        if (c->pos < c->in_len) {
+            size_t out_len = 0, consumed = 0;
+            int rc = sp_chunked_decode(&c->chunk, c->in + c->pos, c->in_len - c->pos, &out_len, &consumed);
+            if (rc < 0 && rc != SP_PARTIAL) { c->keep_alive = 0; c->body_done = 1; return rc; }
+            /* decoded bytes sit at in[pos..pos+out_len); close the gap left by framing bytes */
+            size_t rest = c->in_len - (c->pos + consumed);
+            memmove(c->in + c->pos + out_len, c->in + c->pos + consumed, rest);
+            c->in_len = c->pos + out_len + rest;
+            c->dec_avail = out_len;
+            c->body_total += (int64_t)out_len;
+            if (s->cfg.max_body_size >= 0 && c->body_total > s->cfg.max_body_size) {
+                c->keep_alive = 0;
+                c->body_done = 1;
+                c->dec_avail = 0;
+                return -413;
+            }
+            if (rc == 0) c->body_done = 1;
+            if (out_len || c->body_done) continue;
+        }
+        if (c->expect_continue && !c->continue_sent) {
+            ssize_t w = send_continue(s, c);
+            if (w < 0) return w;
+        }
+        int m = in_make_room(s, c);
+        if (m < 0) return m;
+        ssize_t r;
+        do r = recv(c->h.fd, c->in + c->in_len, c->in_cap - c->in_len, 0); while (r < 0 && errno == EINTR);
+        if (r > 0) { c->in_len += (size_t)r; continue; }
+        if (r == 0) { c->keep_alive = 0; return -ECONNABORTED; }
+        if (errno == EAGAIN || errno == EWOULDBLOCK) { c->readable = 0; return -EAGAIN; }
+        return -errno;
+    }
+}
+
+ssize_t sp_req_read(sp_server *s, sp_request *r, char *buf, size_t n) {
+    sp_conn *c = conn_of(r);
+    LOCK(s);
+    ssize_t rc = body_read(s, c, buf, n);
+    UNLOCK(s);
+    return rc;
+}
+
+ssize_t sp_req_read_wait(sp_server *s, sp_request *r, char *buf, size_t n, int timeout_ms) {
+    sp_conn *c = conn_of(r);
+    for (;;) {
+        LOCK(s);
+        ssize_t rc = body_read(s, c, buf, n);
+        int fd = c->h.fd;
+        UNLOCK(s);
+        if (rc != -EAGAIN) return rc;
+        struct pollfd pfd = { .fd = fd, .events = POLLIN };
+        int pr = poll(&pfd, 1, timeout_ms);
+        if (pr == 0) return -ETIMEDOUT;
+        if (pr < 0 && errno != EINTR) return -errno;
+    }
+}

@@ -1,0 +1,131 @@
+/* core.h -- private structures shared by server.c (the loop) and conn.c (the connection state
+ * machine). Not part of the API: Python sees only sp.h. */
+#ifndef SP_CORE_H
+#define SP_CORE_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stddef.h>
+#include "sp.h"
+
+#define SP_HEADERS_MAX 128          /* parser array; the configured limit is enforced below it */
+#define SP_IN_CHUNK 16384           /* read buffer: one allocation serves most heads and bodies */
+#define SP_POOL_MAX 256             /* idle read buffers kept for reuse per server */
+#define SP_LINGER_MS 2000           /* lingering close after an error: let the client read it */
+#define SP_LINGER_DISCARD (256 * 1024)
+#define SP_SWEEP_MS 250             /* timeout sweep period: timeouts are exact to this */
+#define SP_HANDOFF_US 1000          /* thread mode: work waits this long before a second thread
+                                       takes it, so a fast app keeps one thread and no GIL fight */
+#define SP_EMFILE_PAUSE_MS 100      /* accept pause after running out of descriptors */
+
+enum { K_LISTENER = 1, K_CONN, K_WATCH, K_WAKE };
+
+typedef struct sp_handle { int kind; int fd; } sp_handle;
+
+/* Connection states (see conn.c's theory of operation). */
+enum {
+    C_HEAD = 1,     /* waiting for (the rest of) a request head */
+    C_READY,        /* head parsed, queued for Python */
+    C_BUSY,         /* Python owns it: the app runs */
+    C_LINGER,       /* error answered; half-closed, discarding input until EOF or deadline */
+};
+
+typedef struct sp_conn {
+    sp_handle h;                     /* first: epoll's data.ptr points here */
+    sp_request req;                  /* Python's handle: &conn->req */
+    sp_server *srv;
+    int state;
+    struct sp_conn *prev, *next;     /* all connections (sweep list) */
+    struct sp_conn *qnext;           /* ready queue */
+    int64_t ready_at_us;             /* when it was queued (thread hand-off) */
+    int64_t deadline_ms;             /* current timeout, 0 for none */
+    int64_t head_started_ms;         /* first byte of the current head */
+
+    /* input */
+    char *in; size_t in_cap, in_len, pos;
+    size_t last_len;                 /* head bytes already known incomplete */
+    char *envbuf; size_t env_cap;
+
+    /* request body */
+    int64_t body_left;               /* Content-Length bytes not yet given to the app */
+    int64_t body_total;              /* chunked: decoded bytes so far, against max_body_size */
+    sp_chunked chunk;
+    size_t dec_avail;                /* chunked: decoded bytes at in[pos..] */
+    int body_done;
+    int expect_continue, continue_sent;
+
+    /* output */
+    char *out; size_t out_cap, out_len, out_off;
+    int started;                     /* head formatted */
+    int chunked_out;                 /* framing our body with chunks */
+    int no_body;                     /* HEAD, 1xx, 204, 304 */
+    int64_t resp_left;               /* app's Content-Length still to send, -1 unknown */
+    int status;
+
+    /* flags */
+    unsigned http11:1, readable:1, writable:1, peer_closed:1, dead:1, keep_alive:1, close_after:1, queued:1;
+    int64_t send_progress_ms;        /* last time output drained some bytes */
+    char remote[112];                /* "REMOTE_ADDR\0a.b.c.d\0REMOTE_PORT\0nnn\0" prefix */
+    size_t remote_len;
+} sp_conn;
+
+typedef struct sp_watch_ent { sp_handle h; int64_t token; int mask; int registered; } sp_watch_ent;
+
+typedef struct sp_listener { sp_handle h; int index; int registered; } sp_listener;
+
+struct be_state;
+
+struct sp_server {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    sp_config cfg;
+    struct be_state *be;
+    sp_handle wake;                  /* read end of the wakeup pipe */
+    int wake_w;
+    sp_listener *listeners; int nlisteners;
+    int accepting;                   /* listeners registered with the backend */
+    int64_t accept_resume_ms;        /* EMFILE pause */
+    int draining;
+
+    sp_conn *conns;                  /* all connections */
+    int nconns;
+    sp_conn *q_head, *q_tail;        /* ready queue */
+    int nready;
+    sp_event *fdq; int fdq_len, fdq_cap;   /* fd events waiting for a taker */
+
+    sp_watch_ent **watch; int watch_cap;
+
+    char **pool; int npool;          /* idle SP_IN_CHUNK buffers */
+
+    /* leader/follower */
+    int polling, waiters, untimed_waiters, busy;
+    int64_t vacated_us;
+    unsigned wake_gen;
+
+    int64_t next_sweep_ms;
+    char date[40];                   /* "Date: ...\r\n" cached per second */
+    int64_t date_sec;
+    char server_line[128]; size_t server_line_len;
+
+    sp_stats st;
+};
+
+/* time */
+int64_t sp_now_ms(void);
+int64_t sp_now_us(void);
+
+/* server.c, for conn.c */
+void srv_conn_interest(sp_server *s, sp_conn *c);
+void srv_enqueue(sp_server *s, sp_conn *c);
+char *srv_buf_get(sp_server *s);
+void srv_buf_put(sp_server *s, char *buf);
+const char *srv_date(sp_server *s);
+
+/* conn.c, for server.c */
+sp_conn *conn_new(sp_server *s, int fd, int listener, const struct sockaddr *sa, int salen);
+void conn_on_event(sp_server *s, sp_conn *c, int mask);
+void conn_close(sp_server *s, sp_conn *c);
+void conn_timeout(sp_server *s, sp_conn *c, int64_t now);
+void conn_drain(sp_server *s, sp_conn *c);
+
+#endif

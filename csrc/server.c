@@ -1,0 +1,544 @@
+/* server.c -- the event loop core: listeners, accept, the poll turn, timers, and the
+ * leader/follower hand-off between threads.
+ *
+ * Theory of operation
+ * -------------------
+ * One sp_server per worker process. Whoever calls sp_poll() and finds nobody polling becomes the
+ * poller: it waits in the backend without the mutex (and, through cffi, without the GIL), then,
+ * with the mutex, accepts, reads, parses and writes everything that became ready. Parsed requests
+ * go to a FIFO ready queue; sp_poll() hands them out.
+ *
+ * Thread mode (several threads in sp_poll): a thread that takes work leaves the poller role
+ * empty. Another thread takes over the role, or takes queued work, only once SP_HANDOFF_US has
+ * passed, unless no thread is busy. So a fast app keeps running on one thread with no wake-ups and
+ * no GIL contention, while a slow or blocking app delays other requests by at most ~1 ms before a
+ * second thread steps in. Threads that wait for a busy poller sleep on a condition variable; the
+ * poller signals them when it leaves the role with work taken, so they switch to the timed wait.
+ *
+ * Green mode: one thread, so the queue and the poll turn are all there is.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core.h"
+#include "backend.h"
+
+#if defined(SP_FORCE_POLL)
+#include "be_poll.c"
+#elif defined(__linux__)
+#include "be_epoll.c"
+#elif defined(__APPLE__) || defined(__FreeBSD__) || defined(__OpenBSD__) || defined(__NetBSD__) || defined(__DragonFly__)
+#include "be_kqueue.c"
+#else
+#include "be_poll.c"
+#endif
+
+#define SP_ACCEPT_BURST 64   /* accepts per listener event: fairness between listen and serve */
+
+static __thread sp_server *tls_busy_srv;   /* this thread took work from that server */
+
+int64_t sp_now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t sp_now_ms(void) { return sp_now_us() / 1000; }
+
+const char *sp_backend_name(void) { return be_name(); }
+
+static int set_nonblock_cloexec(int fd) {
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return -errno;
+    int fdfl = fcntl(fd, F_GETFD);
+    if (fdfl < 0 || fcntl(fd, F_SETFD, fdfl | FD_CLOEXEC) < 0) return -errno;
+    return 0;
+}
+
+sp_server *sp_server_new(const sp_config *cfg) {
+    sp_server *s = calloc(1, sizeof(*s));
+    if (!s) { errno = ENOMEM; return NULL; }
+    s->cfg = *cfg;
+    if (s->cfg.limits.max_headers > SP_HEADERS_MAX || s->cfg.limits.max_headers == 0)
+        s->cfg.limits.max_headers = SP_HEADERS_MAX;
+    if (s->cfg.max_pipeline <= 0) s->cfg.max_pipeline = 16;
+    if (s->cfg.max_connections <= 0) s->cfg.max_connections = 1 << 30;
+    s->server_line_len = 0;
+    if (cfg->server_header && cfg->server_header[0]) {
+        int n = snprintf(s->server_line, sizeof(s->server_line), "Server: %s\r\n", cfg->server_header);
+        if (n > 0 && (size_t)n < sizeof(s->server_line)) s->server_line_len = (size_t)n;
+    }
+    s->cfg.server_header = NULL;   /* not kept: Python owns that memory */
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    int rc = be_create(&s->be);
+    if (rc < 0) goto fail;
+    int p[2];
+    if (pipe(p) < 0) { rc = -errno; goto fail; }
+    set_nonblock_cloexec(p[0]);
+    set_nonblock_cloexec(p[1]);
+    s->wake.kind = K_WAKE;
+    s->wake.fd = p[0];
+    s->wake_w = p[1];
+    if ((rc = be_add(s->be, p[0], BE_READ, 0, &s->wake)) < 0) goto fail;
+    s->accepting = 1;
+    return s;
+fail:
+    if (s->be) be_free(s->be);
+    free(s);
+    errno = -rc;
+    return NULL;
+}
+
+void sp_server_free(sp_server *s) {
+    if (!s) return;
+    while (s->conns) conn_close(s, s->conns);
+    for (int i = 0; i < s->watch_cap; i++) free(s->watch[i]);
+    free(s->watch);
+    for (int i = 0; i < s->npool; i++) free(s->pool[i]);
+    free(s->pool);
+    free(s->listeners);
+    free(s->fdq);
+    close(s->wake.fd);
+    close(s->wake_w);
+    be_free(s->be);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+int sp_server_add_listener(sp_server *s, int fd, int index) {
+    int rc = set_nonblock_cloexec(fd);
+    if (rc < 0) return rc;
+    pthread_mutex_lock(&s->mu);
+    sp_listener *l = realloc(s->listeners, sizeof(*l) * (size_t)(s->nlisteners + 1));
+    if (!l) { pthread_mutex_unlock(&s->mu); return -ENOMEM; }
+    /* realloc moved the array: re-register every listener with its new address. */
+    for (int i = 0; i < s->nlisteners; i++)
+        if (l[i].registered) be_del(s->be, l[i].h.fd), l[i].registered = 0;
+    s->listeners = l;
+    sp_listener *n = &l[s->nlisteners++];
+    n->h.kind = K_LISTENER;
+    n->h.fd = fd;
+    n->index = index;
+    n->registered = 0;
+    rc = 0;
+    if (s->accepting && !s->draining) {
+        for (int i = 0; i < s->nlisteners; i++) {
+            int r = be_add(s->be, l[i].h.fd, BE_READ, BE_EXCLUSIVE, &l[i].h);
+            if (r < 0) rc = r; else l[i].registered = 1;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (!BE_SEES_CHANGES_LIVE) sp_server_wakeup(s);
+    return rc;
+}
+
+static void set_accepting(sp_server *s, int on) {
+    if (on && s->draining) on = 0;
+    if (s->accepting == on) return;
+    s->accepting = on;
+    for (int i = 0; i < s->nlisteners; i++) {
+        sp_listener *l = &s->listeners[i];
+        if (on && !l->registered) {
+            if (be_add(s->be, l->h.fd, BE_READ, BE_EXCLUSIVE, &l->h) == 0) l->registered = 1;
+        } else if (!on && l->registered) {
+            be_del(s->be, l->h.fd);
+            l->registered = 0;
+        }
+    }
+}
+
+int sp_server_drain(sp_server *s) {
+    pthread_mutex_lock(&s->mu);
+    s->draining = 1;
+    set_accepting(s, 0);
+    sp_conn *c = s->conns;
+    while (c) {
+        sp_conn *next = c->next;
+        conn_drain(s, c);
+        c = next;
+    }
+    int n = s->nconns;
+    pthread_mutex_unlock(&s->mu);
+    sp_server_wakeup(s);
+    return n;
+}
+
+int sp_server_connections(sp_server *s) {
+    pthread_mutex_lock(&s->mu);
+    int n = s->nconns;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+void sp_server_stats(sp_server *s, sp_stats *out) {
+    pthread_mutex_lock(&s->mu);
+    *out = s->st;
+    out->connections = s->nconns;
+    pthread_mutex_unlock(&s->mu);
+}
+
+int sp_server_wakeup_fd(sp_server *s) { return s->wake_w; }
+
+void sp_server_wakeup(sp_server *s) {
+    char b = 0;
+    ssize_t r = write(s->wake_w, &b, 1);   /* EAGAIN: a wake-up is already pending, fine */
+    (void)r;
+}
+
+/* ---- buffers and date ----------------------------------------------------------------------- */
+
+char *srv_buf_get(sp_server *s) {
+    if (s->npool) return s->pool[--s->npool];
+    return malloc(SP_IN_CHUNK);
+}
+
+void srv_buf_put(sp_server *s, char *buf) {
+    if (!buf) return;
+    if (s->npool < SP_POOL_MAX) {
+        if (!s->pool) s->pool = malloc(sizeof(char *) * SP_POOL_MAX);
+        if (s->pool) { s->pool[s->npool++] = buf; return; }
+    }
+    free(buf);
+}
+
+const char *srv_date(sp_server *s) {
+    time_t now = time(NULL);
+    if (now != s->date_sec) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(s->date, sizeof(s->date), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+        s->date_sec = now;
+    }
+    return s->date;
+}
+
+/* ---- queues ------------------------------------------------------------------------------------ */
+
+void srv_enqueue(sp_server *s, sp_conn *c) {
+    c->state = C_READY;
+    c->queued = 1;
+    c->qnext = NULL;
+    c->ready_at_us = sp_now_us();
+    c->deadline_ms = 0;
+    if (s->q_tail) s->q_tail->qnext = c; else s->q_head = c;
+    s->q_tail = c;
+    s->nready++;
+}
+
+static int fdq_push(sp_server *s, int fd, int mask, int64_t token) {
+    if (s->fdq_len == s->fdq_cap) {
+        int cap = s->fdq_cap ? s->fdq_cap * 2 : 64;
+        sp_event *q = realloc(s->fdq, sizeof(*q) * (size_t)cap);
+        if (!q) return -ENOMEM;
+        s->fdq = q;
+        s->fdq_cap = cap;
+    }
+    sp_event *e = &s->fdq[s->fdq_len++];
+    memset(e, 0, sizeof(*e));
+    e->kind = SP_EV_FD;
+    e->fd = fd;
+    e->mask = mask;
+    e->token = token;
+    return 0;
+}
+
+/* Moves queued fd events and requests into out. Requests go to a follower only after the
+ * hand-off delay (see the theory of operation) unless no thread is busy. */
+static int take_ready(sp_server *s, sp_event *out, int max, int64_t now_us, int follower) {
+    int n = 0;
+    if (s->fdq_len) {
+        int k = s->fdq_len < max ? s->fdq_len : max;
+        memcpy(out, s->fdq, sizeof(*out) * (size_t)k);
+        memmove(s->fdq, s->fdq + k, sizeof(*out) * (size_t)(s->fdq_len - k));
+        s->fdq_len -= k;
+        n = k;
+    }
+    while (n < max && s->q_head) {
+        sp_conn *c = s->q_head;
+        if (follower && s->busy > 0 && now_us - c->ready_at_us < SP_HANDOFF_US) break;
+        s->q_head = c->qnext;
+        if (!s->q_head) s->q_tail = NULL;
+        s->nready--;
+        c->queued = 0;
+        c->state = C_BUSY;
+        s->st.in_flight++;
+        memset(&out[n], 0, sizeof(out[n]));
+        out[n].kind = SP_EV_REQUEST;
+        out[n].fd = c->h.fd;
+        out[n].req = &c->req;
+        n++;
+    }
+    return n;
+}
+
+/* ---- accept ---------------------------------------------------------------------------------- */
+
+static void do_accept(sp_server *s, sp_listener *l) {
+    for (int i = 0; i < SP_ACCEPT_BURST; i++) {
+        if (s->nconns >= s->cfg.max_connections) {
+            set_accepting(s, 0);   /* resumed by conn_close when a slot frees */
+            return;
+        }
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+#ifdef __linux__
+        int fd = accept4(l->h.fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+#else
+        int fd = accept(l->h.fd, (struct sockaddr *)&ss, &sl);
+        if (fd >= 0 && set_nonblock_cloexec(fd) < 0) { close(fd); continue; }
+#endif
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* Out of descriptors: stop accepting for a moment instead of spinning on a
+                 * level-triggered listener that stays readable. */
+                set_accepting(s, 0);
+                s->accept_resume_ms = sp_now_ms() + SP_EMFILE_PAUSE_MS;
+            }
+            return;   /* EAGAIN: another process took it, or the queue is empty */
+        }
+        if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        }
+#ifdef SO_NOSIGPIPE
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof(one));
+#endif
+        sp_conn *c = conn_new(s, fd, l->index, (struct sockaddr *)&ss, (int)sl);
+        if (!c) { close(fd); return; }
+        if (be_add(s->be, fd, BE_READ | BE_WRITE, 0, &c->h) < 0) { conn_close(s, c); continue; }
+        s->st.accepted++;
+        /* Data usually arrives with the connection: read it now rather than after a poll turn. */
+        conn_on_event(s, c, BE_READ);
+    }
+}
+
+void srv_conn_interest(sp_server *s, sp_conn *c) {
+#if BE_EDGE
+    (void)s; (void)c;   /* registered once for read|write; readiness kept in flags */
+#else
+    if (c->dead) return;
+    int mask = 0;
+    if (c->state == C_HEAD || c->state == C_LINGER) mask |= BE_READ;
+    if (c->out_len > c->out_off) mask |= BE_WRITE;
+    be_mod(s->be, c->h.fd, mask, 0, &c->h);
+    if (s->polling) sp_server_wakeup(s);
+#endif
+}
+
+/* ---- timers ------------------------------------------------------------------------------------ */
+
+static void sweep(sp_server *s, int64_t now) {
+    sp_conn *c = s->conns;
+    while (c) {
+        sp_conn *next = c->next;
+        if (c->deadline_ms && now >= c->deadline_ms) conn_timeout(s, c, now);
+        c = next;
+    }
+    if (!s->accepting && !s->draining && s->accept_resume_ms && now >= s->accept_resume_ms) {
+        s->accept_resume_ms = 0;
+        if (s->nconns < s->cfg.max_connections) set_accepting(s, 1);
+    }
+}
+
+/* Called by conn_close: a freed slot may let accepting resume. */
+void srv_slot_freed(sp_server *s);
+void srv_slot_freed(sp_server *s) {
+    if (!s->accepting && !s->draining && !s->accept_resume_ms && s->nconns < s->cfg.max_connections)
+        set_accepting(s, 1);
+}
+
+/* ---- watchers (green mode) -------------------------------------------------------------------- */
+
+int sp_watch(sp_server *s, int fd, int mask, int64_t token) {
+    if (fd < 0) return -EBADF;
+    int rc = 0;
+    pthread_mutex_lock(&s->mu);
+    if (fd >= s->watch_cap) {
+        int cap = s->watch_cap ? s->watch_cap : 64;
+        while (cap <= fd) cap *= 2;
+        sp_watch_ent **w = realloc(s->watch, sizeof(*w) * (size_t)cap);
+        if (!w) { rc = -ENOMEM; goto out; }
+        memset(w + s->watch_cap, 0, sizeof(*w) * (size_t)(cap - s->watch_cap));
+        s->watch = w;
+        s->watch_cap = cap;
+    }
+    sp_watch_ent *e = s->watch[fd];
+    if (!e) {
+        e = calloc(1, sizeof(*e));
+        if (!e) { rc = -ENOMEM; goto out; }
+        e->h.kind = K_WATCH;
+        e->h.fd = fd;
+        s->watch[fd] = e;
+    }
+    e->token = token;
+    e->mask = mask;
+    int bm = ((mask & SP_READ) ? BE_READ : 0) | ((mask & SP_WRITE) ? BE_WRITE : 0);
+    if (e->registered) rc = be_mod(s->be, fd, bm, BE_ONESHOT, &e->h);
+    if (!e->registered || rc == -ENOENT) {
+        rc = be_add(s->be, fd, bm, BE_ONESHOT, &e->h);
+        if (rc == 0) e->registered = 1;
+    }
+out:
+    pthread_mutex_unlock(&s->mu);
+    if (!BE_SEES_CHANGES_LIVE && rc == 0) sp_server_wakeup(s);
+    return rc;
+}
+
+int sp_unwatch(sp_server *s, int fd) {
+    int rc = -ENOENT;
+    pthread_mutex_lock(&s->mu);
+    if (fd >= 0 && fd < s->watch_cap && s->watch[fd]) {
+        sp_watch_ent *e = s->watch[fd];
+        rc = e->registered ? be_del(s->be, fd) : 0;
+        if (rc == -EBADF || rc == -ENOENT) rc = 0;   /* already closed: the kernel forgot it */
+        free(e);
+        s->watch[fd] = NULL;
+        /* Drop events for this fd that nobody has taken yet: the fd number may be reused. */
+        int k = 0;
+        for (int i = 0; i < s->fdq_len; i++)
+            if (s->fdq[i].fd != fd) s->fdq[k++] = s->fdq[i];
+        s->fdq_len = k;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+/* ---- the poll turn ---------------------------------------------------------------------------- */
+
+static void drain_wake_pipe(sp_server *s) {
+    char buf[256];
+    while (read(s->wake.fd, buf, sizeof(buf)) > 0) {}
+}
+
+/* With the mutex held: dispatch what the backend reported. Returns 1 if the wake pipe fired. */
+static int dispatch(sp_server *s, be_fired *fired, int n) {
+    int woke = 0;
+    for (int i = 0; i < n; i++) {
+        sp_handle *h = fired[i].ptr;
+        switch (h->kind) {
+        case K_LISTENER:
+            if (s->accepting) do_accept(s, (sp_listener *)h);
+            break;
+        case K_CONN:
+            conn_on_event(s, (sp_conn *)h, fired[i].mask);
+            break;
+        case K_WATCH: {
+            sp_watch_ent *e = (sp_watch_ent *)h;
+            int m = ((fired[i].mask & BE_READ) ? SP_READ : 0) | ((fired[i].mask & BE_WRITE) ? SP_WRITE : 0);
+            if (fired[i].mask & BE_ERROR) m = SP_READ | SP_WRITE;
+            fdq_push(s, e->h.fd, m, e->token);
+            break;
+        }
+        case K_WAKE:
+            drain_wake_pipe(s);
+            woke = 1;
+            break;
+        }
+    }
+    return woke;
+}
+
+static void timed_wait(sp_server *s, int64_t until_us) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t delta = until_us - sp_now_us();
+    if (delta < 0) delta = 0;
+    int64_t ns = ts.tv_nsec + (delta % 1000000) * 1000;
+    ts.tv_sec += (time_t)(delta / 1000000 + ns / 1000000000);
+    ts.tv_nsec = (long)(ns % 1000000000);
+    pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+}
+
+#define SP_FIRED_MAX 256
+
+int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms) {
+    if (max <= 0) return -EINVAL;
+    be_fired fired[SP_FIRED_MAX];
+    int64_t start = sp_now_us();
+    int64_t deadline = timeout_ms >= 0 ? start + (int64_t)timeout_ms * 1000 : -1;
+    int n = 0;
+
+    pthread_mutex_lock(&s->mu);
+    if (tls_busy_srv == s) { s->busy--; tls_busy_srv = NULL; }
+    unsigned gen = s->wake_gen;
+    int was_follower = 0;
+    for (;;) {
+        int64_t now = sp_now_us();
+        n = take_ready(s, out, max, now, was_follower);
+        if (n > 0) break;
+        if (s->wake_gen != gen) break;                          /* sp_server_wakeup() */
+        if (deadline >= 0 && now >= deadline && (s->polling || timeout_ms > 0 || was_follower)) break;
+
+        int may_lead = !s->polling && (s->busy == 0 || now - s->vacated_us >= SP_HANDOFF_US);
+        if (may_lead) {
+            s->polling = 1;
+            int64_t now_ms = now / 1000;
+            if (!s->next_sweep_ms) s->next_sweep_ms = now_ms + SP_SWEEP_MS;
+            int wait_ms = deadline >= 0 ? (int)((deadline - now + 999) / 1000) : -1;
+            if (s->nconns || (!s->accepting && s->accept_resume_ms)) {
+                int sw = (int)(s->next_sweep_ms - now_ms);
+                if (sw < 0) sw = 0;
+                if (wait_ms < 0 || sw < wait_ms) wait_ms = sw;
+            }
+            if (s->nready || s->fdq_len) wait_ms = 0;   /* work withheld for the hand-off */
+            pthread_mutex_unlock(&s->mu);
+            int nf = be_poll(s->be, fired, SP_FIRED_MAX, wait_ms);
+            pthread_mutex_lock(&s->mu);
+            s->polling = 0;
+            int woke = nf > 0 ? dispatch(s, fired, nf) : 0;
+            int64_t t = sp_now_ms();
+            if (t >= s->next_sweep_ms) { sweep(s, t); s->next_sweep_ms = t + SP_SWEEP_MS; }
+            if (woke || nf == -EINTR) {
+                s->wake_gen++;
+                pthread_cond_broadcast(&s->cv);
+                n = take_ready(s, out, max, sp_now_us(), 0);
+                break;
+            }
+            if (timeout_ms == 0) { n = take_ready(s, out, max, sp_now_us(), 0); break; }
+            was_follower = 0;
+            continue;
+        }
+        /* Someone polls, or the role was just vacated by a thread running the app. */
+        was_follower = 1;
+        s->waiters++;
+        if (s->polling) {
+            s->untimed_waiters++;
+            if (deadline >= 0) timed_wait(s, deadline); else pthread_cond_wait(&s->cv, &s->mu);
+            s->untimed_waiters--;
+        } else {
+            int64_t until = s->vacated_us + SP_HANDOFF_US;
+            if (s->q_head && s->q_head->ready_at_us + SP_HANDOFF_US < until)
+                until = s->q_head->ready_at_us + SP_HANDOFF_US;
+            if (deadline >= 0 && deadline < until) until = deadline;
+            timed_wait(s, until);
+        }
+        s->waiters--;
+    }
+    if (n > 0) {
+        int took_request = 0;
+        for (int i = 0; i < n; i++) if (out[i].kind == SP_EV_REQUEST) took_request = 1;
+        if (took_request) {
+            s->busy++;
+            tls_busy_srv = s;
+            s->vacated_us = sp_now_us();
+            /* Waiters sleeping untimed must learn the poller role is free so they can time
+             * the hand-off; queued work left over is theirs after the delay too. */
+            if (s->untimed_waiters) pthread_cond_signal(&s->cv);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}

@@ -1,0 +1,210 @@
+/* sp.h -- the whole public C API of spawning's HTTP core, on one screen.
+ *
+ * Conventions (libuv's):
+ *   - Functions that touch the OS return >= 0 on success and -errno on failure. They never abort.
+ *   - HTTP-level failures are returned as -STATUS (-400, -413, -414, -431, -501, -505): the status to
+ *     answer the client with (h11's error_status_hint).
+ *   - SP_PARTIAL (-1) means "need more input"; it never collides with -errno values we return
+ *     (EPERM is never produced by the parser).
+ *
+ * Threads: every sp_server_* / sp_req_* function takes the server's mutex, so thread-mode workers may
+ * call them from any thread. sp_poll() is the only one that may block (and it does so without the
+ * mutex held; cffi calls it with the GIL released).
+ */
+#ifndef SP_H
+#define SP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define SP_PARTIAL (-1)
+
+/* ---- Parser (parser.c): zero-copy, incremental, no allocation. ---------------------------------- */
+
+typedef struct sp_header {
+    const char *name;   /* points into the caller's buffer */
+    size_t name_len;
+    const char *value;  /* leading/trailing whitespace already trimmed */
+    size_t value_len;
+} sp_header;
+
+typedef struct sp_limits {
+    size_t max_request_line;  /* longest request line (bytes, without CRLF); over it: -414 */
+    size_t max_field_size;    /* longest single header line; over it: -431 */
+    size_t max_head_size;     /* request line + all headers; over it: -431 (or -414 if still in the line) */
+    size_t max_headers;       /* most header fields; over it: -431 */
+} sp_limits;
+
+typedef struct sp_request_head {
+    const char *method; size_t method_len;
+    const char *target; size_t target_len;   /* the raw request-target */
+    int minor_version;                       /* HTTP/1.minor_version: 0 or 1 */
+    sp_header *headers;                      /* caller-provided array ... */
+    size_t num_headers;                      /* in: capacity of headers[]; out: fields found */
+} sp_request_head;
+
+/* Parses a request head in buf[0..len). last_len is the length already known to be incomplete on the
+ * previous call (0 the first time), so a byte-at-a-time sender costs only a scan of the new bytes
+ * before the full parse. Returns the head's length in bytes (> 0, including the blank line),
+ * SP_PARTIAL, or -STATUS. Empty lines before the request line are skipped (RFC 9112 2.2). */
+int sp_parse_request(const char *buf, size_t len, size_t last_len, const sp_limits *lim,
+                     sp_request_head *req);
+
+/* What the headers say about framing and the connection, validated strictly (RFC 9112 6). */
+typedef struct sp_framing {
+    int64_t content_length;   /* -1 when absent */
+    int chunked;              /* Transfer-Encoding ends in chunked */
+    int keep_alive;           /* persistence per version and Connection */
+    int expect_continue;      /* Expect: 100-continue on HTTP/1.1 */
+    int upgrade;              /* Connection: upgrade with an Upgrade header (we do not switch) */
+} sp_framing;
+
+/* Validates the framing headers of a parsed head and fills *f. Returns 0 or -STATUS (-400 for CL
+ * with TE, conflicting CL, TE on 1.0, missing/duplicate Host on 1.1; -501 for an unknown coding). */
+int sp_request_framing(const sp_request_head *req, sp_framing *f);
+
+/* Chunked body decoder; zero-fill before first use. */
+typedef struct sp_chunked {
+    uint64_t remaining;   /* data bytes left in the current chunk */
+    int state;            /* private */
+    size_t line_len;      /* private: bytes in the current size/ext/trailer line */
+    uint64_t size_acc;    /* private */
+    size_t max_ext;       /* chunk-extension limit; 0 means the default (SP_DEFAULT_MAX_CHUNK_EXT) */
+    size_t trailer_bytes; /* private */
+} sp_chunked;
+
+#define SP_DEFAULT_MAX_CHUNK_EXT 4096   /* extensions are never used by apps; 4 KiB is generous */
+
+/* Decodes buf[0..len) in place: the decoded data ends up in buf[0..*out_len), *consumed is the input
+ * consumed. Returns SP_PARTIAL (all input consumed, body not finished), 0 (body finished: bytes
+ * after *consumed belong to the next request), or -400 on malformed input. */
+int sp_chunked_decode(sp_chunked *d, char *buf, size_t len, size_t *out_len, size_t *consumed);
+
+/* Percent-decodes the path part of target into out (capacity >= target_len). Returns the decoded
+ * length or -400 (bad escape, or %00 which could not be carried in a C string). */
+ssize_t sp_decode_path(const char *path, size_t len, char *out);
+
+/* Builds the packed environ block "KEY\0value\0KEY\0value\0..." (REQUEST_METHOD, PATH_INFO,
+ * QUERY_STRING, SERVER_PROTOCOL, RAW_URI, CONTENT_TYPE, CONTENT_LENGTH, HTTP_*) into out (capacity
+ * cap). Repeated headers are joined with ", " ("; " for Cookie); names holding '_' are dropped so
+ * they can never collide with dashed names. Returns bytes written, -400 for a bad path, or -431 when
+ * cap is too small. */
+ssize_t sp_env_pack(const sp_request_head *req, char *out, size_t cap);
+
+/* ---- Server (server.c, conn.c, loop backends) ------------------------------------------------- */
+
+typedef struct sp_server sp_server;
+
+typedef struct sp_config {
+    sp_limits limits;
+    int64_t max_body_size;       /* -1 for no limit; over it: 413 */
+    int max_connections;         /* per worker; beyond it, stop accepting */
+    int header_timeout_ms;       /* the whole head must arrive within this (slowloris) */
+    int keepalive_timeout_ms;    /* idle keep-alive connections are closed after this */
+    int send_timeout_ms;         /* a client that reads nothing of the response for this long */
+    int body_timeout_ms;         /* a request body that stalls this long */
+    int keepalive;               /* 0: every response closes its connection */
+    int max_pipeline;            /* requests buffered per connection beyond the one running */
+    const char *server_header;   /* "Server: ..." value, NULL or "" for none */
+} sp_config;
+
+/* What Python reads of one request. Valid from its SP_EV_REQUEST until sp_req_finish(). */
+typedef struct sp_request {
+    const char *env;             /* packed environ block, see sp_env_pack() */
+    size_t env_len;
+    int fd;                      /* the connection's socket (for wait_read/wait_write in green mode) */
+    int listener;                /* index given to sp_server_add_listener() */
+    int body;                    /* 0 none, 1 Content-Length, 2 chunked */
+    int head;                    /* 1 for HEAD: no body is sent whatever the app returns */
+    int64_t content_length;      /* -1 if not given */
+    uint64_t serial;             /* requests served on this connection before this one */
+} sp_request;
+
+enum { SP_EV_REQUEST = 1, SP_EV_FD = 2, SP_EV_WAKEUP = 3 };
+enum { SP_READ = 1, SP_WRITE = 2 };
+
+typedef struct sp_event {
+    int kind;                    /* SP_EV_* */
+    int fd;                      /* SP_EV_FD: the watched fd */
+    int mask;                    /* SP_EV_FD: SP_READ | SP_WRITE (errors report as both) */
+    sp_request *req;             /* SP_EV_REQUEST */
+    int64_t token;               /* SP_EV_FD: the caller's token from sp_watch() */
+} sp_event;
+
+typedef struct sp_stats {
+    uint64_t requests;           /* responses finished */
+    uint64_t accepted;           /* connections accepted */
+    uint64_t rejected;           /* requests answered with a 4xx/5xx by the core itself */
+    int connections;             /* open now */
+    int in_flight;               /* requests handed to Python and not finished */
+    uint64_t bytes_out;
+    uint64_t status_class[6];    /* responses by status class: [1]=1xx ... [5]=5xx */
+} sp_stats;
+
+const char *sp_backend_name(void);  /* "epoll", "kqueue" or "poll": the backend compiled in */
+
+/* Creates a server with a copy of *cfg. Returns NULL with errno set on failure. */
+sp_server *sp_server_new(const sp_config *cfg);
+/* Closes every connection and frees the server; listening fds are NOT closed (the controller owns them). */
+void sp_server_free(sp_server *s);
+/* Accepts on an already bound, listening socket (set non-blocking here). Returns 0 or -errno. */
+int sp_server_add_listener(sp_server *s, int fd, int index);
+/* Stops accepting, closes idle connections, and makes every busy one close after its response.
+ * Returns the number of connections still open. */
+int sp_server_drain(sp_server *s);
+/* Connections still open (0 after a drain means the worker may exit). */
+int sp_server_connections(sp_server *s);
+void sp_server_stats(sp_server *s, sp_stats *out);
+/* The read end Python may hand to signal.set_wakeup_fd()'s counterpart: the write end. */
+int sp_server_wakeup_fd(sp_server *s);
+/* Interrupts a sp_poll() in progress (async-signal-safe). */
+void sp_server_wakeup(sp_server *s);
+
+/* Runs one turn of the loop: waits at most timeout_ms (-1: forever) for I/O, does all the
+ * accepting, reading, parsing and writing it can, and returns up to max events (requests ready
+ * for the app, watched fds ready). Returns the count, 0 on timeout or wakeup, or -errno.
+ * Several threads may call it: one polls, the others wait for its results (leader/follower). */
+int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms);
+
+/* Green mode: one-shot interest in fd; its readiness comes back from sp_poll() as SP_EV_FD with
+ * token. Call again to re-arm. sp_unwatch() before closing the fd. Return 0 or -errno. */
+int sp_watch(sp_server *s, int fd, int mask, int64_t token);
+int sp_unwatch(sp_server *s, int fd);
+
+/* ---- Responding to a request (conn.c) ---------------------------------------------------------- */
+
+/* Starts the response: status is "200 OK", headers is "Name\0value\0Name\0value\0" (hlen bytes).
+ * Validates every name (token) and value (no CR/LF/NUL), adds Date, Server, Connection and chunked
+ * framing as needed. Nothing is sent until body data or finish. Returns 0, -EINVAL for an invalid
+ * status or header (answer 500), or -EPIPE if the client is gone. */
+int sp_req_start(sp_server *s, sp_request *r, const char *status, size_t slen,
+                 const char *headers, size_t hlen);
+/* Queues body bytes (chunk-framed if needed) and writes what the socket takes without blocking.
+ * Returns the bytes still queued (the caller waits for writability when over its high-water mark),
+ * or -EPIPE / -ECONNRESET when the client is gone. */
+ssize_t sp_req_write(sp_server *s, sp_request *r, const char *buf, size_t len);
+/* Writes queued bytes without blocking; returns the bytes still queued or -errno. */
+ssize_t sp_req_flush(sp_server *s, sp_request *r);
+/* Blocks (thread mode) until at most low_water bytes stay queued. Returns the bytes queued,
+ * -ETIMEDOUT after the send timeout without progress, or -EPIPE. */
+ssize_t sp_req_drain(sp_server *s, sp_request *r, size_t low_water);
+/* Sends count bytes of file fd from offset with sendfile(2) after the queued bytes are out. Returns
+ * bytes sent (maybe fewer), -EAGAIN when the socket is full, or -errno (-ENOSYS: caller falls back). */
+ssize_t sp_req_sendfile(sp_server *s, sp_request *r, int fd, int64_t offset, size_t count);
+/* Start + write + finish in one crossing: the common case of a one-piece body. */
+int sp_req_respond(sp_server *s, sp_request *r, const char *status, size_t slen,
+                   const char *headers, size_t hlen, const char *body, size_t blen);
+/* Ends the response (terminal chunk if chunked). The connection goes on to its next pipelined
+ * request or back to the loop; r is invalid afterwards. abort != 0 closes the connection (an app
+ * failure after the head went out). Returns 0 or -errno (the connection was lost; still released). */
+int sp_req_finish(sp_server *s, sp_request *r, int abort);
+
+/* Reads request body bytes without blocking (sends 100 Continue first when the client expects it).
+ * Returns bytes copied, 0 at the end of the body, -EAGAIN when none are buffered yet, -413 over the
+ * body limit, -400 for a malformed chunked body, or -errno (client gone). */
+ssize_t sp_req_read(sp_server *s, sp_request *r, char *buf, size_t n);
+/* Thread mode: blocks until body bytes arrive or timeout_ms; then behaves as sp_req_read. */
+ssize_t sp_req_read_wait(sp_server *s, sp_request *r, char *buf, size_t n, int timeout_ms);
+
+#endif

@@ -1,0 +1,35 @@
+"""cffi build script for spawning._core (out-of-line API mode).
+
+Kept tiny on purpose: the declarations live in _core_cdef.h, the code in csrc/.
+"""
+import os
+import sys
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join(os.path.dirname(HERE), "csrc")
+SOURCES = ["parser.c", "env.c", "server.c", "conn.c"]
+
+ffibuilder = FFI()
+with open(os.path.join(HERE, "_core_cdef.h")) as f:
+    ffibuilder.cdef(f.read())
+
+extra = ["-std=gnu99", "-O3", "-Wall", "-Wextra"]
+if os.environ.get("SPAWNING_SANITIZE"):
+    extra += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1"]
+if os.environ.get("SPAWNING_FORCE_POLL"):
+    extra += ["-DSP_FORCE_POLL"]
+
+ffibuilder.set_source(
+    "spawning._core",
+    '#include "sp.h"',
+    sources=[os.path.relpath(os.path.join(CSRC, s)) for s in SOURCES],
+    include_dirs=[os.path.relpath(CSRC)],
+    extra_compile_args=extra,
+    extra_link_args=["-fsanitize=address,undefined"] if os.environ.get("SPAWNING_SANITIZE") else [],
+    libraries=["pthread"] if sys.platform != "win32" else [],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,62 @@
+/* The cffi declarations of csrc/sp.h (cffi's parser takes no preprocessor includes, so the API is
+ * restated here; tests/test_core.py checks the two stay in step). */
+#define SP_PARTIAL -1
+#define SP_EV_REQUEST 1
+#define SP_EV_FD 2
+#define SP_EV_WAKEUP 3
+#define SP_READ 1
+#define SP_WRITE 2
+
+typedef struct sp_header { const char *name; size_t name_len; const char *value; size_t value_len; } sp_header;
+typedef struct sp_limits { size_t max_request_line; size_t max_field_size; size_t max_head_size; size_t max_headers; } sp_limits;
+typedef struct sp_request_head {
+    const char *method; size_t method_len; const char *target; size_t target_len;
+    int minor_version; sp_header *headers; size_t num_headers;
+} sp_request_head;
+typedef struct sp_framing { int64_t content_length; int chunked; int keep_alive; int expect_continue; int upgrade; } sp_framing;
+typedef struct sp_chunked { uint64_t remaining; int state; size_t line_len; uint64_t size_acc; size_t max_ext; size_t trailer_bytes; ...; } sp_chunked;
+
+int sp_parse_request(const char *buf, size_t len, size_t last_len, const sp_limits *lim, sp_request_head *req);
+int sp_request_framing(const sp_request_head *req, sp_framing *f);
+int sp_chunked_decode(sp_chunked *d, char *buf, size_t len, size_t *out_len, size_t *consumed);
+ssize_t sp_decode_path(const char *path, size_t len, char *out);
+ssize_t sp_env_pack(const sp_request_head *req, char *out, size_t cap);
+
+typedef struct sp_server sp_server;
+typedef struct sp_config {
+    sp_limits limits; int64_t max_body_size; int max_connections; int header_timeout_ms;
+    int keepalive_timeout_ms; int send_timeout_ms; int body_timeout_ms; int keepalive;
+    int max_pipeline; const char *server_header;
+} sp_config;
+typedef struct sp_request {
+    const char *env; size_t env_len; int fd; int listener; int body; int head;
+    int64_t content_length; uint64_t serial;
+} sp_request;
+typedef struct sp_event { int kind; int fd; int mask; sp_request *req; int64_t token; } sp_event;
+typedef struct sp_stats {
+    uint64_t requests; uint64_t accepted; uint64_t rejected; int connections; int in_flight;
+    uint64_t bytes_out; uint64_t status_class[6];
+} sp_stats;
+
+const char *sp_backend_name(void);
+sp_server *sp_server_new(const sp_config *cfg);
+void sp_server_free(sp_server *s);
+int sp_server_add_listener(sp_server *s, int fd, int index);
+int sp_server_drain(sp_server *s);
+int sp_server_connections(sp_server *s);
+void sp_server_stats(sp_server *s, sp_stats *out);
+int sp_server_wakeup_fd(sp_server *s);
+void sp_server_wakeup(sp_server *s);
+int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms);
+int sp_watch(sp_server *s, int fd, int mask, int64_t token);
+int sp_unwatch(sp_server *s, int fd);
+
+int sp_req_start(sp_server *s, sp_request *r, const char *status, size_t slen, const char *headers, size_t hlen);
+ssize_t sp_req_write(sp_server *s, sp_request *r, const char *buf, size_t len);
+ssize_t sp_req_flush(sp_server *s, sp_request *r);
+ssize_t sp_req_drain(sp_server *s, sp_request *r, size_t low_water);
+ssize_t sp_req_sendfile(sp_server *s, sp_request *r, int fd, int64_t offset, size_t count);
+int sp_req_respond(sp_server *s, sp_request *r, const char *status, size_t slen, const char *headers, size_t hlen, const char *body, size_t blen);
+int sp_req_finish(sp_server *s, sp_request *r, int abort);
+ssize_t sp_req_read(sp_server *s, sp_request *r, char *buf, size_t n);
+ssize_t sp_req_read_wait(sp_server *s, sp_request *r, char *buf, size_t n, int timeout_ms);

@@ -1,0 +1,191 @@
+"""The in-process HTTP server: one C loop (``sp_server``) plus a dispatcher that runs the app.
+
+``Server(app, config, listeners).serve()`` is what a worker process runs. Two dispatchers:
+
+- threads (``--threads N``, N >= 1): N threads each call ``sp_poll`` for one request at a time and
+  run it. The C side arranges leader/follower so a fast app keeps a single thread busy with no
+  hand-offs (see csrc/server.c); a blocking app gets a second thread after about a millisecond.
+- green (``--threads 0``): a hub greenlet drives the loop; each request runs in its own greenlet
+  (spawning.green).
+
+``drain()`` and ``stop()`` are safe from any thread and from signal handlers' deferred work.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from . import wsgi
+from ._core import ffi, lib
+
+log = logging.getLogger("spawning")
+
+SERVER_HEADER = b"spawning"
+
+
+def backend_name() -> str:
+    """The poll backend compiled into the core: 'epoll', 'kqueue' or 'poll'."""
+    return ffi.string(lib.sp_backend_name()).decode()
+
+
+def _ms(seconds: float | int | None, default: float) -> int:
+    if seconds is None:
+        seconds = default
+    return int(float(seconds) * 1000)
+
+
+def make_core_config(config: dict) -> Any:
+    """Fills an ``sp_config`` from the config dict (the keys of spawning.config)."""
+    c = ffi.new("sp_config *")
+    lim = c.limits
+    lim.max_request_line = int(config.get("limit_request_line") or 8190)
+    lim.max_field_size = int(config.get("limit_request_field_size") or 8190)
+    lim.max_head_size = int(config.get("max_head_size") or 65536)
+    lim.max_headers = int(config.get("limit_request_fields") or 100)
+    body = config.get("max_body_size", 1 << 30)
+    c.max_body_size = -1 if not body else int(body)
+    c.max_connections = int(config.get("max_connections") or 10000)
+    c.header_timeout_ms = _ms(config.get("header_timeout"), 10)
+    c.keepalive_timeout_ms = _ms(config.get("keepalive_timeout"), 5)
+    c.send_timeout_ms = _ms(config.get("send_timeout"), 60)
+    c.body_timeout_ms = _ms(config.get("body_timeout"), 60)
+    c.keepalive = 0 if config.get("no_keepalive") else 1
+    c.max_pipeline = 16
+    return c
+
+
+class Server:
+    """One worker's HTTP server over already bound, listening sockets."""
+
+    def __init__(self, app: Callable, config: dict, listeners: list) -> None:
+        self.app = app
+        self.config = config
+        self.listeners = listeners
+        self.threads = int(config.get("threads", 4))
+        self._core_cfg = make_core_config(config)
+        self._server_header = ffi.new("char[]", SERVER_HEADER)
+        self._core_cfg.server_header = self._server_header
+        srv = lib.sp_server_new(self._core_cfg)
+        if srv == ffi.NULL:
+            raise OSError(ffi.errno, "cannot create the server loop")
+        self._srv = ffi.gc(srv, lib.sp_server_free)
+        self.base_envs = []
+        for i, sock in enumerate(listeners):
+            wsgi.check(lib.sp_server_add_listener(srv, sock.fileno(), i), "listen")
+            try:
+                name = sock.getsockname()
+            except OSError:
+                name = ("", 0)
+            self.base_envs.append(wsgi.base_environ(name, sock.family, config))
+        self.access_log = wsgi.AccessLog(config.get("access_log_file", "-"))
+        self._draining = False
+        self._stopping = False
+        self._done = threading.Event()
+        self._in_flight_since: dict[int, float] = {}
+        self._oldest_lock = threading.Lock()
+        self.started = time.time()
+
+    # ---- control (any thread) ----------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Stops accepting; in-flight requests finish; serve() returns once no connection is left."""
+        self._draining = True
+        lib.sp_server_drain(self._srv)
+        lib.sp_server_wakeup(self._srv)
+
+    def stop(self) -> None:
+        """serve() returns as soon as possible (in-flight requests are abandoned)."""
+        self._stopping = True
+        lib.sp_server_wakeup(self._srv)
+        self._done.set()
+
+    def wakeup_fd(self) -> int:
+        """A write end that interrupts the loop: suits ``signal.set_wakeup_fd``."""
+        return lib.sp_server_wakeup_fd(self._srv)
+
+    def stats(self) -> dict:
+        st = ffi.new("sp_stats *")
+        lib.sp_server_stats(self._srv, st)
+        starts = list(self._in_flight_since.values())
+        return {
+            "requests": int(st.requests),
+            "accepted": int(st.accepted),
+            "rejected": int(st.rejected),
+            "connections": int(st.connections),
+            "in_flight": int(st.in_flight),
+            "bytes_out": int(st.bytes_out),
+            "status_class": [int(st.status_class[i]) for i in range(6)],
+            "oldest_request_start": min(starts) if starts else None,
+        }
+
+    # ---- serving ---------------------------------------------------------------------------------
+
+    def _finished(self) -> bool:
+        return self._stopping or (self._draining and lib.sp_server_connections(self._srv) == 0)
+
+    def serve(self) -> None:
+        """Runs the dispatcher until drained or stopped. Call from the main thread."""
+        if self.threads == 0:
+            from . import green
+            green.serve(self)
+        else:
+            self._serve_threads()
+
+    def _serve_threads(self) -> None:
+        waiter = wsgi.ThreadWaiter(self._srv, _ms(self.config.get("body_timeout"), 60))
+        handle = wsgi.make_handler(self.app, self._srv, self.base_envs, waiter, self.access_log)
+        track = self._track(handle)
+        workers = [threading.Thread(target=self._thread_main, args=(track,), name=f"spawning-{i}",
+                                    daemon=True) for i in range(self.threads)]
+        for t in workers:
+            t.start()
+        try:
+            while not self._done.wait(0.25):
+                if self._finished():
+                    break
+        finally:
+            self._stopping = True
+            lib.sp_server_wakeup(self._srv)
+            for t in workers:
+                t.join(0.5 if not self._draining else 2.0)
+
+    def _track(self, handle: Callable) -> Callable:
+        """Wraps handle to remember when each in-flight request started (for --timeout)."""
+        since = self._in_flight_since
+        monotonic = time.monotonic
+        get_ident = threading.get_ident
+
+        def tracked(req: Any) -> None:
+            key = get_ident()
+            since[key] = monotonic()
+            try:
+                handle(req)
+            finally:
+                since.pop(key, None)
+        return tracked
+
+    def _thread_main(self, handle: Callable) -> None:
+        srv = self._srv
+        poll = lib.sp_poll
+        ev = ffi.new("sp_event[1]")
+        e0 = ev[0]
+        finished = self._finished
+        while True:
+            n = poll(srv, ev, 1, 1000)
+            if n > 0:
+                try:
+                    handle(e0.req)
+                except BaseException:   # the handler answers app errors itself; this is a bug
+                    log.exception("internal error handling a request")
+                continue
+            if n < 0 and n != -errno.EINTR:
+                log.error("event loop failed: %s", wsgi.errno_name(n))
+                time.sleep(0.1)
+            if finished():
+                self._done.set()
+                lib.sp_server_wakeup(srv)
+                return

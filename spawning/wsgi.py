@@ -1,0 +1,463 @@
+"""The WSGI (PEP 3333) adapter: turns a request the C core parsed into ``environ``, runs the app,
+and hands the response back to C.
+
+Theory of operation
+-------------------
+The C core gives us a ``sp_request *`` whose ``env`` field is a packed block
+``KEY\\0value\\0KEY\\0value\\0...`` (REMOTE_ADDR, REQUEST_METHOD, PATH_INFO already percent-decoded,
+QUERY_STRING, HTTP_* with repeated fields joined...). One latin-1 decode, one split and one
+``dict.update(zip(it, it))`` turn it into environ on top of a per-listener base dict: a handful of
+builtin calls, no Python loop per header.
+
+The response goes back in as few crossings as possible: the common case (``start_response`` then
+a one-element list) is a single ``sp_req_respond`` call that writes head and body with one
+``writev``. Anything else streams through ``sp_req_start``/``sp_req_write`` and ends with
+``sp_req_finish``, which C needs in every case (it frees or recycles the connection).
+
+Blocking is delegated to a *waiter* so the same code serves both dispatchers: the thread waiter
+blocks in C with the GIL released; the green waiter (spawning.green) parks the greenlet on the hub.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import sys
+import time
+from typing import Any, Callable, Iterable
+
+from ._core import ffi, lib
+
+log = logging.getLogger("spawning")
+
+HIGH_WATER = 256 * 1024   # queued response bytes before the app is made to wait (backpressure)
+LOW_WATER = 64 * 1024
+READ_CHUNK = 65536
+
+_unpack = ffi.unpack
+_new = ffi.new
+
+INTERNAL_ERROR = b"Internal Server Error\n"
+_ERR_HEADERS = b"Content-Type\0text/plain; charset=utf-8"
+
+
+class ClientDisconnected(OSError):
+    """The client went away while the app was reading its body or writing the response."""
+
+
+class BodyError(OSError):
+    """The request body broke the rules (too large, malformed chunks); ``status`` says which."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def check(rc: int, what: str = "spawning core") -> int:
+    """Raises OSError for a negative -errno result from C, returns rc otherwise."""
+    if rc < 0:
+        code = -rc
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+    return rc
+
+
+class ThreadWaiter:
+    """Blocking done in C with the GIL released: thread mode."""
+
+    __slots__ = ("srv", "body_timeout_ms")
+
+    def __init__(self, srv: Any, body_timeout_ms: int) -> None:
+        self.srv = srv
+        self.body_timeout_ms = body_timeout_ms
+
+    def read(self, req: Any, buf: Any, n: int) -> int:
+        return lib.sp_req_read_wait(self.srv, req, buf, n, self.body_timeout_ms)
+
+    def drain(self, req: Any, low_water: int) -> int:
+        return lib.sp_req_drain(self.srv, req, low_water)
+
+    def wait_writable(self, req: Any) -> None:
+        import select
+        select.select([], [req.fd], [], 1.0)
+
+
+class Input:
+    """``wsgi.input``: read(n), read(), readline(n), readlines(), iteration, over Content-Length
+    and chunked bodies. ``wsgi.input_terminated`` is true: read() ends at the body's end."""
+
+    __slots__ = ("_srv", "_req", "_waiter", "_buf", "_cbuf", "_eof")
+
+    def __init__(self, srv: Any, req: Any, waiter: Any) -> None:
+        self._srv = srv
+        self._req = req
+        self._waiter = waiter
+        self._buf = b""          # read ahead by readline
+        self._cbuf = None
+        self._eof = False
+
+    def _fill(self, n: int) -> bytes:
+        """Up to n fresh bytes from C; b'' at the end of the body."""
+        if self._eof:
+            return b""
+        if n > READ_CHUNK:
+            n = READ_CHUNK
+        cbuf = self._cbuf
+        if cbuf is None:
+            cbuf = self._cbuf = _new("char[]", READ_CHUNK)
+        rc = self._waiter.read(self._req, cbuf, n)
+        if rc > 0:
+            return _unpack(cbuf, rc)
+        if rc == 0:
+            self._eof = True
+            return b""
+        self._eof = True
+        if rc == -413:
+            raise BodyError(413, "request body larger than --max-body-size")
+        if rc == -400:
+            raise BodyError(400, "malformed chunked request body")
+        if rc == -errno.ETIMEDOUT:
+            raise ClientDisconnected(errno.ETIMEDOUT, "request body timed out")
+        raise ClientDisconnected(-rc, "client disconnected while sending the body")
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            parts = [self._buf]
+            self._buf = b""
+            while True:
+                chunk = self._fill(READ_CHUNK)
+                if not chunk:
+                    return b"".join(parts)
+                parts.append(chunk)
+        if not size:
+            return b""
+        if self._buf:
+            data, self._buf = self._buf[:size], self._buf[size:]
+            return data
+        return self._fill(size)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        limit = size if size is not None and size >= 0 else sys.maxsize
+        buf = self._buf
+        while True:
+            i = buf.find(b"\n", 0, limit)
+            if i >= 0:
+                line, self._buf = buf[: i + 1], buf[i + 1:]
+                return line
+            if len(buf) >= limit:
+                line, self._buf = buf[:limit], buf[limit:]
+                return line
+            chunk = self._fill(READ_CHUNK)
+            if not chunk:
+                self._buf = b""
+                return buf
+            buf += chunk
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        lines = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                return lines
+
+    def __iter__(self) -> "Input":
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
+class EmptyInput:
+    """``wsgi.input`` for requests without a body: stateless, so one instance serves all."""
+
+    __slots__ = ()
+
+    def read(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        return []
+
+    def __iter__(self) -> "EmptyInput":
+        return self
+
+    def __next__(self) -> bytes:
+        raise StopIteration
+
+
+EMPTY_INPUT = EmptyInput()
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: served with sendfile(2) when the file is a regular file."""
+
+    def __init__(self, filelike: Any, blksize: int = 65536) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self) -> "FileWrapper":
+        return self
+
+    def __next__(self) -> bytes:
+        data = self.filelike.read(self.blksize)
+        if data:
+            return data
+        raise StopIteration
+
+
+class Response:
+    """State of one response: ``start_response`` and the ``write()`` callable."""
+
+    __slots__ = ("srv", "req", "waiter", "status", "headers", "head_sent", "sent", "code")
+
+    def __init__(self, srv: Any, req: Any, waiter: Any) -> None:
+        self.srv = srv
+        self.req = req
+        self.waiter = waiter
+        self.status: str | None = None
+        self.headers: list | None = None
+        self.head_sent = False
+        self.sent = 0
+        self.code = 0
+
+    def start_response(self, status: str, headers: list, exc_info: Any = None) -> Callable[[bytes], None]:
+        if exc_info:
+            try:
+                if self.head_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response() called a second time without exc_info")
+        if type(status) is not str:
+            raise TypeError(f"status must be str, not {type(status).__name__}")
+        if type(headers) is not list:
+            raise TypeError(f"response headers must be a list, not {type(headers).__name__}")
+        self.status = status
+        self.headers = headers
+        return self.write
+
+    def pack_headers(self) -> bytes:
+        try:
+            return "\0".join([x for kv in self.headers for x in kv]).encode("latin-1")  # type: ignore[union-attr]
+        except (TypeError, UnicodeEncodeError) as e:
+            raise ValueError(f"invalid response headers {self.headers!r}: {e}") from None
+
+    def send_head(self) -> None:
+        if self.status is None:
+            raise AssertionError("the app sent body data before calling start_response()")
+        packed = self.pack_headers()
+        st = self.status.encode("latin-1")
+        rc = lib.sp_req_start(self.srv, self.req, st, len(st), packed, len(packed))
+        if rc == -errno.EINVAL:
+            raise ValueError(f"invalid response status or headers: {self.status!r} {self.headers!r}")
+        if rc < 0:
+            raise ClientDisconnected(-rc, "client disconnected")
+        self.head_sent = True
+        self.code = int(st[:3])
+
+    def write(self, data: bytes) -> None:
+        if not self.head_sent:
+            self.send_head()
+        if type(data) is not bytes:
+            if isinstance(data, (bytearray, memoryview)):
+                data = bytes(data)
+            else:
+                raise TypeError(f"response body must be bytes, not {type(data).__name__}")
+        n = len(data)
+        if not n:
+            return
+        rc = lib.sp_req_write(self.srv, self.req, data, n)
+        self.sent += n
+        if rc > HIGH_WATER:
+            rc = self.waiter.drain(self.req, LOW_WATER)
+        if rc < 0:
+            if rc == -errno.ETIMEDOUT:
+                raise ClientDisconnected(errno.ETIMEDOUT, "client stopped reading the response")
+            raise ClientDisconnected(-rc, "client disconnected")
+
+    def sendfile(self, wrapper: FileWrapper) -> bool:
+        """Sends a regular file with sendfile(2). Returns False when the caller must iterate."""
+        f = wrapper.filelike
+        try:
+            fd = f.fileno()
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return False
+            pos = f.tell() if hasattr(f, "tell") else 0
+        except (AttributeError, OSError, ValueError):
+            return False
+        remaining = max(st.st_size - pos, 0)
+        if not self.head_sent:
+            if self.status is None:
+                raise AssertionError("the app returned without calling start_response()")
+            if not any(k.lower() == "content-length" for k, _ in self.headers):  # type: ignore[union-attr]
+                self.headers = list(self.headers) + [("Content-Length", str(remaining))]  # type: ignore[arg-type]
+            self.send_head()
+        offset = pos
+        while remaining > 0:
+            rc = lib.sp_req_sendfile(self.srv, self.req, fd, offset, min(remaining, 1 << 30))
+            if rc > 0:
+                offset += rc
+                remaining -= rc
+                self.sent += rc
+            elif rc == 0:
+                break                       # file shorter than its size said, or no body (HEAD)
+            elif rc == -errno.EAGAIN:
+                self.waiter.wait_writable(self.req)
+                if self.waiter.drain(self.req, 0) < 0:
+                    raise ClientDisconnected(errno.EPIPE, "client disconnected")
+            elif rc == -errno.ENOSYS:
+                if offset != pos:
+                    f.seek(offset)
+                return False
+            else:
+                raise ClientDisconnected(-rc, "client disconnected")
+        return True
+
+
+class AccessLog:
+    """Apache combined format, one line per request, flushed per line."""
+
+    def __init__(self, path: str | None) -> None:
+        self.enabled = path not in (None, "", "/dev/null")
+        self._stream = None
+        if self.enabled:
+            self._stream = sys.stdout if path == "-" else open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        self._sec = 0
+        self._stamp = ""
+
+    def log(self, env: dict, code: int, size: int) -> None:
+        now = int(time.time())
+        if now != self._sec:
+            self._sec = now
+            self._stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(now))
+        line = '%s - - [%s] "%s %s %s" %d %s "%s" "%s"\n' % (
+            env.get("REMOTE_ADDR") or "-", self._stamp, env["REQUEST_METHOD"], env.get("RAW_URI", ""),
+            env["SERVER_PROTOCOL"], code, size or "-", env.get("HTTP_REFERER", "-"),
+            env.get("HTTP_USER_AGENT", "-"))
+        try:
+            self._stream.write(line)  # type: ignore[union-attr]
+            if self._stream is sys.stdout:
+                self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
+                 access_log: AccessLog | None) -> Callable[[Any], None]:
+    """Returns ``handle(req)``: runs one request through the app and answers it.
+
+    Written as a closure over locals because this is the per-request hot path."""
+    respond = lib.sp_req_respond
+    finish = lib.sp_req_finish
+    unpack = _unpack
+    empty = EMPTY_INPUT
+    logging_on = access_log is not None and access_log.enabled
+    log_line = access_log.log if logging_on else None
+    list_type = list
+    bytes_type = bytes
+
+    def fail(resp: Response, env: dict, status: str = "500 Internal Server Error",
+             body: bytes = INTERNAL_ERROR) -> None:
+        """Answers an error if nothing went out yet, else cuts the connection."""
+        if resp.head_sent:
+            finish(srv, resp.req, 1)
+            return
+        st = status.encode("latin-1")
+        respond(srv, resp.req, st, len(st), _ERR_HEADERS, len(_ERR_HEADERS), body, len(body))
+        resp.code = int(status[:3])
+        resp.sent = len(body)
+        finish(srv, resp.req, 0)
+
+    def handle(req: Any) -> None:
+        env = base_envs[req.listener].copy()
+        it = iter(unpack(req.env, req.env_len).decode("latin-1").split("\0"))
+        env.update(zip(it, it))
+        env["wsgi.input"] = Input(srv, req, waiter) if req.body else empty
+        resp = Response(srv, req, waiter)
+        result = None
+        try:
+            result = app(env, resp.start_response)
+            if type(result) is list_type and len(result) == 1 and not resp.head_sent \
+                    and resp.status is not None and type(result[0]) is bytes_type:
+                body = result[0]
+                st = resp.status.encode("latin-1")
+                packed = resp.pack_headers()
+                rc = respond(srv, req, st, len(st), packed, len(packed), body, len(body))
+                if rc == -errno.EINVAL:
+                    raise ValueError(f"invalid response status or headers: {resp.status!r} {resp.headers!r}")
+                resp.code = int(st[:3])
+                resp.sent = len(body)
+            elif isinstance(result, FileWrapper) and resp.sendfile(result):
+                pass
+            else:
+                write = resp.write
+                for chunk in result:
+                    if chunk:
+                        write(chunk)
+                if not resp.head_sent:
+                    resp.send_head()     # empty body: the head still goes out
+            finish(srv, req, 0)
+        except ClientDisconnected:
+            finish(srv, req, 1)
+        except BodyError as e:
+            log.info("request body rejected: %s", e)
+            fail(resp, env, f"{e.status} {'Content Too Large' if e.status == 413 else 'Bad Request'}",
+                 (str(e) + "\n").encode())
+        except Exception:
+            log.exception("error in WSGI app for %s %s", env.get("REQUEST_METHOD"), env.get("RAW_URI"))
+            fail(resp, env)
+        finally:
+            if result is not None and hasattr(result, "close"):
+                try:
+                    result.close()
+                except Exception:
+                    log.exception("error closing the WSGI app's iterable")
+        if log_line is not None:
+            log_line(env, resp.code, resp.sent)
+
+    return handle
+
+
+def base_environ(sockname: Any, family: int, config: dict) -> dict:
+    """The constant part of environ for one listening socket."""
+    import socket
+    if family in (socket.AF_INET, socket.AF_INET6):
+        host, port = sockname[0], sockname[1]
+    else:
+        host, port = "localhost", "0"
+    threads = int(config.get("threads", 4))
+    return {
+        "SCRIPT_NAME": "",
+        "SERVER_NAME": host,
+        "SERVER_PORT": str(port),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": threads > 1,
+        "wsgi.multiprocess": int(config.get("processes", 1)) > 1,
+        "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
+        "wsgi.file_wrapper": FileWrapper,
+    }
+
+
+def errno_name(rc: int) -> str:
+    """'ECONNRESET (Connection reset by peer)' for a -errno result."""
+    code = -rc if rc < 0 else rc
+    return f"{errno.errorcode.get(code, code)} ({os.strerror(code)})"
