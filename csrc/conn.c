@@ -134,6 +134,10 @@ static void conn_kill(sp_server *s, sp_conn *c) {
         if (!c->dead) shutdown(c->h.fd, SHUT_RDWR);
         c->dead = 1;
         c->deadline_ms = 0;
+        if (c->wait_mask) {   /* wake the green thread waiting on it: it will see the error */
+            c->wait_mask = 0;
+            srv_fd_event(s, c->h.fd, SP_READ | SP_WRITE, c->wait_token);
+        }
         return;
     }
     conn_close(s, c);
@@ -415,6 +419,10 @@ void conn_on_event(sp_server *s, sp_conn *c, int mask) {
     if (mask & BE_ERROR) c->peer_closed = 1;
     if (mask & BE_WRITE) {
         c->writable = 1;
+        if ((c->wait_mask & SP_WRITE) && c->state == C_BUSY) {
+            c->wait_mask = 0;
+            srv_fd_event(s, c->h.fd, SP_WRITE, c->wait_token);
+        }
         if (pending(c)) {
             int was_close = c->state == C_LINGER;
             if (conn_flush(s, c) < 0) return;
@@ -437,6 +445,10 @@ void conn_on_event(sp_server *s, sp_conn *c, int mask) {
             break;
         case C_BUSY:
         case C_READY:
+            if (c->wait_mask & SP_READ) {
+                c->wait_mask = 0;
+                srv_fd_event(s, c->h.fd, SP_READ, c->wait_token);
+            }
             if (c->body_done && !c->peer_closed) {
                 /* Only a peek: a client that hung up while its long-poll waits is noticed. */
                 char b;
@@ -608,6 +620,8 @@ static ssize_t format_head(sp_server *s, sp_conn *c, char *dst, size_t cap, cons
 
 /* ---- the API Python calls ------------------------------------------------------------------- */
 
+static int finish_locked(sp_server *s, sp_conn *c, int abort);
+
 #define LOCK(s) pthread_mutex_lock(&(s)->mu)
 #define UNLOCK(s) pthread_mutex_unlock(&(s)->mu)
 
@@ -737,8 +751,10 @@ int sp_req_respond(sp_server *s, sp_request *r, const char *status, size_t slen,
     if (n == -ENOSPC) {   /* a huge head: take the general path */
         UNLOCK(s);
         rc = sp_req_start(s, r, status, slen, headers, hlen);
+        if (rc == -EINVAL) return rc;
         if (rc == 0) { ssize_t w = sp_req_write(s, r, body, blen); if (w < 0) rc = (int)w; }
-        return rc;
+        int f = sp_req_finish(s, r, 0);
+        return rc ? rc : f;
     }
     if (n < 0) { rc = (int)n; goto out; }
     struct iovec iov[2] = { { head, (size_t)n }, { (void *)body, 0 } };
@@ -750,6 +766,10 @@ int sp_req_respond(sp_server *s, sp_request *r, const char *status, size_t slen,
     ssize_t w = conn_sendv(s, c, iov, iov[1].iov_len ? 2 : 1);
     if (w < 0) rc = (int)w;
 out:
+    if (rc != -EINVAL && rc != -EALREADY) {
+        int f = finish_locked(s, c, 0);
+        if (!rc) rc = f;
+    }
     UNLOCK(s);
     return rc;
 }
@@ -773,10 +793,9 @@ static int skip_body(sp_server *s, sp_conn *c) {
     return 0;
 }
 
-int sp_req_finish(sp_server *s, sp_request *r, int abort) {
-    sp_conn *c = conn_of(r);
-    LOCK(s);
+static int finish_locked(sp_server *s, sp_conn *c, int abort) {
     int rc = 0;
+    c->wait_mask = 0;
     s->st.in_flight--;
     if (c->status >= 100 && c->status < 600) s->st.status_class[c->status / 100]++;
     s->st.requests++;
@@ -813,6 +832,12 @@ int sp_req_finish(sp_server *s, sp_request *r, int abort) {
         else if (p == 0 && c->pos == c->in_len) release_in(s, c);
     }
 out:
+    return rc;
+}
+
+int sp_req_finish(sp_server *s, sp_request *r, int abort) {
+    LOCK(s);
+    int rc = finish_locked(s, conn_of(r), abort);
     UNLOCK(s);
     return rc;
 }
@@ -938,4 +963,19 @@ ssize_t sp_req_read_wait(sp_server *s, sp_request *r, char *buf, size_t n, int t
         if (pr == 0) return -ETIMEDOUT;
         if (pr < 0 && errno != EINTR) return -errno;
     }
+}
+
+int sp_req_wait(sp_server *s, sp_request *r, int mask, int64_t token) {
+    sp_conn *c = conn_of(r);
+    LOCK(s);
+    int rc = 0;
+    if (c->dead || c->peer_closed || ((mask & SP_READ) && c->readable) || ((mask & SP_WRITE) && c->writable)) {
+        c->wait_mask = 0;
+        rc = srv_fd_event(s, c->h.fd, mask, token);   /* can progress (or fail) now */
+    } else {
+        c->wait_mask = mask;
+        c->wait_token = token;
+    }
+    UNLOCK(s);
+    return rc;
 }

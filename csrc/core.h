@@ -38,6 +38,9 @@ typedef struct sp_conn {
     struct sp_conn *prev, *next;     /* all connections (sweep list) */
     struct sp_conn *qnext;           /* ready queue */
     int64_t ready_at_us;             /* when it was queued (thread hand-off) */
+    int64_t busy_since_ms;           /* when Python took it (--timeout, status) */
+    int64_t wait_token;              /* green mode: sp_req_wait() */
+    int wait_mask;
     int64_t deadline_ms;             /* current timeout, 0 for none */
     int64_t head_started_ms;         /* first byte of the current head */
 
@@ -117,6 +120,7 @@ int64_t sp_now_us(void);
 /* server.c, for conn.c */
 void srv_conn_interest(sp_server *s, sp_conn *c);
 void srv_enqueue(sp_server *s, sp_conn *c);
+int srv_fd_event(sp_server *s, int fd, int mask, int64_t token);
 char *srv_buf_get(sp_server *s);
 void srv_buf_put(sp_server *s, char *buf);
 const char *srv_date(sp_server *s);

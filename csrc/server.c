@@ -185,6 +185,10 @@ void sp_server_stats(sp_server *s, sp_stats *out) {
     pthread_mutex_lock(&s->mu);
     *out = s->st;
     out->connections = s->nconns;
+    int64_t oldest = 0, now = sp_now_ms();
+    for (sp_conn *c = s->conns; c; c = c->next)
+        if (c->state == C_BUSY && (oldest == 0 || c->busy_since_ms < oldest)) oldest = c->busy_since_ms;
+    out->oldest_busy_ms = oldest ? now - oldest : 0;
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -236,7 +240,7 @@ void srv_enqueue(sp_server *s, sp_conn *c) {
     s->nready++;
 }
 
-static int fdq_push(sp_server *s, int fd, int mask, int64_t token) {
+int srv_fd_event(sp_server *s, int fd, int mask, int64_t token) {
     if (s->fdq_len == s->fdq_cap) {
         int cap = s->fdq_cap ? s->fdq_cap * 2 : 64;
         sp_event *q = realloc(s->fdq, sizeof(*q) * (size_t)cap);
@@ -272,6 +276,7 @@ static int take_ready(sp_server *s, sp_event *out, int max, int64_t now_us, int 
         s->nready--;
         c->queued = 0;
         c->state = C_BUSY;
+        c->busy_since_ms = now_us / 1000;
         s->st.in_flight++;
         memset(&out[n], 0, sizeof(out[n]));
         out[n].kind = SP_EV_REQUEST;
@@ -439,7 +444,7 @@ static int dispatch(sp_server *s, be_fired *fired, int n) {
             sp_watch_ent *e = (sp_watch_ent *)h;
             int m = ((fired[i].mask & BE_READ) ? SP_READ : 0) | ((fired[i].mask & BE_WRITE) ? SP_WRITE : 0);
             if (fired[i].mask & BE_ERROR) m = SP_READ | SP_WRITE;
-            fdq_push(s, e->h.fd, m, e->token);
+            srv_fd_event(s, e->h.fd, m, e->token);
             break;
         }
         case K_WAKE:

@@ -140,6 +140,7 @@ typedef struct sp_stats {
     int in_flight;               /* requests handed to Python and not finished */
     uint64_t bytes_out;
     uint64_t status_class[6];    /* responses by status class: [1]=1xx ... [5]=5xx */
+    int64_t oldest_busy_ms;      /* age of the oldest request Python holds, 0 if none */
 } sp_stats;
 
 const char *sp_backend_name(void);  /* "epoll", "kqueue" or "poll": the backend compiled in */
@@ -174,6 +175,11 @@ int sp_unwatch(sp_server *s, int fd);
 
 /* ---- Responding to a request (conn.c) ---------------------------------------------------------- */
 
+/* Green mode: the request's own socket is already in the loop, so sp_watch() cannot take it. This
+ * asks for one SP_EV_FD event with token when the connection may make progress for mask (SP_READ:
+ * body bytes or hang-up; SP_WRITE: room to write). Reported at once if it already can. 0 or -errno. */
+int sp_req_wait(sp_server *s, sp_request *r, int mask, int64_t token);
+
 /* Starts the response: status is "200 OK", headers is "Name\0value\0Name\0value\0" (hlen bytes).
  * Validates every name (token) and value (no CR/LF/NUL), adds Date, Server, Connection and chunked
  * framing as needed. Nothing is sent until body data or finish. Returns 0, -EINVAL for an invalid
@@ -192,7 +198,9 @@ ssize_t sp_req_drain(sp_server *s, sp_request *r, size_t low_water);
 /* Sends count bytes of file fd from offset with sendfile(2) after the queued bytes are out. Returns
  * bytes sent (maybe fewer), -EAGAIN when the socket is full, or -errno (-ENOSYS: caller falls back). */
 ssize_t sp_req_sendfile(sp_server *s, sp_request *r, int fd, int64_t offset, size_t count);
-/* Start + write + finish in one crossing: the common case of a one-piece body. */
+/* Start + write + finish in one crossing: the common case of a one-piece body. Returns -EINVAL
+ * (invalid status/header: nothing was sent and r is still the caller's, to answer 500), else r is
+ * finished and invalid: 0, or -errno when the client was gone. */
 int sp_req_respond(sp_server *s, sp_request *r, const char *status, size_t slen,
                    const char *headers, size_t hlen, const char *body, size_t blen);
 /* Ends the response (terminal chunk if chunked). The connection goes on to its next pipelined

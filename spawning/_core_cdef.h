@@ -35,7 +35,7 @@ typedef struct sp_request {
 typedef struct sp_event { int kind; int fd; int mask; sp_request *req; int64_t token; } sp_event;
 typedef struct sp_stats {
     uint64_t requests; uint64_t accepted; uint64_t rejected; int connections; int in_flight;
-    uint64_t bytes_out; uint64_t status_class[6];
+    uint64_t bytes_out; uint64_t status_class[6]; int64_t oldest_busy_ms;
 } sp_stats;
 
 const char *sp_backend_name(void);
@@ -51,6 +51,7 @@ int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms);
 int sp_watch(sp_server *s, int fd, int mask, int64_t token);
 int sp_unwatch(sp_server *s, int fd);
 
+int sp_req_wait(sp_server *s, sp_request *r, int mask, int64_t token);
 int sp_req_start(sp_server *s, sp_request *r, const char *status, size_t slen, const char *headers, size_t hlen);
 ssize_t sp_req_write(sp_server *s, sp_request *r, const char *buf, size_t len);
 ssize_t sp_req_flush(sp_server *s, sp_request *r);

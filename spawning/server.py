@@ -85,8 +85,6 @@ class Server:
         self._draining = False
         self._stopping = False
         self._done = threading.Event()
-        self._in_flight_since: dict[int, float] = {}
-        self._oldest_lock = threading.Lock()
         self.started = time.time()
 
     # ---- control (any thread) ----------------------------------------------------------------
@@ -110,7 +108,6 @@ class Server:
     def stats(self) -> dict:
         st = ffi.new("sp_stats *")
         lib.sp_server_stats(self._srv, st)
-        starts = list(self._in_flight_since.values())
         return {
             "requests": int(st.requests),
             "accepted": int(st.accepted),
@@ -119,7 +116,7 @@ class Server:
             "in_flight": int(st.in_flight),
             "bytes_out": int(st.bytes_out),
             "status_class": [int(st.status_class[i]) for i in range(6)],
-            "oldest_request_start": min(starts) if starts else None,
+            "oldest_request_start": (time.monotonic() - st.oldest_busy_ms / 1000) if st.in_flight else None,
         }
 
     # ---- serving ---------------------------------------------------------------------------------
@@ -138,8 +135,7 @@ class Server:
     def _serve_threads(self) -> None:
         waiter = wsgi.ThreadWaiter(self._srv, _ms(self.config.get("body_timeout"), 60))
         handle = wsgi.make_handler(self.app, self._srv, self.base_envs, waiter, self.access_log)
-        track = self._track(handle)
-        workers = [threading.Thread(target=self._thread_main, args=(track,), name=f"spawning-{i}",
+        workers = [threading.Thread(target=self._thread_main, args=(handle,), name=f"spawning-{i}",
                                     daemon=True) for i in range(self.threads)]
         for t in workers:
             t.start()
@@ -152,21 +148,6 @@ class Server:
             lib.sp_server_wakeup(self._srv)
             for t in workers:
                 t.join(0.5 if not self._draining else 2.0)
-
-    def _track(self, handle: Callable) -> Callable:
-        """Wraps handle to remember when each in-flight request started (for --timeout)."""
-        since = self._in_flight_since
-        monotonic = time.monotonic
-        get_ident = threading.get_ident
-
-        def tracked(req: Any) -> None:
-            key = get_ident()
-            since[key] = monotonic()
-            try:
-                handle(req)
-            finally:
-                since.pop(key, None)
-        return tracked
 
     def _thread_main(self, handle: Callable) -> None:
         srv = self._srv

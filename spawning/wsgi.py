@@ -364,6 +364,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
 
     Written as a closure over locals because this is the per-request hot path."""
     respond = lib.sp_req_respond
+    EINVAL = -errno.EINVAL
     finish = lib.sp_req_finish
     unpack = _unpack
     empty = EMPTY_INPUT
@@ -382,7 +383,6 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         respond(srv, resp.req, st, len(st), _ERR_HEADERS, len(_ERR_HEADERS), body, len(body))
         resp.code = int(status[:3])
         resp.sent = len(body)
-        finish(srv, resp.req, 0)
 
     def handle(req: Any) -> None:
         env = base_envs[req.listener].copy()
@@ -398,21 +398,20 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                 body = result[0]
                 st = resp.status.encode("latin-1")
                 packed = resp.pack_headers()
-                rc = respond(srv, req, st, len(st), packed, len(packed), body, len(body))
-                if rc == -errno.EINVAL:
+                # One crossing: head, body and finish. Only -EINVAL leaves req with us.
+                if respond(srv, req, st, len(st), packed, len(packed), body, len(body)) == -EINVAL:
                     raise ValueError(f"invalid response status or headers: {resp.status!r} {resp.headers!r}")
                 resp.code = int(st[:3])
                 resp.sent = len(body)
-            elif isinstance(result, FileWrapper) and resp.sendfile(result):
-                pass
             else:
-                write = resp.write
-                for chunk in result:
-                    if chunk:
-                        write(chunk)
-                if not resp.head_sent:
-                    resp.send_head()     # empty body: the head still goes out
-            finish(srv, req, 0)
+                if not (isinstance(result, FileWrapper) and resp.sendfile(result)):
+                    write = resp.write
+                    for chunk in result:
+                        if chunk:
+                            write(chunk)
+                    if not resp.head_sent:
+                        resp.send_head()     # empty body: the head still goes out
+                finish(srv, req, 0)
         except ClientDisconnected:
             finish(srv, req, 1)
         except BodyError as e:

@@ -1,0 +1,665 @@
+/* parser.c -- HTTP/1.1 request head parser, framing validator and chunked body decoder.
+ *
+ * Theory of operation
+ * -------------------
+ * sp_parse_request() is stateless. The caller keeps appending received bytes to one buffer and
+ * calls it again with the whole buffer and the previous length (last_len). Two phases:
+ *
+ *   1. A cheap completeness check scans only the new bytes (from last_len - 3, so a terminator
+ *      split across reads is found) for the blank line "\r\n\r\n". Every LF it meets must follow
+ *      a CR: a bare LF is answered with 400 at once (RFC 9112 2.2 lets us reject it, and lenient
+ *      line endings are a classic request-smuggling lever). While the head is incomplete, the
+ *      limits are enforced on what has arrived (request line, current field line, head size), so
+ *      a slow sender can never make the caller buffer more than the limits.
+ *   2. Once the blank line is there, one strict pass over [start, end) validates and records the
+ *      request line and every field line. Each line is known to end before `end`, so the scans
+ *      need no PARTIAL handling.
+ *
+ * Outputs are pointers into the caller's buffer; nothing is allocated, nothing is global.
+ *
+ * When a head holds several defects, which status is reported may depend on how its bytes
+ * arrived (the incremental limit checks can fire before the full pass would have found another
+ * defect). Either way the request is refused.
+ *
+ * sp_chunked_decode() is the one piece with state: a byte-level state machine (struct sp_chunked)
+ * over size lines, extensions, data, the CRLF after data, and the trailer section. Data is moved
+ * to the front of the caller's buffer in place, so any split of the input works.
+ */
+#include "sp.h"
+#include "sp_limits.h"
+
+#include <limits.h>
+#include <string.h>
+
+#if defined(__SSE4_2__) && !defined(SP_NO_SIMD)
+#include <nmmintrin.h>
+#define SP_USE_SSE42 1
+#endif
+
+#define CR '\r'
+#define LF '\n'
+#define SP ' '
+#define HTAB '\t'
+
+#define ERR(status) (-(SP_HTTP_##status))
+
+/* Character classes (one table, bit flags):
+ *   C_TCHAR  RFC 9110 5.6.2 token characters.
+ *   C_TARGET bytes allowed in a request-target: VCHAR except '#' (RFC 9112 3.2: no fragment),
+ *            plus obs-text, which real clients send raw in paths and is no framing hazard.
+ *   C_VALUE  field-vchar, SP, HTAB, obs-text (RFC 9110 5.5). No CTL, no DEL.
+ *   C_HEX    HEXDIG. */
+enum { C_TCHAR = 1, C_TARGET = 2, C_VALUE = 4, C_HEX = 8 };
+
+static const unsigned char char_class[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0,                /* 0x00 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,                /* 0x10 */
+    4, 7, 6, 5, 7, 7, 7, 7, 6, 6, 7, 7, 6, 7, 7, 6,                /* 0x20 */
+    15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 6, 6, 6, 6, 6, 6,      /* 0x30 */
+    6, 15, 15, 15, 15, 15, 15, 7, 7, 7, 7, 7, 7, 7, 7, 7,          /* 0x40 */
+    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 6, 7, 7,                /* 0x50 */
+    7, 15, 15, 15, 15, 15, 15, 7, 7, 7, 7, 7, 7, 7, 7, 7,          /* 0x60 */
+    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 7, 6, 7, 0,                /* 0x70 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0x80 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0x90 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0xa0 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0xb0 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0xc0 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0xd0 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0xe0 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0xf0 */
+};
+
+static inline int is_class(char c, int cls)
+{
+    return char_class[(unsigned char)c] & cls;
+}
+
+static inline int is_ows(char c)
+{
+    return c == SP || c == HTAB;
+}
+
+static inline int hex_value(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+static inline char ascii_lower(char c)
+{
+    return (c >= 'A' && c <= 'Z') ? (char)(c + ('a' - 'A')) : c;
+}
+
+/* Case-insensitive comparison of s[0..n) with a lowercase literal. */
+static int eq_lower(const char *s, size_t n, const char *lit, size_t lit_len)
+{
+    if (n != lit_len) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (ascii_lower(s[i]) != lit[i]) return 0;
+    return 1;
+}
+
+#define EQ_LIT(s, n, lit) eq_lower((s), (n), (lit), sizeof(lit) - 1)
+
+/* ---- Scanning: SSE4.2 fast path, scalar fallback. ----------------------------------------------
+ * Both return the first byte in [p, end) outside the class, or end. The SIMD loop handles whole
+ * 16-byte blocks only (never reading past end) and leaves the tail to the scalar loop. */
+
+#ifdef SP_USE_SSE42
+#define SIMD_BLOCK 16
+/* ranges16: pairs of inclusive byte ranges to stop at, zero-padded to 16 bytes. */
+static inline const char *find_range(const char *p, const char *end, const char *ranges16,
+                                     int nranges_bytes)
+{
+    const __m128i ranges = _mm_loadu_si128((const __m128i *)(const void *)ranges16);
+    while (end - p >= SIMD_BLOCK) {
+        const __m128i block = _mm_loadu_si128((const __m128i *)(const void *)p);
+        int idx = _mm_cmpestri(ranges, nranges_bytes, block, SIMD_BLOCK,
+                               _SIDD_LEAST_SIGNIFICANT | _SIDD_CMP_RANGES | _SIDD_UBYTE_OPS);
+        if (idx != SIMD_BLOCK) return p + idx;
+        p += SIMD_BLOCK;
+    }
+    return p;
+}
+#endif
+
+static inline const char *scan_class(const char *p, const char *end, int cls)
+{
+    while (end - p >= 4) {
+        if (!is_class(p[0], cls)) return p;
+        if (!is_class(p[1], cls)) return p + 1;
+        if (!is_class(p[2], cls)) return p + 2;
+        if (!is_class(p[3], cls)) return p + 3;
+        p += 4;
+    }
+    while (p < end && is_class(*p, cls)) p++;
+    return p;
+}
+
+/* Request-target bytes: stops at CTL, SP, '#', DEL. */
+static inline const char *scan_target(const char *p, const char *end)
+{
+#ifdef SP_USE_SSE42
+    static const char stop[16] = "\x00\x20##\x7f\x7f";
+    p = find_range(p, end, stop, 6);
+#endif
+    return scan_class(p, end, C_TARGET);
+}
+
+/* Field value bytes: stops at a CTL other than HTAB, or DEL. */
+static inline const char *scan_value(const char *p, const char *end)
+{
+#ifdef SP_USE_SSE42
+    static const char stop[16] = "\x00\x08\x0a\x1f\x7f\x7f";
+    p = find_range(p, end, stop, 6);
+#endif
+    return scan_class(p, end, C_VALUE);
+}
+
+/* ---- sp_parse_request -------------------------------------------------------------------------- */
+
+typedef struct resolved_limits {
+    size_t line, field, head, headers;
+} resolved_limits;
+
+static void resolve_limits(const sp_limits *lim, resolved_limits *r)
+{
+    r->line = (lim && lim->max_request_line) ? lim->max_request_line : SP_DEFAULT_MAX_REQUEST_LINE;
+    r->field = (lim && lim->max_field_size) ? lim->max_field_size : SP_DEFAULT_MAX_FIELD_SIZE;
+    r->head = (lim && lim->max_head_size) ? lim->max_head_size : SP_DEFAULT_MAX_HEAD_SIZE;
+    r->headers = (lim && lim->max_headers) ? lim->max_headers : SP_DEFAULT_MAX_HEADERS;
+    if (r->head > (size_t)INT_MAX) r->head = (size_t)INT_MAX;  /* the return value is an int */
+}
+
+static inline size_t min_size(size_t a, size_t b)
+{
+    return a < b ? a : b;
+}
+
+/* Looks for the blank line ending the head in buf[from, len). Returns the head's end (just past
+ * "\r\n\r\n"), 0 when not there yet, or -400 for a bare LF. */
+static long find_head_end(const char *buf, size_t len, size_t from)
+{
+    const char *p = buf + from, *end = buf + len;
+    while (p < end) {
+        const char *lf = memchr(p, LF, (size_t)(end - p));
+        if (!lf) return 0;
+        if (lf == buf || lf[-1] != CR) return ERR(BAD_REQUEST);  /* RFC 9112 2.2: bare LF */
+        if (lf - buf >= 3 && lf[-2] == LF && lf[-3] == CR) return (long)(lf + 1 - buf);
+        p = lf + 1;
+    }
+    return 0;
+}
+
+/* The limits that can be judged before the head is complete; buf[start..len) has no blank line
+ * and no bare LF, and buf[0..from) was judged by the previous call. The request line is checked
+ * whole; field lines only from `from` on: each line completed among the new bytes, then the one
+ * still arriving. So an over-long line is refused however the bytes were split. */
+static int check_partial(const char *buf, size_t len, size_t start, size_t from,
+                         const resolved_limits *lim)
+{
+    size_t avail = len - start;
+    const char *cr = memchr(buf + start, CR, min_size(avail, lim->line + 1));
+    if (!cr) {
+        /* Still in the request line. */
+        if (avail > lim->line) return ERR(URI_TOO_LONG);
+        if (len > lim->head) return ERR(URI_TOO_LONG);
+        return SP_PARTIAL;
+    }
+    if (len > lim->head) return ERR(HEADERS_TOO_LARGE);
+
+    size_t fields = (size_t)(cr - buf) + 2;  /* where the first field line starts */
+    if (len <= fields) return SP_PARTIAL;
+    size_t pos = from > fields ? from : fields;
+
+    /* Find where the line holding pos starts, looking back at most field + 2 bytes: finding no
+     * LF there already proves that line too long. */
+    size_t lo = fields;
+    if (pos - lo > lim->field + 2) lo = pos - lim->field - 2;
+    size_t ls = pos;
+    while (ls > lo && buf[ls - 1] != LF) ls--;
+    if (pos - ls > lim->field + 1) return ERR(HEADERS_TOO_LARGE);
+
+    /* Lines completed among the new bytes (each LF follows a CR: find_head_end checked). */
+    const char *p = buf + pos, *end = buf + len, *lf;
+    while ((lf = memchr(p, LF, (size_t)(end - p))) != NULL) {
+        size_t line_end = (size_t)(lf - buf) - 1;  /* at its CR */
+        if (line_end - ls > lim->field) return ERR(HEADERS_TOO_LARGE);
+        ls = (size_t)(lf - buf) + 1;
+        p = lf + 1;
+    }
+    /* The line still arriving (a trailing CR is not content). */
+    size_t cur = len - ls;
+    if (cur && buf[len - 1] == CR) cur--;
+    if (cur > lim->field) return ERR(HEADERS_TOO_LARGE);
+    return SP_PARTIAL;
+}
+
+/* RFC 9112 3.2: the four forms of request-target, each allowed only where it belongs. */
+static int check_target_form(const char *m, size_t mlen, const char *t, size_t tlen)
+{
+    static const char connect[] = "CONNECT", options[] = "OPTIONS";
+    int is_connect = mlen == sizeof connect - 1 && memcmp(m, connect, mlen) == 0;
+
+    if (is_connect) {
+        /* 3.2.3 authority-form = uri-host ":" port; no userinfo, path or query. */
+        const char *colon = NULL;
+        for (size_t i = 0; i < tlen; i++) {
+            if (t[i] == '/' || t[i] == '?' || t[i] == '@') return ERR(BAD_REQUEST);
+            if (t[i] == ':') colon = t + i;
+        }
+        if (!colon || colon == t || colon + 1 == t + tlen) return ERR(BAD_REQUEST);
+        for (const char *d = colon + 1; d < t + tlen; d++)
+            if (*d < '0' || *d > '9') return ERR(BAD_REQUEST);
+        return 0;
+    }
+    if (t[0] == '/') return 0;  /* 3.2.1 origin-form */
+    if (tlen == 1 && t[0] == '*') {
+        /* 3.2.4 asterisk-form, only for a server-wide OPTIONS. */
+        int is_options = mlen == sizeof options - 1 && memcmp(m, options, mlen) == 0;
+        return is_options ? 0 : ERR(BAD_REQUEST);
+    }
+    /* 3.2.2 absolute-form: we serve http and https URIs only, with a non-empty authority. */
+    size_t scheme = 0;
+    if (tlen > 7 && EQ_LIT(t, 7, "http://")) scheme = 7;
+    else if (tlen > 8 && EQ_LIT(t, 8, "https://")) scheme = 8;
+    if (!scheme) return ERR(BAD_REQUEST);
+    if (t[scheme] == '/' || t[scheme] == '?') return ERR(BAD_REQUEST);
+    return 0;
+}
+
+/* Parses "HTTP/" DIGIT "." DIGIT in v[0..n). Returns the minor version to report, or -STATUS. */
+static int parse_version(const char *v, size_t n)
+{
+    static const char name[] = "HTTP/";
+    const size_t name_len = sizeof name - 1;
+    if (n < name_len + 1 || memcmp(v, name, name_len) != 0) return ERR(BAD_REQUEST);
+    char major = v[name_len];
+    if (major < '0' || major > '9') return ERR(BAD_REQUEST);
+    if (n == name_len + 1)  /* "HTTP/2", "HTTP/3": another major; "HTTP/1" is garbage */
+        return major == '1' ? ERR(BAD_REQUEST) : ERR(VERSION_NOT_SUPPORTED);
+    if (n != name_len + 3 || v[name_len + 1] != '.') return ERR(BAD_REQUEST);
+    char minor = v[name_len + 2];
+    if (minor < '0' || minor > '9') return ERR(BAD_REQUEST);
+    if (major != '1') return ERR(VERSION_NOT_SUPPORTED);
+    /* RFC 9110 6.2: a higher minor version is answered as the highest we speak, 1.1. */
+    return minor == '0' ? 0 : 1;
+}
+
+int sp_parse_request(const char *buf, size_t len, size_t last_len, const sp_limits *limits,
+                     sp_request_head *req)
+{
+    resolved_limits lim;
+    resolve_limits(limits, &lim);
+    size_t capacity = req->num_headers;
+    req->num_headers = 0;
+
+    /* RFC 9112 2.2: empty lines before the request line are ignored. */
+    size_t start = 0;
+    while (len - start >= 2 && buf[start] == CR && buf[start + 1] == LF) start += 2;
+    if (start > lim.head) return ERR(HEADERS_TOO_LARGE);
+
+    size_t from = last_len > 3 ? last_len - 3 : 0;
+    if (from < start) from = start;
+    if (from > len) from = len;
+    long head_end = find_head_end(buf, len, from);
+    if (head_end < 0) return (int)head_end;
+    if (head_end == 0) return check_partial(buf, len, start, from, &lim);
+
+    const char *p = buf + start, *end = buf + head_end;
+
+    /* Request line. The blank line guarantees a CR before end; it must come within the limit. */
+    const char *cr = memchr(p, CR, min_size((size_t)(end - p), lim.line + 1));
+    if (!cr) return ERR(URI_TOO_LONG);
+    if ((size_t)head_end > lim.head)  /* 414 if the line alone already crossed the limit */
+        return (size_t)(cr - buf) > lim.head ? ERR(URI_TOO_LONG) : ERR(HEADERS_TOO_LARGE);
+    if (cr[1] != LF) return ERR(BAD_REQUEST);  /* bare CR */
+
+    const char *m_end = scan_class(p, cr, C_TCHAR);
+    if (m_end == p || *m_end != SP) return ERR(BAD_REQUEST);
+    const char *t = m_end + 1;
+    const char *t_end = scan_target(t, cr);
+    if (t_end == t || *t_end != SP) return ERR(BAD_REQUEST);  /* 3.2: one SP, no CTL/'#' */
+    int minor = parse_version(t_end + 1, (size_t)(cr - (t_end + 1)));
+    if (minor < 0) return minor;
+    int rc = check_target_form(p, (size_t)(m_end - p), t, (size_t)(t_end - t));
+    if (rc < 0) return rc;
+
+    /* Field lines. */
+    size_t max_fields = min_size(capacity, lim.headers), n = 0;
+    const char *q = cr + 2;
+    for (;;) {
+        if (*q == CR) {
+            /* The blank line: the first "\r\n\r\n" is `end`, so this is it. */
+            if (q + 2 != end || q[1] != LF) return ERR(BAD_REQUEST);
+            break;
+        }
+        /* RFC 9112 5.2 obs-fold, and 2.2 whitespace before the first field: rejected. */
+        const char *name = q;
+        const char *n_end = scan_class(q, end, C_TCHAR);
+        const char *bad;
+        if (n_end == name || *n_end != ':') {  /* 5.1: no whitespace before the colon */
+            bad = n_end;
+            goto field_error;
+        }
+        const char *v = n_end + 1;
+        while (is_ows(*v)) v++;
+        const char *v_end = scan_value(v, end);
+        if (*v_end != CR || v_end[1] != LF) {  /* CTL, bare CR or bare LF in the value */
+            bad = v_end;
+            goto field_error;
+        }
+        if ((size_t)(v_end - name) > lim.field) return ERR(HEADERS_TOO_LARGE);
+        if (n == max_fields) return ERR(HEADERS_TOO_LARGE);
+        const char *trim = v_end;
+        while (trim > v && is_ows(trim[-1])) trim--;
+        req->headers[n].name = name;
+        req->headers[n].name_len = (size_t)(n_end - name);
+        req->headers[n].value = v;
+        req->headers[n].value_len = (size_t)(trim - v);
+        n++;
+        q = v_end + 2;
+        continue;
+
+    field_error:
+        /* A malformed line that is also too long reports the length, as the incremental checks
+         * would have while it was arriving. */
+        return (size_t)(bad - name) > lim.field ? ERR(HEADERS_TOO_LARGE) : ERR(BAD_REQUEST);
+    }
+
+    req->method = p;
+    req->method_len = (size_t)(m_end - p);
+    req->target = t;
+    req->target_len = (size_t)(t_end - t);
+    req->minor_version = minor;
+    req->num_headers = n;
+    return (int)head_end;
+}
+
+/* ---- sp_request_framing ------------------------------------------------------------------------ */
+
+/* Iterates the comma-separated elements of a list value (RFC 9110 5.6.1), OWS-trimmed. */
+typedef struct list_iter {
+    const char *p, *end;
+    int done;
+} list_iter;
+
+static int list_next(list_iter *it, const char **elem, size_t *elem_len)
+{
+    if (it->done) return 0;
+    const char *s = it->p;
+    const char *comma = memchr(s, ',', (size_t)(it->end - s));
+    const char *e = comma ? comma : it->end;
+    if (comma) it->p = comma + 1;
+    else it->done = 1;
+    while (s < e && is_ows(*s)) s++;
+    while (e > s && is_ows(e[-1])) e--;
+    *elem = s;
+    *elem_len = (size_t)(e - s);
+    return 1;
+}
+
+static void list_init(list_iter *it, const sp_header *h)
+{
+    it->p = h->value;
+    it->end = h->value + h->value_len;
+    it->done = 0;
+}
+
+/* RFC 9110 8.6: Content-Length = 1*DIGIT. A list or repeated field is accepted only when every
+ * value is the same. Empty elements, signs, spaces inside, and values past 2^63-1 are refused. */
+static int framing_content_length(const sp_header *h, int64_t *cl)
+{
+    list_iter it;
+    const char *e;
+    size_t n;
+    list_init(&it, h);
+    while (list_next(&it, &e, &n)) {
+        if (n == 0) return ERR(BAD_REQUEST);
+        int64_t v = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (e[i] < '0' || e[i] > '9') return ERR(BAD_REQUEST);
+            int d = e[i] - '0';
+            if (v > (INT64_MAX - d) / 10) return ERR(BAD_REQUEST);
+            v = v * 10 + d;
+        }
+        if (*cl >= 0 && *cl != v) return ERR(BAD_REQUEST);
+        *cl = v;
+    }
+    return 0;
+}
+
+/* RFC 9112 6.1 and 7: chunked must be the final coding and appear once; we decode no other
+ * coding (501). Parameters on a coding are allowed by the grammar but not on chunked. */
+static int framing_transfer_encoding(const sp_header *h, int *chunked, int *unknown)
+{
+    list_iter it;
+    const char *e;
+    size_t n;
+    list_init(&it, h);
+    while (list_next(&it, &e, &n)) {
+        if (n == 0) return ERR(BAD_REQUEST);  /* "chunked, ," or a bare "," */
+        if (*chunked) return ERR(BAD_REQUEST);  /* something after chunked */
+        const char *tok_end = scan_class(e, e + n, C_TCHAR);
+        size_t tok_len = (size_t)(tok_end - e);
+        if (tok_len == 0) return ERR(BAD_REQUEST);
+        if (tok_end != e + n) {
+            /* Only parameters may follow the token: OWS ";" ... */
+            const char *r = tok_end;
+            while (r < e + n && is_ows(*r)) r++;
+            if (r == e + n || *r != ';') return ERR(BAD_REQUEST);
+            if (EQ_LIT(e, tok_len, "chunked")) return ERR(BAD_REQUEST);
+            *unknown = 1;
+            continue;
+        }
+        if (EQ_LIT(e, tok_len, "chunked")) *chunked = 1;
+        else *unknown = 1;
+    }
+    return 0;
+}
+
+/* RFC 9112 3.2: Host = uri-host [ ":" port ]; refuse bytes no authority can hold. */
+static int host_value_ok(const sp_header *h)
+{
+    static const char extra[] = "-._~%!$&'()*+,;=:[]";
+    for (size_t i = 0; i < h->value_len; i++) {
+        char c = h->value[i];
+        int alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+        if (!alnum && !memchr(extra, c, sizeof extra - 1)) return 0;
+    }
+    return 1;
+}
+
+int sp_request_framing(const sp_request_head *req, sp_framing *f)
+{
+    int64_t cl = -1;
+    int chunked = 0, unknown = 0, te_seen = 0, hosts = 0, conn_close = 0, conn_keep = 0;
+    int conn_upgrade = 0, upgrade_hdr = 0, expect = 0, rc;
+
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const sp_header *h = &req->headers[i];
+        const char *nm = h->name;
+        size_t nl = h->name_len;
+        if (EQ_LIT(nm, nl, "content-length")) {
+            if ((rc = framing_content_length(h, &cl)) < 0) return rc;
+        } else if (EQ_LIT(nm, nl, "transfer-encoding")) {
+            te_seen = 1;
+            if ((rc = framing_transfer_encoding(h, &chunked, &unknown)) < 0) return rc;
+        } else if (EQ_LIT(nm, nl, "host")) {
+            hosts++;
+            if (!host_value_ok(h)) return ERR(BAD_REQUEST);
+        } else if (EQ_LIT(nm, nl, "connection")) {
+            list_iter it;
+            const char *e;
+            size_t n;
+            list_init(&it, h);
+            while (list_next(&it, &e, &n)) {
+                if (EQ_LIT(e, n, "close")) conn_close = 1;
+                else if (EQ_LIT(e, n, "keep-alive")) conn_keep = 1;
+                else if (EQ_LIT(e, n, "upgrade")) conn_upgrade = 1;
+            }
+        } else if (EQ_LIT(nm, nl, "upgrade")) {
+            upgrade_hdr = 1;
+        } else if (EQ_LIT(nm, nl, "expect")) {
+            if (EQ_LIT(h->value, h->value_len, "100-continue")) expect = 1;
+        }
+    }
+
+    int http11 = req->minor_version >= 1;
+    /* RFC 9112 3.2: a 1.1 request needs exactly one Host; no request may carry two. */
+    if (hosts > 1 || (http11 && hosts == 0)) return ERR(BAD_REQUEST);
+    if (te_seen) {
+        /* RFC 9112 6.1: TE with CL is a smuggling attempt or a broken proxy; TE on 1.0 cannot be
+         * trusted (a 1.0 intermediary would not have understood it). Reject both. */
+        if (cl >= 0 || !http11) return ERR(BAD_REQUEST);
+        if (unknown) return ERR(NOT_IMPLEMENTED);
+        if (!chunked) return ERR(BAD_REQUEST);  /* 6.3: final coding not chunked */
+    }
+
+    f->content_length = cl;
+    f->chunked = chunked;
+    f->keep_alive = http11 ? !conn_close : (conn_keep && !conn_close);
+    f->expect_continue = http11 && expect;  /* RFC 9110 10.1.1: ignored on 1.0 */
+    f->upgrade = conn_upgrade && upgrade_hdr;
+    return 0;
+}
+
+/* ---- sp_chunked_decode ------------------------------------------------------------------------- */
+
+enum {
+    CH_SIZE_START = 0,  /* first hex digit of a chunk-size (the zero-filled start state) */
+    CH_SIZE,            /* more hex digits, ';' or CR */
+    CH_EXT,             /* chunk-ext bytes up to CR */
+    CH_SIZE_LF,         /* LF ending the size line */
+    CH_DATA,            /* `remaining` data bytes */
+    CH_DATA_CR,         /* CR after the data */
+    CH_DATA_LF,         /* LF after the data */
+    CH_TRAILER_START,   /* a trailer field line, or the CR of the final blank line */
+    CH_TRAILER_NAME,    /* field-name bytes up to ':' */
+    CH_TRAILER_VALUE,   /* field-value bytes up to CR */
+    CH_TRAILER_LF,      /* LF ending a trailer field line */
+    CH_FINAL_LF,        /* LF of the final blank line */
+    CH_DONE,
+    CH_ERROR
+};
+
+static int chunk_fail(sp_chunked *d)
+{
+    d->state = CH_ERROR;
+    return ERR(BAD_REQUEST);
+}
+
+int sp_chunked_decode(sp_chunked *d, char *buf, size_t len, size_t *out_len, size_t *consumed)
+{
+    size_t in = 0, out = 0;
+    size_t max_ext = d->max_ext ? d->max_ext : SP_DEFAULT_MAX_CHUNK_EXT;
+    *out_len = 0;
+    *consumed = 0;
+    if (d->state == CH_ERROR) return ERR(BAD_REQUEST);
+    if (d->state == CH_DONE) return 0;
+
+    while (in < len) {
+        if (d->state == CH_DATA) {
+            size_t take = len - in;
+            if ((uint64_t)take > d->remaining) take = (size_t)d->remaining;
+            if (out != in) memmove(buf + out, buf + in, take);
+            in += take;
+            out += take;
+            d->remaining -= take;
+            if (d->remaining == 0) d->state = CH_DATA_CR;
+            continue;
+        }
+        char c = buf[in++];
+        switch (d->state) {
+        case CH_SIZE_START:
+        case CH_SIZE: {
+            /* RFC 9112 7.1: chunk-size = 1*HEXDIG. No sign, "0x", or whitespace (the BWS the
+             * grammar allows before ';' is refused too: lenient size lines are a smuggling
+             * lever). */
+            int hv = hex_value(c);
+            if (hv >= 0) {
+                if (d->size_acc > ((uint64_t)INT64_MAX - (uint64_t)hv) / 16) return chunk_fail(d);
+                if (++d->line_len > SP_MAX_CHUNK_SIZE_DIGITS) return chunk_fail(d);
+                d->size_acc = d->size_acc * 16 + (uint64_t)hv;
+                d->state = CH_SIZE;
+            } else if (d->state == CH_SIZE && c == ';') {
+                d->line_len = 0;
+                d->state = CH_EXT;
+            } else if (d->state == CH_SIZE && c == CR) {
+                d->state = CH_SIZE_LF;
+            } else {
+                return chunk_fail(d);
+            }
+            break;
+        }
+        case CH_EXT:
+            /* chunk-ext is never interpreted; bound it and refuse control bytes (7.1.1). */
+            if (c == CR) {
+                d->state = CH_SIZE_LF;
+            } else if (!is_class(c, C_VALUE) || ++d->line_len > max_ext) {
+                return chunk_fail(d);
+            }
+            break;
+        case CH_SIZE_LF:
+            if (c != LF) return chunk_fail(d);
+            d->remaining = d->size_acc;
+            d->size_acc = 0;
+            d->line_len = 0;
+            d->state = d->remaining ? CH_DATA : CH_TRAILER_START;
+            break;
+        case CH_DATA_CR:
+            if (c != CR) return chunk_fail(d);
+            d->state = CH_DATA_LF;
+            break;
+        case CH_DATA_LF:
+            if (c != LF) return chunk_fail(d);
+            d->state = CH_SIZE_START;
+            break;
+        case CH_TRAILER_START:
+            if (c == CR) {
+                d->state = CH_FINAL_LF;
+                break;
+            }
+            /* c is the first byte of a field name. */
+            d->state = CH_TRAILER_NAME;
+            /* fall through */
+        case CH_TRAILER_NAME:
+            /* RFC 9112 7.1.2: trailer fields are field lines; no obs-fold, no space before ':'. */
+            if (++d->trailer_bytes > SP_MAX_TRAILER_BYTES) return chunk_fail(d);
+            if (c == ':' && d->line_len > 0) {
+                d->state = CH_TRAILER_VALUE;
+            } else if (is_class(c, C_TCHAR)) {
+                d->line_len++;
+            } else {
+                return chunk_fail(d);
+            }
+            break;
+        case CH_TRAILER_VALUE:
+            if (c == CR) {
+                d->state = CH_TRAILER_LF;
+            } else if (!is_class(c, C_VALUE) || ++d->trailer_bytes > SP_MAX_TRAILER_BYTES) {
+                return chunk_fail(d);
+            }
+            break;
+        case CH_TRAILER_LF:
+            if (c != LF) return chunk_fail(d);
+            d->line_len = 0;
+            d->state = CH_TRAILER_START;
+            break;
+        case CH_FINAL_LF:
+            if (c != LF) return chunk_fail(d);
+            d->state = CH_DONE;
+            *out_len = out;
+            *consumed = in;
+            return 0;
+        default:
+            return chunk_fail(d);
+        }
+    }
+    *out_len = out;
+    *consumed = in;
+    return SP_PARTIAL;
+}
