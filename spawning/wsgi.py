@@ -399,7 +399,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                 st = resp.status.encode("latin-1")
                 packed = resp.pack_headers()
                 # One crossing: head, body and finish. Only -EINVAL leaves req with us.
-                if respond(srv, req, st, len(st), packed, len(packed), body, len(body)) == -EINVAL:
+                if respond(srv, req, st, len(st), packed, len(packed), body, len(body)) == EINVAL:
                     raise ValueError(f"invalid response status or headers: {resp.status!r} {resp.headers!r}")
                 resp.code = int(st[:3])
                 resp.sent = len(body)

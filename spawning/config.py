@@ -1,0 +1,442 @@
+"""Every setting of spawning, as data.
+
+``OPTIONS`` is the one table: each ``Option`` names its key (the dict key the rest of the server
+reads), its command-line flags, how a string becomes a value (and which values are refused), its
+default, a one-line help text and the section it belongs to. From that table come:
+
+- the argparse parser (``build_parser``/``parse_args``), hence ``spawning --help``;
+- ``from_mapping``, which reads string settings such as a PasteDeploy ``[server:main]`` section
+  (keys spelled with dashes or underscores, values coerced and validated exactly as on the command
+  line);
+- the README's option table (``markdown_table``, printed by ``tools/gen_options_table.py``).
+
+A bad value never produces a traceback: the command line prints one line and exits 2;
+``from_mapping`` raises ``ConfigError`` with the same line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, NoReturn, Sequence
+
+from .errors import EXIT_USAGE, ConfigError
+
+__all__ = ["Option", "OPTIONS", "SECTIONS", "build_parser", "parse_args", "defaults",
+           "from_mapping", "markdown_table", "option"]
+
+# ---- value types: str -> value, ValueError/ConfigError with a reason on bad input ------------------
+
+
+def _int_range(lo: int, hi: int | None = None, what: str = "a whole number") -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            value = int(str(text).strip(), 10)
+        except ValueError:
+            raise ConfigError(f"{text!r} is not {what}") from None
+        if value < lo or (hi is not None and value > hi):
+            bound = f"{lo}-{hi}" if hi is not None else f">= {lo}"
+            raise ConfigError(f"{value} is out of range ({bound})")
+        return value
+    convert.__name__ = "integer"
+    return convert
+
+
+def seconds(text: str) -> float:
+    """A non-negative duration in seconds (``0`` usually means "off")."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"{text!r} must be a finite number of seconds >= 0")
+    return value
+
+
+def megabytes(text: str) -> float:
+    """A non-negative size in MB (2**20 bytes); ``0`` means "off"."""
+    try:
+        value = float(str(text).strip().upper().removesuffix("MB").removesuffix("M"))
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a number of megabytes") from None
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"{text!r} must be a number of megabytes >= 0")
+    return value
+
+
+_SIZE_SUFFIXES = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20,
+                  "MB": 1 << 20, "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}
+
+
+def size_bytes(text: str) -> int:
+    """A size in bytes, optionally with a binary suffix: ``65536``, ``64K``, ``1G``."""
+    raw = str(text).strip().upper()
+    digits = raw.rstrip("BKMGI")
+    suffix = raw[len(digits):]
+    try:
+        value = int(float(digits) * _SIZE_SUFFIXES[suffix])
+    except (ValueError, KeyError):
+        raise ConfigError(f"{text!r} is not a size (bytes, or with K/M/G)") from None
+    if value < 0:
+        raise ConfigError(f"{text!r} must not be negative")
+    return value
+
+
+def boolean(text: str | bool) -> bool:
+    """``true/false``, ``yes/no``, ``on/off``, ``1/0`` (for ini files; flags take no value)."""
+    if isinstance(text, bool):
+        return text
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{text!r} is not a boolean (true/false)")
+
+
+def address(text: str) -> str:
+    """A ``--bind`` address, checked now so a typo is a usage error rather than a bind failure."""
+    from .sockets import parse_address  # sockets imports nothing from here; keeps import order free
+
+    parse_address(text)
+    return str(text).strip()
+
+
+def choice(*values: str) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        lowered = str(text).strip().lower()
+        if lowered not in values:
+            raise ConfigError(f"{text!r} is not one of: {', '.join(values)}")
+        return lowered
+    convert.__name__ = "choice"
+    return convert
+
+
+def optional_str(text: str) -> str | None:
+    return str(text) if str(text) != "" else None
+
+
+def reload_mode(text: str) -> str | None:
+    lowered = str(text).strip().lower()
+    if lowered in ("", "off", "none", "no"):
+        return None
+    if lowered == "dev":
+        return "dev"
+    raise ConfigError(f"{text!r} is not a reload mode (dev, off)")
+
+
+port = _int_range(0, 65535, "a port number")
+non_negative = _int_range(0)
+positive = _int_range(1)
+
+
+# ---- the table --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting. ``kind`` is how the command line takes it:
+
+    ``value`` (one value), ``append`` (repeatable, a list), ``flag`` (no value, True when given),
+    ``positional`` (the remaining words). ``cli=False`` settings exist only in ini files and for
+    factories.
+    """
+
+    name: str
+    flags: tuple[str, ...]
+    default: Any
+    help: str
+    section: str
+    type: Callable[[str], Any] = str
+    kind: str = "value"
+    metavar: str | None = None
+    cli: bool = True
+
+    def convert(self, raw: Any) -> Any:
+        """Coerces a string (or an already typed value) to this option's value, or raises ConfigError."""
+        if self.kind == "flag":
+            return boolean(raw)
+        if self.kind in ("append", "positional"):
+            items = raw.split() if isinstance(raw, str) else list(raw or [])
+            return [self.type(item) for item in items]
+        if raw is None:
+            return None
+        if isinstance(raw, str):
+            return self.type(raw)
+        return self.type(str(raw))
+
+    @property
+    def display_flags(self) -> str:
+        return ", ".join(self.flags) if self.flags else self.name
+
+
+SECTIONS = (
+    "Application",
+    "Listening",
+    "Processes",
+    "Reloading and recycling",
+    "Timeouts and limits",
+    "Logging",
+    "Process hygiene",
+    "Status service",
+    "Debugging",
+)
+
+GiB = 1 << 30
+
+OPTIONS: tuple[Option, ...] = (
+    # Application
+    Option("args", (), [], "the application as a dotted path (module.app or module:app), then "
+           "middleware, each a dotted path to mw(app) -> app, applied in order", "Application",
+           kind="positional", metavar="APP [MIDDLEWARE ...]"),
+    Option("factory", ("-f", "--factory"), "spawning.wsgi_factory.config_factory",
+           "dotted path to config_factory(args) -> config; it names the app_factory each worker calls",
+           "Application", metavar="DOTTED"),
+    Option("threads", ("-t", "--threads"), 4,
+           "application threads per worker process; 0 runs each request in a green thread",
+           "Application", type=non_negative, metavar="N"),
+    Option("no_monkey_patch", ("--no-monkey-patch",), False,
+           "in green mode (--threads 0), do not patch the standard library for cooperative I/O",
+           "Application", kind="flag"),
+    # Listening
+    Option("host", ("-i", "--host"), "127.0.0.1", "interface to listen on (ignored with --bind)",
+           "Listening", metavar="HOST"),
+    Option("port", ("-p", "--port"), 8080, "port to listen on (ignored with --bind)",
+           "Listening", type=port, metavar="PORT"),
+    Option("bind", ("-b", "--bind"), [], "address to listen on, repeatable: HOST:PORT, [::1]:PORT, "
+           "unix:/path or fd://N; replaces --host/--port", "Listening", type=address, kind="append",
+           metavar="ADDRESS"),
+    Option("backlog", ("--backlog",), 2048, "listen queue length", "Listening", type=positive,
+           metavar="N"),
+    Option("no_keepalive", ("--no-keepalive",), False, "close every connection after one response",
+           "Listening", kind="flag"),
+    Option("max_connections", ("--max-connections",), 10000,
+           "most open client connections per worker process", "Listening", type=positive, metavar="N"),
+    # Processes
+    Option("processes", ("-s", "--processes"), 4, "worker processes", "Processes", type=positive,
+           metavar="N"),
+    Option("graceful_timeout", ("--graceful-timeout",), 30.0,
+           "seconds a stopping worker may spend finishing its requests before it is killed",
+           "Processes", type=seconds, metavar="SECONDS"),
+    # Reloading and recycling
+    Option("reload", ("--reload",), None, "'dev': reload gracefully when an imported Python file or a "
+           "--watch file changes", "Reloading and recycling", type=reload_mode, metavar="MODE"),
+    Option("watch", ("-w", "--watch"), [], "with --reload=dev, also watch this file (repeatable)",
+           "Reloading and recycling", kind="append", metavar="FILE"),
+    Option("max_memory", ("-m", "--max-memory"), 0.0, "reload gracefully when all workers together "
+           "use more than this many MB (USS); 0 = off", "Reloading and recycling", type=megabytes,
+           metavar="MB"),
+    Option("max_worker_memory", ("--max-worker-memory",), 0.0, "replace a worker that uses more than "
+           "this many MB (USS); 0 = off", "Reloading and recycling", type=megabytes, metavar="MB"),
+    Option("max_age", ("-a", "--max-age"), 0.0, "replace the worker generation gracefully after this "
+           "many seconds; 0 = off", "Reloading and recycling", type=seconds, metavar="SECONDS"),
+    Option("max_requests", ("--max-requests",), 0, "replace a worker after it has served this many "
+           "requests; 0 = off", "Reloading and recycling", type=non_negative, metavar="N"),
+    Option("max_requests_jitter", ("--max-requests-jitter",), 0, "add a random 0..N to each worker's "
+           "--max-requests so they do not all restart at once", "Reloading and recycling",
+           type=non_negative, metavar="N"),
+    # Timeouts and limits
+    Option("timeout", ("--timeout",), 30.0, "kill a worker whose oldest request has run this many "
+           "seconds (green mode: whose heartbeat stopped that long); 0 = off", "Timeouts and limits",
+           type=seconds, metavar="SECONDS"),
+    Option("keepalive_timeout", ("--keepalive-timeout",), 5.0,
+           "seconds an idle keep-alive connection stays open", "Timeouts and limits", type=seconds,
+           metavar="SECONDS"),
+    Option("header_timeout", ("--header-timeout",), 10.0, "seconds a client has to send a request "
+           "head (slowloris defence)", "Timeouts and limits", type=seconds, metavar="SECONDS"),
+    Option("body_timeout", ("--body-timeout",), 60.0, "seconds a request body may pause between "
+           "reads", "Timeouts and limits", type=seconds, metavar="SECONDS"),
+    Option("send_timeout", ("--send-timeout",), 60.0, "seconds a slow client may take to accept more "
+           "response bytes", "Timeouts and limits", type=seconds, metavar="SECONDS"),
+    Option("max_body_size", ("--max-body-size",), GiB, "largest request body in bytes (K/M/G "
+           "suffixes allowed); 0 = unlimited", "Timeouts and limits", type=size_bytes,
+           metavar="BYTES"),
+    Option("limit_request_line", ("--limit-request-line",), 8190, "longest request line in bytes",
+           "Timeouts and limits", type=positive, metavar="BYTES"),
+    Option("limit_request_fields", ("--limit-request-fields",), 100, "most header fields in a request",
+           "Timeouts and limits", type=positive, metavar="N"),
+    Option("limit_request_field_size", ("--limit-request-field-size",), 8190,
+           "longest header line in bytes", "Timeouts and limits", type=positive, metavar="BYTES"),
+    Option("max_head_size", ("--max-head-size",), 65536, "largest request head (line and headers) "
+           "in bytes", "Timeouts and limits", type=positive, metavar="BYTES"),
+    # Logging
+    Option("access_log_file", ("-l", "--access-log-file"), "-", "access log (Apache combined format); "
+           "'-' = stdout, /dev/null discards", "Logging", metavar="FILE"),
+    Option("access_log_format", ("--access-log-format",), None, "access log line format (default: "
+           "Apache combined)", "Logging", type=optional_str, metavar="FORMAT"),
+    Option("log_level", ("--log-level",), "info", "debug, info, warning, error or critical",
+           "Logging", type=choice("debug", "info", "warning", "error", "critical"), metavar="LEVEL"),
+    # Process hygiene
+    Option("pidfile", ("--pidfile",), None, "write the controller's pid here; refuse to start if "
+           "it names a live process", "Process hygiene", type=optional_str, metavar="FILE"),
+    Option("user", ("--user",), None, "switch to this user (name or uid) after binding",
+           "Process hygiene", type=optional_str, metavar="USER"),
+    Option("group", ("--group",), None, "switch to this group (name or gid) after binding",
+           "Process hygiene", type=optional_str, metavar="GROUP"),
+    Option("daemonize", ("--daemonize",), False, "detach from the terminal and run in the background",
+           "Process hygiene", kind="flag"),
+    Option("stdout", ("--stdout",), None, "with --daemonize, append standard output to this file",
+           "Process hygiene", type=optional_str, metavar="FILE"),
+    Option("stderr", ("--stderr",), None, "with --daemonize, append standard error to this file",
+           "Process hygiene", type=optional_str, metavar="FILE"),
+    # Status service
+    Option("status_port", ("--status-port",), 0, "serve the status page on this port; 0 = off",
+           "Status service", type=port, metavar="PORT"),
+    Option("status_host", ("--status-host",), "127.0.0.1", "interface for the status page",
+           "Status service", metavar="HOST"),
+    # Debugging
+    Option("coverage", ("-c", "--coverage"), False, "record code coverage in each worker (needs the "
+           "coverage package)", "Debugging", kind="flag"),
+)
+
+_BY_NAME = {opt.name: opt for opt in OPTIONS}
+
+
+def option(name: str) -> Option:
+    """The option named ``name`` (dashes or underscores)."""
+    return _BY_NAME[name.replace("-", "_")]
+
+
+def defaults() -> dict[str, Any]:
+    """Every option at its default (lists copied, so callers may mutate them)."""
+    return {opt.name: list(opt.default) if isinstance(opt.default, list) else opt.default
+            for opt in OPTIONS}
+
+
+# ---- argparse, driven by the table --------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``spawning: error: <reason> (see spawning --help)``, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.exit(EXIT_USAGE)
+
+
+def _argparse_type(opt: Option) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return opt.type(text)
+        except (ConfigError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: {exc}") from None
+    convert.__name__ = opt.name
+    return convert
+
+
+def version() -> str:
+    """The installed version (the package's ``__version__``, else the distribution's metadata)."""
+    try:
+        from . import __version__  # type: ignore[attr-defined]
+
+        return str(__version__)
+    except ImportError:
+        pass
+    try:
+        from importlib.metadata import version as dist_version
+
+        return dist_version("spawning")
+    except Exception:
+        return "unknown"
+
+
+def build_parser(prog: str = "spawning") -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` with one group per section, built from ``OPTIONS``."""
+    parser = _Parser(
+        prog=prog,
+        description="spawning: a WSGI HTTP/1.1 server with a C core, worker processes and graceful "
+                    "reloads.",
+        epilog=f"Run '{prog} status --help' for the status command. Exit codes: 0 ok, 1 runtime or "
+               "bind failure, 2 usage error or application load failure.",
+    )
+    parser.add_argument("--version", action="version", version=f"spawning {version()}")
+    groups = {section: parser.add_argument_group(section) for section in SECTIONS}
+    for opt in OPTIONS:
+        if not opt.cli:
+            continue
+        group = groups[opt.section]
+        if opt.kind == "positional":
+            group.add_argument(opt.name, nargs="*", metavar=opt.metavar, help=opt.help,
+                               default=argparse.SUPPRESS)
+        elif opt.kind == "flag":
+            group.add_argument(*opt.flags, dest=opt.name, action="store_true",
+                               default=argparse.SUPPRESS, help=opt.help)
+        elif opt.kind == "append":
+            group.add_argument(*opt.flags, dest=opt.name, action="append", metavar=opt.metavar,
+                               type=_argparse_type(opt), default=argparse.SUPPRESS, help=opt.help)
+        else:
+            group.add_argument(*opt.flags, dest=opt.name, metavar=opt.metavar,
+                               type=_argparse_type(opt), default=argparse.SUPPRESS,
+                               help=f"{opt.help} (default: {_show_default(opt)})")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None, prog: str = "spawning") -> dict[str, Any]:
+    """Parses a command line into the options dict (every option present, defaults filled in).
+
+    A bad value prints one line on stderr and exits 2 (``SystemExit``).
+    """
+    namespace = build_parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
+    values = defaults()
+    values.update(vars(namespace))
+    return values
+
+
+def from_mapping(settings: Mapping[str, Any], base: Mapping[str, Any] | None = None,
+                 ignore_unknown: bool = False) -> dict[str, Any]:
+    """Options from string settings (a paste ``[server:main]`` section, environment-like dicts).
+
+    Keys may use dashes or underscores; values are coerced and validated as on the command line.
+    Unknown keys raise ``ConfigError`` unless ``ignore_unknown`` (paste passes ``use``, ``here``...).
+    """
+    values = dict(base) if base is not None else defaults()
+    for key, raw in settings.items():
+        name = key.strip().replace("-", "_")
+        opt = _BY_NAME.get(name)
+        if opt is None:
+            if ignore_unknown:
+                continue
+            raise ConfigError(f"unknown setting {key!r}")
+        try:
+            values[name] = opt.convert(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"setting {key}: invalid value {raw!r}: {exc}") from None
+    return values
+
+
+# ---- documentation -------------------------------------------------------------------------------------
+
+
+def _show_default(opt: Option) -> str:
+    if opt.kind == "flag":
+        return "off"
+    if opt.default in (None, [], ""):
+        return "none"
+    if opt.type is size_bytes and isinstance(opt.default, int) and opt.default % GiB == 0:
+        return f"{opt.default // GiB}G"
+    if isinstance(opt.default, float) and opt.default.is_integer():
+        return str(int(opt.default))
+    return str(opt.default)
+
+
+def markdown_table(options: Iterable[Option] = OPTIONS) -> str:
+    """The README's option table: one Markdown table per section."""
+    lines: list[str] = []
+    by_section: dict[str, list[Option]] = {}
+    for opt in options:
+        by_section.setdefault(opt.section, []).append(opt)
+    for section in SECTIONS:
+        if section not in by_section:
+            continue
+        lines += [f"### {section}", "", "| option | ini key | default | meaning |",
+                  "| --- | --- | --- | --- |"]
+        for opt in by_section[section]:
+            flags = ", ".join(f"`{f}`" for f in opt.flags) if opt.flags else f"`{opt.metavar}`"
+            if opt.kind == "append":
+                flags += " (repeatable)"
+            default = "" if opt.kind == "positional" else f"`{_show_default(opt)}`"
+            ini = "" if opt.kind == "positional" else f"`{opt.name}`"
+            lines.append(f"| {flags} | {ini} | {default} | {opt.help.replace('|', '/')} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,946 @@
+"""The controller: owns the listening sockets, forks and supervises worker processes.
+
+Theory of operation
+-------------------
+The controller is one single-threaded process running one loop (``Controller.run``). Before the
+loop it checks the pid file, binds every listening socket (``sockets.bind_all``), daemonizes if
+asked, writes the pid file, drops privileges (so port 80 can be bound by root and served by
+``--user``), and attaches the optional components (the status service). The sockets stay open for
+the controller's whole life and every worker inherits them; a reload therefore never refuses a
+connection: whatever no worker accepts waits in the kernel's queue.
+
+Workers are grouped in *generations*. ``active_gen`` is the generation serving; at most one
+``pending_gen`` is booting. Each worker is in one state:
+
+    starting --ready--> ready --drain--> draining --exit--> (reaped)
+        \\--exit before ready: a boot failure
+
+A reload (SIGHUP, a changed file under ``--reload=dev``, ``--max-memory``, ``--max-age``) starts a
+full new generation while the old one keeps serving. When every new worker has reported ``ready``
+the new generation becomes active and every older worker is told to drain: stop accepting, finish
+in-flight requests, and exit. A draining worker still alive after ``--graceful-timeout`` gets
+SIGTERM (which stops it at once), then SIGKILL ``KILL_AFTER`` seconds later; each step is logged. If
+any worker of the pending generation fails to boot (an import or syntax error in new code) the
+pending generation is abandoned and the active one keeps serving; the error is logged, and the next
+reload is a new attempt. A reload asked for while another is booting is remembered and started as
+soon as that one is done, so the code that ends up serving is never older than the last request.
+
+Within the active generation the loop keeps ``processes`` workers alive: a worker that dies is
+replaced at once, unless workers keep failing (dying before they are ready or within
+``CRASH_WINDOW`` of it), in which case replacements back off exponentially (``BACKOFF_BASE`` doubling
+per failure in the last minute, up to ``BACKOFF_MAX``). A worker to be recycled alone
+(``--max-requests``, ``--max-worker-memory``) is marked *retiring*: its replacement is started
+first and the retiring worker is drained once the replacement is ready, so capacity never dips.
+SIGTTIN/SIGTTOU change the target count by one the same way.
+
+If the first generation cannot boot, the controller prints the worker's one-line reason and exits
+with code 2: a server that has never served should not sit in a crash loop.
+
+Signals: handlers only append the signal to a queue (and Python's wakeup descriptor wakes the
+loop's selector); the loop acts on them. SIGHUP reloads, SIGTERM/SIGINT shut down gracefully (a
+second SIGINT makes it immediate), SIGQUIT shuts down immediately, SIGTTIN/SIGTTOU add/remove a
+worker, SIGCHLD reaps; other catchable signals that would otherwise kill the process (SIGUSR1,
+SIGUSR2, SIGWINCH) are logged and ignored.
+
+Workers talk to the controller over a socketpair each (see ``spawning.worker``): ``ready``,
+heartbeats with ``Server.stats()`` every second, ``boot_error``; the controller sends ``drain`` and
+``stop``. ``--timeout`` is enforced here, from the heartbeats: a worker whose oldest in-flight
+request has run longer (thread mode), or that sent no heartbeat for that long (any mode: in green
+mode, where long-held comet requests are normal, only this rule applies), is killed and replaced.
+
+Extension points for other components (the status service of ``--status-port``):
+
+- ``Controller.snapshot()`` returns a JSON-able dict of the controller and each worker.
+- ``Controller.add_reader(fd, callback)`` / ``remove_reader(fd)`` run ``callback()`` in the loop
+  whenever ``fd`` is readable; ``add_timer(interval, callback)`` runs ``callback()`` periodically;
+  ``at_exit(callback)`` runs at shutdown. Everything runs in the controller's one thread, so no
+  locking is needed; callbacks must not block. Descriptors given to ``add_reader`` are closed in
+  workers after fork.
+- ``COMPONENTS`` lists (config key, ``module:attach``) pairs: when the key's value is truthy, the
+  controller imports the module and calls ``attach(controller)`` after binding its sockets. The status
+  service plugs in as ``spawning.status:attach``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from typing import Any, Callable
+
+from . import sockets as sockets_mod
+from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, WORKER_BOOT_ERROR, Halt
+from .reloader import Reloader, invalidate_bytecode
+from .worker import LineBuffer, Worker, encode, import_object, set_process_title
+
+log = logging.getLogger("spawning")
+
+#: Seconds between SIGTERM and SIGKILL for a worker that overran its graceful timeout, and between
+#: SIGQUIT and SIGKILL on an immediate shutdown.
+KILL_AFTER = 3.0
+#: Crash-loop back-off: first delay, cap, and the window in which failures are counted.
+BACKOFF_BASE = 0.25
+BACKOFF_MAX = 30.0
+BACKOFF_WINDOW = 60.0
+#: A worker that dies this soon after becoming ready counts as a crash (for the back-off).
+CRASH_WINDOW = 1.0
+#: Seconds a reload may take to boot, at least (``--timeout`` raises it).
+MIN_BOOT_TIMEOUT = 30.0
+#: Memory sampling periods: with a memory limit set, and without (for the status page).
+MEMORY_INTERVAL = 1.0
+MEMORY_INTERVAL_IDLE = 5.0
+#: No two ``--max-memory`` reloads closer than this (a baseline over the limit must not thrash).
+MEMORY_RELOAD_COOLDOWN = 5.0
+#: A worker silent this long is wedged, whatever ``--timeout`` says (heartbeats come every second).
+MIN_SILENCE = 5.0
+#: Longest loop wait.
+TICK = 0.5
+
+COMPONENTS: tuple[tuple[str, str], ...] = (
+    ("status_port", "spawning.status:attach"),
+)
+
+MB = 1 << 20
+
+
+def describe_status(status: int) -> str:
+    """A wait status in words: ``exited with code 3``, ``killed by SIGKILL``."""
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        return f"killed by {name}"
+    if os.WIFEXITED(status):
+        return f"exited with code {os.WEXITSTATUS(status)}"
+    return f"wait status {status}"
+
+
+def sd_notify(message: str) -> None:
+    """Sends a readiness message to systemd (``NOTIFY_SOCKET``); silently does nothing without it."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(path)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.debug("sd_notify(%r) failed: %s", message, exc)
+
+
+class Pidfile:
+    """A pid file that refuses to be taken over from a live process."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self.pid: int | None = None
+
+    def check(self) -> None:
+        """Raises ``Halt(1)`` if the file names a live process other than this one."""
+        try:
+            with open(self.path) as f:
+                text = f.read().strip()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise Halt(EXIT_FAILURE, f"spawning: cannot read pid file {self.path}: {exc.strerror}")
+        try:
+            pid = int(text)
+        except ValueError:
+            return  # garbage: not a live server's
+        if pid == os.getpid() or pid <= 0:
+            return
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            pass  # alive, owned by someone else
+        raise Halt(EXIT_FAILURE, f"spawning: pid file {self.path} names a running process ({pid}); "
+                                 "is another server running?")
+
+    def create(self, pid: int) -> None:
+        self.check()
+        tmp = f"{self.path}.{pid}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                f.write(f"{pid}\n")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise Halt(EXIT_FAILURE, f"spawning: cannot write pid file {self.path}: {exc.strerror}")
+        self.pid = pid
+
+    def unlink(self) -> None:
+        """Removes the file if it still holds our pid."""
+        if self.pid is None:
+            return
+        try:
+            with open(self.path) as f:
+                if int(f.read().strip() or 0) != self.pid:
+                    return
+            os.unlink(self.path)
+        except (OSError, ValueError):
+            pass
+
+
+def drop_privileges(user: str | None, group: str | None) -> None:
+    """Switches to ``group`` then ``user`` (names or numbers); raises ``Halt(1)`` on failure."""
+    if not user and not group:
+        return
+    import grp
+    import pwd
+
+    try:
+        uid = gid = None
+        if user:
+            entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+            uid, gid = entry.pw_uid, entry.pw_gid
+        if group:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        if gid is not None and os.getegid() != gid or uid is not None and os.geteuid() != uid:
+            if gid is not None:
+                if os.geteuid() == 0:
+                    if user and not user.isdigit():
+                        os.initgroups(user, gid)
+                    else:
+                        os.setgroups([gid])
+                os.setgid(gid)
+            if uid is not None:
+                os.setuid(uid)
+    except KeyError as exc:
+        raise Halt(EXIT_FAILURE, f"spawning: no such user or group: {exc.args[0]}") from None
+    except OSError as exc:
+        raise Halt(EXIT_FAILURE, f"spawning: cannot switch to user {user or '-'} / group "
+                                 f"{group or '-'}: {exc.strerror}") from None
+
+
+def daemonize(stdout: str | None, stderr: str | None) -> None:
+    """Detaches from the terminal (double fork, new session); standard streams go to the given files
+    (appended) or /dev/null. The working directory is kept: the application is imported from it."""
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    for target, fd in ((stdout, 1), (stderr, 2)):
+        if target:
+            out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(out, fd)
+            os.close(out)
+        else:
+            os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+class WorkerHandle:
+    """The controller's record of one worker process."""
+
+    def __init__(self, pid: int, generation: int, channel: socket.socket, reason: str) -> None:
+        self.pid = pid
+        self.generation = generation
+        self.channel = channel
+        self.buffer = LineBuffer()
+        self.state = "starting"
+        self.reason = reason
+        self.started_at = time.time()
+        self.started_mono = time.monotonic()
+        self.ready_mono: float | None = None
+        self.last_seen = time.monotonic()
+        self.stats: dict[str, Any] = {}
+        self.oldest_age: float | None = None
+        self.memory: int | None = None
+        self.boot_error: str | None = None
+        self.retiring: str | None = None
+        self.max_requests = 0
+        self.drain_deadline: float | None = None
+        self.term_sent: float | None = None
+        self.kill_sent: float | None = None
+        self.killed_for: str | None = None
+
+    def __repr__(self) -> str:
+        return f"worker {self.pid} (gen {self.generation})"
+
+    def send(self, message: dict[str, Any]) -> bool:
+        try:
+            self.channel.sendall(encode(message))
+        except OSError:
+            return False
+        return True
+
+    def info(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "pid": self.pid,
+            "generation": self.generation,
+            "state": "retiring" if self.retiring and self.state == "ready" else self.state,
+            "started_at": self.started_at,
+            "age": now - self.started_mono,
+            "last_heartbeat_age": now - self.last_seen,
+            "stats": dict(self.stats),
+            "memory": self.memory,
+            "reason": self.reason,
+            "retiring": self.retiring,
+        }
+
+
+class Controller:
+    """Supervises the worker processes; see the module docstring."""
+
+    def __init__(self, args: dict[str, Any], config: dict[str, Any]) -> None:
+        self.args = args
+        self.config = config
+        self.num_workers = int(config.get("processes") or 1)
+        self.graceful_timeout = float(config.get("graceful_timeout", 30.0))
+        self.timeout = float(config.get("timeout", 30.0) or 0.0)
+        self.green = int(config.get("threads", 4) or 0) == 0
+        self.listeners: list[socket.socket] = []
+        self.addresses: list[str] = []
+        self.workers: dict[int, WorkerHandle] = {}
+        self.generation = 0
+        self.active_gen: int | None = None
+        self.pending_gen: int | None = None
+        self.pending_reason = ""
+        self.pending_started = 0.0
+        self.gen_ready_at: float | None = None
+        self.booted = False
+        self.stopping: str | None = None  # None, "graceful" or "immediate"
+        self.exit_code = EXIT_OK
+        self.exit_message: str | None = None
+        self.started_at = time.time()
+        self.pid = os.getpid()
+        self.reload_again: str | None = None
+        self.last_restart_reason = ""
+        self.reloads = 0
+        self._crashes: deque[float] = deque()
+        self._replace_reasons: deque[str] = deque(maxlen=64)
+        self._next_spawn_at = 0.0
+        self._signals: deque[int] = deque()
+        self._selector = selectors.DefaultSelector()
+        self._readers: dict[int, Callable[[], None]] = {}
+        self._timers: list[list[Any]] = []  # [interval, next_due, callback]
+        self._exit_hooks: list[Callable[[], None]] = []
+        self._wake_r = self._wake_w = -1
+        self._pidfile: Pidfile | None = Pidfile(config["pidfile"]) if config.get("pidfile") else None
+        self._unix_paths: list[str] = []
+        self._last_memory_sample = 0.0
+        self._last_memory_reload = -MEMORY_RELOAD_COOLDOWN
+        self.reloader: Reloader | None = None
+        if config.get("reload") == "dev":
+            self.reloader = Reloader()
+            self.reloader.add(os.path.abspath(p) for p in config.get("watch") or [])
+
+    # ---- public API for components (status service) ------------------------------------------------
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        """Runs ``callback()`` in the loop whenever ``fd`` is readable (see the module docstring)."""
+        self._readers[fd] = callback
+        self._selector.register(fd, selectors.EVENT_READ, callback)
+
+    def remove_reader(self, fd: int) -> None:
+        if self._readers.pop(fd, None) is not None:
+            self._selector.unregister(fd)
+
+    def add_timer(self, interval: float, callback: Callable[[], None]) -> None:
+        """Runs ``callback()`` in the loop about every ``interval`` seconds."""
+        self._timers.append([interval, time.monotonic() + interval, callback])
+
+    def at_exit(self, callback: Callable[[], None]) -> None:
+        """Runs ``callback()`` when the controller shuts down (before the sockets close)."""
+        self._exit_hooks.append(callback)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state of the controller and its workers, as a JSON-able dict."""
+        safe_config = {k: v for k, v in self.config.items()
+                       if isinstance(v, (str, int, float, bool, type(None), list))}
+        return {
+            "pid": self.pid,
+            "started_at": self.started_at,
+            "uptime": time.time() - self.started_at,
+            "generation": self.active_gen,
+            "pending_generation": self.pending_gen,
+            "processes": self.num_workers,
+            "reloads": self.reloads,
+            "last_restart_reason": self.last_restart_reason,
+            "state": self.stopping or ("running" if self.booted else "starting"),
+            "listen": list(self.addresses),
+            "reload_backend": self.reloader.backend if self.reloader else None,
+            "config": safe_config,
+            "workers": [w.info() for w in sorted(self.workers.values(),
+                                                 key=lambda w: (w.generation, w.started_mono))],
+        }
+
+    # ---- life cycle ----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Runs the server until it is shut down; returns the exit code (or raises ``Halt``)."""
+        if self._pidfile:
+            self._pidfile.check()
+        self.listeners = sockets_mod.bind_all(self.config)
+        self.addresses = [sockets_mod.describe(s) for s in self.listeners]
+        self._unix_paths = sockets_mod.unix_paths(self.listeners)
+        if self.config.get("daemonize"):
+            daemonize(self.config.get("stdout"), self.config.get("stderr"))
+            self.pid = os.getpid()
+        try:
+            if self._pidfile:
+                self._pidfile.create(self.pid)
+            drop_privileges(self.config.get("user"), self.config.get("group"))
+            self._install_signals()
+            app = self.config.get("app")
+            set_process_title(f"spawning: controller [{app}]" if app else "spawning: controller")
+            if self.reloader is not None and self.reloader.fileno() is not None:
+                self._selector.register(self.reloader.fileno(), selectors.EVENT_READ,  # type: ignore
+                                        self.reloader.on_readable)
+            self._attach_components()
+            log.info("spawning %s: listening on %s, %d process%s x %s", self.pid,
+                     ", ".join(self.addresses), self.num_workers, "" if self.num_workers == 1 else "es",
+                     "green threads" if self.green else f"{self.config.get('threads')} threads")
+            self._start_generation("start")
+            self._loop()
+        finally:
+            self._cleanup()
+        if self.exit_message:
+            raise Halt(self.exit_code, self.exit_message)
+        return self.exit_code
+
+    def _attach_components(self) -> None:
+        for key, target in COMPONENTS:
+            if not self.config.get(key):
+                continue
+            try:
+                attach = import_object(target)
+            except (ImportError, AttributeError) as exc:
+                log.warning("--%s: %s is not available (%s)", key.replace("_", "-"), target, exc)
+                continue
+            attach(self)
+
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeups)
+        handled = ("SIGHUP", "SIGTERM", "SIGINT", "SIGQUIT", "SIGTTIN", "SIGTTOU", "SIGCHLD",
+                   "SIGUSR1", "SIGUSR2", "SIGWINCH")
+        for name in handled:
+            signal.signal(getattr(signal, name), self._enqueue_signal)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    def _enqueue_signal(self, signum: int, frame: Any) -> None:
+        """Signal handler: only enqueues ``signum``; the loop acts on it (the wakeup descriptor has
+        already woken the selector)."""
+        self._signals.append(signum)
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    # ---- the loop --------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            timeout = TICK
+            if self.reloader is not None:
+                timeout = min(timeout, self.reloader.timeout())
+            for key, _ in self._selector.select(timeout):
+                callback = key.data
+                try:
+                    callback()
+                except Halt:
+                    raise
+                except Exception:
+                    log.exception("error in a controller callback")
+            self._handle_signals()
+            self._reap()
+            if self.stopping and not self.workers:
+                return
+            self._maintain()
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.popleft()
+            name = signal.Signals(signum).name
+            if signum == signal.SIGCHLD:
+                continue  # _reap runs on every turn
+            if signum == signal.SIGHUP:
+                log.info("SIGHUP: reloading")
+                self.reload("SIGHUP")
+            elif signum == signal.SIGTERM:
+                self.shutdown(graceful=True, why=name)
+            elif signum == signal.SIGINT:
+                self.shutdown(graceful=self.stopping is None, why=name)
+            elif signum == signal.SIGQUIT:
+                self.shutdown(graceful=False, why=name)
+            elif signum == signal.SIGTTIN:
+                self.num_workers += 1
+                log.info("SIGTTIN: %d worker processes", self.num_workers)
+            elif signum == signal.SIGTTOU:
+                if self.num_workers > 1:
+                    self.num_workers -= 1
+                log.info("SIGTTOU: %d worker processes", self.num_workers)
+            else:
+                log.warning("ignoring signal %s", name)
+
+    # ---- commands --------------------------------------------------------------------------------------
+
+    def reload(self, reason: str) -> None:
+        """Starts a graceful reload (a new generation), or queues one if a reload is booting."""
+        if self.stopping:
+            return
+        if self.pending_gen is not None:
+            self.reload_again = reason
+            return
+        self._start_generation(reason)
+
+    def shutdown(self, graceful: bool = True, why: str = "") -> None:
+        """Stops every worker (draining them if ``graceful``) and then the controller."""
+        if self.stopping == "immediate" or (self.stopping == "graceful" and graceful):
+            return
+        self.stopping = "graceful" if graceful else "immediate"
+        sd_notify("STOPPING=1")
+        log.info("%s: %s shutdown", why or "shutting down", self.stopping)
+        now = time.monotonic()
+        for w in list(self.workers.values()):
+            if graceful:
+                self._drain(w, why or "shutdown")
+            elif w.state == "starting":  # serves nothing yet
+                w.state = "draining"
+                w.drain_deadline = w.term_sent = w.kill_sent = now
+                self._signal(w, signal.SIGKILL)
+            else:
+                w.state = "draining"
+                w.drain_deadline = now
+                self._signal(w, signal.SIGQUIT)
+                w.term_sent = now
+
+    # ---- workers ---------------------------------------------------------------------------------------
+
+    def _start_generation(self, reason: str) -> None:
+        self.generation += 1
+        self.pending_gen = self.generation
+        self.pending_reason = reason
+        self.pending_started = time.monotonic()
+        if self.booted:
+            sd_notify("RELOADING=1")
+            log.info("reload (%s): starting generation %d", reason, self.generation)
+        for _ in range(self.num_workers):
+            self._spawn(self.generation, f"generation {self.generation}: {reason}")
+
+    def _controller_fds(self, keep: socket.socket) -> list[int]:
+        """Descriptors a new worker must close: everything of the controller's but its own channel
+        and the listening sockets."""
+        fds = [w.channel.fileno() for w in self.workers.values()]
+        fds += [self._wake_r, self._wake_w, *self._readers]
+        if self.reloader is not None and self.reloader.fileno() is not None:
+            fds.append(self.reloader.fileno())  # type: ignore[arg-type]
+        try:
+            fds.append(self._selector.fileno())  # type: ignore[attr-defined]
+        except (AttributeError, ValueError):
+            pass
+        return [fd for fd in fds if fd >= 0 and fd != keep.fileno()]
+
+    def _spawn(self, generation: int, reason: str) -> WorkerHandle | None:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        close_fds = self._controller_fds(child_end) + [parent_end.fileno()]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            parent_end.close()
+            child_end.close()
+            log.error("cannot fork a worker: %s", exc)
+            self._record_crash()
+            return None
+        if pid == 0:  # the child: never returns
+            try:
+                Worker(self.args, self.listeners, child_end, generation, close_fds).run()
+            finally:
+                os._exit(EXIT_FAILURE)
+        child_end.close()
+        parent_end.setblocking(False)
+        w = WorkerHandle(pid, generation, parent_end, reason)
+        jitter = int(self.config.get("max_requests_jitter") or 0)
+        if self.config.get("max_requests"):
+            w.max_requests = int(self.config["max_requests"]) + random.randint(0, jitter)
+        self.workers[pid] = w
+        self._selector.register(parent_end, selectors.EVENT_READ, lambda: self._on_channel(w))
+        log.debug("started %r: %s", w, reason)
+        return w
+
+    def _on_channel(self, w: WorkerHandle) -> None:
+        try:
+            data = w.channel.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close_channel(w)
+            return
+        w.last_seen = time.monotonic()
+        for message in w.buffer.feed(data):
+            self._on_message(w, message)
+
+    def _close_channel(self, w: WorkerHandle) -> None:
+        try:
+            self._selector.unregister(w.channel)
+        except (KeyError, ValueError):
+            pass
+        w.channel.close()
+
+    def _on_message(self, w: WorkerHandle, message: dict[str, Any]) -> None:
+        kind = message.get("t")
+        files = message.get("files")
+        if files and self.reloader is not None:
+            self.reloader.add(f for f in files if isinstance(f, str))
+        if kind == "hb":
+            stats = message.get("stats")
+            if isinstance(stats, dict):
+                w.stats = stats
+            age = message.get("oldest_age")
+            w.oldest_age = float(age) if isinstance(age, (int, float)) else None
+            if (w.max_requests and not w.retiring and w.state == "ready"
+                    and int(w.stats.get("requests") or 0) >= w.max_requests):
+                self._retire(w, f"served {w.stats.get('requests')} requests (--max-requests)")
+        elif kind == "ready":
+            self._on_ready(w)
+        elif kind == "boot_error":
+            w.boot_error = str(message.get("msg") or "the worker failed to boot")
+        else:
+            log.debug("%r sent an unknown message %r", w, kind)
+
+    def _on_ready(self, w: WorkerHandle) -> None:
+        if w.state != "starting":
+            return
+        w.state = "ready"
+        w.ready_mono = time.monotonic()
+        log.debug("%r ready", w)
+        if self.stopping:
+            self._drain(w, "shutting down")
+            return
+        if w.generation == self.pending_gen:
+            peers = [x for x in self.workers.values() if x.generation == self.pending_gen]
+            if all(x.state == "ready" for x in peers) and len(peers) >= self.num_workers:
+                self._promote_pending()
+
+    def _promote_pending(self) -> None:
+        new = self.pending_gen
+        assert new is not None
+        old = self.active_gen
+        self.active_gen = new
+        self.pending_gen = None
+        self.gen_ready_at = time.monotonic()
+        elapsed = time.monotonic() - self.pending_started
+        if not self.booted:
+            self.booted = True
+            log.info("generation %d ready: %d workers (pids %s) in %.2f s", new,
+                     self.num_workers, ", ".join(str(x.pid) for x in self._gen_workers(new)), elapsed)
+        else:
+            self.reloads += 1
+            self.last_restart_reason = self.pending_reason
+            log.info("reload (%s): generation %d ready in %.2f s; draining generation %s",
+                     self.pending_reason, new, elapsed, old)
+        for w in list(self.workers.values()):
+            if w.generation != new and w.state != "draining":
+                self._drain(w, f"replaced by generation {new}")
+        sd_notify("READY=1\nSTATUS=serving generation %d" % new)
+        if self.reload_again:
+            reason, self.reload_again = self.reload_again, None
+            self.reload(reason)
+
+    def _gen_workers(self, gen: int | None) -> list[WorkerHandle]:
+        return [w for w in self.workers.values() if w.generation == gen]
+
+    def _abort_pending(self, why: str) -> None:
+        gen = self.pending_gen
+        self.pending_gen = None
+        log.error("reload failed: %s; generation %s keeps serving", why, self.active_gen)
+        sd_notify("READY=1\nSTATUS=reload failed; serving generation %s" % self.active_gen)
+        for w in self._gen_workers(gen):
+            if w.state == "starting":
+                self._signal(w, signal.SIGKILL)
+                w.state = "draining"
+                w.drain_deadline = w.term_sent = w.kill_sent = time.monotonic()
+            elif w.state == "ready":
+                self._drain(w, "its generation failed to boot")
+        if self.reload_again:
+            reason, self.reload_again = self.reload_again, None
+            self.reload(reason)
+
+    def _drain(self, w: WorkerHandle, why: str) -> None:
+        if w.state == "draining":
+            return
+        log.debug("draining %r: %s", w, why)
+        w.state = "draining"
+        w.drain_deadline = time.monotonic() + self.graceful_timeout
+        if not w.send({"t": "drain"}):
+            self._signal(w, signal.SIGTERM)
+
+    def _retire(self, w: WorkerHandle, why: str) -> None:
+        w.retiring = why
+        log.info("recycling %r: %s", w, why)
+
+    def _signal(self, w: WorkerHandle, signum: int) -> None:
+        try:
+            os.kill(w.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def _kill(self, w: WorkerHandle, why: str) -> None:
+        log.error("%r: %s; killing it", w, why)
+        w.killed_for = why
+        w.kill_sent = time.monotonic()
+        self._signal(w, signal.SIGKILL)
+
+    def _record_crash(self) -> None:
+        now = time.monotonic()
+        self._crashes.append(now)
+        while self._crashes and self._crashes[0] < now - BACKOFF_WINDOW:
+            self._crashes.popleft()
+        delay = min(BACKOFF_BASE * 2 ** (len(self._crashes) - 1), BACKOFF_MAX)
+        self._next_spawn_at = now + delay
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            w = self.workers.pop(pid, None)
+            if w is None:
+                continue
+            self._on_exit(w, status)
+
+    def _on_exit(self, w: WorkerHandle, status: int) -> None:
+        # Read what the worker said last (its boot error) before closing the channel.
+        if w.channel.fileno() >= 0:
+            try:
+                while True:
+                    data = w.channel.recv(65536)
+                    if not data:
+                        break
+                    for message in w.buffer.feed(data):
+                        self._on_message(w, message)
+            except OSError:
+                pass
+            self._close_channel(w)
+        how = describe_status(status)
+        now = time.monotonic()
+        if self.stopping:
+            log.debug("%r %s", w, how)
+            return
+        if w.state == "starting":
+            reason = w.boot_error or f"a worker {how} while booting"
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == WORKER_BOOT_ERROR and not w.boot_error:
+                reason = "a worker failed to boot"
+            if not self.booted:
+                self.exit_code = EXIT_USAGE
+                self.exit_message = reason if reason.startswith("spawning:") else f"spawning: {reason}"
+                self.shutdown(graceful=False, why="the application failed to start")
+                return
+            if w.generation == self.pending_gen:
+                self._abort_pending(reason)
+                return
+            self._record_crash()
+            log.error("%r failed to boot: %s; next attempt in %.2f s", w, reason,
+                      max(0.0, self._next_spawn_at - now))
+            return
+        if w.state == "draining":
+            log.debug("%r exited (%s)", w, how)
+            return
+        # A ready worker died on its own (or was killed for --timeout).
+        cause = w.killed_for or how
+        if w.ready_mono is not None and now - w.ready_mono < CRASH_WINDOW:
+            self._record_crash()
+        log.warning("%r %s; replacing it", w, cause)
+        self._replace_reasons.append(f"replaces {w.pid} ({cause})")
+        if w.generation == self.pending_gen:
+            self._abort_pending(f"{w!r} {cause}")
+
+    # ---- periodic work ---------------------------------------------------------------------------------
+
+    def _maintain(self) -> None:
+        now = time.monotonic()
+        for timer in self._timers:
+            if now >= timer[1]:
+                timer[1] = now + timer[0]
+                try:
+                    timer[2]()
+                except Exception:
+                    log.exception("error in a controller timer")
+        self._escalate(now)
+        if self.stopping:
+            return
+        self._check_timeouts(now)
+        if self.pending_gen is not None:
+            boot_timeout = max(MIN_BOOT_TIMEOUT, self.timeout)
+            if now - self.pending_started > boot_timeout:
+                self._abort_pending(f"generation {self.pending_gen} did not boot within "
+                                    f"{boot_timeout:.0f} s")
+        if self.active_gen is not None:
+            self._keep_count(now)
+        self._check_memory(now)
+        self._check_age(now)
+        self._check_files()
+
+    def _escalate(self, now: float) -> None:
+        """TERM, then KILL, workers that overrun their drain deadline; logs each step."""
+        for w in list(self.workers.values()):
+            if w.state != "draining" or w.drain_deadline is None or now < w.drain_deadline:
+                continue
+            if w.term_sent is None:
+                log.warning("%r still busy %.0f s after it was told to stop (--graceful-timeout); "
+                            "sending SIGTERM", w, self.graceful_timeout)
+                w.term_sent = now
+                self._signal(w, signal.SIGTERM)
+            elif w.kill_sent is None and now - w.term_sent >= KILL_AFTER:
+                log.warning("%r did not exit %.0f s after SIGTERM; sending SIGKILL", w, KILL_AFTER)
+                w.kill_sent = now
+                self._signal(w, signal.SIGKILL)
+
+    def _check_timeouts(self, now: float) -> None:
+        if self.timeout <= 0:
+            return
+        silence_limit = max(self.timeout, MIN_SILENCE)
+        boot_timeout = max(MIN_BOOT_TIMEOUT, self.timeout)
+        for w in list(self.workers.values()):
+            if w.state == "starting" and w.kill_sent is None and \
+                    now - w.started_mono > boot_timeout and w.generation != self.pending_gen:
+                self._kill(w, f"did not boot within {boot_timeout:.0f} s")
+            if w.state != "ready" or w.kill_sent is not None:
+                continue
+            silence = now - w.last_seen
+            if silence > silence_limit:
+                self._kill(w, f"no heartbeat for {silence:.1f} s (--timeout {self.timeout:g})")
+            elif not self.green and w.oldest_age is not None:
+                age = w.oldest_age + silence
+                if age > self.timeout:
+                    self._kill(w, f"a request has run for {age:.1f} s (--timeout {self.timeout:g})")
+
+    def _keep_count(self, now: float) -> None:
+        active = self._gen_workers(self.active_gen)
+        serving = [w for w in active if w.state != "draining" and not w.retiring]
+        missing = self.num_workers - len(serving)
+        if missing > 0 and now >= self._next_spawn_at:
+            retiring = [w for w in active if w.retiring and w.state == "ready"]
+            for i in range(missing):
+                if i < len(retiring):
+                    reason = f"recycles {retiring[i].pid}: {retiring[i].retiring}"
+                elif self._replace_reasons:
+                    reason = self._replace_reasons.popleft()
+                else:
+                    reason = "one more worker"
+                self._spawn(self.active_gen, reason)  # type: ignore[arg-type]
+            return
+        # Too many ready: drain the retiring ones first, then the oldest (after SIGTTOU).
+        ready = [w for w in active if w.state == "ready"]
+        excess = len(ready) - self.num_workers
+        if excess > 0:
+            ready.sort(key=lambda w: (not w.retiring, w.started_mono))
+            for w in ready[:excess]:
+                self._drain(w, w.retiring or "fewer workers (SIGTTOU)")
+
+    def _sample_memory(self) -> None:
+        try:
+            import psutil
+        except ImportError:
+            return
+        for w in list(self.workers.values()):
+            try:
+                w.memory = psutil.Process(w.pid).memory_full_info().uss
+            except (psutil.Error, OSError):
+                w.memory = None
+
+    def _check_memory(self, now: float) -> None:
+        limit_total = float(self.config.get("max_memory") or 0) * MB
+        limit_worker = float(self.config.get("max_worker_memory") or 0) * MB
+        interval = MEMORY_INTERVAL if (limit_total or limit_worker) else MEMORY_INTERVAL_IDLE
+        if now - self._last_memory_sample < interval:
+            return
+        self._last_memory_sample = now
+        self._sample_memory()
+        active = [w for w in self._gen_workers(self.active_gen) if w.state == "ready"]
+        if limit_worker:
+            for w in active:
+                if w.memory and w.memory > limit_worker and not w.retiring:
+                    self._retire(w, f"uses {w.memory / MB:.1f} MB (--max-worker-memory "
+                                    f"{limit_worker / MB:g})")
+        if limit_total and self.pending_gen is None and \
+                now - self._last_memory_reload >= MEMORY_RELOAD_COOLDOWN:
+            total = sum(w.memory or 0 for w in active)
+            if total > limit_total:
+                self._last_memory_reload = now
+                self.reload(f"workers use {total / MB:.1f} MB (--max-memory {limit_total / MB:g})")
+
+    def _check_age(self, now: float) -> None:
+        max_age = float(self.config.get("max_age") or 0)
+        if max_age and self.pending_gen is None and self.gen_ready_at is not None \
+                and now - self.gen_ready_at >= max_age:
+            self.gen_ready_at = None  # one reload per generation
+            self.reload(f"generation {self.active_gen} reached --max-age {max_age:g} s")
+
+    def _check_files(self) -> None:
+        if self.reloader is None:
+            return
+        changed = self.reloader.poll()
+        if not changed:
+            return
+        for path in changed:
+            invalidate_bytecode(path)
+        names = ", ".join(os.path.relpath(p) for p in changed[:3])
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        log.info("%s changed%s", names, more)
+        self.reload(f"{names}{more} changed")
+
+    # ---- the end ---------------------------------------------------------------------------------------
+
+    def _cleanup(self) -> None:
+        for w in list(self.workers.values()):
+            self._signal(w, signal.SIGKILL)
+        for w in list(self.workers.values()):
+            try:
+                os.waitpid(w.pid, 0)
+            except ChildProcessError:
+                pass
+        for hook in self._exit_hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("error in an exit hook")
+        for sock in self.listeners:
+            sock.close()
+        for path in self._unix_paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        if self.reloader is not None:
+            self.reloader.close()
+        if self._pidfile:
+            self._pidfile.unlink()
+        if self._wake_w >= 0:
+            signal.set_wakeup_fd(-1)
+

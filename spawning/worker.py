@@ -1,0 +1,370 @@
+"""The worker process shell: what a forked child does around ``Server.serve()``.
+
+Theory of operation
+-------------------
+The controller forks; the child calls ``Worker.run()``, which never returns (it ends with
+``os._exit`` so the controller's atexit handlers, pid file removal among them, never run in a
+worker). In order:
+
+1. Process hygiene: close every descriptor that belongs to the controller (its selector, its signal
+   pipe, the other workers' channels: a sibling holding our channel open would hide our death),
+   install the worker's own signal handlers, set the process title.
+2. Boot: run the factory again (``config_factory(args)``, so a reload sees fresh settings), then
+   its ``app_factory(config)``, which imports the application. On failure the worker sends one
+   ``boot_error`` message with a one-line reason and exits with ``WORKER_BOOT_ERROR``; the traceback
+   is printed only at ``--log-level debug``.
+3. Build ``Server(app, config, listeners)``, start the housekeeping thread, send ``ready``, and run
+   ``server.serve()`` in the main thread until it returns; then exit 0.
+
+The channel is one end of a ``socketpair`` carrying line-delimited JSON objects, each with a type
+``t``:
+
+- worker -> controller: ``{"t": "ready"}``; ``{"t": "hb", "stats": {...}, "oldest_age": s|null,
+  "files": [...]}`` every ``HEARTBEAT`` seconds (``files``: newly imported module files, with
+  ``--reload=dev``); ``{"t": "boot_error", "msg": "...", "files": [...]}``.
+- controller -> worker: ``{"t": "drain"}`` (finish in-flight requests and exit), ``{"t": "stop"}``
+  (exit as soon as possible).
+
+Signals: SIGTERM and SIGINT drain, SIGQUIT stops at once; a second SIGTERM/SIGINT while draining
+stops at once (that is the controller's "TERM" step when a drain overruns ``--graceful-timeout``).
+SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1/2 and SIGWINCH are ignored: they are the controller's. Handlers do
+nothing but enqueue: Python's wakeup descriptor writes the signal number into a pipe, and the
+housekeeping thread, which also reads the channel, acts on it by calling the thread-safe
+``server.drain()``/``server.stop()``.
+
+The housekeeping thread is a real OS thread started through ``_thread`` with ``select`` captured at
+import time, so it keeps running even when green mode monkey-patches ``threading``/``select``. It
+reports ``oldest_age`` (how long the oldest in-flight request has run) and the controller applies
+``--timeout``. If the controller disappears (EOF on the channel) the worker drains and exits.
+"""
+
+from __future__ import annotations
+
+import _thread
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+import traceback
+from typing import Any, Callable, NoReturn
+
+from .errors import WORKER_BOOT_ERROR, AppLoadError
+
+log = logging.getLogger("spawning")
+
+# Captured before any application code (or green monkey-patching) can replace them.
+_select = select.select
+_start_thread = _thread.start_new_thread
+_monotonic = time.monotonic
+
+#: Seconds between two heartbeats.
+HEARTBEAT = 1.0
+
+DEFAULT_SERVER_CLASS = "spawning.server:Server"
+
+
+# ---- the channel (used by both ends) -------------------------------------------------------------------
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """One message as a line of JSON."""
+    return json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n"
+
+
+class LineBuffer:
+    """Splits a byte stream into JSON messages; tolerates partial lines and ignores garbage."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        self._buf += data
+        *lines, self._buf = self._buf.split(b"\n")
+        messages = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                message = json.loads(line)
+            except ValueError:
+                log.warning("ignoring a malformed message on a worker channel: %r", line[:200])
+                continue
+            if isinstance(message, dict):
+                messages.append(message)
+        return messages
+
+
+def import_object(dotted: str) -> Any:
+    """Imports ``module:attr`` or ``module.attr``."""
+    import importlib
+
+    if ":" in dotted:
+        module_name, _, attr = dotted.partition(":")
+    else:
+        module_name, _, attr = dotted.rpartition(".")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def set_process_title(title: str) -> None:
+    """Sets the title ``ps`` shows, when the optional ``setproctitle`` package is installed."""
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(title)
+
+
+# ---- the worker ------------------------------------------------------------------------------------------
+
+
+class Worker:
+    """One worker process (runs in the child after fork; see the module docstring)."""
+
+    def __init__(self, args: dict[str, Any], listeners: list[socket.socket], channel: socket.socket,
+                 generation: int, close_fds: list[int]) -> None:
+        self.args = args
+        self.listeners = listeners
+        self.channel_fd = channel.fileno()
+        self._channel = channel  # keeps the socket object (and so the descriptor) alive
+        self.generation = generation
+        self.close_fds = close_fds
+        self.server: Any = None
+        self.config: dict[str, Any] = {}
+        self.draining = False
+        self.stopping = False
+        self._sent_files: set[str] = set()
+        self._send_lock = _thread.allocate_lock()
+        self._wake_r = -1
+        self.parent_pid = os.getppid()
+
+    # -- plumbing -------------------------------------------------------------------------------------
+
+    def send(self, message: dict[str, Any]) -> bool:
+        data = encode(message)
+        with self._send_lock:
+            try:
+                while data:
+                    written = os.write(self.channel_fd, data)
+                    data = data[written:]
+            except OSError:
+                return False
+        return True
+
+    def _setup_process(self) -> None:
+        for fd in self.close_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        # Our own signal pipe; the handlers are no-ops, the wakeup descriptor carries the number.
+        self._wake_r, wake_w = os.pipe()
+        for fd in (self._wake_r, wake_w):
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(signum, self._enqueue_signal)
+        for name in ("SIGHUP", "SIGTTIN", "SIGTTOU", "SIGUSR1", "SIGUSR2", "SIGWINCH"):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        os.set_blocking(self.channel_fd, True)
+        set_process_title(f"spawning: worker [gen {self.generation}]")
+
+    @staticmethod
+    def _enqueue_signal(signum: int, frame: Any) -> None:
+        """Signal handler: does nothing itself. The wakeup descriptor has already queued ``signum``
+        for the housekeeping thread, which acts on it."""
+
+    # -- boot ------------------------------------------------------------------------------------------
+
+    def _boot(self) -> Any:
+        """Builds the config, the app and the server; returns the server or raises AppLoadError."""
+        factory_path = self.args.get("factory") or "spawning.wsgi_factory.config_factory"
+        try:
+            config_factory: Callable[[dict[str, Any]], dict[str, Any]] = import_object(factory_path)
+        except Exception as exc:
+            raise AppLoadError(f"cannot import factory {factory_path!r}: "
+                               f"{type(exc).__name__}: {exc}") from exc
+        try:
+            self.config = config_factory(dict(self.args))
+        except Exception as exc:
+            raise AppLoadError(f"the factory {factory_path!r} failed: {type(exc).__name__}: {exc}",
+                               _files_of(exc)) from exc
+        config = self.config
+        if config.get("threads") == 0 and not config.get("no_monkey_patch"):
+            self._monkey_patch()
+        app_factory_path = config.get("app_factory") or "spawning.wsgi_factory.app_factory"
+        try:
+            app_factory = import_object(app_factory_path)
+            app = app_factory(config)
+        except AppLoadError:
+            raise
+        except Exception as exc:
+            raise AppLoadError(f"cannot load the application: {type(exc).__name__}: {exc}",
+                               _files_of(exc)) from exc
+        try:
+            server_class = import_object(config.get("server_class") or DEFAULT_SERVER_CLASS)
+            return server_class(app, config, self.listeners)
+        except Exception as exc:
+            raise AppLoadError(f"cannot start the server: {type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    def _monkey_patch() -> None:
+        try:
+            from . import green
+        except ImportError:
+            return
+        patch = getattr(green, "monkey_patch", None)
+        if callable(patch):
+            patch()
+
+    def _start_coverage(self) -> Any:
+        if not self.args.get("coverage"):
+            return None
+        try:
+            import coverage
+        except ImportError:
+            log.warning("--coverage: the coverage package is not installed")
+            return None
+        cov = coverage.Coverage(data_suffix=True)
+        cov.start()
+        return cov
+
+    # -- run -------------------------------------------------------------------------------------------
+
+    def run(self) -> NoReturn:
+        """The whole life of a worker process. Never returns."""
+        code = 0
+        try:
+            self._setup_process()
+            cov = self._start_coverage()
+            try:
+                self.server = self._boot()
+            except AppLoadError as exc:
+                if self.args.get("log_level") == "debug":
+                    traceback.print_exc()
+                files = sorted(set(exc.files) | self._new_files())
+                self.send({"t": "boot_error", "msg": str(exc), "files": files})
+                os._exit(WORKER_BOOT_ERROR)
+            self.send({"t": "ready", "files": sorted(self._new_files())})
+            _start_thread(self._housekeeping, ())
+            if not (self.draining or self.stopping):
+                self.server.serve()
+            if cov is not None:
+                cov.stop()
+                cov.save()
+        except BaseException:
+            code = 1
+            try:
+                traceback.print_exc()
+            except BaseException:
+                pass
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            except BaseException:
+                pass
+            os._exit(code)
+
+    # -- housekeeping thread -----------------------------------------------------------------------------
+
+    def _new_files(self) -> set[str]:
+        if self.args.get("reload") != "dev":
+            return set()
+        from .reloader import module_files
+
+        files = module_files() - self._sent_files
+        self._sent_files |= files
+        return files
+
+    def _housekeeping(self) -> None:
+        """Reads signals and commands, sends heartbeats. Runs until the process exits."""
+        channel = LineBuffer()
+        next_beat = _monotonic()
+        watched = [self._wake_r, self.channel_fd]
+        while True:
+            timeout = max(0.0, next_beat - _monotonic())
+            try:
+                readable, _, _ = _select(watched, [], [], timeout)
+            except InterruptedError:
+                continue
+            except OSError:
+                readable = []
+            if self._wake_r in readable:
+                try:
+                    data = os.read(self._wake_r, 512)
+                except BlockingIOError:
+                    data = b""
+                for signum in data:
+                    self._on_signal(signum)
+            if self.channel_fd in readable:
+                try:
+                    data = os.read(self.channel_fd, 65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    watched = [self._wake_r]
+                    self._drain("the controller went away")
+                for message in channel.feed(data):
+                    self._on_command(message)
+            if _monotonic() >= next_beat:
+                next_beat = _monotonic() + HEARTBEAT
+                self._heartbeat()
+
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGQUIT:
+            self._stop()
+        elif signum in (signal.SIGTERM, signal.SIGINT):
+            if self.draining:
+                self._stop()
+            else:
+                self._drain(f"signal {signal.Signals(signum).name}")
+
+    def _on_command(self, message: dict[str, Any]) -> None:
+        kind = message.get("t")
+        if kind == "drain":
+            self._drain("asked by the controller")
+        elif kind == "stop":
+            self._stop()
+        elif kind == "ping":
+            self._heartbeat()
+
+    def _drain(self, why: str) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        log.debug("worker %d draining: %s", os.getpid(), why)
+        self.server.drain()
+
+    def _stop(self) -> None:
+        self.stopping = True
+        self.server.stop()
+
+    def _heartbeat(self) -> None:
+        try:
+            stats = dict(self.server.stats())
+        except Exception as exc:  # the server's problem, not a reason to stop beating
+            stats = {"error": repr(exc)}
+        oldest = stats.get("oldest_request_start")
+        age = None
+        if isinstance(oldest, (int, float)):
+            age = max(0.0, _monotonic() - oldest)
+        message: dict[str, Any] = {"t": "hb", "stats": stats, "oldest_age": age}
+        files = self._new_files()
+        if files:
+            message["files"] = sorted(files)
+        self.send(message)
+
+
+def _files_of(exc: BaseException) -> list[str]:
+    filename = getattr(exc, "filename", None)
+    return [filename] if isinstance(filename, str) and filename.endswith(".py") else []

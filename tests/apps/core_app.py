@@ -1,0 +1,166 @@
+"""One WSGI app with many endpoints, for the core HTTP/WSGI tests (tests/test_http.py).
+
+Endpoints under /v/ run wrapped in wsgiref.validate.validator with its warnings turned into
+errors, so any PEP 3333 violation on our side becomes a 500 the tests see.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from wsgiref.validate import WSGIWarning, validator
+
+warnings.simplefilter("error", WSGIWarning)
+
+SEEN: list[str] = []   # paths this worker's app has seen (tests check nothing invalid got here)
+
+
+def _text(start_response, body: bytes, status: str = "200 OK", extra=()):
+    start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body))), *extra])
+    return [body]
+
+
+def env_app(environ, start_response):
+    out = {k: v for k, v in environ.items() if isinstance(v, (str, bool, int, tuple))}
+    out["wsgi.input.type"] = type(environ["wsgi.input"]).__name__
+    body = json.dumps(out, sort_keys=True).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
+
+
+def echo_app(environ, start_response):
+    data = environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                              ("Content-Length", str(len(data)))])
+    return [data]
+
+
+def lines_app(environ, start_response):
+    inp = environ["wsgi.input"]
+    first = inp.readline()
+    limited = inp.readline(3)
+    rest_lines = inp.readlines()
+    body = json.dumps({"first": first.decode(), "limited": limited.decode(),
+                       "rest": [x.decode() for x in rest_lines]}).encode()
+    return _text(start_response, body)
+
+
+def iter_app(environ, start_response):
+    lines = [line.decode() for line in environ["wsgi.input"]]
+    return _text(start_response, json.dumps(lines).encode())
+
+
+def hash_app(environ, start_response):
+    """Reads the body in 1 MiB pieces (memory stays bounded) and answers its size and sha256."""
+    h = hashlib.sha256()
+    n = 0
+    inp = environ["wsgi.input"]
+    while True:
+        chunk = inp.read(1 << 20)
+        if not chunk:
+            break
+        n += len(chunk)
+        h.update(chunk)
+    return _text(start_response, f"{n} {h.hexdigest()}".encode())
+
+
+def stream_app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    for i in range(5):
+        yield f"chunk {i}\n".encode()
+
+
+def big_app(environ, start_response):
+    """100 MiB (or ?mb=N) generated piece by piece: unknown length, so chunked on HTTP/1.1."""
+    mb = int(environ.get("QUERY_STRING", "").partition("mb=")[2] or 100)
+    piece = bytes(range(256)) * 4096   # 1 MiB
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    for _ in range(mb):
+        yield piece
+
+
+def write_app(environ, start_response):
+    write = start_response("200 OK", [("Content-Type", "text/plain")])
+    write(b"written ")
+    write(b"directly ")
+    return [b"then returned\n"]
+
+
+def error_app(environ, start_response):
+    raise RuntimeError("secret-traceback-marker")
+
+
+def error_after_start_app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    yield b"first part\n"
+    raise RuntimeError("failed mid-response")
+
+
+def bad_header_app(environ, start_response):
+    start_response("200 OK", [("X-Evil", "a\r\nSet-Cookie: injected=1")])
+    return [b"should not be sent\n"]
+
+
+def status_app(environ, start_response):
+    code = environ["PATH_INFO"].rsplit("/", 1)[1]
+    start_response(f"{code} Whatever", [("X-Code", code)])
+    return [b"this body must not be sent"]
+
+
+def file_app(environ, start_response):
+    size = int(environ.get("QUERY_STRING", "").partition("size=")[2] or 5_000_000)
+    path = os.path.join(tempfile.gettempdir(), f"spawning-file-{size}.bin")
+    if not os.path.exists(path):
+        with open(path + ".tmp", "wb") as f:
+            f.write(hashlib.sha256(b"seed").digest() * (size // 32) + b"x" * (size % 32))
+        os.replace(path + ".tmp", path)
+    f = open(path, "rb")  # noqa: SIM115 -- closed by the server through the wrapper
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return environ["wsgi.file_wrapper"](f, 65536)
+
+
+class _Closing:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __iter__(self):
+        yield b"closing body\n"
+
+    def close(self) -> None:
+        with open(self.marker, "w") as f:
+            f.write("closed")
+
+
+def close_app(environ, start_response):
+    marker = environ.get("QUERY_STRING", "").partition("marker=")[2]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return _Closing(marker)
+
+
+def seen_app(environ, start_response):
+    return _text(start_response, json.dumps(SEEN).encode())
+
+
+def hello_app(environ, start_response):
+    return _text(start_response, f"hello {environ['PATH_INFO']}\n".encode())
+
+
+ROUTES = {
+    "env": env_app, "echo": echo_app, "lines": lines_app, "iter": iter_app, "hash": hash_app,
+    "stream": stream_app, "big": big_app, "write": write_app, "error": error_app,
+    "error-after-start": error_after_start_app, "bad-header": bad_header_app, "status": status_app,
+    "file": file_app, "close": close_app, "seen": seen_app,
+}
+VALIDATED = {name: validator(app) for name, app in ROUTES.items()}
+
+
+def application(environ, start_response):
+    path = environ["PATH_INFO"]
+    SEEN.append(path)
+    parts = path.split("/")
+    if len(parts) > 2 and parts[1] == "v" and parts[2] in VALIDATED:
+        return VALIDATED[parts[2]](environ, start_response)
+    if len(parts) > 1 and parts[1] in ROUTES:
+        return ROUTES[parts[1]](environ, start_response)
+    return hello_app(environ, start_response)

@@ -1,0 +1,328 @@
+"""Shared fixtures: run a real ``python -m spawning`` on loopback and drive load against it.
+
+``spawn`` (a fixture) starts a server as a real subprocess on a free 127.0.0.1 port and stops it by
+its pid at teardown (and any of its workers still alive, by their pids). Readiness comes from the
+server's own systemd-style notification socket (``NOTIFY_SOCKET``): ``READY=1`` means every worker of
+the first generation has loaded the app. Typical use::
+
+    def test_hello(spawn):
+        server = spawn("hello.application", "-s", "2")
+        status, headers, body = server.get("/")
+
+Applications live in ``tests/apps`` (on ``PYTHONPATH`` of every server started here).
+
+Load: ``run_load(port, seconds)`` drives keep-alive GETs with wrk when it is installed, else with a
+thread pool of ``http.client`` connections, and returns counts of requests, socket errors and
+non-2xx answers. Every loop is bounded in time.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = Path(__file__).resolve().parent / "apps"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_request(port: int, path: str = "/", method: str = "GET", timeout: float = 5.0,
+                 host: str = "127.0.0.1", headers: dict[str, str] | None = None,
+                 body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection: (status, headers, body)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+class SpawningProcess:
+    """A running ``python -m spawning`` (see the module docstring)."""
+
+    def __init__(self, argv: list[str], port: int, workdir: Path, env: dict[str, str],
+                 cwd: Path | None = None) -> None:
+        self.port = port
+        self.workdir = workdir
+        self.stdout_path = workdir / "stdout.log"
+        self.stderr_path = workdir / "stderr.log"
+        self.notify_path = str(workdir / "notify.sock")
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind(self.notify_path)
+        self.notifications: list[str] = []
+        env = dict(env)
+        env["NOTIFY_SOCKET"] = self.notify_path
+        self.argv = [sys.executable, "-m", "spawning", *argv]
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                         env=env, cwd=str(cwd or ROOT))
+        self.pid = self.proc.pid
+        self._seen_workers: set[int] = set()
+
+    # -- observing ----------------------------------------------------------------------------------
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def wait_notify(self, prefix: str = "READY=1", timeout: float = 15.0) -> str:
+        """Waits for the next notification starting with ``prefix``; fails if the server exits."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._notify.settimeout(0.1)
+            try:
+                message = self._notify.recv(4096).decode()
+            except socket.timeout:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"server exited with {self.proc.returncode} before {prefix}: "
+                                         f"{self.stderr[-3000:]}")
+                continue
+            self.notifications.append(message)
+            if message.startswith(prefix):
+                return message
+        raise AssertionError(f"no {prefix} within {timeout} s; stderr: {self.stderr[-3000:]}")
+
+    def workers(self) -> list[int]:
+        """Pids of the controller's live child processes (its workers)."""
+        try:
+            out = subprocess.run(["ps", "-o", "pid=,stat=", "--ppid", str(self.pid)],
+                                 capture_output=True, text=True, timeout=5).stdout
+        except (OSError, subprocess.SubprocessError):
+            return []
+        pids = [int(line.split()[0]) for line in out.splitlines()
+                if line.strip() and not line.split()[1].startswith("Z")]
+        self._seen_workers.update(pids)
+        return pids
+
+    def get(self, path: str = "/", **kw: Any) -> tuple[int, dict[str, str], bytes]:
+        return http_request(self.port, path, **kw)
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0,
+                   interval: float = 0.05) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(interval)
+        return predicate()
+
+    # -- controlling --------------------------------------------------------------------------------
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM (graceful), then SIGKILL after ``timeout``; also kills leftover workers by pid."""
+        self.workers()
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait(5)
+            except ProcessLookupError:
+                pass
+        for pid in self._seen_workers:
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:  # only if it is still ours
+                    if b"spawning" not in f.read():
+                        continue
+            except OSError:
+                pass
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        self._notify.close()
+        return self.proc.returncode
+
+
+def start_server(*args: str, port: int | None = None, env: dict[str, str] | None = None,
+                 cwd: Path | None = None, wait: bool = True, access_log: str = "/dev/null",
+                 extra_path: list[str] | None = None, timeout: float = 15.0) -> SpawningProcess:
+    """Starts ``python -m spawning`` with ``args`` on 127.0.0.1 (plus ``-p PORT``)."""
+    port = port or free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="sp-"))
+    environ = dict(os.environ)
+    paths = [*(extra_path or []), str(APPS), str(ROOT)]
+    if environ.get("PYTHONPATH"):
+        paths.append(environ["PYTHONPATH"])
+    environ["PYTHONPATH"] = os.pathsep.join(paths)
+    environ.update(env or {})
+    argv = ["-i", "127.0.0.1", "-p", str(port), "-l", access_log, *args]
+    proc = SpawningProcess(argv, port, workdir, environ, cwd)
+    if wait:
+        try:
+            proc.wait_notify("READY=1", timeout)
+        except BaseException:
+            proc.stop()
+            raise
+    return proc
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., SpawningProcess]]:
+    """A factory that starts servers (``start_server``) and stops every one at teardown."""
+    started: list[SpawningProcess] = []
+
+    def factory(*args: str, **kw: Any) -> SpawningProcess:
+        proc = start_server(*args, **kw)
+        started.append(proc)
+        return proc
+
+    yield factory
+    for proc in started:
+        proc.stop()
+        shutil.rmtree(proc.workdir, ignore_errors=True)
+
+
+# ---- load ------------------------------------------------------------------------------------------
+
+
+def _parse_wrk(text: str) -> dict[str, int]:
+    result = {"requests": 0, "connect": 0, "read": 0, "write": 0, "timeout": 0, "non2xx": 0}
+    m = re.search(r"(\d+) requests in", text)
+    if m:
+        result["requests"] = int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        for key, value in zip(("connect", "read", "write", "timeout"), m.groups()):
+            result[key] = int(value)
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if m:
+        result["non2xx"] = int(m.group(1))
+    return result
+
+
+class PyLoad:
+    """Keep-alive GET load from threads using http.client; counts failures by kind."""
+
+    def __init__(self, port: int, path: str = "/", connections: int = 8,
+                 check: Callable[[int, bytes], None] | None = None) -> None:
+        self.port = port
+        self.path = path
+        self.connections = connections
+        self.check = check
+        self.requests = 0
+        self.non2xx = 0
+        self.errors: list[str] = []
+        self.bodies: set[bytes] = set()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def _run(self) -> None:
+        conn: http.client.HTTPConnection | None = None
+        while not self._stop.is_set():
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                conn.request("GET", self.path)
+                resp = conn.getresponse()
+                body = resp.read()
+                with self._lock:
+                    self.requests += 1
+                    if not 200 <= resp.status < 400:
+                        self.non2xx += 1
+                    self.bodies.add(body)
+                if self.check:
+                    self.check(resp.status, body)
+                if resp.will_close:
+                    conn.close()
+                    conn = None
+            except Exception as exc:  # every failure a client would see
+                with self._lock:
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def start(self) -> "PyLoad":
+        for _ in range(self.connections):
+            t = threading.Thread(target=self._run, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self) -> "PyLoad":
+        self._stop.set()
+        for t in self._threads:
+            t.join(15)
+        return self
+
+    def result(self) -> dict[str, Any]:
+        return {"requests": self.requests, "non2xx": self.non2xx, "errors": len(self.errors),
+                "error_kinds": sorted(set(self.errors))[:10]}
+
+
+def run_load(port: int, seconds: float, connections: int = 16, threads: int = 2,
+             path: str = "/", during: Callable[[], None] | None = None,
+             use_wrk: bool | None = None) -> dict[str, Any]:
+    """Drives GET load for ``seconds`` (wrk if installed, else PyLoad). ``during`` runs in this thread
+    meanwhile (e.g. sends signals) and must return within ``seconds``. Returns counts:
+    requests, errors (connect+read+write+timeout), non2xx, and the raw output."""
+    wrk = shutil.which("wrk") if use_wrk is not False else None
+    if wrk:
+        proc = subprocess.Popen([wrk, f"-t{threads}", f"-c{connections}", f"-d{int(seconds)}s",
+                                 "--timeout", "5s", f"http://127.0.0.1:{port}{path}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            if during:
+                during()
+            out, _ = proc.communicate(timeout=seconds + 30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        result: dict[str, Any] = dict(_parse_wrk(out))
+        result["errors"] = result["connect"] + result["read"] + result["write"] + result["timeout"]
+        result["tool"] = "wrk"
+        result["output"] = out
+        return result
+    load = PyLoad(port, path, connections).start()
+    deadline = time.monotonic() + seconds
+    try:
+        if during:
+            during()
+        time.sleep(max(0.0, deadline - time.monotonic()))
+    finally:
+        load.stop()
+    result = load.result()
+    result["tool"] = "python"
+    result["output"] = repr(result)
+    return result
