@@ -126,6 +126,7 @@ void conn_close(sp_server *s, sp_conn *c) {
     free(c);
     s->nconns--;
     srv_slot_freed(s);
+    if (s->draining && s->nconns == 0) sp_server_wakeup(s);   /* the worker may exit now */
 }
 
 /* The connection failed. If Python owns it, only shut it down: sp_req_finish() frees it. */
@@ -249,6 +250,7 @@ static const char *reason(int status) {
 
 static void start_linger(sp_server *s, sp_conn *c) {
     c->state = C_LINGER;
+    /* While the response is still going out, the send timeout governs (see conn_timeout). */
     c->deadline_ms = sp_now_ms() + SP_LINGER_MS;
     c->body_left = SP_LINGER_DISCARD;   /* reused as the discard budget */
     if (!pending(c)) shutdown(c->h.fd, SHUT_WR);
@@ -426,7 +428,10 @@ void conn_on_event(sp_server *s, sp_conn *c, int mask) {
         if (pending(c)) {
             int was_close = c->state == C_LINGER;
             if (conn_flush(s, c) < 0) return;
-            if (!pending(c) && was_close) shutdown(c->h.fd, SHUT_WR);
+            if (!pending(c) && was_close) {
+                shutdown(c->h.fd, SHUT_WR);
+                c->deadline_ms = sp_now_ms() + SP_LINGER_MS;
+            }
             if (!pending(c) && c->state == C_HEAD && c->pos < c->in_len && !c->queued) {
                 /* output drained: a pipelined head held back by backpressure may go on */
                 if (try_parse(s, c) < 0) return;
@@ -462,6 +467,14 @@ void conn_on_event(sp_server *s, sp_conn *c, int mask) {
 }
 
 void conn_timeout(sp_server *s, sp_conn *c, int64_t now) {
+    if (pending(c) && c->state != C_BUSY) {
+        /* The response is still going out (finished by the app, queued here): a slow reader
+         * keeps its connection as long as it makes progress within the send timeout. */
+        int64_t limit = c->send_progress_ms + s->cfg.send_timeout_ms;
+        if (now < limit) { c->deadline_ms = limit; return; }
+        conn_close(s, c);
+        return;
+    }
     switch (c->state) {
     case C_HEAD:
         if (c->pos == c->in_len || !c->head_started_ms) conn_close(s, c);   /* idle keep-alive */

@@ -385,3 +385,22 @@ def test_body_over_max_body_size_is_413(spawn):
            + b"".join(b"100\r\n" + b"y" * 256 + b"\r\n" for _ in range(8)) + b"0\r\n\r\n")
     resp = raw(srv.port, req)
     assert resp.startswith(b"HTTP/1.1 413 ")
+
+
+def test_slow_reader_outlives_keepalive_timeout(spawn):
+    """A response the app has finished but the socket has not taken yet keeps going while the
+    client makes progress, even past the keep-alive timeout (the send timeout governs)."""
+    srv = spawn("-s", "1", "--keepalive-timeout", "0.5", "--send-timeout", "5", "core_app.application")
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.sendall(b"GET /blob?mb=8 HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = 0
+        start = time.monotonic()
+        while got < 8 << 20:
+            piece = s.recv(256 * 1024)
+            if not piece:
+                break
+            got += len(piece)
+            if time.monotonic() - start < 2.0:
+                time.sleep(0.05)
+    assert got > 8 << 20   # the whole body (plus the head) arrived

@@ -80,6 +80,12 @@ def big_app(environ, start_response):
         yield piece
 
 
+def blob_app(environ, start_response):
+    """One big bytes object (?mb=N): the one-crossing fast path with more than a socket takes."""
+    mb = int(environ.get("QUERY_STRING", "").partition("mb=")[2] or 8)
+    return _text(start_response, b"b" * (mb << 20))
+
+
 def write_app(environ, start_response):
     write = start_response("200 OK", [("Content-Type", "text/plain")])
     write(b"written ")
@@ -148,7 +154,7 @@ def hello_app(environ, start_response):
 
 ROUTES = {
     "env": env_app, "echo": echo_app, "lines": lines_app, "iter": iter_app, "hash": hash_app,
-    "stream": stream_app, "big": big_app, "write": write_app, "error": error_app,
+    "stream": stream_app, "big": big_app, "blob": blob_app, "write": write_app, "error": error_app,
     "error-after-start": error_after_start_app, "bad-header": bad_header_app, "status": status_app,
     "file": file_app, "close": close_app, "seen": seen_app,
 }
