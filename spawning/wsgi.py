@@ -26,6 +26,7 @@ import os
 import stat
 import sys
 import time
+from itertools import chain
 from typing import Any, Callable, Iterable
 
 from ._core import ffi, lib
@@ -37,6 +38,7 @@ LOW_WATER = 64 * 1024
 READ_CHUNK = 65536
 
 _unpack = ffi.unpack
+_chain = chain.from_iterable
 _new = ffi.new
 
 INTERNAL_ERROR = b"Internal Server Error\n"
@@ -222,7 +224,7 @@ class FileWrapper:
 class Response:
     """State of one response: ``start_response`` and the ``write()`` callable."""
 
-    __slots__ = ("srv", "req", "waiter", "status", "headers", "head_sent", "sent", "code")
+    __slots__ = ("srv", "req", "waiter", "status", "headers", "head_sent", "sent")
 
     def __init__(self, srv: Any, req: Any, waiter: Any) -> None:
         self.srv = srv
@@ -232,7 +234,6 @@ class Response:
         self.headers: list | None = None
         self.head_sent = False
         self.sent = 0
-        self.code = 0
 
     def start_response(self, status: str, headers: list, exc_info: Any = None) -> Callable[[bytes], None]:
         if exc_info:
@@ -252,10 +253,14 @@ class Response:
         return self.write
 
     def pack_headers(self) -> bytes:
+        """"Name\0value\0Name\0value" for C, which validates names and values."""
+        headers = self.headers
         try:
-            return "\0".join([x for kv in self.headers for x in kv]).encode("latin-1")  # type: ignore[union-attr]
+            # sum() of a few 2-tuples is the cheapest flattening; it is quadratic, so not for many.
+            flat = sum(headers, ()) if len(headers) <= 8 else _chain(headers)  # type: ignore[arg-type]
+            return "\0".join(flat).encode("latin-1")
         except (TypeError, UnicodeEncodeError) as e:
-            raise ValueError(f"invalid response headers {self.headers!r}: {e}") from None
+            raise ValueError(f"invalid response headers {headers!r}: {e}") from None
 
     def send_head(self) -> None:
         if self.status is None:
@@ -268,7 +273,6 @@ class Response:
         if rc < 0:
             raise ClientDisconnected(-rc, "client disconnected")
         self.head_sent = True
-        self.code = int(st[:3])
 
     def write(self, data: bytes) -> None:
         if not self.head_sent:
@@ -341,12 +345,13 @@ class AccessLog:
         self._sec = 0
         self._stamp = ""
 
-    def log(self, env: dict, code: int, size: int) -> None:
+    def log(self, env: dict, status: str | None, size: int) -> None:
+        code = status[:3] if status else "500"
         now = int(time.time())
         if now != self._sec:
             self._sec = now
             self._stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(now))
-        line = '%s - - [%s] "%s %s %s" %d %s "%s" "%s"\n' % (
+        line = '%s - - [%s] "%s %s %s" %s %s "%s" "%s"\n' % (
             env.get("REMOTE_ADDR") or "-", self._stamp, env["REQUEST_METHOD"], env.get("RAW_URI", ""),
             env["SERVER_PROTOCOL"], code, size or "-", env.get("HTTP_REFERER", "-"),
             env.get("HTTP_USER_AGENT", "-"))
@@ -381,11 +386,14 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
             return
         st = status.encode("latin-1")
         respond(srv, resp.req, st, len(st), _ERR_HEADERS, len(_ERR_HEADERS), body, len(body))
-        resp.code = int(status[:3])
+        resp.status = status
         resp.sent = len(body)
 
+    single = len(base_envs) == 1
+    base0 = base_envs[0] if base_envs else {}
+
     def handle(req: Any) -> None:
-        env = base_envs[req.listener].copy()
+        env = base0.copy() if single else base_envs[req.listener].copy()
         it = iter(unpack(req.env, req.env_len).decode("latin-1").split("\0"))
         env.update(zip(it, it))
         env["wsgi.input"] = Input(srv, req, waiter) if req.body else empty
@@ -401,7 +409,6 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                 # One crossing: head, body and finish. Only -EINVAL leaves req with us.
                 if respond(srv, req, st, len(st), packed, len(packed), body, len(body)) == EINVAL:
                     raise ValueError(f"invalid response status or headers: {resp.status!r} {resp.headers!r}")
-                resp.code = int(st[:3])
                 resp.sent = len(body)
             else:
                 if not (isinstance(result, FileWrapper) and resp.sendfile(result)):
@@ -422,13 +429,13 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
             log.exception("error in WSGI app for %s %s", env.get("REQUEST_METHOD"), env.get("RAW_URI"))
             fail(resp, env)
         finally:
-            if result is not None and hasattr(result, "close"):
+            if result is not None and type(result) is not list_type and hasattr(result, "close"):
                 try:
                     result.close()
                 except Exception:
                     log.exception("error closing the WSGI app's iterable")
         if log_line is not None:
-            log_line(env, resp.code, resp.sent)
+            log_line(env, resp.status, resp.sent)
 
     return handle
 
