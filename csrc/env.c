@@ -104,7 +104,8 @@ typedef struct packer {
     int full;  /* something did not fit */
 } packer;
 
-static void put(packer *pk, const char *s, size_t n)
+/* Inline so that fixed-size copies (keys, separators) compile to plain stores. */
+static inline void put(packer *pk, const char *s, size_t n)
 {
     if (pk->full || pk->cap - pk->pos < n) {
         pk->full = 1;
@@ -114,17 +115,17 @@ static void put(packer *pk, const char *s, size_t n)
     pk->pos += n;
 }
 
-static void put_nul(packer *pk)
+static inline void put_nul(packer *pk)
 {
-    put(pk, "", 1);
+    if (pk->full || pk->pos == pk->cap) {
+        pk->full = 1;
+        return;
+    }
+    pk->out[pk->pos++] = '\0';
 }
 
-static void put_entry(packer *pk, const char *key, const char *v, size_t vn)
-{
-    put(pk, key, strlen(key) + 1);
-    put(pk, v, vn);
-    put_nul(pk);
-}
+/* A fixed key with its NUL, then the value and its NUL. */
+#define PUT_ENTRY(pk, key, v, vn) (put((pk), key, sizeof key), put((pk), (v), (vn)), put_nul(pk))
 
 /* Header names that never reach the application. */
 static int dropped_name(const char *name, size_t n)
@@ -141,9 +142,8 @@ static int dropped_name(const char *name, size_t n)
  * (PEP 3333), HTTP_<NAME> uppercased with '-' as '_' for the rest. */
 static void put_key(packer *pk, const char *name, size_t n)
 {
-    static const char prefix[] = "HTTP_";
     if (!EQ_LIT(name, n, "content-type") && !EQ_LIT(name, n, "content-length"))
-        put(pk, prefix, sizeof prefix - 1);
+        put(pk, "HTTP_", sizeof "HTTP_" - 1);
     if (pk->full || pk->cap - pk->pos < n) {
         pk->full = 1;
         return;
@@ -173,11 +173,10 @@ ssize_t sp_env_pack(const sp_request_head *req, char *out, size_t cap)
     const char *t = req->target;
     size_t tn = req->target_len;
 
-    put_entry(&pk, "REQUEST_METHOD", req->method, req->method_len);
+    PUT_ENTRY(&pk, "REQUEST_METHOD", req->method, req->method_len);
 
     /* PATH_INFO is decoded straight into out; it is never longer than the target. */
-    static const char path_key[] = "PATH_INFO";
-    put(&pk, path_key, sizeof path_key);
+    put(&pk, "PATH_INFO", sizeof "PATH_INFO");
     if (pk.full) return ERR(HEADERS_TOO_LARGE);
     const char *path;
     size_t path_raw;
@@ -188,11 +187,11 @@ ssize_t sp_env_pack(const sp_request_head *req, char *out, size_t cap)
     put_nul(&pk);
 
     const char *q = memchr(t, '?', tn);
-    if (q) put_entry(&pk, "QUERY_STRING", q + 1, (size_t)(t + tn - (q + 1)));
-    else put_entry(&pk, "QUERY_STRING", "", 0);
-    if (req->minor_version == 0) put_entry(&pk, "SERVER_PROTOCOL", http10, sizeof http10 - 1);
-    else put_entry(&pk, "SERVER_PROTOCOL", http11, sizeof http11 - 1);
-    put_entry(&pk, "RAW_URI", t, tn);
+    if (q) PUT_ENTRY(&pk, "QUERY_STRING", q + 1, (size_t)(t + tn - (q + 1)));
+    else PUT_ENTRY(&pk, "QUERY_STRING", "", 0);
+    if (req->minor_version == 0) PUT_ENTRY(&pk, "SERVER_PROTOCOL", http10, sizeof http10 - 1);
+    else PUT_ENTRY(&pk, "SERVER_PROTOCOL", http11, sizeof http11 - 1);
+    PUT_ENTRY(&pk, "RAW_URI", t, tn);
 
     /* One entry per distinct name, in first-seen order; repeats are joined (RFC 9110 5.3), with
      * "; " for Cookie (RFC 6265 5.4). Quadratic in the field count, which the parser bounds

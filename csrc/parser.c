@@ -209,19 +209,19 @@ static int check_partial(const char *buf, size_t len, size_t start, size_t from,
         if (len > lim->head) return ERR(URI_TOO_LONG);
         return SP_PARTIAL;
     }
+    if ((size_t)(cr - buf) + 1 < len && cr[1] != LF) return ERR(BAD_REQUEST);  /* bare CR */
     if (len > lim->head) return ERR(HEADERS_TOO_LARGE);
 
     size_t fields = (size_t)(cr - buf) + 2;  /* where the first field line starts */
     if (len <= fields) return SP_PARTIAL;
     size_t pos = from > fields ? from : fields;
 
-    /* Find where the line holding pos starts, looking back at most field + 2 bytes: finding no
-     * LF there already proves that line too long. */
+    /* Find where the line holding pos starts, looking back at most field + 2 bytes: if no LF is
+     * there, the line is too long and the measurements below (from that bound) will say so. */
     size_t lo = fields;
     if (pos - lo > lim->field + 2) lo = pos - lim->field - 2;
     size_t ls = pos;
     while (ls > lo && buf[ls - 1] != LF) ls--;
-    if (pos - ls > lim->field + 1) return ERR(HEADERS_TOO_LARGE);
 
     /* Lines completed among the new bytes (each LF follows a CR: find_head_end checked). */
     const char *p = buf + pos, *end = buf + len, *lf;
