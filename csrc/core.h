@@ -68,7 +68,7 @@ typedef struct sp_conn {
     /* flags */
     unsigned http11:1, readable:1, writable:1, peer_closed:1, dead:1, keep_alive:1, close_after:1, queued:1;
     int64_t send_progress_ms;        /* last time output drained some bytes */
-    char remote[112];                /* "REMOTE_ADDR\0a.b.c.d\0REMOTE_PORT\0nnn\0" prefix */
+    char remote[64];                 /* "a.b.c.d\0port\0": the REMOTE_ADDR, REMOTE_PORT values */
     size_t remote_len;
 } sp_conn;
 

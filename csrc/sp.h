@@ -85,11 +85,13 @@ int sp_chunked_decode(sp_chunked *d, char *buf, size_t len, size_t *out_len, siz
  * length or -400 (bad escape, or %00 which could not be carried in a C string). */
 ssize_t sp_decode_path(const char *path, size_t len, char *out);
 
-/* Builds the packed environ block "KEY\0value\0KEY\0value\0..." (REQUEST_METHOD, PATH_INFO,
- * QUERY_STRING, SERVER_PROTOCOL, RAW_URI, CONTENT_TYPE, CONTENT_LENGTH, HTTP_*) into out (capacity
- * cap). Repeated headers are joined with ", " ("; " for Cookie); names holding '_' are dropped so
- * they can never collide with dashed names. Returns bytes written, -400 for a bad path, or -431 when
- * cap is too small. */
+/* Builds the packed environ block into out (capacity cap): first the values of the SP_ENV_FIXED
+ * keys, in that order, each NUL-terminated; then "KEY\0value\0" for every header (CONTENT_TYPE,
+ * CONTENT_LENGTH, HTTP_*). Repeated headers are joined with ", " ("; " for Cookie); names holding
+ * '_' (and Proxy: httpoxy) are dropped so they can never collide with dashed names. Returns bytes
+ * written, -400 for a bad path, or -431 when cap is too small. */
+#define SP_ENV_FIXED "REQUEST_METHOD PATH_INFO QUERY_STRING SERVER_PROTOCOL RAW_URI"
+#define SP_ENV_NFIXED 5
 ssize_t sp_env_pack(const sp_request_head *req, char *out, size_t cap);
 
 /* ---- Server (server.c, conn.c, loop backends) ------------------------------------------------- */
@@ -111,7 +113,7 @@ typedef struct sp_config {
 
 /* What Python reads of one request. Valid from its SP_EV_REQUEST until sp_req_finish(). */
 typedef struct sp_request {
-    const char *env;             /* packed environ block, see sp_env_pack() */
+    const char *env;             /* REMOTE_ADDR and REMOTE_PORT values, then sp_env_pack()'s block */
     size_t env_len;
     int fd;                      /* the connection's socket (for wait_read/wait_write in green mode) */
     int listener;                /* index given to sp_server_add_listener() */

@@ -38,6 +38,10 @@ LOW_WATER = 64 * 1024
 READ_CHUNK = 65536
 
 _unpack = ffi.unpack
+# The values that open every environ block, in order (csrc/sp.h: the connection's address, then
+# SP_ENV_FIXED). Constant strings: their hashes are computed once, not per request.
+ENV_FIXED = ("REMOTE_ADDR", "REMOTE_PORT", "REQUEST_METHOD", "PATH_INFO", "QUERY_STRING",
+             "SERVER_PROTOCOL", "RAW_URI")
 _chain = chain.from_iterable
 _new = ffi.new
 
@@ -376,6 +380,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     logging_on = access_log is not None and access_log.enabled
     log_line = access_log.log if logging_on else None
     list_type = list
+    fixed = ENV_FIXED
     bytes_type = bytes
 
     def fail(resp: Response, env: dict, status: str = "500 Internal Server Error",
@@ -395,6 +400,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     def handle(req: Any) -> None:
         env = base0.copy() if single else base_envs[req.listener].copy()
         it = iter(unpack(req.env, req.env_len).decode("latin-1").split("\0"))
+        env.update(zip(fixed, it))    # stops at the end of fixed without taking from it
         env.update(zip(it, it))
         env["wsgi.input"] = Input(srv, req, waiter) if req.body else empty
         resp = Response(srv, req, waiter)
