@@ -521,27 +521,36 @@ static size_t fmt_content_length(char *dst, int64_t v) {
     return n;
 }
 
-static int is_tchar(unsigned char ch) {
-    static const char *extra = "!#$%&'*+-.^_`|~";
-    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-           (ch && strchr(extra, ch) != NULL);
-}
+/* RFC 9110 5.6.2 tchar, as a table: names are checked byte by byte on every response. */
+static const unsigned char tchar[256] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+};
 
-static int ieq(const char *a, size_t al, const char *b) {
-    size_t bl = strlen(b);
+/* Case-insensitive compare of a[0..al) with b (length bl), lowercase letters and "-" only:
+ * OR-ing 0x20 folds case and maps nothing else onto those (a is a validated token). */
+static int ieq_n(const char *a, size_t al, const char *b, size_t bl) {
     if (al != bl) return 0;
-    for (size_t i = 0; i < al; i++) {
-        char x = a[i];
-        if (x >= 'A' && x <= 'Z') x = (char)(x + 32);
-        if (x != b[i]) return 0;
-    }
+    for (size_t i = 0; i < al; i++)
+        if ((a[i] | 0x20) != b[i]) return 0;   /* b is lowercase letters and '-' */
     return 1;
 }
+#define ieq(a, al, lit) ieq_n((a), (al), (lit), sizeof(lit) - 1)
 
 static int contains_token(const char *v, size_t n, const char *tok) {
     size_t tl = strlen(tok);
     for (size_t i = 0; i + tl <= n; i++) {
-        if ((i == 0 || v[i - 1] == ',' || v[i - 1] == ' ') && ieq(v + i, tl, tok) &&
+        if ((i == 0 || v[i - 1] == ',' || v[i - 1] == ' ') && ieq_n(v + i, tl, tok, tl) &&
             (i + tl == n || v[i + tl] == ',' || v[i + tl] == ' '))
             return 1;
     }
@@ -584,7 +593,7 @@ static ssize_t format_head(sp_server *s, sp_conn *c, char *dst, size_t cap, cons
         size_t vl = z2 ? (size_t)(z2 - val) : hlen - i;
         i += vl + 1;
         if (!nl) return -EINVAL;
-        for (size_t k = 0; k < nl; k++) if (!is_tchar((unsigned char)name[k])) return -EINVAL;
+        for (size_t k = 0; k < nl; k++) if (!tchar[(unsigned char)name[k]]) return -EINVAL;
         for (size_t k = 0; k < vl; k++) {
             unsigned char ch = (unsigned char)val[k];
             if ((ch < 0x20 && ch != '\t') || ch == 0x7f) return -EINVAL;   /* CR/LF injection */
