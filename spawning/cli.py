@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from . import config as config_mod
 from .errors import EXIT_FAILURE, EXIT_USAGE, ConfigError, Halt
@@ -46,10 +47,17 @@ def load_config(args: dict[str, Any]) -> dict[str, Any]:
     factory_path = args.get("factory") or "spawning.wsgi_factory.config_factory"
     try:
         factory = import_object(factory_path)
-    except (ImportError, AttributeError, ValueError) as exc:
+    except Exception as exc:
+        logging.getLogger("spawning").debug("cannot import factory %r", factory_path, exc_info=True)
         raise ConfigError(f"cannot import factory {factory_path!r}: {type(exc).__name__}: {exc}") \
             from None
-    config = factory(dict(args))
+    try:
+        config = factory(dict(args))
+    except ConfigError:
+        raise
+    except Exception as exc:
+        logging.getLogger("spawning").debug("factory %r failed", factory_path, exc_info=True)
+        raise ConfigError(f"factory {factory_path!r} failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"factory {factory_path!r} returned {type(config).__name__}, not a dict")
     return config
@@ -72,13 +80,26 @@ def serve(argv: Sequence[str]) -> int:
     from .controller import Controller
 
     args = config_mod.parse_args(argv)
+    # Factories that read a file (paste's ini) let what the command line says win over it.
+    args["set_on_command_line"] = sorted(vars(config_mod.build_parser().parse_args(list(argv))))
     setup_logging(args["log_level"])
     # As `python -m` does: the application is imported relative to the working directory.
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)
     config = load_config(args)
+    setup_logging(config.get("log_level") or args["log_level"])  # the factory's file may set it
     return Controller(args, config).run()
+
+
+def run_server(options: dict[str, Any]) -> int:
+    """Runs a server from an options dict (``config.defaults()`` / ``config.from_mapping`` shaped),
+    for callers that do not come through the command line, such as PasteDeploy's server runner.
+    Returns the exit code; ``Halt`` and ``ConfigError`` propagate."""
+    from .controller import Controller
+
+    setup_logging(options.get("log_level") or "info")
+    return Controller(options, load_config(options)).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

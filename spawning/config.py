@@ -18,13 +18,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from .errors import EXIT_USAGE, ConfigError
 
-__all__ = ["Option", "OPTIONS", "SECTIONS", "build_parser", "parse_args", "defaults",
-           "from_mapping", "markdown_table", "option"]
+__all__ = [
+    "OPTIONS",
+    "SECTIONS",
+    "Option",
+    "build_parser",
+    "defaults",
+    "from_mapping",
+    "markdown_table",
+    "option",
+    "parse_args",
+]
 
 # ---- value types: str -> value, ValueError/ConfigError with a reason on bad input ------------------
 
@@ -337,7 +347,7 @@ def version() -> str:
         from importlib.metadata import version as dist_version
 
         return dist_version("spawning")
-    except Exception:
+    except (ImportError, ValueError):
         return "unknown"
 
 
@@ -357,7 +367,7 @@ def build_parser(prog: str = "spawning") -> argparse.ArgumentParser:
             continue
         group = groups[opt.section]
         if opt.kind == "positional":
-            group.add_argument(opt.name, nargs="*", metavar=opt.metavar, help=opt.help,
+            group.add_argument(opt.name, nargs="*", metavar="APP", help=opt.help,
                                default=argparse.SUPPRESS)
         elif opt.kind == "flag":
             group.add_argument(*opt.flags, dest=opt.name, action="store_true",
@@ -439,4 +449,6 @@ def markdown_table(options: Iterable[Option] = OPTIONS) -> str:
             ini = "" if opt.kind == "positional" else f"`{opt.name}`"
             lines.append(f"| {flags} | {ini} | {default} | {opt.help.replace('|', '/')} |")
         lines.append("")
+    lines.append("`--help` lists these options; `--version` prints the version. Exit codes: 0 clean "
+                 "shutdown, 1 runtime or bind failure, 2 usage error or application load failure.")
     return "\n".join(lines)

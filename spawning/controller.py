@@ -58,7 +58,8 @@ Extension points for other components (the status service of ``--status-port``):
   workers after fork.
 - ``COMPONENTS`` lists (config key, ``module:attach``) pairs: when the key's value is truthy, the
   controller imports the module and calls ``attach(controller)`` after binding its sockets. The status
-  service plugs in as ``spawning.status:attach``.
+  service plugs in as ``spawning.status:attach``. A factory may name more in
+  ``config["components"]``.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ import socket
 import sys
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import sockets as sockets_mod
 from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, WORKER_BOOT_ERROR, Halt
@@ -124,7 +126,11 @@ def describe_status(status: int) -> str:
 
 
 def sd_notify(message: str) -> None:
-    """Sends a readiness message to systemd (``NOTIFY_SOCKET``); silently does nothing without it."""
+    """Sends a readiness message to systemd (``NOTIFY_SOCKET``); does nothing without it.
+
+    Never blocks: a receiver whose queue is full (one that does not read) loses the message rather
+    than stopping the controller's loop.
+    """
     path = os.environ.get("NOTIFY_SOCKET")
     if not path:
         return
@@ -132,8 +138,9 @@ def sd_notify(message: str) -> None:
         path = "\0" + path[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
             sock.connect(path)
-            sock.sendall(message.encode())
+            sock.send(message.encode())
     except OSError as exc:
         log.debug("sd_notify(%r) failed: %s", message, exc)
 
@@ -200,14 +207,20 @@ def drop_privileges(user: str | None, group: str | None) -> None:
     import grp
     import pwd
 
+    uid = gid = None
     try:
-        uid = gid = None
         if user:
             entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
             uid, gid = entry.pw_uid, entry.pw_gid
+    except KeyError:
+        raise Halt(EXIT_FAILURE, f"spawning: no such user: {user!r}") from None
+    try:
         if group:
             gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-        if gid is not None and os.getegid() != gid or uid is not None and os.geteuid() != uid:
+    except KeyError:
+        raise Halt(EXIT_FAILURE, f"spawning: no such group: {group!r}") from None
+    try:
+        if (gid is not None and os.getegid() != gid) or (uid is not None and os.geteuid() != uid):
             if gid is not None:
                 if os.geteuid() == 0:
                     if user and not user.isdigit():
@@ -217,8 +230,6 @@ def drop_privileges(user: str | None, group: str | None) -> None:
                 os.setgid(gid)
             if uid is not None:
                 os.setuid(uid)
-    except KeyError as exc:
-        raise Halt(EXIT_FAILURE, f"spawning: no such user or group: {exc.args[0]}") from None
     except OSError as exc:
         raise Halt(EXIT_FAILURE, f"spawning: cannot switch to user {user or '-'} / group "
                                  f"{group or '-'}: {exc.strerror}") from None
@@ -418,9 +429,10 @@ class Controller:
         return self.exit_code
 
     def _attach_components(self) -> None:
-        for key, target in COMPONENTS:
-            if not self.config.get(key):
-                continue
+        wanted = [(key, target) for key, target in COMPONENTS if self.config.get(key)]
+        # A factory may add its own: config["components"] = ["module:attach", ...].
+        wanted += [("components", target) for target in self.config.get("components") or []]
+        for key, target in wanted:
             try:
                 attach = import_object(target)
             except (ImportError, AttributeError) as exc:
@@ -516,7 +528,8 @@ class Controller:
             return
         self.stopping = "graceful" if graceful else "immediate"
         sd_notify("STOPPING=1")
-        log.info("%s: %s shutdown", why or "shutting down", self.stopping)
+        if self.exit_message is None:  # else the one line of the message says it all
+            log.info("%s: %s shutdown", why or "shutting down", self.stopping)
         now = time.monotonic()
         for w in list(self.workers.values()):
             if graceful:
@@ -662,7 +675,7 @@ class Controller:
         for w in list(self.workers.values()):
             if w.generation != new and w.state != "draining":
                 self._drain(w, f"replaced by generation {new}")
-        sd_notify("READY=1\nSTATUS=serving generation %d" % new)
+        sd_notify(f"READY=1\nSTATUS=serving generation {new}")
         if self.reload_again:
             reason, self.reload_again = self.reload_again, None
             self.reload(reason)
@@ -674,7 +687,7 @@ class Controller:
         gen = self.pending_gen
         self.pending_gen = None
         log.error("reload failed: %s; generation %s keeps serving", why, self.active_gen)
-        sd_notify("READY=1\nSTATUS=reload failed; serving generation %s" % self.active_gen)
+        sd_notify(f"READY=1\nSTATUS=reload failed; serving generation {self.active_gen}")
         for w in self._gen_workers(gen):
             if w.state == "starting":
                 self._signal(w, signal.SIGKILL)
@@ -865,7 +878,7 @@ class Controller:
 
     def _sample_memory(self) -> None:
         try:
-            import psutil
+            import psutil  # type: ignore[import-untyped]
         except ImportError:
             return
         for w in list(self.workers.values()):

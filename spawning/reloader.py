@@ -24,12 +24,12 @@ import os
 import sys
 import sysconfig
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 log = logging.getLogger("spawning")
 
 try:  # a maintained ctypes wrapper around inotify(7); Linux only
-    import inotify_simple
+    import inotify_simple  # type: ignore[import-untyped]
 except ImportError:  # pragma: no cover - exercised on macOS / minimal installs
     inotify_simple = None  # type: ignore[assignment]
 

@@ -62,8 +62,7 @@ def parse_address(text: str) -> Address:
     text = text.strip()
     if text.startswith("unix:"):
         path = text[len("unix:"):]
-        if path.startswith("//"):
-            path = path[2:]
+        path = path.removeprefix("//")
         if not path:
             raise ConfigError(f"bad address {text!r}: unix: needs a path")
         return Address("unix", path=path)
@@ -205,7 +204,7 @@ def bind_all(config: dict[str, Any], sleep: Any = time.sleep) -> list[socket.soc
                     break
                 except OSError as exc:
                     if exc.errno == errno.EADDRINUSE and attempt < BIND_RETRIES:
-                        log.info("address %s in use, retrying in %.1f s", address, BIND_RETRY_DELAY)
+                        log.debug("address %s in use, retrying in %.1f s", address, BIND_RETRY_DELAY)
                         sleep(BIND_RETRY_DELAY)
                         continue
                     reason = exc.strerror or str(exc)

@@ -41,6 +41,7 @@ reports ``oldest_age`` (how long the oldest in-flight request has run) and the c
 from __future__ import annotations
 
 import _thread
+import contextlib
 import json
 import logging
 import os
@@ -50,7 +51,8 @@ import socket
 import sys
 import time
 import traceback
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from .errors import WORKER_BOOT_ERROR, AppLoadError
 
@@ -158,6 +160,8 @@ class Worker:
         return True
 
     def _setup_process(self) -> None:
+        # First detach the controller's wakeup descriptor: once closed, its number may be reused.
+        signal.set_wakeup_fd(-1)
         for fd in self.close_fds:
             try:
                 os.close(fd)
@@ -200,7 +204,11 @@ class Worker:
                                _files_of(exc)) from exc
         config = self.config
         if config.get("threads") == 0 and not config.get("no_monkey_patch"):
-            self._monkey_patch()
+            try:
+                self._monkey_patch()
+            except Exception as exc:
+                raise AppLoadError(f"cannot patch the standard library for green threads: "
+                                   f"{type(exc).__name__}: {exc}") from exc
         app_factory_path = config.get("app_factory") or "spawning.wsgi_factory.app_factory"
         try:
             app_factory = import_object(app_factory_path)
@@ -218,8 +226,10 @@ class Worker:
 
     @staticmethod
     def _monkey_patch() -> None:
+        import importlib
+
         try:
-            from . import green
+            green = importlib.import_module("spawning.green")
         except ImportError:
             return
         patch = getattr(green, "monkey_patch", None)
@@ -249,7 +259,7 @@ class Worker:
             try:
                 self.server = self._boot()
             except AppLoadError as exc:
-                if self.args.get("log_level") == "debug":
+                if (self.config or self.args).get("log_level") == "debug":
                     traceback.print_exc()
                 files = sorted(set(exc.files) | self._new_files())
                 self.send({"t": "boot_error", "msg": str(exc), "files": files})
@@ -261,24 +271,22 @@ class Worker:
             if cov is not None:
                 cov.stop()
                 cov.save()
-        except BaseException:
+        # Nothing may escape: below this frame is the controller's code, which a forked child must
+        # never run. Whatever happened, the process ends here.
+        except BaseException:  # noqa: BLE001
             code = 1
-            try:
+            with contextlib.suppress(BaseException):
                 traceback.print_exc()
-            except BaseException:
-                pass
         finally:
-            try:
+            with contextlib.suppress(BaseException):
                 sys.stdout.flush()
                 sys.stderr.flush()
-            except BaseException:
-                pass
             os._exit(code)
 
     # -- housekeeping thread -----------------------------------------------------------------------------
 
     def _new_files(self) -> set[str]:
-        if self.args.get("reload") != "dev":
+        if (self.config or self.args).get("reload") != "dev":  # a factory's file may set it
             return set()
         from .reloader import module_files
 
@@ -352,7 +360,7 @@ class Worker:
     def _heartbeat(self) -> None:
         try:
             stats = dict(self.server.stats())
-        except Exception as exc:  # the server's problem, not a reason to stop beating
+        except Exception as exc:  # noqa: BLE001 - the server's problem, not a reason to stop beating
             stats = {"error": repr(exc)}
         oldest = stats.get("oldest_request_start")
         age = None

@@ -3,16 +3,26 @@
 The factory contract (other factories, such as paste's and Django's, follow it):
 
 ``config_factory(args: dict) -> dict``
-    Gets the parsed options (``args['args']`` holds the positional words) and returns the server's
-    config dict: the options plus ``'app_factory'``, the dotted name of ``app_factory(config)``. It
-    runs in the controller (and again in every new worker, so a reload sees fresh settings) and must
-    not import the application: forked workers import it fresh, which is what makes a reload pick up
-    new code. Bad input raises ``ConfigError`` (one line, exit 2). A factory may also set
-    ``'server_class'`` (``'module:Class'``) to serve with another server class.
+    Gets the parsed options (``args['args']`` holds the positional words; every option is present,
+    defaults filled in; ``args['set_on_command_line']`` lists the ones the command line set, so a
+    factory that reads a file can let those win) and returns the server's config dict: the options,
+    changed as the factory sees fit, plus ``'app_factory'``, the dotted name of
+    ``app_factory(config)``. It runs in the controller, whose copy decides what only the controller
+    does (``host``, ``port``, ``bind``, ``processes``, ``reload``, ``watch``, pid file, user...), and
+    again in every new worker, whose copy decides the rest (threads, timeouts, limits, the app), so
+    a reload sees fresh settings. It must not import the application: forked workers import it
+    fresh, which is what makes a reload pick up new code. Files it reads belong in ``watch``, so
+    ``--reload=dev`` reloads when they change. Bad input raises ``ConfigError`` (one line, exit 2);
+    any other exception is reported the same way (``--log-level debug`` shows the traceback). A
+    factory may also set ``'server_class'`` (``'module:Class'``) to serve with another server class.
 
 ``app_factory(config: dict) -> WSGI application``
     Runs in each worker after fork: imports the application and wraps it in its middleware. Failure
-    raises ``AppLoadError`` with one line for the user.
+    raises ``AppLoadError`` with one line for the user (any other exception becomes one too); when
+    the first generation cannot boot, the server exits 2 with that line.
+
+Factories shipped: this one (the default), ``spawning.paste_factory.config_factory`` (a PasteDeploy
+ini file) and ``spawning.django_factory.config_factory`` (a Django settings module).
 
 Application syntax: ``package.module.app`` (the last component is the attribute), ``module:app``
 (gunicorn's), ``module:create_app()`` or ``module:create_app('production', debug=False)`` (a call
@@ -25,14 +35,15 @@ from __future__ import annotations
 import ast
 import importlib
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .errors import AppLoadError, ConfigError
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _DOTTED = re.compile(rf"^{_IDENT}(\.{_IDENT})*$")
 _COLON = re.compile(rf"^(?P<module>{_IDENT}(\.{_IDENT})*):(?P<attr>{_IDENT}(\.{_IDENT})*)"
-                    rf"(?P<call>\(.*\))?$", re.S)
+                    rf"(?P<call>\(.*\))?$", re.DOTALL)
 
 
 def check_spec(spec: str, what: str = "application") -> None:
@@ -50,8 +61,11 @@ def check_spec(spec: str, what: str = "application") -> None:
 def _parse_call(spec: str, call: str) -> tuple[list[Any], dict[str, Any]]:
     try:
         node = ast.parse(f"f{call}", mode="eval").body
-        if not isinstance(node, ast.Call):
-            raise ValueError("not a call")
+    except SyntaxError as exc:
+        raise ConfigError(f"bad application path {spec!r}: {exc.msg}") from None
+    if not isinstance(node, ast.Call):
+        raise ConfigError(f"bad application path {spec!r}: expected a call")
+    try:
         args = [ast.literal_eval(a) for a in node.args]
         kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg}
     except (SyntaxError, ValueError) as exc:

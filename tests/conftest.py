@@ -29,9 +29,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
+import psutil  # type: ignore[import-untyped]
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +72,14 @@ class SpawningProcess:
         self.notify_path = str(workdir / "notify.sock")
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(self.notify_path)
+        self._notify.settimeout(0.2)
         self.notifications: list[str] = []
+        self._consumed = 0
+        self._notified = threading.Condition()
+        self._closing = False
+        # Read notifications as they come, as systemd does: the server must never wait on us.
+        self._reader = threading.Thread(target=self._read_notifications, daemon=True)
+        self._reader.start()
         env = dict(env)
         env["NOTIFY_SOCKET"] = self.notify_path
         self.argv = [sys.executable, "-m", "spawning", *argv]
@@ -90,32 +99,50 @@ class SpawningProcess:
     def stdout(self) -> str:
         return self.stdout_path.read_text(errors="replace")
 
-    def wait_notify(self, prefix: str = "READY=1", timeout: float = 15.0) -> str:
-        """Waits for the next notification starting with ``prefix``; fails if the server exits."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._notify.settimeout(0.1)
+    def _read_notifications(self) -> None:
+        while not self._closing:
             try:
                 message = self._notify.recv(4096).decode()
-            except socket.timeout:
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._notified:
+                self.notifications.append(message)
+                self._notified.notify_all()
+
+    def wait_notify(self, prefix: str = "READY=1", timeout: float = 15.0) -> str:
+        """Waits for the next notification (not yet waited for) starting with ``prefix``; fails if
+        the server exits first."""
+        deadline = time.monotonic() + timeout
+        with self._notified:
+            while True:
+                while self._consumed < len(self.notifications):
+                    message = self.notifications[self._consumed]
+                    self._consumed += 1
+                    if message.startswith(prefix):
+                        return message
                 if self.proc.poll() is not None:
                     raise AssertionError(f"server exited with {self.proc.returncode} before {prefix}: "
                                          f"{self.stderr[-3000:]}")
-                continue
-            self.notifications.append(message)
-            if message.startswith(prefix):
-                return message
-        raise AssertionError(f"no {prefix} within {timeout} s; stderr: {self.stderr[-3000:]}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no {prefix} within {timeout} s; stderr: {self.stderr[-3000:]}")
+                self._notified.wait(min(remaining, 0.1))
 
     def workers(self) -> list[int]:
-        """Pids of the controller's live child processes (its workers)."""
+        """Pids of the controller's live child processes (its workers), oldest first."""
         try:
-            out = subprocess.run(["ps", "-o", "pid=,stat=", "--ppid", str(self.pid)],
-                                 capture_output=True, text=True, timeout=5).stdout
-        except (OSError, subprocess.SubprocessError):
+            children = psutil.Process(self.pid).children()
+        except psutil.Error:
             return []
-        pids = [int(line.split()[0]) for line in out.splitlines()
-                if line.strip() and not line.split()[1].startswith("Z")]
+        pids = []
+        for child in children:
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    pids.append(child.pid)
+            except psutil.Error:
+                continue
         self._seen_workers.update(pids)
         return pids
 
@@ -153,19 +180,14 @@ class SpawningProcess:
                 pass
         for pid in self._seen_workers:
             try:
-                os.kill(pid, 0)
-            except OSError:
+                proc = psutil.Process(pid)
+                # Only if it is still one of ours (the pid may have been reused since).
+                if any("spawning" in part for part in proc.cmdline()):
+                    proc.kill()
+            except psutil.Error:
                 continue
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:  # only if it is still ours
-                    if b"spawning" not in f.read():
-                        continue
-            except OSError:
-                pass
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        self._closing = True
+        self._reader.join(2)
         self._notify.close()
         return self.proc.returncode
 
@@ -263,7 +285,7 @@ class PyLoad:
                 if resp.will_close:
                     conn.close()
                     conn = None
-            except Exception as exc:  # every failure a client would see
+            except Exception as exc:  # noqa: BLE001 - every failure a client would see counts
                 with self._lock:
                     self.errors.append(f"{type(exc).__name__}: {exc}")
                 if conn is not None:
@@ -272,14 +294,14 @@ class PyLoad:
         if conn is not None:
             conn.close()
 
-    def start(self) -> "PyLoad":
+    def start(self) -> PyLoad:
         for _ in range(self.connections):
             t = threading.Thread(target=self._run, daemon=True)
             t.start()
             self._threads.append(t)
         return self
 
-    def stop(self) -> "PyLoad":
+    def stop(self) -> PyLoad:
         self._stop.set()
         for t in self._threads:
             t.join(15)

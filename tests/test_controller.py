@@ -1,0 +1,264 @@
+"""The controller, through real forks, signals and sockets on 127.0.0.1 (issue 3)."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import PyLoad, http_request, run_load
+
+
+def _pid_of(body: bytes) -> int:
+    return int(body.split()[-1]) if body.split()[-1].isdigit() else int(body.split()[2])
+
+
+def test_sighup_every_second_under_load_fails_no_request(spawn):
+    """wrk on a 4-process server while SIGHUP arrives every second: no socket error, no non-2xx."""
+    server = spawn("hello.application", "-s", "4")
+    first_workers = set(server.workers())
+
+    def hangups() -> None:
+        for _ in range(15):
+            time.sleep(1.0)
+            server.signal(signal.SIGHUP)
+
+    result = run_load(server.port, 16, connections=32, during=hangups)
+    assert result["requests"] > 1000, result["output"]
+    assert result["errors"] == 0, result["output"]
+    assert result["non2xx"] == 0, result["output"]
+    assert server.wait_until(lambda: len(server.workers()) == 4, 10)
+    assert not first_workers & set(server.workers()), "the first generation is still there"
+    assert server.stderr.count("reload (SIGHUP): generation") >= 10
+    server.signal(signal.SIGTERM)
+    assert server.wait(15) == 0
+
+
+def test_killed_worker_is_replaced_within_a_second(spawn):
+    server = spawn("hello.application", "-s", "2")
+    before = server.workers()
+    assert len(before) == 2
+    victim = before[0]
+    os.kill(victim, signal.SIGKILL)
+    t0 = time.monotonic()
+    assert server.wait_until(lambda: len(server.workers()) == 2 and victim not in server.workers(), 1.0)
+    # ... and the replacement serves.
+    assert server.wait_until(lambda: server.get("/")[0] == 200, 2.0)
+    assert time.monotonic() - t0 < 3
+    assert "killed by SIGKILL; replacing it" in server.stderr
+
+
+def test_sigterm_lets_an_in_flight_request_finish(spawn):
+    server = spawn("slow.application", "-s", "2")
+    result: dict[str, object] = {}
+
+    def client() -> None:
+        try:
+            result["response"] = http_request(server.port, "/?s=3", timeout=15)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            result["error"] = exc
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    time.sleep(0.5)  # the request is in flight
+    t0 = time.monotonic()
+    server.signal(signal.SIGTERM)
+    thread.join(15)
+    assert "error" not in result, result
+    status, _, body = result["response"]  # type: ignore[misc]
+    assert status == 200 and body.startswith(b"slept 3")
+    assert server.wait(15) == 0
+    assert time.monotonic() - t0 >= 2.0
+
+
+def test_sigquit_stops_at_once(spawn):
+    server = spawn("slow.application", "-s", "2")
+    thread = threading.Thread(target=lambda: _swallow(lambda: http_request(server.port, "/?s=10",
+                                                                              timeout=15)))
+    thread.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    server.signal(signal.SIGQUIT)
+    assert server.wait(10) == 0
+    assert time.monotonic() - t0 < 5
+    thread.join(15)
+
+
+def _swallow(func) -> None:  # type: ignore[no-untyped-def]
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        func()
+
+
+def test_max_age_replaces_the_generation(spawn):
+    server = spawn("hello.application", "-s", "2", "--max-age", "5")
+    first = set(server.workers())
+    load = PyLoad(server.port, connections=4).start()
+    try:
+        assert server.wait_until(lambda: not first & set(server.workers())
+                                 and len(server.workers()) == 2, 12)
+    finally:
+        result = load.stop().result()
+    assert result["errors"] == 0 and result["non2xx"] == 0, result
+    assert "reached --max-age 5" in server.stderr
+
+
+def test_leaking_app_is_recycled_by_max_memory_without_failed_requests(spawn):
+    server = spawn("leak.application", "-s", "2", "-t", "2", "--max-memory", "120")
+    first = set(server.workers())
+    load = PyLoad(server.port, "/leak", connections=4).start()
+    try:
+        recycled = server.wait_until(lambda: "--max-memory 120" in server.stderr
+                                     and not first & set(server.workers()), 25)
+    finally:
+        result = load.stop().result()
+    assert recycled, server.stderr[-2000:]
+    assert result["requests"] > 100
+    assert result["errors"] == 0 and result["non2xx"] == 0, result
+
+
+def test_max_requests_recycles_one_worker_at_a_time(spawn):
+    server = spawn("hello.application", "-s", "2", "--max-requests", "50")
+    first = set(server.workers())
+    load = PyLoad(server.port, connections=2).start()
+    try:
+        assert server.wait_until(lambda: not first & set(server.workers()), 15)
+    finally:
+        result = load.stop().result()
+    assert result["errors"] == 0 and result["non2xx"] == 0, result
+    assert "(--max-requests)" in server.stderr
+
+
+def test_timeout_kills_a_worker_stuck_in_a_request(spawn):
+    server = spawn("slow.application", "-s", "1", "--timeout", "1")
+    worker = server.workers()[0]
+    with pytest.raises((OSError, http.client.HTTPException)):
+        http_request(server.port, "/?s=20", timeout=6)
+    assert "--timeout 1" in server.stderr
+    assert server.wait_until(lambda: server.workers() and worker not in server.workers(), 5)
+    assert server.get("/?s=0")[0] == 200
+
+
+def test_ttin_and_ttou_change_the_worker_count(spawn):
+    server = spawn("hello.application", "-s", "2")
+    server.signal(signal.SIGTTIN)
+    assert server.wait_until(lambda: len(server.workers()) == 3, 5)
+    server.signal(signal.SIGTTOU)
+    time.sleep(0.3)  # signals of one kind do not queue: two at once may arrive as one
+    server.signal(signal.SIGTTOU)
+    assert server.wait_until(lambda: len(server.workers()) == 1, 5)
+    assert server.get("/")[0] == 200
+
+
+def test_unknown_signal_is_logged_and_ignored(spawn):
+    server = spawn("hello.application", "-s", "1")
+    server.signal(signal.SIGUSR1)
+    assert server.wait_until(lambda: "ignoring signal SIGUSR1" in server.stderr, 3)
+    assert server.proc.poll() is None
+    assert server.get("/")[0] == 200
+
+
+def test_reload_with_broken_code_keeps_the_old_generation(spawn, tmp_path: Path):
+    marker = tmp_path / "marker"
+    server = spawn("flaky_boot.application", "-s", "2", env={"FLAKY_BOOT_MARKER": str(marker)})
+    before = set(server.workers())
+    marker.write_text("x")
+    server.signal(signal.SIGHUP)
+    assert server.wait_until(lambda: "reload failed" in server.stderr, 10), server.stderr
+    assert "marker present" in server.stderr
+    assert set(server.workers()) == before
+    assert server.get("/")[0] == 200
+    # A worker of the serving generation that dies now cannot be replaced: back-off, still up.
+    os.kill(next(iter(before)), signal.SIGKILL)
+    assert server.wait_until(lambda: "next attempt in" in server.stderr, 5), server.stderr
+    assert server.get("/")[0] == 200
+    marker.unlink()
+    assert server.wait_until(lambda: len(server.workers()) == 2, 10)
+    server.signal(signal.SIGHUP)
+    server.wait_notify("READY=1", 10)
+    assert server.wait_until(lambda: not before & set(server.workers()), 10)
+
+
+def test_snapshot_describes_controller_and_workers(tmp_path: Path):
+    """Controller.snapshot() is what the status service reads (in-process, no fork)."""
+    from spawning.cli import load_config
+    from spawning.config import parse_args
+    from spawning.controller import Controller
+
+    config = load_config(parse_args(["-p", "0", "hello.application"]))
+    snap = Controller(config, config).snapshot()
+    assert snap["pid"] == os.getpid()
+    assert snap["workers"] == [] and snap["generation"] is None
+    assert snap["config"]["processes"] == 4
+
+
+def test_drain_overrunning_graceful_timeout_is_escalated(spawn):
+    """An old worker stuck in a request past --graceful-timeout gets SIGTERM, then SIGKILL."""
+    server = spawn("slow.application", "-s", "1", "--graceful-timeout", "1")
+    old = server.workers()[0]
+    thread = threading.Thread(target=lambda: _swallow(lambda: http_request(server.port, "/?s=30",
+                                                                              timeout=20)))
+    thread.start()
+    time.sleep(0.3)
+    server.signal(signal.SIGHUP)
+    assert server.wait_until(lambda: old not in server.workers(), 8), server.stderr[-2000:]
+    assert "(--graceful-timeout); sending SIGTERM" in server.stderr
+    assert server.get("/?s=0")[0] == 200
+    thread.join(20)
+
+
+def test_max_worker_memory_recycles_that_worker_alone(spawn):
+    server = spawn("leak.application", "-s", "2", "-t", "2", "--max-worker-memory", "60")
+    first = set(server.workers())
+    load = PyLoad(server.port, "/leak", connections=2).start()
+    try:
+        recycled = server.wait_until(lambda: "(--max-worker-memory 60)" in server.stderr
+                                     and len(first & set(server.workers())) < 2, 20)
+    finally:
+        result = load.stop().result()
+    assert recycled, server.stderr[-2000:]
+    assert "reload (" not in server.stderr, "a single worker is recycled, not the generation"
+    assert result["errors"] == 0 and result["non2xx"] == 0, result
+
+
+def test_component_runs_in_the_controller_loop_and_reads_the_snapshot(spawn):
+    """The hook the status service uses: add_reader + snapshot(), fds not leaked to workers."""
+    import json
+    import socket
+
+    import psutil  # type: ignore[import-untyped]
+    from conftest import free_port
+
+    probe_port = free_port()
+    server = spawn("hello.application", "-s", "2", "-f", "status_probe.config_factory",
+                   env={"STATUS_PROBE_PORT": str(probe_port)})
+    server.get("/")
+    time.sleep(1.2)  # a heartbeat carries the stats
+
+    def snapshot() -> dict:
+        with socket.create_connection(("127.0.0.1", probe_port), timeout=5) as conn:
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+        return json.loads(data)
+
+    snap = snapshot()
+    assert snap["pid"] == server.pid
+    assert snap["generation"] == 1 and snap["state"] == "running"
+    assert snap["listen"] == [f"http://127.0.0.1:{server.port}"]
+    workers = snap["workers"]
+    assert sorted(w["pid"] for w in workers) == sorted(server.workers())
+    assert all(w["state"] == "ready" and w["generation"] == 1 for w in workers)
+    assert sum(w["stats"].get("requests", 0) for w in workers) >= 1
+    for pid in server.workers():  # the component's socket stays in the controller
+        ports = {c.laddr.port for c in psutil.Process(pid).net_connections() if c.laddr}
+        assert probe_port not in ports
+    server.signal(signal.SIGHUP)
+    server.wait_notify("READY=1", 10)
+    snap = snapshot()
+    assert snap["generation"] == 2 and snap["last_restart_reason"] == "SIGHUP"
+    assert all("SIGHUP" in w["reason"] for w in snap["workers"] if w["generation"] == 2)

@@ -1,0 +1,107 @@
+"""Django, for real: a project made by ``django-admin startproject`` served through
+``spawning.django_factory`` (and as ``mysite.wsgi:application``): the admin login page renders, a
+POST with a CSRF token round-trips, static files are not the server's job, bad input is one line."""
+
+from __future__ import annotations
+
+import http.cookies
+import os
+import re
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from conftest import APPS, ROOT, free_port
+
+pytest.importorskip("django")
+
+DJANGO = "--factory=spawning.django_factory.config_factory"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """``django-admin startproject mysite`` with its database migrated (the admin login POST looks
+    the user up), plus a settings module that fails to import."""
+    root = tmp_path_factory.mktemp("django")
+    subprocess.run([sys.executable, "-m", "django", "startproject", "mysite", str(root)],
+                   check=True, timeout=60, capture_output=True)
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=root, check=True, timeout=60,
+                   capture_output=True)
+    (root / "mysite" / "broken_settings.py").write_text(
+        "from mysite.settings import *  # noqa\nINSTALLED_APPS = INSTALLED_APPS + ['no_such_app_xyz']\n")
+    return root
+
+
+def login_page(server) -> tuple[str, str]:
+    """GETs the admin login page; returns (csrftoken cookie, csrfmiddlewaretoken field)."""
+    status, headers, body = server.get("/admin/login/")
+    assert status == 200, body[:500]
+    html = body.decode()
+    assert "<form" in html and 'name="username"' in html and 'name="password"' in html
+    field = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)
+    assert field, html[:2000]
+    cookie = http.cookies.SimpleCookie(headers["set-cookie"])
+    return cookie["csrftoken"].value, field.group(1)
+
+
+def test_admin_login_and_csrf_post_round_trip(spawn, project):
+    server = spawn(DJANGO, "-s", "2", "mysite.settings", cwd=project)
+    cookie, token = login_page(server)
+    form = urllib.parse.urlencode({"csrfmiddlewaretoken": token, "username": "nobody",
+                                   "password": "wrong", "next": "/admin/"}).encode()
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "Cookie": f"csrftoken={cookie}"}
+    status, _, body = server.get("/admin/login/", method="POST", body=form, headers=headers)
+    assert status == 200, body[:1000]  # the form again, with an error: CSRF passed
+    assert "Please enter the correct username and password" in body.decode()
+    # Without the token Django refuses it: the check is real.
+    status, _, _ = server.get("/admin/login/", method="POST", body=b"username=x&password=y",
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 403
+    # Static files are the front server's (or WhiteNoise's) job, not the WSGI server's.
+    assert server.get("/static/admin/css/base.css")[0] == 404
+    assert len(server.workers()) == 2
+
+
+def test_wsgi_module_works_without_the_factory(spawn, project):
+    server = spawn("-s", "1", "mysite.wsgi:application", cwd=project)
+    login_page(server)
+
+
+def run_spawning(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(APPS), str(ROOT), env.get("PYTHONPATH", "")])
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    return subprocess.run([sys.executable, "-m", "spawning", "-p", str(free_port()), "-l", "/dev/null",
+                           "-s", "2", *args], capture_output=True, text=True, timeout=30, check=False,
+                          env=env, cwd=str(cwd), stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("settings, fragments", [
+    ("nosuchsite.settings", ["unknown Django settings module 'nosuchsite.settings'",
+                             "no module named 'nosuchsite'"]),
+    ("mysite.nosettings", ["unknown Django settings module 'mysite.nosettings'",
+                           "no module named 'mysite.nosettings'"]),
+    ("mysite.broken_settings", ["cannot start Django with settings 'mysite.broken_settings'",
+                                "No module named 'no_such_app_xyz'"]),
+    ("not a module", ["bad Django settings module"]),
+])
+def test_bad_settings_are_one_line_exit_2(project, settings, fragments):
+    result = run_spawning(DJANGO, settings, cwd=project)
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("spawning:")]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_controller_does_not_import_django_or_the_project(project):
+    """The settings module is found, not imported, before fork: workers import it fresh."""
+    code = ("import sys; from spawning.django_factory import config_factory; "
+            "c = config_factory({'args': ['mysite.settings']}); "
+            "print(c['app_factory'], 'django' in sys.modules, 'mysite' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True,
+                         timeout=30, check=True, env={**os.environ, "PYTHONPATH": str(project)}).stdout
+    assert out.split() == ["spawning.django_factory.app_factory", "False", "False"]
