@@ -489,7 +489,10 @@ void conn_timeout(sp_server *s, sp_conn *c, int64_t now) {
 }
 
 void conn_drain(sp_server *s, sp_conn *c) {
-    c->keep_alive = 0;
+    /* A response whose head already promised keep-alive keeps the promise: closing after it would
+     * race the client's next request (a reset it cannot retry safely). That next request is then
+     * answered with Connection: close (try_parse sees s->draining). */
+    if (!c->started) c->keep_alive = 0;
     if (c->state == C_HEAD && c->pos == c->in_len && !pending(c)) {
         /* Idle keep-alive: closing now would race a request the client may be sending; its next
          * request is answered (with Connection: close) if it comes soon, else we close. */
@@ -835,6 +838,11 @@ static int finish_locked(sp_server *s, sp_conn *c, int abort) {
     c->wait_mask = 0;
     s->st.in_flight--;
     if (c->status >= 100 && c->status < 600) s->st.status_class[c->status / 100]++;
+    int64_t took_us = sp_now_us() - c->busy_since_us;   /* one vDSO clock read per request */
+    int bucket = 0;
+    while (bucket < SP_DURATION_BUCKETS - 1 && took_us > sp_duration_bounds_us[bucket]) bucket++;
+    s->st.duration_count[bucket]++;
+    s->st.duration_sum_us += (uint64_t)(took_us > 0 ? took_us : 0);
     s->st.requests++;
     if (c->dead || abort) {
         rc = c->dead ? -EPIPE : 0;
@@ -848,7 +856,6 @@ static int finish_locked(sp_server *s, sp_conn *c, int abort) {
     }
     if (c->resp_left > 0) c->keep_alive = 0;   /* the app sent less than its Content-Length */
     if (!skip_body(s, c)) c->keep_alive = 0;   /* unread body still on the wire */
-    if (s->draining) c->keep_alive = 0;
     c->state = C_HEAD;
     c->started = 0;
     c->req.serial++;
