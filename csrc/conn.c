@@ -352,6 +352,9 @@ static int try_parse(sp_server *s, sp_conn *c) {
     c->last_len = 0;
     c->head_started_ms = 0;
     srv_enqueue(s, c);
+    /* Nothing left to read for this request: give the read buffer back now rather than pin it
+     * while the app runs (a long-poll worker holding 10k requests would hold 10k buffers). */
+    if (c->body_done && c->pos == c->in_len) release_in(s, c);
     return 1;
 }
 

@@ -54,6 +54,10 @@ int64_t sp_now_us(void) {
 
 int64_t sp_now_ms(void) { return sp_now_us() / 1000; }
 
+const int64_t sp_duration_bounds_us[SP_DURATION_BUCKETS - 1] = {
+    100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000,
+};
+
 const char *sp_backend_name(void) { return be_name(); }
 
 static int set_nonblock_cloexec(int fd) {
@@ -277,6 +281,7 @@ static int take_ready(sp_server *s, sp_event *out, int max, int64_t now_us, int 
         c->queued = 0;
         c->state = C_BUSY;
         c->busy_since_ms = now_us / 1000;
+        c->busy_since_us = now_us;
         s->st.in_flight++;
         memset(&out[n], 0, sizeof(out[n]));
         out[n].kind = SP_EV_REQUEST;

@@ -134,6 +134,8 @@ typedef struct sp_event {
     int64_t token;               /* SP_EV_FD: the caller's token from sp_watch() */
 } sp_event;
 
+#define SP_DURATION_BUCKETS 17
+
 typedef struct sp_stats {
     uint64_t requests;           /* responses finished */
     uint64_t accepted;           /* connections accepted */
@@ -143,7 +145,16 @@ typedef struct sp_stats {
     uint64_t bytes_out;
     uint64_t status_class[6];    /* responses by status class: [1]=1xx ... [5]=5xx */
     int64_t oldest_busy_ms;      /* age of the oldest request Python holds, 0 if none */
+    uint64_t duration_count[SP_DURATION_BUCKETS];  /* requests the app finished, by time from hand-off
+                                                       to sp_req_finish: bucket i counts durations <=
+                                                       sp_duration_bounds_us[i] (and over the bound
+                                                       before); the last bucket counts the rest */
+    uint64_t duration_sum_us;    /* the sum of those durations */
 } sp_stats;
+
+/* Upper bounds of the duration histogram's buckets: Prometheus' default buckets, and finer ones
+ * below 5 ms, where most requests of a fast application fall. */
+extern const int64_t sp_duration_bounds_us[SP_DURATION_BUCKETS - 1];
 
 const char *sp_backend_name(void);  /* "epoll", "kqueue" or "poll": the backend compiled in */
 

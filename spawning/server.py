@@ -25,6 +25,9 @@ from ._core import ffi, lib
 log = logging.getLogger("spawning")
 
 SERVER_HEADER = b"spawning"
+#: Upper bounds (seconds) of the request duration histogram's buckets, from the C core; a last
+#: bucket (+Inf) follows them.
+DURATION_BOUNDS: tuple[float, ...] = tuple(b / 1e6 for b in lib.sp_duration_bounds_us)
 
 
 def backend_name() -> str:
@@ -66,6 +69,9 @@ class Server:
         self.config = config
         self.listeners = listeners
         self.threads = int(config.get("threads", 4))
+        if self.threads == 0:   # the app is loaded now: refuse gevent/eventlet as a boot error
+            from . import green
+            green.check_app_compat()
         self._core_cfg = make_core_config(config)
         self._server_header = ffi.new("char[]", SERVER_HEADER)
         self._core_cfg.server_header = self._server_header
@@ -117,6 +123,9 @@ class Server:
             "bytes_out": int(st.bytes_out),
             "status_class": [int(st.status_class[i]) for i in range(6)],
             "oldest_request_start": (time.monotonic() - st.oldest_busy_ms / 1000) if st.in_flight else None,
+            # Request durations (app hand-off to finish), counted per bucket of DURATION_BOUNDS.
+            "duration_counts": list(st.duration_count),
+            "duration_sum": st.duration_sum_us / 1e6,
         }
 
     # ---- serving ---------------------------------------------------------------------------------

@@ -434,6 +434,11 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         except Exception:
             log.exception("error in WSGI app for %s %s", env.get("REQUEST_METHOD"), env.get("RAW_URI"))
             fail(resp, env)
+        except BaseException:
+            # GreenletExit, SystemExit, KeyboardInterrupt: the request ends here all the same,
+            # so C gets its connection back (cut: the response may be half sent).
+            finish(srv, req, 1)
+            raise
         finally:
             if result is not None and type(result) is not list_type and hasattr(result, "close"):
                 try:
@@ -461,7 +466,7 @@ def base_environ(sockname: Any, family: int, config: dict) -> dict:
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": "http",
         "wsgi.errors": sys.stderr,
-        "wsgi.multithread": threads > 1,
+        "wsgi.multithread": threads != 1,   # 0: green threads run requests concurrently too
         "wsgi.multiprocess": int(config.get("processes", 1)) > 1,
         "wsgi.run_once": False,
         "wsgi.input_terminated": True,
