@@ -1,7 +1,7 @@
 """User-space instructions per request, counted by callgrind: a noise-free figure for the hot path.
 
 Wall-clock benchmarks on a shared 2-core machine wobble by 20% or more; instruction counts do
-not. This runs one worker (threads mode, 1 thread) under ``valgrind --tool=callgrind`` twice,
+not. This runs one worker (1 thread, or --threads N / 0 for green) under ``valgrind --tool=callgrind`` twice,
 once with a warm-up only and once with N more keep-alive requests, and prints the difference
 divided by N, plus the top functions. Kernel time (recv/writev on loopback) is not counted.
 
@@ -35,7 +35,7 @@ s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", 0))
 s.listen(1024)
-srv = Server(app, {{"threads": 1, "access_log_file": "/dev/null"}}, [s])
+srv = Server(app, {{"threads": {threads}, "access_log_file": "/dev/null"}}, [s])
 signal.signal(signal.SIGTERM, lambda *a: srv.stop())
 with open({portfile!r}, "w") as f:
     f.write(str(s.getsockname()[1]))
@@ -59,11 +59,11 @@ def drive(port: int, n: int, conns: int = 10) -> None:
         s.close()
 
 
-def run(n: int, workdir: str) -> str:
+def run(n: int, workdir: str, threads: int = 1) -> str:
     portfile = os.path.join(workdir, f"port-{n}")
     script = os.path.join(workdir, "server.py")
     with open(script, "w") as f:
-        f.write(SERVER.format(root=ROOT, portfile=portfile))
+        f.write(SERVER.format(root=ROOT, portfile=portfile, threads=threads))
     out = os.path.join(workdir, f"cg-{n}.out")
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                              sys.executable, script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -98,10 +98,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--threads", type=int, default=1, help="worker threads; 0 = green threads")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        t0, f0 = parse(run(0, d))
-        t1, f1 = parse(run(a.requests, d))
+        t0, f0 = parse(run(0, d, a.threads))
+        t1, f1 = parse(run(a.requests, d, a.threads))
     print(f"user-space instructions per request: {(t1 - t0) / a.requests:,.0f}")
     diff = {k: (v - f0.get(k, 0)) / a.requests for k, v in f1.items()}
     for name, v in sorted(diff.items(), key=lambda kv: -kv[1])[: a.top]:
