@@ -32,6 +32,10 @@ typedef struct be_state be_state;
  * static int be_del(be_state *b, int fd);                     0 or -errno (closing the fd also removes it)
  * static int be_poll(be_state *b, be_fired *out, int max, int timeout_ms);  count, or -errno (-EINTR)
  * static const char *be_name(void);
+ *
+ * and the macros BE_EDGE (see above), BE_SEES_CHANGES_LIVE (a change made while another thread
+ * waits in be_poll() takes effect in that wait) and BE_CLOSE_FORGETS (closing an fd removes it
+ * from the set, so the core need not call be_del() first).
  */
 
 #endif

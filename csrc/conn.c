@@ -114,11 +114,22 @@ void conn_close(sp_server *s, sp_conn *c) {
     unqueue(s, c);
     if (c->prev) c->prev->next = c->next; else s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
-    close(c->h.fd);   /* also removes it from epoll/kqueue */
+    srv_conn_forget(s, c);
+    close(c->h.fd);
     release_in(s, c);
     free(c->out);
     free(c->envbuf);
-    free(c);
+    c->out = c->envbuf = NULL;
+    if (s->polling) {
+        /* Another thread is in be_poll() without the lock: the events it brings back may point
+         * at this connection. Keep the memory until that poller has dispatched them; kind 0
+         * makes dispatch skip it. */
+        c->h.kind = 0;
+        c->next = s->graveyard;
+        s->graveyard = c;
+    } else {
+        free(c);
+    }
     s->nconns--;
     srv_slot_freed(s);
     if (s->draining && s->nconns == 0) sp_server_wakeup(s);   /* the worker may exit now */
@@ -324,6 +335,9 @@ static int try_parse(sp_server *s, sp_conn *c) {
     int rc = sp_parse_request(c->in + c->pos, c->in_len - c->pos, c->last_len, &s->cfg.limits, &rh);
     if (rc == SP_PARTIAL) {
         c->last_len = c->in_len - c->pos;
+        /* The head's own deadline, also when its first bytes came pipelined behind the previous
+         * request (finish_locked had set the keep-alive timeout): no longer deadline that way. */
+        c->deadline_ms = c->head_started_ms + s->cfg.header_timeout_ms;
         return 0;
     }
     if (rc < 0) { conn_error(s, c, -rc); return -1; }
@@ -407,6 +421,7 @@ static void conn_read_head(sp_server *s, sp_conn *c) {
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             c->readable = 0;
             if (c->pos == c->in_len) release_in(s, c);   /* idle: give the buffer back */
+            srv_conn_interest(s, c);
             return;
         }
         /* EOF or error. A half-received head gets no answer: the client has gone. */
@@ -875,8 +890,14 @@ static int finish_locked(sp_server *s, sp_conn *c, int abort) {
     /* Pipelining: the next head may already be buffered; start it unless output is backed up. */
     if (pending(c) <= SP_PIPELINE_OUT_MAX) {
         int p = try_parse(s, c);
-        if (p == 0 && c->readable) conn_read_head(s, c);
-        else if (p == 0 && c->pos == c->in_len) release_in(s, c);
+        if (p == 0 && c->readable) {
+            conn_read_head(s, c);   /* may close c */
+        } else if (p == 0) {
+            if (c->pos == c->in_len) release_in(s, c);
+            srv_conn_interest(s, c);   /* level-triggered backends: reading again */
+        }
+    } else {
+        srv_conn_interest(s, c);
     }
 out:
     return rc;

@@ -92,6 +92,7 @@ struct sp_server {
     int draining;
 
     sp_conn *conns;                  /* all connections */
+    sp_conn *graveyard;              /* closed while a poll was in flight: freed after its dispatch */
     int nconns;
     sp_conn *q_head, *q_tail;        /* ready queue */
     int nready;
@@ -120,6 +121,7 @@ int64_t sp_now_us(void);
 
 /* server.c, for conn.c */
 void srv_conn_interest(sp_server *s, sp_conn *c);
+void srv_conn_forget(sp_server *s, sp_conn *c);   /* before close(fd) */
 void srv_enqueue(sp_server *s, sp_conn *c);
 int srv_fd_event(sp_server *s, int fd, int mask, int64_t token);
 char *srv_buf_get(sp_server *s);

@@ -34,6 +34,8 @@
 
 #if defined(SP_FORCE_POLL)
 #include "be_poll.c"
+#elif defined(SP_FORCE_KQUEUE)      /* tests: kqueue on Linux through tests/c/kqueue_shim */
+#include "be_kqueue.c"
 #elif defined(__linux__)
 #include "be_epoll.c"
 #elif defined(__APPLE__) || defined(__FreeBSD__) || defined(__OpenBSD__) || defined(__NetBSD__) || defined(__DragonFly__)
@@ -105,7 +107,9 @@ fail:
 
 void sp_server_free(sp_server *s) {
     if (!s) return;
+    s->polling = 0;
     while (s->conns) conn_close(s, s->conns);
+    while (s->graveyard) { sp_conn *d = s->graveyard; s->graveyard = d->next; free(d); }
     for (int i = 0; i < s->watch_cap; i++) free(s->watch[i]);
     free(s->watch);
     for (int i = 0; i < s->npool; i++) free(s->pool[i]);
@@ -242,6 +246,7 @@ void srv_enqueue(sp_server *s, sp_conn *c) {
     if (s->q_tail) s->q_tail->qnext = c; else s->q_head = c;
     s->q_tail = c;
     s->nready++;
+    srv_conn_interest(s, c);   /* level-triggered backends: stop reading while Python has it */
 }
 
 int srv_fd_event(sp_server *s, int fd, int mask, int64_t token) {
@@ -328,11 +333,20 @@ static void do_accept(sp_server *s, sp_listener *l) {
 #endif
         sp_conn *c = conn_new(s, fd, l->index, (struct sockaddr *)&ss, (int)sl);
         if (!c) { close(fd); return; }
-        if (be_add(s->be, fd, BE_READ | BE_WRITE, 0, &c->h) < 0) { conn_close(s, c); continue; }
+        /* Edge-triggered: read|write once for good. Level-triggered: only what is wanted now. */
+        if (be_add(s->be, fd, BE_EDGE ? BE_READ | BE_WRITE : BE_READ, 0, &c->h) < 0) { conn_close(s, c); continue; }
         s->st.accepted++;
         /* Data usually arrives with the connection: read it now rather than after a poll turn. */
         conn_on_event(s, c, BE_READ);
     }
+}
+
+void srv_conn_forget(sp_server *s, sp_conn *c) {
+#if BE_CLOSE_FORGETS
+    (void)s; (void)c;
+#else
+    be_del(s->be, c->h.fd);
+#endif
 }
 
 void srv_conn_interest(sp_server *s, sp_conn *c) {
@@ -509,6 +523,11 @@ int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms) {
             pthread_mutex_lock(&s->mu);
             s->polling = 0;
             int woke = nf > 0 ? dispatch(s, fired, nf) : 0;
+            while (s->graveyard) {   /* closed by other threads while we polled: now unreferenced */
+                sp_conn *dead = s->graveyard;
+                s->graveyard = dead->next;
+                free(dead);
+            }
             int64_t t = sp_now_ms();
             if (t >= s->next_sweep_ms) { sweep(s, t); s->next_sweep_ms = t + SP_SWEEP_MS; }
             if (woke || nf == -EINTR) {
