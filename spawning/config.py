@@ -293,8 +293,8 @@ OPTIONS: tuple[Option, ...] = (
     # Status service
     Option("status_port", ("--status-port",), 0, "serve the status page on this port; 0 = off",
            "Status service", type=port, metavar="PORT"),
-    Option("status_host", ("--status-host",), "127.0.0.1", "interface for the status page",
-           "Status service", metavar="HOST"),
+    Option("status_host", ("--status-host",), None, "interface for the status page (default: "
+           "--host)", "Status service", type=optional_str, metavar="HOST"),
     # Debugging
     Option("coverage", ("-c", "--coverage"), False, "record code coverage in each worker (needs the "
            "coverage package)", "Debugging", kind="flag"),

@@ -106,6 +106,7 @@ TICK = 0.5
 
 COMPONENTS: tuple[tuple[str, str], ...] = (
     ("status_port", "spawning.status:attach"),
+    ("coverage", "spawning.coverage_support:attach"),
 )
 
 MB = 1 << 20
@@ -273,7 +274,8 @@ class WorkerHandle:
         self.last_seen = time.monotonic()
         self.stats: dict[str, Any] = {}
         self.oldest_age: float | None = None
-        self.memory: int | None = None
+        self.memory: int | None = None  # USS
+        self.rss: int | None = None
         self.boot_error: str | None = None
         self.retiring: str | None = None
         self.max_requests = 0
@@ -303,6 +305,7 @@ class WorkerHandle:
             "last_heartbeat_age": now - self.last_seen,
             "stats": dict(self.stats),
             "memory": self.memory,
+            "rss": self.rss,
             "reason": self.reason,
             "retiring": self.retiring,
         }
@@ -336,6 +339,9 @@ class Controller:
         self.reload_again: str | None = None
         self.last_restart_reason = ""
         self.reloads = 0
+        #: Workers replaced, by reason: crash, timeout, boot_failure, max_requests,
+        #: max_worker_memory, reload (each worker of a replaced generation).
+        self.restarts: dict[str, int] = {}
         self._crashes: deque[float] = deque()
         self._replace_reasons: deque[str] = deque(maxlen=64)
         self._next_spawn_at = 0.0
@@ -385,6 +391,7 @@ class Controller:
             "pending_generation": self.pending_gen,
             "processes": self.num_workers,
             "reloads": self.reloads,
+            "restarts": dict(self.restarts),
             "last_restart_reason": self.last_restart_reason,
             "state": self.stopping or ("running" if self.booted else "starting"),
             "listen": list(self.addresses),
@@ -674,6 +681,8 @@ class Controller:
                      self.pending_reason, new, elapsed, old)
         for w in list(self.workers.values()):
             if w.generation != new and w.state != "draining":
+                if self.booted and old is not None and w.generation == old:
+                    self._count_restart("reload")
                 self._drain(w, f"replaced by generation {new}")
         sd_notify(f"READY=1\nSTATUS=serving generation {new}")
         if self.reload_again:
@@ -710,6 +719,7 @@ class Controller:
 
     def _retire(self, w: WorkerHandle, why: str) -> None:
         w.retiring = why
+        self._count_restart("max_requests" if "--max-requests" in why else "max_worker_memory")
         log.info("recycling %r: %s", w, why)
 
     def _signal(self, w: WorkerHandle, signum: int) -> None:
@@ -723,6 +733,9 @@ class Controller:
         w.killed_for = why
         w.kill_sent = time.monotonic()
         self._signal(w, signal.SIGKILL)
+
+    def _count_restart(self, reason: str) -> None:
+        self.restarts[reason] = self.restarts.get(reason, 0) + 1
 
     def _record_crash(self) -> None:
         now = time.monotonic()
@@ -778,6 +791,7 @@ class Controller:
                 self._abort_pending(reason)
                 return
             self._record_crash()
+            self._count_restart("boot_failure")
             log.error("%r failed to boot: %s; next attempt in %.2f s", w, reason,
                       max(0.0, self._next_spawn_at - now))
             return
@@ -789,6 +803,7 @@ class Controller:
         if w.ready_mono is not None and now - w.ready_mono < CRASH_WINDOW:
             self._record_crash()
         log.warning("%r %s; replacing it", w, cause)
+        self._count_restart("timeout" if w.killed_for else "crash")
         self._replace_reasons.append(f"replaces {w.pid} ({cause})")
         if w.generation == self.pending_gen:
             self._abort_pending(f"{w!r} {cause}")
@@ -883,9 +898,10 @@ class Controller:
             return
         for w in list(self.workers.values()):
             try:
-                w.memory = psutil.Process(w.pid).memory_full_info().uss
+                info = psutil.Process(w.pid).memory_full_info()
+                w.memory, w.rss = info.uss, info.rss
             except (psutil.Error, OSError):
-                w.memory = None
+                w.memory = w.rss = None
 
     def _check_memory(self, now: float) -> None:
         limit_total = float(self.config.get("max_memory") or 0) * MB

@@ -23,7 +23,7 @@ The channel is one end of a ``socketpair`` carrying line-delimited JSON objects,
   "files": [...]}`` every ``HEARTBEAT`` seconds (``files``: newly imported module files, with
   ``--reload=dev``); ``{"t": "boot_error", "msg": "...", "files": [...]}``.
 - controller -> worker: ``{"t": "drain"}`` (finish in-flight requests and exit), ``{"t": "stop"}``
-  (exit as soon as possible).
+  (exit as soon as possible), ``{"t": "cov_save"}`` (with ``--coverage``: save coverage data now).
 
 Signals: SIGTERM and SIGINT drain, SIGQUIT stops at once; a second SIGTERM/SIGINT while draining
 stops at once (that is the controller's "TERM" step when a drain overruns ``--graceful-timeout``).
@@ -145,6 +145,7 @@ class Worker:
         self._send_lock = _thread.allocate_lock()
         self._wake_r = -1
         self.parent_pid = os.getppid()
+        self.coverage: Any = None  # spawning.coverage_support.WorkerCoverage with --coverage
 
     # -- plumbing -------------------------------------------------------------------------------------
 
@@ -213,6 +214,9 @@ class Worker:
         try:
             app_factory = import_object(app_factory_path)
             app = app_factory(config)
+            if self.coverage is not None:  # /_coverage on the app port, as the original had
+                from .coverage_support import middleware
+                app = middleware(app, self.coverage)
         except AppLoadError:
             raise
         except Exception as exc:
@@ -239,14 +243,10 @@ class Worker:
     def _start_coverage(self) -> Any:
         if not self.args.get("coverage"):
             return None
-        try:
-            import coverage
-        except ImportError:
-            log.warning("--coverage: the coverage package is not installed")
-            return None
-        cov = coverage.Coverage(data_suffix=True)
-        cov.start()
-        return cov
+        from .coverage_support import start
+
+        self.coverage = start(self.args)
+        return self.coverage
 
     # -- run -------------------------------------------------------------------------------------------
 
@@ -268,9 +268,9 @@ class Worker:
             _start_thread(self._housekeeping, ())
             if not (self.draining or self.stopping):
                 self.server.serve()
+            self._heartbeat()  # the final counts, for the status service's totals
             if cov is not None:
                 cov.stop()
-                cov.save()
         # Nothing may escape: below this frame is the controller's code, which a forked child must
         # never run. Whatever happened, the process ends here.
         except BaseException:  # noqa: BLE001
@@ -327,6 +327,8 @@ class Worker:
             if _monotonic() >= next_beat:
                 next_beat = _monotonic() + HEARTBEAT
                 self._heartbeat()
+                if self.coverage is not None:
+                    self.coverage.save_if_due()
 
     def _on_signal(self, signum: int) -> None:
         if signum == signal.SIGQUIT:
@@ -345,6 +347,8 @@ class Worker:
             self._stop()
         elif kind == "ping":
             self._heartbeat()
+        elif kind == "cov_save" and self.coverage is not None:
+            self.coverage.save()
 
     def _drain(self, why: str) -> None:
         if self.draining:
