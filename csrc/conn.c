@@ -365,6 +365,13 @@ static int try_parse(sp_server *s, sp_conn *c) {
     c->pos += (size_t)rc;
     c->last_len = 0;
     c->head_started_ms = 0;
+    if (c->req.body == 1 && !c->expect_continue && c->body_left <= SP_PREBUFFER_MAX &&
+        (int64_t)(c->in_len - c->pos) < c->body_left) {
+        c->state = C_BODY;   /* conn_read_head() reads the rest, then queues it */
+        c->deadline_ms = sp_now_ms() + s->cfg.body_timeout_ms;
+        srv_conn_interest(s, c);
+        return 0;
+    }
     srv_enqueue(s, c);
     /* Nothing left to read for this request: give the read buffer back now rather than pin it
      * while the app runs (a long-poll worker holding 10k requests would hold 10k buffers). */
@@ -376,13 +383,29 @@ static int try_parse(sp_server *s, sp_conn *c) {
 static void conn_read_head(sp_server *s, sp_conn *c) {
     const sp_limits *lim = &s->cfg.limits;
     size_t max_buf = lim->max_head_size + SP_IN_CHUNK;
-    while (c->state == C_HEAD) {
+    while (c->state == C_HEAD || c->state == C_BODY) {
         if (!c->in) {
             c->in = srv_buf_get(s);
             if (!c->in) { conn_close(s, c); return; }
             c->in_cap = SP_IN_CHUNK;
         }
         if (c->pos == c->in_len) c->pos = c->in_len = 0;
+        if (c->state == C_BODY && c->pos + (size_t)c->body_left > c->in_cap) {
+            /* The whole small body must fit after the head: move it to the front, or grow. */
+            if (c->pos) {
+                memmove(c->in, c->in + c->pos, c->in_len - c->pos);
+                c->in_len -= c->pos;
+                c->pos = 0;
+            }
+            if ((size_t)c->body_left > c->in_cap) {
+                char *n = malloc((size_t)c->body_left);
+                if (!n) { conn_close(s, c); return; }
+                memcpy(n, c->in, c->in_len);
+                if (c->in_cap == SP_IN_CHUNK) srv_buf_put(s, c->in); else free(c->in);
+                c->in = n;
+                c->in_cap = (size_t)c->body_left;
+            }
+        }
         if (c->in_len == c->in_cap) {
             if (c->pos) {
                 memmove(c->in, c->in + c->pos, c->in_len - c->pos);
@@ -407,6 +430,11 @@ static void conn_read_head(sp_server *s, sp_conn *c) {
         }
         if (!c->readable) return;
         ssize_t r = recv(c->h.fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+        if (r > 0 && c->state == C_BODY) {
+            c->in_len += (size_t)r;
+            if ((int64_t)(c->in_len - c->pos) >= c->body_left) { srv_enqueue(s, c); return; }
+            continue;
+        }
         if (r > 0) {
             if (c->in_len == c->pos && !c->head_started_ms) {
                 /* First byte of a new head: the header timeout starts now. */
@@ -440,14 +468,17 @@ void conn_on_event(sp_server *s, sp_conn *c, int mask) {
         }
         if (pending(c)) {
             int was_close = c->state == C_LINGER;
+            int held = pending(c) > SP_PIPELINE_OUT_MAX;
             if (conn_flush(s, c) < 0) return;
             if (!pending(c) && was_close) {
                 shutdown(c->h.fd, SHUT_WR);
                 c->deadline_ms = sp_now_ms() + SP_LINGER_MS;
             }
-            if (!pending(c) && c->state == C_HEAD && c->pos < c->in_len && !c->queued) {
-                /* output drained: a pipelined head held back by backpressure may go on */
-                if (try_parse(s, c) < 0) return;
+            if (held && pending(c) <= SP_PIPELINE_OUT_MAX && c->state == C_HEAD && !c->queued) {
+                /* Output drained below the mark: the pipelined requests held back by
+                 * backpressure go on, from the buffer first, then from the socket. */
+                if (c->pos < c->in_len && try_parse(s, c) != 0) return;
+                if (c->readable) mask |= BE_READ;
             }
         }
     }
@@ -455,6 +486,7 @@ void conn_on_event(sp_server *s, sp_conn *c, int mask) {
         c->readable = 1;
         switch (c->state) {
         case C_HEAD:
+        case C_BODY:
             if (pending(c) > SP_PIPELINE_OUT_MAX) return;   /* backpressure: read later */
             conn_read_head(s, c);
             break;
@@ -492,6 +524,9 @@ void conn_timeout(sp_server *s, sp_conn *c, int64_t now) {
     case C_HEAD:
         if (c->pos == c->in_len || !c->head_started_ms) conn_close(s, c);   /* idle keep-alive */
         else conn_error(s, c, 408);                                          /* slowloris */
+        break;
+    case C_BODY:
+        conn_error(s, c, 408);   /* a small body that stalled before the app got it */
         break;
     case C_LINGER:
         conn_close(s, c);

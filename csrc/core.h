@@ -17,6 +17,9 @@
 #define SP_HANDOFF_US 1000          /* thread mode: work waits this long before a second thread
                                        takes it, so a fast app keeps one thread and no GIL fight */
 #define SP_EMFILE_PAUSE_MS 100      /* accept pause after running out of descriptors */
+#define SP_PREBUFFER_MAX 16384      /* Content-Length bodies up to this are read before the app
+                                       runs (as uWSGI's post-buffering): a client trickling a
+                                       form post then holds a connection, not an app thread */
 
 enum { K_LISTENER = 1, K_CONN, K_WATCH, K_WAKE };
 
@@ -25,7 +28,8 @@ typedef struct sp_handle { int kind; int fd; } sp_handle;
 /* Connection states (see conn.c's theory of operation). */
 enum {
     C_HEAD = 1,     /* waiting for (the rest of) a request head */
-    C_READY,        /* head parsed, queued for Python */
+    C_BODY,         /* head parsed, a small body still arriving: the loop reads it first */
+    C_READY,        /* head parsed (and a small body read), queued for Python */
     C_BUSY,         /* Python owns it: the app runs */
     C_LINGER,       /* error answered; half-closed, discarding input until EOF or deadline */
 };

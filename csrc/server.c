@@ -355,7 +355,7 @@ void srv_conn_interest(sp_server *s, sp_conn *c) {
 #else
     if (c->dead) return;
     int mask = 0;
-    if (c->state == C_HEAD || c->state == C_LINGER) mask |= BE_READ;
+    if (c->state == C_HEAD || c->state == C_BODY || c->state == C_LINGER) mask |= BE_READ;
     if (c->out_len > c->out_off) mask |= BE_WRITE;
     be_mod(s->be, c->h.fd, mask, 0, &c->h);
     if (s->polling) sp_server_wakeup(s);
