@@ -20,12 +20,18 @@ if os.environ.get("SPAWNING_SANITIZE"):
     extra += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1"]
 if os.environ.get("SPAWNING_FORCE_POLL"):
     extra += ["-DSP_FORCE_POLL"]
+# Tests only: the kqueue backend on Linux, over the epoll-based stand-in in tests/c/kqueue_shim.
+SHIM = os.path.join(os.path.dirname(HERE), "tests", "c", "kqueue_shim")
+shim = bool(os.environ.get("SPAWNING_KQUEUE_SHIM"))
+if shim:
+    extra += ["-DSP_FORCE_KQUEUE"]
 
 ffibuilder.set_source(
     "spawning._core",
     '#include "sp.h"',
-    sources=[os.path.relpath(os.path.join(CSRC, s)) for s in SOURCES],
-    include_dirs=[os.path.relpath(CSRC)],
+    sources=[os.path.relpath(os.path.join(CSRC, s)) for s in SOURCES]
+    + ([os.path.relpath(os.path.join(SHIM, "kqueue_shim.c"))] if shim else []),
+    include_dirs=[os.path.relpath(CSRC)] + ([os.path.relpath(SHIM)] if shim else []),
     extra_compile_args=extra,
     extra_link_args=["-fsanitize=address,undefined"] if os.environ.get("SPAWNING_SANITIZE") else [],
     libraries=["pthread"] if sys.platform != "win32" else [],
