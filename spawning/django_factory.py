@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import AppLoadError, ConfigError
-from .wsgi_factory import check_spec, load_object
+from .wsgi_factory import apply_middleware, check_spec
 
 __all__ = ["app_factory", "config_factory", "find_module"]
 
@@ -99,10 +99,4 @@ def app_factory(config: dict[str, Any]) -> Callable[..., Any]:
         files = [filename] if isinstance(filename, str) and filename.endswith(".py") else []
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())
         raise AppLoadError(f"cannot start Django with settings {settings!r}: {reason}", files) from exc
-    for spec in config.get("middleware") or []:
-        wrap = load_object(spec)
-        try:
-            app = wrap(app)
-        except Exception as exc:
-            raise AppLoadError(f"cannot apply middleware {spec!r}: {type(exc).__name__}: {exc}") from exc
-    return app
+    return apply_middleware(app, config.get("middleware") or [])

@@ -144,7 +144,12 @@ def app_factory(config: dict[str, Any]) -> Callable[..., Any]:
     if not callable(app):
         raise AppLoadError(f"cannot use {config['app']!r}: it is a {type(app).__name__}, not a WSGI "
                            "callable")
-    for spec in config.get("middleware") or []:
+    return apply_middleware(app, config.get("middleware") or [])
+
+
+def apply_middleware(app: Callable[..., Any], specs: list[str]) -> Callable[..., Any]:
+    """Wraps app in each middleware (a dotted path to ``mw(app) -> app``), in order."""
+    for spec in specs:
         middleware = load_object(spec)
         try:
             app = middleware(app)
