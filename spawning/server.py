@@ -17,7 +17,8 @@ import errno
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import wsgi
 from ._core import ffi, lib
@@ -35,7 +36,7 @@ def backend_name() -> str:
     return ffi.string(lib.sp_backend_name()).decode()
 
 
-def _ms(seconds: float | int | None, default: float) -> int:
+def _ms(seconds: float | None, default: float) -> int:
     if seconds is None:
         seconds = default
     return int(float(seconds) * 1000)

@@ -26,8 +26,9 @@ import os
 import stat
 import sys
 import time
+from collections.abc import Callable
 from itertools import chain
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from ._core import ffi, lib
 
@@ -72,7 +73,7 @@ def check(rc: int, what: str = "spawning core") -> int:
 class ThreadWaiter:
     """Blocking done in C with the GIL released: thread mode."""
 
-    __slots__ = ("srv", "body_timeout_ms")
+    __slots__ = ("body_timeout_ms", "srv")
 
     def __init__(self, srv: Any, body_timeout_ms: int) -> None:
         self.srv = srv
@@ -93,7 +94,7 @@ class Input:
     """``wsgi.input``: read(n), read(), readline(n), readlines(), iteration, over Content-Length
     and chunked bodies. ``wsgi.input_terminated`` is true: read() ends at the body's end."""
 
-    __slots__ = ("_srv", "_req", "_waiter", "_buf", "_cbuf", "_eof")
+    __slots__ = ("_buf", "_cbuf", "_eof", "_req", "_srv", "_waiter")
 
     def __init__(self, srv: Any, req: Any, waiter: Any) -> None:
         self._srv = srv
@@ -107,8 +108,7 @@ class Input:
         """Up to n fresh bytes from C; b'' at the end of the body."""
         if self._eof:
             return b""
-        if n > READ_CHUNK:
-            n = READ_CHUNK
+        n = min(n, READ_CHUNK)
         cbuf = self._cbuf
         if cbuf is None:
             cbuf = self._cbuf = _new("char[]", READ_CHUNK)
@@ -161,7 +161,7 @@ class Input:
             buf += chunk
 
     def readlines(self, hint: int | None = -1) -> list[bytes]:
-        lines = []
+        lines: list[bytes] = []
         total = 0
         while True:
             line = self.readline()
@@ -172,7 +172,7 @@ class Input:
             if hint is not None and 0 < hint <= total:
                 return lines
 
-    def __iter__(self) -> "Input":
+    def __iter__(self) -> Input:
         return self
 
     def __next__(self) -> bytes:
@@ -196,7 +196,7 @@ class EmptyInput:
     def readlines(self, hint: int | None = -1) -> list[bytes]:
         return []
 
-    def __iter__(self) -> "EmptyInput":
+    def __iter__(self) -> EmptyInput:
         return self
 
     def __next__(self) -> bytes:
@@ -215,7 +215,7 @@ class FileWrapper:
         if hasattr(filelike, "close"):
             self.close = filelike.close
 
-    def __iter__(self) -> "FileWrapper":
+    def __iter__(self) -> FileWrapper:
         return self
 
     def __next__(self) -> bytes:
@@ -228,7 +228,7 @@ class FileWrapper:
 class Response:
     """State of one response: ``start_response`` and the ``write()`` callable."""
 
-    __slots__ = ("srv", "req", "waiter", "status", "headers", "head_sent", "sent")
+    __slots__ = ("head_sent", "headers", "req", "sent", "srv", "status", "waiter")
 
     def __init__(self, srv: Any, req: Any, waiter: Any) -> None:
         self.srv = srv
@@ -345,7 +345,7 @@ class AccessLog:
         self.enabled = path not in (None, "", "/dev/null")
         self._stream = None
         if self.enabled:
-            self._stream = sys.stdout if path == "-" else open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            self._stream = sys.stdout if path == "-" else open(str(path), "a", buffering=1, encoding="utf-8")  # noqa: SIM115
         self._sec = 0
         self._stamp = ""
 
@@ -355,7 +355,7 @@ class AccessLog:
         if now != self._sec:
             self._sec = now
             self._stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(now))
-        line = '%s - - [%s] "%s %s %s" %s %s "%s" "%s"\n' % (
+        line = '%s - - [%s] "%s %s %s" %s %s "%s" "%s"\n' % (  # noqa: UP031 -- the cheapest here
             env.get("REMOTE_ADDR") or "-", self._stamp, env["REQUEST_METHOD"], env.get("RAW_URI", ""),
             env["SERVER_PROTOCOL"], code, size or "-", env.get("HTTP_REFERER", "-"),
             env.get("HTTP_USER_AGENT", "-"))
@@ -378,7 +378,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     unpack = _unpack
     empty = EMPTY_INPUT
     logging_on = access_log is not None and access_log.enabled
-    log_line = access_log.log if logging_on else None
+    log_line = access_log.log if access_log is not None and logging_on else None
     list_type = list
     fixed = ENV_FIXED
     bytes_type = bytes

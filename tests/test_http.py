@@ -17,7 +17,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import start_server
 
 
@@ -37,7 +36,7 @@ def raw(port: int, data: bytes, timeout: float = 5.0, wait_close: bool = True) -
         while time.monotonic() < deadline:
             try:
                 b = s.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 break
             except ConnectionResetError:
                 break
@@ -191,7 +190,7 @@ def test_chunked_response(server):
 
 
 def test_readline_readlines_iteration(server):
-    r, data = get(server.port, "/v/lines", method="POST", body=b"first\nabcdef\nx\ny")
+    _, data = get(server.port, "/v/lines", method="POST", body=b"first\nabcdef\nx\ny")
     assert json.loads(data) == {"first": "first\n", "limited": "abc", "rest": ["def\n", "x\n", "y"]}
     req = (b"POST /v/iter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
            b"3\r\na\nb\r\n3\r\n\nc\n\r\n0\r\n\r\n")
@@ -226,7 +225,7 @@ def test_head_and_bodiless_statuses(server):
 
 
 def test_write_callable(server):
-    r, data = get(server.port, "/v/write")
+    _, data = get(server.port, "/v/write")
     assert data == b"written directly then returned\n"
 
 
@@ -241,7 +240,7 @@ def test_file_wrapper_uses_sendfile(server):
 
 def test_close_is_always_called(server, tmp_path: Path):
     marker = tmp_path / "closed"
-    r, data = get(server.port, f"/v/close?marker={marker}")
+    _, data = get(server.port, f"/v/close?marker={marker}")
     assert data == b"closing body\n"
     deadline = time.monotonic() + 3
     while not marker.exists() and time.monotonic() < deadline:
@@ -372,7 +371,7 @@ def test_bad_input_gets_a_clear_status(server, request_bytes, status):
 def test_nothing_invalid_reached_the_app(server):
     for request_bytes, _ in BAD:
         raw(server.port, request_bytes)
-    r, data = get(server.port, "/seen")
+    _, data = get(server.port, "/seen")
     seen = json.loads(data)
     # (Malformed chunked bodies, the /echo cases, are only found while the app reads them: the
     # app then gets an exception from wsgi.input and the client a 400. Heads never get through.)

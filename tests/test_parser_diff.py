@@ -16,7 +16,7 @@ import pytest
 
 httptools = pytest.importorskip("httptools")
 
-from spawning._core import ffi, lib  # noqa: E402
+from spawning._core import ffi, lib
 
 SP_PARTIAL = -1
 
