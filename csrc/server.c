@@ -76,7 +76,6 @@ sp_server *sp_server_new(const sp_config *cfg) {
     s->cfg = *cfg;
     if (s->cfg.limits.max_headers > SP_HEADERS_MAX || s->cfg.limits.max_headers == 0)
         s->cfg.limits.max_headers = SP_HEADERS_MAX;
-    if (s->cfg.max_pipeline <= 0) s->cfg.max_pipeline = 16;
     if (s->cfg.max_connections <= 0) s->cfg.max_connections = 1 << 30;
     s->server_line_len = 0;
     if (cfg->server_header && cfg->server_header[0]) {

@@ -107,7 +107,6 @@ typedef struct sp_config {
     int send_timeout_ms;         /* a client that reads nothing of the response for this long */
     int body_timeout_ms;         /* a request body that stalls this long */
     int keepalive;               /* 0: every response closes its connection */
-    int max_pipeline;            /* requests buffered per connection beyond the one running */
     const char *server_header;   /* "Server: ..." value, NULL or "" for none */
 } sp_config;
 

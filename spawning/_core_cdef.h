@@ -26,7 +26,7 @@ typedef struct sp_server sp_server;
 typedef struct sp_config {
     sp_limits limits; int64_t max_body_size; int max_connections; int header_timeout_ms;
     int keepalive_timeout_ms; int send_timeout_ms; int body_timeout_ms; int keepalive;
-    int max_pipeline; const char *server_header;
+    const char *server_header;
 } sp_config;
 typedef struct sp_request {
     const char *env; size_t env_len; int fd; int listener; int body; int head;

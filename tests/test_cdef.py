@@ -1,0 +1,46 @@
+"""spawning/_core_cdef.h restates csrc/sp.h for cffi (whose parser takes no includes): the two
+must declare the same functions and the same struct fields, in the same order."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _strip_comments(text: str) -> str:
+    return re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+
+
+def _structs(text: str) -> dict[str, list[str]]:
+    out = {}
+    for m in re.finditer(r"typedef struct (\w+) \{(.*?)\} \1;", text, flags=re.S):
+        fields = []
+        for decl in m.group(2).split(";"):
+            decl = decl.strip()
+            if not decl or decl == "...":
+                continue
+            # "const char *a; size_t b" style and "int a, b" lists: take every declarator name
+            for part in decl.split(","):
+                name = re.search(r"(\w+)\s*(\[[^\]]*\])?\s*$", part.strip())
+                if name:
+                    fields.append(name.group(1))
+        out[m.group(1)] = fields
+    return out
+
+
+def _functions(text: str) -> set[str]:
+    return set(re.findall(r"^[\w\s\*]*?\b(sp_\w+)\s*\(", text, flags=re.M))
+
+
+def test_cdef_matches_header():
+    header = _strip_comments((ROOT / "csrc" / "sp.h").read_text())
+    cdef = _strip_comments((ROOT / "spawning" / "_core_cdef.h").read_text())
+    hs, cs = _structs(header), _structs(cdef)
+    for name, fields in cs.items():
+        assert name in hs, f"{name} is in the cdef but not in sp.h"
+        # the cdef may elide private trailing fields with "..."
+        assert hs[name][: len(fields)] == fields, f"{name}: sp.h {hs[name]} vs cdef {fields}"
+    assert len(cs) >= 8 and len(_functions(header)) >= 25   # the parsing found the API
+    assert _functions(header) == _functions(cdef)
