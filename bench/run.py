@@ -1,0 +1,547 @@
+#!/usr/bin/env python
+"""Side-by-side benchmark of spawning and its peers with wrk, one server process at a time.
+
+    python bench/run.py --install            # install missing peers, run everything, write README
+    python bench/run.py --only spawning,bjoern --scenario hello --duration 5
+
+Each server runs pinned to CPU 0 (``taskset -c 0``) in its own process group; wrk runs pinned to
+CPU 1 (``taskset -c 1 wrk -t1 -cN --latency``). The server's CPU time is the sum of utime+stime
+(and reaped children's) over every process in its group, read from /proc/PID/stat before and after
+the measured run, so the report gives requests/s, p99 latency and requests per server CPU-second.
+All traffic goes to 127.0.0.1; every run is bounded in time; only the process groups this script
+created are signalled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import peers as P  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+POST_SIZE = 16384
+
+# name -> (title, connections, lua snippet (before done()), check)
+SCENARIOS = {
+    "hello": ("hello world, keep-alive", 100, ""),
+    "hello-close": ("hello world, Connection: close", 100,
+                    'wrk.headers["Connection"] = "close"\n'),
+    "64k": ("64 KiB response, keep-alive", 100, ""),
+    "post16k": ("16 KiB POST echo, keep-alive", 100,
+                'wrk.method = "POST"\n'
+                f'wrk.body = string.rep("a", {POST_SIZE})\n'
+                'wrk.headers["Content-Type"] = "application/octet-stream"\n'),
+    "sleep100ms": ("100 ms cooperative sleep, 1,000 keep-alive connections (issue 4)", 1000, ""),
+}
+
+LUA_DONE = r'''
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "WRKJSON {\"requests\": %d, \"duration_us\": %d, \"bytes\": %d, \"connect\": %d, " ..
+    "\"read\": %d, \"write\": %d, \"status\": %d, \"timeout\": %d, \"p50\": %d, \"p90\": %d, " ..
+    "\"p99\": %d, \"p999\": %d, \"max\": %d, \"mean\": %f}\n",
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status,
+    e.timeout, latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency:percentile(99.9), latency.max, latency.mean))
+end
+'''
+
+
+# --------------------------------------------------------------------------- processes
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def group_cpu_ticks(pgid: int) -> int:
+    """utime+stime+cutime+cstime summed over every live process in process group pgid."""
+    total = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data.rsplit(")", 1)[1].split()
+        if int(fields[2]) != pgid:          # field 5: pgrp
+            continue
+        total += sum(int(x) for x in fields[11:15])  # fields 14-17
+    return total
+
+
+def system_busy_ticks() -> int:
+    """Busy jiffies of all CPUs (everything but idle and iowait) from /proc/stat."""
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:]]
+    return sum(vals[:8]) - vals[3] - vals[4]
+
+
+def children_ticks() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (ru.ru_utime + ru.ru_stime) * CLK_TCK
+
+
+def wait_quiet(max_wait: float, pgid: int, threshold: float = 0.25) -> float:
+    """Waits (at most max_wait s) until other processes use < threshold of a core; returns
+    the load (in cores) last seen."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        b0, g0, t0 = system_busy_ticks(), group_cpu_ticks(pgid), time.monotonic()
+        time.sleep(0.5)
+        busy = (system_busy_ticks() - b0) - (group_cpu_ticks(pgid) - g0)
+        load = busy / CLK_TCK / (time.monotonic() - t0)
+        if load < threshold or time.monotonic() >= deadline:
+            return load
+        time.sleep(1.0)
+
+
+def group_pids(pgid: int) -> list:
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[2]) == pgid:
+                        out.append(int(name))
+            except OSError:
+                pass
+    return out
+
+
+class ServerProcess:
+    def __init__(self, argv, log_path):
+        self.log_path = log_path
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen(["taskset", "-c", "0"] + argv, cwd=HERE, env=P.peer_env(),
+                                     stdin=subprocess.DEVNULL, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.pgid = self.proc.pid   # session leader: pgid == pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM the process group we created, then SIGKILL whatever is left of it."""
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            if not group_pids(self.pgid) and not self.alive():
+                break
+            try:
+                os.killpg(self.pgid, sig)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                self.proc.poll()
+                if not self.alive() and not group_pids(self.pgid):
+                    break
+                time.sleep(0.05)
+        self.proc.poll()
+        self.log.close()
+
+    def log_tail(self, n=15) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+
+def wait_listening(srv: ServerProcess, port: int, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not srv.alive():
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def check_response(port: int, scenario: str) -> str:
+    """One real request with http.client; returns '' when the answer is right."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        headers = {"Connection": "close"} if scenario == "hello-close" else {}
+        if scenario == "post16k":
+            body = bytes(range(256)) * (POST_SIZE // 256)
+            conn.request("POST", "/", body=body,
+                         headers={**headers, "Content-Type": "application/octet-stream"})
+            expect = body
+        else:
+            conn.request("GET", "/", headers=headers)
+            expect = b"x" * 65536 if scenario == "64k" else b"Hello, world!\n"
+        r = conn.getresponse()
+        data = r.read()
+        conn.close()
+        if r.status != 200:
+            return f"status {r.status}"
+        if data != expect:
+            return f"wrong body ({len(data)} bytes, expected {len(expect)})"
+        return ""
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {e}"
+
+
+def run_wrk(port: int, script: str, connections: int, duration: float, timeout_s: str = "5s"):
+    argv = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{max(1, int(round(duration)))}s",
+            f"--timeout={timeout_s}", "--latency", "-s", script, f"http://127.0.0.1:{port}/"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    for line in r.stdout.splitlines():
+        if line.startswith("WRKJSON "):
+            return json.loads(line[len("WRKJSON "):]), r.stdout
+    raise RuntimeError(f"wrk failed (rc {r.returncode}): "
+                       f"{(r.stderr + r.stdout).strip()[-300:]}")
+
+
+# --------------------------------------------------------------------------- one measurement
+
+def measure(peer, scenario: str, args, tmp: str) -> dict:
+    title, connections, lua = SCENARIOS[scenario]
+    res = {"server": peer.name, "scenario": scenario}
+    port = free_port()
+    work = tempfile.mkdtemp(prefix=f"{peer.name}-{scenario}-", dir=tmp)
+    argv = peer.command(P.APP_FOR[scenario], port, work)
+    if argv is None:
+        res["skip"] = "n/a"
+        return res
+    script = os.path.join(work, "wrk.lua")
+    with open(script, "w") as f:
+        f.write(lua + LUA_DONE)
+    res["argv"] = " ".join(argv)
+    srv = ServerProcess(argv, os.path.join(work, "server.log"))
+    try:
+        if not wait_listening(srv, port):
+            res["skip"] = "did not start: " + (srv.log_tail(3).replace("\n", " | ")[-300:]
+                                               or f"exit {srv.proc.returncode}")
+            return res
+        err = check_response(port, scenario)
+        if err:
+            res["skip"] = "wrong answer to a check request: " + err
+            return res
+        if args.warmup > 0:
+            run_wrk(port, script, connections, args.warmup)
+        if not srv.alive():
+            res["skip"] = "died during warm-up: " + srv.log_tail(3).replace("\n", " | ")[-300:]
+            return res
+        res["load_before"] = wait_quiet(args.quiet_wait, srv.pgid) if args.quiet_wait > 0 else 0.0
+        w0, s0 = children_ticks(), system_busy_ticks()
+        t0, c0 = time.monotonic(), group_cpu_ticks(srv.pgid)
+        stats, text = run_wrk(port, script, connections, args.duration)
+        c1, t1 = group_cpu_ticks(srv.pgid), time.monotonic()
+        w1, s1 = children_ticks(), system_busy_ticks()
+        # CPU used by everything else on the machine meanwhile (other users' jobs, steal...)
+        res["other_cpu"] = max(0.0, ((s1 - s0) - (c1 - c0) - (w1 - w0)) / CLK_TCK / (t1 - t0))
+        res["alive_after"] = srv.alive()
+        res["procs"] = len(group_pids(srv.pgid))
+        wall = stats["duration_us"] / 1e6
+        cpu = (c1 - c0) / CLK_TCK
+        res.update(stats)
+        res["rps"] = stats["requests"] / wall if wall else 0.0
+        res["cpu_s"] = cpu
+        res["cpu_share"] = cpu / (t1 - t0) if t1 > t0 else 0.0
+        res["rps_per_cpu"] = stats["requests"] / cpu if cpu > 0 else 0.0
+        res["errors"] = sum(stats[k] for k in ("connect", "read", "write", "status", "timeout"))
+        res["post_check"] = check_response(port, scenario) if srv.alive() else "server died"
+        res["wrk_text"] = text
+    except Exception as e:  # noqa: BLE001
+        res["skip"] = f"{type(e).__name__}: {e}"
+    finally:
+        srv.stop()
+        tail = srv.log_tail(20)
+        if tail.strip():
+            res["log_tail"] = tail
+    return res
+
+
+# --------------------------------------------------------------------------- install
+
+def install(selected) -> dict:
+    """Installs missing peers. Returns {peer name: reason} for those still missing."""
+    failed = {}
+    apt_updated = False
+    for peer in selected:
+        if P.is_installed(peer):
+            continue
+        if peer.apt and shutil.which("apt-get"):
+            if not apt_updated:
+                subprocess.run(["apt-get", "update", "-qq"], timeout=300)
+                apt_updated = True
+            r = subprocess.run(["apt-get", "install", "-y", "-qq"] + peer.apt, timeout=600,
+                               env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                print(f"apt-get install {' '.join(peer.apt)} failed: {r.stderr[-300:]}")
+        if peer.pip:
+            print(f"pip install {' '.join(peer.pip)}", flush=True)
+            r = subprocess.run([sys.executable, "-m", "pip", "install", "-q"] + peer.pip,
+                               capture_output=True, text=True, timeout=900)
+            if r.returncode != 0:
+                lines = [ln for ln in r.stderr.splitlines() if "error" in ln.lower()]
+                failed[peer.name] = "pip install failed: " + (lines[-1] if lines else
+                                                               r.stderr.strip()[-200:])
+        if not P.is_installed(peer) and peer.name not in failed:
+            failed[peer.name] = "not importable after install: " + P.install_error(peer)
+    return failed
+
+
+# --------------------------------------------------------------------------- report
+
+def machine_info() -> str:
+    model = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    wrk_v = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
+    return (f"{model}, {os.cpu_count()} CPUs, {mem:.0f} GiB RAM, Linux {platform.release()}, "
+            f"Python {platform.python_version()}, {wrk_v.split(' Copyright')[0]}")
+
+
+def fmt_ratio(x):
+    return f"{x:.2f}x" if x else "-"
+
+
+def build_report(results, versions, unavailable, args, started, elapsed) -> str:
+    out = []
+    by_scn = {}
+    for r in results:
+        by_scn.setdefault(r["scenario"], []).append(r)
+    for scn in SCENARIOS:
+        rows = by_scn.get(scn)
+        if not rows:
+            continue
+        title, conns, _ = SCENARIOS[scn]
+        ok = [r for r in rows if "skip" not in r]
+        if scn == "sleep100ms":
+            out.append(f"### {title}\n")
+            out.append("`wrk -t1 -c1000`; ideal = 1,000 connections / 0.1 s = 10,000 req/s; "
+                       "goal: >= 90% of ideal, p99 < 150 ms.\n")
+            out.append("| server | req/s | % of ideal | p50 ms | p99 ms | max ms | server CPU | "
+                       "req/CPU-s | errors | other CPU |")
+            out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            for r in rows:
+                if "skip" in r:
+                    out.append(f"| {r['server']} | {r['skip']} |||||||")
+                    continue
+                out.append(f"| {r['server']} | {r['rps']:,.0f} | {r['rps'] / 100:.0f}% | "
+                           f"{r['p50'] / 1000:.1f} | {r['p99'] / 1000:.1f} | {r['max'] / 1000:.0f} | "
+                           f"{r['cpu_share'] * 100:.0f}% | {r['rps_per_cpu']:,.0f} | "
+                           f"{r['errors']} | {r['other_cpu'] * 100:.0f}% |")
+            out.append("")
+            continue
+        refs = [r for r in ok if r["server"] in P.REFERENCE]
+        best_eff = max(refs, key=lambda r: r["rps_per_cpu"], default=None)
+        best_rps = max(refs, key=lambda r: r["rps"], default=None)
+        out.append(f"### {title}\n")
+        if best_eff:
+            out.append(f"Ratios against the best of {'/'.join(P.REFERENCE)} in this run: "
+                       f"req/CPU-s vs {best_eff['server']}, req/s vs {best_rps['server']}.\n")
+        out.append("| server | req/s | p99 ms | server CPU | req/CPU-s | req/CPU-s ratio | "
+                   "req/s ratio | errors | other CPU |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in sorted(rows, key=lambda r: -r.get("rps_per_cpu", -1)):
+            if "skip" in r:
+                out.append(f"| {r['server']} | {r['skip']} |||||||")
+                continue
+            e_ratio = r["rps_per_cpu"] / best_eff["rps_per_cpu"] if best_eff else 0
+            r_ratio = r["rps"] / best_rps["rps"] if best_rps else 0
+            name = f"**{r['server']}**" if r["server"].startswith("spawning") else r["server"]
+            out.append(f"| {name} | {r['rps']:,.0f} | {r['p99'] / 1000:.2f} | "
+                       f"{r['cpu_share'] * 100:.0f}% | {r['rps_per_cpu']:,.0f} | "
+                       f"{fmt_ratio(e_ratio)} | {fmt_ratio(r_ratio)} | {r['errors']} | "
+                       f"{r['other_cpu'] * 100:.0f}% |")
+        out.append("")
+    notes = []
+    for r in results:
+        if "skip" not in r and (r["errors"] or r.get("post_check") or not r.get("alive_after")):
+            bits = [f"{k}={r[k]}" for k in ("connect", "read", "write", "status", "timeout")
+                    if r[k]]
+            if r.get("post_check"):
+                bits.append(f"check after run: {r['post_check']}")
+            if not r.get("alive_after"):
+                bits.append("server exited during the run")
+            notes.append(f"- {r['server']} / {r['scenario']}: " + ", ".join(bits))
+    if unavailable:
+        notes.append("")
+        for name, why in unavailable.items():
+            notes.append(f"- {name} not run: {why}")
+    vers = ", ".join(f"{k} {v}" for k, v in versions.items())
+    head = [f"Measured {started:%Y-%m-%d %H:%M} UTC on: {machine_info()}.",
+            f"Versions: {vers}.",
+            f"Command: `{' '.join(['python', 'bench/run.py'] + sys.argv[1:])}` "
+            f"(wrk -t1, {args.duration:g} s per run after a {args.warmup:g} s warm-up; "
+            f"whole run {elapsed / 60:.1f} min).", ""]
+    noisy = [r for r in results if "skip" not in r and r["other_cpu"] > 0.15]
+    if noisy:
+        notes.append(f"- {len(noisy)} of {len(results)} runs shared the machine with other "
+                     "work (\"other CPU\" > 15% of a core: processes outside this benchmark, "
+                     "or steal time); their req/s and latency are the least trustworthy.")
+    if notes:
+        notes = ["Errors and notes from this run (wrk socket-error counts, non-2xx, "
+                 "servers not run):", ""] + notes + [""]
+    return "\n".join(head + out + notes)
+
+
+README_HEAD = """\
+# bench/
+
+Side-by-side benchmark of spawning against other WSGI servers, one server process at a time, with
+wrk on loopback.
+
+```
+python setup.py build_ext --inplace     # spawning's core, in place (the bench runs the tree)
+python bench/run.py --install            # installs missing peers, runs all, rewrites this table
+python bench/run.py --only spawning,bjoern --scenario hello,64k --duration 5   # a subset
+```
+
+- `apps.py`: the WSGI apps (hello world, 64 KiB body, 16 KiB POST echo, 100 ms `time.sleep`).
+- `peers.py`: how each server is installed and started with one process on a port.
+- `run.py`: starts each server pinned to CPU 0 (`taskset -c 0`, its own process group), checks one
+  real response, warms up, then runs `taskset -c 1 wrk -t1 -c100 -d10s --latency` (a Lua script
+  sets the POST body / `Connection: close` and prints the summary as JSON) and reads the CPU time
+  of the server's whole process group from `/proc/PID/stat` before and after. One wrk thread on
+  one core saturates before most of these servers do, so **requests per server CPU-second** is
+  the figure to compare; requests/s mostly tells how close to wrk's ceiling a server gets.
+- "other CPU" is the CPU the rest of the machine used during the run (all busy jiffies in
+  `/proc/stat` minus the server's and wrk's), in % of one core. On a shared 2-core machine
+  anything above ~15% means the req/s and latency of that row are disturbed; req/CPU-s holds up
+  better. Before each run the script waits up to `--quiet-wait` seconds (default 5) for the
+  machine to go quiet.
+- Options: `--install`, `--duration S`, `--warmup S`, `--only a,b`, `--scenario a,b`,
+  `--quiet-wait S`, `--retry-noisy N`, `--no-readme` (filtered runs do not rewrite this file unless `--readme`),
+  `--json FILE`.
+- `serve_spawning.py`: starts one spawning worker from a script when the CLI does not work.
+- meinheld is installed with `pip install --no-deps meinheld` (its greenlet<0.5 pin does not
+  build on Python 3.11); nginx (Debian package, 1 worker, `master_process off`) returns a static
+  string or a static 64 KiB file as a reference line and cannot echo a POST body.
+- freastal 0.0.3 resets the connection on any request body of 16,384 bytes or more (16,000
+  works; checked with curl), so it has no 16 KiB POST row.
+- The 100 ms sleep scenario (issue 4) compares `spawning --threads 0` (monkey-patched
+  `time.sleep`) with gunicorn's gevent worker at 1,000 connections.
+
+## Latest results
+
+"""
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--install", action="store_true", help="pip/apt-install missing peers first")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
+    ap.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per run")
+    ap.add_argument("--only", default="", help="comma-separated server names")
+    ap.add_argument("--scenario", default="", help="comma-separated: " + ",".join(SCENARIOS))
+    ap.add_argument("--quiet-wait", type=float, default=5.0,
+                    help="before each run wait up to this long for other CPU load to settle")
+    ap.add_argument("--retry-noisy", type=int, default=0,
+                    help="re-measure a run up to N times while other CPU load was > 15%% of a "
+                         "core, keeping the quietest")
+    ap.add_argument("--readme", action="store_true", help="rewrite bench/README.md even if filtered")
+    ap.add_argument("--no-readme", action="store_true", help="do not rewrite bench/README.md")
+    ap.add_argument("--json", default="", help="write raw results to this file")
+    args = ap.parse_args()
+
+    for tool in ("wrk", "taskset"):
+        if not shutil.which(tool):
+            print(f"{tool} not found (apt-get install -y {'wrk' if tool == 'wrk' else 'util-linux'})")
+            return 2
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+
+    names = [n for n in args.only.split(",") if n]
+    scns = [s for s in args.scenario.split(",") if s]
+    for s in scns:
+        if s not in SCENARIOS:
+            ap.error(f"unknown scenario {s!r}; one of {', '.join(SCENARIOS)}")
+    known = {p.name for p in P.PEERS}
+    for n in names:
+        if n not in known:
+            ap.error(f"unknown server {n!r}; one of {', '.join(sorted(known))}")
+    selected = [p for p in P.PEERS if not names or p.name in names]
+    scns = scns or list(SCENARIOS)
+
+    unavailable = install(selected) if args.install else {}
+    for p in selected:
+        if p.name not in unavailable and not P.is_installed(p):
+            unavailable[p.name] = "not installed (" + (P.install_error(p) if p.module
+                                                       else "binary not found") + ")"
+    print(f"spawning CLI works: {P.spawning_cli_works()}", flush=True)
+    versions = {p.name: P.version(p) for p in selected if p.name not in unavailable}
+
+    started = datetime.datetime.utcnow()
+    t_start = time.monotonic()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="spawning-bench-") as tmp:
+        for scn in scns:
+            for peer in selected:
+                if peer.name in unavailable:
+                    continue
+                if scn not in (peer.scenarios or P.MAIN_SCENARIOS):
+                    continue
+                r = measure(peer, scn, args, tmp)
+                for _ in range(args.retry_noisy):
+                    if "skip" in r or r["other_cpu"] <= 0.15:
+                        break
+                    print(f"{scn:12s} {peer.name:16s} other CPU {r['other_cpu'] * 100:.0f}%, "
+                          "measuring again", flush=True)
+                    r2 = measure(peer, scn, args, tmp)
+                    if "skip" not in r2 and r2["other_cpu"] < r["other_cpu"]:
+                        r = r2
+                results.append(r)
+                if "skip" in r:
+                    print(f"{scn:12s} {peer.name:16s} SKIP {r['skip']}", flush=True)
+                else:
+                    print(f"{scn:12s} {peer.name:16s} {r['rps']:10,.0f} req/s  "
+                          f"p99 {r['p99'] / 1000:8.2f} ms  cpu {r['cpu_share'] * 100:4.0f}%  "
+                          f"{r['rps_per_cpu']:10,.0f} req/CPU-s  errors {r['errors']}  "
+                          f"other {r['other_cpu'] * 100:3.0f}%"
+                          + (f"  [{r['post_check']}]" if r.get("post_check") else ""),
+                          flush=True)
+    elapsed = time.monotonic() - t_start
+    report = build_report(results, versions, unavailable, args, started, elapsed)
+    print()
+    print(report)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    filtered = bool(names or args.scenario)
+    if not args.no_readme and (args.readme or not filtered):
+        with open(os.path.join(HERE, "README.md"), "w") as f:
+            f.write(README_HEAD + report + "\n")
+        print(f"wrote {os.path.join(HERE, 'README.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
