@@ -60,6 +60,17 @@ def http_request(port: int, path: str = "/", method: str = "GET", timeout: float
         conn.close()
 
 
+def wait_http_status(port: int, timeout: float = 10.0) -> int:
+    """Polls GET / until the server answers (returns the status) or timeout passes (returns 0)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return http_request(port)[0]
+        except OSError:
+            time.sleep(0.1)
+    return 0
+
+
 class SpawningProcess:
     """A running ``python -m spawning`` (see the module docstring)."""
 

@@ -178,16 +178,9 @@ def test_systemd_socket_activation(spawn, tmp_path: Path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     listener.close()
     try:
-        from conftest import http_request
+        from conftest import wait_http_status
 
-        deadline = time.monotonic() + 10
-        status = 0
-        while time.monotonic() < deadline and not status:
-            try:
-                status = http_request(port)[0]
-            except OSError:
-                time.sleep(0.1)
-        assert status == 200
+        assert wait_http_status(port) == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
@@ -206,16 +199,9 @@ def test_daemonize_writes_pidfile_and_logs(tmp_path: Path):
         time.sleep(0.05)
     pid = int(pidfile.read_text())
     try:
-        from conftest import http_request
+        from conftest import wait_http_status
 
-        deadline = time.monotonic() + 10
-        status = 0
-        while time.monotonic() < deadline and not status:
-            try:
-                status = http_request(port)[0]
-            except OSError:
-                time.sleep(0.1)
-        assert status == 200
+        assert wait_http_status(port) == 200
         assert "listening on" in errlog.read_text()
     finally:
         os.kill(pid, signal.SIGTERM)
