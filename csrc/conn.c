@@ -357,6 +357,7 @@ static int try_parse(sp_server *s, sp_conn *c) {
     c->body_left = f.content_length > 0 ? f.content_length : 0;
     c->body_total = 0;
     memset(&c->chunk, 0, sizeof(c->chunk));
+    c->chunk.max_ext = s->cfg.max_chunk_ext;
     c->dec_avail = 0;
     c->body_done = c->req.body == 0;
     c->started = c->chunked_out = c->no_body = 0;

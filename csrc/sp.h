@@ -107,6 +107,7 @@ typedef struct sp_config {
     int send_timeout_ms;         /* a client that reads nothing of the response for this long */
     int body_timeout_ms;         /* a request body that stalls this long */
     int keepalive;               /* 0: every response closes its connection */
+    size_t max_chunk_ext;        /* chunk-extension limit; 0: SP_DEFAULT_MAX_CHUNK_EXT */
     const char *server_header;   /* "Server: ..." value, NULL or "" for none */
 } sp_config;
 

@@ -26,6 +26,7 @@ typedef struct sp_server sp_server;
 typedef struct sp_config {
     sp_limits limits; int64_t max_body_size; int max_connections; int header_timeout_ms;
     int keepalive_timeout_ms; int send_timeout_ms; int body_timeout_ms; int keepalive;
+    size_t max_chunk_ext;
     const char *server_header;
 } sp_config;
 typedef struct sp_request {

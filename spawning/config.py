@@ -270,6 +270,9 @@ OPTIONS: tuple[Option, ...] = (
            "longest header line in bytes", "Timeouts and limits", type=positive, metavar="BYTES"),
     Option("max_head_size", ("--max-head-size",), 65536, "largest request head (line and headers) "
            "in bytes", "Timeouts and limits", type=positive, metavar="BYTES"),
+    Option("limit_chunk_extension", ("--limit-chunk-extension",), 4096, "longest chunk extension "
+           "(the ';name=value' after a chunk size) in a chunked request body, in bytes; over it: 400",
+           "Timeouts and limits", type=positive, metavar="BYTES"),
     # Logging
     Option("access_log_file", ("-l", "--access-log-file"), "-", "access log (Apache combined format); "
            "'-' = stdout, /dev/null discards", "Logging", metavar="FILE"),

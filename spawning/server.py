@@ -58,6 +58,7 @@ def make_core_config(config: dict) -> Any:
     c.send_timeout_ms = _ms(config.get("send_timeout"), 60)
     c.body_timeout_ms = _ms(config.get("body_timeout"), 60)
     c.keepalive = 0 if config.get("no_keepalive") else 1
+    c.max_chunk_ext = int(config.get("limit_chunk_extension") or 4096)
     return c
 
 

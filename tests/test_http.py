@@ -406,3 +406,15 @@ def test_slow_reader_outlives_keepalive_timeout(spawn):
             if time.monotonic() - start < 2.0:
                 time.sleep(0.05)
     assert got > 8 << 20   # the whole body (plus the head) arrived
+
+
+def test_chunk_extension_limit_is_an_option(spawn):
+    srv = spawn("-s", "1", "--limit-chunk-extension", "16", "core_app.application")
+    ok = (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+          b"3;a=short\r\nabc\r\n0\r\n\r\n")
+    resp = raw(srv.port, ok)
+    assert resp.startswith(b"HTTP/1.1 200 ") and resp.endswith(b"abc")
+    long_ext = (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                b"3;name=" + b"v" * 40 + b"\r\nabc\r\n0\r\n\r\n")
+    resp = raw(srv.port, long_ext)
+    assert resp.startswith(b"HTTP/1.1 400 ")
