@@ -17,6 +17,9 @@
 #define SP_HANDOFF_US 1000          /* thread mode: work waits this long before a second thread
                                        takes it, so a fast app keeps one thread and no GIL fight */
 #define SP_EMFILE_PAUSE_MS 100      /* accept pause after running out of descriptors */
+#define SP_POLL_EVERY_US 1000       /* while work is queued, still poll this often: a connection
+                                       that keeps re-queuing itself (pipelining) must not starve
+                                       the others' I/O */
 #define SP_PREBUFFER_MAX 16384      /* Content-Length bodies up to this are read before the app
                                        runs (as uWSGI's post-buffering): a client trickling a
                                        form post then holds a connection, not an app thread */
@@ -109,6 +112,7 @@ struct sp_server {
     /* leader/follower */
     int polling, waiters, untimed_waiters, busy;
     int64_t vacated_us;
+    int64_t last_poll_us;            /* when a poll turn last ran */
     unsigned wake_gen;
 
     int64_t next_sweep_ms;

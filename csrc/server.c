@@ -500,12 +500,16 @@ int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms) {
     int was_follower = 0;
     for (;;) {
         int64_t now = sp_now_us();
-        n = take_ready(s, out, max, now, was_follower);
-        if (n > 0) break;
+        int starving = !s->polling && s->nready && now - s->last_poll_us >= SP_POLL_EVERY_US;
+        if (!starving) {
+            n = take_ready(s, out, max, now, was_follower);
+            if (n > 0) break;
+        }
         if (s->wake_gen != gen) break;                          /* sp_server_wakeup() */
         if (deadline >= 0 && now >= deadline && (s->polling || timeout_ms > 0 || was_follower)) break;
 
-        int may_lead = !s->polling && (s->busy == 0 || now - s->vacated_us >= SP_HANDOFF_US);
+        int may_lead = !s->polling &&
+                       (starving || s->busy == 0 || now - s->vacated_us >= SP_HANDOFF_US);
         if (may_lead) {
             s->polling = 1;
             int64_t now_ms = now / 1000;
@@ -521,6 +525,7 @@ int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms) {
             int nf = be_poll(s->be, fired, SP_FIRED_MAX, wait_ms);
             pthread_mutex_lock(&s->mu);
             s->polling = 0;
+            s->last_poll_us = sp_now_us();
             int woke = nf > 0 ? dispatch(s, fired, nf) : 0;
             while (s->graveyard) {   /* closed by other threads while we polled: now unreferenced */
                 sp_conn *dead = s->graveyard;
