@@ -170,7 +170,7 @@ int sp_server_drain(sp_server *s);
 /* Connections still open (0 after a drain means the worker may exit). */
 int sp_server_connections(sp_server *s);
 void sp_server_stats(sp_server *s, sp_stats *out);
-/* The read end Python may hand to signal.set_wakeup_fd()'s counterpart: the write end. */
+/* The write end of the loop's wake-up pipe (non-blocking): suits signal.set_wakeup_fd(). */
 int sp_server_wakeup_fd(sp_server *s);
 /* Interrupts a sp_poll() in progress (async-signal-safe). */
 void sp_server_wakeup(sp_server *s);
