@@ -194,7 +194,7 @@ void sp_server_stats(sp_server *s, sp_stats *out) {
     out->connections = s->nconns;
     int64_t oldest = 0, now = sp_now_ms();
     for (sp_conn *c = s->conns; c; c = c->next)
-        if (c->state == C_BUSY && (oldest == 0 || c->busy_since_ms < oldest)) oldest = c->busy_since_ms;
+        if (c->state == C_BUSY && (oldest == 0 || c->busy_since_us / 1000 < oldest)) oldest = c->busy_since_us / 1000;
     out->oldest_busy_ms = oldest ? now - oldest : 0;
     pthread_mutex_unlock(&s->mu);
 }
@@ -284,7 +284,6 @@ static int take_ready(sp_server *s, sp_event *out, int max, int64_t now_us, int 
         s->nready--;
         c->queued = 0;
         c->state = C_BUSY;
-        c->busy_since_ms = now_us / 1000;
         c->busy_since_us = now_us;
         s->st.in_flight++;
         memset(&out[n], 0, sizeof(out[n]));

@@ -383,7 +383,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     fixed = ENV_FIXED
     bytes_type = bytes
 
-    def fail(resp: Response, env: dict, status: str = "500 Internal Server Error",
+    def fail(resp: Response, status: str = "500 Internal Server Error",
              body: bytes = INTERNAL_ERROR) -> None:
         """Answers an error if nothing went out yet, else cuts the connection."""
         if resp.head_sent:
@@ -429,11 +429,11 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
             finish(srv, req, 1)
         except BodyError as e:
             log.info("request body rejected: %s", e)
-            fail(resp, env, f"{e.status} {'Content Too Large' if e.status == 413 else 'Bad Request'}",
+            fail(resp, f"{e.status} {'Content Too Large' if e.status == 413 else 'Bad Request'}",
                  (str(e) + "\n").encode())
         except Exception:
             log.exception("error in WSGI app for %s %s", env.get("REQUEST_METHOD"), env.get("RAW_URI"))
-            fail(resp, env)
+            fail(resp)
         except BaseException:
             # GreenletExit, SystemExit, KeyboardInterrupt: the request ends here all the same,
             # so C gets its connection back (cut: the response may be half sent).
