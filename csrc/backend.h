@@ -14,6 +14,9 @@
 #define BE_READ 1
 #define BE_WRITE 2
 #define BE_ERROR 4          /* hang-up or error: the core treats it as read|write readiness */
+#define BE_EOF 8            /* with BE_READ: the peer's FIN is queued (EPOLLRDHUP, kqueue EV_EOF).
+                               The core trusts a short read to mean "drained" only until it sees
+                               this, because after the FIN no further edge will come. */
 
 #define BE_EXCLUSIVE 1      /* a listening socket shared by several processes: wake only one */
 #define BE_ONESHOT 2        /* disarm after one report (green-mode watchers) */

@@ -78,6 +78,7 @@ static int be_poll(be_state *b, be_fired *out, int max, int timeout_ms) {
         uint32_t e = b->events[i].events;
         int m = 0;
         if (e & (EPOLLIN | EPOLLRDHUP)) m |= BE_READ;
+        if (e & EPOLLRDHUP) m |= BE_EOF;
         if (e & EPOLLOUT) m |= BE_WRITE;
         if (e & (EPOLLERR | EPOLLHUP)) m |= BE_READ | BE_WRITE | BE_ERROR;
         out[i].ptr = b->events[i].data.ptr;

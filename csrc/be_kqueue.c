@@ -122,6 +122,7 @@ static int be_poll(be_state *b, be_fired *out, int max, int timeout_ms) {
         void *ptr;
         memcpy(&ptr, &e->udata, sizeof(ptr));
         int m = e->filter == EVFILT_WRITE ? BE_WRITE : BE_READ;
+        if (e->filter == EVFILT_READ && (e->flags & EV_EOF)) m |= BE_EOF;
         if ((e->flags & EV_ERROR) || ((e->flags & EV_EOF) && (e->filter == EVFILT_WRITE || e->fflags)))
             m |= BE_READ | BE_WRITE | BE_ERROR;
         /* One entry per pointer: a batch holds at most two kevents per fd, and a linear scan of a

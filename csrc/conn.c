@@ -79,11 +79,13 @@ sp_conn *conn_new(sp_server *s, int fd, int listener, const struct sockaddr *sa,
         inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
         snprintf(port, sizeof(port), "%u", ntohs(a->sin6_port));
     }
-    /* REMOTE_ADDR and REMOTE_PORT values open every environ block of this connection. */
-    size_t hl = strlen(host) + 1, pl = strlen(port) + 1;
+    /* The REMOTE_ADDR value opens every environ block of this connection, REMOTE_PORT's closes
+     * it (see sp_request.env). */
+    size_t hl = strlen(host) + 1, pl = strlen(port);
     memcpy(c->remote, host, hl);
-    memcpy(c->remote + hl, port, pl);
-    c->remote_len = hl + pl;
+    c->remote_len = hl;
+    memcpy(c->port, port, pl + 1);
+    c->port_len = pl;
     c->deadline_ms = sp_now_ms() + (s->cfg.header_timeout_ms > 0 ? s->cfg.header_timeout_ms : 10000);
     c->next = s->conns;
     if (s->conns) s->conns->prev = c;
@@ -300,7 +302,7 @@ static void linger_read(sp_server *s, sp_conn *c) {
 /* ---- reading and parsing heads --------------------------------------------------------------- */
 
 static int env_build(sp_server *s, sp_conn *c, const sp_request_head *rh, size_t head_len) {
-    size_t need = c->remote_len + head_len * 2 + rh->num_headers * 8 + 256;
+    size_t need = c->remote_len + c->port_len + 1 + head_len * 2 + rh->num_headers * 8 + 256;
     for (int tries = 0; tries < 2; tries++) {
         if (c->env_cap < need) {
             char *e = realloc(c->envbuf, need);
@@ -309,10 +311,13 @@ static int env_build(sp_server *s, sp_conn *c, const sp_request_head *rh, size_t
             c->env_cap = need;
         }
         memcpy(c->envbuf, c->remote, c->remote_len);
-        ssize_t n = sp_env_pack(rh, c->envbuf + c->remote_len, c->env_cap - c->remote_len);
+        size_t room = c->env_cap - c->remote_len - c->port_len - 1;
+        ssize_t n = sp_env_pack(rh, c->envbuf + c->remote_len, room);
         if (n >= 0) {
+            size_t len = c->remote_len + (size_t)n;
+            memcpy(c->envbuf + len, c->port, c->port_len + 1);   /* NUL-terminated for C readers */
             c->req.env = c->envbuf;
-            c->req.env_len = c->remote_len + (size_t)n;
+            c->req.env_len = len + c->port_len;
             return 0;
         }
         if (n != -431) return (int)n;
@@ -429,8 +434,17 @@ static void conn_read_head(sp_server *s, sp_conn *c) {
                 return;
             }
         }
-        if (!c->readable) return;
-        ssize_t r = recv(c->h.fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+        if (!c->readable) {
+            if (c->pos == c->in_len) release_in(s, c);   /* idle: give the buffer back */
+            srv_conn_interest(s, c);
+            return;
+        }
+        size_t want = c->in_cap - c->in_len;
+        ssize_t r = recv(c->h.fd, c->in + c->in_len, want, 0);
+        /* A short read emptied the socket's queue: new data will raise a new edge, so the recv
+         * that would only say EAGAIN is skipped (one syscall per request instead of two). Not once
+         * the FIN is queued: no edge follows it, and the read of 0 must still happen. */
+        if (r > 0 && (size_t)r < want && !c->eof_seen) c->readable = 0;
         if (r > 0 && c->state == C_BODY) {
             c->in_len += (size_t)r;
             if ((int64_t)(c->in_len - c->pos) >= c->body_left) { srv_enqueue(s, c); return; }
@@ -461,6 +475,7 @@ static void conn_read_head(sp_server *s, sp_conn *c) {
 
 void conn_on_event(sp_server *s, sp_conn *c, int mask) {
     if (mask & BE_ERROR) c->peer_closed = 1;
+    if (mask & BE_EOF) c->eof_seen = 1;
     if (mask & BE_WRITE) {
         c->writable = 1;
         if ((c->wait_mask & SP_WRITE) && c->state == C_BUSY) {

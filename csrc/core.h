@@ -73,10 +73,12 @@ typedef struct sp_conn {
     int status;
 
     /* flags */
-    unsigned http11:1, readable:1, writable:1, peer_closed:1, dead:1, keep_alive:1, close_after:1, queued:1;
+    unsigned http11:1, readable:1, writable:1, peer_closed:1, eof_seen:1, dead:1, keep_alive:1, close_after:1, queued:1;
     int64_t send_progress_ms;        /* last time output drained some bytes */
-    char remote[64];                 /* "a.b.c.d\0port\0": the REMOTE_ADDR, REMOTE_PORT values */
+    char remote[48];                 /* "a.b.c.d\0": the REMOTE_ADDR value */
     size_t remote_len;
+    char port[8];                    /* the REMOTE_PORT value */
+    size_t port_len;
 } sp_conn;
 
 typedef struct sp_watch_ent { sp_handle h; int64_t token; int mask; int registered; } sp_watch_ent;

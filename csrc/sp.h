@@ -113,7 +113,11 @@ typedef struct sp_config {
 
 /* What Python reads of one request. Valid from its SP_EV_REQUEST until sp_req_finish(). */
 typedef struct sp_request {
-    const char *env;             /* REMOTE_ADDR and REMOTE_PORT values, then sp_env_pack()'s block */
+    const char *env;             /* "REMOTE_ADDR value\0", sp_env_pack()'s block, then the REMOTE_PORT
+                                    value (env_len stops before its NUL). The port comes last so
+                                    that everything before the final NUL is the same for requests
+                                    repeated on any connection from one address: Python caches
+                                    environ by it. */
     size_t env_len;
     int fd;                      /* the connection's socket (for wait_read/wait_write in green mode) */
     int listener;                /* index given to sp_server_add_listener() */

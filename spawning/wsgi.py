@@ -41,8 +41,13 @@ READ_CHUNK = 65536
 _unpack = ffi.unpack
 # The values that open every environ block, in order (csrc/sp.h: the connection's address, then
 # SP_ENV_FIXED). Constant strings: their hashes are computed once, not per request.
-ENV_FIXED = ("REMOTE_ADDR", "REMOTE_PORT", "REQUEST_METHOD", "PATH_INFO", "QUERY_STRING",
-             "SERVER_PROTOCOL", "RAW_URI")
+ENV_FIXED = ("REMOTE_ADDR", "REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "SERVER_PROTOCOL",
+             "RAW_URI")
+# environ templates kept per listener, keyed by the request's block without its REMOTE_PORT: a
+# keep-alive client (or a proxy) repeating a request costs one dict copy instead of one string and
+# one insertion per field. Bounded: emptied when full, and long heads are not kept.
+ENV_CACHE_MAX = 256
+ENV_CACHE_KEY_MAX = 2048
 _chain = chain.from_iterable
 _new = ffi.new
 
@@ -395,13 +400,31 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         resp.sent = len(body)
 
     single = len(base_envs) == 1
-    base0 = base_envs[0] if base_envs else {}
+    caches: list[dict] = [{} for _ in base_envs] or [{}]
+    cache0 = caches[0]
 
-    def handle(req: Any) -> None:
-        env = base0.copy() if single else base_envs[req.listener].copy()
-        it = iter(unpack(req.env, req.env_len).decode("latin-1").split("\0"))
+    def template(key: bytes, listener: int) -> dict:
+        """environ for one request block, less REMOTE_PORT and wsgi.input; cached."""
+        env = (base_envs[listener] if base_envs else {}).copy()
+        it = iter(key.decode("latin-1").split("\0"))
         env.update(zip(fixed, it))    # stops at the end of fixed without taking from it
         env.update(zip(it, it))
+        if len(key) <= ENV_CACHE_KEY_MAX:
+            cache = caches[listener]
+            if len(cache) >= ENV_CACHE_MAX:
+                cache.clear()
+            cache[key] = env
+        return env
+
+    def handle(req: Any) -> None:
+        key, _, port = unpack(req.env, req.env_len).rpartition(b"\0")
+        if single:
+            env = cache0.get(key) or template(key, 0)
+        else:
+            listener = req.listener
+            env = caches[listener].get(key) or template(key, listener)
+        env = env.copy()              # the app may change its environ: never the cached one
+        env["REMOTE_PORT"] = port.decode("latin-1")
         env["wsgi.input"] = Input(srv, req, waiter) if req.body else empty
         resp = Response(srv, req, waiter)
         result = None

@@ -101,6 +101,25 @@ def test_environ(server):
     assert "CONTENT_LENGTH" not in env or env["CONTENT_LENGTH"] == ""
 
 
+def test_environ_is_fresh_for_every_request(server):
+    """Identical requests share a cached environ template: what one app run does to its environ
+    must not reach the next, and REMOTE_PORT is each connection's own."""
+    conns = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=10) for _ in range(2)]
+    try:
+        for _ in range(3):
+            for conn in conns:
+                r, data = get(server.port, "/mutate?same=1", conn=conn)
+                env = json.loads(data)
+                assert r.status == 200
+                assert "spawning.test.mark" not in env
+                assert env["PATH_INFO"] == "/mutate"
+                assert env["HTTP_HOST"] == f"127.0.0.1:{server.port}"
+                assert env["REMOTE_PORT"] == str(conn.sock.getsockname()[1])
+    finally:
+        for conn in conns:
+            conn.close()
+
+
 def test_repeated_headers_are_joined_and_underscores_dropped(server):
     req = (b"GET /env HTTP/1.1\r\nHost: x\r\nX-Dup: 1\r\nX-Dup: 2\r\nCookie: a=1\r\nCookie: b=2\r\n"
            b"X_Dup: spoofed\r\nConnection: close\r\n\r\n")

@@ -29,6 +29,15 @@ def env_app(environ, start_response):
     return [body]
 
 
+def mutate_app(environ, start_response):
+    """env_app, then vandalises its environ: the next identical request must not see any of it."""
+    result = env_app(environ, start_response)
+    environ["spawning.test.mark"] = "dirty"
+    environ["PATH_INFO"] = "/changed"
+    environ.pop("HTTP_HOST", None)
+    return result
+
+
 def echo_app(environ, start_response):
     data = environ["wsgi.input"].read()
     start_response("200 OK", [("Content-Type", "application/octet-stream"),
@@ -156,7 +165,7 @@ ROUTES = {
     "env": env_app, "echo": echo_app, "lines": lines_app, "iter": iter_app, "hash": hash_app,
     "stream": stream_app, "big": big_app, "blob": blob_app, "write": write_app, "error": error_app,
     "error-after-start": error_after_start_app, "bad-header": bad_header_app, "status": status_app,
-    "file": file_app, "close": close_app, "seen": seen_app,
+    "file": file_app, "close": close_app, "seen": seen_app, "mutate": mutate_app,
 }
 VALIDATED = {name: validator(app) for name, app in ROUTES.items()}
 

@@ -172,14 +172,14 @@ static void *client(void *arg) {
 /* ---- the "app" ------------------------------------------------------------------------------ */
 
 static const char *env_get(const sp_request *r, int index) {
-    /* values: REMOTE_ADDR, REMOTE_PORT, REQUEST_METHOD, PATH_INFO, ... */
+    /* values: REMOTE_ADDR, REQUEST_METHOD, PATH_INFO, ... */
     const char *p = r->env;
     for (int i = 0; i < index; i++) p += strlen(p) + 1;
     return p;
 }
 
 static void answer(sp_request *r) {
-    const char *path = env_get(r, 3);
+    const char *path = env_get(r, 2);
     static const char hdrs[] = "Content-Type\0text/plain";
     if (strcmp(path, "/echo") == 0) {
         char body[256];
