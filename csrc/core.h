@@ -20,6 +20,9 @@
 #define SP_POLL_EVERY_US 1000       /* while work is queued, still poll this often: a connection
                                        that keeps re-queuing itself (pipelining) must not starve
                                        the others' I/O */
+#define SP_CORK_MAX 32              /* small responses held back to leave in one burst (see */
+#define SP_CORK_US 200              /* conn.c, "Corking"): at most this many, at most this long */
+#define SP_CORK_BYTES 16384         /* responses up to this size (head + body) are held */
 #define SP_PREBUFFER_MAX 16384      /* Content-Length bodies up to this are read before the app
                                        runs (as uWSGI's post-buffering): a client trickling a
                                        form post then holds a connection, not an app thread */
@@ -73,7 +76,7 @@ typedef struct sp_conn {
     int status;
 
     /* flags */
-    unsigned http11:1, readable:1, writable:1, peer_closed:1, eof_seen:1, dead:1, keep_alive:1, close_after:1, queued:1;
+    unsigned http11:1, readable:1, writable:1, peer_closed:1, eof_seen:1, dead:1, keep_alive:1, close_after:1, queued:1, corked:1;
     int64_t send_progress_ms;        /* last time output drained some bytes */
     char remote[48];                 /* "a.b.c.d\0": the REMOTE_ADDR value */
     size_t remote_len;
@@ -105,6 +108,9 @@ struct sp_server {
     sp_conn *q_head, *q_tail;        /* ready queue */
     int nready;
     sp_event *fdq; int fdq_len, fdq_cap;   /* fd events waiting for a taker */
+    sp_conn *cork[SP_CORK_MAX]; int ncork; /* connections with a held-back response, in order */
+    int64_t cork_since_us;                 /* when the oldest of them was held */
+    char *cork_bufs[SP_CORK_MAX]; int ncork_bufs;   /* idle SP_CORK_BYTES output buffers */
 
     sp_watch_ent **watch; int watch_cap;
 
@@ -143,5 +149,6 @@ void conn_on_event(sp_server *s, sp_conn *c, int mask);
 void conn_close(sp_server *s, sp_conn *c);
 void conn_timeout(sp_server *s, sp_conn *c, int64_t now);
 void conn_drain(sp_server *s, sp_conn *c);
+void conn_uncork_all(sp_server *s);
 
 #endif

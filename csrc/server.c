@@ -112,6 +112,7 @@ void sp_server_free(sp_server *s) {
     for (int i = 0; i < s->watch_cap; i++) free(s->watch[i]);
     free(s->watch);
     for (int i = 0; i < s->npool; i++) free(s->pool[i]);
+    for (int i = 0; i < s->ncork_bufs; i++) free(s->cork_bufs[i]);
     free(s->pool);
     free(s->listeners);
     free(s->fdq);
@@ -499,6 +500,9 @@ int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms) {
     int was_follower = 0;
     for (;;) {
         int64_t now = sp_now_us();
+        /* Held-back responses leave once this thread has no queued request to go on with, or
+         * have waited long enough (conn.c, "Corking"). */
+        if (s->ncork && (!s->nready || now - s->cork_since_us >= SP_CORK_US)) conn_uncork_all(s);
         int starving = !s->polling && s->nready && now - s->last_poll_us >= SP_POLL_EVERY_US;
         if (!starving) {
             n = take_ready(s, out, max, now, was_follower);
@@ -520,6 +524,7 @@ int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms) {
                 if (wait_ms < 0 || sw < wait_ms) wait_ms = sw;
             }
             if (s->nready || s->fdq_len) wait_ms = 0;   /* work withheld for the hand-off */
+            if (s->ncork) conn_uncork_all(s);
             pthread_mutex_unlock(&s->mu);
             int nf = be_poll(s->be, fired, SP_FIRED_MAX, wait_ms);
             pthread_mutex_lock(&s->mu);
