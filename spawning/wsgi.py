@@ -265,9 +265,11 @@ class Response:
         """"Name\0value\0Name\0value" for C, which validates names and values."""
         headers = self.headers
         try:
-            # sum() of a few 2-tuples is the cheapest flattening; it is quadratic, so not for many.
-            flat = sum(headers, ()) if len(headers) <= 8 else _chain(headers)  # type: ignore[arg-type]
-            return "\0".join(flat).encode("latin-1")
+            for h in headers:  # type: ignore[union-attr]
+                if len(h) != 2:
+                    raise TypeError(f"{h!r} is not a (name, value) pair")
+            # Items may be lists, as many apps send and other servers take.
+            return "\0".join(_chain(headers)).encode("latin-1")  # type: ignore[arg-type]
         except (TypeError, UnicodeEncodeError) as e:
             raise ValueError(f"invalid response headers {headers!r}: {e}") from None
 
@@ -403,29 +405,38 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     caches: list[dict] = [{} for _ in base_envs] or [{}]
     cache0 = caches[0]
 
-    def template(key: bytes, listener: int) -> dict:
-        """environ for one request block, less REMOTE_PORT and wsgi.input; cached."""
+    def template(key: bytes, req: Any, listener: int) -> tuple[dict, int]:
+        """(environ less REMOTE_PORT and wsgi.input, body kind) for one request block; cached.
+        The body kind (none, Content-Length, chunked) follows from the framing fields, which
+        are part of the key."""
         env = (base_envs[listener] if base_envs else {}).copy()
         it = iter(key.decode("latin-1").split("\0"))
         env.update(zip(fixed, it))    # stops at the end of fixed without taking from it
         env.update(zip(it, it))
+        entry = (env, req.body)
         if len(key) <= ENV_CACHE_KEY_MAX:
             cache = caches[listener]
             if len(cache) >= ENV_CACHE_MAX:
                 cache.clear()
-            cache[key] = env
-        return env
+            cache[key] = entry
+        return entry
+
+    # The last response head packed for C, reused while apps answer with equal status and
+    # headers (the cached list is a copy of tuples: an app that mutates its own list, or passes
+    # lists as items, compares unequal and is packed afresh). One tuple: threads swap it whole.
+    head_cache: tuple = (None, None, b"", b"")
 
     def handle(req: Any) -> None:
+        nonlocal head_cache
         key, _, port = unpack(req.env, req.env_len).rpartition(b"\0")
         if single:
-            env = cache0.get(key) or template(key, 0)
+            env, body_kind = cache0.get(key) or template(key, req, 0)
         else:
             listener = req.listener
-            env = caches[listener].get(key) or template(key, listener)
+            env, body_kind = caches[listener].get(key) or template(key, req, listener)
         env = env.copy()              # the app may change its environ: never the cached one
         env["REMOTE_PORT"] = port.decode("latin-1")
-        env["wsgi.input"] = Input(srv, req, waiter) if req.body else empty
+        env["wsgi.input"] = Input(srv, req, waiter) if body_kind else empty
         resp = Response(srv, req, waiter)
         result = None
         try:
@@ -433,8 +444,13 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
             if type(result) is list_type and len(result) == 1 and not resp.head_sent \
                     and resp.status is not None and type(result[0]) is bytes_type:
                 body = result[0]
-                st = resp.status.encode("latin-1")
-                packed = resp.pack_headers()
+                hc = head_cache
+                if resp.status == hc[0] and resp.headers == hc[1]:
+                    st, packed = hc[2], hc[3]
+                else:
+                    st = resp.status.encode("latin-1")
+                    packed = resp.pack_headers()
+                    head_cache = (resp.status, [tuple(h) for h in resp.headers], st, packed)
                 # One crossing: head, body and finish. Only -EINVAL leaves req with us.
                 if respond(srv, req, st, len(st), packed, len(packed), body, len(body)) == EINVAL:
                     raise ValueError(f"invalid response status or headers: {resp.status!r} {resp.headers!r}")

@@ -120,6 +120,21 @@ def test_environ_is_fresh_for_every_request(server):
             conn.close()
 
 
+def test_response_headers_are_the_apps_current_ones(server):
+    """Equal response heads are packed once and reused: an app that changes its header list in
+    place between requests must still be answered with what the list holds now."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        counts = []
+        for query in ("", "", "list-items", ""):
+            r, data = get(server.port, "/counter?" + query, conn=conn)
+            assert r.status == 200 and data == b"counted"
+            counts.append(int(r.getheader("X-Count")))
+        assert counts == list(range(counts[0], counts[0] + 4))
+    finally:
+        conn.close()
+
+
 def test_repeated_headers_are_joined_and_underscores_dropped(server):
     req = (b"GET /env HTTP/1.1\r\nHost: x\r\nX-Dup: 1\r\nX-Dup: 2\r\nCookie: a=1\r\nCookie: b=2\r\n"
            b"X_Dup: spoofed\r\nConnection: close\r\n\r\n")
@@ -286,8 +301,9 @@ def test_error_after_headers_cuts_the_connection(server):
     assert not resp.endswith(b"0\r\n\r\n")   # no terminal chunk: the client sees a truncated body
 
 
-def test_header_injection_refused(server):
-    r, data = get(server.port, "/bad-header")
+@pytest.mark.parametrize("variant", ["", "triple", "bytes"])
+def test_header_injection_refused(server, variant):
+    r, data = get(server.port, "/bad-header?" + variant)
     assert r.status == 500
     assert r.getheader("Set-Cookie") is None and b"should not be sent" not in data
 

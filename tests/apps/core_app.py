@@ -38,6 +38,20 @@ def mutate_app(environ, start_response):
     return result
 
 
+COUNTER_HEADERS = [("Content-Type", "text/plain"), ("X-Count", "0")]
+
+
+def counter_app(environ, start_response):
+    """Passes the same list object every time, changed in place: each response must carry the
+    list as it is now."""
+    n = int(COUNTER_HEADERS[1][1]) + 1
+    COUNTER_HEADERS[1] = ("X-Count", str(n))
+    if environ["QUERY_STRING"] == "list-items":
+        COUNTER_HEADERS[0] = ["Content-Type", "text/plain"]   # lists where tuples belong
+    start_response("200 OK", COUNTER_HEADERS)
+    return [b"counted"]
+
+
 def echo_app(environ, start_response):
     data = environ["wsgi.input"].read()
     start_response("200 OK", [("Content-Type", "application/octet-stream"),
@@ -112,8 +126,15 @@ def error_after_start_app(environ, start_response):
     raise RuntimeError("failed mid-response")
 
 
+BAD_HEADERS = {
+    "": [("X-Evil", "a\r\nSet-Cookie: injected=1")],
+    "triple": [("X-Evil", "a", "Set-Cookie"), ("injected=1",)],   # pairs misaligned if flattened
+    "bytes": [(b"X-Bytes", b"1")],
+}
+
+
 def bad_header_app(environ, start_response):
-    start_response("200 OK", [("X-Evil", "a\r\nSet-Cookie: injected=1")])
+    start_response("200 OK", BAD_HEADERS[environ["QUERY_STRING"]])
     return [b"should not be sent\n"]
 
 
@@ -166,6 +187,7 @@ ROUTES = {
     "stream": stream_app, "big": big_app, "blob": blob_app, "write": write_app, "error": error_app,
     "error-after-start": error_after_start_app, "bad-header": bad_header_app, "status": status_app,
     "file": file_app, "close": close_app, "seen": seen_app, "mutate": mutate_app,
+    "counter": counter_app,
 }
 VALIDATED = {name: validator(app) for name, app in ROUTES.items()}
 
