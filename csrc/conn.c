@@ -942,7 +942,7 @@ int sp_req_respond(sp_server *s, sp_request *r, const char *status, size_t slen,
         c->resp_left -= (int64_t)blen;
     }
     int niov = iov[1].iov_len ? 2 : 1;
-    if (c->keep_alive && c->body_done && (size_t)n + iov[1].iov_len <= SP_CORK_BYTES) {
+    if (s->cfg.cork && c->keep_alive && c->body_done && (size_t)n + iov[1].iov_len <= SP_CORK_BYTES) {
         int64_t now = sp_now_us();
         if (s->ncork && now - s->cork_since_us >= SP_CORK_US) conn_uncork_all(s);
         if (cork_append(s, c, iov, niov, now) < 0) { conn_kill(s, c); rc = -ENOMEM; }

@@ -109,6 +109,9 @@ typedef struct sp_config {
     int keepalive;               /* 0: every response closes its connection */
     size_t max_chunk_ext;        /* chunk-extension limit; 0: SP_DEFAULT_MAX_CHUNK_EXT */
     const char *server_header;   /* "Server: ..." value, NULL or "" for none */
+    int cork;                    /* hold small keep-alive responses to send them in bursts (conn.c,
+                                    "Corking"). Off for a single app thread: nothing else would
+                                    flush them while that thread runs a slow request. */
 } sp_config;
 
 /* What Python reads of one request. Valid from its SP_EV_REQUEST until sp_req_finish(). */
@@ -215,7 +218,9 @@ ssize_t sp_req_drain(sp_server *s, sp_request *r, size_t low_water);
 /* Sends count bytes of file fd from offset with sendfile(2) after the queued bytes are out. Returns
  * bytes sent (maybe fewer), -EAGAIN when the socket is full, or -errno (-ENOSYS: caller falls back). */
 ssize_t sp_req_sendfile(sp_server *s, sp_request *r, int fd, int64_t offset, size_t count);
-/* Start + write + finish in one crossing: the common case of a one-piece body. Returns -EINVAL
+/* Start + write + finish in one crossing: the common case of a one-piece body. A small response on
+ * a keep-alive connection may be held back briefly to leave in a burst with others (conn.c,
+ * "Corking"); it is never held past the caller's next sp_poll() that finds no work. Returns -EINVAL
  * (invalid status/header: nothing was sent and r is still the caller's, to answer 500), else r is
  * finished and invalid: 0, or -errno when the client was gone. */
 int sp_req_respond(sp_server *s, sp_request *r, const char *status, size_t slen,

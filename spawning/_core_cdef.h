@@ -28,6 +28,7 @@ typedef struct sp_config {
     int keepalive_timeout_ms; int send_timeout_ms; int body_timeout_ms; int keepalive;
     size_t max_chunk_ext;
     const char *server_header;
+    int cork;
 } sp_config;
 typedef struct sp_request {
     const char *env; size_t env_len; int fd; int listener; int body; int head;

@@ -3,16 +3,20 @@ and hands the response back to C.
 
 Theory of operation
 -------------------
-The C core gives us a ``sp_request *`` whose ``env`` field is a packed block
-``KEY\\0value\\0KEY\\0value\\0...`` (REMOTE_ADDR, REQUEST_METHOD, PATH_INFO already percent-decoded,
-QUERY_STRING, HTTP_* with repeated fields joined...). One latin-1 decode, one split and one
-``dict.update(zip(it, it))`` turn it into environ on top of a per-listener base dict: a handful of
-builtin calls, no Python loop per header.
+The C core gives us a ``sp_request *`` whose ``env`` field is a packed block of NUL-separated
+values (REMOTE_ADDR, REQUEST_METHOD, PATH_INFO already percent-decoded, QUERY_STRING, ..., then
+``KEY\\0value`` for CONTENT_TYPE/LENGTH and HTTP_* with repeated fields joined, and REMOTE_PORT
+last). Everything before REMOTE_PORT is the key of a per-listener cache of environ templates: a
+keep-alive client repeating a request (the common case: same path, same headers) costs one dict
+lookup and one ``dict.copy()``. A miss is one latin-1 decode, one split and one
+``dict.update(zip(it, it))``: no Python loop per header either way.
 
 The response goes back in as few crossings as possible: the common case (``start_response`` then
-a one-element list) is a single ``sp_req_respond`` call that writes head and body with one
-``writev``. Anything else streams through ``sp_req_start``/``sp_req_write`` and ends with
-``sp_req_finish``, which C needs in every case (it frees or recycles the connection).
+a one-element list) is a single ``sp_req_respond`` call (head, body and finish), with the packed
+head reused while status and headers stay equal. C may hold such a small response back a moment to
+send it in a burst with others (csrc/conn.c, "Corking"). Anything else streams through
+``sp_req_start``/``sp_req_write`` and ends with ``sp_req_finish``, which C needs in every case (it
+frees or recycles the connection).
 
 Blocking is delegated to a *waiter* so the same code serves both dispatchers: the thread waiter
 blocks in C with the GIL released; the green waiter (spawning.green) parks the greenlet on the hub.

@@ -188,6 +188,31 @@ def test_http10_closes_and_keepalive_header(server):
     assert b"Connection: keep-alive" in resp
 
 
+@pytest.mark.parametrize("threads", ["2", "0"])
+def test_held_response_does_not_wait_for_a_slow_request(spawn, threads):
+    """Small keep-alive responses may be held back to leave in a burst (corking). One answered
+    just before the same thread or hub takes a slow request must still go out at once: in thread
+    mode another thread takes the poller role and flushes it, in green mode the hub does as soon
+    as the slow request waits."""
+    server = spawn("-s", "1", "-t", threads, "core_app.application")
+    fast = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(3)]
+    slow = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(3)]
+    try:
+        time.sleep(0.2)   # both accepted and idle: the two requests arrive in one poll turn
+        for f, sl in zip(fast, slow):
+            f.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+            sl.sendall(b"GET /sleep?1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            t0 = time.monotonic()
+            data = f.recv(4096)
+            took = time.monotonic() - t0
+            assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"hello /hello\n"), data
+            assert took < 0.5, f"the fast response waited {took:.2f} s behind the slow one"
+            assert sl.recv(4096).endswith(b"slept\n")   # every round starts with idle threads
+    finally:
+        for sock in fast + slow:
+            sock.close()
+
+
 def test_no_keepalive_option(spawn):
     srv = spawn("-s", "1", "--no-keepalive", "core_app.application")
     resp = raw(srv.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", timeout=3)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 import warnings
 from wsgiref.validate import WSGIWarning, validator
 
@@ -50,6 +51,11 @@ def counter_app(environ, start_response):
         COUNTER_HEADERS[0] = ["Content-Type", "text/plain"]   # lists where tuples belong
     start_response("200 OK", COUNTER_HEADERS)
     return [b"counted"]
+
+
+def sleep_app(environ, start_response):
+    time.sleep(float(environ["QUERY_STRING"] or 1))
+    return _text(start_response, b"slept\n")
 
 
 def echo_app(environ, start_response):
@@ -187,7 +193,7 @@ ROUTES = {
     "stream": stream_app, "big": big_app, "blob": blob_app, "write": write_app, "error": error_app,
     "error-after-start": error_after_start_app, "bad-header": bad_header_app, "status": status_app,
     "file": file_app, "close": close_app, "seen": seen_app, "mutate": mutate_app,
-    "counter": counter_app,
+    "counter": counter_app, "sleep": sleep_app,
 }
 VALIDATED = {name: validator(app) for name, app in ROUTES.items()}
 

@@ -282,6 +282,7 @@ int main(void) {
     cfg.body_timeout_ms = 5000;
     cfg.keepalive = 1;
     cfg.server_header = "sp-test";
+    cfg.cork = 1;                   /* the corking paths run under ASan too */
     srv = sp_server_new(&cfg);
     CHECK(srv != NULL, "server_new");
     CHECK(sp_server_add_listener(srv, lfd, 0) == 0, "add_listener");
