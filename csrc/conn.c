@@ -698,30 +698,13 @@ static int contains_token(const char *v, size_t n, const char *tok) {
     return 0;
 }
 
-/* Formats the response head into dst. blen >= 0: the whole body is known (respond fast path).
- * Returns the length, -EINVAL for an invalid status/header, -ENOSPC if cap is too small. */
-static ssize_t format_head(sp_server *s, sp_conn *c, char *dst, size_t cap, const char *status,
-                           size_t slen, const char *h, size_t hlen, int64_t blen) {
-    if (slen < 3 || slen > 512) return -EINVAL;
-    for (int i = 0; i < 3; i++) if (status[i] < '0' || status[i] > '9') return -EINVAL;
-    if (slen > 3 && status[3] != ' ') return -EINVAL;
-    for (size_t i = 4; i < slen; i++) {
-        unsigned char ch = (unsigned char)status[i];
-        if ((ch < 0x20 && ch != '\t') || ch == 0x7f) return -EINVAL;
-    }
-    int code = (status[0] - '0') * 100 + (status[1] - '0') * 10 + (status[2] - '0');
-    if (code < 100) return -EINVAL;
-    c->status = code;
-    c->no_body = c->req.head || code < 200 || code == 204 || code == 304;
-    int has_date = 0, has_server = 0, app_close = 0;
-    int64_t app_cl = -1;
-
-    size_t n = 0;
-#define PUT(p, l) do { size_t _l = (l); if (n + _l > cap) return -ENOSPC; memcpy(dst + n, (p), _l); n += _l; } while (0)
-    PUT("HTTP/1.1 ", 9);
-    PUT(status, slen);
-    PUT("\r\n", 2);
-    size_t i = 0;
+/* Validates the packed "Name\0value\0..." list h and writes its lines to out. Returns 0, -EINVAL
+ * (bad name or value, hop-by-hop field, conflicting Content-Length) or -ENOSPC. */
+static int format_app_headers(const char *h, size_t hlen, char *out, size_t cap, app_headers *ah) {
+    size_t n = 0, i = 0;
+    ah->content_length = -1;
+    ah->has_date = ah->has_server = ah->close = 0;
+#define PUT(p, l) do { size_t _l = (l); if (n + _l > cap) return -ENOSPC; memcpy(out + n, (p), _l); n += _l; } while (0)
     while (i < hlen) {
         const char *name = h + i;
         const char *z = memchr(name, 0, hlen - i);
@@ -746,27 +729,78 @@ static ssize_t format_head(sp_server *s, sp_conn *c, char *dst, size_t cap, cons
                 if (val[k] < '0' || val[k] > '9') return -EINVAL;
                 v = v * 10 + (val[k] - '0');
             }
-            if (app_cl >= 0 && app_cl != v) return -EINVAL;
-            app_cl = v;
+            if (ah->content_length >= 0 && ah->content_length != v) return -EINVAL;
+            ah->content_length = v;
         } else if (ieq(name, nl, "transfer-encoding") || ieq(name, nl, "keep-alive") ||
                    ieq(name, nl, "upgrade") || ieq(name, nl, "proxy-connection")) {
             return -EINVAL;   /* hop-by-hop: framing is the server's job (PEP 3333) */
         } else if (ieq(name, nl, "connection")) {
-            if (contains_token(val, vl, "close")) app_close = 1;
+            if (contains_token(val, vl, "close")) ah->close = 1;
             continue;         /* we write our own Connection header */
         } else if (ieq(name, nl, "date")) {
-            has_date = 1;
+            ah->has_date = 1;
         } else if (ieq(name, nl, "server")) {
-            has_server = 1;
+            ah->has_server = 1;
         }
         PUT(name, nl);
         PUT(": ", 2);
         PUT(val, vl);
         PUT("\r\n", 2);
     }
-    if (app_close || s->draining || c->close_after) c->keep_alive = 0;
-    if (!has_date) PUT(srv_date(s), strlen(srv_date(s)));
-    if (!has_server && s->server_line_len) PUT(s->server_line, s->server_line_len);
+#undef PUT
+    ah->len = n;
+    return 0;
+}
+
+/* Formats the response head into dst. blen >= 0: the whole body is known (respond fast path).
+ * Returns the length, -EINVAL for an invalid status/header, -ENOSPC if cap is too small.
+ *
+ * Apps answer most requests with the same header list, so the last list that validated is kept
+ * (input and output, per server, under the lock) and an identical one costs a memcmp and a
+ * memcpy instead of a scan of every byte. */
+static ssize_t format_head(sp_server *s, sp_conn *c, char *dst, size_t cap, const char *status,
+                           size_t slen, const char *h, size_t hlen, int64_t blen) {
+    if (slen < 3 || slen > 512) return -EINVAL;
+    for (int i = 0; i < 3; i++) if (status[i] < '0' || status[i] > '9') return -EINVAL;
+    if (slen > 3 && status[3] != ' ') return -EINVAL;
+    for (size_t i = 4; i < slen; i++) {
+        unsigned char ch = (unsigned char)status[i];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f) return -EINVAL;
+    }
+    int code = (status[0] - '0') * 100 + (status[1] - '0') * 10 + (status[2] - '0');
+    if (code < 100) return -EINVAL;
+    c->status = code;
+    c->no_body = c->req.head || code < 200 || code == 204 || code == 304;
+
+    size_t n = 0;
+#define PUT(p, l) do { size_t _l = (l); if (n + _l > cap) return -ENOSPC; memcpy(dst + n, (p), _l); n += _l; } while (0)
+    PUT("HTTP/1.1 ", 9);
+    PUT(status, slen);
+    PUT("\r\n", 2);
+    app_headers ah;
+    sp_head_cache *hc = &s->head_cache;
+    if (hc->in_len == hlen && hc->out && memcmp(hc->in, h, hlen) == 0) {
+        ah = hc->ah;
+        PUT(hc->out, ah.len);
+    } else {
+        int rc = format_app_headers(h, hlen, dst + n, cap - n, &ah);
+        if (rc < 0) return rc;
+        if (hlen <= SP_HEAD_CACHE_MAX && ah.len <= SP_HEAD_CACHE_MAX * 2) {
+            if (!hc->out) hc->out = malloc(SP_HEAD_CACHE_MAX * 3);
+            if (hc->out) {
+                hc->in = hc->out + SP_HEAD_CACHE_MAX * 2;
+                memcpy(hc->in, h, hlen);
+                memcpy(hc->out, dst + n, ah.len);
+                hc->in_len = hlen;
+                hc->ah = ah;
+            }
+        }
+        n += ah.len;
+    }
+    if (ah.close || s->draining || c->close_after) c->keep_alive = 0;
+    if (!ah.has_date) PUT(srv_date(s), strlen(srv_date(s)));
+    if (!ah.has_server && s->server_line_len) PUT(s->server_line, s->server_line_len);
+    int64_t app_cl = ah.content_length;
     char tmp[48];
     if (c->no_body) {
         c->resp_left = 0;

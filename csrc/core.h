@@ -90,6 +90,19 @@ typedef struct sp_listener { sp_handle h; int index; int registered; } sp_listen
 
 struct be_state;
 
+#define SP_HEAD_CACHE_MAX 1024      /* app header lists up to this are remembered (conn.c) */
+/* What the app's header list comes to: its lines as we send them, and what they say. */
+typedef struct app_headers {
+    size_t len;                      /* bytes of "Name: value\r\n" lines */
+    int64_t content_length;          /* -1 when absent */
+    unsigned has_date:1, has_server:1, close:1;
+} app_headers;
+typedef struct sp_head_cache {
+    char *out;                       /* one allocation: the formatted lines, then the input */
+    char *in; size_t in_len;
+    app_headers ah;
+} sp_head_cache;
+
 struct sp_server {
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -127,6 +140,7 @@ struct sp_server {
     int64_t date_sec;
     char server_line[128]; size_t server_line_len;
 
+    sp_head_cache head_cache;        /* the last app header list that validated (conn.c) */
     sp_stats st;
 };
 

@@ -113,6 +113,7 @@ void sp_server_free(sp_server *s) {
     free(s->watch);
     for (int i = 0; i < s->npool; i++) free(s->pool[i]);
     for (int i = 0; i < s->ncork_bufs; i++) free(s->cork_bufs[i]);
+    free(s->head_cache.out);
     free(s->pool);
     free(s->listeners);
     free(s->fdq);
