@@ -428,7 +428,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     # The last response head packed for C, reused while apps answer with equal status and
     # headers (the cached list is a copy of tuples: an app that mutates its own list, or passes
     # lists as items, compares unequal and is packed afresh). One tuple: threads swap it whole.
-    head_cache: tuple = (None, None, b"", b"")
+    head_cache: tuple = (None, None, b"", 0, b"", 0)
 
     def handle(req: Any) -> None:
         nonlocal head_cache
@@ -449,16 +449,16 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     and resp.status is not None and type(result[0]) is bytes_type:
                 body = result[0]
                 hc = head_cache
-                if resp.status == hc[0] and resp.headers == hc[1]:
-                    st, packed = hc[2], hc[3]
-                else:
+                if resp.status != hc[0] or resp.headers != hc[1]:
                     st = resp.status.encode("latin-1")
                     packed = resp.pack_headers()
-                    head_cache = (resp.status, [tuple(h) for h in resp.headers], st, packed)
+                    hc = head_cache = (resp.status, [tuple(h) for h in resp.headers], st, len(st),
+                                       packed, len(packed))
                 # One crossing: head, body and finish. Only -EINVAL leaves req with us.
-                if respond(srv, req, st, len(st), packed, len(packed), body, len(body)) == EINVAL:
+                if respond(srv, req, hc[2], hc[3], hc[4], hc[5], body, len(body)) == EINVAL:
                     raise ValueError(f"invalid response status or headers: {resp.status!r} {resp.headers!r}")
-                resp.sent = len(body)
+                if log_line is not None:
+                    resp.sent = len(body)
             else:
                 if not (isinstance(result, FileWrapper) and resp.sendfile(result)):
                     write = resp.write
