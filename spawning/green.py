@@ -359,7 +359,7 @@ class Hub:
             else:
                 timeout = _MAX_POLL_MS
             n = poll(srv, events, _BATCH, timeout)
-            self.batch_n = n if n > 0 else 0
+            self.batch_n = max(n, 0)
             self.batch_i = 0
             while self.batch_i < self.batch_n:
                 i = self.batch_i
