@@ -1175,6 +1175,32 @@ static ssize_t body_read(sp_server *s, sp_conn *c, char *buf, size_t n) {
     }
 }
 
+ssize_t sp_req_peek(sp_server *s, sp_request *r, const char **data, size_t n) {
+    sp_conn *c = conn_of(r);
+    ssize_t rc = -EAGAIN;
+    LOCK(s);
+    size_t avail = 0;
+    if (c->dead) rc = -ECONNRESET;
+    else if (c->req.body == 0 || (c->req.body == 1 && c->body_left <= 0)) rc = 0;
+    else if (c->req.body == 1) avail = c->in_len - c->pos < (uint64_t)c->body_left ? c->in_len - c->pos : (size_t)c->body_left;
+    else if (c->dec_avail) avail = c->dec_avail;
+    else if (c->body_done) rc = 0;
+    if (avail && n) {
+        size_t k = avail < n ? avail : n;
+        *data = c->in + c->pos;
+        c->pos += k;
+        if (c->req.body == 1) {
+            c->body_left -= (int64_t)k;
+            if (!c->body_left) c->body_done = 1;
+        } else {
+            c->dec_avail -= k;
+        }
+        rc = (ssize_t)k;
+    }
+    UNLOCK(s);
+    return rc;
+}
+
 ssize_t sp_req_read(sp_server *s, sp_request *r, char *buf, size_t n) {
     sp_conn *c = conn_of(r);
     LOCK(s);

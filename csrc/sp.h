@@ -234,6 +234,11 @@ int sp_req_finish(sp_server *s, sp_request *r, int abort);
  * Returns bytes copied, 0 at the end of the body, -EAGAIN when none are buffered yet, -413 over the
  * body limit, -400 for a malformed chunked body, or -errno (client gone). */
 ssize_t sp_req_read(sp_server *s, sp_request *r, char *buf, size_t n);
+/* Body bytes the loop already holds, without a copy: points *data at up to n of them and consumes
+ * them; the bytes stay valid until the next call on r. Returns the count, 0 at the end of the
+ * body, -EAGAIN when sp_req_read must do the work (nothing decoded and buffered yet, or 100
+ * Continue still to send), or -ECONNRESET. */
+ssize_t sp_req_peek(sp_server *s, sp_request *r, const char **data, size_t n);
 /* Thread mode: blocks until body bytes arrive or timeout_ms; then behaves as sp_req_read. */
 ssize_t sp_req_read_wait(sp_server *s, sp_request *r, char *buf, size_t n, int timeout_ms);
 

@@ -65,4 +65,5 @@ ssize_t sp_req_sendfile(sp_server *s, sp_request *r, int fd, int64_t offset, siz
 int sp_req_respond(sp_server *s, sp_request *r, const char *status, size_t slen, const char *headers, size_t hlen, const char *body, size_t blen);
 int sp_req_finish(sp_server *s, sp_request *r, int abort);
 ssize_t sp_req_read(sp_server *s, sp_request *r, char *buf, size_t n);
+ssize_t sp_req_peek(sp_server *s, sp_request *r, const char **data, size_t n);
 ssize_t sp_req_read_wait(sp_server *s, sp_request *r, char *buf, size_t n, int timeout_ms);

@@ -58,6 +58,7 @@ _chain = chain.from_iterable
 _new_dirty = ffi.new_allocator(should_clear_after_alloc=False)
 _READ_BUFS: list = []
 _READ_BUFS_MAX = 64
+_peek = lib.sp_req_peek
 
 INTERNAL_ERROR = b"Internal Server Error\n"
 _ERR_HEADERS = b"Content-Type\0text/plain; charset=utf-8"
@@ -107,7 +108,7 @@ class Input:
     """``wsgi.input``: read(n), read(), readline(n), readlines(), iteration, over Content-Length
     and chunked bodies. ``wsgi.input_terminated`` is true: read() ends at the body's end."""
 
-    __slots__ = ("_buf", "_cbuf", "_eof", "_req", "_srv", "_waiter")
+    __slots__ = ("_buf", "_cbuf", "_eof", "_pp", "_req", "_srv", "_waiter")
 
     def __init__(self, srv: Any, req: Any, waiter: Any) -> None:
         self._srv = srv
@@ -115,6 +116,7 @@ class Input:
         self._waiter = waiter
         self._buf = b""          # read ahead by readline
         self._cbuf = None
+        self._pp = None
         self._eof = False
 
     def _fill(self, n: int) -> bytes:
@@ -122,16 +124,18 @@ class Input:
         if self._eof:
             return b""
         n = min(n, READ_CHUNK)
-        cbuf = self._cbuf
-        if cbuf is None:
-            try:
-                cbuf = _READ_BUFS.pop()
-            except IndexError:
-                cbuf = _new_dirty("char[]", READ_CHUNK)
-            self._cbuf = cbuf
-        rc = self._waiter.read(self._req, cbuf, n)
+        # Bytes the loop already holds (a small body is read before the app runs) are taken
+        # without a copy into our buffer; the rest is read into it.
+        pp = self._pp
+        if pp is None:
+            pp = self._pp = _new_dirty("const char *[1]")
+        rc = _peek(self._srv, self._req, pp, n)
         if rc > 0:
-            return _unpack(cbuf, rc)
+            return _unpack(pp[0], rc)
+        if rc == -errno.EAGAIN:
+            rc = self._read(n)
+            if rc > 0:
+                return _unpack(self._cbuf, rc)
         if rc == 0:
             self._eof = True
             return b""
@@ -143,6 +147,17 @@ class Input:
         if rc == -errno.ETIMEDOUT:
             raise ClientDisconnected(errno.ETIMEDOUT, "request body timed out")
         raise ClientDisconnected(-rc, "client disconnected while sending the body")
+
+    def _read(self, n: int) -> int:
+        """Reads into our buffer, waiting as the dispatcher does; C's result."""
+        cbuf = self._cbuf
+        if cbuf is None:
+            try:
+                cbuf = _READ_BUFS.pop()
+            except IndexError:
+                cbuf = _new_dirty("char[]", READ_CHUNK)
+            self._cbuf = cbuf
+        return self._waiter.read(self._req, cbuf, n)
 
     def release(self) -> None:
         """The request is over: later reads get b'' (C has let go of the request), and the read
