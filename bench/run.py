@@ -441,6 +441,9 @@ python bench/run.py --only spawning,bjoern --scenario hello,64k --duration 5   #
   `--quiet-wait S`, `--retry-noisy N`, `--no-readme` (filtered runs do not rewrite this file unless `--readme`),
   `--json FILE`.
 - `serve_spawning.py`: starts one spawning worker from a script when the CLI does not work.
+- `instructions.py`: user-space instructions per request under callgrind (spawning only), a
+  figure machine load does not move; `cpu_split.sh PORT -- CMD...`: user and kernel
+  microseconds per request of any one server, from /proc.
 - meinheld is installed with `pip install --no-deps meinheld` (its greenlet<0.5 pin does not
   build on Python 3.11); nginx (Debian package, 1 worker, `master_process off`) returns a static
   string or a static 64 KiB file as a reference line and cannot echo a POST body.
