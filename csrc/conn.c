@@ -631,9 +631,10 @@ void conn_drain(sp_server *s, sp_conn *c) {
      * race the client's next request (a reset it cannot retry safely). That next request is then
      * answered with Connection: close (try_parse sees s->draining). */
     if (!c->started) c->keep_alive = 0;
-    if (c->state == C_HEAD && c->pos == c->in_len && !pending(c)) {
-        /* Idle keep-alive: closing now would race a request the client may be sending; its next
-         * request is answered (with Connection: close) if it comes soon, else we close. */
+    if (c->state == C_HEAD && c->pos == c->in_len && (!pending(c) || c->corked)) {
+        /* Idle keep-alive (a held-back response leaves before the next poll): closing now would
+         * race a request the client may be sending; its next request is answered (with
+         * Connection: close) if it comes soon, else we close. */
         int64_t d = sp_now_ms() + SP_DRAIN_IDLE_MS;
         if (!c->deadline_ms || c->deadline_ms > d) c->deadline_ms = d;
     }
