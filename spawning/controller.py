@@ -607,12 +607,9 @@ class Controller:
         return w
 
     def _on_channel(self, w: WorkerHandle) -> None:
-        try:
-            data = w.channel.recv(65536)
-        except (BlockingIOError, InterruptedError):
+        data = sockets_mod.recv_ready(w.channel, 65536)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self._close_channel(w)
             return

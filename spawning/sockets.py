@@ -216,6 +216,17 @@ def bind_all(config: dict[str, Any], sleep: Any = time.sleep) -> list[socket.soc
     return socks
 
 
+def recv_ready(sock: socket.socket, size: int) -> bytes | None:
+    """What a non-blocking socket holds now: None when nothing yet, b'' when the peer closed it
+    or it failed (the caller closes its end either way)."""
+    try:
+        return sock.recv(size)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+
+
 def describe(sock: socket.socket) -> str:
     """A listening socket as a user reads it: ``http://127.0.0.1:8080``, ``http://[::1]:8080``,
     ``unix:/run/app.sock``."""

@@ -49,6 +49,7 @@ from typing import Any
 
 from . import __version__, coverage_support
 from .errors import EXIT_FAILURE, EXIT_USAGE, Halt
+from .sockets import recv_ready
 
 log = logging.getLogger("spawning")
 
@@ -782,12 +783,9 @@ class StatusService:
     def _on_readable(self, client: _Client) -> None:
         if client.closed:
             return
-        try:
-            data = client.sock.recv(8192)
-        except (BlockingIOError, InterruptedError):
+        data = recv_ready(client.sock, 8192)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self._close(client)
             return
