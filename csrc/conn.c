@@ -62,6 +62,8 @@ sp_conn *conn_new(sp_server *s, int fd, int listener, const struct sockaddr *sa,
     (void)salen;
     sp_conn *c = calloc(1, sizeof(*c));
     if (!c) return NULL;
+    if (srv_slot_take(s, c) < 0) { free(c); return NULL; }
+    c->tmpl = -1;
     c->h.kind = K_CONN;
     c->h.fd = fd;
     c->srv = s;
@@ -73,11 +75,13 @@ sp_conn *conn_new(sp_server *s, int fd, int listener, const struct sockaddr *sa,
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
         inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-        snprintf(port, sizeof(port), "%u", ntohs(a->sin_port));
+        c->port_num = ntohs(a->sin_port);
+        snprintf(port, sizeof(port), "%u", c->port_num);
     } else if (sa->sa_family == AF_INET6) {
         const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
         inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
-        snprintf(port, sizeof(port), "%u", ntohs(a->sin6_port));
+        c->port_num = ntohs(a->sin6_port);
+        snprintf(port, sizeof(port), "%u", c->port_num);
     }
     /* The REMOTE_ADDR value opens every environ block of this connection, REMOTE_PORT's closes
      * it (see sp_request.env). */
@@ -127,6 +131,7 @@ void conn_close(sp_server *s, sp_conn *c) {
     if (c->prev) c->prev->next = c->next; else s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     srv_conn_forget(s, c);
+    srv_slot_release(s, c);
     close(c->h.fd);
     release_in(s, c);
     free(c->out);
@@ -381,12 +386,12 @@ static int env_build(sp_server *s, sp_conn *c, const sp_request_head *rh, size_t
             memcpy(c->envbuf + len, c->port, c->port_len + 1);   /* NUL-terminated for C readers */
             c->req.env = c->envbuf;
             c->req.env_len = len + c->port_len;
+            srv_tmpl_note(s, c, c->envbuf, len);
             return 0;
         }
         if (n != -431) return (int)n;
         need *= 2;
     }
-    (void)s;
     return -431;
 }
 
@@ -952,22 +957,25 @@ out:
     return rc;
 }
 
-int sp_req_respond(sp_server *s, sp_request *r, const char *status, size_t slen,
+/* The one-crossing response (sp_req_respond). Called and returns with s->mu held; c is busy. */
+static int respond(sp_server *s, sp_conn *c, const char *status, size_t slen,
                    const char *headers, size_t hlen, const char *body, size_t blen) {
-    sp_conn *c = conn_of(r);
     char head[SP_HEAD_STACK];
-    LOCK(s);
     int rc = 0;
     if (c->dead) { rc = -EPIPE; goto out; }
     if (c->started) { rc = -EALREADY; goto out; }
     ssize_t n = format_head(s, c, head, sizeof(head), status, slen, headers, hlen, (int64_t)blen);
     if (n == -ENOSPC) {   /* a huge head: take the general path */
+        sp_request *r = &c->req;
         UNLOCK(s);
         rc = sp_req_start(s, r, status, slen, headers, hlen);
-        if (rc == -EINVAL) return rc;
-        if (rc == 0) { ssize_t w = sp_req_write(s, r, body, blen); if (w < 0) rc = (int)w; }
-        int f = sp_req_finish(s, r, 0);
-        return rc ? rc : f;
+        if (rc != -EINVAL) {
+            if (rc == 0) { ssize_t w = sp_req_write(s, r, body, blen); if (w < 0) rc = (int)w; }
+            int f = sp_req_finish(s, r, 0);
+            if (!rc) rc = f;
+        }
+        LOCK(s);
+        return rc;
     }
     if (n < 0) { rc = (int)n; goto out; }
     struct iovec iov[2] = { { head, (size_t)n }, { (void *)body, 0 } };
@@ -990,8 +998,40 @@ out:
         int f = finish_locked(s, c, 0);
         if (!rc) rc = f;
     }
+    return rc;
+}
+
+int sp_req_respond(sp_server *s, sp_request *r, const char *status, size_t slen,
+                   const char *headers, size_t hlen, const char *body, size_t blen) {
+    LOCK(s);
+    int rc = respond(s, conn_of(r), status, slen, headers, hlen, body, blen);
     UNLOCK(s);
     return rc;
+}
+
+sp_request *sp_code_req(sp_server *s, int64_t code) {
+    LOCK(s);
+    sp_conn *c = srv_code_conn(s, code);
+    UNLOCK(s);
+    return c ? &c->req : NULL;
+}
+
+int sp_code_respond(sp_server *s, int64_t code, const char *status, size_t slen,
+                    const char *headers, size_t hlen, const char *body, size_t blen) {
+    LOCK(s);
+    sp_conn *c = srv_code_conn(s, code);
+    int rc = c ? respond(s, c, status, slen, headers, hlen, body, blen) : -ESTALE;
+    UNLOCK(s);
+    return rc;
+}
+
+int64_t sp_code_respond_next(sp_server *s, int64_t code, const char *status, size_t slen,
+                             const char *headers, size_t hlen, const char *body, size_t blen,
+                             int timeout_ms) {
+    int rc = sp_code_respond(s, code, status, slen, headers, hlen, body, blen);
+    if (rc == -EINVAL || rc == -ESTALE) return rc;
+    int64_t next = sp_poll_one(s, timeout_ms);
+    return next < 0 ? 0 : next;
 }
 
 /* Skips what is left of the request body if it is all buffered. Returns 1 when the body is done. */

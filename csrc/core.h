@@ -82,6 +82,10 @@ typedef struct sp_conn {
     size_t remote_len;
     char port[8];                    /* the REMOTE_PORT value */
     size_t port_len;
+    unsigned port_num;               /* the same as a number (0 for Unix sockets): in the code */
+    int slot;                        /* index in srv->slots while open: the code's handle */
+    int tmpl;                        /* srv->tmpl entry of this request's environ key, -1 none */
+    unsigned tmpl_epoch;             /* ... valid while srv->tmpl_epoch still equals this */
 } sp_conn;
 
 typedef struct sp_watch_ent { sp_handle h; int64_t token; int mask; int registered; } sp_watch_ent;
@@ -102,6 +106,22 @@ typedef struct sp_head_cache {
     char *in; size_t in_len;
     app_headers ah;
 } sp_head_cache;
+
+/* Request codes (sp.h) carry the id of the request's environ key: a keep-alive client repeating
+ * a request lets Python skip building its environ. Keys are the listener and the env block
+ * without REMOTE_PORT;
+ * the table is emptied when full. Ids are handed out when a request goes to Python, so every id
+ * reaches Python, in order: Python can bound its own map without ever seeing an id reused. */
+#define SP_TMPL_SLOTS 512            /* open addressing; a power of two */
+#define SP_TMPL_MAX 256              /* entries before the table is emptied */
+#define SP_TMPL_KEY_MAX 2048         /* longer keys are not remembered */
+typedef struct sp_tmpl {
+    uint64_t hash;
+    char *key;                       /* NULL: free */
+    uint32_t len;
+    uint32_t id;                     /* 0 until a request with this key reaches Python */
+    int listener;                    /* part of the key: environ differs per listener */
+} sp_tmpl;
 
 struct sp_server {
     pthread_mutex_t mu;
@@ -141,6 +161,13 @@ struct sp_server {
     char server_line[128]; size_t server_line_len;
 
     sp_head_cache head_cache;        /* the last app header list that validated (conn.c) */
+
+    sp_conn **slots; int slots_cap;  /* open connections by slot (request codes name them) */
+    int *slot_free; int nslot_free;  /* free slot numbers below slots_cap, a stack */
+    sp_tmpl tmpl[SP_TMPL_SLOTS]; int ntmpl;   /* environ keys (see SP_TMPL_SLOTS) */
+    unsigned tmpl_epoch;             /* bumped when the table is emptied */
+    uint32_t tmpl_next_id;           /* the last id handed out */
+    uint64_t tmpl_seed;
     sp_stats st;
 };
 
@@ -155,6 +182,10 @@ void srv_enqueue(sp_server *s, sp_conn *c);
 int srv_fd_event(sp_server *s, int fd, int mask, int64_t token);
 char *srv_buf_get(sp_server *s);
 void srv_buf_put(sp_server *s, char *buf);
+int srv_slot_take(sp_server *s, sp_conn *c);      /* 0 or -ENOMEM */
+void srv_slot_release(sp_server *s, sp_conn *c);
+void srv_tmpl_note(sp_server *s, sp_conn *c, const char *key, size_t len);
+sp_conn *srv_code_conn(sp_server *s, int64_t code);   /* the busy connection of a code, or NULL */
 const char *srv_date(sp_server *s);
 
 /* conn.c, for server.c */

@@ -76,7 +76,9 @@ sp_server *sp_server_new(const sp_config *cfg) {
     s->cfg = *cfg;
     if (s->cfg.limits.max_headers > SP_HEADERS_MAX || s->cfg.limits.max_headers == 0)
         s->cfg.limits.max_headers = SP_HEADERS_MAX;
-    if (s->cfg.max_connections <= 0) s->cfg.max_connections = 1 << 30;
+    if (s->cfg.max_connections <= 0 || s->cfg.max_connections > SP_SLOTS_MAX)
+        s->cfg.max_connections = SP_SLOTS_MAX;   /* request codes have room for this many */
+    s->tmpl_seed = (uint64_t)(uintptr_t)s ^ (uint64_t)sp_now_us() * 0x9E3779B97F4A7C15ull;
     s->server_line_len = 0;
     if (cfg->server_header && cfg->server_header[0]) {
         int n = snprintf(s->server_line, sizeof(s->server_line), "Server: %s\r\n", cfg->server_header);
@@ -114,6 +116,9 @@ void sp_server_free(sp_server *s) {
     for (int i = 0; i < s->npool; i++) free(s->pool[i]);
     for (int i = 0; i < s->ncork_bufs; i++) free(s->cork_bufs[i]);
     free(s->head_cache.out);
+    for (int i = 0; i < SP_TMPL_SLOTS; i++) free(s->tmpl[i].key);
+    free(s->slots);
+    free(s->slot_free);
     free(s->pool);
     free(s->listeners);
     free(s->fdq);
@@ -236,6 +241,110 @@ const char *srv_date(sp_server *s) {
     return s->date;
 }
 
+/* ---- slots and environ keys (for request codes, sp.h) ---------------------------------------------- */
+
+int srv_slot_take(sp_server *s, sp_conn *c) {
+    if (!s->nslot_free) {
+        int cap = s->slots_cap ? s->slots_cap * 2 : 256;
+        if (cap > SP_SLOTS_MAX) cap = SP_SLOTS_MAX;
+        if (cap <= s->slots_cap) return -ENOMEM;
+        sp_conn **sl = realloc(s->slots, sizeof(*sl) * (size_t)cap);
+        if (!sl) return -ENOMEM;
+        s->slots = sl;
+        int *fr = realloc(s->slot_free, sizeof(*fr) * (size_t)cap);
+        if (!fr) return -ENOMEM;
+        s->slot_free = fr;
+        for (int i = cap - 1; i >= s->slots_cap; i--) { sl[i] = NULL; fr[s->nslot_free++] = i; }
+        s->slots_cap = cap;
+    }
+    c->slot = s->slot_free[--s->nslot_free];
+    s->slots[c->slot] = c;
+    return 0;
+}
+
+void srv_slot_release(sp_server *s, sp_conn *c) {
+    if (c->slot < 0) return;
+    s->slots[c->slot] = NULL;
+    s->slot_free[s->nslot_free++] = c->slot;
+    c->slot = -1;
+}
+
+sp_conn *srv_code_conn(sp_server *s, int64_t code) {
+    if (code <= 0) return NULL;
+    int64_t slot = (code >> SP_CODE_SLOT_SHIFT) & SP_CODE_SLOT_MASK;
+    if (slot >= s->slots_cap) return NULL;
+    sp_conn *c = s->slots[slot];
+    if (!c || c->state != C_BUSY || c->port_num != (unsigned)(code & 0xFFFF)) return NULL;
+    return c;
+}
+
+/* A fast, seeded hash: the table is small and bounded, so a flood of colliding keys costs probes,
+ * never memory; the seed keeps such floods from being precomputed. */
+static uint64_t key_hash(uint64_t seed, const char *p, size_t n) {
+    uint64_t h = seed ^ ((uint64_t)n * 0x9E3779B97F4A7C15ull);
+    while (n >= 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        h = (h ^ v) * 0xBF58476D1CE4E5B9ull;
+        h ^= h >> 31;
+        p += 8;
+        n -= 8;
+    }
+    uint64_t v = 0;
+    memcpy(&v, p, n);
+    h = (h ^ v) * 0x94D049BB133111EBull;
+    return h ^ (h >> 29);
+}
+
+static void tmpl_clear(sp_server *s) {
+    for (int i = 0; i < SP_TMPL_SLOTS; i++) { free(s->tmpl[i].key); s->tmpl[i].key = NULL; }
+    s->ntmpl = 0;
+    s->tmpl_epoch++;
+}
+
+/* Finds or adds the entry for c's environ key (its env block less REMOTE_PORT). */
+void srv_tmpl_note(sp_server *s, sp_conn *c, const char *key, size_t len) {
+    c->tmpl = -1;
+    if (len > SP_TMPL_KEY_MAX) return;
+    int listener = c->req.listener;
+    uint64_t h = key_hash(s->tmpl_seed ^ (uint64_t)listener, key, len);
+    unsigned i = (unsigned)h & (SP_TMPL_SLOTS - 1);
+    for (;;) {
+        sp_tmpl *t = &s->tmpl[i];
+        if (!t->key) break;
+        if (t->hash == h && t->len == len && t->listener == listener && memcmp(t->key, key, len) == 0)
+            goto found;
+        i = (i + 1) & (SP_TMPL_SLOTS - 1);
+    }
+    if (s->ntmpl >= SP_TMPL_MAX) {
+        tmpl_clear(s);
+        i = (unsigned)h & (SP_TMPL_SLOTS - 1);
+    }
+    char *k = malloc(len ? len : 1);
+    if (!k) return;
+    memcpy(k, key, len);
+    s->tmpl[i] = (sp_tmpl){ .hash = h, .key = k, .len = (uint32_t)len, .id = 0, .listener = listener };
+    s->ntmpl++;
+found:
+    c->tmpl = (int)i;
+    c->tmpl_epoch = s->tmpl_epoch;
+}
+
+/* The code of a request being handed out; gives its key an id on first use. */
+static int64_t request_code(sp_server *s, sp_conn *c) {
+    int64_t id = 0;
+    if (c->tmpl >= 0 && c->tmpl_epoch == s->tmpl_epoch) {
+        sp_tmpl *t = &s->tmpl[c->tmpl];
+        if (!t->id) {
+            s->tmpl_next_id = (s->tmpl_next_id + 1) & SP_CODE_ID_MASK;
+            if (!s->tmpl_next_id) s->tmpl_next_id = 1;
+            t->id = s->tmpl_next_id;
+        }
+        id = t->id;
+    }
+    return id << SP_CODE_ID_SHIFT | (int64_t)c->slot << SP_CODE_SLOT_SHIFT | (int64_t)c->port_num;
+}
+
 /* ---- queues ------------------------------------------------------------------------------------ */
 
 void srv_enqueue(sp_server *s, sp_conn *c) {
@@ -292,6 +401,7 @@ static int take_ready(sp_server *s, sp_event *out, int max, int64_t now_us, int 
         out[n].kind = SP_EV_REQUEST;
         out[n].fd = c->h.fd;
         out[n].req = &c->req;
+        out[n].code = request_code(s, c);
         n++;
     }
     return n;
@@ -487,6 +597,13 @@ static void timed_wait(sp_server *s, int64_t until_us) {
 }
 
 #define SP_FIRED_MAX 256
+
+int64_t sp_poll_one(sp_server *s, int timeout_ms) {
+    sp_event ev;
+    int n = sp_poll(s, &ev, 1, timeout_ms);
+    if (n <= 0) return n;
+    return ev.kind == SP_EV_REQUEST ? ev.code : 0;
+}
 
 int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms) {
     if (max <= 0) return -EINVAL;

@@ -119,8 +119,8 @@ typedef struct sp_request {
     const char *env;             /* "REMOTE_ADDR value\0", sp_env_pack()'s block, then the REMOTE_PORT
                                     value (env_len stops before its NUL). The port comes last so
                                     that everything before the final NUL is the same for requests
-                                    repeated on any connection from one address: Python caches
-                                    environ by it. */
+                                    repeated on any connection from one address: that part (and
+                                    the listener) is the environ key of request codes. */
     size_t env_len;
     int fd;                      /* the connection's socket (for wait_read/wait_write in green mode) */
     int listener;                /* index given to sp_server_add_listener() */
@@ -139,7 +139,22 @@ typedef struct sp_event {
     int mask;                    /* SP_EV_FD: SP_READ | SP_WRITE (errors report as both) */
     sp_request *req;             /* SP_EV_REQUEST */
     int64_t token;               /* SP_EV_FD: the caller's token from sp_watch() */
+    int64_t code;                /* SP_EV_REQUEST: the request's code (below) */
 } sp_event;
+
+/* A request's code: one positive integer that names a request Python holds and says what Python
+ * needs most, so the per-request path reads no struct and makes no pointer object:
+ *   bits  0..15  REMOTE_PORT as a number (0 for a Unix socket)
+ *   bits 16..35  the connection's slot (what the sp_code_* functions look up)
+ *   bits 36..62  the environ key id: equal ids mean equal env blocks up to REMOTE_PORT (so equal
+ *                environ and body framing); ids only grow (wrapping after 2^27) and each is first
+ *                seen in a request handed out; 0 means not remembered (a long head).
+ * Valid, like the request, until it is finished. */
+#define SP_CODE_SLOT_SHIFT 16
+#define SP_CODE_SLOT_MASK 0xFFFFF
+#define SP_CODE_ID_SHIFT 36
+#define SP_CODE_ID_MASK 0x7FFFFFF
+#define SP_SLOTS_MAX (SP_CODE_SLOT_MASK + 1)   /* connections per server, at most */
 
 #define SP_DURATION_BUCKETS 17
 
@@ -188,6 +203,10 @@ void sp_server_wakeup(sp_server *s);
  * Several threads may call it: one polls, the others wait for its results (leader/follower). */
 int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms);
 
+/* Thread mode: sp_poll() for one request, returned as its code; 0 on timeout or wakeup (fd events
+ * have no taker in thread mode and are dropped), or -errno. */
+int64_t sp_poll_one(sp_server *s, int timeout_ms);
+
 /* Green mode: one-shot interest in fd; its readiness comes back from sp_poll() as SP_EV_FD with
  * token. Call again to re-arm. sp_unwatch() before closing the fd. Return 0 or -errno. */
 int sp_watch(sp_server *s, int fd, int mask, int64_t token);
@@ -225,6 +244,17 @@ ssize_t sp_req_sendfile(sp_server *s, sp_request *r, int fd, int64_t offset, siz
  * finished and invalid: 0, or -errno when the client was gone. */
 int sp_req_respond(sp_server *s, sp_request *r, const char *status, size_t slen,
                    const char *headers, size_t hlen, const char *body, size_t blen);
+/* The request a code names, NULL if it names none that Python holds now. */
+sp_request *sp_code_req(sp_server *s, int64_t code);
+/* sp_req_respond() for the request a code names (-ESTALE if none). */
+int sp_code_respond(sp_server *s, int64_t code, const char *status, size_t slen,
+                    const char *headers, size_t hlen, const char *body, size_t blen);
+/* Thread mode: sp_code_respond(), then sp_poll_one(): one crossing from one request to the next.
+ * Returns -EINVAL or -ESTALE as sp_code_respond (nothing was polled), else sp_poll_one's result
+ * with its errors as 0 (the caller's next sp_poll_one reports them). */
+int64_t sp_code_respond_next(sp_server *s, int64_t code, const char *status, size_t slen,
+                             const char *headers, size_t hlen, const char *body, size_t blen,
+                             int timeout_ms);
 /* Ends the response (terminal chunk if chunked). The connection goes on to its next pipelined
  * request or back to the loop; r is invalid afterwards. abort != 0 closes the connection (an app
  * failure after the head went out). Returns 0 or -errno (the connection was lost; still released). */

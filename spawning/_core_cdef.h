@@ -34,7 +34,10 @@ typedef struct sp_request {
     const char *env; size_t env_len; int fd; int listener; int body; int head;
     int64_t content_length; uint64_t serial;
 } sp_request;
-typedef struct sp_event { int kind; int fd; int mask; sp_request *req; int64_t token; } sp_event;
+typedef struct sp_event { int kind; int fd; int mask; sp_request *req; int64_t token; int64_t code; } sp_event;
+#define SP_CODE_SLOT_SHIFT 16
+#define SP_CODE_SLOT_MASK 0xFFFFF
+#define SP_CODE_ID_SHIFT 36
 typedef struct sp_stats {
     uint64_t requests; uint64_t accepted; uint64_t rejected; int connections; int in_flight;
     uint64_t bytes_out; uint64_t status_class[6]; int64_t oldest_busy_ms;
@@ -53,6 +56,7 @@ void sp_server_stats(sp_server *s, sp_stats *out);
 int sp_server_wakeup_fd(sp_server *s);
 void sp_server_wakeup(sp_server *s);
 int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms);
+int64_t sp_poll_one(sp_server *s, int timeout_ms);
 int sp_watch(sp_server *s, int fd, int mask, int64_t token);
 int sp_unwatch(sp_server *s, int fd);
 
@@ -66,4 +70,7 @@ int sp_req_respond(sp_server *s, sp_request *r, const char *status, size_t slen,
 int sp_req_finish(sp_server *s, sp_request *r, int abort);
 ssize_t sp_req_read(sp_server *s, sp_request *r, char *buf, size_t n);
 ssize_t sp_req_peek(sp_server *s, sp_request *r, const char **data, size_t n);
+sp_request *sp_code_req(sp_server *s, int64_t code);
+int sp_code_respond(sp_server *s, int64_t code, const char *status, size_t slen, const char *headers, size_t hlen, const char *body, size_t blen);
+int64_t sp_code_respond_next(sp_server *s, int64_t code, const char *status, size_t slen, const char *headers, size_t hlen, const char *body, size_t blen, int timeout_ms);
 ssize_t sp_req_read_wait(sp_server *s, sp_request *r, char *buf, size_t n, int timeout_ms);

@@ -297,7 +297,7 @@ class Hub:
             heapq.heapify(timers)
             self._cancelled = 0
 
-    def _request_worker(self, req: Any) -> None:
+    def _request_worker(self, code: int) -> None:
         """Body of a request greenlet: runs requests, parking in the idle pool in between. Reusing
         greenlets matters: a new one costs Python a fresh frame stack (an mmap and a munmap)."""
         handle = self.handle
@@ -306,7 +306,7 @@ class Hub:
         events = self.events
         me = getcurrent()
         while True:
-            handle(req)  # type: ignore[misc]
+            handle(code)  # type: ignore[misc]
             # What the request left behind must not reach the next one: greenlet-locals (kept in
             # the greenlet's __dict__) and contextvars.
             if me.__dict__:
@@ -321,12 +321,12 @@ class Hub:
                 e = events[i]
                 if e.kind == _EV_REQUEST:
                     self.batch_i = i + 1
-                    req = e.req
+                    code = e.code
                     continue
             if len(idle) >= _IDLE_MAX:
                 return
             idle.append(me)
-            req = hub_glet.switch()
+            code = hub_glet.switch()
 
     def _loop(self) -> None:
         srv = self.srv
@@ -367,9 +367,9 @@ class Hub:
                 e = events[i]
                 if e.kind == _EV_REQUEST:
                     if idle:
-                        idle.pop().switch(e.req)
+                        idle.pop().switch(e.code)
                     elif handle is not None:
-                        greenlet(worker, hub_glet).switch(e.req)
+                        greenlet(worker, hub_glet).switch(e.code)
                 else:
                     obj = tokens.get(e.token)
                     if obj is not None:
@@ -1316,9 +1316,9 @@ def serve(server: Any) -> None:
                                 float(cfg.get("send_timeout") or 60))
     handle = wsgi.make_handler(server.app, server._srv, server.base_envs, waiter, server.access_log)
 
-    def run_request(req: Any) -> None:
+    def run_request(code: int) -> None:
         try:
-            handle(req)
+            handle(code)
         except BaseException:
             log.exception("internal error handling a request")
 

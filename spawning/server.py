@@ -2,8 +2,8 @@
 
 ``Server(app, config, listeners).serve()`` is what a worker process runs. Two dispatchers:
 
-- threads (``--threads N``, N >= 1): N threads each call ``sp_poll`` for one request at a time and
-  run it. The C side arranges leader/follower so a fast app keeps a single thread busy with no
+- threads (``--threads N``, N >= 1): N threads each take one request at a time from the loop
+  (``sp_poll_one``; a thread answering a request takes its next one in the same call) and run it. The C side arranges leader/follower so a fast app keeps a single thread busy with no
   hand-offs (see csrc/server.c); a blocking app gets a second thread after about a millisecond.
 - green (``--threads 0``): a hub greenlet drives the loop; each request runs in its own greenlet
   (spawning.green).
@@ -26,6 +26,8 @@ from ._core import ffi, lib
 log = logging.getLogger("spawning")
 
 SERVER_HEADER = b"spawning"
+#: Longest wait of an app thread in the loop before it looks at the stop/drain flags again.
+POLL_MS = 1000
 #: Upper bounds (seconds) of the request duration histogram's buckets, from the C core; a last
 #: bucket (+Inf) follows them.
 DURATION_BOUNDS: tuple[float, ...] = tuple(b / 1e6 for b in lib.sp_duration_bounds_us)
@@ -147,7 +149,8 @@ class Server:
 
     def _serve_threads(self) -> None:
         waiter = wsgi.ThreadWaiter(self._srv, _ms(self.config.get("body_timeout"), 60))
-        handle = wsgi.make_handler(self.app, self._srv, self.base_envs, waiter, self.access_log)
+        handle = wsgi.make_handler(self.app, self._srv, self.base_envs, waiter, self.access_log,
+                                   chain_timeout_ms=POLL_MS)
         workers = [threading.Thread(target=self._thread_main, args=(handle,), name=f"spawning-{i}",
                                     daemon=True) for i in range(self.threads)]
         for t in workers:
@@ -164,20 +167,19 @@ class Server:
 
     def _thread_main(self, handle: Callable) -> None:
         srv = self._srv
-        poll = lib.sp_poll
-        ev = ffi.new("sp_event[1]")
-        e0 = ev[0]
+        poll = lib.sp_poll_one
         finished = self._finished
         while True:
-            n = poll(srv, ev, 1, 1000)
-            if n > 0:
+            code = poll(srv, POLL_MS)
+            # handle() answers with the thread's next request when it could take it at once.
+            while code > 0:
                 try:
-                    handle(e0.req)
+                    code = handle(code)
                 except BaseException:   # the handler answers app errors itself; this is a bug
                     log.exception("internal error handling a request")
-                continue
-            if n < 0 and n != -errno.EINTR:
-                log.error("event loop failed: %s", wsgi.errno_name(n))
+                    code = 0
+            if code < 0 and code != -errno.EINTR:
+                log.error("event loop failed: %s", wsgi.errno_name(code))
                 time.sleep(0.1)
             if finished():
                 self._done.set()

@@ -3,18 +3,21 @@ and hands the response back to C.
 
 Theory of operation
 -------------------
-The C core gives us a ``sp_request *`` whose ``env`` field is a packed block of NUL-separated
-values (REMOTE_ADDR, REQUEST_METHOD, PATH_INFO already percent-decoded, QUERY_STRING, ..., then
-``KEY\\0value`` for CONTENT_TYPE/LENGTH and HTTP_* with repeated fields joined, and REMOTE_PORT
-last). Everything before REMOTE_PORT is the key of a per-listener cache of environ templates: a
-keep-alive client repeating a request (the common case: same path, same headers) costs one dict
-lookup and one ``dict.copy()``. A miss is one latin-1 decode, one split and one
-``dict.update(zip(it, it))``: no Python loop per header either way.
+The C core names each request by a *code* (csrc/sp.h): one integer holding REMOTE_PORT, the
+connection's slot, and the id of the request's environ key, which is the listener plus the packed
+block of NUL-separated values (REMOTE_ADDR, REQUEST_METHOD, PATH_INFO already percent-decoded,
+QUERY_STRING, ..., then ``KEY\\0value`` for CONTENT_TYPE/LENGTH and HTTP_* with repeated headers
+joined). Equal ids mean equal environ up to REMOTE_PORT, so a keep-alive client repeating a
+request (the common case: same path, same headers) costs one dict lookup by a small int and one
+``dict.copy()``, with no struct read and no pointer object made. An unknown id makes us fetch the
+block (``sp_code_req``) and build the template: one latin-1 decode, one split and one
+``dict.update(zip(it, it))``, no Python loop per header.
 
 The response goes back in as few crossings as possible: the common case (``start_response`` then
-a one-element list) is a single ``sp_req_respond`` call (head, body and finish), with the packed
-head reused while status and headers stay equal. C may hold such a small response back a moment to
-send it in a burst with others (csrc/conn.c, "Corking"). Anything else streams through
+a one-element list) is a single ``sp_code_respond`` call (head, body and finish), with the packed
+head reused while status and headers stay equal; in thread mode the same call also takes the
+thread's next request (``sp_code_respond_next``). C may hold such a small response back a moment
+to send it in a burst with others (csrc/conn.c, "Corking"). Anything else streams through
 ``sp_req_start``/``sp_req_write`` and ends with ``sp_req_finish``, which C needs in every case (it
 frees or recycles the connection).
 
@@ -47,11 +50,9 @@ _unpack = ffi.unpack
 # SP_ENV_FIXED). Constant strings: their hashes are computed once, not per request.
 ENV_FIXED = ("REMOTE_ADDR", "REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "SERVER_PROTOCOL",
              "RAW_URI")
-# environ templates kept per listener, keyed by the request's block without its REMOTE_PORT: a
-# keep-alive client (or a proxy) repeating a request costs one dict copy instead of one string and
-# one insertion per field. Bounded: emptied when full, and long heads are not kept.
+# environ templates by key id (see the theory of operation): the map is emptied past twice the
+# C table's size (core.h, SP_TMPL_MAX).
 ENV_CACHE_MAX = 256
-ENV_CACHE_KEY_MAX = 2048
 _chain = chain.from_iterable
 # Read buffers are filled by C before Python sees a byte: no need to zero 64 KiB per request, nor
 # to allocate one: requests hand them back (Input.release) to a small shared pool.
@@ -268,18 +269,31 @@ class FileWrapper:
 
 
 class Response:
-    """State of one response: ``start_response`` and the ``write()`` callable."""
+    """State of one response: ``start_response`` and the ``write()`` callable.
 
-    __slots__ = ("head_sent", "headers", "req", "sent", "srv", "status", "waiter")
+    Made per request without ``__init__``: the per-request state starts as these class defaults
+    (``make_handler`` subclasses it with the server's ``srv`` and ``waiter``), which costs less
+    than setting slots. ``code`` names the request (sp.h, request codes); ``req``, the struct,
+    is looked up only by the paths that need it."""
 
-    def __init__(self, srv: Any, req: Any, waiter: Any) -> None:
-        self.srv = srv
-        self.req = req
-        self.waiter = waiter
-        self.status: str | None = None
-        self.headers: list | None = None
-        self.head_sent = False
-        self.sent = 0
+    srv: Any = None
+    waiter: Any = None
+    code = 0
+    status: str | None = None
+    headers: list | None = None
+    head_sent = False
+    sent = 0
+    _req: Any = None
+
+    @property
+    def req(self) -> Any:
+        req = self._req
+        if req is None:
+            req = lib.sp_code_req(self.srv, self.code)
+            if req == ffi.NULL:
+                raise ClientDisconnected(errno.ESTALE, "the request is over")
+            self._req = req
+        return req
 
     def start_response(self, status: str, headers: list, exc_info: Any = None) -> Callable[[bytes], None]:
         if exc_info:
@@ -412,13 +426,22 @@ class AccessLog:
 
 
 def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
-                 access_log: AccessLog | None) -> Callable[[Any], None]:
-    """Returns ``handle(req)``: runs one request through the app and answers it.
+                 access_log: AccessLog | None, chain_timeout_ms: int | None = None) -> Callable[[int], int]:
+    """Returns ``handle(code)``: runs the request a code names (sp.h) through the app and answers it.
 
-    Written as a closure over locals because this is the per-request hot path."""
-    respond = lib.sp_req_respond
+    With ``chain_timeout_ms`` (thread mode) the common response also takes the calling thread's
+    next request in the same crossing (``sp_code_respond_next``), and ``handle`` returns its code,
+    or 0 when the caller must poll. Written as a closure over locals because this is the
+    per-request hot path."""
+    respond = lib.sp_code_respond
+    respond_next = lib.sp_code_respond_next
+    chain = chain_timeout_ms is not None
+    chain_ms = chain_timeout_ms or 0
     EINVAL = -errno.EINVAL
+    ESTALE = -errno.ESTALE
     finish = lib.sp_req_finish
+    req_of = lib.sp_code_req
+    null = ffi.NULL
     unpack = _unpack
     empty = EMPTY_INPUT
     logging_on = access_log is not None and access_log.enabled
@@ -426,6 +449,15 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     list_type = list
     fixed = ENV_FIXED
     bytes_type = bytes
+    id_shift = lib.SP_CODE_ID_SHIFT
+    # REMOTE_PORT strings by port number, made on first use (0: a Unix socket, no port).
+    ports: list = [None] * 65536
+
+    class Resp(Response):
+        pass
+
+    Resp.srv = srv
+    Resp.waiter = waiter
 
     def fail(resp: Response, status: str = "500 Internal Server Error",
              body: bytes = INTERNAL_ERROR) -> None:
@@ -434,48 +466,59 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
             finish(srv, resp.req, 1)
             return
         st = status.encode("latin-1")
-        respond(srv, resp.req, st, len(st), _ERR_HEADERS, len(_ERR_HEADERS), body, len(body))
+        respond(srv, resp.code, st, len(st), _ERR_HEADERS, len(_ERR_HEADERS), body, len(body))
         resp.status = status
         resp.sent = len(body)
 
-    single = len(base_envs) == 1
-    caches: list[dict] = [{} for _ in base_envs] or [{}]
-    cache0 = caches[0]
+    # environ templates (environ less REMOTE_PORT and wsgi.input, and the body kind) by the key
+    # id in request codes. C hands ids out in increasing order and each reaches us, so a map
+    # emptied every ENV_CACHE_MAX * 2 insertions never holds an id that C has given anew.
+    templates: dict[int, tuple[dict, int]] = {}
 
-    def template(key: bytes, req: Any, listener: int) -> tuple[dict, int]:
-        """(environ less REMOTE_PORT and wsgi.input, body kind) for one request block; cached.
-        The body kind (none, Content-Length, chunked) follows from the framing fields, which
-        are part of the key."""
-        env = (base_envs[listener] if base_envs else {}).copy()
+    def template(code: int) -> tuple[dict, int]:
+        """Builds (and keeps, if C gave it an id) the template of a request's key. The body
+        kind (none, Content-Length, chunked) follows from the framing fields, in the key."""
+        req = req_of(srv, code)
+        if req == null:
+            raise ClientDisconnected(errno.ESTALE, "the request is over")
+        key = unpack(req.env, req.env_len).rpartition(b"\0")[0]
+        env = (base_envs[req.listener] if base_envs else {}).copy()
         it = iter(key.decode("latin-1").split("\0"))
         env.update(zip(fixed, it))    # stops at the end of fixed without taking from it
         env.update(zip(it, it))
         entry = (env, req.body)
-        if len(key) <= ENV_CACHE_KEY_MAX:
-            cache = caches[listener]
-            if len(cache) >= ENV_CACHE_MAX:
-                cache.clear()
-            cache[key] = entry
+        tid = code >> id_shift
+        if tid:
+            if len(templates) >= ENV_CACHE_MAX * 2:
+                templates.clear()
+            templates[tid] = entry
         return entry
+
+    def port_str(port: int) -> str:
+        s = ports[port] = str(port) if port else ""
+        return s
 
     # The last response head packed for C, reused while apps answer with equal status and
     # headers (the cached list is a copy of tuples: an app that mutates its own list, or passes
     # lists as items, compares unequal and is packed afresh). One tuple: threads swap it whole.
     head_cache: tuple = (None, None, b"", 0, b"", 0)
 
-    def handle(req: Any) -> None:
+    def handle(code: int) -> int:
         nonlocal head_cache
-        key, _, port = unpack(req.env, req.env_len).rpartition(b"\0")
-        if single:
-            env, body_kind = cache0.get(key) or template(key, req, 0)
-        else:
-            listener = req.listener
-            env, body_kind = caches[listener].get(key) or template(key, req, listener)
+        env, body_kind = templates.get(code >> id_shift) or template(code)
         env = env.copy()              # the app may change its environ: never the cached one
-        env["REMOTE_PORT"] = port.decode("latin-1")
-        env["wsgi.input"] = inp = Input(srv, req, waiter) if body_kind else empty
-        resp = Response(srv, req, waiter)
+        port = code & 0xFFFF
+        rport = ports[port]
+        env["REMOTE_PORT"] = rport if rport is not None else port_str(port)
+        resp = Resp()
+        resp.code = code
+        if body_kind:
+            env["wsgi.input"] = inp = Input(srv, resp.req, waiter)
+        else:
+            env["wsgi.input"] = empty
         result = None
+        nxt = 0
+        done = False                  # C has the request back (answered or cut)
         try:
             result = app(env, resp.start_response)
             if type(result) is list_type and len(result) == 1 and not resp.head_sent \
@@ -487,9 +530,20 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     packed = resp.pack_headers()
                     hc = head_cache = (resp.status, [tuple(h) for h in resp.headers], st, len(st),
                                        packed, len(packed))
-                # One crossing: head, body and finish. Only -EINVAL leaves req with us.
-                if respond(srv, req, hc[2], hc[3], hc[4], hc[5], body, len(body)) == EINVAL:
+                # One crossing: head, body and finish (and in thread mode the next request).
+                # Only -EINVAL leaves the request with us.
+                if chain:
+                    rc = nxt = respond_next(srv, code, hc[2], hc[3], hc[4], hc[5], body, len(body),
+                                            chain_ms)
+                    if rc < 0:
+                        nxt = 0
+                else:
+                    rc = respond(srv, code, hc[2], hc[3], hc[4], hc[5], body, len(body))
+                done = rc != EINVAL
+                if rc == EINVAL:
                     raise ValueError(f"invalid response status or headers: {resp.status!r} {resp.headers!r}")
+                if rc == ESTALE:
+                    raise ClientDisconnected(errno.ESTALE, "the request is over")
                 if log_line is not None:
                     resp.sent = len(body)
             else:
@@ -500,20 +554,24 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                             write(chunk)
                     if not resp.head_sent:
                         resp.send_head()     # empty body: the head still goes out
-                finish(srv, req, 0)
+                done = True
+                finish(srv, resp.req, 0)
         except ClientDisconnected:
-            finish(srv, req, 1)
+            if not done:
+                finish(srv, resp.req, 1)
         except BodyError as e:
             log.info("request body rejected: %s", e)
             fail(resp, f"{e.status} {'Content Too Large' if e.status == 413 else 'Bad Request'}",
                  (str(e) + "\n").encode())
         except Exception:
             log.exception("error in WSGI app for %s %s", env.get("REQUEST_METHOD"), env.get("RAW_URI"))
-            fail(resp)
+            if not done:
+                fail(resp)
         except BaseException:
             # GreenletExit, SystemExit, KeyboardInterrupt: the request ends here all the same,
             # so C gets its connection back (cut: the response may be half sent).
-            finish(srv, req, 1)
+            if not done:
+                finish(srv, resp.req, 1)
             raise
         finally:
             if result is not None and type(result) is not list_type and hasattr(result, "close"):
@@ -524,7 +582,11 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
             if body_kind:
                 inp.release()  # type: ignore[union-attr]
         if log_line is not None:
-            log_line(env, resp.status, resp.sent)
+            try:
+                log_line(env, resp.status, resp.sent)
+            except Exception:   # nothing may stop us returning nxt: C handed that request to us
+                log.exception("error writing the access log")
+        return nxt
 
     return handle
 

@@ -120,6 +120,63 @@ def test_environ_is_fresh_for_every_request(server):
             conn.close()
 
 
+def test_environ_cache_turns_over_without_mixing_requests(server):
+    """Environ templates are remembered by key ids from C, in bounded tables on both sides that
+    are emptied when full: far more distinct heads than they hold, then earlier ones again, must
+    each get their own environ."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        order = list(range(700)) + list(range(0, 700, 37)) + list(range(690, 700))
+        for i in order:
+            r, data = get(server.port, f"/mutate?n={i}", conn=conn, headers={"X-N": str(i)})
+            env = json.loads(data)
+            assert r.status == 200
+            assert env["QUERY_STRING"] == f"n={i}"
+            assert env["HTTP_X_N"] == str(i)
+            assert env["PATH_INFO"] == "/mutate"
+    finally:
+        conn.close()
+
+
+def test_environ_is_each_listeners_own(spawn, tmp_path: Path):
+    """Byte-identical requests from one address to two listeners (and a Unix socket) share no
+    environ: SERVER_PORT is the listener's, REMOTE_PORT the connection's."""
+    from conftest import free_port
+    ports = [free_port(), free_port()]
+    path = tmp_path / "env.sock"
+    srv = spawn("-s", "1", "-t", "2", "core_app.application", "--bind", f"127.0.0.1:{ports[0]}",
+                "--bind", f"127.0.0.1:{ports[1]}", "--bind", f"unix:{path}", port=ports[0])
+    head = b"GET /env?same=1 HTTP/1.1\r\nHost: example\r\n\r\n"
+    for _ in range(2):
+        for port in ports + ports[::-1]:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                for _ in range(2):
+                    s.sendall(head)
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        data += s.recv(65536)
+                    h, _, body = data.partition(b"\r\n\r\n")
+                    n = int(re.search(rb"Content-Length: (\d+)", h).group(1))
+                    while len(body) < n:
+                        body += s.recv(65536)
+                    env = json.loads(body)
+                    assert env["SERVER_PORT"] == str(port)
+                    assert env["REMOTE_PORT"] == str(s.getsockname()[1])
+                    assert env["HTTP_HOST"] == "example"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(path))
+        s.sendall(head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    env = json.loads(data.partition(b"\r\n\r\n")[2])
+    assert env["REMOTE_PORT"] == ""
+    assert env["SERVER_NAME"] == "localhost"
+    assert env["HTTP_HOST"] == "example"
+    srv.stop()
+
+
 def test_response_headers_are_the_apps_current_ones(server):
     """Equal response heads are packed once and reused: an app that changes its header list in
     place between requests must still be answered with what the list holds now."""
