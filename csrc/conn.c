@@ -197,15 +197,16 @@ static int out_append(sp_conn *c, const char *p, size_t n) {
 
 static size_t pending(const sp_conn *c) { return c->out_len - c->out_off; }
 
-/* Writes queued output. Returns the bytes still queued, or -errno (the connection is dead). */
-static ssize_t conn_flush(sp_server *s, sp_conn *c) {
+/* Writes queued output, stamping progress with now_ms (-1: read the clock). Returns the bytes
+ * still queued, or -errno (the connection is dead). */
+static ssize_t conn_flush_at(sp_server *s, sp_conn *c, int64_t now_ms) {
     if (c->dead) return -EPIPE;
     while (pending(c) && c->writable) {
         ssize_t r = send(c->h.fd, c->out + c->out_off, pending(c), MSG_NOSIGNAL);
         if (r > 0) {
             c->out_off += (size_t)r;
             s->st.bytes_out += (uint64_t)r;
-            c->send_progress_ms = sp_now_ms();
+            c->send_progress_ms = now_ms >= 0 ? now_ms : sp_now_ms();
         } else if (r < 0 && errno == EINTR) {
             continue;
         } else if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -223,6 +224,8 @@ static ssize_t conn_flush(sp_server *s, sp_conn *c) {
     srv_conn_interest(s, c);
     return (ssize_t)pending(c);
 }
+
+static ssize_t conn_flush(sp_server *s, sp_conn *c) { return conn_flush_at(s, c, -1); }
 
 /* ---- corking -------------------------------------------------------------------------------
  *
@@ -247,11 +250,13 @@ static void cork(sp_server *s, sp_conn *c, int64_t now_us) {
 
 void conn_uncork_all(sp_server *s) {
     int n = s->ncork;
+    if (!n) return;
     s->ncork = 0;   /* conn_flush may close a connection: it is off the list already */
+    int64_t now_ms = (s->now_us = sp_now_us()) / 1000;   /* one clock read per burst */
     for (int i = 0; i < n; i++) {
         sp_conn *c = s->cork[i];
         c->corked = 0;
-        if (conn_flush(s, c) == 0 && c->out) {   /* drained: idle connections hold no buffer */
+        if (conn_flush_at(s, c, now_ms) == 0 && c->out) {   /* drained: idle connections hold no buffer */
             if (c->out_cap == SP_CORK_BYTES && s->ncork_bufs < SP_CORK_MAX)
                 s->cork_bufs[s->ncork_bufs++] = c->out;
             else
@@ -404,7 +409,7 @@ static int try_parse(sp_server *s, sp_conn *c) {
     memset(&rh, 0, sizeof(rh));
     rh.headers = hdrs;
     rh.num_headers = s->cfg.limits.max_headers;
-    if (!c->head_started_ms) c->head_started_ms = sp_now_ms();
+    if (!c->head_started_ms) c->head_started_ms = s->now_us / 1000;
     int rc = sp_parse_request(c->in + c->pos, c->in_len - c->pos, c->last_len, &s->cfg.limits, &rh);
     if (rc == SP_PARTIAL) {
         c->last_len = c->in_len - c->pos;
@@ -521,7 +526,7 @@ static void conn_read_head(sp_server *s, sp_conn *c) {
         if (r > 0) {
             if (c->in_len == c->pos && !c->head_started_ms) {
                 /* First byte of a new head: the header timeout starts now. */
-                c->head_started_ms = sp_now_ms();
+                c->head_started_ms = s->now_us / 1000;
                 c->deadline_ms = c->head_started_ms + s->cfg.header_timeout_ms;
             }
             c->in_len += (size_t)r;
@@ -986,7 +991,7 @@ static int respond(sp_server *s, sp_conn *c, const char *status, size_t slen,
     }
     int niov = iov[1].iov_len ? 2 : 1;
     if (s->cfg.cork && c->keep_alive && c->body_done && (size_t)n + iov[1].iov_len <= SP_CORK_BYTES) {
-        int64_t now = sp_now_us();
+        int64_t now = s->now_us;   /* lags by at most the app run that just ended */
         if (s->ncork && now - s->cork_since_us >= SP_CORK_US) conn_uncork_all(s);
         if (cork_append(s, c, iov, niov, now) < 0) { conn_kill(s, c); rc = -ENOMEM; }
     } else {
@@ -1016,19 +1021,27 @@ sp_request *sp_code_req(sp_server *s, int64_t code) {
     return c ? &c->req : NULL;
 }
 
-int sp_code_respond(sp_server *s, int64_t code, const char *status, size_t slen,
-                    const char *headers, size_t hlen, const char *body, size_t blen) {
+/* head: "status\0headers" (headers as sp_req_start takes them). */
+static int code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,
+                        const char *body, size_t blen) {
+    const char *nul = memchr(head, '\0', hlen);
+    size_t slen = nul ? (size_t)(nul - head) : hlen;
+    const char *headers = nul ? nul + 1 : head + hlen;
     LOCK(s);
     sp_conn *c = srv_code_conn(s, code);
-    int rc = c ? respond(s, c, status, slen, headers, hlen, body, blen) : -ESTALE;
+    int rc = c ? respond(s, c, head, slen, headers, hlen - slen - (nul ? 1 : 0), body, blen) : -ESTALE;
     UNLOCK(s);
     return rc;
 }
 
-int64_t sp_code_respond_next(sp_server *s, int64_t code, const char *status, size_t slen,
-                             const char *headers, size_t hlen, const char *body, size_t blen,
-                             int timeout_ms) {
-    int rc = sp_code_respond(s, code, status, slen, headers, hlen, body, blen);
+int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,
+                    const char *body, size_t blen) {
+    return code_respond(s, code, head, hlen, body, blen);
+}
+
+int64_t sp_code_respond_next(sp_server *s, int64_t code, const char *head, size_t hlen,
+                             const char *body, size_t blen, int timeout_ms) {
+    int rc = code_respond(s, code, head, hlen, body, blen);
     if (rc == -EINVAL || rc == -ESTALE) return rc;
     int64_t next = sp_poll_one(s, timeout_ms);
     return next < 0 ? 0 : next;
@@ -1058,7 +1071,8 @@ static int finish_locked(sp_server *s, sp_conn *c, int abort) {
     c->wait_mask = 0;
     s->st.in_flight--;
     if (c->status >= 100 && c->status < 600) s->st.status_class[c->status / 100]++;
-    int64_t took_us = sp_now_us() - c->busy_since_us;   /* one vDSO clock read per request */
+    int64_t now = s->now_us = sp_now_us();   /* one clock read per request, here */
+    int64_t took_us = now - c->busy_since_us;
     int bucket = 0;
     while (bucket < SP_DURATION_BUCKETS - 1 && took_us > sp_duration_bounds_us[bucket]) bucket++;
     s->st.duration_count[bucket]++;
@@ -1091,8 +1105,8 @@ static int finish_locked(sp_server *s, sp_conn *c, int abort) {
         }
         goto out;
     }
-    c->deadline_ms = sp_now_ms() + s->cfg.keepalive_timeout_ms;
-    if (s->draining) c->deadline_ms = sp_now_ms() + SP_DRAIN_IDLE_MS;
+    c->deadline_ms = now / 1000 + s->cfg.keepalive_timeout_ms;
+    if (s->draining) c->deadline_ms = now / 1000 + SP_DRAIN_IDLE_MS;
     /* Pipelining: the next head may already be buffered; start it unless output is backed up. */
     if (pending(c) <= SP_PIPELINE_OUT_MAX) {
         int p = try_parse(s, c);

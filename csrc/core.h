@@ -152,6 +152,9 @@ struct sp_server {
     /* leader/follower */
     int polling, waiters, untimed_waiters, busy;
     int64_t vacated_us;
+    int64_t now_us;                  /* the loop clock: read by each poll turn and each finished
+                                        request, for stamps that tolerate that lag (queueing,
+                                        head start, corking) and cost no clock read */
     int64_t last_poll_us;            /* when a poll turn last ran */
     unsigned wake_gen;
 

@@ -78,7 +78,8 @@ sp_server *sp_server_new(const sp_config *cfg) {
         s->cfg.limits.max_headers = SP_HEADERS_MAX;
     if (s->cfg.max_connections <= 0 || s->cfg.max_connections > SP_SLOTS_MAX)
         s->cfg.max_connections = SP_SLOTS_MAX;   /* request codes have room for this many */
-    s->tmpl_seed = (uint64_t)(uintptr_t)s ^ (uint64_t)sp_now_us() * 0x9E3779B97F4A7C15ull;
+    s->now_us = sp_now_us();
+    s->tmpl_seed = (uint64_t)(uintptr_t)s ^ (uint64_t)s->now_us * 0x9E3779B97F4A7C15ull;
     s->server_line_len = 0;
     if (cfg->server_header && cfg->server_header[0]) {
         int n = snprintf(s->server_line, sizeof(s->server_line), "Server: %s\r\n", cfg->server_header);
@@ -351,7 +352,7 @@ void srv_enqueue(sp_server *s, sp_conn *c) {
     c->state = C_READY;
     c->queued = 1;
     c->qnext = NULL;
-    c->ready_at_us = sp_now_us();
+    c->ready_at_us = s->now_us;
     c->deadline_ms = 0;
     if (s->q_tail) s->q_tail->qnext = c; else s->q_head = c;
     s->q_tail = c;
@@ -608,16 +609,17 @@ int64_t sp_poll_one(sp_server *s, int timeout_ms) {
 int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms) {
     if (max <= 0) return -EINVAL;
     be_fired fired[SP_FIRED_MAX];
-    int64_t start = sp_now_us();
-    int64_t deadline = timeout_ms >= 0 ? start + (int64_t)timeout_ms * 1000 : -1;
     int n = 0;
 
     pthread_mutex_lock(&s->mu);
+    /* The loop clock is fresh here when the caller just finished a request or polled. */
+    int64_t start = s->now_us;
+    int64_t deadline = timeout_ms >= 0 ? start + (int64_t)timeout_ms * 1000 : -1;
     if (tls_busy_srv == s) { s->busy--; tls_busy_srv = NULL; }
     unsigned gen = s->wake_gen;
     int was_follower = 0;
-    for (;;) {
-        int64_t now = sp_now_us();
+    for (int turn = 0;; turn++) {
+        int64_t now = s->now_us = turn ? sp_now_us() : start;
         /* Held-back responses leave once this thread has no queued request to go on with, or
          * have waited long enough (conn.c, "Corking"). */
         if (s->ncork && (!s->nready || now - s->cork_since_us >= SP_CORK_US)) conn_uncork_all(s);
@@ -647,22 +649,22 @@ int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms) {
             int nf = be_poll(s->be, fired, SP_FIRED_MAX, wait_ms);
             pthread_mutex_lock(&s->mu);
             s->polling = 0;
-            s->last_poll_us = sp_now_us();
+            s->last_poll_us = s->now_us = sp_now_us();
             int woke = nf > 0 ? dispatch(s, fired, nf) : 0;
             while (s->graveyard) {   /* closed by other threads while we polled: now unreferenced */
                 sp_conn *dead = s->graveyard;
                 s->graveyard = dead->next;
                 free(dead);
             }
-            int64_t t = sp_now_ms();
+            int64_t t = s->now_us / 1000;
             if (t >= s->next_sweep_ms) { sweep(s, t); s->next_sweep_ms = t + SP_SWEEP_MS; }
             if (woke || nf == -EINTR) {
                 s->wake_gen++;
                 pthread_cond_broadcast(&s->cv);
-                n = take_ready(s, out, max, sp_now_us(), 0);
+                n = take_ready(s, out, max, s->now_us, 0);
                 break;
             }
-            if (timeout_ms == 0) { n = take_ready(s, out, max, sp_now_us(), 0); break; }
+            if (timeout_ms == 0) { n = take_ready(s, out, max, s->now_us, 0); break; }
             was_follower = 0;
             continue;
         }
@@ -688,7 +690,7 @@ int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms) {
         if (took_request) {
             s->busy++;
             tls_busy_srv = s;
-            s->vacated_us = sp_now_us();
+            s->vacated_us = s->now_us;
             /* Waiters sleeping untimed must learn the poller role is free so they can time
              * the hand-off; queued work left over is theirs after the delay too. */
             if (s->untimed_waiters) pthread_cond_signal(&s->cv);

@@ -246,15 +246,15 @@ int sp_req_respond(sp_server *s, sp_request *r, const char *status, size_t slen,
                    const char *headers, size_t hlen, const char *body, size_t blen);
 /* The request a code names, NULL if it names none that Python holds now. */
 sp_request *sp_code_req(sp_server *s, int64_t code);
-/* sp_req_respond() for the request a code names (-ESTALE if none). */
-int sp_code_respond(sp_server *s, int64_t code, const char *status, size_t slen,
-                    const char *headers, size_t hlen, const char *body, size_t blen);
+/* sp_req_respond() for the request a code names (-ESTALE if none), with status and headers in
+ * one buffer: head is "status\0headers" (the status holds no NUL: callers check). */
+int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,
+                    const char *body, size_t blen);
 /* Thread mode: sp_code_respond(), then sp_poll_one(): one crossing from one request to the next.
  * Returns -EINVAL or -ESTALE as sp_code_respond (nothing was polled), else sp_poll_one's result
  * with its errors as 0 (the caller's next sp_poll_one reports them). */
-int64_t sp_code_respond_next(sp_server *s, int64_t code, const char *status, size_t slen,
-                             const char *headers, size_t hlen, const char *body, size_t blen,
-                             int timeout_ms);
+int64_t sp_code_respond_next(sp_server *s, int64_t code, const char *head, size_t hlen,
+                             const char *body, size_t blen, int timeout_ms);
 /* Ends the response (terminal chunk if chunked). The connection goes on to its next pipelined
  * request or back to the loop; r is invalid afterwards. abort != 0 closes the connection (an app
  * failure after the head went out). Returns 0 or -errno (the connection was lost; still released). */

@@ -310,7 +310,7 @@ class Response:
             raise TypeError(f"response headers must be a list, not {type(headers).__name__}")
         self.status = status
         self.headers = headers
-        return self.write
+        return self     # the write() callable: __call__ (no bound method to make per request)
 
     def pack_headers(self) -> bytes:
         """"Name\0value\0Name\0value" for C, which validates names and values."""
@@ -355,6 +355,8 @@ class Response:
             if rc == -errno.ETIMEDOUT:
                 raise ClientDisconnected(errno.ETIMEDOUT, "client stopped reading the response")
             raise ClientDisconnected(-rc, "client disconnected")
+
+    __call__ = write
 
     def sendfile(self, wrapper: FileWrapper) -> bool:
         """Sends a regular file with sendfile(2). Returns False when the caller must iterate."""
@@ -466,7 +468,8 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
             finish(srv, resp.req, 1)
             return
         st = status.encode("latin-1")
-        respond(srv, resp.code, st, len(st), _ERR_HEADERS, len(_ERR_HEADERS), body, len(body))
+        head = st + b"\0" + _ERR_HEADERS
+        respond(srv, resp.code, head, len(head), body, len(body))
         resp.status = status
         resp.sent = len(body)
 
@@ -501,7 +504,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     # The last response head packed for C, reused while apps answer with equal status and
     # headers (the cached list is a copy of tuples: an app that mutates its own list, or passes
     # lists as items, compares unequal and is packed afresh). One tuple: threads swap it whole.
-    head_cache: tuple = (None, None, b"", 0, b"", 0)
+    head_cache: tuple = (None, None, b"", 0)
 
     def handle(code: int) -> int:
         nonlocal head_cache
@@ -527,18 +530,18 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                 hc = head_cache
                 if resp.status != hc[0] or resp.headers != hc[1]:
                     st = resp.status.encode("latin-1")
-                    packed = resp.pack_headers()
-                    hc = head_cache = (resp.status, [tuple(h) for h in resp.headers], st, len(st),
-                                       packed, len(packed))
+                    if b"\0" in st:     # C splits status from headers at the first NUL
+                        raise ValueError(f"invalid response status {resp.status!r}")
+                    head = st + b"\0" + resp.pack_headers()
+                    hc = head_cache = (resp.status, [tuple(h) for h in resp.headers], head, len(head))
                 # One crossing: head, body and finish (and in thread mode the next request).
                 # Only -EINVAL leaves the request with us.
                 if chain:
-                    rc = nxt = respond_next(srv, code, hc[2], hc[3], hc[4], hc[5], body, len(body),
-                                            chain_ms)
+                    rc = nxt = respond_next(srv, code, hc[2], hc[3], body, len(body), chain_ms)
                     if rc < 0:
                         nxt = 0
                 else:
-                    rc = respond(srv, code, hc[2], hc[3], hc[4], hc[5], body, len(body))
+                    rc = respond(srv, code, hc[2], hc[3], body, len(body))
                 done = rc != EINVAL
                 if rc == EINVAL:
                     raise ValueError(f"invalid response status or headers: {resp.status!r} {resp.headers!r}")
@@ -581,6 +584,11 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     log.exception("error closing the WSGI app's iterable")
             if body_kind:
                 inp.release()  # type: ignore[union-attr]
+            # The request is over: a write() the app kept must not reach the connection, which
+            # may carry another request by now.
+            resp.code = 0
+            if resp._req is not None:
+                resp._req = None
         if log_line is not None:
             try:
                 log_line(env, resp.status, resp.sent)

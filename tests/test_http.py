@@ -177,6 +177,21 @@ def test_environ_is_each_listeners_own(spawn, tmp_path: Path):
     srv.stop()
 
 
+def test_write_callable_kept_past_its_request_reaches_nobody(server):
+    """A write() an app keeps after its request ended (a PEP 3333 violation) raises when called
+    later, even on the same keep-alive connection, whose next request must not receive it."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        r, data = get(server.port, "/stash", conn=conn)
+        assert (r.status, data) == (200, b"stashed")
+        for _ in range(3):
+            r, data = get(server.port, "/stale", conn=conn)
+            assert r.status == 200
+            assert data == b"ClientDisconnected"
+    finally:
+        conn.close()
+
+
 def test_response_headers_are_the_apps_current_ones(server):
     """Equal response heads are packed once and reused: an app that changes its header list in
     place between requests must still be answered with what the list holds now."""

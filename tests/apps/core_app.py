@@ -53,6 +53,25 @@ def counter_app(environ, start_response):
     return [b"counted"]
 
 
+STASHED: list = []
+
+
+def stash_app(environ, start_response):
+    """Keeps its write() callable past the end of its request (an app bug): /stale uses it."""
+    STASHED[:] = [start_response("200 OK", [("Content-Type", "text/plain")])]
+    return [b"stashed"]
+
+
+def stale_app(environ, start_response):
+    """Calls a write() kept from an earlier request: it must fail here, and send nothing."""
+    try:
+        STASHED[0](b"LEAKED")
+        outcome = "wrote"
+    except Exception as e:   # noqa: BLE001 - reported to the test
+        outcome = type(e).__name__
+    return _text(start_response, outcome.encode())
+
+
 def sleep_app(environ, start_response):
     time.sleep(float(environ["QUERY_STRING"] or 1))
     return _text(start_response, b"slept\n")
@@ -193,7 +212,7 @@ ROUTES = {
     "stream": stream_app, "big": big_app, "blob": blob_app, "write": write_app, "error": error_app,
     "error-after-start": error_after_start_app, "bad-header": bad_header_app, "status": status_app,
     "file": file_app, "close": close_app, "seen": seen_app, "mutate": mutate_app,
-    "counter": counter_app, "sleep": sleep_app,
+    "counter": counter_app, "sleep": sleep_app, "stash": stash_app, "stale": stale_app,
 }
 VALIDATED = {name: validator(app) for name, app in ROUTES.items()}
 
