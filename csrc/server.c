@@ -599,6 +599,12 @@ static void timed_wait(sp_server *s, int64_t until_us) {
 
 #define SP_FIRED_MAX 256
 
+int sp_poll_codes(sp_server *s, sp_event *out, int64_t *codes, int max, int timeout_ms) {
+    int n = sp_poll(s, out, max, timeout_ms);
+    for (int i = 0; i < n; i++) codes[i] = out[i].kind == SP_EV_REQUEST ? out[i].code : 0;
+    return n;
+}
+
 int64_t sp_poll_one(sp_server *s, int timeout_ms) {
     sp_event ev;
     int n = sp_poll(s, &ev, 1, timeout_ms);

@@ -57,6 +57,7 @@ int sp_server_wakeup_fd(sp_server *s);
 void sp_server_wakeup(sp_server *s);
 int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms);
 int64_t sp_poll_one(sp_server *s, int timeout_ms);
+int sp_poll_codes(sp_server *s, sp_event *out, int64_t *codes, int max, int timeout_ms);
 int sp_watch(sp_server *s, int fd, int mask, int64_t token);
 int sp_unwatch(sp_server *s, int fd);
 

@@ -175,6 +175,8 @@ class Hub:
         self.handle: Callable | None = None
         self.idle: list = []          # request greenlets waiting for their next request
         self.events = ffi.new("sp_event[]", _BATCH)
+        self.codes = ffi.new("int64_t[]", _BATCH)   # request codes of the batch, 0 for fd events
+        self.batch: list = []         # the codes of the current poll batch, as Python ints
         self.batch_i = 0              # the next event of the current poll batch, and its end:
         self.batch_n = 0              # request greenlets take requests from it too (see below)
 
@@ -303,7 +305,6 @@ class Hub:
         handle = self.handle
         idle = self.idle
         hub_glet = self.glet
-        events = self.events
         me = getcurrent()
         while True:
             handle(code)  # type: ignore[misc]
@@ -318,10 +319,9 @@ class Hub:
             # this greenlet is always resumed between batches or from that loop.
             i = self.batch_i
             if i < self.batch_n:
-                e = events[i]
-                if e.kind == _EV_REQUEST:
+                code = self.batch[i]
+                if code > 0:
                     self.batch_i = i + 1
-                    code = e.code
                     continue
             if len(idle) >= _IDLE_MAX:
                 return
@@ -331,7 +331,9 @@ class Hub:
     def _loop(self) -> None:
         srv = self.srv
         events = self.events
-        poll = lib.sp_poll
+        codes = self.codes
+        poll = lib.sp_poll_codes
+        unpack = ffi.unpack
         ready = self.ready
         thread_calls = self.thread_calls
         tokens = self.tokens
@@ -358,19 +360,21 @@ class Hub:
                 timeout = 0 if timeout < 0 else min(timeout, _MAX_POLL_MS)
             else:
                 timeout = _MAX_POLL_MS
-            n = poll(srv, events, _BATCH, timeout)
-            self.batch_n = max(n, 0)
+            n = poll(srv, events, codes, _BATCH, timeout)
+            self.batch = batch = unpack(codes, n) if n > 0 else []
+            self.batch_n = len(batch)
             self.batch_i = 0
             while self.batch_i < self.batch_n:
                 i = self.batch_i
                 self.batch_i = i + 1
-                e = events[i]
-                if e.kind == _EV_REQUEST:
+                code = batch[i]
+                if code > 0:
                     if idle:
-                        idle.pop().switch(e.code)
+                        idle.pop().switch(code)
                     elif handle is not None:
-                        greenlet(worker, hub_glet).switch(e.code)
+                        greenlet(worker, hub_glet).switch(code)
                 else:
+                    e = events[i]
                     obj = tokens.get(e.token)
                     if obj is not None:
                         obj.on_fd(self, e.mask)

@@ -489,7 +489,10 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         it = iter(key.decode("latin-1").split("\0"))
         env.update(zip(fixed, it))    # stops at the end of fixed without taking from it
         env.update(zip(it, it))
-        entry = (env, req.body)
+        body_kind = req.body
+        if not body_kind:
+            env["wsgi.input"] = empty   # copied with the template; a body gets its Input
+        entry = (env, body_kind)
         tid = code >> id_shift
         if tid:
             if len(templates) >= ENV_CACHE_MAX * 2:
@@ -517,8 +520,6 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         resp.code = code
         if body_kind:
             env["wsgi.input"] = inp = Input(srv, resp.req, waiter)
-        else:
-            env["wsgi.input"] = empty
         result = None
         nxt = 0
         done = False                  # C has the request back (answered or cut)
@@ -534,19 +535,21 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                         raise ValueError(f"invalid response status {resp.status!r}")
                     head = st + b"\0" + resp.pack_headers()
                     hc = head_cache = (resp.status, [tuple(h) for h in resp.headers], head, len(head))
-                # One crossing: head, body and finish (and in thread mode the next request).
-                # Only -EINVAL leaves the request with us.
+                # One crossing: head, body and finish (and in thread mode the next request,
+                # whose code is the result). Only -EINVAL leaves the request with us.
+                done = True
                 if chain:
-                    rc = nxt = respond_next(srv, code, hc[2], hc[3], body, len(body), chain_ms)
-                    if rc < 0:
-                        nxt = 0
+                    rc = respond_next(srv, code, hc[2], hc[3], body, len(body), chain_ms)
                 else:
                     rc = respond(srv, code, hc[2], hc[3], body, len(body))
-                done = rc != EINVAL
-                if rc == EINVAL:
-                    raise ValueError(f"invalid response status or headers: {resp.status!r} {resp.headers!r}")
-                if rc == ESTALE:
-                    raise ClientDisconnected(errno.ESTALE, "the request is over")
+                if rc < 0:
+                    if rc == EINVAL:
+                        done = False
+                        raise ValueError(f"invalid response status or headers: {resp.status!r} {resp.headers!r}")
+                    if rc == ESTALE:
+                        raise ClientDisconnected(errno.ESTALE, "the request is over")
+                    rc = 0            # the client was gone: the request is over all the same
+                nxt = rc
                 if log_line is not None:
                     resp.sent = len(body)
             else:
