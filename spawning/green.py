@@ -306,12 +306,13 @@ class Hub:
         idle = self.idle
         hub_glet = self.glet
         me = getcurrent()
+        mine = me.__dict__   # one dict for the greenlet's life (spawning.green.local uses it)
         while True:
             handle(code)  # type: ignore[misc]
             # What the request left behind must not reach the next one: greenlet-locals (kept in
             # the greenlet's __dict__) and contextvars.
-            if me.__dict__:
-                me.__dict__.clear()
+            if mine:
+                mine.clear()
             me.gr_context = None
             # The next event of the hub's batch is a request: run it here and now, as the hub
             # would have by switching to an idle greenlet, minus the two switches. Only the batch

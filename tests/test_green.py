@@ -154,6 +154,23 @@ def test_monkey_patched_in_worker(spawn):
     assert "sleep" in info["patched"]["time"] and "socket" in info["patched"]["socket"]
 
 
+def test_requests_leave_no_locals_or_context_behind(spawn):
+    """Request greenlets are reused: what one request stores in a thread-local or a ContextVar
+    must not be seen by the next request the same greenlet runs."""
+    import http.client
+    import json
+    server = spawn("-s", "1", "-t", "0", "green_apps.application")
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        for i in range(20):
+            conn.request("GET", f"/leftovers?r{i}")
+            resp = conn.getresponse()
+            assert resp.status == 200
+            assert json.loads(resp.read()) == {"local": "unset", "var": "unset"}
+    finally:
+        conn.close()
+
+
 def test_no_monkey_patch_option(spawn):
     server = spawn("-s", "1", "-t", "0", "--no-monkey-patch", "green_apps.application")
     import json

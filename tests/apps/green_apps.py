@@ -7,6 +7,7 @@
 - info_app: reports what the worker patched and whether it runs cooperatively.
 """
 
+import contextvars
 import json
 import os
 import threading
@@ -63,7 +64,23 @@ def info_app(environ, start_response):
     return _text(start_response, body, "application/json")
 
 
+_LOCAL = threading.local()
+_VAR = contextvars.ContextVar("spawning_test_var", default="unset")
+
+
+def leftovers_app(environ, start_response):
+    """Reports the thread-local and context variable a previous request on this green thread
+    may have left behind, then sets both."""
+    seen = {"local": getattr(_LOCAL, "value", "unset"), "var": _VAR.get()}
+    _LOCAL.value = _VAR.get() + "-local"
+    _VAR.set(environ["QUERY_STRING"])
+    body = json.dumps(seen).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
 def application(environ, start_response):
     path = environ["PATH_INFO"]
-    app = {"/sleep": sleep_app, "/fetch": fetch_app, "/sse": sse_app}.get(path, info_app)
+    app = {"/sleep": sleep_app, "/fetch": fetch_app, "/sse": sse_app,
+           "/leftovers": leftovers_app}.get(path, info_app)
     return app(environ, start_response)
