@@ -136,7 +136,9 @@ void conn_close(sp_server *s, sp_conn *c) {
     release_in(s, c);
     free(c->out);
     free(c->envbuf);
-    c->out = c->envbuf = NULL;
+    free(c->rep);
+    c->out = c->envbuf = c->rep = NULL;
+    c->rep_len = 0;
     if (s->polling) {
         /* Another thread is in be_poll() without the lock: the events it brings back may point
          * at this connection. Keep the memory until that poller has dispatched them; kind 0
@@ -400,36 +402,72 @@ static int env_build(sp_server *s, sp_conn *c, const sp_request_head *rh, size_t
     return -431;
 }
 
+/* The head of the connection's last request, kept so that a keep-alive client repeating it (the
+ * common case) skips parsing, framing and the env block: equal bytes parse the same under the
+ * same limits, and env_build's block for them is still in envbuf. Heads up to SP_REPEAT_MAX. */
+static void remember_head(sp_conn *c, const char *head, size_t len, const sp_framing *f,
+                          int is_head, int minor) {
+    c->rep_len = 0;
+    if (len > SP_REPEAT_MAX) return;
+    if (c->rep_cap < len) {
+        char *r = realloc(c->rep, len);
+        if (!r) return;
+        c->rep = r;
+        c->rep_cap = len;
+    }
+    memcpy(c->rep, head, len);
+    c->rep_len = len;
+    c->rep_f = *f;
+    c->rep_head = (unsigned)is_head;
+    c->rep_minor = minor >= 1;   /* all that is used of it: http11 */
+}
+
 /* Tries to parse a complete head at in[pos..]. Returns 1 (queued), 0 (need more), -1 (answered
  * with an error). */
 static int try_parse(sp_server *s, sp_conn *c) {
     if (c->pos == c->in_len) return 0;
-    sp_header hdrs[SP_HEADERS_MAX];
-    sp_request_head rh;
-    memset(&rh, 0, sizeof(rh));
-    rh.headers = hdrs;
-    rh.num_headers = s->cfg.limits.max_headers;
     if (!c->head_started_ms) c->head_started_ms = s->now_us / 1000;
-    int rc = sp_parse_request(c->in + c->pos, c->in_len - c->pos, c->last_len, &s->cfg.limits, &rh);
-    if (rc == SP_PARTIAL) {
-        c->last_len = c->in_len - c->pos;
-        /* The head's own deadline, also when its first bytes came pipelined behind the previous
-         * request (finish_locked had set the keep-alive timeout): no longer deadline that way. */
-        c->deadline_ms = c->head_started_ms + s->cfg.header_timeout_ms;
-        return 0;
-    }
-    if (rc < 0) { conn_error(s, c, -rc); return -1; }
     sp_framing f;
-    int fr = sp_request_framing(&rh, &f);
-    if (fr < 0) { conn_error(s, c, -fr); return -1; }
-    if (s->cfg.max_body_size >= 0 && f.content_length > s->cfg.max_body_size) { conn_error(s, c, 413); return -1; }
-    int er = env_build(s, c, &rh, (size_t)rc);
-    if (er < 0) { conn_error(s, c, -er); return -1; }
+    int rc, is_head, minor;
+    size_t avail = c->in_len - c->pos;
+    if (c->rep_len && avail >= c->rep_len && memcmp(c->in + c->pos, c->rep, c->rep_len) == 0) {
+        rc = (int)c->rep_len;
+        f = c->rep_f;
+        is_head = c->rep_head;
+        minor = c->rep_minor;
+        if (s->cfg.max_body_size >= 0 && f.content_length > s->cfg.max_body_size) { conn_error(s, c, 413); return -1; }
+        if (c->tmpl >= 0 && c->tmpl_epoch != s->tmpl_epoch)   /* the key table was emptied */
+            srv_tmpl_note(s, c, c->envbuf, c->req.env_len - c->port_len);
+    } else {
+        sp_header hdrs[SP_HEADERS_MAX];
+        sp_request_head rh;
+        memset(&rh, 0, sizeof(rh));
+        rh.headers = hdrs;
+        rh.num_headers = s->cfg.limits.max_headers;
+        rc = sp_parse_request(c->in + c->pos, avail, c->last_len, &s->cfg.limits, &rh);
+        if (rc == SP_PARTIAL) {
+            c->last_len = avail;
+            /* The head's own deadline, also when its first bytes came pipelined behind the previous
+             * request (finish_locked had set the keep-alive timeout): no longer deadline that way. */
+            c->deadline_ms = c->head_started_ms + s->cfg.header_timeout_ms;
+            return 0;
+        }
+        c->rep_len = 0;   /* envbuf changes below: whatever was remembered is void */
+        if (rc < 0) { conn_error(s, c, -rc); return -1; }
+        int fr = sp_request_framing(&rh, &f);
+        if (fr < 0) { conn_error(s, c, -fr); return -1; }
+        if (s->cfg.max_body_size >= 0 && f.content_length > s->cfg.max_body_size) { conn_error(s, c, 413); return -1; }
+        int er = env_build(s, c, &rh, (size_t)rc);
+        if (er < 0) { conn_error(s, c, -er); return -1; }
+        is_head = rh.method_len == 4 && memcmp(rh.method, "HEAD", 4) == 0;
+        minor = rh.minor_version;
+        remember_head(c, c->in + c->pos, (size_t)rc, &f, is_head, minor);
+    }
     c->req.body = f.chunked ? 2 : (f.content_length > 0 ? 1 : 0);
     c->req.content_length = f.content_length;
-    c->req.head = rh.method_len == 4 && memcmp(rh.method, "HEAD", 4) == 0;
+    c->req.head = is_head;
     c->keep_alive = f.keep_alive && s->cfg.keepalive && !s->draining;
-    c->http11 = rh.minor_version >= 1;
+    c->http11 = minor >= 1;
     c->expect_continue = f.expect_continue && c->req.body;
     c->continue_sent = 0;
     c->body_left = f.content_length > 0 ? f.content_length : 0;

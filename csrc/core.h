@@ -23,6 +23,8 @@
 #define SP_CORK_MAX 32              /* small responses held back to leave in one burst (see */
 #define SP_CORK_US 200              /* conn.c, "Corking"): at most this many, at most this long */
 #define SP_CORK_BYTES 16384         /* responses up to this size (head + body) are held */
+#define SP_REPEAT_MAX 1024           /* request heads up to this are remembered per connection
+                                       so that a repeat skips parsing (conn.c, remember_head) */
 #define SP_PREBUFFER_MAX 16384      /* Content-Length bodies up to this are read before the app
                                        runs (as uWSGI's post-buffering): a client trickling a
                                        form post then holds a connection, not an app thread */
@@ -58,6 +60,9 @@ typedef struct sp_conn {
     char *in; size_t in_cap, in_len, pos;
     size_t last_len;                 /* head bytes already known incomplete */
     char *envbuf; size_t env_cap;
+    char *rep; size_t rep_len, rep_cap;   /* the last head, if repeated (conn.c, remember_head) */
+    sp_framing rep_f;
+    unsigned rep_head:1, rep_minor:1;
 
     /* request body */
     int64_t body_left;               /* Content-Length bytes not yet given to the app */

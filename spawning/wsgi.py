@@ -461,15 +461,26 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     Resp.srv = srv
     Resp.waiter = waiter
 
+    def take(resp: Response) -> Any:
+        """The request's struct, for finishing it; from now on the response cannot reach it, so
+        a write() the app kept fails instead of writing into the connection's next request."""
+        req = resp.req
+        resp.code = 0
+        resp._req = None
+        return req
+
     def fail(resp: Response, status: str = "500 Internal Server Error",
              body: bytes = INTERNAL_ERROR) -> None:
         """Answers an error if nothing went out yet, else cuts the connection."""
         if resp.head_sent:
-            finish(srv, resp.req, 1)
+            finish(srv, take(resp), 1)
             return
+        code = resp.code
+        resp.code = 0
+        resp._req = None
         st = status.encode("latin-1")
         head = st + b"\0" + _ERR_HEADERS
-        respond(srv, resp.code, head, len(head), body, len(body))
+        respond(srv, code, head, len(head), body, len(body))
         resp.status = status
         resp.sent = len(body)
 
@@ -538,6 +549,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                 # One crossing: head, body and finish (and in thread mode the next request,
                 # whose code is the result). Only -EINVAL leaves the request with us.
                 done = True
+                resp.code = 0         # the request is C's now: a write() kept by the app fails
                 if chain:
                     rc = respond_next(srv, code, hc[2], hc[3], body, len(body), chain_ms)
                 else:
@@ -545,6 +557,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                 if rc < 0:
                     if rc == EINVAL:
                         done = False
+                        resp.code = code
                         raise ValueError(f"invalid response status or headers: {resp.status!r} {resp.headers!r}")
                     if rc == ESTALE:
                         raise ClientDisconnected(errno.ESTALE, "the request is over")
@@ -561,10 +574,10 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     if not resp.head_sent:
                         resp.send_head()     # empty body: the head still goes out
                 done = True
-                finish(srv, resp.req, 0)
+                finish(srv, take(resp), 0)
         except ClientDisconnected:
             if not done:
-                finish(srv, resp.req, 1)
+                finish(srv, take(resp), 1)
         except BodyError as e:
             log.info("request body rejected: %s", e)
             fail(resp, f"{e.status} {'Content Too Large' if e.status == 413 else 'Bad Request'}",
@@ -577,7 +590,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
             # GreenletExit, SystemExit, KeyboardInterrupt: the request ends here all the same,
             # so C gets its connection back (cut: the response may be half sent).
             if not done:
-                finish(srv, resp.req, 1)
+                finish(srv, take(resp), 1)
             raise
         finally:
             if result is not None and type(result) is not list_type and hasattr(result, "close"):
@@ -587,11 +600,6 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     log.exception("error closing the WSGI app's iterable")
             if body_kind:
                 inp.release()  # type: ignore[union-attr]
-            # The request is over: a write() the app kept must not reach the connection, which
-            # may carry another request by now.
-            resp.code = 0
-            if resp._req is not None:
-                resp._req = None
         if log_line is not None:
             try:
                 log_line(env, resp.status, resp.sent)

@@ -177,6 +177,26 @@ def test_environ_is_each_listeners_own(spawn, tmp_path: Path):
     srv.stop()
 
 
+def test_repeated_heads_on_one_connection(server):
+    """A connection repeating its last head byte for byte skips the parser (conn.c,
+    remember_head): bodies, framing and HEAD must come out as if each head were parsed."""
+    post = (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+            b"Content-Type: text/plain\r\n\r\n")
+    head = b"HEAD /v/env HTTP/1.1\r\nHost: x\r\n\r\n"
+    chunked = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    wire = (post + b"hello" + post + b"world" + head + head + chunked + b"3\r\nabc\r\n0\r\n\r\n"
+            + chunked + b"2\r\nde\r\n0\r\n\r\n" + post + b"again"
+            + b"GET /close HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = raw(server.port, wire, timeout=10)
+    parts = data.split(b"HTTP/1.1 ")[1:]
+    assert len(parts) == 8, data
+    assert all(p.startswith(b"200") for p in parts), data
+    bodies = [p.partition(b"\r\n\r\n")[2] for p in parts]
+    assert bodies[:2] == [b"hello", b"world"]
+    assert bodies[2:4] == [b"", b""]                      # HEAD: no body either time
+    assert bodies[4:7] == [b"abc", b"de", b"again"]
+
+
 def test_write_callable_kept_past_its_request_reaches_nobody(server):
     """A write() an app keeps after its request ended (a PEP 3333 violation) raises when called
     later, even on the same keep-alive connection, whose next request must not receive it."""
