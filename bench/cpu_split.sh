@@ -7,6 +7,7 @@
 # Starts CMD pinned to CPU 0 (from bench/, so `apps` imports), warms up with wrk on CPU 1 for a
 # second, then runs wrk -t1 -c100 for 5 s on http://127.0.0.1:PORT/PATH and prints the user and
 # system microseconds per request summed over CMD's process and its children. Stops only CMD.
+# WRK_SCRIPT=file.lua adds `-s file.lua` to both wrk runs (a POST body, say).
 set -euo pipefail
 PORT=$1; shift
 URLPATH=""
@@ -17,13 +18,15 @@ taskset -c 0 "$@" > /dev/null 2>&1 &
 P=$!
 trap 'kill $P 2>/dev/null; wait $P 2>/dev/null' EXIT
 sleep 1.5
-taskset -c 1 wrk -t1 -c100 -d1s "http://127.0.0.1:$PORT/$URLPATH" > /dev/null
+SCRIPT_ARGS=()
+if [ -n "${WRK_SCRIPT:-}" ]; then SCRIPT_ARGS=(-s "$WRK_SCRIPT"); fi
+taskset -c 1 wrk -t1 -c100 -d1s "${SCRIPT_ARGS[@]}" "http://127.0.0.1:$PORT/$URLPATH" > /dev/null
 cpu() {   # utime and stime (clock ticks) of P and its children; the name may hold spaces
     for p in $P $(pgrep -P $P); do sed 's/.*) //' /proc/$p/stat | awk '{print $12, $13}'; done |
         awk '{u += $1; s += $2} END {print u, s}'
 }
 read -r u0 s0 < <(cpu)
-out=$(taskset -c 1 wrk -t1 -c100 -d5s "http://127.0.0.1:$PORT/$URLPATH")
+out=$(taskset -c 1 wrk -t1 -c100 -d5s "${SCRIPT_ARGS[@]}" "http://127.0.0.1:$PORT/$URLPATH")
 read -r u1 s1 < <(cpu)
 n=$(echo "$out" | awk '/requests in/ {print $1}')
 python3 -c "

@@ -9,7 +9,8 @@
 #include "sp.h"
 
 #define SP_HEADERS_MAX 128          /* parser array; the configured limit is enforced below it */
-#define SP_IN_CHUNK 16384           /* read buffer: one allocation serves most heads and bodies */
+#define SP_IN_CHUNK (16384 + 4096)  /* read buffer: one allocation, and one recv, serve a head of
+                                       up to 4 KiB with a prebuffered body (SP_PREBUFFER_MAX) */
 #define SP_POOL_MAX 256             /* idle read buffers kept for reuse per server */
 #define SP_LINGER_MS 2000           /* lingering close after an error: let the client read it */
 #define SP_LINGER_DISCARD (256 * 1024)

@@ -32,6 +32,8 @@ ffibuilder.set_source(
     sources=[os.path.relpath(os.path.join(CSRC, s)) for s in SOURCES]
     + ([os.path.relpath(os.path.join(SHIM, "kqueue_shim.c"))] if shim else []),
     include_dirs=[os.path.relpath(CSRC)] + ([os.path.relpath(SHIM)] if shim else []),
+    # Headers too: a change to core.h alone must rebuild every object that includes it.
+    depends=sorted(os.path.relpath(os.path.join(CSRC, h)) for h in os.listdir(CSRC) if h.endswith(".h")),
     extra_compile_args=extra,
     extra_link_args=["-fsanitize=address,undefined"] if os.environ.get("SPAWNING_SANITIZE") else [],
     libraries=["pthread"] if sys.platform != "win32" else [],
