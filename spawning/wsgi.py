@@ -500,6 +500,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         it = iter(key.decode("latin-1").split("\0"))
         env.update(zip(fixed, it))    # stops at the end of fixed without taking from it
         env.update(zip(it, it))
+        env["REMOTE_PORT"] = ""         # each request sets its own; the key is in place already
         body_kind = req.body
         if not body_kind:
             env["wsgi.input"] = empty   # copied with the template; a body gets its Input
