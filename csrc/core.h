@@ -157,6 +157,7 @@ struct sp_server {
 
     /* leader/follower */
     int polling, waiters, untimed_waiters, busy;
+    int watching;                    /* a follower times the hand-off (server.c) */
     int64_t vacated_us;
     int64_t now_us;                  /* the loop clock: read by each poll turn and each finished
                                         request, for stamps that tolerate that lag (queueing,

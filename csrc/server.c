@@ -624,6 +624,7 @@ int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms) {
     if (tls_busy_srv == s) { s->busy--; tls_busy_srv = NULL; }
     unsigned gen = s->wake_gen;
     int was_follower = 0;
+    int watching = 0;   /* this thread is the one follower timing the hand-off */
     for (int turn = 0;; turn++) {
         int64_t now = s->now_us = turn ? sp_now_us() : start;
         /* Held-back responses leave once this thread has no queued request to go on with, or
@@ -640,6 +641,8 @@ int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms) {
         int may_lead = !s->polling &&
                        (starving || s->busy == 0 || now - s->vacated_us >= SP_HANDOFF_US);
         if (may_lead) {
+            if (watching) { watching = 0; s->watching = 0; }   /* untimed followers: the poller
+                                                               signals one when it takes work */
             s->polling = 1;
             int64_t now_ms = now / 1000;
             if (!s->next_sweep_ms) s->next_sweep_ms = now_ms + SP_SWEEP_MS;
@@ -674,14 +677,17 @@ int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms) {
             was_follower = 0;
             continue;
         }
-        /* Someone polls, or the role was just vacated by a thread running the app. */
+        /* Someone polls, or the role was just vacated by a thread running the app. One follower
+         * times the hand-off; the others sleep until signalled, so an idle pool costs one
+         * wake-up per SP_HANDOFF_US, not one per thread. */
         was_follower = 1;
         s->waiters++;
-        if (s->polling) {
+        if (s->polling || (s->watching && !watching)) {
             s->untimed_waiters++;
             if (deadline >= 0) timed_wait(s, deadline); else pthread_cond_wait(&s->cv, &s->mu);
             s->untimed_waiters--;
         } else {
+            watching = s->watching = 1;
             int64_t until = s->vacated_us + SP_HANDOFF_US;
             if (s->q_head && s->q_head->ready_at_us + SP_HANDOFF_US < until)
                 until = s->q_head->ready_at_us + SP_HANDOFF_US;
@@ -690,6 +696,10 @@ int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms) {
         }
         s->waiters--;
     }
+    if (watching) {   /* another follower takes over the watch */
+        s->watching = 0;
+        if (s->untimed_waiters) pthread_cond_signal(&s->cv);
+    }
     if (n > 0) {
         int took_request = 0;
         for (int i = 0; i < n; i++) if (out[i].kind == SP_EV_REQUEST) took_request = 1;
@@ -697,9 +707,10 @@ int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms) {
             s->busy++;
             tls_busy_srv = s;
             s->vacated_us = s->now_us;
-            /* Waiters sleeping untimed must learn the poller role is free so they can time
-             * the hand-off; queued work left over is theirs after the delay too. */
-            if (s->untimed_waiters) pthread_cond_signal(&s->cv);
+            /* Waiters sleeping untimed must learn the poller role is free so that one of them
+             * times the hand-off (queued work left over is theirs after the delay too), unless
+             * one does already. */
+            if (s->untimed_waiters && !s->watching) pthread_cond_signal(&s->cv);
         }
     }
     pthread_mutex_unlock(&s->mu);

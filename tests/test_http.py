@@ -305,6 +305,31 @@ def test_held_response_does_not_wait_for_a_slow_request(spawn, threads):
             sock.close()
 
 
+def test_blocking_requests_each_get_a_thread(spawn):
+    """Thread mode hands queued work to another thread about a millisecond after the running one
+    stays busy: one follower watches, the next takes over the watch when it takes work. Three
+    sleeping requests must run side by side on -t 4 and a fast one must still pass them."""
+    server = spawn("-s", "1", "-t", "4", "core_app.application")
+    conns = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(4)]
+    try:
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        for c in conns[:3]:
+            c.sendall(b"GET /sleep?1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.05)
+        conns[3].sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert conns[3].recv(4096).endswith(b"hello /hello\n")
+        fast = time.monotonic() - t0
+        for c in conns[:3]:
+            assert c.recv(4096).endswith(b"slept\n")
+        slow = time.monotonic() - t0
+        assert fast < 0.5, f"the fast request waited {fast:.2f} s"
+        assert slow < 1.8, f"three 1 s requests took {slow:.2f} s: they did not run side by side"
+    finally:
+        for c in conns:
+            c.close()
+
+
 def test_no_keepalive_option(spawn):
     srv = spawn("-s", "1", "--no-keepalive", "core_app.application")
     resp = raw(srv.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", timeout=3)
