@@ -1060,8 +1060,8 @@ sp_request *sp_code_req(sp_server *s, int64_t code) {
 }
 
 /* head: "status\0headers" (headers as sp_req_start takes them). */
-static int code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,
-                        const char *body, size_t blen) {
+int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,
+                    const char *body, size_t blen) {
     const char *nul = memchr(head, '\0', hlen);
     size_t slen = nul ? (size_t)(nul - head) : hlen;
     const char *headers = nul ? nul + 1 : head + hlen;
@@ -1072,14 +1072,9 @@ static int code_respond(sp_server *s, int64_t code, const char *head, size_t hle
     return rc;
 }
 
-int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,
-                    const char *body, size_t blen) {
-    return code_respond(s, code, head, hlen, body, blen);
-}
-
 int64_t sp_code_respond_next(sp_server *s, int64_t code, const char *head, size_t hlen,
                              const char *body, size_t blen, int timeout_ms) {
-    int rc = code_respond(s, code, head, hlen, body, blen);
+    int rc = sp_code_respond(s, code, head, hlen, body, blen);
     if (rc == -EINVAL || rc == -ESTALE) return rc;
     int64_t next = sp_poll_one(s, timeout_ms);
     return next < 0 ? 0 : next;
