@@ -5,7 +5,10 @@ not. This runs one worker (1 thread, or --threads N / 0 for green) under ``valgr
 once with a warm-up only and once with N more keep-alive requests, and prints the difference
 divided by N, plus the top functions. Kernel time (recv/writev on loopback) is not counted.
 
-    python bench/instructions.py [--requests 2000] [--top 25]
+    python bench/instructions.py [--requests 2000] [--top 25] [--threads N] [--post BYTES]
+
+``--post BYTES`` sends POST requests with a body of that size to an echo app (the benchmark's
+16 KiB POST is ``--post 16384``) instead of GET to hello world.
 """
 
 from __future__ import annotations
@@ -27,9 +30,17 @@ import signal, socket, sys
 sys.path.insert(0, {root!r})
 from spawning.server import Server
 
-def app(environ, start_response):
+def hello(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "14")])
     return [b"Hello, world!\n"]
+
+def echo(environ, start_response):
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+
+app = echo if {post} else hello
 
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -43,27 +54,36 @@ srv.serve()
 '''
 
 
-def drive(port: int, n: int, conns: int = 10) -> None:
+def drive(port: int, n: int, post: int = 0, conns: int = 10) -> None:
     socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(conns)]
-    req = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\n\r\n"
+    if post:
+        req = (b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\n"
+               b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % post
+               + b"a" * post)
+    else:
+        req = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\n\r\n"
     done = 0
     while done < n:
         for s in socks:
             s.sendall(req)
         for s in socks:
             buf = b""
-            while not buf.endswith(b"Hello, world!\n"):
-                buf += s.recv(4096)
+            while b"\r\n\r\n" not in buf:
+                buf += s.recv(65536)
+            head, _, body = buf.partition(b"\r\n\r\n")
+            length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+            while len(body) < length:
+                body += s.recv(65536)
         done += conns
     for s in socks:
         s.close()
 
 
-def run(n: int, workdir: str, threads: int = 1) -> str:
+def run(n: int, workdir: str, threads: int = 1, post: int = 0) -> str:
     portfile = os.path.join(workdir, f"port-{n}")
     script = os.path.join(workdir, "server.py")
     with open(script, "w") as f:
-        f.write(SERVER.format(root=ROOT, portfile=portfile, threads=threads))
+        f.write(SERVER.format(root=ROOT, portfile=portfile, threads=threads, post=post))
     out = os.path.join(workdir, f"cg-{n}.out")
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                              sys.executable, script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -75,9 +95,9 @@ def run(n: int, workdir: str, threads: int = 1) -> str:
             time.sleep(0.2)
         time.sleep(0.5)
         port = int(open(portfile).read())
-        drive(port, 300)   # warm-up: imports, caches, buffer pools
+        drive(port, 300, post)   # warm-up: imports, caches, buffer pools
         if n:
-            drive(port, n)
+            drive(port, n, post)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
@@ -99,10 +119,12 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--threads", type=int, default=1, help="worker threads; 0 = green threads")
+    ap.add_argument("--post", type=int, default=0, metavar="BYTES",
+                    help="POST bodies of this size to an echo app instead of GET hello world")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        t0, f0 = parse(run(0, d, a.threads))
-        t1, f1 = parse(run(a.requests, d, a.threads))
+        t0, f0 = parse(run(0, d, a.threads, a.post))
+        t1, f1 = parse(run(a.requests, d, a.threads, a.post))
     print(f"user-space instructions per request: {(t1 - t0) / a.requests:,.0f}")
     diff = {k: (v - f0.get(k, 0)) / a.requests for k, v in f1.items()}
     for name, v in sorted(diff.items(), key=lambda kv: -kv[1])[: a.top]:

@@ -1263,10 +1263,9 @@ static ssize_t body_read(sp_server *s, sp_conn *c, char *buf, size_t n) {
     }
 }
 
-ssize_t sp_req_peek(sp_server *s, sp_request *r, const char **data, size_t n) {
-    sp_conn *c = conn_of(r);
+/* sp_req_peek's work, with s->mu held. */
+static ssize_t peek_locked(sp_conn *c, const char **data, size_t n) {
     ssize_t rc = -EAGAIN;
-    LOCK(s);
     size_t avail = 0;
     if (c->dead) rc = -ECONNRESET;
     else if (c->req.body == 0 || (c->req.body == 1 && c->body_left <= 0)) rc = 0;
@@ -1285,6 +1284,20 @@ ssize_t sp_req_peek(sp_server *s, sp_request *r, const char **data, size_t n) {
         }
         rc = (ssize_t)k;
     }
+    return rc;
+}
+
+ssize_t sp_req_peek(sp_server *s, sp_request *r, const char **data, size_t n) {
+    LOCK(s);
+    ssize_t rc = peek_locked(conn_of(r), data, n);
+    UNLOCK(s);
+    return rc;
+}
+
+ssize_t sp_code_peek(sp_server *s, int64_t code, const char **data, size_t n) {
+    LOCK(s);
+    sp_conn *c = srv_code_conn(s, code);
+    ssize_t rc = c ? peek_locked(c, data, n) : -ESTALE;
     UNLOCK(s);
     return rc;
 }

@@ -273,6 +273,8 @@ ssize_t sp_req_read(sp_server *s, sp_request *r, char *buf, size_t n);
  * body, -EAGAIN when sp_req_read must do the work (nothing decoded and buffered yet, or 100
  * Continue still to send), or -ECONNRESET. */
 ssize_t sp_req_peek(sp_server *s, sp_request *r, const char **data, size_t n);
+/* sp_req_peek() for the request a code names (-ESTALE if none). */
+ssize_t sp_code_peek(sp_server *s, int64_t code, const char **data, size_t n);
 /* Thread mode: blocks until body bytes arrive or timeout_ms; then behaves as sp_req_read. */
 ssize_t sp_req_read_wait(sp_server *s, sp_request *r, char *buf, size_t n, int timeout_ms);
 

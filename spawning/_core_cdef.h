@@ -71,6 +71,7 @@ int sp_req_respond(sp_server *s, sp_request *r, const char *status, size_t slen,
 int sp_req_finish(sp_server *s, sp_request *r, int abort);
 ssize_t sp_req_read(sp_server *s, sp_request *r, char *buf, size_t n);
 ssize_t sp_req_peek(sp_server *s, sp_request *r, const char **data, size_t n);
+ssize_t sp_code_peek(sp_server *s, int64_t code, const char **data, size_t n);
 sp_request *sp_code_req(sp_server *s, int64_t code);
 int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen, const char *body, size_t blen);
 int64_t sp_code_respond_next(sp_server *s, int64_t code, const char *head, size_t hlen, const char *body, size_t blen, int timeout_ms);

@@ -59,7 +59,8 @@ _chain = chain.from_iterable
 _new_dirty = ffi.new_allocator(should_clear_after_alloc=False)
 _READ_BUFS: list = []
 _READ_BUFS_MAX = 64
-_peek = lib.sp_req_peek
+_OUT_PTRS: list = []      # the same for the small out-pointers sp_code_peek fills
+_peek = lib.sp_code_peek
 
 INTERNAL_ERROR = b"Internal Server Error\n"
 _ERR_HEADERS = b"Content-Type\0text/plain; charset=utf-8"
@@ -109,11 +110,11 @@ class Input:
     """``wsgi.input``: read(n), read(), readline(n), readlines(), iteration, over Content-Length
     and chunked bodies. ``wsgi.input_terminated`` is true: read() ends at the body's end."""
 
-    __slots__ = ("_buf", "_cbuf", "_eof", "_pp", "_req", "_srv", "_waiter")
+    __slots__ = ("_buf", "_cbuf", "_eof", "_pp", "_resp", "_srv", "_waiter")
 
-    def __init__(self, srv: Any, req: Any, waiter: Any) -> None:
+    def __init__(self, srv: Any, resp: Response, waiter: Any) -> None:
         self._srv = srv
-        self._req = req
+        self._resp = resp        # its code names the request; its req, for the slow paths
         self._waiter = waiter
         self._buf = b""          # read ahead by readline
         self._cbuf = None
@@ -129,8 +130,12 @@ class Input:
         # without a copy into our buffer; the rest is read into it.
         pp = self._pp
         if pp is None:
-            pp = self._pp = _new_dirty("const char *[1]")
-        rc = _peek(self._srv, self._req, pp, n)
+            try:
+                pp = _OUT_PTRS.pop()
+            except IndexError:
+                pp = _new_dirty("const char *[1]")
+            self._pp = pp
+        rc = _peek(self._srv, self._resp.code, pp, n)
         if rc > 0:
             return _unpack(pp[0], rc)
         if rc == -errno.EAGAIN:
@@ -158,7 +163,7 @@ class Input:
             except IndexError:
                 cbuf = _new_dirty("char[]", READ_CHUNK)
             self._cbuf = cbuf
-        return self._waiter.read(self._req, cbuf, n)
+        return self._waiter.read(self._resp.req, cbuf, n)
 
     def release(self) -> None:
         """The request is over: later reads get b'' (C has let go of the request), and the read
@@ -169,6 +174,11 @@ class Input:
             self._cbuf = None
             if len(_READ_BUFS) < _READ_BUFS_MAX:
                 _READ_BUFS.append(cbuf)
+        pp = self._pp
+        if pp is not None:
+            self._pp = None
+            if len(_OUT_PTRS) < _READ_BUFS_MAX:
+                _OUT_PTRS.append(pp)
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
@@ -531,7 +541,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         resp = Resp()
         resp.code = code
         if body_kind:
-            env["wsgi.input"] = inp = Input(srv, resp.req, waiter)
+            env["wsgi.input"] = inp = Input(srv, resp, waiter)
         result = None
         nxt = 0
         done = False                  # C has the request back (answered or cut)
