@@ -683,6 +683,9 @@ int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms) {
         was_follower = 1;
         s->waiters++;
         if (s->polling || (s->watching && !watching)) {
+            /* A watcher that finds someone polling gives the watch up: the poller signals an
+             * untimed waiter when it takes work only while nobody watches. */
+            if (watching) { watching = 0; s->watching = 0; }
             s->untimed_waiters++;
             if (deadline >= 0) timed_wait(s, deadline); else pthread_cond_wait(&s->cv, &s->mu);
             s->untimed_waiters--;
