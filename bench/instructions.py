@@ -5,10 +5,10 @@ not. This runs one worker (1 thread, or --threads N / 0 for green) under ``valgr
 once with a warm-up only and once with N more keep-alive requests, and prints the difference
 divided by N, plus the top functions. Kernel time (recv/writev on loopback) is not counted.
 
-    python bench/instructions.py [--requests 2000] [--top 25] [--threads N] [--post BYTES]
+    python bench/instructions.py [--requests 2000] [--top 25] [--threads N] [--post BYTES] [--big]
 
 ``--post BYTES`` sends POST requests with a body of that size to an echo app (the benchmark's
-16 KiB POST is ``--post 16384``) instead of GET to hello world.
+16 KiB POST is ``--post 16384``) instead of GET to hello world; ``--big`` GETs a 64 KiB response.
 """
 
 from __future__ import annotations
@@ -40,7 +40,13 @@ def echo(environ, start_response):
                               ("Content-Length", str(len(body)))])
     return [body]
 
-app = echo if {post} else hello
+def big(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                              ("Content-Length", "65536")])
+    return [BIG]
+
+BIG = b"x" * 65536
+app = echo if {post} else big if {big} else hello
 
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -79,11 +85,11 @@ def drive(port: int, n: int, post: int = 0, conns: int = 10) -> None:
         s.close()
 
 
-def run(n: int, workdir: str, threads: int = 1, post: int = 0) -> str:
+def run(n: int, workdir: str, threads: int = 1, post: int = 0, big: bool = False) -> str:
     portfile = os.path.join(workdir, f"port-{n}")
     script = os.path.join(workdir, "server.py")
     with open(script, "w") as f:
-        f.write(SERVER.format(root=ROOT, portfile=portfile, threads=threads, post=post))
+        f.write(SERVER.format(root=ROOT, portfile=portfile, threads=threads, post=post, big=big))
     out = os.path.join(workdir, f"cg-{n}.out")
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                              sys.executable, script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -121,10 +127,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="worker threads; 0 = green threads")
     ap.add_argument("--post", type=int, default=0, metavar="BYTES",
                     help="POST bodies of this size to an echo app instead of GET hello world")
+    ap.add_argument("--big", action="store_true", help="GET a 64 KiB response instead of hello world")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        t0, f0 = parse(run(0, d, a.threads, a.post))
-        t1, f1 = parse(run(a.requests, d, a.threads, a.post))
+        t0, f0 = parse(run(0, d, a.threads, a.post, a.big))
+        t1, f1 = parse(run(a.requests, d, a.threads, a.post, a.big))
     print(f"user-space instructions per request: {(t1 - t0) / a.requests:,.0f}")
     diff = {k: (v - f0.get(k, 0)) / a.requests for k, v in f1.items()}
     for name, v in sorted(diff.items(), key=lambda kv: -kv[1])[: a.top]:

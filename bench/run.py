@@ -327,6 +327,59 @@ def machine_info() -> str:
             f"Python {platform.python_version()}, {wrk_v.split(' Copyright')[0]}")
 
 
+def schedule(scns, selected, rounds):
+    """(scenario, round, peer) in run order: each scenario's rounds back to back, every server
+    once per round, the order reversed every other round so that a drift of the machine's speed
+    during a scenario favours no one."""
+    for scn in scns:
+        for rnd in range(rounds):
+            for peer in (selected if rnd % 2 == 0 else selected[::-1]):
+                yield scn, rnd, peer
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+MEDIAN_FIELDS = ("rps", "rps_per_cpu", "cpu_share", "other_cpu", "p50", "p99", "max")
+SUM_FIELDS = ("errors", "connect", "read", "write", "status", "timeout")
+
+
+def merge_rounds(rows):
+    """One row per server from several rounds of a scenario: medians of the figures, sums of the
+    error counts, and each round's req/CPU-s ratio against that round's best reference server
+    (``ratios``; the row's ratio is their median, which a slow minute of the machine moves
+    less than a ratio of medians)."""
+    rounds = sorted({r.get("round", 0) for r in rows})
+    best = {}
+    for rnd in rounds:
+        refs = [r for r in rows if r.get("round", 0) == rnd and "skip" not in r
+                and r["server"] in P.REFERENCE]
+        if refs:
+            best[rnd] = max(r["rps_per_cpu"] for r in refs)
+    merged = []
+    for name in dict.fromkeys(r["server"] for r in rows):
+        mine = [r for r in rows if r["server"] == name]
+        ok = [r for r in mine if "skip" not in r]
+        if not ok:
+            merged.append(mine[-1])
+            continue
+        m = dict(ok[-1])
+        for k in MEDIAN_FIELDS:
+            m[k] = median([r[k] for r in ok])
+        for k in SUM_FIELDS:
+            m[k] = sum(r[k] for r in ok)
+        m["post_check"] = next((r["post_check"] for r in ok if r.get("post_check")), "")
+        m["alive_after"] = all(r.get("alive_after") for r in ok)
+        m["ratios"] = [r["rps_per_cpu"] / best[r.get("round", 0)] for r in ok
+                       if best.get(r.get("round", 0))]
+        m["rounds_ok"] = len(ok)
+        merged.append(m)
+    return merged
+
+
 def fmt_ratio(x):
     return f"{x:.2f}x" if x else "-"
 
@@ -341,6 +394,9 @@ def build_report(results, versions, unavailable, args, started, elapsed) -> str:
         if not rows:
             continue
         title, conns, _ = SCENARIOS[scn]
+        multi = args.rounds > 1
+        if multi:
+            rows = merge_rounds(rows)
         ok = [r for r in rows if "skip" not in r]
         if scn == "sleep100ms":
             out.append(f"### {title}\n")
@@ -363,23 +419,35 @@ def build_report(results, versions, unavailable, args, started, elapsed) -> str:
         best_eff = max(refs, key=lambda r: r["rps_per_cpu"], default=None)
         best_rps = max(refs, key=lambda r: r["rps"], default=None)
         out.append(f"### {title}\n")
-        if best_eff:
+        if best_eff and multi:
+            out.append(f"Medians of {args.rounds} interleaved rounds. req/CPU-s ratio: the median "
+                       f"of the per-round ratios against that round's best of "
+                       f"{'/'.join(P.REFERENCE)} (each round's ratio listed); req/s ratio vs "
+                       f"{best_rps['server']}'s median.\n")
+        elif best_eff:
             out.append(f"Ratios against the best of {'/'.join(P.REFERENCE)} in this run: "
                        f"req/CPU-s vs {best_eff['server']}, req/s vs {best_rps['server']}.\n")
+        extra = " per round |" if multi else ""
         out.append("| server | req/s | p99 ms | server CPU | req/CPU-s | req/CPU-s ratio | "
-                   "req/s ratio | errors | other CPU |")
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+                   "req/s ratio | errors | other CPU |" + extra)
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if multi else ""))
         for r in sorted(rows, key=lambda r: -r.get("rps_per_cpu", -1)):
             if "skip" in r:
-                out.append(f"| {r['server']} | {r['skip']} |||||||")
+                out.append(f"| {r['server']} | {r['skip']} |||||||" + ("|" if multi else ""))
                 continue
-            e_ratio = r["rps_per_cpu"] / best_eff["rps_per_cpu"] if best_eff else 0
+            if multi:
+                e_ratio = median(r["ratios"]) if r.get("ratios") else 0
+            else:
+                e_ratio = r["rps_per_cpu"] / best_eff["rps_per_cpu"] if best_eff else 0
             r_ratio = r["rps"] / best_rps["rps"] if best_rps else 0
             name = f"**{r['server']}**" if r["server"].startswith("spawning") else r["server"]
-            out.append(f"| {name} | {r['rps']:,.0f} | {r['p99'] / 1000:.2f} | "
-                       f"{r['cpu_share'] * 100:.0f}% | {r['rps_per_cpu']:,.0f} | "
-                       f"{fmt_ratio(e_ratio)} | {fmt_ratio(r_ratio)} | {r['errors']} | "
-                       f"{r['other_cpu'] * 100:.0f}% |")
+            line = (f"| {name} | {r['rps']:,.0f} | {r['p99'] / 1000:.2f} | "
+                    f"{r['cpu_share'] * 100:.0f}% | {r['rps_per_cpu']:,.0f} | "
+                    f"{fmt_ratio(e_ratio)} | {fmt_ratio(r_ratio)} | {r['errors']} | "
+                    f"{r['other_cpu'] * 100:.0f}% |")
+            if multi:
+                line += " " + " ".join(f"{x:.2f}" for x in r.get("ratios", [])) + " |"
+            out.append(line)
         out.append("")
     notes = []
     for r in results:
@@ -438,12 +506,21 @@ python bench/run.py --only spawning,bjoern --scenario hello,64k --duration 5   #
   better. Before each run the script waits up to `--quiet-wait` seconds (default 5) for the
   machine to go quiet.
 - Options: `--install`, `--duration S`, `--warmup S`, `--only a,b`, `--scenario a,b`,
-  `--quiet-wait S`, `--retry-noisy N`, `--no-readme` (filtered runs do not rewrite this file unless `--readme`),
-  `--json FILE`.
+  `--quiet-wait S`, `--retry-noisy N`, `--rounds N`, `--no-readme` (filtered runs do not rewrite
+  this file unless `--readme`), `--json FILE`.
+- `--rounds N` measures every server N times per scenario, interleaved (A B C, C B A, A B C...),
+  and reports medians. The ratio column is then the median of the per-round ratios, each
+  against the best reference server *of that round*, and the last column lists them: the
+  machine's speed drifts by 20-40% within minutes, and a ratio taken within one round (the
+  servers measured a minute apart) is what that drift moves least.
 - `serve_spawning.py`: starts one spawning worker from a script when the CLI does not work.
 - `instructions.py`: user-space instructions per request under callgrind (spawning only), a
-  figure machine load does not move; `cpu_split.sh PORT -- CMD...`: user and kernel
-  microseconds per request of any one server, from /proc.
+  figure machine load does not move (`--threads N`; `--post 16384` for the POST echo, `--big`
+  for the 64 KiB response; callgrind counts a `rep movsb` copy per byte, so a body copy weighs
+  more there than in CPU time); `cpu_split.sh PORT -- CMD...`: user and kernel microseconds per
+  request of any one server, from /proc (`WRK_SCRIPT=post16k.lua` for the benchmark's 16 KiB
+  POST). Run two servers' cpu_split alternately a few times to compare them: the machine's
+  speed drifts by 20-40% within minutes, which single runs cannot cancel out (`--rounds`).
 - meinheld is installed with `pip install --no-deps meinheld` (its greenlet<0.5 pin does not
   build on Python 3.11); nginx (Debian package, 1 worker, `master_process off`) returns a static
   string or a static 64 KiB file as a reference line and cannot echo a POST body.
@@ -470,10 +547,15 @@ def main() -> int:
     ap.add_argument("--retry-noisy", type=int, default=0,
                     help="re-measure a run up to N times while other CPU load was > 15%% of a "
                          "core, keeping the quietest")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure every server N times per scenario, interleaved (the order "
+                         "reversed every other round), and report medians (see README)")
     ap.add_argument("--readme", action="store_true", help="rewrite bench/README.md even if filtered")
     ap.add_argument("--no-readme", action="store_true", help="do not rewrite bench/README.md")
     ap.add_argument("--json", default="", help="write raw results to this file")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
 
     for tool in ("wrk", "taskset"):
         if not shutil.which(tool):
@@ -506,8 +588,7 @@ def main() -> int:
     t_start = time.monotonic()
     results = []
     with tempfile.TemporaryDirectory(prefix="spawning-bench-") as tmp:
-        for scn in scns:
-            for peer in selected:
+        for scn, rnd, peer in schedule(scns, selected, args.rounds):
                 if peer.name in unavailable:
                     continue
                 if scn not in (peer.scenarios or P.MAIN_SCENARIOS):
@@ -521,11 +602,13 @@ def main() -> int:
                     r2 = measure(peer, scn, args, tmp)
                     if "skip" not in r2 and r2["other_cpu"] < r["other_cpu"]:
                         r = r2
+                r["round"] = rnd
                 results.append(r)
+                tag = f"{scn}#{rnd + 1}" if args.rounds > 1 else scn
                 if "skip" in r:
-                    print(f"{scn:12s} {peer.name:16s} SKIP {r['skip']}", flush=True)
+                    print(f"{tag:12s} {peer.name:16s} SKIP {r['skip']}", flush=True)
                 else:
-                    print(f"{scn:12s} {peer.name:16s} {r['rps']:10,.0f} req/s  "
+                    print(f"{tag:12s} {peer.name:16s} {r['rps']:10,.0f} req/s  "
                           f"p99 {r['p99'] / 1000:8.2f} ms  cpu {r['cpu_share'] * 100:4.0f}%  "
                           f"{r['rps_per_cpu']:10,.0f} req/CPU-s  errors {r['errors']}  "
                           f"other {r['other_cpu'] * 100:3.0f}%"

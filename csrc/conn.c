@@ -1074,10 +1074,17 @@ int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,
 
 int64_t sp_code_respond_next(sp_server *s, int64_t code, const char *head, size_t hlen,
                              const char *body, size_t blen, int timeout_ms) {
-    int rc = sp_code_respond(s, code, head, hlen, body, blen);
-    if (rc == -EINVAL || rc == -ESTALE) return rc;
-    int64_t next = sp_poll_one(s, timeout_ms);
-    return next < 0 ? 0 : next;
+    const char *nul = memchr(head, '\0', hlen);
+    size_t slen = nul ? (size_t)(nul - head) : hlen;
+    const char *headers = nul ? nul + 1 : head + hlen;
+    LOCK(s);   /* one lock for both halves: the answer and the next request */
+    sp_conn *c = srv_code_conn(s, code);
+    int rc = c ? respond(s, c, head, slen, headers, hlen - slen - (nul ? 1 : 0), body, blen) : -ESTALE;
+    if (rc == -EINVAL || rc == -ESTALE) { UNLOCK(s); return rc; }
+    sp_event ev;
+    int n = srv_poll_locked(s, &ev, 1, timeout_ms);
+    UNLOCK(s);
+    return n > 0 && ev.kind == SP_EV_REQUEST ? ev.code : 0;
 }
 
 /* Skips what is left of the request body if it is all buffered. Returns 1 when the body is done. */

@@ -17,6 +17,8 @@
 #define SP_SWEEP_MS 250             /* timeout sweep period: timeouts are exact to this */
 #define SP_HANDOFF_US 1000          /* thread mode: work waits this long before a second thread
                                        takes it, so a fast app keeps one thread and no GIL fight */
+#define SP_WATCH_KEEP_US 10000     /* thread mode: a follower keeps timing the hand-off through
+                                       the poller's turns while work was taken this recently */
 #define SP_EMFILE_PAUSE_MS 100      /* accept pause after running out of descriptors */
 #define SP_POLL_EVERY_US 1000       /* while work is queued, still poll this often: a connection
                                        that keeps re-queuing itself (pipelining) must not starve
@@ -197,6 +199,8 @@ void srv_slot_release(sp_server *s, sp_conn *c);
 void srv_tmpl_note(sp_server *s, sp_conn *c, const char *key, size_t len);
 sp_conn *srv_code_conn(sp_server *s, int64_t code);   /* the busy connection of a code, or NULL */
 const char *srv_date(sp_server *s);
+/* sp_poll with s->mu held (it is released while waiting in the backend); max > 0. */
+int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms);
 
 /* conn.c, for server.c */
 sp_conn *conn_new(sp_server *s, int fd, int listener, const struct sockaddr *sa, int salen);

@@ -614,10 +614,16 @@ int64_t sp_poll_one(sp_server *s, int timeout_ms) {
 
 int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms) {
     if (max <= 0) return -EINVAL;
+    pthread_mutex_lock(&s->mu);
+    int n = srv_poll_locked(s, out, max, timeout_ms);
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
     be_fired fired[SP_FIRED_MAX];
     int n = 0;
 
-    pthread_mutex_lock(&s->mu);
     /* The loop clock is fresh here when the caller just finished a request or polled. */
     int64_t start = s->now_us;
     int64_t deadline = timeout_ms >= 0 ? start + (int64_t)timeout_ms * 1000 : -1;
@@ -682,7 +688,11 @@ int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms) {
          * wake-up per SP_HANDOFF_US, not one per thread. */
         was_follower = 1;
         s->waiters++;
-        if (s->polling || (s->watching && !watching)) {
+        /* Under steady load the poller takes work every few microseconds: a watcher that finds
+         * it polling keeps the watch (checking back every SP_HANDOFF_US) rather than sleep
+         * untimed and cost the poller a signal, and itself a wake-up, on every turn. */
+        int keep = s->polling && (watching || !s->watching) && now - s->vacated_us < SP_WATCH_KEEP_US;
+        if (!keep && (s->polling || (s->watching && !watching))) {
             /* A watcher that finds someone polling gives the watch up: the poller signals an
              * untimed waiter when it takes work only while nobody watches. */
             if (watching) { watching = 0; s->watching = 0; }
@@ -691,7 +701,7 @@ int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms) {
             s->untimed_waiters--;
         } else {
             watching = s->watching = 1;
-            int64_t until = s->vacated_us + SP_HANDOFF_US;
+            int64_t until = (keep ? now : s->vacated_us) + SP_HANDOFF_US;
             if (s->q_head && s->q_head->ready_at_us + SP_HANDOFF_US < until)
                 until = s->q_head->ready_at_us + SP_HANDOFF_US;
             if (deadline >= 0 && deadline < until) until = deadline;
@@ -716,6 +726,5 @@ int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms) {
             if (s->untimed_waiters && !s->watching) pthread_cond_signal(&s->cv);
         }
     }
-    pthread_mutex_unlock(&s->mu);
     return n;
 }

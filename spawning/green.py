@@ -308,7 +308,10 @@ class Hub:
         me = getcurrent()
         mine = me.__dict__   # one dict for the greenlet's life (spawning.green.local uses it)
         while True:
-            handle(code)  # type: ignore[misc]
+            try:
+                handle(code)  # type: ignore[misc]
+            except BaseException:   # handle() answers app errors itself: this is a bug
+                log.exception("internal error handling a request")
             # What the request left behind must not reach the next one: greenlet-locals (kept in
             # the greenlet's __dict__) and contextvars.
             if mine:
@@ -1319,15 +1322,7 @@ def serve(server: Any) -> None:
     hub = Hub(server._srv, server._finished)
     waiter = GreenRequestWaiter(hub, float(cfg.get("body_timeout") or 60),
                                 float(cfg.get("send_timeout") or 60))
-    handle = wsgi.make_handler(server.app, server._srv, server.base_envs, waiter, server.access_log)
-
-    def run_request(code: int) -> None:
-        try:
-            handle(code)
-        except BaseException:
-            log.exception("internal error handling a request")
-
-    hub.handle = run_request
+    hub.handle = wsgi.make_handler(server.app, server._srv, server.base_envs, waiter, server.access_log)
     _run_hub(hub, server.wakeup_fd())
 
 
