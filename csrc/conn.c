@@ -467,6 +467,7 @@ static int try_parse(sp_server *s, sp_conn *c) {
     c->req.content_length = f.content_length;
     c->req.head = is_head;
     c->keep_alive = f.keep_alive && s->cfg.keepalive && !s->draining;
+    c->client_close = !f.keep_alive;
     c->http11 = minor >= 1;
     c->expect_continue = f.expect_continue && c->req.body;
     c->continue_sent = 0;
@@ -1138,7 +1139,13 @@ static int finish_locked(sp_server *s, sp_conn *c, int abort) {
             uncork_forget(s, c);
             if (conn_flush(s, c) < 0) goto out;
         }
-        if (c->pos < c->in_len || !c->body_done || c->peer_closed == 0) {
+        /* The lingering close (half-close, then read until the client's FIN) keeps a reset
+         * from destroying the response when the client may still be sending (RFC 9112, 9.6).
+         * A client that announced this request as its last, and whose bytes have all been
+         * read, sends nothing more: its connection is closed at once, as nginx's heuristic
+         * does, which saves a shutdown, a poll turn and a read per Connection: close request. */
+        int quiet = c->peer_closed || c->client_close;
+        if (c->pos < c->in_len || !c->body_done || !quiet || pending(c)) {
             start_linger(s, c);   /* half-close; let the client read the response */
         } else {
             conn_close(s, c);

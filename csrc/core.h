@@ -84,7 +84,8 @@ typedef struct sp_conn {
     int status;
 
     /* flags */
-    unsigned http11:1, readable:1, writable:1, peer_closed:1, eof_seen:1, dead:1, keep_alive:1, close_after:1, queued:1, corked:1;
+    unsigned http11:1, readable:1, writable:1, peer_closed:1, eof_seen:1, dead:1, keep_alive:1, close_after:1, queued:1, corked:1,
+             client_close:1;         /* the request itself was the last (Connection: close, or 1.0) */
     int64_t send_progress_ms;        /* last time output drained some bytes */
     char remote[48];                 /* "a.b.c.d\0": the REMOTE_ADDR value */
     size_t remote_len;
