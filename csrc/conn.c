@@ -1060,27 +1060,28 @@ sp_request *sp_code_req(sp_server *s, int64_t code) {
     return c ? &c->req : NULL;
 }
 
-/* head: "status\0headers" (headers as sp_req_start takes them). */
-int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,
-                    const char *body, size_t blen) {
+/* sp_code_respond with s->mu held. head: "status\0headers" (headers as sp_req_start takes them). */
+static int code_respond_locked(sp_server *s, int64_t code, const char *head, size_t hlen,
+                               const char *body, size_t blen) {
     const char *nul = memchr(head, '\0', hlen);
     size_t slen = nul ? (size_t)(nul - head) : hlen;
     const char *headers = nul ? nul + 1 : head + hlen;
-    LOCK(s);
     sp_conn *c = srv_code_conn(s, code);
-    int rc = c ? respond(s, c, head, slen, headers, hlen - slen - (nul ? 1 : 0), body, blen) : -ESTALE;
+    return c ? respond(s, c, head, slen, headers, hlen - slen - (nul ? 1 : 0), body, blen) : -ESTALE;
+}
+
+int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,
+                    const char *body, size_t blen) {
+    LOCK(s);
+    int rc = code_respond_locked(s, code, head, hlen, body, blen);
     UNLOCK(s);
     return rc;
 }
 
 int64_t sp_code_respond_next(sp_server *s, int64_t code, const char *head, size_t hlen,
                              const char *body, size_t blen, int timeout_ms) {
-    const char *nul = memchr(head, '\0', hlen);
-    size_t slen = nul ? (size_t)(nul - head) : hlen;
-    const char *headers = nul ? nul + 1 : head + hlen;
     LOCK(s);   /* one lock for both halves: the answer and the next request */
-    sp_conn *c = srv_code_conn(s, code);
-    int rc = c ? respond(s, c, head, slen, headers, hlen - slen - (nul ? 1 : 0), body, blen) : -ESTALE;
+    int rc = code_respond_locked(s, code, head, hlen, body, blen);
     if (rc == -EINVAL || rc == -ESTALE) { UNLOCK(s); return rc; }
     sp_event ev;
     int n = srv_poll_locked(s, &ev, 1, timeout_ms);

@@ -12,8 +12,11 @@
  * empty. Another thread takes over the role, or takes queued work, only once SP_HANDOFF_US has
  * passed, unless no thread is busy. So a fast app keeps running on one thread with no wake-ups and
  * no GIL contention, while a slow or blocking app delays other requests by at most ~1 ms before a
- * second thread steps in. Threads that wait for a busy poller sleep on a condition variable; the
- * poller signals them when it leaves the role with work taken, so they switch to the timed wait.
+ * second thread steps in. One waiting thread, the watcher, times that hand-off; the others sleep
+ * untimed on a condition variable. Under steady load the watcher keeps its watch while the busy
+ * thread polls, checking back every SP_HANDOFF_US; once no work was taken for SP_WATCH_KEEP_US it
+ * sleeps untimed too, and a poller that takes work with nobody watching signals one waiter to
+ * take the watch. So an idle pool costs nothing and a busy one about one wake-up per ms.
  *
  * Green mode: one thread, so the queue and the poll turn are all there is.
  */
