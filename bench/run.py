@@ -375,7 +375,6 @@ def merge_rounds(rows):
         m["alive_after"] = all(r.get("alive_after") for r in ok)
         m["ratios"] = [r["rps_per_cpu"] / best[r.get("round", 0)] for r in ok
                        if best.get(r.get("round", 0))]
-        m["rounds_ok"] = len(ok)
         merged.append(m)
     return merged
 
