@@ -77,6 +77,8 @@ typedef struct sp_conn {
 
     /* output */
     char *out; size_t out_cap, out_len, out_off;
+    const char *lent; size_t lent_len;   /* a held-back body still in the caller's memory, sent
+                                          after out (conn.c, "Corking"); only while corked */
     int started;                     /* head formatted */
     int chunked_out;                 /* framing our body with chunks */
     int no_body;                     /* HEAD, 1xx, 204, 304 */

@@ -254,6 +254,17 @@ sp_request *sp_code_req(sp_server *s, int64_t code);
  * one buffer: head is "status\0headers" (the status holds no NUL: callers check). */
 int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,
                     const char *body, size_t blen);
+/* Lent bodies. sp_code_respond() and sp_code_respond_next() may keep a pointer to a body of
+ * SP_LEND_MIN to SP_LEND_MAX bytes after they return, and send it later with a burst of other
+ * held-back responses (conn.c, "Corking") rather than copy it. The caller keeps every such body
+ * alive until its OS thread has made SP_LEND_RUN - 1 more of these calls with a body in that
+ * range (whatever they returned): each SP_LEND_RUN-th such call on a thread sends, or copies,
+ * every held-back response before it returns. sp_server_flush() does that at once, for a thread
+ * about to drop the bodies it keeps. */
+#define SP_LEND_MIN 16384
+#define SP_LEND_MAX 262144
+#define SP_LEND_RUN 8
+void sp_server_flush(sp_server *s);
 /* Thread mode: sp_code_respond(), then sp_poll_one(): one crossing from one request to the next.
  * Returns -EINVAL or -ESTALE as sp_code_respond (nothing was polled), else sp_poll_one's result
  * with its errors as 0 (the caller's next sp_poll_one reports them). */

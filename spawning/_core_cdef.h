@@ -38,6 +38,9 @@ typedef struct sp_event { int kind; int fd; int mask; sp_request *req; int64_t t
 #define SP_CODE_SLOT_SHIFT 16
 #define SP_CODE_SLOT_MASK 0xFFFFF
 #define SP_CODE_ID_SHIFT 36
+#define SP_LEND_MIN 16384
+#define SP_LEND_MAX 262144
+#define SP_LEND_RUN 8
 typedef struct sp_stats {
     uint64_t requests; uint64_t accepted; uint64_t rejected; int connections; int in_flight;
     uint64_t bytes_out; uint64_t status_class[6]; int64_t oldest_busy_ms;
@@ -74,5 +77,6 @@ ssize_t sp_req_peek(sp_server *s, sp_request *r, const char **data, size_t n);
 ssize_t sp_code_peek(sp_server *s, int64_t code, const char **data, size_t n);
 sp_request *sp_code_req(sp_server *s, int64_t code);
 int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen, const char *body, size_t blen);
+void sp_server_flush(sp_server *s);
 int64_t sp_code_respond_next(sp_server *s, int64_t code, const char *head, size_t hlen, const char *body, size_t blen, int timeout_ms);
 ssize_t sp_req_read_wait(sp_server *s, sp_request *r, char *buf, size_t n, int timeout_ms);

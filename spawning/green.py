@@ -1323,7 +1323,10 @@ def serve(server: Any) -> None:
     waiter = GreenRequestWaiter(hub, float(cfg.get("body_timeout") or 60),
                                 float(cfg.get("send_timeout") or 60))
     hub.handle = wsgi.make_handler(server.app, server._srv, server.base_envs, waiter, server.access_log)
-    _run_hub(hub, server.wakeup_fd())
+    try:
+        _run_hub(hub, server.wakeup_fd())
+    finally:
+        lib.sp_server_flush(server._srv)   # before the bodies the handler keeps for C go (sp.h)
 
 
 def run(fn: Callable, *args: Any, **kw: Any) -> Any:

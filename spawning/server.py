@@ -166,6 +166,14 @@ class Server:
                 t.join(0.5 if not self._draining else 2.0)
 
     def _thread_main(self, handle: Callable) -> None:
+        try:
+            self._thread_loop(handle)
+        finally:
+            # The bodies this thread keeps for C (csrc/sp.h, "Lent bodies") go with it: C sends
+            # what it holds first.
+            lib.sp_server_flush(self._srv)
+
+    def _thread_loop(self, handle: Callable) -> None:
         srv = self._srv
         poll = lib.sp_poll_one
         finished = self._finished

@@ -17,7 +17,11 @@ The response goes back in as few crossings as possible: the common case (``start
 a one-element list) is a single ``sp_code_respond`` call (head, body and finish), with the packed
 head reused while status and headers stay equal; in thread mode the same call also takes the
 thread's next request (``sp_code_respond_next``). C may hold such a small response back a moment
-to send it in a burst with others (csrc/conn.c, "Corking"). Anything else streams through
+to send it in a burst with others (csrc/conn.c, "Corking"); a larger body it may send from our
+memory after the call returned, so the last ones stay referenced here (csrc/sp.h, "Lent
+bodies": per OS thread, the bodies of the last 2 * SP_LEND_RUN calls that could lend, twice what
+C needs, so one count lost to an exception between the call and the keeping is harmless).
+Anything else streams through
 ``sp_req_start``/``sp_req_write`` and ends with ``sp_req_finish``, which C needs in every case (it
 frees or recycles the connection).
 
@@ -27,12 +31,14 @@ blocks in C with the GIL released; the green waiter (spawning.green) parks the g
 
 from __future__ import annotations
 
+import _thread
 import errno
 import logging
 import os
 import stat
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from itertools import chain
 from typing import Any
@@ -464,6 +470,21 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     id_shift = lib.SP_CODE_ID_SHIFT
     # REMOTE_PORT strings by port number, made on first use (0: a Unix socket, no port).
     ports: list = [None] * 65536
+    lend_min = lib.SP_LEND_MIN
+    lend_max = lib.SP_LEND_MAX
+    lend_keep = 2 * lib.SP_LEND_RUN
+    if chain:
+        # Thread mode: C counts lendable calls per OS thread, so each thread keeps its own
+        # (_thread._local, which stays per OS thread even if threading is patched).
+        tls = _thread._local()
+
+        def lend(body: bytes) -> None:
+            try:
+                tls.kept.append(body)
+            except AttributeError:
+                tls.kept = deque([body], maxlen=lend_keep)
+    else:
+        lend = deque(maxlen=lend_keep).append   # green mode: one OS thread
 
     class Resp(Response):
         pass
@@ -561,10 +582,13 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                 # whose code is the result). Only -EINVAL leaves the request with us.
                 done = True
                 resp.code = 0         # the request is C's now: a write() kept by the app fails
+                blen = len(body)
                 if chain:
-                    rc = respond_next(srv, code, hc[2], hc[3], body, len(body), chain_ms)
+                    rc = respond_next(srv, code, hc[2], hc[3], body, blen, chain_ms)
                 else:
-                    rc = respond(srv, code, hc[2], hc[3], body, len(body))
+                    rc = respond(srv, code, hc[2], hc[3], body, blen)
+                if blen >= lend_min and blen <= lend_max:
+                    lend(body)        # C may send it after this (see the theory of operation)
                 if rc < 0:
                     if rc == EINVAL:
                         done = False
@@ -575,7 +599,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     rc = 0            # the client was gone: the request is over all the same
                 nxt = rc
                 if log_line is not None:
-                    resp.sent = len(body)
+                    resp.sent = blen
             else:
                 if not (isinstance(result, FileWrapper) and resp.sendfile(result)):
                     write = resp.write
