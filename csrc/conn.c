@@ -1087,6 +1087,13 @@ static int respond(sp_server *s, sp_conn *c, const char *status, size_t slen,
         c->resp_left -= (int64_t)blen;
     }
     int niov = iov[1].iov_len ? 2 : 1;
+    if (c->lent) {
+        /* A pipelined response behind a held-back body: the body leaves now rather than being
+         * copied into the buffer, which could then hold more than SP_PIPELINE_OUT_MAX with the
+         * socket never found full, and no write event would come to read the next request. */
+        ssize_t w = conn_flush(s, c);
+        if (w < 0) { rc = (int)w; goto out; }
+    }
     int small = (size_t)n + iov[1].iov_len <= SP_CORK_BYTES;
     if (s->cfg.cork && c->keep_alive && c->body_done && (small || (may_lend && niov == 2 && !pending(c)))) {
         int64_t now = s->now_us;   /* lags by at most the app run that just ended */
