@@ -949,6 +949,10 @@ int sp_req_start(sp_server *s, sp_request *r, const char *status, size_t slen,
     int rc = 0;
     if (c->dead) { rc = -EPIPE; goto out; }
     if (c->started) { rc = -EALREADY; goto out; }
+    if (c->lent) {   /* a pipelined response behind a held-back body: that body leaves first (respond) */
+        ssize_t w = conn_flush(s, c);
+        if (w < 0) { rc = (int)w; goto out; }
+    }
     for (size_t cap = 1024;; cap *= 2) {
         if (out_reserve(c, cap) < 0) { rc = -ENOMEM; goto out; }
         ssize_t n = format_head(s, c, c->out + c->out_len, c->out_cap - c->out_len, status, slen, headers, hlen, -1);
