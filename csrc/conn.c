@@ -291,9 +291,9 @@ static ssize_t conn_flush(sp_server *s, sp_conn *c) { return conn_flush_at(s, c,
  * (c->lent) and leaves after the head in one writev; anything queued behind it first moves it
  * into the buffer. For 64 KiB responses this was worth 5-10% of server CPU per request (fewer
  * client wake-ups, and the interpreter runs several requests back to back between the kernel's
- * large copies, which otherwise evict its working set from the cache each time). The caller
- * keeps the body alive by a count both sides keep per OS thread: every SP_LEND_RUN-th call with
- * such a body flushes everything held before it returns. */
+ * large copies, which otherwise evict its working set from the cache each time). The callers
+ * keep the body alive by a count: every SP_LEND_RUN-th call with such a body flushes everything
+ * held before it returns. */
 
 static void cork(sp_server *s, sp_conn *c, int64_t now_us) {
     if (c->corked) return;
@@ -1132,9 +1132,6 @@ sp_request *sp_code_req(sp_server *s, int64_t code) {
     return c ? &c->req : NULL;
 }
 
-/* This thread's calls with a lendable body since its last full flush (sp.h, "Lent bodies"). */
-static __thread unsigned lend_calls;
-
 /* sp_code_respond with s->mu held. head: "status\0headers" (headers as sp_req_start takes them). */
 static int code_respond_locked(sp_server *s, int64_t code, const char *head, size_t hlen,
                                const char *body, size_t blen) {
@@ -1146,9 +1143,9 @@ static int code_respond_locked(sp_server *s, int64_t code, const char *head, siz
     int rc = c ? respond(s, c, head, slen, headers, hlen - slen - (nul ? 1 : 0), body, blen, lendable)
                : -ESTALE;
     /* Every call counts, whatever its result, as the caller counts them: the SP_LEND_RUN-th
-     * frees the caller to drop the bodies of this run. */
-    if (lendable && ++lend_calls == SP_LEND_RUN) {
-        lend_calls = 0;
+     * frees the callers to drop the bodies of this run. */
+    if (lendable && ++s->lend_calls == SP_LEND_RUN) {
+        s->lend_calls = 0;
         conn_uncork_all(s);
     }
     return rc;

@@ -155,6 +155,7 @@ struct sp_server {
     sp_conn *cork[SP_CORK_MAX]; int ncork; /* connections with a held-back response, in order */
     int64_t cork_since_us;                 /* when the oldest of them was held */
     char *cork_bufs[SP_CORK_MAX]; int ncork_bufs;   /* idle SP_CORK_BYTES output buffers */
+    unsigned lend_calls;             /* calls with a lendable body since the last full flush (sp.h) */
 
     sp_watch_ent **watch; int watch_cap;
 

@@ -257,10 +257,10 @@ int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,
 /* Lent bodies. sp_code_respond() and sp_code_respond_next() may keep a pointer to a body of
  * SP_LEND_MIN to SP_LEND_MAX bytes after they return, and send it later with a burst of other
  * held-back responses (conn.c, "Corking") rather than copy it. The caller keeps every such body
- * alive until its OS thread has made SP_LEND_RUN - 1 more of these calls with a body in that
- * range (whatever they returned): each SP_LEND_RUN-th such call on a thread sends, or copies,
- * every held-back response before it returns. sp_server_flush() does that at once, for a thread
- * about to drop the bodies it keeps. */
+ * alive until SP_LEND_RUN - 1 more of these calls with a body in that range have been made on
+ * the server, by any thread, whatever they returned: each SP_LEND_RUN-th such call sends, or
+ * copies, every held-back response before it returns. sp_server_flush() does that at once, for
+ * callers about to drop the bodies they keep. */
 #define SP_LEND_MIN 16384
 #define SP_LEND_MAX 262144
 #define SP_LEND_RUN 8

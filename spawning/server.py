@@ -150,7 +150,7 @@ class Server:
     def _serve_threads(self) -> None:
         waiter = wsgi.ThreadWaiter(self._srv, _ms(self.config.get("body_timeout"), 60))
         handle = wsgi.make_handler(self.app, self._srv, self.base_envs, waiter, self.access_log,
-                                   chain_timeout_ms=POLL_MS)
+                                   chain_timeout_ms=POLL_MS, threads=self.threads)
         workers = [threading.Thread(target=self._thread_main, args=(handle,), name=f"spawning-{i}",
                                     daemon=True) for i in range(self.threads)]
         for t in workers:
@@ -169,8 +169,8 @@ class Server:
         try:
             self._thread_loop(handle)
         finally:
-            # The bodies this thread keeps for C (csrc/sp.h, "Lent bodies") go with it: C sends
-            # what it holds first.
+            # The handler's kept bodies (csrc/sp.h, "Lent bodies") go with the last thread to
+            # hold it: C sends what it holds first.
             lib.sp_server_flush(self._srv)
 
     def _thread_loop(self, handle: Callable) -> None:

@@ -19,8 +19,10 @@ head reused while status and headers stay equal; in thread mode the same call al
 thread's next request (``sp_code_respond_next``). C may hold such a small response back a moment
 to send it in a burst with others (csrc/conn.c, "Corking"); a larger body it may send from our
 memory after the call returned, so the last ones stay referenced here (csrc/sp.h, "Lent
-bodies": per OS thread, the bodies of the last 2 * SP_LEND_RUN calls that could lend, twice what
-C needs, so one count lost to an exception between the call and the keeping is harmless).
+bodies"). C flushes at every SP_LEND_RUN-th call that could lend; the handler keeps the bodies of
+the last 2 * SP_LEND_RUN + threads such calls in one deque: a thread appends after its call
+returns, so up to one call per other thread may have been counted in C before it and appended
+after it, and the spare SP_LEND_RUN covers counts lost to an exception between call and append.
 Anything else streams through
 ``sp_req_start``/``sp_req_write`` and ends with ``sp_req_finish``, which C needs in every case (it
 frees or recycles the connection).
@@ -31,7 +33,6 @@ blocks in C with the GIL released; the green waiter (spawning.green) parks the g
 
 from __future__ import annotations
 
-import _thread
 import errno
 import logging
 import os
@@ -444,12 +445,13 @@ class AccessLog:
 
 
 def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
-                 access_log: AccessLog | None, chain_timeout_ms: int | None = None) -> Callable[[int], int]:
+                 access_log: AccessLog | None, chain_timeout_ms: int | None = None,
+                 threads: int = 1) -> Callable[[int], int]:
     """Returns ``handle(code)``: runs the request a code names (sp.h) through the app and answers it.
 
     With ``chain_timeout_ms`` (thread mode) the common response also takes the calling thread's
     next request in the same crossing (``sp_code_respond_next``), and ``handle`` returns its code,
-    or 0 when the caller must poll. Written as a closure over locals because this is the
+    or 0 when the caller must poll. ``threads``: how many OS threads call ``handle``. Written as a closure over locals because this is the
     per-request hot path."""
     respond = lib.sp_code_respond
     respond_next = lib.sp_code_respond_next
@@ -468,23 +470,12 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     fixed = ENV_FIXED
     bytes_type = bytes
     id_shift = lib.SP_CODE_ID_SHIFT
-    # REMOTE_PORT strings by port number, made on first use (0: a Unix socket, no port).
-    ports: list = [None] * 65536
+    # REMOTE_PORT strings by port number, made on first use ("" until then, and for port 0: a
+    # Unix socket, whose empty string port_str makes every time).
+    ports: list = [""] * 65536
     lend_min = lib.SP_LEND_MIN
     lend_max = lib.SP_LEND_MAX
-    lend_keep = 2 * lib.SP_LEND_RUN
-    if chain:
-        # Thread mode: C counts lendable calls per OS thread, so each thread keeps its own
-        # (_thread._local, which stays per OS thread even if threading is patched).
-        tls = _thread._local()
-
-        def lend(body: bytes) -> None:
-            try:
-                tls.kept.append(body)
-            except AttributeError:
-                tls.kept = deque([body], maxlen=lend_keep)
-    else:
-        lend = deque(maxlen=lend_keep).append   # green mode: one OS thread
+    keep = deque(maxlen=2 * lib.SP_LEND_RUN + max(threads, 1)).append   # see the theory of operation
 
     class Resp(Response):
         pass
@@ -547,6 +538,14 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         s = ports[port] = str(port) if port else ""
         return s
 
+    def pack_head(resp: Response) -> tuple:
+        """A new head_cache entry for the response's status and headers."""
+        st = resp.status.encode("latin-1")  # type: ignore[union-attr]
+        if b"\0" in st:     # C splits status from headers at the first NUL
+            raise ValueError(f"invalid response status {resp.status!r}")
+        head = st + b"\0" + resp.pack_headers()
+        return (resp.status, [tuple(h) for h in resp.headers], head, len(head))  # type: ignore[union-attr]
+
     # The last response head packed for C, reused while apps answer with equal status and
     # headers (the cached list is a copy of tuples: an app that mutates its own list, or passes
     # lists as items, compares unequal and is packed afresh). One tuple: threads swap it whole.
@@ -556,28 +555,21 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         nonlocal head_cache
         env, body_kind = templates.get(code >> id_shift) or template(code)
         env = env.copy()              # the app may change its environ: never the cached one
-        port = code & 0xFFFF
-        rport = ports[port]
-        env["REMOTE_PORT"] = rport if rport is not None else port_str(port)
+        env["REMOTE_PORT"] = ports[code & 0xFFFF] or port_str(code & 0xFFFF)
         resp = Resp()
         resp.code = code
         if body_kind:
             env["wsgi.input"] = inp = Input(srv, resp, waiter)
-        result = None
         nxt = 0
         done = False                  # C has the request back (answered or cut)
         try:
             result = app(env, resp.start_response)
-            if type(result) is list_type and len(result) == 1 and not resp.head_sent \
-                    and resp.status is not None and type(result[0]) is bytes_type:
-                body = result[0]
+            status = resp.status
+            if type(result) is list_type and len(result) == 1 and status is not None \
+                    and not resp.head_sent and type(body := result[0]) is bytes_type:
                 hc = head_cache
-                if resp.status != hc[0] or resp.headers != hc[1]:
-                    st = resp.status.encode("latin-1")
-                    if b"\0" in st:     # C splits status from headers at the first NUL
-                        raise ValueError(f"invalid response status {resp.status!r}")
-                    head = st + b"\0" + resp.pack_headers()
-                    hc = head_cache = (resp.status, [tuple(h) for h in resp.headers], head, len(head))
+                if status != hc[0] or resp.headers != hc[1]:
+                    hc = head_cache = pack_head(resp)
                 # One crossing: head, body and finish (and in thread mode the next request,
                 # whose code is the result). Only -EINVAL leaves the request with us.
                 done = True
@@ -587,8 +579,8 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     rc = respond_next(srv, code, hc[2], hc[3], body, blen, chain_ms)
                 else:
                     rc = respond(srv, code, hc[2], hc[3], body, blen)
-                if blen >= lend_min and blen <= lend_max:
-                    lend(body)        # C may send it after this (see the theory of operation)
+                if lend_min <= blen <= lend_max:
+                    keep(body)        # C may send it after this (see the theory of operation)
                 if rc < 0:
                     if rc == EINVAL:
                         done = False
@@ -598,18 +590,24 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                         raise ClientDisconnected(errno.ESTALE, "the request is over")
                     rc = 0            # the client was gone: the request is over all the same
                 nxt = rc
-                if log_line is not None:
-                    resp.sent = blen
+                resp.sent = blen
             else:
-                if not (isinstance(result, FileWrapper) and resp.sendfile(result)):
-                    write = resp.write
-                    for chunk in result:
-                        if chunk:
-                            write(chunk)
-                    if not resp.head_sent:
-                        resp.send_head()     # empty body: the head still goes out
-                done = True
-                finish(srv, take(resp), 0)
+                try:
+                    if not (isinstance(result, FileWrapper) and resp.sendfile(result)):
+                        write = resp.write
+                        for chunk in result:
+                            if chunk:
+                                write(chunk)
+                        if not resp.head_sent:
+                            resp.send_head()     # empty body: the head still goes out
+                    done = True
+                    finish(srv, take(resp), 0)
+                finally:
+                    if type(result) is not list_type and hasattr(result, "close"):
+                        try:
+                            result.close()
+                        except Exception:
+                            log.exception("error closing the WSGI app's iterable")
         except ClientDisconnected:
             if not done:
                 finish(srv, take(resp), 1)
@@ -628,11 +626,6 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                 finish(srv, take(resp), 1)
             raise
         finally:
-            if result is not None and type(result) is not list_type and hasattr(result, "close"):
-                try:
-                    result.close()
-                except Exception:
-                    log.exception("error closing the WSGI app's iterable")
             if body_kind:
                 inp.release()  # type: ignore[union-attr]
         if log_line is not None:
