@@ -558,6 +558,10 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         env["REMOTE_PORT"] = ports[code & 0xFFFF] or port_str(code & 0xFFFF)
         resp = Resp()
         resp.code = code
+        # Read on every request: as instance values their loads are specialized, where a class
+        # default is looked up the slow way each time.
+        resp.status = None
+        resp.head_sent = False
         if body_kind:
             env["wsgi.input"] = inp = Input(srv, resp, waiter)
         nxt = 0
