@@ -583,7 +583,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     rc = respond_next(srv, code, hc[2], hc[3], body, blen, chain_ms)
                 else:
                     rc = respond(srv, code, hc[2], hc[3], body, blen)
-                if lend_min <= blen <= lend_max:
+                if blen >= lend_min and blen <= lend_max:
                     keep(body)        # C may send it after this (see the theory of operation)
                 if rc < 0:
                     if rc == EINVAL:
