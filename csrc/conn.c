@@ -288,8 +288,8 @@ static ssize_t conn_flush(sp_server *s, sp_conn *c) { return conn_flush_at(s, c,
  *
  * A larger body (SP_LEND_MIN..SP_LEND_MAX bytes, sp.h "Lent bodies") is held back the same way
  * without a copy: only the head goes into the buffer, the body stays in the caller's memory
- * (c->lent) and leaves after the head in one writev; anything queued behind it first moves it
- * into the buffer. For 64 KiB responses this was worth 5-10% of server CPU per request (fewer
+ * (c->lent) and leaves after the head in one writev. A response queued behind it (pipelining)
+ * sends it first; any other append copies it into the buffer first. For 64 KiB responses this was worth 5-10% of server CPU per request (fewer
  * client wake-ups, and the interpreter runs several requests back to back between the kernel's
  * large copies, which otherwise evict its working set from the cache each time). The callers
  * keep the body alive by a count: every SP_LEND_RUN-th call with such a body flushes everything

@@ -451,8 +451,8 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
 
     With ``chain_timeout_ms`` (thread mode) the common response also takes the calling thread's
     next request in the same crossing (``sp_code_respond_next``), and ``handle`` returns its code,
-    or 0 when the caller must poll. ``threads``: how many OS threads call ``handle``. Written as a closure over locals because this is the
-    per-request hot path."""
+    or 0 when the caller must poll. ``threads``: how many OS threads call ``handle``. Written as a
+    closure over locals because this is the per-request hot path."""
     respond = lib.sp_code_respond
     respond_next = lib.sp_code_respond_next
     chain = chain_timeout_ms is not None

@@ -5,7 +5,8 @@
  *
  * Scenarios: keep-alive, pipelining in order, chunked request body, streamed (chunked) response,
  * Expect: 100-continue, HEAD, bad request (400 + close), a big response to a slow reader
- * (backpressure through sp_req_drain), a client that disconnects mid-response, drain.
+ * (backpressure through sp_req_drain), a client that disconnects mid-response, lent bodies
+ * (sp.h: freed as soon as the contract allows, so ASan reports a late read), drain.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -25,6 +26,8 @@ static int failures, checks;
 #define CHECK(cond, ...) do { checks++; if (!(cond)) { failures++; \
     fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); fprintf(stderr, __VA_ARGS__); \
     fprintf(stderr, "\n"); } } while (0)
+
+#define LEND_SINGLE 20             /* lent bodies asked for one at a time, after 4 pipelined */
 
 static int port;
 static sp_server *srv;
@@ -149,6 +152,36 @@ static void *client(void *arg) {
     CHECK(total > 4 * 1024 * 1024, "big: got %zu", total);
     close(fd);
 
+    /* lent bodies: pipelined (a response behind a held-back body), then one by one */
+    fd = dial();
+    char lendreq[4 * 40];
+    size_t lrl = 0;
+    for (int i = 0; i < 4; i++)
+        lrl += (size_t)snprintf(lendreq + lrl, sizeof lendreq - lrl, "GET /lend HTTP/1.1\r\nHost: x\r\n\r\n");
+    send_all(fd, lendreq, lrl);
+    size_t got = 0;   /* bytes in buf: pipelined answers may arrive together */
+    for (int i = 0; i < 4 + LEND_SINGLE; i++) {
+        if (i >= 4) send_str(fd, "GET /lend HTTP/1.1\r\nHost: x\r\n\r\n");
+        size_t want = 0;
+        char *body = NULL;
+        for (;;) {   /* one response: head, then its 65536 bytes */
+            char *e = body ? body : memmem(buf, got, "\r\n\r\n", 4);
+            if (e && !body) { body = e + 4; want = (size_t)(body - buf) + 65536; }
+            if (body && got >= want) break;
+            ssize_t r = recv(fd, buf + got, sizeof buf - got, 0);
+            if (r <= 0) break;
+            got += (size_t)r;
+        }
+        CHECK(body && got >= want, "lent %d: %zu of %zu bytes", i, got, want);
+        if (!body || got < want) break;
+        int same = 1;
+        for (size_t k = 0; same && k < 65536; k++) same = body[k] == body[0];
+        CHECK(same && body[0] == 'a' + (i % 26), "lent %d: bytes %c, not all %c", i, body[0], 'a' + i % 26);
+        memmove(buf, buf + want, got - want);
+        got -= want;
+    }
+    close(fd);
+
     /* a client that leaves in the middle of a big response */
     fd = dial();
     send_str(fd, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -178,9 +211,22 @@ static const char *env_get(const sp_request *r, int index) {
     return p;
 }
 
-static void answer(sp_request *r) {
+/* Lent bodies: each freed as soon as sp.h allows (SP_LEND_RUN - 1 more such calls made). */
+static void answer_lent(int64_t code) {
+    static char *ring[SP_LEND_RUN];
+    static unsigned k;
+    static const char head[] = "200 OK\0Content-Type\0application/octet-stream";
+    free(ring[k % SP_LEND_RUN]);
+    char *b = malloc(65536);
+    memset(b, 'a' + (int)(k % 26), 65536);
+    ring[k++ % SP_LEND_RUN] = b;
+    CHECK(sp_code_respond(srv, code, head, sizeof head - 1, b, 65536) == 0, "lend respond");
+}
+
+static void answer(sp_request *r, int64_t code) {
     const char *path = env_get(r, 2);
     static const char hdrs[] = "Content-Type\0text/plain";
+    if (strcmp(path, "/lend") == 0) { answer_lent(code); return; }
     if (strcmp(path, "/echo") == 0) {
         char body[256];
         size_t n = 0;
@@ -234,7 +280,7 @@ static void *app_thread(void *arg) {
     sp_event ev[1];
     while (!churn_done) {
         int n = sp_poll(srv, ev, 1, 200);
-        if (n > 0 && ev[0].kind == SP_EV_REQUEST) answer(ev[0].req);
+        if (n > 0 && ev[0].kind == SP_EV_REQUEST) answer(ev[0].req, ev[0].code);
     }
     return NULL;
 }
@@ -302,7 +348,7 @@ int main(void) {
         int n = sp_poll(srv, ev, 16, 1000);
         CHECK(n >= 0, "poll: %d", n);
         for (int i = 0; i < n; i++)
-            if (ev[i].kind == SP_EV_REQUEST) answer(ev[i].req);
+            if (ev[i].kind == SP_EV_REQUEST) answer(ev[i].req, ev[i].code);
     }
     pthread_join(t, NULL);
     churn();
@@ -313,7 +359,7 @@ int main(void) {
     CHECK(sp_server_connections(srv) == 0, "drained: %d left of %d", sp_server_connections(srv), left);
     sp_stats st;
     sp_server_stats(srv, &st);
-    CHECK(st.requests == 13 + 600 && st.rejected == 1, "stats: %llu requests %llu rejected",
+    CHECK(st.requests == 13 + 4 + LEND_SINGLE + 600 && st.rejected == 1, "stats: %llu requests %llu rejected",
           (unsigned long long)st.requests, (unsigned long long)st.rejected);
     sp_server_free(srv);
     close(lfd);
