@@ -262,8 +262,8 @@ int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,
  * copies, every held-back response before it returns. sp_server_flush() does that at once, for
  * callers about to drop the bodies they keep. */
 #define SP_LEND_MIN 16384
-#define SP_LEND_MAX 262144
-#define SP_LEND_RUN 8
+#define SP_LEND_MAX 65536
+#define SP_LEND_RUN 4
 void sp_server_flush(sp_server *s);
 /* Thread mode: sp_code_respond(), then sp_poll_one(): one crossing from one request to the next.
  * Returns -EINVAL or -ESTALE as sp_code_respond (nothing was polled), else sp_poll_one's result

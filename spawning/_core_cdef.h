@@ -39,8 +39,8 @@ typedef struct sp_event { int kind; int fd; int mask; sp_request *req; int64_t t
 #define SP_CODE_SLOT_MASK 0xFFFFF
 #define SP_CODE_ID_SHIFT 36
 #define SP_LEND_MIN 16384
-#define SP_LEND_MAX 262144
-#define SP_LEND_RUN 8
+#define SP_LEND_MAX 65536
+#define SP_LEND_RUN 4
 typedef struct sp_stats {
     uint64_t requests; uint64_t accepted; uint64_t rejected; int connections; int in_flight;
     uint64_t bytes_out; uint64_t status_class[6]; int64_t oldest_busy_ms;
