@@ -213,6 +213,24 @@ static size_t pending(const sp_conn *c) { return c->out_len - c->out_off + c->le
 /* The part in our own memory: what backpressure counts (a lent body leaves with the next burst). */
 static size_t pending_own(const sp_conn *c) { return c->out_len - c->out_off; }
 
+/* One writev of total bytes, stamping progress with now_ms (-1: read the clock). Returns the
+ * bytes written (0 when the socket is full), or -errno (the connection was killed). */
+static ssize_t writev_some(sp_server *s, sp_conn *c, const struct iovec *iov, int n, size_t total,
+                           int64_t now_ms) {
+    ssize_t r;
+    do r = writev(c->h.fd, iov, n); while (r < 0 && errno == EINTR);
+    if (r < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) { int e = errno; conn_kill(s, c); return -e; }
+        r = 0;
+    }
+    if (r > 0) {
+        s->st.bytes_out += (uint64_t)r;
+        c->send_progress_ms = now_ms >= 0 ? now_ms : sp_now_ms();
+    }
+    if ((size_t)r < total) c->writable = 0;   /* a short write means the socket is full */
+    return r;
+}
+
 /* Sends a lent body after our queued bytes in one writev, and copies what the socket does not
  * take: the caller's memory is not touched afterwards. Returns 0 or -errno (c is dead). */
 static int send_lent(sp_server *s, sp_conn *c, int64_t now_ms) {
@@ -222,15 +240,9 @@ static int send_lent(sp_server *s, sp_conn *c, int64_t now_ms) {
     c->lent_len = 0;
     if (c->writable) {
         struct iovec iov[2] = { { own ? c->out + c->out_off : NULL, own }, { (void *)p, len } };
-        ssize_t r;
-        do r = writev(c->h.fd, iov, 2); while (r < 0 && errno == EINTR);
-        if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) { int e = errno; conn_kill(s, c); return -e; }
-        if (r > 0) {
-            sent = (size_t)r;
-            s->st.bytes_out += (uint64_t)r;
-            c->send_progress_ms = now_ms >= 0 ? now_ms : sp_now_ms();
-        }
-        if (sent < own + len) c->writable = 0;   /* a short write means the socket is full */
+        ssize_t r = writev_some(s, c, iov, 2, own + len, now_ms);
+        if (r < 0) return (int)r;
+        sent = (size_t)r;
     }
     size_t from_own = sent < own ? sent : own;
     c->out_off += from_own;
@@ -272,6 +284,16 @@ static ssize_t conn_flush_at(sp_server *s, sp_conn *c, int64_t now_ms) {
 }
 
 static ssize_t conn_flush(sp_server *s, sp_conn *c) { return conn_flush_at(s, c, -1); }
+
+/* Output is about to be queued behind a lent body (a pipelined response): the body leaves now,
+ * sent rather than copied into the buffer, which could then hold more than SP_PIPELINE_OUT_MAX
+ * with the socket never found full, so that no write event would come to read the next request.
+ * 0 or -errno. */
+static int send_lent_first(sp_server *s, sp_conn *c) {
+    if (!c->lent) return 0;
+    ssize_t w = conn_flush(s, c);
+    return w < 0 ? (int)w : 0;
+}
 
 /* ---- corking -------------------------------------------------------------------------------
  *
@@ -349,17 +371,9 @@ static ssize_t conn_sendv(sp_server *s, sp_conn *c, struct iovec *iov, int n) {
     if (!pending(c) && c->writable) {
         size_t total = 0;
         for (int k = 0; k < n; k++) total += iov[k].iov_len;
-        ssize_t r;
-        do r = writev(c->h.fd, iov, n); while (r < 0 && errno == EINTR);
-        if (r < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK) { int e = errno; conn_kill(s, c); return -e; }
-            c->writable = 0;
-            r = 0;
-        }
-        s->st.bytes_out += (uint64_t)r;
-        if (r > 0) c->send_progress_ms = sp_now_ms();
+        ssize_t r = writev_some(s, c, iov, n, total, -1);
+        if (r < 0) return r;
         if ((size_t)r == total) return 0;
-        if ((size_t)r < total) c->writable = 0;   /* a short write means the socket is full */
         size_t done = (size_t)r;
         while (i < n && done >= iov[i].iov_len) done -= iov[i++].iov_len;
         if (i < n) { iov[i].iov_base = (char *)iov[i].iov_base + done; iov[i].iov_len -= done; }
@@ -949,10 +963,7 @@ int sp_req_start(sp_server *s, sp_request *r, const char *status, size_t slen,
     int rc = 0;
     if (c->dead) { rc = -EPIPE; goto out; }
     if (c->started) { rc = -EALREADY; goto out; }
-    if (c->lent) {   /* a pipelined response behind a held-back body: that body leaves first (respond) */
-        ssize_t w = conn_flush(s, c);
-        if (w < 0) { rc = (int)w; goto out; }
-    }
+    if ((rc = send_lent_first(s, c)) < 0) goto out;
     for (size_t cap = 1024;; cap *= 2) {
         if (out_reserve(c, cap) < 0) { rc = -ENOMEM; goto out; }
         ssize_t n = format_head(s, c, c->out + c->out_len, c->out_cap - c->out_len, status, slen, headers, hlen, -1);
@@ -1091,13 +1102,7 @@ static int respond(sp_server *s, sp_conn *c, const char *status, size_t slen,
         c->resp_left -= (int64_t)blen;
     }
     int niov = iov[1].iov_len ? 2 : 1;
-    if (c->lent) {
-        /* A pipelined response behind a held-back body: the body leaves now rather than being
-         * copied into the buffer, which could then hold more than SP_PIPELINE_OUT_MAX with the
-         * socket never found full, and no write event would come to read the next request. */
-        ssize_t w = conn_flush(s, c);
-        if (w < 0) { rc = (int)w; goto out; }
-    }
+    if ((rc = send_lent_first(s, c)) < 0) goto out;
     int small = (size_t)n + iov[1].iov_len <= SP_CORK_BYTES;
     if (s->cfg.cork && c->keep_alive && c->body_done && (small || (may_lend && niov == 2 && !pending(c)))) {
         int64_t now = s->now_us;   /* lags by at most the app run that just ended */
