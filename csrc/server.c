@@ -380,8 +380,9 @@ int srv_fd_event(sp_server *s, int fd, int mask, int64_t token) {
     return 0;
 }
 
-/* Moves queued fd events and requests into out. Requests go to a follower only after the
- * hand-off delay (see the theory of operation) unless no thread is busy. */
+/* Moves queued fd events and then requests into out (fd events first: sp.h promises that order
+ * for sp_poll_codes). Requests go to a follower only after the hand-off delay (see the theory of
+ * operation) unless no thread is busy. */
 static int take_ready(sp_server *s, sp_event *out, int max, int64_t now_us, int follower) {
     int n = 0;
     if (s->fdq_len) {

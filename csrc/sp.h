@@ -204,7 +204,8 @@ void sp_server_wakeup(sp_server *s);
 int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms);
 
 /* Green mode: sp_poll(), and codes[i] is out[i]'s request code, or 0 for other events: one array
- * of integers Python takes in one piece (ffi.unpack) instead of reading each struct. */
+ * of integers Python takes in one piece (ffi.unpack) instead of reading each struct. In one batch
+ * every fd event comes before every request. */
 int sp_poll_codes(sp_server *s, sp_event *out, int64_t *codes, int max, int timeout_ms);
 
 /* Thread mode: sp_poll() for one request, returned as its code; 0 on timeout or wakeup (fd events

@@ -176,9 +176,9 @@ class Hub:
         self.idle: list = []          # request greenlets waiting for their next request
         self.events = ffi.new("sp_event[]", _BATCH)
         self.codes = ffi.new("int64_t[]", _BATCH)   # request codes of the batch, 0 for fd events
-        self.batch: list = []         # the codes of the current poll batch, as Python ints
-        self.batch_i = 0              # the next event of the current poll batch, and its end:
-        self.batch_n = 0              # request greenlets take requests from it too (see below)
+        # The requests of the current poll batch not yet taken, as an iterator of their codes: the
+        # hub and the request greenlets take from it in turn (see _request_worker).
+        self.batch: Any = iter(())
 
     # -- scheduling (hub thread) --
 
@@ -317,23 +317,24 @@ class Hub:
             if mine:
                 mine.clear()
             me.gr_context = None
-            # The next event of the hub's batch is a request: run it here and now, as the hub
-            # would have by switching to an idle greenlet, minus the two switches. Only the batch
-            # loop advances the cursor otherwise, and wake-ups go through the ready queue, so
-            # this greenlet is always resumed between batches or from that loop.
-            i = self.batch_i
-            if i < self.batch_n:
-                code = self.batch[i]
-                if code > 0:
-                    self.batch_i = i + 1
-                    continue
+            # Take the batch's next request and run it here and now, as the hub would have by
+            # switching to an idle greenlet, minus the two switches. The hub's loop over the
+            # batch takes from the same iterator, and wake-ups go through the ready queue, so
+            # this greenlet resumes either from that loop or between batches, when the iterator
+            # is spent.
+            for code in self.batch:
+                break
+            else:
+                code = 0
+            if code:
+                continue
             if len(idle) >= _IDLE_MAX:
                 return
             idle.append(me)
             code = hub_glet.switch()
 
     def _loop(self) -> None:
-        srv = self.srv
+        srv = ffi.cast("sp_server *", self.srv)   # a plain pointer passes faster; self.srv owns it
         events = self.events
         codes = self.codes
         poll = lib.sp_poll_codes
@@ -365,23 +366,23 @@ class Hub:
             else:
                 timeout = _MAX_POLL_MS
             n = poll(srv, events, codes, _BATCH, timeout)
-            self.batch = batch = unpack(codes, n) if n > 0 else []
-            self.batch_n = len(batch)
-            self.batch_i = 0
-            while self.batch_i < self.batch_n:
-                i = self.batch_i
-                self.batch_i = i + 1
-                code = batch[i]
-                if code > 0:
-                    if idle:
-                        idle.pop().switch(code)
-                    elif handle is not None:
-                        greenlet(worker, hub_glet).switch(code)
-                else:
-                    e = events[i]
-                    obj = tokens.get(e.token)
+            if n > 0:
+                # fd events first (sp.h: they come before the batch's requests): they only
+                # schedule greenlets, which run next turn.
+                batch = unpack(codes, n)
+                i = 0
+                while i < n and not batch[i]:
+                    obj = tokens.get(events[i].token)
                     if obj is not None:
-                        obj.on_fd(self, e.mask)
+                        obj.on_fd(self, events[i].mask)
+                    i += 1
+                if i < n:
+                    self.batch = it = iter(batch[i:] if i else batch)
+                    for code in it:
+                        if idle:
+                            idle.pop().switch(code)
+                        elif handle is not None:
+                            greenlet(worker, hub_glet).switch(code)
             if n < 0 and n != -errno.EINTR:
                 log.error("event loop failed: %s", os.strerror(-n))
                 _real_sleep(0.05)

@@ -453,6 +453,10 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     next request in the same crossing (``sp_code_respond_next``), and ``handle`` returns its code,
     or 0 when the caller must poll. ``threads``: how many OS threads call ``handle``. Written as a
     closure over locals because this is the per-request hot path."""
+    # The hot calls take a plain pointer: cffi checks an ffi.gc() object as an argument more
+    # slowly. Resp.srv (below) keeps the owning object for the paths that may outlive a request.
+    owner = srv
+    srv = ffi.cast("sp_server *", owner)
     respond = lib.sp_code_respond
     respond_next = lib.sp_code_respond_next
     chain = chain_timeout_ms is not None
@@ -480,7 +484,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     class Resp(Response):
         pass
 
-    Resp.srv = srv
+    Resp.srv = owner
     Resp.waiter = waiter
 
     def take(resp: Response) -> Any:
@@ -563,7 +567,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         resp.status = None
         resp.head_sent = False
         if body_kind:
-            env["wsgi.input"] = inp = Input(srv, resp, waiter)
+            env["wsgi.input"] = inp = Input(owner, resp, waiter)   # may outlive the request
         nxt = 0
         done = False                  # C has the request back (answered or cut)
         try:
