@@ -9,10 +9,12 @@
  * go to a FIFO ready queue; sp_poll() hands them out.
  *
  * Thread mode (several threads in sp_poll): a thread that takes work leaves the poller role
- * empty. Another thread takes over the role, or takes queued work, only once SP_HANDOFF_US has
- * passed, unless no thread is busy. So a fast app keeps running on one thread with no wake-ups and
- * no GIL contention, while a slow or blocking app delays other requests by at most ~1 ms before a
- * second thread steps in. One waiting thread, the watcher, times that hand-off; the others sleep
+ * empty. Another thread takes over the role, or takes queued work, only once no thread has taken
+ * work for SP_HANDOFF_US, unless no thread is busy. So a fast app keeps running on one thread with
+ * no wake-ups and no GIL contention, while a slow or blocking app delays other requests by at most
+ * ~1 ms before a second thread steps in. The test is the busy threads' progress, not how long
+ * work has queued: under a load that keeps one thread saturated, work queues for over 1 ms all
+ * the same, and a second thread taking it would only fight the first for the GIL and the CPU. One waiting thread, the watcher, times that hand-off; the others sleep
  * untimed on a condition variable. Under steady load the watcher keeps its watch while the busy
  * thread polls, checking back every SP_HANDOFF_US; once no work was taken for SP_WATCH_KEEP_US it
  * sleeps untimed too, and a poller that takes work with nobody watching signals one waiter to
@@ -50,6 +52,8 @@
 #define SP_ACCEPT_BURST 64   /* accepts per listener event: fairness between listen and serve */
 
 static __thread sp_server *tls_busy_srv;   /* this thread took work from that server */
+static __thread uint64_t tls_take;          /* ... as its s->takes-th take */
+static __thread int64_t tls_took_us;        /* ... at this time */
 
 int64_t sp_now_us(void) {
     struct timespec ts;
@@ -355,7 +359,6 @@ void srv_enqueue(sp_server *s, sp_conn *c) {
     c->state = C_READY;
     c->queued = 1;
     c->qnext = NULL;
-    c->ready_at_us = s->now_us;
     c->deadline_ms = 0;
     if (s->q_tail) s->q_tail->qnext = c; else s->q_head = c;
     s->q_tail = c;
@@ -381,8 +384,8 @@ int srv_fd_event(sp_server *s, int fd, int mask, int64_t token) {
 }
 
 /* Moves queued fd events and then requests into out (fd events first: sp.h promises that order
- * for sp_poll_codes). Requests go to a follower only after the hand-off delay (see the theory of
- * operation) unless no thread is busy. */
+ * for sp_poll_codes). Requests go to a follower only once the busy threads have taken nothing
+ * for the hand-off delay (see the theory of operation), or when no thread is busy. */
 static int take_ready(sp_server *s, sp_event *out, int max, int64_t now_us, int follower) {
     int n = 0;
     if (s->fdq_len) {
@@ -392,9 +395,9 @@ static int take_ready(sp_server *s, sp_event *out, int max, int64_t now_us, int 
         s->fdq_len -= k;
         n = k;
     }
+    if (follower && s->busy > 0 && now_us - s->vacated_us < SP_HANDOFF_US) return n;
     while (n < max && s->q_head) {
         sp_conn *c = s->q_head;
-        if (follower && s->busy > 0 && now_us - c->ready_at_us < SP_HANDOFF_US) break;
         s->q_head = c->qnext;
         if (!s->q_head) s->q_tail = NULL;
         s->nready--;
@@ -631,16 +634,33 @@ int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
     /* The loop clock is fresh here when the caller just finished a request or polled. */
     int64_t start = s->now_us;
     int64_t deadline = timeout_ms >= 0 ? start + (int64_t)timeout_ms * 1000 : -1;
-    if (tls_busy_srv == s) { s->busy--; tls_busy_srv = NULL; }
     unsigned gen = s->wake_gen;
     int was_follower = 0;
+    if (tls_busy_srv == s) {
+        s->busy--;
+        tls_busy_srv = NULL;
+        /* Stepping back: this thread's request was fast and another thread took work since this
+         * one took its own, so that one is busy with a request not SP_HANDOFF_US old. Two threads
+         * then go on as a follower and a busy thread, not as two busy ones handing the GIL back
+         * and forth at every crossing for as long as work stays queued (as it does under a load
+         * that saturates the process). If that request turns out slow, the follower rule gives
+         * the queue back to this thread SP_HANDOFF_US after it was taken. */
+        if (s->busy > 0 && s->takes != tls_take && start - s->vacated_us < SP_HANDOFF_US &&
+            start - tls_took_us < SP_HANDOFF_US)
+            was_follower = 1;
+    }
     int watching = 0;   /* this thread is the one follower timing the hand-off */
     for (int turn = 0;; turn++) {
         int64_t now = s->now_us = turn ? sp_now_us() : start;
         /* Held-back responses leave once this thread has no queued request to go on with, or
          * have waited long enough (conn.c, "Corking"). */
         if (s->ncork && (!s->nready || now - s->cork_since_us >= SP_CORK_US)) conn_uncork_all(s);
-        int starving = !s->polling && s->nready && now - s->last_poll_us >= SP_POLL_EVERY_US;
+        /* Only a thread that could take the queued work polls for starving: a follower doing so
+         * would find the busy thread waiting for its poll when that one drained the queue, and
+         * take over from it (the role would go round all threads). A busy thread that is stuck
+         * lets the follower rule, not this one, hand its work on. */
+        int starving = !was_follower && !s->polling && s->nready &&
+                       now - s->last_poll_us >= SP_POLL_EVERY_US;
         if (!starving) {
             n = take_ready(s, out, max, now, was_follower);
             if (n > 0) break;
@@ -680,11 +700,12 @@ int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
             if (woke || nf == -EINTR) {
                 s->wake_gen++;
                 pthread_cond_broadcast(&s->cv);
-                n = take_ready(s, out, max, s->now_us, 0);
+                n = take_ready(s, out, max, s->now_us, was_follower);
                 break;
             }
-            if (timeout_ms == 0) { n = take_ready(s, out, max, s->now_us, 0); break; }
-            was_follower = 0;
+            if (timeout_ms == 0) { n = take_ready(s, out, max, s->now_us, was_follower); break; }
+            /* A follower that polled stays one: if it led only because the queue went unpolled
+             * (starving), the busy thread is making progress and keeps the work. */
             continue;
         }
         /* Someone polls, or the role was just vacated by a thread running the app. One follower
@@ -706,8 +727,6 @@ int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
         } else {
             watching = s->watching = 1;
             int64_t until = (keep ? now : s->vacated_us) + SP_HANDOFF_US;
-            if (s->q_head && s->q_head->ready_at_us + SP_HANDOFF_US < until)
-                until = s->q_head->ready_at_us + SP_HANDOFF_US;
             if (deadline >= 0 && deadline < until) until = deadline;
             timed_wait(s, until);
         }
@@ -723,7 +742,8 @@ int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
         if (took_request) {
             s->busy++;
             tls_busy_srv = s;
-            s->vacated_us = s->now_us;
+            tls_take = ++s->takes;
+            tls_took_us = s->vacated_us = s->now_us;
             /* Waiters sleeping untimed must learn the poller role is free so that one of them
              * times the hand-off (queued work left over is theirs after the delay too), unless
              * one does already. */
