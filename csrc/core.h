@@ -15,9 +15,8 @@
 #define SP_LINGER_MS 2000           /* lingering close after an error: let the client read it */
 #define SP_LINGER_DISCARD (256 * 1024)
 #define SP_SWEEP_MS 250             /* timeout sweep period: timeouts are exact to this */
-#define SP_HANDOFF_US 1000          /* thread mode: a second thread takes queued work only once
-                                       no thread has taken any for this long, so a fast app keeps
-                                       one thread and no GIL fight */
+#define SP_HANDOFF_US 1000          /* thread mode: work waits this long before a second thread
+                                       takes it, so a fast app keeps one thread and no GIL fight */
 #define SP_WATCH_KEEP_US 10000     /* thread mode: a follower keeps timing the hand-off through
                                        the poller's turns while work was taken this recently */
 #define SP_EMFILE_PAUSE_MS 100      /* accept pause after running out of descriptors */
@@ -53,6 +52,7 @@ typedef struct sp_conn {
     int state;
     struct sp_conn *prev, *next;     /* all connections (sweep list) */
     struct sp_conn *qnext;           /* ready queue */
+    int64_t ready_at_us;             /* when it was queued (thread hand-off) */
     int64_t busy_since_us;           /* when Python took it (--timeout, status, duration histogram) */
     int64_t wait_token;              /* green mode: sp_req_wait() */
     int wait_mask;
@@ -166,6 +166,8 @@ struct sp_server {
     int watching;                    /* a follower times the hand-off (server.c) */
     int64_t vacated_us;              /* when a thread last took a request */
     uint64_t takes;                  /* requests taken by threads so far (server.c, stepping back) */
+    int saturated;                   /* the process ran flat out over the last watch (server.c) */
+    int64_t sat_wall_us, sat_cpu_us; /* ... measured from here */
     int64_t now_us;                  /* the loop clock: read by each poll turn and each finished
                                         request, for stamps that tolerate that lag (queueing,
                                         head start, corking) and cost no clock read */

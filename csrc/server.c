@@ -9,16 +9,26 @@
  * go to a FIFO ready queue; sp_poll() hands them out.
  *
  * Thread mode (several threads in sp_poll): a thread that takes work leaves the poller role
- * empty. Another thread takes over the role, or takes queued work, only once no thread has taken
- * work for SP_HANDOFF_US, unless no thread is busy. So a fast app keeps running on one thread with
- * no wake-ups and no GIL contention, while a slow or blocking app delays other requests by at most
- * ~1 ms before a second thread steps in. The test is the busy threads' progress, not how long
- * work has queued: under a load that keeps one thread saturated, work queues for over 1 ms all
- * the same, and a second thread taking it would only fight the first for the GIL and the CPU. One waiting thread, the watcher, times that hand-off; the others sleep
- * untimed on a condition variable. Under steady load the watcher keeps its watch while the busy
- * thread polls, checking back every SP_HANDOFF_US; once no work was taken for SP_WATCH_KEEP_US it
- * sleeps untimed too, and a poller that takes work with nobody watching signals one waiter to
- * take the watch. So an idle pool costs nothing and a busy one about one wake-up per ms.
+ * empty. Another thread takes over the role, or takes queued work, only once SP_HANDOFF_US has
+ * passed, unless no thread is busy. So a fast app keeps running on one thread with no wake-ups and
+ * no GIL contention, while a slow or blocking app delays other requests by at most ~1 ms before a
+ * second thread steps in. A thread back from a request polls for more at once, so threads that
+ * block in the app (a 0.5 ms database call, say) keep the queue filled.
+ *
+ * Unless the process is *saturated*: it ran flat out on a CPU over the last watch. Then queued
+ * work stays the busy thread's, however long it waits, while that thread keeps taking requests;
+ * a thread back from a fast request after another one took work steps back as a follower; and a
+ * returning thread waits out the hand-off delay before it polls. A second thread could only fight
+ * the first for the GIL and the CPU, and under a load that saturates the process work always
+ * queues for over 1 ms: without this the work went round all threads, with a GIL hand-off at
+ * every crossing.
+ *
+ * One waiting thread, the watcher, times the hand-off and samples the saturation; the others
+ * sleep untimed on a condition variable. Under steady load the watcher keeps its watch while the
+ * busy thread polls, checking back every SP_HANDOFF_US; once no work was taken for
+ * SP_WATCH_KEEP_US it sleeps untimed too, and a poller that takes work with nobody watching
+ * signals one waiter to take the watch. So an idle pool costs nothing and a busy one about one
+ * wake-up per ms.
  *
  * Green mode: one thread, so the queue and the poll turn are all there is.
  */
@@ -359,6 +369,7 @@ void srv_enqueue(sp_server *s, sp_conn *c) {
     c->state = C_READY;
     c->queued = 1;
     c->qnext = NULL;
+    c->ready_at_us = s->now_us;
     c->deadline_ms = 0;
     if (s->q_tail) s->q_tail->qnext = c; else s->q_head = c;
     s->q_tail = c;
@@ -383,9 +394,22 @@ int srv_fd_event(sp_server *s, int fd, int mask, int64_t token) {
     return 0;
 }
 
+/* The watcher, once per watch: has the process been on a CPU for at least 3/4 of the time since
+ * the last sample? Python runs on one CPU at a time (the GIL), so beyond that a second thread
+ * buys nothing. If the clock fails, never: hand-offs then go by waiting time alone. */
+static void sample_saturation(sp_server *s, int64_t now) {
+    if (now - s->sat_wall_us < SP_HANDOFF_US / 2) return;   /* too short a window to judge */
+    struct timespec ts;
+    if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0) { s->saturated = 0; return; }
+    int64_t cpu = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    s->saturated = s->sat_wall_us && (cpu - s->sat_cpu_us) * 4 >= (now - s->sat_wall_us) * 3;
+    s->sat_cpu_us = cpu;
+    s->sat_wall_us = now;
+}
+
 /* Moves queued fd events and then requests into out (fd events first: sp.h promises that order
- * for sp_poll_codes). Requests go to a follower only once the busy threads have taken nothing
- * for the hand-off delay (see the theory of operation), or when no thread is busy. */
+ * for sp_poll_codes). Requests go to a follower only after the hand-off delay, and not while the
+ * busy thread is saturated (see the theory of operation), unless no thread is busy. */
 static int take_ready(sp_server *s, sp_event *out, int max, int64_t now_us, int follower) {
     int n = 0;
     if (s->fdq_len) {
@@ -395,9 +419,11 @@ static int take_ready(sp_server *s, sp_event *out, int max, int64_t now_us, int 
         s->fdq_len -= k;
         n = k;
     }
-    if (follower && s->busy > 0 && now_us - s->vacated_us < SP_HANDOFF_US) return n;
+    int hold = follower && s->busy > 0;
+    if (hold && s->saturated && now_us - s->vacated_us < SP_HANDOFF_US) return n;
     while (n < max && s->q_head) {
         sp_conn *c = s->q_head;
+        if (hold && now_us - c->ready_at_us < SP_HANDOFF_US) break;
         s->q_head = c->qnext;
         if (!s->q_head) s->q_tail = NULL;
         s->nready--;
@@ -636,17 +662,18 @@ int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
     int64_t deadline = timeout_ms >= 0 ? start + (int64_t)timeout_ms * 1000 : -1;
     unsigned gen = s->wake_gen;
     int was_follower = 0;
+    int returning = 0;   /* back from a request, and free to poll for more unless saturated */
     if (tls_busy_srv == s) {
         s->busy--;
         tls_busy_srv = NULL;
-        /* Stepping back: this thread's request was fast and another thread took work since this
-         * one took its own, so that one is busy with a request not SP_HANDOFF_US old. Two threads
-         * then go on as a follower and a busy thread, not as two busy ones handing the GIL back
-         * and forth at every crossing for as long as work stays queued (as it does under a load
-         * that saturates the process). If that request turns out slow, the follower rule gives
-         * the queue back to this thread SP_HANDOFF_US after it was taken. */
-        if (s->busy > 0 && s->takes != tls_take && start - s->vacated_us < SP_HANDOFF_US &&
-            start - tls_took_us < SP_HANDOFF_US)
+        returning = !s->saturated;
+        /* Stepping back: while the process is saturated, a thread back from a fast request
+         * (under SP_HANDOFF_US) after another thread took work goes on as a follower, so that
+         * two busy threads, which hand the GIL back and forth at every crossing, become one
+         * again. The other thread took its request less than SP_HANDOFF_US ago (after this one
+         * took its own); if that request turns out slow, the follower rule hands the queue back
+         * to this thread. */
+        if (s->saturated && s->busy > 0 && s->takes != tls_take && start - tls_took_us < SP_HANDOFF_US)
             was_follower = 1;
     }
     int watching = 0;   /* this thread is the one follower timing the hand-off */
@@ -668,8 +695,11 @@ int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
         if (s->wake_gen != gen) break;                          /* sp_server_wakeup() */
         if (deadline >= 0 && now >= deadline && (s->polling || timeout_ms > 0 || was_follower)) break;
 
+        /* A thread just back from a request polls at once unless the process is saturated:
+         * threads blocking in the app (a 0.5 ms database call, say) then keep the queue full,
+         * where waiting out the hand-off delay would leave the requests unread for 1 ms. */
         int may_lead = !s->polling &&
-                       (starving || s->busy == 0 || now - s->vacated_us >= SP_HANDOFF_US);
+                       (starving || returning || s->busy == 0 || now - s->vacated_us >= SP_HANDOFF_US);
         if (may_lead) {
             if (watching) { watching = 0; s->watching = 0; }   /* untimed followers: the poller
                                                                signals one when it takes work */
@@ -712,6 +742,7 @@ int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
          * times the hand-off; the others sleep until signalled, so an idle pool costs one
          * wake-up per SP_HANDOFF_US, not one per thread. */
         was_follower = 1;
+        returning = 0;
         s->waiters++;
         /* Under steady load the poller takes work every few microseconds: a watcher that finds
          * it polling keeps the watch (checking back every SP_HANDOFF_US) rather than sleep
@@ -727,8 +758,11 @@ int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
         } else {
             watching = s->watching = 1;
             int64_t until = (keep ? now : s->vacated_us) + SP_HANDOFF_US;
+            if (s->q_head && s->q_head->ready_at_us + SP_HANDOFF_US < until)
+                until = s->q_head->ready_at_us + SP_HANDOFF_US;
             if (deadline >= 0 && deadline < until) until = deadline;
             timed_wait(s, until);
+            sample_saturation(s, sp_now_us());
         }
         s->waiters--;
     }
