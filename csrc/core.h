@@ -164,10 +164,7 @@ struct sp_server {
     /* leader/follower */
     int polling, waiters, untimed_waiters, busy;
     int watching;                    /* a follower times the hand-off (server.c) */
-    int64_t vacated_us;              /* when a thread last took a request */
-    uint64_t takes;                  /* requests taken by threads so far (server.c, stepping back) */
-    int saturated;                   /* the process ran flat out over the last watch (server.c) */
-    int64_t sat_wall_us, sat_cpu_us; /* ... measured from here */
+    int64_t vacated_us;
     int64_t now_us;                  /* the loop clock: read by each poll turn and each finished
                                         request, for stamps that tolerate that lag (queueing,
                                         head start, corking) and cost no clock read */

@@ -12,23 +12,11 @@
  * empty. Another thread takes over the role, or takes queued work, only once SP_HANDOFF_US has
  * passed, unless no thread is busy. So a fast app keeps running on one thread with no wake-ups and
  * no GIL contention, while a slow or blocking app delays other requests by at most ~1 ms before a
- * second thread steps in. A thread back from a request polls for more at once, so threads that
- * block in the app (a 0.5 ms database call, say) keep the queue filled.
- *
- * Unless the process is *saturated*: it ran flat out on a CPU over the last watch. Then queued
- * work stays the busy thread's, however long it waits, while that thread keeps taking requests;
- * a thread back from a fast request after another one took work steps back as a follower; and a
- * returning thread waits out the hand-off delay before it polls. A second thread could only fight
- * the first for the GIL and the CPU, and under a load that saturates the process work always
- * queues for over 1 ms: without this the work went round all threads, with a GIL hand-off at
- * every crossing.
- *
- * One waiting thread, the watcher, times the hand-off and samples the saturation; the others
- * sleep untimed on a condition variable. Under steady load the watcher keeps its watch while the
- * busy thread polls, checking back every SP_HANDOFF_US; once no work was taken for
- * SP_WATCH_KEEP_US it sleeps untimed too, and a poller that takes work with nobody watching
- * signals one waiter to take the watch. So an idle pool costs nothing and a busy one about one
- * wake-up per ms.
+ * second thread steps in. One waiting thread, the watcher, times that hand-off; the others sleep
+ * untimed on a condition variable. Under steady load the watcher keeps its watch while the busy
+ * thread polls, checking back every SP_HANDOFF_US; once no work was taken for SP_WATCH_KEEP_US it
+ * sleeps untimed too, and a poller that takes work with nobody watching signals one waiter to
+ * take the watch. So an idle pool costs nothing and a busy one about one wake-up per ms.
  *
  * Green mode: one thread, so the queue and the poll turn are all there is.
  */
@@ -62,8 +50,6 @@
 #define SP_ACCEPT_BURST 64   /* accepts per listener event: fairness between listen and serve */
 
 static __thread sp_server *tls_busy_srv;   /* this thread took work from that server */
-static __thread uint64_t tls_take;          /* ... as its s->takes-th take */
-static __thread int64_t tls_took_us;        /* ... at this time */
 
 int64_t sp_now_us(void) {
     struct timespec ts;
@@ -394,22 +380,9 @@ int srv_fd_event(sp_server *s, int fd, int mask, int64_t token) {
     return 0;
 }
 
-/* The watcher, once per watch: has the process been on a CPU for at least 3/4 of the time since
- * the last sample? Python runs on one CPU at a time (the GIL), so beyond that a second thread
- * buys nothing. If the clock fails, never: hand-offs then go by waiting time alone. */
-static void sample_saturation(sp_server *s, int64_t now) {
-    if (now - s->sat_wall_us < SP_HANDOFF_US / 2) return;   /* too short a window to judge */
-    struct timespec ts;
-    if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0) { s->saturated = 0; return; }
-    int64_t cpu = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-    s->saturated = s->sat_wall_us && (cpu - s->sat_cpu_us) * 4 >= (now - s->sat_wall_us) * 3;
-    s->sat_cpu_us = cpu;
-    s->sat_wall_us = now;
-}
-
 /* Moves queued fd events and then requests into out (fd events first: sp.h promises that order
- * for sp_poll_codes). Requests go to a follower only after the hand-off delay, and not while the
- * busy thread is saturated (see the theory of operation), unless no thread is busy. */
+ * for sp_poll_codes). Requests go to a follower only after the hand-off delay (see the theory of
+ * operation) unless no thread is busy. */
 static int take_ready(sp_server *s, sp_event *out, int max, int64_t now_us, int follower) {
     int n = 0;
     if (s->fdq_len) {
@@ -419,11 +392,9 @@ static int take_ready(sp_server *s, sp_event *out, int max, int64_t now_us, int 
         s->fdq_len -= k;
         n = k;
     }
-    int hold = follower && s->busy > 0;
-    if (hold && s->saturated && now_us - s->vacated_us < SP_HANDOFF_US) return n;
     while (n < max && s->q_head) {
         sp_conn *c = s->q_head;
-        if (hold && now_us - c->ready_at_us < SP_HANDOFF_US) break;
+        if (follower && s->busy > 0 && now_us - c->ready_at_us < SP_HANDOFF_US) break;
         s->q_head = c->qnext;
         if (!s->q_head) s->q_tail = NULL;
         s->nready--;
@@ -660,34 +631,16 @@ int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
     /* The loop clock is fresh here when the caller just finished a request or polled. */
     int64_t start = s->now_us;
     int64_t deadline = timeout_ms >= 0 ? start + (int64_t)timeout_ms * 1000 : -1;
+    if (tls_busy_srv == s) { s->busy--; tls_busy_srv = NULL; }
     unsigned gen = s->wake_gen;
     int was_follower = 0;
-    int returning = 0;   /* back from a request, and free to poll for more unless saturated */
-    if (tls_busy_srv == s) {
-        s->busy--;
-        tls_busy_srv = NULL;
-        returning = !s->saturated;
-        /* Stepping back: while the process is saturated, a thread back from a fast request
-         * (under SP_HANDOFF_US) after another thread took work goes on as a follower, so that
-         * two busy threads, which hand the GIL back and forth at every crossing, become one
-         * again. The other thread took its request less than SP_HANDOFF_US ago (after this one
-         * took its own); if that request turns out slow, the follower rule hands the queue back
-         * to this thread. */
-        if (s->saturated && s->busy > 0 && s->takes != tls_take && start - tls_took_us < SP_HANDOFF_US)
-            was_follower = 1;
-    }
     int watching = 0;   /* this thread is the one follower timing the hand-off */
     for (int turn = 0;; turn++) {
         int64_t now = s->now_us = turn ? sp_now_us() : start;
         /* Held-back responses leave once this thread has no queued request to go on with, or
          * have waited long enough (conn.c, "Corking"). */
         if (s->ncork && (!s->nready || now - s->cork_since_us >= SP_CORK_US)) conn_uncork_all(s);
-        /* Only a thread that could take the queued work polls for starving: a follower doing so
-         * would find the busy thread waiting for its poll when that one drained the queue, and
-         * take over from it (the role would go round all threads). A busy thread that is stuck
-         * lets the follower rule, not this one, hand its work on. */
-        int starving = !was_follower && !s->polling && s->nready &&
-                       now - s->last_poll_us >= SP_POLL_EVERY_US;
+        int starving = !s->polling && s->nready && now - s->last_poll_us >= SP_POLL_EVERY_US;
         if (!starving) {
             n = take_ready(s, out, max, now, was_follower);
             if (n > 0) break;
@@ -695,11 +648,8 @@ int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
         if (s->wake_gen != gen) break;                          /* sp_server_wakeup() */
         if (deadline >= 0 && now >= deadline && (s->polling || timeout_ms > 0 || was_follower)) break;
 
-        /* A thread just back from a request polls at once unless the process is saturated:
-         * threads blocking in the app (a 0.5 ms database call, say) then keep the queue full,
-         * where waiting out the hand-off delay would leave the requests unread for 1 ms. */
         int may_lead = !s->polling &&
-                       (starving || returning || s->busy == 0 || now - s->vacated_us >= SP_HANDOFF_US);
+                       (starving || s->busy == 0 || now - s->vacated_us >= SP_HANDOFF_US);
         if (may_lead) {
             if (watching) { watching = 0; s->watching = 0; }   /* untimed followers: the poller
                                                                signals one when it takes work */
@@ -730,19 +680,17 @@ int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
             if (woke || nf == -EINTR) {
                 s->wake_gen++;
                 pthread_cond_broadcast(&s->cv);
-                n = take_ready(s, out, max, s->now_us, was_follower);
+                n = take_ready(s, out, max, s->now_us, 0);
                 break;
             }
-            if (timeout_ms == 0) { n = take_ready(s, out, max, s->now_us, was_follower); break; }
-            /* A follower that polled stays one: if it led only because the queue went unpolled
-             * (starving), the busy thread is making progress and keeps the work. */
+            if (timeout_ms == 0) { n = take_ready(s, out, max, s->now_us, 0); break; }
+            was_follower = 0;
             continue;
         }
         /* Someone polls, or the role was just vacated by a thread running the app. One follower
          * times the hand-off; the others sleep until signalled, so an idle pool costs one
          * wake-up per SP_HANDOFF_US, not one per thread. */
         was_follower = 1;
-        returning = 0;
         s->waiters++;
         /* Under steady load the poller takes work every few microseconds: a watcher that finds
          * it polling keeps the watch (checking back every SP_HANDOFF_US) rather than sleep
@@ -762,7 +710,6 @@ int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
                 until = s->q_head->ready_at_us + SP_HANDOFF_US;
             if (deadline >= 0 && deadline < until) until = deadline;
             timed_wait(s, until);
-            sample_saturation(s, sp_now_us());
         }
         s->waiters--;
     }
@@ -776,8 +723,7 @@ int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
         if (took_request) {
             s->busy++;
             tls_busy_srv = s;
-            tls_take = ++s->takes;
-            tls_took_us = s->vacated_us = s->now_us;
+            s->vacated_us = s->now_us;
             /* Waiters sleeping untimed must learn the poller role is free so that one of them
              * times the hand-off (queued work left over is theirs after the delay too), unless
              * one does already. */
