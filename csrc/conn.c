@@ -311,9 +311,10 @@ static int send_lent_first(sp_server *s, sp_conn *c) {
  * A larger body (SP_LEND_MIN..SP_LEND_MAX bytes, sp.h "Lent bodies") is held back the same way
  * without a copy: only the head goes into the buffer, the body stays in the caller's memory
  * (c->lent) and leaves after the head in one writev. A response queued behind it (pipelining)
- * sends it first; any other append copies it into the buffer first. For 64 KiB responses this was worth 5-10% of server CPU per request (fewer
- * client wake-ups, and the interpreter runs several requests back to back between the kernel's
- * large copies, which otherwise evict its working set from the cache each time). The callers
+ * sends it first; any other append copies it into the buffer first. For 64 KiB responses this
+ * was worth 5-10% of server CPU per request (fewer client wake-ups, and the interpreter runs
+ * several requests back to back between the kernel's large copies, which otherwise evict its
+ * working set from the cache each time). The callers
  * keep the body alive by a count: every SP_LEND_RUN-th call with such a body flushes everything
  * held before it returns. */
 

@@ -321,7 +321,7 @@ class Hub:
             # switching to an idle greenlet, minus the two switches. The hub's loop over the
             # batch takes from the same iterator, and wake-ups go through the ready queue, so
             # this greenlet resumes either from that loop or between batches, when the iterator
-            # is spent.
+            # is spent. (A for loop that breaks: cheaper per request than next(it, 0).)
             for code in self.batch:
                 break
             else:
