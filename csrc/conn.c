@@ -1185,6 +1185,10 @@ int64_t sp_code_respond_next(sp_server *s, int64_t code, const char *head, size_
 /* Skips what is left of the request body if it is all buffered. Returns 1 when the body is done. */
 static int skip_body(sp_server *s, sp_conn *c) {
     (void)s;
+    /* Chunked data decoded but left unread by the app is body, also once the decoder has seen
+     * the last chunk (body_done): parsed as the next request, it would be a smuggled one. */
+    c->pos += c->dec_avail;
+    c->dec_avail = 0;
     if (c->body_done) return 1;
     if (c->req.body == 1) {
         size_t avail = c->in_len - c->pos;
@@ -1192,8 +1196,6 @@ static int skip_body(sp_server *s, sp_conn *c) {
         return c->body_done;
     }
     /* chunked: decode what is buffered, dropping the data */
-    c->pos += c->dec_avail;
-    c->dec_avail = 0;
     size_t out_len = 0, consumed = 0;
     int rc = sp_chunked_decode(&c->chunk, c->in + c->pos, c->in_len - c->pos, &out_len, &consumed);
     if (rc == 0) { c->pos += consumed; c->body_done = 1; return 1; }

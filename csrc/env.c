@@ -61,6 +61,21 @@ static void target_path(const char *t, size_t n, const char **path, size_t *path
     *path_len = (size_t)((q ? q : t + n) - (t + from));
 }
 
+/* The authority of an absolute-form target ("http://host:port/..."): 1 and its span, else 0. */
+static int target_authority(const char *t, size_t n, const char **a, size_t *an)
+{
+    static const char http[] = "http://", https[] = "https://";
+    size_t from;
+    if (n >= sizeof http - 1 && EQ_LIT(t, sizeof http - 1, http)) from = sizeof http - 1;
+    else if (n >= sizeof https - 1 && EQ_LIT(t, sizeof https - 1, https)) from = sizeof https - 1;
+    else return 0;
+    size_t to = from;
+    while (to < n && t[to] != '/' && t[to] != '?') to++;
+    *a = t + from;
+    *an = to - from;
+    return 1;
+}
+
 /* Decodes path[0..n) into out[0..cap). Returns the length, -400 for a bad escape or %00, or -431
  * when out is too small. */
 static ssize_t decode(const char *p, size_t n, char *out, size_t cap)
@@ -184,6 +199,15 @@ ssize_t sp_env_pack(const sp_request_head *req, char *out, size_t cap)
     const char *path;
     size_t path_raw;
     target_path(t, tn, &path, &path_raw);
+    /* RFC 9112 3.2.2: for an absolute-form target the server uses its authority, not the Host
+     * field; and an empty path there is "/" (RFC 9110 4.2.3). */
+    const char *authority = NULL;
+    size_t authority_len = 0;
+    int absolute = t[0] != '/' && target_authority(t, tn, &authority, &authority_len);
+    if (absolute && path_raw == 0) {
+        path = "/";
+        path_raw = 1;
+    }
     ssize_t plen = decode(path, path_raw, out + pk.pos, pk.cap - pk.pos);
     if (plen < 0) return plen;
     pk.pos += (size_t)plen;
@@ -211,6 +235,12 @@ ssize_t sp_env_pack(const sp_request_head *req, char *out, size_t cap)
         if (j < i) continue;  /* already emitted with the first occurrence */
 
         put_key(&pk, name, nn);
+        if (absolute && EQ_LIT(name, nn, "host")) {
+            put(&pk, authority, authority_len);
+            put_nul(&pk);
+            absolute = 2;   /* HTTP_HOST emitted */
+            continue;
+        }
         if (EQ_LIT(name, nn, "content-length")) {
             const char *v;
             size_t vn;
@@ -228,6 +258,7 @@ ssize_t sp_env_pack(const sp_request_head *req, char *out, size_t cap)
         }
         put_nul(&pk);
     }
+    if (absolute == 1) PUT_ENTRY(&pk, "HTTP_HOST", authority, authority_len);   /* 1.0, no Host */
     if (pk.full) return ERR(HEADERS_TOO_LARGE);
     return (ssize_t)pk.pos;
 }

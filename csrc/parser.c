@@ -194,6 +194,19 @@ static long find_head_end(const char *buf, size_t len, size_t from)
     return 0;
 }
 
+/* The answer to a request line over the limit, judged on line[0..avail): 414 names the target,
+ * but a method still going after SP_METHOD_MAX bytes, or at the end of an over-long line, is
+ * longer than any we implement (RFC 9112 3: 501), and a byte no method may hold makes it no
+ * request at all (400). The same answer however the bytes were split. */
+#define SP_METHOD_MAX 64
+static int line_too_long(const char *line, size_t avail)
+{
+    const char *end = line + min_size(avail, SP_METHOD_MAX + 1);
+    const char *m_end = scan_class(line, end, C_TCHAR);
+    if (m_end == end) return ERR(NOT_IMPLEMENTED);
+    return *m_end == SP ? ERR(URI_TOO_LONG) : ERR(BAD_REQUEST);
+}
+
 /* The limits that can be judged before the head is complete; buf[start..len) has no blank line
  * and no bare LF, and buf[0..from) was judged by the previous call. The request line is checked
  * whole; field lines only from `from` on: each line completed among the new bytes, then the one
@@ -205,8 +218,7 @@ static int check_partial(const char *buf, size_t len, size_t start, size_t from,
     const char *cr = memchr(buf + start, CR, min_size(avail, lim->line + 1));
     if (!cr) {
         /* Still in the request line. */
-        if (avail > lim->line) return ERR(URI_TOO_LONG);
-        if (len > lim->head) return ERR(URI_TOO_LONG);
+        if (avail > lim->line || len > lim->head) return line_too_long(buf + start, avail);
         return SP_PARTIAL;
     }
     if ((size_t)(cr - buf) + 1 < len && cr[1] != LF) return ERR(BAD_REQUEST);  /* bare CR */
@@ -238,6 +250,37 @@ static int check_partial(const char *buf, size_t len, size_t start, size_t from,
     return SP_PARTIAL;
 }
 
+/* RFC 3986 3.2.2-3.2.3 (as RFC 9110 4.2.1 and 7.2 use it): uri-host [ ":" port ], where uri-host
+ * is an IP-literal in brackets or a reg-name / IPv4address (unreserved, pct-encoded, sub-delims)
+ * and port is digits. No userinfo: RFC 9110 4.2.4 makes "user@host" an error. An empty value is
+ * allowed (RFC 9112 3.2: a target with no authority). Both Host and absolute-form targets. */
+static int authority_ok(const char *v, size_t n)
+{
+    static const char reg[] = "-._~%!$&'()*+,;=";
+    size_t i = 0;
+    if (n && v[0] == '[') {
+        /* IPv6address or IPvFuture: hex digits, ':', '.', and for IPvFuture 'v' + the rest */
+        for (i = 1; i < n && v[i] != ']'; i++) {
+            char c = v[i];
+            int alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+            if (!alnum && c != ':' && !memchr(reg, c, sizeof reg - 1)) return 0;
+        }
+        if (i == n || i == 1) return 0;   /* no closing bracket, or "[]" */
+        i++;
+    } else {
+        for (; i < n && v[i] != ':'; i++) {
+            char c = v[i];
+            int alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+            if (!alnum && !memchr(reg, c, sizeof reg - 1)) return 0;
+        }
+    }
+    if (i == n) return 1;
+    if (v[i] != ':') return 0;
+    for (i++; i < n; i++)
+        if (v[i] < '0' || v[i] > '9') return 0;
+    return 1;
+}
+
 /* RFC 9112 3.2: the four forms of request-target, each allowed only where it belongs. */
 static int check_target_form(const char *m, size_t mlen, const char *t, size_t tlen)
 {
@@ -267,7 +310,10 @@ static int check_target_form(const char *m, size_t mlen, const char *t, size_t t
     if (tlen > 7 && EQ_LIT(t, 7, "http://")) scheme = 7;
     else if (tlen > 8 && EQ_LIT(t, 8, "https://")) scheme = 8;
     if (!scheme) return ERR(BAD_REQUEST);
-    if (t[scheme] == '/' || t[scheme] == '?') return ERR(BAD_REQUEST);
+    size_t end = scheme;
+    while (end < tlen && t[end] != '/' && t[end] != '?') end++;
+    /* The authority stands in for Host (RFC 9112 3.2.2), so it must be one, and not empty. */
+    if (end == scheme || !authority_ok(t + scheme, end - scheme)) return ERR(BAD_REQUEST);
     return 0;
 }
 
@@ -313,9 +359,9 @@ int sp_parse_request(const char *buf, size_t len, size_t last_len, const sp_limi
 
     /* Request line. The blank line guarantees a CR before end; it must come within the limit. */
     const char *cr = memchr(p, CR, min_size((size_t)(end - p), lim.line + 1));
-    if (!cr) return ERR(URI_TOO_LONG);
+    if (!cr) return line_too_long(p, (size_t)(end - p));
     if ((size_t)head_end > lim.head)  /* 414 if the line alone already crossed the limit */
-        return (size_t)(cr - buf) > lim.head ? ERR(URI_TOO_LONG) : ERR(HEADERS_TOO_LARGE);
+        return (size_t)(cr - buf) > lim.head ? line_too_long(p, (size_t)(cr - p)) : ERR(HEADERS_TOO_LARGE);
     if (cr[1] != LF) return ERR(BAD_REQUEST);  /* bare CR */
 
     const char *m_end = scan_class(p, cr, C_TCHAR);
@@ -461,16 +507,9 @@ static int framing_transfer_encoding(const sp_header *h, int *chunked, int *unkn
     return 0;
 }
 
-/* RFC 9112 3.2: Host = uri-host [ ":" port ]; refuse bytes no authority can hold. */
 static int host_value_ok(const sp_header *h)
 {
-    static const char extra[] = "-._~%!$&'()*+,;=:[]";
-    for (size_t i = 0; i < h->value_len; i++) {
-        char c = h->value[i];
-        int alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-        if (!alnum && !memchr(extra, c, sizeof extra - 1)) return 0;
-    }
-    return 1;
+    return authority_ok(h->value, h->value_len);
 }
 
 int sp_request_framing(const sp_request_head *req, sp_framing *f)

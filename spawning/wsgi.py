@@ -198,10 +198,27 @@ class Input:
                 parts.append(chunk)
         if not size:
             return b""
-        if self._buf:
-            data, self._buf = self._buf[:size], self._buf[size:]
-            return data
-        return self._fill(size)
+        # As a file's read(): fewer than size bytes only at the end of the body, since apps
+        # commonly read(int(CONTENT_LENGTH)) once and take what comes as the whole body.
+        buf = self._buf
+        if buf:
+            if len(buf) >= size:
+                data, self._buf = buf[:size], buf[size:]
+                return data
+            self._buf = b""
+        else:
+            buf = self._fill(size)
+            if len(buf) == size or not buf:
+                return buf
+        parts = [buf]
+        have = len(buf)
+        while have < size:
+            chunk = self._fill(size - have)
+            if not chunk:
+                break
+            parts.append(chunk)
+            have += len(chunk)
+        return b"".join(parts)
 
     def readline(self, size: int | None = -1) -> bytes:
         limit = size if size is not None and size >= 0 else sys.maxsize

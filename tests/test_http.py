@@ -396,6 +396,70 @@ def test_chunked_request_byte_by_byte(server):
     assert data.endswith(b"0123456789")
 
 
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_read_n_returns_n_bytes_unless_the_body_ends(server, framing):
+    """wsgi.input.read(n) is a file's read: apps read(int(CONTENT_LENGTH)) once and take the
+    result as the body, so it may come back short only at the body's end, however the body
+    arrives (here in pieces, some after the app started reading)."""
+    body = bytes(range(256)) * 800   # 204,800 bytes: more than one buffer and one read
+    if framing == "length":
+        head = b"Content-Length: %d\r\n" % len(body)
+        wire = body
+    else:
+        head = b"Transfer-Encoding: chunked\r\n"
+        wire = b"".join(b"%x\r\n" % len(body[i:i + 7000]) + body[i:i + 7000] + b"\r\n"
+                        for i in range(0, len(body), 7000)) + b"0\r\n\r\n"
+    for n, want in ((len(body), f"{len(body)} 0"), (len(body) + 10, f"{len(body)} 0"),
+                    (100_000, f"100000 {len(body) - 100_000}")):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(b"POST /readn?rest&n=%d HTTP/1.1\r\nHost: x\r\n%sConnection: close\r\n\r\n"
+                      % (n, head) + wire[:1000])
+            time.sleep(0.05)
+            for i in range(1000, len(wire), 50_000):
+                s.sendall(wire[i:i + 50_000])
+                time.sleep(0.01)
+            resp = b""
+            while chunk := s.recv(65536):
+                resp += chunk
+        assert resp.startswith(b"HTTP/1.1 200"), resp[:200]
+        assert resp.partition(b"\r\n\r\n")[2].decode() == want, (n, resp[-100:])
+
+
+def test_unread_chunked_body_is_never_the_next_request(server):
+    """Smuggling: the app reads 2 bytes of a chunked body whose data holds a request, and the
+    decoder has already seen the last chunk. What the app left is body: dropped, not parsed as
+    the next request on the connection (RFC 9112 7.1)."""
+    inner = b"GET /c-bad-unread-smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    data = b"XX" + inner
+    req = (b"POST /readn?n=2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+           + b"%x\r\n" % len(data) + data + b"\r\n0\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(req + b"GET /after-unread HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        resp = b""
+        while chunk := s.recv(65536):
+            resp += chunk
+    assert resp.count(b"HTTP/1.1 ") == 2, resp
+    assert b"\r\n\r\n2 -1HTTP/1.1 200" in resp, resp
+    assert resp.endswith(b"hello /after-unread\n"), resp
+    r, seen = get(server.port, "/seen")
+    assert "/c-bad-unread-smuggled" not in json.loads(seen)
+
+
+def test_absolute_form_target_overrides_host(server):
+    """RFC 9112 3.2.2: with an absolute-form target the server ignores Host and uses the
+    target's authority; an empty path there is "/" (RFC 9110 4.2.3)."""
+    for target, host, path in ((b"http://evil.example:8080/p?q=1", b"good.example", "/p"),
+                               (b"http://y", b"z", "/")):
+        resp = raw(server.port, b"GET " + target + b" HTTP/1.1\r\nHost: " + host
+                   + b"\r\nConnection: close\r\n\r\n")
+        assert resp.startswith(b"HTTP/1.1 200"), resp[:200]
+        assert resp.endswith(f"hello {path}\n".encode()), resp
+    resp = raw(server.port, b"GET http://evil.example:8080/env?q=1 HTTP/1.0\r\n\r\n")
+    env = json.loads(resp.partition(b"\r\n\r\n")[2])
+    assert env["HTTP_HOST"] == "evil.example:8080"
+    assert (env["PATH_INFO"], env["QUERY_STRING"]) == ("/env", "q=1")
+
+
 def test_chunked_response(server):
     r, data = get(server.port, "/v/stream")
     assert r.getheader("Transfer-Encoding") == "chunked"

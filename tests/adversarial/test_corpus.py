@@ -55,7 +55,9 @@ CORPUS: list[tuple[str, bytes, int, str]] = [
     ("bad-pct-short", req(b"GET /c-bad-pct-short% HTTP/1.1", b"Host: x"), 400, "head"),
     ("bad-pct-nonhex", req(b"GET /c-bad-pct-nonhex%zz HTTP/1.1", b"Host: x"), 400, "head"),
     ("bad-uri-too-long", req(b"GET /c-bad-" + b"u" * 9000 + b" HTTP/1.1", b"Host: x"), 414, "head"),
-    ("bad-method-too-long", req(b"A" * 9000 + b" /c-bad-method-too-long HTTP/1.1", b"Host: x"), 414, "head"),
+    # RFC 9112 3: a method longer than any implemented SHOULD get 501
+    ("bad-method-too-long", req(b"A" * 9000 + b" /c-bad-method-too-long HTTP/1.1", b"Host: x"), 501, "head"),
+    ("bad-binary-too-long", b"\x16\x03\x01" + b"\xff" * 9000 + b"\r\n\r\n", 400, "head"),
     # ---- header fields (RFC 9112 5, RFC 9110 5) ----
     ("bad-space-before-colon", req(b"GET /c-bad-sbc HTTP/1.1", b"Host: x", b"X-A : 1"), 400, "head"),
     ("bad-te-space-before-colon", req(b"POST /c-bad-tesbc HTTP/1.1", b"Host: x",
@@ -156,6 +158,18 @@ CORPUS: list[tuple[str, bytes, int, str]] = [
     ("bad-asterisk-get", req(b"GET * HTTP/1.1", b"Host: x"), 400, "head"),   # '*' is for OPTIONS only
     ("bad-fragment", req(b"GET /c-bad-fragment#f HTTP/1.1", b"Host: x"), 400, "head"),
     ("bad-host-space", req(b"GET /c-bad-host-space HTTP/1.1", b"Host: a b"), 400, "head"),
+    # RFC 9110 7.2 / RFC 3986 3.2.2-3.2.3: Host = uri-host [ ":" port ], no userinfo
+    ("bad-host-port-letters", req(b"GET /c-bad-host-pl HTTP/1.1", b"Host: a:b"), 400, "head"),
+    ("bad-host-two-ports", req(b"GET /c-bad-host-2p HTTP/1.1", b"Host: a:80:90"), 400, "head"),
+    ("bad-host-open-bracket", req(b"GET /c-bad-host-ob HTTP/1.1", b"Host: [::1"), 400, "head"),
+    ("bad-host-bracket-late", req(b"GET /c-bad-host-bl HTTP/1.1", b"Host: a[::1]"), 400, "head"),
+    ("bad-host-userinfo", req(b"GET /c-bad-host-ui HTTP/1.1", b"Host: u@a"), 400, "head"),
+    ("ok-host-ipv6-port", req(b"GET /c-ok-host-v6 HTTP/1.1", b"Host: [::1]:8080"), 200, "head"),
+    ("ok-host-port", req(b"GET /c-ok-host-port HTTP/1.1", b"Host: a.example:80"), 200, "head"),
+    # RFC 9112 3.2.2: the authority of an absolute-form target stands in for Host
+    ("bad-absolute-userinfo", req(b"GET http://u@a/c-bad-abs-ui HTTP/1.1", b"Host: a"), 400, "head"),
+    ("bad-absolute-port", req(b"GET http://a:b/c-bad-abs-port HTTP/1.1", b"Host: a"), 400, "head"),
+    ("ok-absolute-form", req(b"GET http://a.example:80/c-ok-absolute HTTP/1.1", b"Host: b"), 200, "head"),
     ("bad-host-tab-before-colon", req(b"GET /c-bad-htbc HTTP/1.1", b"Host\t: x"), 400, "head"),
     ("bad-lf-only-line-ends", b"GET /c-bad-lf-only HTTP/1.1\nHost: x\n\n", 400, "head"),  # strict, RFC 9112 2.2
     ("bad-nul-first", b"\x00" + req(b"GET /c-bad-nul-first HTTP/1.1", b"Host: x"), 400, "head"),

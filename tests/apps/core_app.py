@@ -84,6 +84,16 @@ def echo_app(environ, start_response):
     return [data]
 
 
+def readn_app(environ, start_response):
+    """One wsgi.input.read(n) (n from ?n=): answers how many bytes it got and how many the
+    body had left after it (read to the end), as "got left"."""
+    n = int(environ.get("QUERY_STRING", "").partition("n=")[2] or 0)
+    inp = environ["wsgi.input"]
+    got = len(inp.read(n))
+    left = len(inp.read()) if "rest" in environ["QUERY_STRING"] else -1
+    return _text(start_response, f"{got} {left}".encode())
+
+
 def lines_app(environ, start_response):
     inp = environ["wsgi.input"]
     first = inp.readline()
@@ -208,7 +218,8 @@ def hello_app(environ, start_response):
 
 
 ROUTES = {
-    "env": env_app, "echo": echo_app, "lines": lines_app, "iter": iter_app, "hash": hash_app,
+    "env": env_app, "echo": echo_app, "readn": readn_app, "lines": lines_app, "iter": iter_app,
+    "hash": hash_app,
     "stream": stream_app, "big": big_app, "blob": blob_app, "write": write_app, "error": error_app,
     "error-after-start": error_after_start_app, "bad-header": bad_header_app, "status": status_app,
     "file": file_app, "close": close_app, "seen": seen_app, "mutate": mutate_app,
