@@ -571,7 +571,15 @@ int sp_request_framing(const sp_request_head *req, sp_framing *f)
 enum {
     CH_SIZE_START = 0,  /* first hex digit of a chunk-size (the zero-filled start state) */
     CH_SIZE,            /* more hex digits, ';' or CR */
-    CH_EXT,             /* chunk-ext bytes up to CR */
+    CH_EXT_NAME0,       /* after ';': BWS, then the first byte of a chunk-ext-name */
+    CH_EXT_NAME,        /* chunk-ext-name bytes */
+    CH_EXT_NAME_BWS,    /* BWS after a name: then '=' or ';' */
+    CH_EXT_VAL0,        /* after '=': BWS, then a token or a quoted-string */
+    CH_EXT_TOKEN,       /* a token value */
+    CH_EXT_QUOTED,      /* inside a quoted-string value */
+    CH_EXT_QPAIR,       /* the byte after a backslash in a quoted-string */
+    CH_EXT_QEND,        /* right after a quoted-string's closing '"' */
+    CH_EXT_VAL_BWS,     /* BWS after a value: then ';' */
     CH_SIZE_LF,         /* LF ending the size line */
     CH_DATA,            /* `remaining` data bytes */
     CH_DATA_CR,         /* CR after the data */
@@ -626,7 +634,7 @@ int sp_chunked_decode(sp_chunked *d, char *buf, size_t len, size_t *out_len, siz
                 d->state = CH_SIZE;
             } else if (d->state == CH_SIZE && c == ';') {
                 d->line_len = 0;
-                d->state = CH_EXT;
+                d->state = CH_EXT_NAME0;
             } else if (d->state == CH_SIZE && c == CR) {
                 d->state = CH_SIZE_LF;
             } else {
@@ -634,14 +642,49 @@ int sp_chunked_decode(sp_chunked *d, char *buf, size_t len, size_t *out_len, siz
             }
             break;
         }
-        case CH_EXT:
-            /* chunk-ext is never interpreted; bound it and refuse control bytes (7.1.1). */
-            if (c == CR) {
+        /* RFC 9112 7.1.1: chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS token / quoted-string ] ),
+         * bounded by max_ext. Never interpreted, but held to its grammar: a proxy in front may
+         * read a malformed one differently, and a difference in framing is a smuggling lever. */
+        case CH_EXT_NAME0:
+        case CH_EXT_NAME:
+        case CH_EXT_NAME_BWS:
+        case CH_EXT_VAL0:
+        case CH_EXT_TOKEN:
+        case CH_EXT_QUOTED:
+        case CH_EXT_QPAIR:
+        case CH_EXT_QEND:
+        case CH_EXT_VAL_BWS: {
+            int st = d->state, tchar = is_class(c, C_TCHAR), ws = c == SP || c == HTAB;
+            if (c != CR && ++d->line_len > max_ext) return chunk_fail(d);   /* CR ends the line */
+            if (st == CH_EXT_QUOTED) {
+                /* qdtext: HTAB, SP, VCHAR but '"' and '\\', obs-text */
+                if (c == '"') d->state = CH_EXT_QEND;
+                else if (c == '\\') d->state = CH_EXT_QPAIR;
+                else if (!is_class(c, C_VALUE)) return chunk_fail(d);
+            } else if (st == CH_EXT_QPAIR) {
+                if (!is_class(c, C_VALUE)) return chunk_fail(d);
+                d->state = CH_EXT_QUOTED;
+            } else if (ws) {
+                if (st == CH_EXT_NAME) d->state = CH_EXT_NAME_BWS;
+                else if (st == CH_EXT_TOKEN || st == CH_EXT_QEND) d->state = CH_EXT_VAL_BWS;
+                /* else BWS where BWS may stand: stay */
+            } else if (tchar && (st == CH_EXT_NAME0 || st == CH_EXT_NAME)) {
+                d->state = CH_EXT_NAME;
+            } else if (tchar && (st == CH_EXT_VAL0 || st == CH_EXT_TOKEN)) {
+                d->state = CH_EXT_TOKEN;
+            } else if (c == '"' && st == CH_EXT_VAL0) {
+                d->state = CH_EXT_QUOTED;
+            } else if (c == '=' && (st == CH_EXT_NAME || st == CH_EXT_NAME_BWS)) {
+                d->state = CH_EXT_VAL0;
+            } else if (c == ';' && st != CH_EXT_NAME0 && st != CH_EXT_VAL0) {
+                d->state = CH_EXT_NAME0;
+            } else if (c == CR && (st == CH_EXT_NAME || st == CH_EXT_TOKEN || st == CH_EXT_QEND)) {
                 d->state = CH_SIZE_LF;
-            } else if (!is_class(c, C_VALUE) || ++d->line_len > max_ext) {
+            } else {
                 return chunk_fail(d);
             }
             break;
+        }
         case CH_SIZE_LF:
             if (c != LF) return chunk_fail(d);
             d->remaining = d->size_acc;

@@ -176,6 +176,10 @@ CORPUS: list[tuple[str, bytes, int, str]] = [
     ("bad-h2-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505, "head"),
     ("bad-te-identity", req(b"POST /c-bad-te-identity HTTP/1.1", b"Host: x", b"Transfer-Encoding: identity",
                             body=b"0\r\n\r\n"), 501, "head"),
+    # RFC 9112 7.1.1: extensions are name[=token / quoted-string], with BWS only around ; and =
+    ("bad-chunk-ext-value-space", chunked("bad-chunk-evs", b"5;a=b c\r\nhello\r\n0\r\n\r\n"), 400, "body"),
+    ("bad-chunk-ext-no-name", chunked("bad-chunk-enn", b"5;=b\r\nhello\r\n0\r\n\r\n"), 400, "body"),
+    ("ok-chunk-ext-quoted", chunked("ok-chunk-eq", b'5;a="x;y" ; b = c\r\nhello\r\n0\r\n\r\n'), 200, "head"),
     ("bad-chunk-ext-quoted-crlf", chunked("bad-chunk-qcrlf", b'5;a="b\r\nc"\r\nhello\r\n0\r\n\r\n'), 400, "body"),
 ]
 
@@ -236,7 +240,7 @@ def test_nothing_invalid_reached_the_app(server):
                                             "bad-chunk-ovf", "bad-chunk-empty", "bad-chunk-space",
                                             "bad-chunk-nocrlf", "bad-chunk-lf", "bad-chunk-crext",
                                             "bad-chunk-ext", "bad-chunk-zeros", "bad-chunk-trailer",
-                                            "bad-chunk-qcrlf")}
+                                            "bad-chunk-qcrlf", "bad-chunk-evs", "bad-chunk-enn")}
     leaked = [p for p in seen if re.search(r"/c-bad", p) and p not in body_errors]
     assert leaked == []
     assert any("/c-ok-" in p for p in seen)   # the valid oddities did get through
