@@ -259,7 +259,7 @@ static int authority_ok(const char *v, size_t n)
     static const char reg[] = "-._~%!$&'()*+,;=";
     size_t i = 0;
     if (n && v[0] == '[') {
-        /* IPv6address or IPvFuture: hex digits, ':', '.', and for IPvFuture 'v' + the rest */
+        /* IPv6address or IPvFuture: a superset of their characters, inside one pair of brackets */
         for (i = 1; i < n && v[i] != ']'; i++) {
             char c = v[i];
             int alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
@@ -361,7 +361,8 @@ int sp_parse_request(const char *buf, size_t len, size_t last_len, const sp_limi
     const char *cr = memchr(p, CR, min_size((size_t)(end - p), lim.line + 1));
     if (!cr) return line_too_long(p, (size_t)(end - p));
     if ((size_t)head_end > lim.head)  /* 414 if the line alone already crossed the limit */
-        return (size_t)(cr - buf) > lim.head ? line_too_long(p, (size_t)(cr - p)) : ERR(HEADERS_TOO_LARGE);
+        return (size_t)(cr - buf) > lim.head ? line_too_long(p, (size_t)(cr - p))
+                                             : ERR(HEADERS_TOO_LARGE);
     if (cr[1] != LF) return ERR(BAD_REQUEST);  /* bare CR */
 
     const char *m_end = scan_class(p, cr, C_TCHAR);
