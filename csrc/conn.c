@@ -890,7 +890,9 @@ static ssize_t format_head(sp_server *s, sp_conn *c, char *dst, size_t cap, cons
         if ((ch < 0x20 && ch != '\t') || ch == 0x7f) return -EINVAL;
     }
     int code = (status[0] - '0') * 100 + (status[1] - '0') * 10 + (status[2] - '0');
-    if (code < 100) return -EINVAL;
+    /* A final status only (RFC 9110 15): a 1xx from the app would leave the client waiting for
+     * the real answer, or take the next one for it. */
+    if (code < 200 || code > 599) return -EINVAL;
     c->status = code;
     c->no_body = c->req.head || code < 200 || code == 204 || code == 304;
 
@@ -898,6 +900,7 @@ static ssize_t format_head(sp_server *s, sp_conn *c, char *dst, size_t cap, cons
 #define PUT(p, l) do { size_t _l = (l); if (n + _l > cap) return -ENOSPC; memcpy(dst + n, (p), _l); n += _l; } while (0)
     PUT("HTTP/1.1 ", 9);
     PUT(status, slen);
+    if (slen == 3) PUT(" ", 1);   /* RFC 9112 4: the SP stays when the reason is empty */
     PUT("\r\n", 2);
     app_headers ah;
     sp_head_cache *hc = &s->head_cache;
@@ -979,7 +982,14 @@ out:
 /* Queues body bytes; with the lock held. */
 static ssize_t body_write(sp_server *s, sp_conn *c, const char *buf, size_t len) {
     if (c->dead) return -EPIPE;
-    if (c->no_body || !len) return conn_flush(s, c);
+    if (!len) return conn_flush(s, c);
+    /* Nothing more may go (a bodiless response, or the Content-Length all sent): -EMSGSIZE, so
+     * that the caller stops iterating (PEP 3333) instead of feeding us an endless body. */
+    if (c->no_body || c->resp_left == 0) {
+        if (!c->no_body) c->keep_alive = 0;
+        ssize_t w = conn_flush(s, c);
+        return w < 0 ? w : -EMSGSIZE;
+    }
     if (c->resp_left >= 0) {
         if ((int64_t)len > c->resp_left) {
             len = (size_t)c->resp_left;   /* more than its Content-Length: cut, then close */
@@ -1088,7 +1098,10 @@ static int respond(sp_server *s, sp_conn *c, const char *status, size_t slen,
         UNLOCK(s);
         rc = sp_req_start(s, r, status, slen, headers, hlen);
         if (rc != -EINVAL) {
-            if (rc == 0) { ssize_t w = sp_req_write(s, r, body, blen); if (w < 0) rc = (int)w; }
+            if (rc == 0) {
+                ssize_t w = sp_req_write(s, r, body, blen);
+                if (w < 0 && w != -EMSGSIZE) rc = (int)w;   /* EMSGSIZE: a bodiless response */
+            }
             int f = sp_req_finish(s, r, 0);
             if (!rc) rc = f;
         }
@@ -1275,6 +1288,9 @@ int sp_req_finish(sp_server *s, sp_request *r, int abort) {
 
 /* ---- request bodies --------------------------------------------------------------------------- */
 
+/* The interim 100 for a client that waits for it before sending its body; only before the
+ * response head, since a final response already answers the Expect and a 100 sent after it
+ * would land inside the body (RFC 9110 10.1.1). */
 static ssize_t send_continue(sp_server *s, sp_conn *c) {
     c->continue_sent = 1;
     struct iovec iov = { "HTTP/1.1 100 Continue\r\n\r\n", 25 };
@@ -1313,7 +1329,7 @@ static ssize_t body_read(sp_server *s, sp_conn *c, char *buf, size_t n) {
             if (!c->body_left) c->body_done = 1;
             return (ssize_t)k;
         }
-        if (c->expect_continue && !c->continue_sent) {
+        if (c->expect_continue && !c->continue_sent && !c->started) {   /* see send_continue */
             ssize_t w = send_continue(s, c);
             if (w < 0) return w;
         }
@@ -1358,7 +1374,7 @@ static ssize_t body_read(sp_server *s, sp_conn *c, char *buf, size_t n) {
             if (rc == 0) c->body_done = 1;
             if (out_len || c->body_done) continue;
         }
-        if (c->expect_continue && !c->continue_sent) {
+        if (c->expect_continue && !c->continue_sent && !c->started) {
             ssize_t w = send_continue(s, c);
             if (w < 0) return w;
         }

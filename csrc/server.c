@@ -435,6 +435,10 @@ static void do_accept(sp_server *s, sp_listener *l) {
                  * level-triggered listener that stays readable. */
                 set_accepting(s, 0);
                 s->accept_resume_ms = sp_now_ms() + SP_EMFILE_PAUSE_MS;
+            } else if (errno == EINVAL) {
+                /* No longer listening: the controller shut the socket down to stop the server
+                 * (sockets.py, stop_listening). It stays readable; stop watching it. */
+                set_accepting(s, 0);
             }
             return;   /* EAGAIN: another process took it, or the queue is empty */
         }

@@ -225,13 +225,16 @@ int sp_unwatch(sp_server *s, int fd);
 int sp_req_wait(sp_server *s, sp_request *r, int mask, int64_t token);
 
 /* Starts the response: status is "200 OK", headers is "Name\0value\0Name\0value\0" (hlen bytes).
- * Validates every name (token) and value (no CR/LF/NUL), adds Date, Server, Connection and chunked
+ * Validates the status (a final one, 200-599, then SP and a reason without controls, or nothing)
+ * and every name (token) and value (no CR/LF/NUL), adds Date, Server, Connection and chunked
  * framing as needed. Nothing is sent until body data or finish. Returns 0, -EINVAL for an invalid
  * status or header (answer 500), or -EPIPE if the client is gone. */
 int sp_req_start(sp_server *s, sp_request *r, const char *status, size_t slen,
                  const char *headers, size_t hlen);
 /* Queues body bytes (chunk-framed if needed) and writes what the socket takes without blocking.
  * Returns the bytes still queued (the caller waits for writability when over its high-water mark),
+ * -EMSGSIZE when no more body may go (its Content-Length is all sent, or the response has no body:
+ * HEAD, 204, 304; bytes past the length are cut and the connection closes after the response),
  * or -EPIPE / -ECONNRESET when the client is gone. */
 ssize_t sp_req_write(sp_server *s, sp_request *r, const char *buf, size_t len);
 /* Writes queued bytes without blocking; returns the bytes still queued or -errno. */

@@ -511,6 +511,10 @@ class Controller:
             elif signum == signal.SIGTTIN:
                 self.num_workers += 1
                 log.info("SIGTTIN: %d worker processes", self.num_workers)
+                if self.pending_gen is not None and not self.stopping:
+                    # A booting generation is promoted once it has num_workers ready workers:
+                    # it needs the one more now, or it would wait for it until its boot limit.
+                    self._spawn(self.pending_gen, "one more worker (SIGTTIN)")
             elif signum == signal.SIGTTOU:
                 if self.num_workers > 1:
                     self.num_workers -= 1
@@ -537,6 +541,7 @@ class Controller:
         sd_notify("STOPPING=1")
         if self.exit_message is None:  # else the one line of the message says it all
             log.info("%s: %s shutdown", why or "shutting down", self.stopping)
+        sockets_mod.stop_listening(self.listeners)   # new clients: refused, not held and reset
         now = time.monotonic()
         for w in list(self.workers.values()):
             if graceful:
@@ -823,8 +828,16 @@ class Controller:
         if self.pending_gen is not None:
             boot_timeout = max(MIN_BOOT_TIMEOUT, self.timeout)
             if now - self.pending_started > boot_timeout:
-                self._abort_pending(f"generation {self.pending_gen} did not boot within "
-                                    f"{boot_timeout:.0f} s")
+                why = f"generation {self.pending_gen} did not boot within {boot_timeout:.0f} s"
+                if not self.booted:
+                    # No generation serves yet: staying up would hold the port open with nobody
+                    # to answer, so this is a failed start, as a crash at import is.
+                    self.exit_code = EXIT_USAGE
+                    self.exit_message = (f"spawning: {why} (importing the app took too long? "
+                                         "--timeout above that raises the limit)")
+                    self.shutdown(graceful=False, why="the application failed to start")
+                    return
+                self._abort_pending(why)
         if self.active_gen is not None:
             self._keep_count(now)
         self._check_memory(now)

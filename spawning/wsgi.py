@@ -77,6 +77,11 @@ class ClientDisconnected(OSError):
     """The client went away while the app was reading its body or writing the response."""
 
 
+class ResponseComplete(ValueError):
+    """The app wrote past its Content-Length (or sent a body where none may go): PEP 3333 has the
+    server stop iterating there, and a write() past that point raise."""
+
+
 class BodyError(OSError):
     """The request body broke the rules (too large, malformed chunks); ``status`` says which."""
 
@@ -354,9 +359,14 @@ class Response:
                 if len(h) != 2:
                     raise TypeError(f"{h!r} is not a (name, value) pair")
             # Items may be lists, as many apps send and other servers take.
-            return "\0".join(_chain(headers)).encode("latin-1")  # type: ignore[arg-type]
+            packed = "\0".join(_chain(headers)).encode("latin-1")  # type: ignore[arg-type]
         except (TypeError, UnicodeEncodeError) as e:
             raise ValueError(f"invalid response headers {headers!r}: {e}") from None
+        # C splits names from values at NUL: one inside a name or value would start a header
+        # of the client's choosing (an app that echoes a decoded %00 into Location, say).
+        if packed.count(b"\0") != max(2 * len(headers) - 1, 0):  # type: ignore[arg-type]
+            raise ValueError(f"invalid response headers {headers!r}: NUL in a name or value")
+        return packed
 
     def send_head(self) -> None:
         if self.status is None:
@@ -371,17 +381,19 @@ class Response:
         self.head_sent = True
 
     def write(self, data: bytes) -> None:
-        if not self.head_sent:
-            self.send_head()
-        if type(data) is not bytes:
+        if type(data) is not bytes:   # before the head goes: a wrong type still gets its 500
             if isinstance(data, (bytearray, memoryview)):
                 data = bytes(data)
             else:
                 raise TypeError(f"response body must be bytes, not {type(data).__name__}")
+        if not self.head_sent:
+            self.send_head()
         n = len(data)
         if not n:
             return
         rc = lib.sp_req_write(self.srv, self.req, data, n)
+        if rc == -errno.EMSGSIZE:
+            raise ResponseComplete("the app wrote past its Content-Length")
         self.sent += n
         if rc > HIGH_WATER:
             rc = self.waiter.drain(self.req, LOW_WATER)
@@ -432,6 +444,14 @@ class Response:
         return True
 
 
+def _quoted(value: str) -> str:
+    """A value for a quoted log field, escaped as Apache does, so that a client cannot end the
+    field early and forge the ones after it."""
+    if '"' in value or "\\" in value:
+        return value.replace("\\", "\\\\").replace('"', '\\"')
+    return value
+
+
 class AccessLog:
     """Apache combined format, one line per request, flushed per line."""
 
@@ -449,10 +469,13 @@ class AccessLog:
         if now != self._sec:
             self._sec = now
             self._stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(now))
+        method = env["REQUEST_METHOD"]
+        if method == "HEAD" or code == "204" or code == "304":
+            size = 0                    # %b counts body bytes sent: none went
         line = '%s - - [%s] "%s %s %s" %s %s "%s" "%s"\n' % (  # noqa: UP031 -- the cheapest here
-            env.get("REMOTE_ADDR") or "-", self._stamp, env["REQUEST_METHOD"], env.get("RAW_URI", ""),
-            env["SERVER_PROTOCOL"], code, size or "-", env.get("HTTP_REFERER", "-"),
-            env.get("HTTP_USER_AGENT", "-"))
+            env.get("REMOTE_ADDR") or "-", self._stamp, method, _quoted(env.get("RAW_URI", "")),
+            env["SERVER_PROTOCOL"], code, size or "-", _quoted(env.get("HTTP_REFERER", "-")),
+            _quoted(env.get("HTTP_USER_AGENT", "-")))
         try:
             self._stream.write(line)  # type: ignore[union-attr]
             if self._stream is sys.stdout:
@@ -620,9 +643,12 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                 try:
                     if not (isinstance(result, FileWrapper) and resp.sendfile(result)):
                         write = resp.write
-                        for chunk in result:
-                            if chunk:
-                                write(chunk)
+                        try:
+                            for chunk in result:
+                                if chunk:
+                                    write(chunk)
+                        except ResponseComplete:
+                            pass    # PEP 3333: stop iterating once the length is sent
                         if not resp.head_sent:
                             resp.send_head()     # empty body: the head still goes out
                     done = True

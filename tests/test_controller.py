@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -68,6 +69,17 @@ def test_sigterm_lets_an_in_flight_request_finish(spawn):
     time.sleep(0.5)  # the request is in flight
     t0 = time.monotonic()
     server.signal(signal.SIGTERM)
+    # While it drains, a new client is refused at once (it may retry elsewhere), not held in the
+    # listen queue for the whole drain and then reset.
+    deadline = time.monotonic() + 2
+    refused = False
+    while not refused and time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=1):
+                time.sleep(0.05)
+        except ConnectionRefusedError:
+            refused = True
+    assert refused
     thread.join(15)
     assert "error" not in result, result
     status, _, body = result["response"]  # type: ignore[misc]
@@ -152,6 +164,18 @@ def test_ttin_and_ttou_change_the_worker_count(spawn):
     server.signal(signal.SIGTTOU)
     assert server.wait_until(lambda: len(server.workers()) == 1, 5)
     assert server.get("/")[0] == 200
+
+
+def test_ttin_while_the_first_generation_boots(spawn):
+    """A generation is promoted once it has the target count of ready workers: SIGTTIN while it
+    boots must give it the one more, not leave it to its boot limit (and then no workers)."""
+    server = spawn("slow_boot.application", "-s", "1", wait=False, env={"SLOW_BOOT_SECONDS": "2"})
+    assert server.wait_until(lambda: len(server.workers()) == 1, 5)
+    server.signal(signal.SIGTTIN)
+    server.wait_notify("READY=1", 10)
+    assert len(server.workers()) == 2
+    assert server.get("/")[0] == 200
+    assert "reload failed" not in server.stderr
 
 
 def test_unknown_signal_is_logged_and_ignored(spawn):

@@ -460,6 +460,95 @@ def test_absolute_form_target_overrides_host(server):
     assert (env["PATH_INFO"], env["QUERY_STRING"]) == ("/env", "q=1")
 
 
+def test_nul_in_a_response_header_is_refused(server):
+    """C splits names from values at NUL: one inside a value must not start a header of the
+    client's choosing (here through an app that puts a decoded %00 into Location)."""
+    resp = raw(server.port, b"GET /redirect?/next%00Set-Cookie%00session=x HTTP/1.1\r\nHost: x\r\n"
+               b"Connection: close\r\n\r\n")
+    assert resp.startswith(b"HTTP/1.1 500"), resp
+    assert b"Set-Cookie" not in resp and b"session=x" not in resp
+    resp = raw(server.port, b"GET /redirect?/next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert resp.startswith(b"HTTP/1.1 302") and b"\r\nLocation: /next\r\n" in resp, resp
+
+
+@pytest.mark.parametrize("status,expect", [("103 Early Hints", b"HTTP/1.1 500"),
+                                           ("100 Continue", b"HTTP/1.1 500"),
+                                           ("999 Weird", b"HTTP/1.1 500"),
+                                           ("200", b"HTTP/1.1 200 \r\n")])
+def test_app_status_must_be_a_final_one(server, status, expect):
+    """A 1xx from the app would leave the client waiting for the real answer (or take the next
+    one for it); codes past 599 are no status; "200" alone still gets its SP (RFC 9112 4)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"GET /rawstatus?" + status.replace(" ", "%20").encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+                  b"GET /after-status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        resp = b""
+        while chunk := s.recv(65536):
+            resp += chunk
+    assert resp.startswith(expect), resp
+    assert resp.count(b"HTTP/1.1 ") == 2 and resp.endswith(b"hello /after-status\n"), resp
+
+
+def test_iteration_stops_at_content_length(server):
+    """PEP 3333: the server stops iterating once Content-Length bytes are sent (an endless body
+    used to keep a thread spinning after the client left), and still calls close()."""
+    before = json.loads(get(server.port, "/endless-count")[1])
+    resp = raw(server.port, b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5)
+    assert resp.startswith(b"HTTP/1.1 200") and resp.endswith(b"\r\n\r\nxxxxx"), resp
+    after = json.loads(get(server.port, "/endless-count")[1])
+    assert after["iterations"] - before["iterations"] <= 3, (before, after)
+    assert after["closed"] == before["closed"] + 1
+
+
+def test_non_bytes_body_is_a_clean_500(server):
+    """The body's type is checked before the head goes, so a str body gets a plain 500."""
+    resp = raw(server.port, b"GET /strbody HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert resp.startswith(b"HTTP/1.1 500"), resp
+    assert b"not bytes" not in resp
+
+
+def test_no_100_continue_after_the_response_started(server):
+    """An app that reads its body after starting the response: no interim 100 inside the body
+    (RFC 9110 10.1.1); the client that waits for 100 gets the final response instead."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"POST /late-read HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: 5\r\nConnection: close\r\n\r\n")
+        head = b""
+        while b"0123456789" not in head:
+            chunk = s.recv(65536)
+            assert chunk, head
+            head += chunk
+        s.sendall(b"hello")
+        resp = head
+        while chunk := s.recv(65536):
+            resp += chunk
+    assert b"100 Continue" not in resp, resp
+    assert resp.startswith(b"HTTP/1.1 200") and resp.endswith(b"\r\n\r\n01234567890000000005"), resp
+
+
+def test_access_log_lines(spawn, tmp_path: Path):
+    """Apache combined format, one line per request: quotes and backslashes in quoted fields
+    escaped as Apache does (a client must not forge fields), and no body size for HEAD."""
+    log_path = tmp_path / "access.log"
+    server = spawn("core_app.application", "-s", "1", access_log=str(log_path))
+    raw(server.port, b'GET /a?q="x" HTTP/1.1\r\nHost: x\r\nUser-Agent: evil" "x\\y\r\n'
+        b'Referer: http://r/"q\r\nConnection: close\r\n\r\n')
+    raw(server.port, b"HEAD /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    raw(server.port, b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and log_path.read_text().count("\n") < 3:
+        time.sleep(0.05)
+    lines = sorted(log_path.read_text().splitlines(), key=lambda x: x.split('"')[1].split()[1])
+    assert len(lines) == 3, lines
+    pattern = (r'^127\.0\.0\.1 - - \[\d{2}/\w{3}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}\] '
+               r'"(GET|HEAD) (\S+) HTTP/1\.1" (\d{3}) (\d+|-) "((?:[^"\\]|\\.)*)" "((?:[^"\\]|\\.)*)"$')
+    fields = [re.match(pattern, line) for line in lines]
+    assert all(fields), lines
+    a, b, c = (m.groups() for m in fields)   # type: ignore[union-attr]
+    assert a[1] == '/a?q=\\"x\\"' and a[4] == 'http://r/\\"q' and a[5] == 'evil\\" \\"x\\\\y', a
+    assert b[0] == "HEAD" and b[3] == "-", b
+    assert c[2] == "200" and c[3] == str(len(b"hello /c\n")), c
+
+
 def test_chunked_response(server):
     r, data = get(server.port, "/v/stream")
     assert r.getheader("Transfer-Encoding") == "chunked"

@@ -94,6 +94,53 @@ def readn_app(environ, start_response):
     return _text(start_response, f"{got} {left}".encode())
 
 
+def redirect_app(environ, start_response):
+    """Location from the decoded query string: an app that trusts its input."""
+    from urllib.parse import unquote
+    start_response("302 Found", [("Location", unquote(environ["QUERY_STRING"]))])
+    return [b""]
+
+
+def rawstatus_app(environ, start_response):
+    from urllib.parse import unquote
+    start_response(unquote(environ["QUERY_STRING"]), [("Content-Type", "text/plain")])
+    return [b"body"]
+
+
+ENDLESS = {"iterations": 0, "closed": 0}
+
+
+def endless_app(environ, start_response):
+    """Content-Length 5, then an endless body: the server must stop iterating (PEP 3333)."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+
+    def body():
+        try:
+            while True:
+                ENDLESS["iterations"] += 1
+                yield b"xxx"
+        finally:
+            ENDLESS["closed"] += 1
+    return body()
+
+
+def endless_count_app(environ, start_response):
+    return _text(start_response, json.dumps(ENDLESS).encode())
+
+
+def strbody_app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return ["not bytes"]
+
+
+def late_read_app(environ, start_response):
+    """Starts its response, then reads the body: no 100 Continue may go out after the head."""
+    write = start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "20")])
+    write(b"0123456789")
+    data = environ["wsgi.input"].read()
+    return [b"%010d" % len(data)]
+
+
 def lines_app(environ, start_response):
     inp = environ["wsgi.input"]
     first = inp.readline()
@@ -219,7 +266,8 @@ def hello_app(environ, start_response):
 
 ROUTES = {
     "env": env_app, "echo": echo_app, "readn": readn_app, "lines": lines_app, "iter": iter_app,
-    "hash": hash_app,
+    "hash": hash_app, "redirect": redirect_app, "rawstatus": rawstatus_app, "endless": endless_app,
+    "endless-count": endless_count_app, "strbody": strbody_app, "late-read": late_read_app,
     "stream": stream_app, "big": big_app, "blob": blob_app, "write": write_app, "error": error_app,
     "error-after-start": error_after_start_app, "bad-header": bad_header_app, "status": status_app,
     "file": file_app, "close": close_app, "seen": seen_app, "mutate": mutate_app,
