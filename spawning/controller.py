@@ -697,6 +697,10 @@ class Controller:
     def _abort_pending(self, why: str) -> None:
         gen = self.pending_gen
         self.pending_gen = None
+        if self.gen_ready_at is None and self.active_gen is not None:
+            # The serving generation stays: its --max-age clock starts over (else a failed
+            # max-age reload would end max-age reloads for good).
+            self.gen_ready_at = time.monotonic()
         log.error("reload failed: %s; generation %s keeps serving", why, self.active_gen)
         sd_notify(f"READY=1\nSTATUS=reload failed; serving generation {self.active_gen}")
         for w in self._gen_workers(gen):
@@ -938,7 +942,7 @@ class Controller:
         max_age = float(self.config.get("max_age") or 0)
         if max_age and self.pending_gen is None and self.gen_ready_at is not None \
                 and now - self.gen_ready_at >= max_age:
-            self.gen_ready_at = None  # one reload per generation
+            self.gen_ready_at = None  # one reload per generation (a failed one re-arms it)
             self.reload(f"generation {self.active_gen} reached --max-age {max_age:g} s")
 
     def _check_files(self) -> None:

@@ -499,7 +499,10 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     srv = ffi.cast("sp_server *", owner)
     respond = lib.sp_code_respond
     respond_next = lib.sp_code_respond_next
-    chain = chain_timeout_ms is not None
+    logging_on = access_log is not None and access_log.enabled
+    # With an access log the response goes alone, so that its line is written when it is sent,
+    # not when this thread's next request comes (up to chain_timeout_ms later).
+    chain = chain_timeout_ms is not None and not logging_on
     chain_ms = chain_timeout_ms or 0
     EINVAL = -errno.EINVAL
     ESTALE = -errno.ESTALE
@@ -508,7 +511,6 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     null = ffi.NULL
     unpack = _unpack
     empty = EMPTY_INPUT
-    logging_on = access_log is not None and access_log.enabled
     log_line = access_log.log if access_log is not None and logging_on else None
     list_type = list
     fixed = ENV_FIXED

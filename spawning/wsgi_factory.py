@@ -119,8 +119,24 @@ def load_object(spec: str) -> Any:
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise AppLoadError(f"cannot import {spec!r}: module {module_name!r} has no attribute "
-                           f"{attr!r}") from None
+        pass
+    # gunicorn's form, "myproject.wsgi": a module alone names its `application`.
+    try:
+        whole = importlib.import_module(spec)
+    except ModuleNotFoundError as exc:
+        if exc.name != spec:
+            raise AppLoadError(f"cannot import {spec!r}: {_describe(exc)}", _source_files(exc)) from exc
+        whole = None
+    except BaseException as exc:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise AppLoadError(f"cannot import {spec!r}: {_describe(exc)}", _source_files(exc)) from exc
+    if whole is not None and hasattr(whole, "application"):
+        return whole.application
+    hint = (f" (module {spec!r} has no 'application' either: name the object, {spec}:app)"
+            if whole is not None else "")
+    raise AppLoadError(f"cannot import {spec!r}: module {module_name!r} has no attribute "
+                       f"{attr!r}{hint}") from None
 
 
 def config_factory(args: dict[str, Any]) -> dict[str, Any]:

@@ -65,6 +65,7 @@ def test_bad_option_is_one_line_and_exit_2(args, fragment):
       "No module named 'no_such_module_xyz'")),
     ("broken_import.application", "No module named 'spawning_no_such_module'"),
     ("hello.no_such_attr", "has no attribute 'no_such_attr'"),
+    ("wsgipkg.noapp", "module 'wsgipkg.noapp' has no 'application' either: name the object"),
 ])
 def test_app_that_cannot_be_imported_exits_2_with_one_line(app, fragment):
     result = run_cli("-p", str(free_port()), "-s", "2", "-l", "/dev/null", app)
@@ -73,6 +74,13 @@ def test_app_that_cannot_be_imported_exits_2_with_one_line(app, fragment):
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("spawning:")]
     assert len(error_lines) == 1, result.stderr
     assert fragment in error_lines[0]
+
+
+def test_module_alone_serves_its_application(spawn):
+    """gunicorn's form: "wsgipkg.wsgi" is a module, not module.attribute; its `application`."""
+    server = spawn("wsgipkg.wsgi", "-s", "1")
+    status, _, body = server.get("/")
+    assert (status, body) == (200, b"wsgi.py!\n")
 
 
 def test_port_in_use_exits_1_with_one_line():
