@@ -402,7 +402,15 @@ class Response:
                 raise ClientDisconnected(errno.ETIMEDOUT, "client stopped reading the response")
             raise ClientDisconnected(-rc, "client disconnected")
 
-    __call__ = write
+    def __call__(self, data: bytes) -> None:
+        """The write() callable the app gets: past its Content-Length it raises (PEP 3333), but
+        on a response that may have no body (HEAD, 204, 304), where nothing was sent, what the
+        app writes is dropped quietly, as the body of its iterable is."""
+        try:
+            self.write(data)
+        except ResponseComplete:
+            if self.sent:
+                raise
 
     def sendfile(self, wrapper: FileWrapper) -> bool:
         """Sends a regular file with sendfile(2). Returns False when the caller must iterate."""

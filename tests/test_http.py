@@ -499,6 +499,19 @@ def test_iteration_stops_at_content_length(server):
     assert after["closed"] == before["closed"] + 1
 
 
+def test_write_callable_on_head_is_quiet(server):
+    """HEAD: what the app passes to write() is dropped, not an error, and the connection stays
+    usable for the next request."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"HEAD /write HTTP/1.1\r\nHost: x\r\n\r\n"
+                  b"GET /after-head HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        resp = b""
+        while chunk := s.recv(65536):
+            resp += chunk
+    assert resp.startswith(b"HTTP/1.1 200"), resp
+    assert b"written" not in resp and resp.endswith(b"hello /after-head\n"), resp
+
+
 def test_non_bytes_body_is_a_clean_500(server):
     """The body's type is checked before the head goes, so a str body gets a plain 500."""
     resp = raw(server.port, b"GET /strbody HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
