@@ -894,7 +894,7 @@ static ssize_t format_head(sp_server *s, sp_conn *c, char *dst, size_t cap, cons
      * the real answer, or take the next one for it. */
     if (code < 200 || code > 599) return -EINVAL;
     c->status = code;
-    c->no_body = c->req.head || code < 200 || code == 204 || code == 304;
+    c->no_body = c->req.head || code == 204 || code == 304;
 
     size_t n = 0;
 #define PUT(p, l) do { size_t _l = (l); if (n + _l > cap) return -ENOSPC; memcpy(dst + n, (p), _l); n += _l; } while (0)

@@ -41,39 +41,30 @@ static inline int hex_value(char c)
     return -1;
 }
 
-/* The path part of a request-target (RFC 9112 3.2): origin-form up to '?'; for absolute-form the
- * path after the authority; nothing for asterisk-form ("*") and authority-form (CONNECT). */
-static void target_path(const char *t, size_t n, const char **path, size_t *path_len)
+/* The parts of a request-target (RFC 9112 3.2): the path (origin-form up to '?'; for
+ * absolute-form the path after the authority; nothing for asterisk-form ("*") and authority-form
+ * (CONNECT)), and for absolute-form its authority (else *auth stays NULL). */
+static void target_parts(const char *t, size_t n, const char **path, size_t *path_len,
+                         const char **auth, size_t *auth_len)
 {
     static const char http[] = "http://", https[] = "https://";
     size_t from = 0;
     *path = t;
     *path_len = 0;
+    *auth = NULL;
+    *auth_len = 0;
     if (n == 0) return;
     if (t[0] != '/') {
         if (n >= sizeof http - 1 && EQ_LIT(t, sizeof http - 1, http)) from = sizeof http - 1;
         else if (n >= sizeof https - 1 && EQ_LIT(t, sizeof https - 1, https)) from = sizeof https - 1;
         else return;  /* "*" or host:port */
+        *auth = t + from;
         while (from < n && t[from] != '/' && t[from] != '?') from++;  /* skip the authority */
+        *auth_len = (size_t)(t + from - *auth);
     }
     const char *q = memchr(t + from, '?', n - from);
     *path = t + from;
     *path_len = (size_t)((q ? q : t + n) - (t + from));
-}
-
-/* The authority of an absolute-form target ("http://host:port/..."): 1 and its span, else 0. */
-static int target_authority(const char *t, size_t n, const char **a, size_t *an)
-{
-    static const char http[] = "http://", https[] = "https://";
-    size_t from;
-    if (n >= sizeof http - 1 && EQ_LIT(t, sizeof http - 1, http)) from = sizeof http - 1;
-    else if (n >= sizeof https - 1 && EQ_LIT(t, sizeof https - 1, https)) from = sizeof https - 1;
-    else return 0;
-    size_t to = from;
-    while (to < n && t[to] != '/' && t[to] != '?') to++;
-    *a = t + from;
-    *an = to - from;
-    return 1;
 }
 
 /* Decodes path[0..n) into out[0..cap). Returns the length, -400 for a bad escape or %00, or -431
@@ -105,9 +96,9 @@ static ssize_t decode(const char *p, size_t n, char *out, size_t cap)
 
 ssize_t sp_decode_path(const char *target, size_t len, char *out)
 {
-    const char *p;
-    size_t n;
-    target_path(target, len, &p, &n);
+    const char *p, *auth;
+    size_t n, auth_len;
+    target_parts(target, len, &p, &n, &auth, &auth_len);
     return decode(p, n, out, n);
 }
 
@@ -198,12 +189,12 @@ ssize_t sp_env_pack(const sp_request_head *req, char *out, size_t cap)
     if (pk.full) return ERR(HEADERS_TOO_LARGE);
     const char *path;
     size_t path_raw;
-    target_path(t, tn, &path, &path_raw);
+    const char *authority;
+    size_t authority_len;
+    target_parts(t, tn, &path, &path_raw, &authority, &authority_len);
     /* RFC 9112 3.2.2: for an absolute-form target the server uses its authority, not the Host
      * field; and an empty path there is "/" (RFC 9110 4.2.3). */
-    const char *authority = NULL;
-    size_t authority_len = 0;
-    int absolute = t[0] != '/' && target_authority(t, tn, &authority, &authority_len);
+    int absolute = authority != NULL;   /* 2 once HTTP_HOST is emitted */
     if (absolute && path_raw == 0) {
         path = "/";
         path_raw = 1;
@@ -238,7 +229,7 @@ ssize_t sp_env_pack(const sp_request_head *req, char *out, size_t cap)
         if (absolute && EQ_LIT(name, nn, "host")) {
             put(&pk, authority, authority_len);
             put_nul(&pk);
-            absolute = 2;   /* HTTP_HOST emitted */
+            absolute = 2;
             continue;
         }
         if (EQ_LIT(name, nn, "content-length")) {

@@ -24,8 +24,9 @@ The factory contract (other factories, such as paste's and Django's, follow it):
 Factories shipped: this one (the default), ``spawning.paste_factory.config_factory`` (a PasteDeploy
 ini file) and ``spawning.django_factory.config_factory`` (a Django settings module).
 
-Application syntax: ``package.module.app`` (the last component is the attribute), ``module:app``
-(gunicorn's), ``module:create_app()`` or ``module:create_app('production', debug=False)`` (a call
+Application syntax: ``package.module.app`` (the last component is the attribute; when the module
+has no such attribute but ``package.module.app`` is itself a module, its ``application``, as
+gunicorn reads ``myproject.wsgi``), ``module:app`` (gunicorn's), ``module:create_app()`` or ``module:create_app('production', debug=False)`` (a call
 with literal arguments). Each middleware is a dotted path to ``mw(app) -> app``, applied in order:
 the first named is the innermost.
 """
@@ -122,15 +123,12 @@ def load_object(spec: str) -> Any:
         pass
     # gunicorn's form, "myproject.wsgi": a module alone names its `application`.
     try:
-        whole = importlib.import_module(spec)
-    except ModuleNotFoundError as exc:
-        if exc.name != spec:
-            raise AppLoadError(f"cannot import {spec!r}: {_describe(exc)}", _source_files(exc)) from exc
-        whole = None
-    except BaseException as exc:
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        whole = _import(spec, spec)
+    except AppLoadError as exc:
+        missing = exc.__cause__
+        if not (isinstance(missing, ModuleNotFoundError) and missing.name == spec):
             raise
-        raise AppLoadError(f"cannot import {spec!r}: {_describe(exc)}", _source_files(exc)) from exc
+        whole = None
     if whole is not None and hasattr(whole, "application"):
         return whole.application
     hint = (f" (module {spec!r} has no 'application' either: name the object, {spec}:app)"
