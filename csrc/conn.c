@@ -1188,7 +1188,7 @@ int64_t sp_code_respond_next(sp_server *s, int64_t code, const char *head, size_
                              const char *body, size_t blen, int timeout_ms) {
     LOCK(s);   /* one lock for both halves: the answer and the next request */
     int rc = code_respond_locked(s, code, head, hlen, body, blen);
-    if (rc == -EINVAL || rc == -ESTALE) { UNLOCK(s); return rc; }
+    if (timeout_ms < 0 || rc == -EINVAL || rc == -ESTALE || rc == -EALREADY) { UNLOCK(s); return rc; }
     sp_event ev;
     int n = srv_poll_locked(s, &ev, 1, timeout_ms);
     UNLOCK(s);

@@ -270,8 +270,10 @@ int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,
 #define SP_LEND_RUN 4
 void sp_server_flush(sp_server *s);
 /* Thread mode: sp_code_respond(), then sp_poll_one(): one crossing from one request to the next.
- * Returns -EINVAL or -ESTALE as sp_code_respond (nothing was polled), else sp_poll_one's result
- * with its errors as 0 (the caller's next sp_poll_one reports them). */
+ * Returns -EINVAL, -ESTALE or -EALREADY (the response had started: nothing was sent and the
+ * request is still the caller's) as sp_code_respond, and nothing was polled; else sp_poll_one's
+ * result with its errors as 0 (the caller's next sp_poll_one reports them). A negative
+ * timeout_ms polls nothing: the result is sp_code_respond's. */
 int64_t sp_code_respond_next(sp_server *s, int64_t code, const char *head, size_t hlen,
                              const char *body, size_t blen, int timeout_ms);
 /* Ends the response (terminal chunk if chunked). The connection goes on to its next pipelined

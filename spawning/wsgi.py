@@ -511,8 +511,9 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     # With an access log the response goes alone, so that its line is written when it is sent,
     # not when this thread's next request comes (up to chain_timeout_ms later).
     chain = chain_timeout_ms is not None and not logging_on
-    chain_ms = chain_timeout_ms or 0
+    chain_ms = chain_timeout_ms if chain else -1    # -1: answer only, take no next request
     EINVAL = -errno.EINVAL
+    EALREADY = -errno.EALREADY
     ESTALE = -errno.ESTALE
     finish = lib.sp_req_finish
     req_of = lib.sp_code_req
@@ -594,7 +595,9 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
 
     def pack_head(resp: Response) -> tuple:
         """A new head_cache entry for the response's status and headers."""
-        st = resp.status.encode("latin-1")  # type: ignore[union-attr]
+        if resp.status is None:
+            raise AssertionError("the app returned without calling start_response()")
+        st = resp.status.encode("latin-1")
         if b"\0" in st:     # C splits status from headers at the first NUL
             raise ValueError(f"invalid response status {resp.status!r}")
         head = st + b"\0" + resp.pack_headers()
@@ -603,98 +606,109 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     # The last response head packed for C, reused while apps answer with equal status and
     # headers (the cached list is a copy of tuples: an app that mutates its own list, or passes
     # lists as items, compares unequal and is packed afresh). One tuple: threads swap it whole.
-    head_cache: tuple = (None, None, b"", 0)
+    # Its status is one no app can give (a NUL), so a response without one never matches.
+    head_cache: tuple = ("\0", None, b"", 0)
+
+    def stream(resp: Response, result: Any) -> None:
+        """Sends the response the general way: sendfile, or the iterable chunk by chunk; then
+        finishes the request and closes the iterable."""
+        try:
+            if not (isinstance(result, FileWrapper) and resp.sendfile(result)):
+                write = resp.write
+                try:
+                    for chunk in result:
+                        if chunk:
+                            write(chunk)
+                except ResponseComplete:
+                    pass    # PEP 3333: stop iterating once the length is sent
+                if not resp.head_sent:
+                    resp.send_head()     # empty body: the head still goes out
+            finish(srv, take(resp), 0)
+        finally:
+            if type(result) is not list_type and hasattr(result, "close"):
+                try:
+                    result.close()
+                except Exception:
+                    log.exception("error closing the WSGI app's iterable")
 
     def handle(code: int) -> int:
+        # One frame for the thread's whole run of requests (in thread mode, each answer takes
+        # the next request): a call per request would set up and tear down this closure's frame.
+        # ``resp.code`` says whether the request is still ours: 0 once C has it back (answered
+        # or cut), so that a write() the app kept fails instead of reaching a later request.
         nonlocal head_cache
-        env, body_kind = templates.get(code >> id_shift) or template(code)
-        env = env.copy()              # the app may change its environ: never the cached one
-        env["REMOTE_PORT"] = ports[code & 0xFFFF] or port_str(code & 0xFFFF)
-        resp = Resp()
-        resp.code = code
-        # Read on every request: as instance values their loads are specialized, where a class
-        # default is looked up the slow way each time.
-        resp.status = None
-        resp.head_sent = False
-        if body_kind:
-            env["wsgi.input"] = inp = Input(owner, resp, waiter)   # may outlive the request
-        nxt = 0
-        done = False                  # C has the request back (answered or cut)
-        try:
-            result = app(env, resp.start_response)
-            status = resp.status
-            if type(result) is list_type and len(result) == 1 and status is not None \
-                    and not resp.head_sent and type(body := result[0]) is bytes_type:
-                hc = head_cache
-                if status != hc[0] or resp.headers != hc[1]:
-                    hc = head_cache = pack_head(resp)
-                # One crossing: head, body and finish (and in thread mode the next request,
-                # whose code is the result). Only -EINVAL leaves the request with us.
-                done = True
-                resp.code = 0         # the request is C's now: a write() kept by the app fails
-                blen = len(body)
-                if chain:
-                    rc = respond_next(srv, code, hc[2], hc[3], body, blen, chain_ms)
-                else:
-                    rc = respond(srv, code, hc[2], hc[3], body, blen)
-                if blen >= lend_min and blen <= lend_max:
-                    keep(body)        # C may send it after this (see the theory of operation)
-                if rc < 0:
-                    if rc == EINVAL:
-                        done = False
-                        resp.code = code
-                        raise ValueError(f"invalid response status or headers: {resp.status!r} {resp.headers!r}")
-                    if rc == ESTALE:
-                        raise ClientDisconnected(errno.ESTALE, "the request is over")
-                    rc = 0            # the client was gone: the request is over all the same
-                nxt = rc
-                resp.sent = blen
-            else:
-                try:
-                    if not (isinstance(result, FileWrapper) and resp.sendfile(result)):
-                        write = resp.write
-                        try:
-                            for chunk in result:
-                                if chunk:
-                                    write(chunk)
-                        except ResponseComplete:
-                            pass    # PEP 3333: stop iterating once the length is sent
-                        if not resp.head_sent:
-                            resp.send_head()     # empty body: the head still goes out
-                    done = True
-                    finish(srv, take(resp), 0)
-                finally:
-                    if type(result) is not list_type and hasattr(result, "close"):
-                        try:
-                            result.close()
-                        except Exception:
-                            log.exception("error closing the WSGI app's iterable")
-        except ClientDisconnected:
-            if not done:
-                finish(srv, take(resp), 1)
-        except BodyError as e:
-            log.info("request body rejected: %s", e)
-            fail(resp, f"{e.status} {'Content Too Large' if e.status == 413 else 'Bad Request'}",
-                 (str(e) + "\n").encode())
-        except Exception:
-            log.exception("error in WSGI app for %s %s", env.get("REQUEST_METHOD"), env.get("RAW_URI"))
-            if not done:
-                fail(resp)
-        except BaseException:
-            # GreenletExit, SystemExit, KeyboardInterrupt: the request ends here all the same,
-            # so C gets its connection back (cut: the response may be half sent).
-            if not done:
-                finish(srv, take(resp), 1)
-            raise
-        finally:
+        while True:
+            env, body_kind = templates.get(code >> id_shift) or template(code)
+            env = env.copy()              # the app may change its environ: never the cached one
+            env["REMOTE_PORT"] = ports[code & 0xFFFF] or port_str(code & 0xFFFF)
+            resp = Resp()
+            resp.code = code
+            # Read by start_response on every request: as an instance value its load is
+            # specialized, where a class default is looked up the slow way each time.
+            resp.status = None
             if body_kind:
-                inp.release()  # type: ignore[union-attr]
-        if log_line is not None:
+                env["wsgi.input"] = inp = Input(owner, resp, waiter)   # may outlive the request
+            nxt = 0
             try:
-                log_line(env, resp.status, resp.sent)
-            except Exception:   # nothing may stop us returning nxt: C handed that request to us
-                log.exception("error writing the access log")
-        return nxt
+                result = app(env, resp.start_response)
+                if type(result) is list_type and len(result) == 1 \
+                        and type(body := result[0]) is bytes_type:
+                    # One crossing: head, body and finish (and in thread mode the next request,
+                    # whose code is the result).
+                    status, hdrs, head, hlen = head_cache
+                    if resp.status != status or resp.headers != hdrs:
+                        status, hdrs, head, hlen = head_cache = pack_head(resp)
+                    resp.code = 0
+                    blen = len(body)
+                    nxt = respond_next(srv, code, head, hlen, body, blen, chain_ms)
+                    if blen >= lend_min and blen <= lend_max:
+                        keep(body)        # C may send it after this (see the theory of operation)
+                    if nxt < 0:
+                        # Only -EINVAL and -EALREADY (the app wrote before returning: the head
+                        # went out already) leave the request with us.
+                        rc = nxt
+                        nxt = 0
+                        if rc == EINVAL:
+                            resp.code = code
+                            raise ValueError(f"invalid response status or headers: {resp.status!r} {resp.headers!r}")
+                        if rc == EALREADY:
+                            resp.code = code
+                            stream(resp, result)
+                        elif rc == ESTALE:
+                            raise ClientDisconnected(errno.ESTALE, "the request is over")
+                        # else the client was gone: the request is over all the same
+                    else:
+                        resp.sent = blen
+                else:
+                    stream(resp, result)
+            except ClientDisconnected:
+                if resp.code:
+                    finish(srv, take(resp), 1)
+            except BodyError as e:
+                log.info("request body rejected: %s", e)
+                fail(resp, f"{e.status} {'Content Too Large' if e.status == 413 else 'Bad Request'}",
+                     (str(e) + "\n").encode())
+            except Exception:
+                log.exception("error in WSGI app for %s %s", env.get("REQUEST_METHOD"), env.get("RAW_URI"))
+                if resp.code:
+                    fail(resp)
+            except BaseException:
+                # GreenletExit, SystemExit, KeyboardInterrupt: the request ends here all the same,
+                # so C gets its connection back (cut: the response may be half sent).
+                if resp.code:
+                    finish(srv, take(resp), 1)
+                raise
+            finally:
+                if body_kind:
+                    inp.release()  # type: ignore[union-attr]
+            if log_line is not None:
+                try:
+                    log_line(env, resp.status, resp.sent)
+                except Exception:   # nothing may stop us returning nxt: C handed that request to us
+                    log.exception("error writing the access log")
+            if nxt <= 0:
+                return nxt
+            code = nxt
 
     return handle
 
