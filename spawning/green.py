@@ -307,27 +307,29 @@ class Hub:
         hub_glet = self.glet
         me = getcurrent()
         mine = me.__dict__   # one dict for the greenlet's life (spawning.green.local uses it)
-        while True:
-            try:
-                handle(code)  # type: ignore[misc]
-            except BaseException:   # handle() answers app errors itself: this is a bug
-                log.exception("internal error handling a request")
-            # What the request left behind must not reach the next one: greenlet-locals (kept in
-            # the greenlet's __dict__) and contextvars.
+
+        def take_next() -> int:
+            """handle()'s next request once one is over (0: none): the batch's next, run here and
+            now in this greenlet, as the hub would have by switching to an idle greenlet, minus
+            the two switches. The hub's loop over the batch takes from the same iterator, and
+            wake-ups go through the ready queue, so a greenlet resumes either from that loop or
+            between batches, when the iterator is spent."""
+            # What the request left behind must not reach the next one: greenlet-locals (kept
+            # in the greenlet's __dict__) and contextvars.
             if mine:
                 mine.clear()
             me.gr_context = None
-            # Take the batch's next request and run it here and now, as the hub would have by
-            # switching to an idle greenlet, minus the two switches. The hub's loop over the
-            # batch takes from the same iterator, and wake-ups go through the ready queue, so
-            # this greenlet resumes either from that loop or between batches, when the iterator
-            # is spent. (A for loop that breaks: cheaper per request than next(it, 0).)
             for code in self.batch:
-                break
-            else:
-                code = 0
-            if code:
-                continue
+                return code  # type: ignore[no-any-return]
+            return 0
+
+        while True:
+            try:
+                handle(code, take_next)  # type: ignore[misc]
+            except BaseException:   # handle() answers app errors itself: this is a bug
+                log.exception("internal error handling a request")
+                mine.clear()
+                me.gr_context = None
             if len(idle) >= _IDLE_MAX:
                 return
             idle.append(me)

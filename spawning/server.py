@@ -179,7 +179,7 @@ class Server:
         finished = self._finished
         while True:
             code = poll(srv, POLL_MS)
-            # handle() answers with the thread's next request when it could take it at once.
+            # handle() also runs the requests its answers take at once (sp_code_respond_next).
             while code > 0:
                 try:
                     code = handle(code)

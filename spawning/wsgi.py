@@ -343,17 +343,23 @@ class Response:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response() called a second time without exc_info")
-        if type(status) is not str:
-            raise TypeError(f"status must be str, not {type(status).__name__}")
-        if type(headers) is not list:
-            raise TypeError(f"response headers must be a list, not {type(headers).__name__}")
+        # Their types are checked when they are packed for C (status_bytes, pack_headers): an
+        # answer equal to the last one packed skips both checks and the packing.
         self.status = status
         self.headers = headers
         return self     # the write() callable: __call__ (no bound method to make per request)
 
+    def status_bytes(self) -> bytes:
+        status = self.status
+        if type(status) is not str:
+            raise TypeError(f"status must be str, not {type(status).__name__}")
+        return status.encode("latin-1")
+
     def pack_headers(self) -> bytes:
         """"Name\0value\0Name\0value" for C, which validates names and values."""
         headers = self.headers
+        if type(headers) is not list:
+            raise TypeError(f"response headers must be a list, not {type(headers).__name__}")
         try:
             for h in headers:  # type: ignore[union-attr]
                 if len(h) != 2:
@@ -371,8 +377,8 @@ class Response:
     def send_head(self) -> None:
         if self.status is None:
             raise AssertionError("the app sent body data before calling start_response()")
+        st = self.status_bytes()
         packed = self.pack_headers()
-        st = self.status.encode("latin-1")
         rc = lib.sp_req_start(self.srv, self.req, st, len(st), packed, len(packed))
         if rc == -errno.EINVAL:
             raise ValueError(f"invalid response status or headers: {self.status!r} {self.headers!r}")
@@ -494,13 +500,16 @@ class AccessLog:
 
 def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                  access_log: AccessLog | None, chain_timeout_ms: int | None = None,
-                 threads: int = 1) -> Callable[[int], int]:
-    """Returns ``handle(code)``: runs the request a code names (sp.h) through the app and answers it.
+                 threads: int = 1) -> Callable[..., int]:
+    """Returns ``handle(code, take_next=None)``: runs the request a code names (sp.h) through the
+    app and answers it.
 
     With ``chain_timeout_ms`` (thread mode) the common response also takes the calling thread's
-    next request in the same crossing (``sp_code_respond_next``), and ``handle`` returns its code,
-    or 0 when the caller must poll. ``threads``: how many OS threads call ``handle``. Written as a
-    closure over locals because this is the per-request hot path."""
+    next request in the same crossing (``sp_code_respond_next``), which ``handle`` then runs
+    itself, until a response does not bring one: then it returns 0 and the caller polls.
+    ``take_next()`` (green mode) is asked for the next request to run each time one is over,
+    and ``handle`` returns when it gives 0. ``threads``: how many OS threads call ``handle``. Written as
+    a closure over locals because this is the per-request hot path."""
     # The hot calls take a plain pointer: cffi checks an ffi.gc() object as an argument more
     # slowly. Resp.srv (below) keeps the owning object for the paths that may outlive a request.
     owner = srv
@@ -597,7 +606,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         """A new head_cache entry for the response's status and headers."""
         if resp.status is None:
             raise AssertionError("the app returned without calling start_response()")
-        st = resp.status.encode("latin-1")
+        st = resp.status_bytes()
         if b"\0" in st:     # C splits status from headers at the first NUL
             raise ValueError(f"invalid response status {resp.status!r}")
         head = st + b"\0" + resp.pack_headers()
@@ -631,7 +640,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                 except Exception:
                     log.exception("error closing the WSGI app's iterable")
 
-    def handle(code: int) -> int:
+    def handle(code: int, take_next: Callable[[], int] | None = None) -> int:
         # One frame for the thread's whole run of requests (in thread mode, each answer takes
         # the next request): a call per request would set up and tear down this closure's frame.
         # ``resp.code`` says whether the request is still ours: 0 once C has it back (answered
@@ -648,7 +657,6 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
             resp.status = None
             if body_kind:
                 env["wsgi.input"] = inp = Input(owner, resp, waiter)   # may outlive the request
-            nxt = 0
             try:
                 result = app(env, resp.start_response)
                 if type(result) is list_type and len(result) == 1 \
@@ -680,15 +688,21 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     else:
                         resp.sent = blen
                 else:
+                    nxt = 0
                     stream(resp, result)
+            # nxt is 0 in every handler below: only a request taken at once sets it (> 0), and
+            # no exception is raised after that.
             except ClientDisconnected:
+                nxt = 0
                 if resp.code:
                     finish(srv, take(resp), 1)
             except BodyError as e:
+                nxt = 0
                 log.info("request body rejected: %s", e)
                 fail(resp, f"{e.status} {'Content Too Large' if e.status == 413 else 'Bad Request'}",
                      (str(e) + "\n").encode())
             except Exception:
+                nxt = 0
                 log.exception("error in WSGI app for %s %s", env.get("REQUEST_METHOD"), env.get("RAW_URI"))
                 if resp.code:
                     fail(resp)
@@ -707,7 +721,11 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                 except Exception:   # nothing may stop us returning nxt: C handed that request to us
                     log.exception("error writing the access log")
             if nxt <= 0:
-                return nxt
+                if take_next is None:
+                    return nxt
+                nxt = take_next()
+                if not nxt:
+                    return 0
             code = nxt
 
     return handle
