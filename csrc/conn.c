@@ -47,6 +47,7 @@
 
 #define SP_OUT_MIN 4096
 #define SP_HEAD_STACK 8192          /* respond fast path: response heads up to this stay on the stack */
+#define SP_HEAD_TAIL_MAX 512        /* end_head's lines at most: Date, Server (128), framing, Connection */
 #define SP_PIPELINE_OUT_MAX 65536   /* don't start the next pipelined request past this much unsent */
 #define SP_DRAIN_IDLE_MS 1000       /* draining: idle keep-alive connections get this long */
 
@@ -874,14 +875,9 @@ static int format_app_headers(const char *h, size_t hlen, char *out, size_t cap,
     return 0;
 }
 
-/* Formats the response head into dst. blen >= 0: the whole body is known (respond fast path).
- * Returns the length, -EINVAL for an invalid status/header, -ENOSPC if cap is too small.
- *
- * Apps answer most requests with the same header list, so the last list that validated is kept
- * (input and output, per server, under the lock) and an identical one costs a memcmp and a
- * memcpy instead of a scan of every byte. */
-static ssize_t format_head(sp_server *s, sp_conn *c, char *dst, size_t cap, const char *status,
-                           size_t slen, const char *h, size_t hlen, int64_t blen) {
+/* Validates status ("NNN" or "NNN reason", a final status) and writes "HTTP/1.1 status\r\n" to
+ * dst. Returns the length and sets *code, or -EINVAL, or -ENOSPC if cap is too small. */
+static ssize_t format_status_line(char *dst, size_t cap, const char *status, size_t slen, int *code) {
     if (slen < 3 || slen > 512) return -EINVAL;
     for (int i = 0; i < 3; i++) if (status[i] < '0' || status[i] > '9') return -EINVAL;
     if (slen > 3 && status[3] != ' ') return -EINVAL;
@@ -889,43 +885,36 @@ static ssize_t format_head(sp_server *s, sp_conn *c, char *dst, size_t cap, cons
         unsigned char ch = (unsigned char)status[i];
         if ((ch < 0x20 && ch != '\t') || ch == 0x7f) return -EINVAL;
     }
-    int code = (status[0] - '0') * 100 + (status[1] - '0') * 10 + (status[2] - '0');
+    int v = (status[0] - '0') * 100 + (status[1] - '0') * 10 + (status[2] - '0');
     /* A final status only (RFC 9110 15): a 1xx from the app would leave the client waiting for
      * the real answer, or take the next one for it. */
-    if (code < 200 || code > 599) return -EINVAL;
+    if (v < 200 || v > 599) return -EINVAL;
+    if (slen + 13 > cap) return -ENOSPC;
+    memcpy(dst, "HTTP/1.1 ", 9);
+    memcpy(dst + 9, status, slen);
+    size_t n = 9 + slen;
+    if (slen == 3) dst[n++] = ' ';   /* RFC 9112 4: the SP stays when the reason is empty */
+    dst[n++] = '\r';
+    dst[n++] = '\n';
+    *code = v;
+    return (ssize_t)n;
+}
+
+/* Ends a head whose status line and app header lines are dst[0..n): Date, Server, framing and
+ * Connection, and sets the connection's response state from them. blen >= 0: the whole body is
+ * known (the one-crossing answer). Returns the head's length or -ENOSPC. */
+static ssize_t end_head(sp_server *s, sp_conn *c, char *dst, size_t n, size_t cap, int code,
+                        const app_headers *ah, int64_t blen) {
     c->status = code;
     c->no_body = c->req.head || code == 204 || code == 304;
-
-    size_t n = 0;
 #define PUT(p, l) do { size_t _l = (l); if (n + _l > cap) return -ENOSPC; memcpy(dst + n, (p), _l); n += _l; } while (0)
-    PUT("HTTP/1.1 ", 9);
-    PUT(status, slen);
-    if (slen == 3) PUT(" ", 1);   /* RFC 9112 4: the SP stays when the reason is empty */
-    PUT("\r\n", 2);
-    app_headers ah;
-    sp_head_cache *hc = &s->head_cache;
-    if (hc->in_len == hlen && hc->out && memcmp(hc->in, h, hlen) == 0) {
-        ah = hc->ah;
-        PUT(hc->out, ah.len);
-    } else {
-        int rc = format_app_headers(h, hlen, dst + n, cap - n, &ah);
-        if (rc < 0) return rc;
-        if (hlen <= SP_HEAD_CACHE_MAX && ah.len <= SP_HEAD_CACHE_MAX * 2) {
-            if (!hc->out) hc->out = malloc(SP_HEAD_CACHE_MAX * 3);
-            if (hc->out) {
-                hc->in = hc->out + SP_HEAD_CACHE_MAX * 2;
-                memcpy(hc->in, h, hlen);
-                memcpy(hc->out, dst + n, ah.len);
-                hc->in_len = hlen;
-                hc->ah = ah;
-            }
-        }
-        n += ah.len;
+    if (ah->close || s->draining || c->close_after) c->keep_alive = 0;
+    if (!ah->has_date) {
+        const char *date = srv_date(s);   /* first: it sets date_len */
+        PUT(date, s->date_len);
     }
-    if (ah.close || s->draining || c->close_after) c->keep_alive = 0;
-    if (!ah.has_date) PUT(srv_date(s), strlen(srv_date(s)));
-    if (!ah.has_server && s->server_line_len) PUT(s->server_line, s->server_line_len);
-    int64_t app_cl = ah.content_length;
+    if (!ah->has_server && s->server_line_len) PUT(s->server_line, s->server_line_len);
+    int64_t app_cl = ah->content_length;
     char tmp[48];
     if (c->no_body) {
         c->resp_left = 0;
@@ -951,6 +940,41 @@ static ssize_t format_head(sp_server *s, sp_conn *c, char *dst, size_t cap, cons
 #undef PUT
     c->started = 1;
     return (ssize_t)n;
+}
+
+/* Formats the response head into dst. blen >= 0: the whole body is known (respond fast path).
+ * Returns the length, -EINVAL for an invalid status/header, -ENOSPC if cap is too small.
+ *
+ * Apps answer most requests with the same header list, so the last list that validated is kept
+ * (input and output, per server, under the lock) and an identical one costs a memcmp and a
+ * memcpy instead of a scan of every byte. */
+static ssize_t format_head(sp_server *s, sp_conn *c, char *dst, size_t cap, const char *status,
+                           size_t slen, const char *h, size_t hlen, int64_t blen) {
+    int code;
+    ssize_t sl = format_status_line(dst, cap, status, slen, &code);
+    if (sl < 0) return sl;
+    size_t n = (size_t)sl;
+    app_headers ah;
+    sp_head_cache *hc = &s->head_cache;
+    if (hc->in_len == hlen && hc->out && memcmp(hc->in, h, hlen) == 0) {
+        ah = hc->ah;
+        if (n + ah.len > cap) return -ENOSPC;
+        memcpy(dst + n, hc->out, ah.len);
+    } else {
+        int rc = format_app_headers(h, hlen, dst + n, cap - n, &ah);
+        if (rc < 0) return rc;
+        if (hlen <= SP_HEAD_CACHE_MAX && ah.len <= SP_HEAD_CACHE_MAX * 2) {
+            if (!hc->out) hc->out = malloc(SP_HEAD_CACHE_MAX * 3);
+            if (hc->out) {
+                hc->in = hc->out + SP_HEAD_CACHE_MAX * 2;
+                memcpy(hc->in, h, hlen);
+                memcpy(hc->out, dst + n, ah.len);
+                hc->in_len = hlen;
+                hc->ah = ah;
+            }
+        }
+    }
+    return end_head(s, c, dst, n + ah.len, cap, code, &ah, blen);
 }
 
 /* ---- the API Python calls ------------------------------------------------------------------- */
@@ -1084,19 +1108,49 @@ out:
     return rc;
 }
 
+/* Sends head[0..n), formatted by end_head, and the body, then finishes the request. Called and
+ * returns with s->mu held; c is busy. may_lend: the caller keeps body alive as sp.h's "Lent
+ * bodies" says. */
+static int respond_send(sp_server *s, sp_conn *c, char *head, size_t n, const char *body,
+                        size_t blen, int may_lend) {
+    int rc;
+    struct iovec iov[2] = { { head, n }, { (void *)body, 0 } };
+    if (!c->no_body) {
+        if (c->resp_left >= 0 && (int64_t)blen > c->resp_left) { blen = (size_t)c->resp_left; c->keep_alive = 0; }
+        iov[1].iov_len = blen;
+        c->resp_left -= (int64_t)blen;
+    }
+    int niov = iov[1].iov_len ? 2 : 1;
+    if ((rc = send_lent_first(s, c)) < 0) goto out;
+    int small = n + iov[1].iov_len <= SP_CORK_BYTES;
+    if (s->cfg.cork && c->keep_alive && c->body_done && (small || (may_lend && niov == 2 && !pending(c)))) {
+        int64_t now = s->now_us;   /* lags by at most the app run that just ended */
+        if (s->ncork && now - s->cork_since_us >= SP_CORK_US) conn_uncork_all(s);
+        int r = small ? cork_append(s, c, iov, niov, NULL, 0, now)
+                      : cork_append(s, c, iov, 1, body, iov[1].iov_len, now);   /* lent, not copied */
+        if (r < 0) { conn_kill(s, c); rc = -ENOMEM; }
+    } else {
+        ssize_t w = conn_sendv(s, c, iov, niov);
+        if (w < 0) rc = (int)w;
+    }
+out: {
+        int f = finish_locked(s, c, 0);
+        return rc ? rc : f;
+    }
+}
+
 /* The one-crossing response (sp_req_respond). Called and returns with s->mu held; c is busy.
- * may_lend: the caller keeps body alive as sp.h's "Lent bodies" says. */
+ * -EINVAL and -EALREADY leave the request unfinished. */
 static int respond(sp_server *s, sp_conn *c, const char *status, size_t slen,
                    const char *headers, size_t hlen, const char *body, size_t blen, int may_lend) {
     char head[SP_HEAD_STACK];
-    int rc = 0;
-    if (c->dead) { rc = -EPIPE; goto out; }
-    if (c->started) { rc = -EALREADY; goto out; }
+    if (c->dead) { finish_locked(s, c, 0); return -EPIPE; }
+    if (c->started) return -EALREADY;
     ssize_t n = format_head(s, c, head, sizeof(head), status, slen, headers, hlen, (int64_t)blen);
     if (n == -ENOSPC) {   /* a huge head: take the general path */
         sp_request *r = &c->req;
         UNLOCK(s);
-        rc = sp_req_start(s, r, status, slen, headers, hlen);
+        int rc = sp_req_start(s, r, status, slen, headers, hlen);
         if (rc != -EINVAL) {
             if (rc == 0) {
                 ssize_t w = sp_req_write(s, r, body, blen);
@@ -1108,32 +1162,53 @@ static int respond(sp_server *s, sp_conn *c, const char *status, size_t slen,
         LOCK(s);
         return rc;
     }
-    if (n < 0) { rc = (int)n; goto out; }
-    struct iovec iov[2] = { { head, (size_t)n }, { (void *)body, 0 } };
-    if (!c->no_body) {
-        if (c->resp_left >= 0 && (int64_t)blen > c->resp_left) { blen = (size_t)c->resp_left; c->keep_alive = 0; }
-        iov[1].iov_len = blen;
-        c->resp_left -= (int64_t)blen;
-    }
-    int niov = iov[1].iov_len ? 2 : 1;
-    if ((rc = send_lent_first(s, c)) < 0) goto out;
-    int small = (size_t)n + iov[1].iov_len <= SP_CORK_BYTES;
-    if (s->cfg.cork && c->keep_alive && c->body_done && (small || (may_lend && niov == 2 && !pending(c)))) {
-        int64_t now = s->now_us;   /* lags by at most the app run that just ended */
-        if (s->ncork && now - s->cork_since_us >= SP_CORK_US) conn_uncork_all(s);
-        int r = small ? cork_append(s, c, iov, niov, NULL, 0, now)
-                      : cork_append(s, c, iov, 1, body, iov[1].iov_len, now);   /* lent, not copied */
-        if (r < 0) { conn_kill(s, c); rc = -ENOMEM; }
-    } else {
-        ssize_t w = conn_sendv(s, c, iov, niov);
-        if (w < 0) rc = (int)w;
-    }
-out:
-    if (rc != -EINVAL && rc != -EALREADY) {
-        int f = finish_locked(s, c, 0);
-        if (!rc) rc = f;
-    }
+    if (n < 0) return (int)n;
+    return respond_send(s, c, head, (size_t)n, body, blen, may_lend);
+}
+
+/* respond() with a registered head (sp_head_add): copied, not validated again. */
+static int respond_head(sp_server *s, sp_conn *c, const sp_head *h, const char *body, size_t blen,
+                        int may_lend) {
+    char stack[SP_HEAD_STACK];
+    if (c->dead) { finish_locked(s, c, 0); return -EPIPE; }
+    if (c->started) return -EALREADY;
+    size_t cap = h->len + SP_HEAD_TAIL_MAX;
+    char *head = cap <= sizeof(stack) ? stack : malloc(cap);
+    if (!head) { conn_kill(s, c); finish_locked(s, c, 0); return -ENOMEM; }
+    memcpy(head, h->text, h->len);
+    ssize_t n = end_head(s, c, head, h->len, cap, h->status, &h->ah, (int64_t)blen);
+    int rc = n < 0 ? (finish_locked(s, c, 1), (int)n)   /* cannot happen: cap holds any tail */
+                   : respond_send(s, c, head, (size_t)n, body, blen, may_lend);
+    if (head != stack) free(head);
     return rc;
+}
+
+int64_t sp_head_add(sp_server *s, const char *head, size_t hlen) {
+    const char *nul = memchr(head, '\0', hlen);
+    size_t slen = nul ? (size_t)(nul - head) : hlen;
+    const char *h = nul ? nul + 1 : head + hlen;
+    size_t hl = nul ? hlen - slen - 1 : 0;
+    /* Each "name\0value\0" becomes "name: value\r\n": at most twice the packed length, plus 2. */
+    size_t cap = slen + 16 + 2 * hl + 2;
+    char *text = malloc(cap);
+    if (!text) return -ENOMEM;
+    int code;
+    app_headers ah;
+    ssize_t n = format_status_line(text, cap, head, slen, &code);
+    int rc = n < 0 ? (int)n : format_app_headers(h, hl, text + n, cap - (size_t)n, &ah);
+    if (rc < 0) { free(text); return rc == -ENOSPC ? -EINVAL : rc; }
+    LOCK(s);
+    int64_t id = ++s->head_next_id;
+    sp_head *e = &s->heads[id % SP_HEADS];
+    char *old = e->text;
+    e->id = id;
+    e->text = text;
+    e->len = (size_t)n + ah.len;
+    e->status = code;
+    e->ah = ah;
+    UNLOCK(s);
+    free(old);
+    return id;
 }
 
 int sp_req_respond(sp_server *s, sp_request *r, const char *status, size_t slen,
@@ -1151,6 +1226,15 @@ sp_request *sp_code_req(sp_server *s, int64_t code) {
     return c ? &c->req : NULL;
 }
 
+/* Counts a one-crossing answer for sp.h's "Lent bodies": every call counts, whatever its result,
+ * as the caller counts them; the SP_LEND_RUN-th frees the callers to drop the bodies of this run. */
+static void count_lend(sp_server *s, size_t blen) {
+    if (blen >= SP_LEND_MIN && blen <= SP_LEND_MAX && ++s->lend_calls == SP_LEND_RUN) {
+        s->lend_calls = 0;
+        conn_uncork_all(s);
+    }
+}
+
 /* sp_code_respond with s->mu held. head: "status\0headers" (headers as sp_req_start takes them). */
 static int code_respond_locked(sp_server *s, int64_t code, const char *head, size_t hlen,
                                const char *body, size_t blen) {
@@ -1161,12 +1245,7 @@ static int code_respond_locked(sp_server *s, int64_t code, const char *head, siz
     sp_conn *c = srv_code_conn(s, code);
     int rc = c ? respond(s, c, head, slen, headers, hlen - slen - (nul ? 1 : 0), body, blen, lendable)
                : -ESTALE;
-    /* Every call counts, whatever its result, as the caller counts them: the SP_LEND_RUN-th
-     * frees the callers to drop the bodies of this run. */
-    if (lendable && ++s->lend_calls == SP_LEND_RUN) {
-        s->lend_calls = 0;
-        conn_uncork_all(s);
-    }
+    count_lend(s, blen);
     return rc;
 }
 
@@ -1184,11 +1263,20 @@ int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,
     return rc;
 }
 
-int64_t sp_code_respond_next(sp_server *s, int64_t code, const char *head, size_t hlen,
-                             const char *body, size_t blen, int timeout_ms) {
+int64_t sp_code_answer(sp_server *s, int64_t code, int64_t head, const char *body, size_t blen,
+                       int timeout_ms) {
     LOCK(s);   /* one lock for both halves: the answer and the next request */
-    int rc = code_respond_locked(s, code, head, hlen, body, blen);
-    if (timeout_ms < 0 || rc == -EINVAL || rc == -ESTALE || rc == -EALREADY) { UNLOCK(s); return rc; }
+    const sp_head *h = &s->heads[(uint64_t)head % SP_HEADS];
+    int rc;
+    if (head <= 0 || h->id != head) {
+        rc = -ENOENT;
+    } else {
+        sp_conn *c = srv_code_conn(s, code);
+        rc = c ? respond_head(s, c, h, body, blen, blen >= SP_LEND_MIN && blen <= SP_LEND_MAX)
+               : -ESTALE;
+    }
+    count_lend(s, blen);
+    if (timeout_ms < 0 || rc == -ESTALE || rc == -EALREADY || rc == -ENOENT) { UNLOCK(s); return rc; }
     sp_event ev;
     int n = srv_poll_locked(s, &ev, 1, timeout_ms);
     UNLOCK(s);

@@ -112,6 +112,15 @@ typedef struct app_headers {
     int64_t content_length;          /* -1 when absent */
     unsigned has_date:1, has_server:1, close:1;
 } app_headers;
+/* Response heads Python registered (sp_head_add): the status line and app header lines,
+ * validated and formatted once. Ids are never reused; an id lives in heads[id % SP_HEADS] until
+ * SP_HEADS later ones push it out (sp_code_answer then says -ENOENT and Python registers again). */
+typedef struct sp_head {
+    int64_t id;                      /* 0: empty */
+    int status;
+    char *text; size_t len;          /* "HTTP/1.1 status\r\n" and the app's header lines */
+    app_headers ah;
+} sp_head;
 typedef struct sp_head_cache {
     char *out;                       /* one allocation: the formatted lines, then the input */
     char *in; size_t in_len;
@@ -172,11 +181,14 @@ struct sp_server {
     unsigned wake_gen;
 
     int64_t next_sweep_ms;
-    char date[40];                   /* "Date: ...\r\n" cached per second */
+    char date[40];                   /* "Date: ...\r\n" cached per second (srv_date) */
+    size_t date_len;
     int64_t date_sec;
     char server_line[128]; size_t server_line_len;
 
     sp_head_cache head_cache;        /* the last app header list that validated (conn.c) */
+    sp_head heads[SP_HEADS];         /* registered heads (sp_head_add) */
+    int64_t head_next_id;
 
     sp_conn **slots; int slots_cap;  /* open connections by slot (request codes name them) */
     int *slot_free; int nslot_free;  /* free slot numbers below slots_cap, a stack */

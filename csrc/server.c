@@ -120,6 +120,7 @@ void sp_server_free(sp_server *s) {
     for (int i = 0; i < s->npool; i++) free(s->pool[i]);
     for (int i = 0; i < s->ncork_bufs; i++) free(s->cork_bufs[i]);
     free(s->head_cache.out);
+    for (int i = 0; i < SP_HEADS; i++) free(s->heads[i].text);
     for (int i = 0; i < SP_TMPL_SLOTS; i++) free(s->tmpl[i].key);
     free(s->slots);
     free(s->slot_free);
@@ -239,7 +240,7 @@ const char *srv_date(sp_server *s) {
     if (now != s->date_sec) {
         struct tm tm;
         gmtime_r(&now, &tm);
-        strftime(s->date, sizeof(s->date), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+        s->date_len = strftime(s->date, sizeof(s->date), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
         s->date_sec = now;
     }
     return s->date;

@@ -258,7 +258,7 @@ sp_request *sp_code_req(sp_server *s, int64_t code);
  * one buffer: head is "status\0headers" (the status holds no NUL: callers check). */
 int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,
                     const char *body, size_t blen);
-/* Lent bodies. sp_code_respond() and sp_code_respond_next() may keep a pointer to a body of
+/* Lent bodies. sp_code_respond() and sp_code_answer() may keep a pointer to a body of
  * SP_LEND_MIN to SP_LEND_MAX bytes after they return, and send it later with a burst of other
  * held-back responses (conn.c, "Corking") rather than copy it. The caller keeps every such body
  * alive until SP_LEND_RUN - 1 more of these calls with a body in that range have been made on
@@ -269,13 +269,20 @@ int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,
 #define SP_LEND_MAX 65536
 #define SP_LEND_RUN 4
 void sp_server_flush(sp_server *s);
-/* Thread mode: sp_code_respond(), then sp_poll_one(): one crossing from one request to the next.
- * Returns -EINVAL, -ESTALE or -EALREADY (the response had started: nothing was sent and the
- * request is still the caller's) as sp_code_respond, and nothing was polled; else sp_poll_one's
+/* Response heads registered once and answered with by id: "status\0headers" as sp_code_respond
+ * takes it, validated and formatted now, so an answer only copies it. Returns the head's id
+ * (> 0), -EINVAL (invalid status or header) or -ENOMEM. Ids are never reused; the server keeps
+ * the SP_HEADS latest. */
+#define SP_HEADS 16
+int64_t sp_head_add(sp_server *s, const char *head, size_t hlen);
+/* sp_code_respond() with a registered head, then, in thread mode, sp_poll_one(): one crossing
+ * from one request to the next. Returns -ESTALE as sp_code_respond, -ENOENT (head is not kept
+ * any more: register it again), or -EALREADY (the response had started: nothing was sent), the
+ * last two leaving the request with the caller, and then nothing was polled; else sp_poll_one's
  * result with its errors as 0 (the caller's next sp_poll_one reports them). A negative
- * timeout_ms polls nothing: the result is sp_code_respond's. */
-int64_t sp_code_respond_next(sp_server *s, int64_t code, const char *head, size_t hlen,
-                             const char *body, size_t blen, int timeout_ms);
+ * timeout_ms polls nothing: the result is sp_code_respond's. Counts for lent bodies (above). */
+int64_t sp_code_answer(sp_server *s, int64_t code, int64_t head, const char *body, size_t blen,
+                       int timeout_ms);
 /* Ends the response (terminal chunk if chunked). The connection goes on to its next pipelined
  * request or back to the loop; r is invalid afterwards. abort != 0 closes the connection (an app
  * failure after the head went out). Returns 0 or -errno (the connection was lost; still released). */

@@ -179,7 +179,7 @@ class Server:
         finished = self._finished
         while True:
             code = poll(srv, POLL_MS)
-            # handle() also runs the requests its answers take at once (sp_code_respond_next).
+            # handle() also runs the requests its answers take at once (sp_code_answer).
             while code > 0:
                 try:
                     code = handle(code)

@@ -14,9 +14,10 @@ block (``sp_code_req``) and build the template: one latin-1 decode, one split an
 ``dict.update(zip(it, it))``, no Python loop per header.
 
 The response goes back in as few crossings as possible: the common case (``start_response`` then
-a one-element list) is a single ``sp_code_respond`` call (head, body and finish), with the packed
-head reused while status and headers stay equal; in thread mode the same call also takes the
-thread's next request (``sp_code_respond_next``). C may hold such a small response back a moment
+a one-element list) is a single ``sp_code_answer`` call (head, body and finish). The head goes by
+the id C gave it when it was registered (``sp_head_add``: validated and formatted once), reused
+while status and headers stay equal; in thread mode the same call also takes the thread's next
+request, which the handler runs in the same Python frame. C may hold such a small response back a moment
 to send it in a burst with others (csrc/conn.c, "Corking"); a larger body it may send from our
 memory after the call returned, so the last ones stay referenced here (csrc/sp.h, "Lent
 bodies"). C flushes at every SP_LEND_RUN-th call that could lend; the handler keeps the bodies of
@@ -505,7 +506,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     app and answers it.
 
     With ``chain_timeout_ms`` (thread mode) the common response also takes the calling thread's
-    next request in the same crossing (``sp_code_respond_next``), which ``handle`` then runs
+    next request in the same crossing (``sp_code_answer``), which ``handle`` then runs
     itself, until a response does not bring one: then it returns 0 and the caller polls.
     ``take_next()`` (green mode) is asked for the next request to run each time one is over,
     and ``handle`` returns when it gives 0. ``threads``: how many OS threads call ``handle``. Written as
@@ -515,14 +516,16 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     owner = srv
     srv = ffi.cast("sp_server *", owner)
     respond = lib.sp_code_respond
-    respond_next = lib.sp_code_respond_next
+    answer = lib.sp_code_answer
+    add_head = lib.sp_head_add
     logging_on = access_log is not None and access_log.enabled
     # With an access log the response goes alone, so that its line is written when it is sent,
     # not when this thread's next request comes (up to chain_timeout_ms later).
     chain = chain_timeout_ms is not None and not logging_on
     chain_ms = chain_timeout_ms if chain else -1    # -1: answer only, take no next request
-    EINVAL = -errno.EINVAL
     EALREADY = -errno.EALREADY
+    ENOENT = -errno.ENOENT
+    ENOMEM = -errno.ENOMEM
     ESTALE = -errno.ESTALE
     finish = lib.sp_req_finish
     req_of = lib.sp_code_req
@@ -603,20 +606,26 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         return s
 
     def pack_head(resp: Response) -> tuple:
-        """A new head_cache entry for the response's status and headers."""
+        """A new head_cache entry for the response's status and headers: registered with C
+        (sp_head_add), which validates and formats it once."""
         if resp.status is None:
             raise AssertionError("the app returned without calling start_response()")
         st = resp.status_bytes()
         if b"\0" in st:     # C splits status from headers at the first NUL
             raise ValueError(f"invalid response status {resp.status!r}")
         head = st + b"\0" + resp.pack_headers()
-        return (resp.status, [tuple(h) for h in resp.headers], head, len(head))  # type: ignore[union-attr]
+        hid = add_head(srv, head, len(head))
+        if hid < 0:
+            if hid == ENOMEM:
+                raise MemoryError("no memory for a response head")
+            raise ValueError(f"invalid response status or headers: {resp.status!r} {resp.headers!r}")
+        return (resp.status, [tuple(h) for h in resp.headers], hid)  # type: ignore[union-attr]
 
-    # The last response head packed for C, reused while apps answer with equal status and
+    # The last response head registered with C, reused while apps answer with equal status and
     # headers (the cached list is a copy of tuples: an app that mutates its own list, or passes
     # lists as items, compares unequal and is packed afresh). One tuple: threads swap it whole.
     # Its status is one no app can give (a NUL), so a response without one never matches.
-    head_cache: tuple = ("\0", None, b"", 0)
+    head_cache: tuple = ("\0", None, 0)
 
     def stream(resp: Response, result: Any) -> None:
         """Sends the response the general way: sendfile, or the iterable chunk by chunk; then
@@ -663,27 +672,31 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                         and type(body := result[0]) is bytes_type:
                     # One crossing: head, body and finish (and in thread mode the next request,
                     # whose code is the result).
-                    status, hdrs, head, hlen = head_cache
+                    status, hdrs, hid = head_cache
                     if resp.status != status or resp.headers != hdrs:
-                        status, hdrs, head, hlen = head_cache = pack_head(resp)
+                        status, hdrs, hid = head_cache = pack_head(resp)
                     resp.code = 0
                     blen = len(body)
-                    nxt = respond_next(srv, code, head, hlen, body, blen, chain_ms)
+                    nxt = answer(srv, code, hid, body, blen, chain_ms)
                     if blen >= lend_min and blen <= lend_max:
                         keep(body)        # C may send it after this (see the theory of operation)
                     if nxt < 0:
-                        # Only -EINVAL and -EALREADY (the app wrote before returning: the head
-                        # went out already) leave the request with us.
                         rc = nxt
                         nxt = 0
-                        if rc == EINVAL:
-                            resp.code = code
-                            raise ValueError(f"invalid response status or headers: {resp.status!r} {resp.headers!r}")
-                        if rc == EALREADY:
+                        if rc == ENOENT:  # newer heads pushed this one out of C's table
+                            head_cache = pack_head(resp)
+                            rc = answer(srv, code, head_cache[2], body, blen, -1)
+                            if blen >= lend_min and blen <= lend_max:
+                                keep(body)
+                        if rc == EALREADY or rc == ENOENT:
+                            # Still ours, nothing sent: the app wrote before it returned (the
+                            # head went out already), or the head was pushed out again.
                             resp.code = code
                             stream(resp, result)
                         elif rc == ESTALE:
                             raise ClientDisconnected(errno.ESTALE, "the request is over")
+                        elif rc == 0:
+                            resp.sent = blen
                         # else the client was gone: the request is over all the same
                     else:
                         resp.sent = blen

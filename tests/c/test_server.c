@@ -204,6 +204,8 @@ static void *client(void *arg) {
 
 /* ---- the "app" ------------------------------------------------------------------------------ */
 
+static int64_t c_head;   /* the registered head /c answers with */
+
 static const char *env_get(const sp_request *r, int index) {
     /* values: REMOTE_ADDR, REQUEST_METHOD, PATH_INFO, ... */
     const char *p = r->env;
@@ -265,9 +267,15 @@ static void answer(sp_request *r, int64_t code) {
         sp_req_finish(srv, r, abort);
         return;
     }
-    if (strcmp(path, "/c") == 0) usleep(1500);   /* slow enough that another thread polls meanwhile */
     char body[64];
     int n = snprintf(body, sizeof body, "path=%s", path);
+    if (strcmp(path, "/c") == 0) {
+        usleep(1500);   /* slow enough that another thread polls meanwhile */
+        /* the registered head (sp_head_add in main), as Python answers */
+        int64_t rc = sp_code_answer(srv, code, c_head, body, (size_t)n, -1);
+        CHECK(rc == 0, "answer: %lld", (long long)rc);
+        return;
+    }
     CHECK(sp_req_respond(srv, r, "200 OK", 6, hdrs, sizeof hdrs, body, (size_t)n) == 0, "respond");
 }
 
@@ -351,6 +359,23 @@ int main(void) {
             if (ev[i].kind == SP_EV_REQUEST) answer(ev[i].req, ev[i].code);
     }
     pthread_join(t, NULL);
+
+    /* Registered heads: checked once, pushed out by SP_HEADS newer ones. */
+    static const char good[] = "200 OK\0Content-Type\0text/plain";
+#define ADD_HEAD(lit) sp_head_add(srv, lit, sizeof lit - 1)
+    CHECK(ADD_HEAD("20x OK") == -EINVAL, "head: bad status");
+    CHECK(ADD_HEAD("101 Switching") == -EINVAL, "head: 1xx");
+    CHECK(ADD_HEAD("200 OK\0Bad Name\0v") == -EINVAL, "head: bad name");
+    CHECK(ADD_HEAD("200 OK\0X\0a\rb") == -EINVAL, "head: CR in a value");
+    CHECK(ADD_HEAD("200 OK\0Transfer-Encoding\0chunked") == -EINVAL, "head: hop-by-hop");
+    CHECK(ADD_HEAD("200") > 0, "head: bare status, no headers");
+    int64_t first = sp_head_add(srv, good, sizeof good - 1);
+    CHECK(first > 0, "head: %lld", (long long)first);
+    for (int i = 0; i < SP_HEADS; i++) c_head = sp_head_add(srv, good, sizeof good - 1);
+    CHECK(c_head == first + SP_HEADS, "head ids: %lld after %lld", (long long)c_head, (long long)first);
+    CHECK(sp_code_answer(srv, 0, first, "x", 1, -1) == -ENOENT, "pushed-out head");
+    CHECK(sp_code_answer(srv, 0, 0, "x", 1, -1) == -ENOENT, "head 0");
+    CHECK(sp_code_answer(srv, 0, c_head, "x", 1, -1) == -ESTALE, "no such request");
     churn();
 
     /* drain: no new connections are accepted, open ones finish */
