@@ -665,7 +665,9 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
             # specialized, where a class default is looked up the slow way each time.
             resp.status = None
             if body_kind:
-                env["wsgi.input"] = inp = Input(owner, resp, waiter)   # may outlive the request
+                # It may outlive the request; the plain pointer is safe for as long as resp is:
+                # resp's class (Resp) holds the owning object.
+                env["wsgi.input"] = inp = Input(srv, resp, waiter)
             try:
                 result = app(env, resp.start_response)
                 if type(result) is list_type and len(result) == 1 \
