@@ -312,11 +312,12 @@ class Response:
     """State of one response: ``start_response`` and the ``write()`` callable.
 
     Made per request without ``__init__``: the per-request state starts as these class defaults
-    (``make_handler`` subclasses it with the server's ``srv`` and ``waiter``), which costs less
+    (``make_handler`` subclasses it with the server and its waiter), which costs less
     than setting slots. ``code`` names the request (sp.h, request codes); ``req``, the struct,
     is looked up only by the paths that need it."""
 
-    srv: Any = None
+    srv: Any = None     # the server, a plain pointer (make_handler sets these three)
+    owner: Any = None   # the object that owns it
     waiter: Any = None
     code = 0
     status: str | None = None
@@ -512,7 +513,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     and ``handle`` returns when it gives 0. ``threads``: how many OS threads call ``handle``. Written as
     a closure over locals because this is the per-request hot path."""
     # The hot calls take a plain pointer: cffi checks an ffi.gc() object as an argument more
-    # slowly. Resp.srv (below) keeps the owning object for the paths that may outlive a request.
+    # slowly. Resp.owner (below) keeps the owning object for what may outlive a request.
     owner = srv
     srv = ffi.cast("sp_server *", owner)
     respond = lib.sp_code_respond
@@ -547,7 +548,8 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     class Resp(Response):
         pass
 
-    Resp.srv = owner
+    Resp.srv = srv          # the plain pointer, for the write paths too...
+    Resp.owner = owner      # ...valid while any response (or wsgi.input, which holds one) lives
     Resp.waiter = waiter
 
     def take(resp: Response) -> Any:
@@ -665,8 +667,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
             # specialized, where a class default is looked up the slow way each time.
             resp.status = None
             if body_kind:
-                # It may outlive the request; the plain pointer is safe for as long as resp is:
-                # resp's class (Resp) holds the owning object.
+                # It may outlive the request: its resp keeps the server (Resp.owner).
                 env["wsgi.input"] = inp = Input(srv, resp, waiter)
             try:
                 result = app(env, resp.start_response)
