@@ -822,8 +822,10 @@ static int contains_token(const char *v, size_t n, const char *tok) {
 }
 
 /* Validates the packed "Name\0value\0..." list h and writes its lines to out. Returns 0, -EINVAL
- * (bad name or value, hop-by-hop field, conflicting Content-Length) or -ENOSPC. */
-static int format_app_headers(const char *h, size_t hlen, char *out, size_t cap, app_headers *ah) {
+ * (bad name or value, hop-by-hop field, conflicting Content-Length) or -ENOSPC. A response with
+ * status 204 carries no Content-Length (RFC 9110 8.6): the app's is checked, then left out. */
+static int format_app_headers(const char *h, size_t hlen, char *out, size_t cap, app_headers *ah,
+                              int status) {
     size_t n = 0, i = 0;
     ah->content_length = -1;
     ah->has_date = ah->has_server = ah->close = 0;
@@ -854,6 +856,7 @@ static int format_app_headers(const char *h, size_t hlen, char *out, size_t cap,
             }
             if (ah->content_length >= 0 && ah->content_length != v) return -EINVAL;
             ah->content_length = v;
+            if (status == 204) continue;
         } else if (ieq(name, nl, "transfer-encoding") || ieq(name, nl, "keep-alive") ||
                    ieq(name, nl, "upgrade") || ieq(name, nl, "proxy-connection")) {
             return -EINVAL;   /* hop-by-hop: framing is the server's job (PEP 3333) */
@@ -918,7 +921,8 @@ static ssize_t end_head(sp_server *s, sp_conn *c, char *dst, size_t n, size_t ca
     char tmp[48];
     if (c->no_body) {
         c->resp_left = 0;
-        if (c->req.head && app_cl < 0 && blen > 0) {   /* HEAD tells the length GET would send */
+        /* HEAD tells the length GET would send, except for a 204 (RFC 9110 8.6) */
+        if (c->req.head && code != 204 && app_cl < 0 && blen > 0) {
             PUT(tmp, fmt_content_length(tmp, blen));
         }
     } else if (app_cl >= 0) {
@@ -956,12 +960,13 @@ static ssize_t format_head(sp_server *s, sp_conn *c, char *dst, size_t cap, cons
     size_t n = (size_t)sl;
     app_headers ah;
     sp_head_cache *hc = &s->head_cache;
-    if (hc->in_len == hlen && hc->out && memcmp(hc->in, h, hlen) == 0) {
+    if (hc->in_len == hlen && hc->out && hc->no_content == (code == 204) &&
+        memcmp(hc->in, h, hlen) == 0) {
         ah = hc->ah;
         if (n + ah.len > cap) return -ENOSPC;
         memcpy(dst + n, hc->out, ah.len);
     } else {
-        int rc = format_app_headers(h, hlen, dst + n, cap - n, &ah);
+        int rc = format_app_headers(h, hlen, dst + n, cap - n, &ah, code);
         if (rc < 0) return rc;
         if (hlen <= SP_HEAD_CACHE_MAX && ah.len <= SP_HEAD_CACHE_MAX * 2) {
             if (!hc->out) hc->out = malloc(SP_HEAD_CACHE_MAX * 3);
@@ -970,6 +975,7 @@ static ssize_t format_head(sp_server *s, sp_conn *c, char *dst, size_t cap, cons
                 memcpy(hc->in, h, hlen);
                 memcpy(hc->out, dst + n, ah.len);
                 hc->in_len = hlen;
+                hc->no_content = code == 204;
                 hc->ah = ah;
             }
         }
@@ -1195,7 +1201,7 @@ int64_t sp_head_add(sp_server *s, const char *head, size_t hlen) {
     int code;
     app_headers ah;
     ssize_t n = format_status_line(text, cap, head, slen, &code);
-    int rc = n < 0 ? (int)n : format_app_headers(h, hl, text + n, cap - (size_t)n, &ah);
+    int rc = n < 0 ? (int)n : format_app_headers(h, hl, text + n, cap - (size_t)n, &ah, code);
     if (rc < 0) { free(text); return rc == -ENOSPC ? -EINVAL : rc; }
     LOCK(s);
     int64_t id = ++s->head_next_id;

@@ -124,6 +124,7 @@ typedef struct sp_head {
 typedef struct sp_head_cache {
     char *out;                       /* one allocation: the formatted lines, then the input */
     char *in; size_t in_len;
+    int no_content;                  /* formatted for a 204 (format_app_headers) */
     app_headers ah;
 } sp_head_cache;
 

@@ -276,6 +276,7 @@ class WorkerHandle:
         self.oldest_age: float | None = None
         self.memory: int | None = None  # USS
         self.rss: int | None = None
+        self.first_memory: int | None = None   # the first sample once ready: its baseline
         self.boot_error: str | None = None
         self.retiring: str | None = None
         self.max_requests = 0
@@ -355,6 +356,8 @@ class Controller:
         self._unix_paths: list[str] = []
         self._last_memory_sample = 0.0
         self._last_memory_reload = -MEMORY_RELOAD_COOLDOWN
+        self._warned_limits: set[str] = set()
+        self._active_target = self.num_workers   # see _start_generation
         self.reloader: Reloader | None = None
         if config.get("reload") == "dev":
             self.reloader = Reloader()
@@ -544,12 +547,14 @@ class Controller:
         sockets_mod.stop_listening(self.listeners)   # new clients: refused, not held and reset
         now = time.monotonic()
         for w in list(self.workers.values()):
-            if graceful:
-                self._drain(w, why or "shutdown")
-            elif w.state == "starting":  # serves nothing yet
+            if w.state == "starting":
+                # Serves nothing yet, so nothing to drain: a graceful stop need not wait for an
+                # app's import (it reads no drain message until it has booted).
                 w.state = "draining"
                 w.drain_deadline = w.term_sent = w.kill_sent = now
                 self._signal(w, signal.SIGKILL)
+            elif graceful:
+                self._drain(w, why or "shutdown")
             else:
                 w.state = "draining"
                 w.drain_deadline = now
@@ -563,6 +568,9 @@ class Controller:
         self.pending_gen = self.generation
         self.pending_reason = reason
         self.pending_started = time.monotonic()
+        # The serving generation's size while this one boots: a SIGTTIN meanwhile grows only the
+        # new one (a worker forked now runs the new code: the old one must not get it).
+        self._active_target = self.num_workers
         if self.booted:
             sd_notify("RELOADING=1")
             log.info("reload (%s): starting generation %d", reason, self.generation)
@@ -585,6 +593,10 @@ class Controller:
     def _spawn(self, generation: int, reason: str) -> WorkerHandle | None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         close_fds = self._controller_fds(child_end) + [parent_end.fileno()]
+        max_requests = 0
+        if self.config.get("max_requests"):
+            jitter = int(self.config.get("max_requests_jitter") or 0)
+            max_requests = int(self.config["max_requests"]) + random.randint(0, jitter)
         sys.stdout.flush()
         sys.stderr.flush()
         try:
@@ -597,15 +609,14 @@ class Controller:
             return None
         if pid == 0:  # the child: never returns
             try:
-                Worker(self.args, self.listeners, child_end, generation, close_fds).run()
+                Worker(self.args, self.listeners, child_end, generation, close_fds,
+                       max_requests).run()
             finally:
                 os._exit(EXIT_FAILURE)
         child_end.close()
         parent_end.setblocking(False)
         w = WorkerHandle(pid, generation, parent_end, reason)
-        jitter = int(self.config.get("max_requests_jitter") or 0)
-        if self.config.get("max_requests"):
-            w.max_requests = int(self.config["max_requests"]) + random.randint(0, jitter)
+        w.max_requests = max_requests
         self.workers[pid] = w
         self._selector.register(parent_end, selectors.EVENT_READ, lambda: self._on_channel(w))
         log.debug("started %r: %s", w, reason)
@@ -885,7 +896,10 @@ class Controller:
     def _keep_count(self, now: float) -> None:
         active = self._gen_workers(self.active_gen)
         serving = [w for w in active if w.state != "draining" and not w.retiring]
-        missing = self.num_workers - len(serving)
+        target = self.num_workers
+        if self.pending_gen is not None:
+            target = min(target, self._active_target)
+        missing = target - len(serving)
         if missing > 0 and now >= self._next_spawn_at:
             retiring = [w for w in active if w.retiring and w.state == "ready"]
             for i in range(missing):
@@ -914,6 +928,8 @@ class Controller:
             try:
                 info = psutil.Process(w.pid).memory_full_info()
                 w.memory, w.rss = info.uss, info.rss
+                if w.first_memory is None and w.state == "ready":
+                    w.first_memory = info.uss
             except (psutil.Error, OSError):
                 w.memory = w.rss = None
 
@@ -929,14 +945,31 @@ class Controller:
         if limit_worker:
             for w in active:
                 if w.memory and w.memory > limit_worker and not w.retiring:
+                    if w.first_memory and w.first_memory > limit_worker:
+                        self._warn_limit_once("--max-worker-memory", limit_worker,
+                                              f"a worker used {w.first_memory / MB:.1f} MB")
                     self._retire(w, f"uses {w.memory / MB:.1f} MB (--max-worker-memory "
                                     f"{limit_worker / MB:g})")
         if limit_total and self.pending_gen is None and \
                 now - self._last_memory_reload >= MEMORY_RELOAD_COOLDOWN:
             total = sum(w.memory or 0 for w in active)
             if total > limit_total:
+                baseline = sum(w.first_memory or 0 for w in active)
+                if baseline > limit_total:
+                    self._warn_limit_once("--max-memory", limit_total,
+                                          f"the workers used {baseline / MB:.1f} MB")
                 self._last_memory_reload = now
                 self.reload(f"workers use {total / MB:.1f} MB (--max-memory {limit_total / MB:g})")
+
+    def _warn_limit_once(self, option: str, limit: float, what: str) -> None:
+        """A limit freshly started workers are already over (their first sample once ready):
+        recycling cannot meet it, and would go on for ever. Said once, as a warning, rather than
+        only as an INFO line per recycling."""
+        if option in self._warned_limits:
+            return
+        self._warned_limits.add(option)
+        log.warning("%s when first measured after booting, over %s %g MB: recycling cannot bring "
+                    "workers under that; raise the limit", what, option, limit / MB)
 
     def _check_age(self, now: float) -> None:
         max_age = float(self.config.get("max_age") or 0)

@@ -94,6 +94,7 @@ class Server:
                 name = ("", 0)
             self.base_envs.append(wsgi.base_environ(name, sock.family, config))
         self.access_log = wsgi.AccessLog(config.get("access_log_file", "-"))
+        self._count_buf = ffi.new("sp_stats *")
         self._draining = False
         self._stopping = False
         self._done = threading.Event()
@@ -136,6 +137,12 @@ class Server:
 
     # ---- serving ---------------------------------------------------------------------------------
 
+    def requests(self) -> int:
+        """Requests served so far (the stats' count, without building the whole dict)."""
+        st = self._count_buf
+        lib.sp_server_stats(self._srv, st)
+        return int(st.requests)
+
     def _finished(self) -> bool:
         return self._stopping or (self._draining and lib.sp_server_connections(self._srv) == 0)
 
@@ -162,8 +169,11 @@ class Server:
         finally:
             self._stopping = True
             lib.sp_server_wakeup(self._srv)
+            # One deadline for all: a thread still in a long request must not make each of
+            # the others wait its own turn (SIGQUIT is an immediate stop).
+            deadline = time.monotonic() + (2.0 if self._draining else 0.5)
             for t in workers:
-                t.join(0.5 if not self._draining else 2.0)
+                t.join(max(0.0, deadline - time.monotonic()))
 
     def _thread_main(self, handle: Callable) -> None:
         try:

@@ -65,6 +65,8 @@ _monotonic = time.monotonic
 
 #: Seconds between two heartbeats.
 HEARTBEAT = 1.0
+#: Seconds between two looks at the request count under --max-requests.
+LIMIT_POLL = 0.05
 
 DEFAULT_SERVER_CLASS = "spawning.server:Server"
 
@@ -130,8 +132,11 @@ class Worker:
     """One worker process (runs in the child after fork; see the module docstring)."""
 
     def __init__(self, args: dict[str, Any], listeners: list[socket.socket], channel: socket.socket,
-                 generation: int, close_fds: list[int]) -> None:
+                 generation: int, close_fds: list[int], max_requests: int = 0) -> None:
         self.args = args
+        # --max-requests (with this worker's jitter): the controller recycles the worker once a
+        # heartbeat reports this many; the worker beats as soon as it gets there.
+        self.max_requests = max_requests
         self.listeners = listeners
         self.channel_fd = channel.fileno()
         self._channel = channel  # keeps the socket object (and so the descriptor) alive
@@ -299,8 +304,17 @@ class Worker:
         channel = LineBuffer()
         next_beat = _monotonic()
         watched = [self._wake_r, self.channel_fd]
+        # The count is looked at more often than heartbeats go, so that the recycling starts
+        # within LIMIT_POLL of the limit rather than up to a heartbeat later. (A custom server
+        # class without requests() is left to the heartbeats.)
+        served = getattr(self.server, "requests", None) if self.max_requests > 0 else None
         while True:
             timeout = max(0.0, next_beat - _monotonic())
+            if served is not None:
+                timeout = min(timeout, LIMIT_POLL)
+                if served() >= self.max_requests:
+                    served = None
+                    timeout = next_beat = 0.0
             try:
                 readable, _, _ = _select(watched, [], [], timeout)
             except InterruptedError:

@@ -724,9 +724,9 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     fail(resp)
             except BaseException:
                 # GreenletExit, SystemExit, KeyboardInterrupt: the request ends here all the same,
-                # so C gets its connection back (cut: the response may be half sent).
+                # so C gets its connection back: a 500 if nothing went out yet, else cut.
                 if resp.code:
-                    finish(srv, take(resp), 1)
+                    fail(resp)
                 raise
             finally:
                 if body_kind:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import re
 import signal
 import socket
 import threading
@@ -145,6 +146,21 @@ def test_max_requests_recycles_one_worker_at_a_time(spawn):
     assert "(--max-requests)" in server.stderr
 
 
+def test_max_requests_recycles_close_to_the_limit(spawn):
+    """The worker reports reaching --max-requests at once, not at its next heartbeat: requests
+    sent slowly past the limit (10/s) add at most a few to the count the recycling starts at."""
+    server = spawn("hello.application", "-s", "1", "--max-requests", "30")
+    for _ in range(30):
+        assert server.get("/")[0] == 200
+    deadline = time.monotonic() + 3
+    while "(--max-requests)" not in server.stderr and time.monotonic() < deadline:
+        assert server.get("/")[0] == 200
+        time.sleep(0.1)
+    served = re.search(r"served (\d+) requests \(--max-requests\)", server.stderr)
+    assert served, server.stderr[-2000:]
+    assert 30 <= int(served.group(1)) <= 33, served.group(0)
+
+
 def test_timeout_kills_a_worker_stuck_in_a_request(spawn):
     server = spawn("slow.application", "-s", "1", "--timeout", "1")
     worker = server.workers()[0]
@@ -153,6 +169,18 @@ def test_timeout_kills_a_worker_stuck_in_a_request(spawn):
     assert "--timeout 1" in server.stderr
     assert server.wait_until(lambda: server.workers() and worker not in server.workers(), 5)
     assert server.get("/?s=0")[0] == 200
+
+
+def test_sigterm_does_not_wait_for_an_import(spawn):
+    """A worker still importing the app serves nothing: a graceful stop ends it at once rather
+    than after the import (20 s here) or the graceful timeout."""
+    server = spawn("slow_boot.application", "-s", "2", wait=False, env={"SLOW_BOOT_SECONDS": "20"})
+    assert server.wait_until(lambda: len(server.workers()) == 2, 5)
+    booting = server.workers()
+    server.signal(signal.SIGTERM)
+    server.proc.wait(8)
+    import psutil  # type: ignore[import-untyped]
+    assert not [pid for pid in booting if psutil.pid_exists(pid)]
 
 
 def test_ttin_and_ttou_change_the_worker_count(spawn):
@@ -176,6 +204,23 @@ def test_ttin_while_the_first_generation_boots(spawn):
     assert len(server.workers()) == 2
     assert server.get("/")[0] == 200
     assert "reload failed" not in server.stderr
+
+
+def test_ttin_during_a_reload_grows_only_the_new_generation(spawn):
+    """A worker forked while a reload boots runs the new code: it belongs to the new generation.
+    The serving one keeps its size (1 here), so 1 + 2 workers at most, then 2."""
+    server = spawn("slow_boot.application", "-s", "1", env={"SLOW_BOOT_SECONDS": "1.5"})
+    server.signal(signal.SIGHUP)
+    time.sleep(0.3)
+    server.signal(signal.SIGTTIN)
+    most = 0
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline and "generation 2 ready" not in server.stderr:
+        most = max(most, len(server.workers()))
+        time.sleep(0.05)
+    assert server.wait_until(lambda: len(server.workers()) == 2, 10), server.stderr[-2000:]
+    assert most <= 3, f"{most} workers during the reload"
+    assert server.get("/")[0] == 200
 
 
 def test_unknown_signal_is_logged_and_ignored(spawn):
@@ -247,6 +292,17 @@ def test_max_worker_memory_recycles_that_worker_alone(spawn):
     assert recycled, server.stderr[-2000:]
     assert "reload (" not in server.stderr, "a single worker is recycled, not the generation"
     assert result["errors"] == 0 and result["non2xx"] == 0, result
+
+
+def test_a_worker_memory_limit_no_worker_can_meet_is_warned_about_once(spawn):
+    """A fresh worker is already over the limit: recycling goes on (it must not stop serving),
+    but the log says, once, as a warning, that only a higher limit helps."""
+    server = spawn("hello.application", "-s", "1", "--max-worker-memory", "1")
+    assert server.wait_until(lambda: server.stderr.count("(--max-worker-memory 1)") >= 2, 20), \
+        server.stderr[-2000:]
+    assert server.get("/")[0] == 200
+    assert server.stderr.count("raise the limit") == 1, server.stderr[-3000:]
+    assert "WARNING" in server.stderr.split("raise the limit")[0].rsplit("\n", 1)[-1]
 
 
 def test_component_runs_in_the_controller_loop_and_reads_the_snapshot(spawn):

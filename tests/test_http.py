@@ -603,6 +603,32 @@ def test_head_and_bodiless_statuses(server):
         assert b"Transfer-Encoding" not in head
 
 
+def test_no_content_length_on_204(server):
+    """RFC 9110 8.6: never a Content-Length on a 204, even the app's own; a 304 keeps the app's
+    (it tells the selected representation's length). The connection stays usable."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        f = s.makefile("rb")
+        for target, method in (("/status/204?cl", "GET"), ("/status/204?cl", "HEAD"),
+                               ("/status/204", "HEAD")):
+            s.sendall(f"{method} {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            head = _read_head(f)
+            assert head.startswith(b"HTTP/1.1 204") and b"content-length" not in head.lower(), head
+        s.sendall(b"GET /status/304?cl HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        head = _read_head(f)
+        assert head.startswith(b"HTTP/1.1 304") and b"Content-Length: 26" in head, head
+        assert f.read() == b""      # no body after either, and the server closed as asked
+
+
+def _read_head(f) -> bytes:
+    lines = []
+    while True:
+        line = f.readline()
+        assert line, "connection closed before the end of the head"
+        if line == b"\r\n":
+            return b"".join(lines)
+        lines.append(line)
+
+
 def test_write_callable(server):
     _, data = get(server.port, "/v/write")
     assert data == b"written directly then returned\n"
@@ -637,6 +663,13 @@ def test_app_exception_is_500_without_traceback(server):
     assert "secret-traceback-marker" in server.stderr   # logged for the operator
     r, data = get(server.port, "/")
     assert r.status == 200
+
+
+def test_app_base_exception_is_500_and_serving_goes_on(server):
+    r, data = get(server.port, "/exit")
+    assert r.status == 500 and b"exit-marker" not in data
+    for _ in range(8):      # more requests than threads: none of them was lost to it
+        assert get(server.port, "/")[0].status == 200
 
 
 def test_error_after_headers_cuts_the_connection(server):

@@ -202,6 +202,11 @@ def error_app(environ, start_response):
     raise RuntimeError("secret-traceback-marker")
 
 
+def exit_app(environ, start_response):
+    """An app that calls sys.exit() in a request (a BaseException, not an Exception)."""
+    raise SystemExit("exit-marker")
+
+
 def error_after_start_app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     yield b"first part\n"
@@ -221,9 +226,14 @@ def bad_header_app(environ, start_response):
 
 
 def status_app(environ, start_response):
+    """/status/CODE answers CODE with a body; ?cl adds its Content-Length as apps often do."""
     code = environ["PATH_INFO"].rsplit("/", 1)[1]
-    start_response(f"{code} Whatever", [("X-Code", code)])
-    return [b"this body must not be sent"]
+    body = b"this body must not be sent"
+    headers = [("X-Code", code)]
+    if environ.get("QUERY_STRING") == "cl":
+        headers.append(("Content-Length", str(len(body))))
+    start_response(f"{code} Whatever", headers)
+    return [body]
 
 
 def file_app(environ, start_response):
@@ -269,7 +279,7 @@ ROUTES = {
     "hash": hash_app, "redirect": redirect_app, "rawstatus": rawstatus_app, "endless": endless_app,
     "endless-count": endless_count_app, "strbody": strbody_app, "late-read": late_read_app,
     "stream": stream_app, "big": big_app, "blob": blob_app, "write": write_app, "error": error_app,
-    "error-after-start": error_after_start_app, "bad-header": bad_header_app, "status": status_app,
+    "exit": exit_app, "error-after-start": error_after_start_app, "bad-header": bad_header_app, "status": status_app,
     "file": file_app, "close": close_app, "seen": seen_app, "mutate": mutate_app,
     "counter": counter_app, "sleep": sleep_app, "stash": stash_app, "stale": stale_app,
 }
