@@ -736,9 +736,9 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     log_line(env, resp.status, resp.sent)
                 except Exception:   # nothing may stop us returning nxt: C handed that request to us
                     log.exception("error writing the access log")
-            if nxt <= 0:
+            if not nxt:             # never negative here; a truth test is cheaper on a big int
                 if take_next is None:
-                    return nxt
+                    return 0
                 nxt = take_next()
                 if not nxt:
                     return 0
