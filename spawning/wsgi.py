@@ -687,7 +687,9 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                         rc = nxt
                         nxt = 0
                         if rc == ENOENT:  # newer heads pushed this one out of C's table
+                            resp.code = code      # still ours while it is packed again
                             head_cache = pack_head(resp)
+                            resp.code = 0
                             rc = answer(srv, code, head_cache[2], body, blen, -1)
                             if blen >= lend_min and blen <= lend_max:
                                 keep(body)
