@@ -629,6 +629,40 @@ def _read_head(f) -> bytes:
         lines.append(line)
 
 
+def test_registered_heads_under_contention():
+    """Every response a new head, from 32 threads: C keeps only the 16 latest heads, so a
+    thread's head is often pushed out before its answer (-ENOENT, registered again). No
+    response may go out with another request's head."""
+    import threading
+    srv = start_server("-s", "1", "-t", "32", "core_app.application")
+    bad: list = []
+    count = [0]
+
+    def client() -> None:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+            f = s.makefile("rb")
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                s.sendall(b"GET /unique HTTP/1.1\r\nHost: x\r\n\r\n")
+                head = _read_head(f)
+                n = re.search(rb"X-N: (\d+)", head)
+                body = f.read(int(re.search(rb"Content-Length: (\d+)", head).group(1)))
+                if not n or n.group(1) != body:
+                    bad.append((head, body))
+                count[0] += 1
+
+    try:
+        threads = [threading.Thread(target=client) for _ in range(48)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+    finally:
+        srv.stop()
+    assert count[0] > 1000 and not bad, (count[0], bad[:2])
+    assert "Traceback" not in srv.stderr, srv.stderr[-2000:]
+
+
 def test_write_callable(server):
     _, data = get(server.port, "/v/write")
     assert data == b"written directly then returned\n"

@@ -5,6 +5,7 @@ errors, so any PEP 3333 violation on our side becomes a 500 the tests see.
 """
 
 import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -40,6 +41,17 @@ def mutate_app(environ, start_response):
 
 
 COUNTER_HEADERS = [("Content-Type", "text/plain"), ("X-Count", "0")]
+
+
+_UNIQUE = itertools.count()
+
+
+def unique_app(environ, start_response):
+    """A new header list, so a new registered head, on every request; the body repeats the
+    header's number, so that a response sent with another request's head shows."""
+    n = str(next(_UNIQUE))
+    start_response("200 OK", [("Content-Type", "text/plain"), ("X-N", n), ("Content-Length", str(len(n)))])
+    return [n.encode()]
 
 
 def counter_app(environ, start_response):
@@ -279,9 +291,11 @@ ROUTES = {
     "hash": hash_app, "redirect": redirect_app, "rawstatus": rawstatus_app, "endless": endless_app,
     "endless-count": endless_count_app, "strbody": strbody_app, "late-read": late_read_app,
     "stream": stream_app, "big": big_app, "blob": blob_app, "write": write_app, "error": error_app,
-    "exit": exit_app, "error-after-start": error_after_start_app, "bad-header": bad_header_app, "status": status_app,
+    "exit": exit_app, "error-after-start": error_after_start_app, "bad-header": bad_header_app,
+    "status": status_app,
     "file": file_app, "close": close_app, "seen": seen_app, "mutate": mutate_app,
-    "counter": counter_app, "sleep": sleep_app, "stash": stash_app, "stale": stale_app,
+    "counter": counter_app, "unique": unique_app, "sleep": sleep_app, "stash": stash_app,
+    "stale": stale_app,
 }
 VALIDATED = {name: validator(app) for name, app in ROUTES.items()}
 
