@@ -575,14 +575,15 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         resp.status = status
         resp.sent = len(body)
 
-    # environ templates (environ less REMOTE_PORT and wsgi.input, and the body kind) by the key
-    # id in request codes. C hands ids out in increasing order and each reaches us, so a map
-    # emptied every ENV_CACHE_MAX * 2 insertions never holds an id that C has given anew.
-    templates: dict[int, tuple[dict, int]] = {}
+    # environ templates (environ less REMOTE_PORT and wsgi.input, and whether a body comes) by
+    # the key id in request codes. C hands ids out in increasing order and each reaches us, so a
+    # map emptied every ENV_CACHE_MAX * 2 insertions never holds an id that C has given anew.
+    templates: dict[int, tuple[dict, bool]] = {}
 
-    def template(code: int) -> tuple[dict, int]:
-        """Builds (and keeps, if C gave it an id) the template of a request's key. The body
-        kind (none, Content-Length, chunked) follows from the framing fields, in the key."""
+    def template(code: int) -> tuple[dict, bool]:
+        """Builds (and keeps, if C gave it an id) the template of a request's key. Whether a
+        body comes follows from the framing fields, in the key. (A bool, not C's body kind: the
+        handler's truth tests of True/False skip a call per request.)"""
         req = req_of(srv, code)
         if req == null:
             raise ClientDisconnected(errno.ESTALE, "the request is over")
@@ -592,10 +593,10 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         env.update(zip(fixed, it))    # stops at the end of fixed without taking from it
         env.update(zip(it, it))
         env["REMOTE_PORT"] = ""         # each request sets its own; the key is in place already
-        body_kind = req.body
-        if not body_kind:
+        has_body = req.body != 0
+        if not has_body:
             env["wsgi.input"] = empty   # copied with the template; a body gets its Input
-        entry = (env, body_kind)
+        entry = (env, has_body)
         tid = code >> id_shift
         if tid:
             if len(templates) >= ENV_CACHE_MAX * 2:
@@ -658,7 +659,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         # or cut), so that a write() the app kept fails instead of reaching a later request.
         nonlocal head_cache
         while True:
-            env, body_kind = templates.get(code >> id_shift) or template(code)
+            env, has_body = templates.get(code >> id_shift) or template(code)
             env = env.copy()              # the app may change its environ: never the cached one
             env["REMOTE_PORT"] = ports[code & 0xFFFF] or port_str(code & 0xFFFF)
             resp = Resp()
@@ -666,7 +667,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
             # Read by start_response on every request: as an instance value its load is
             # specialized, where a class default is looked up the slow way each time.
             resp.status = None
-            if body_kind:
+            if has_body:
                 # It may outlive the request: its resp keeps the server (Resp.owner).
                 env["wsgi.input"] = inp = Input(srv, resp, waiter)
             try:
@@ -731,7 +732,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     fail(resp)
                 raise
             finally:
-                if body_kind:
+                if has_body:
                     inp.release()  # type: ignore[union-attr]
             if log_line is not None:
                 try:
