@@ -1,6 +1,7 @@
 /* be_epoll.c -- Linux epoll backend, included by server.c. Edge-triggered for connections,
  * level-triggered (with EPOLLEXCLUSIVE) for shared listening sockets. */
 #include <sys/epoll.h>
+#include <sys/syscall.h>
 
 #define BE_EDGE 1
 #define BE_SEES_CHANGES_LIVE 1
@@ -72,7 +73,13 @@ static int be_del(be_state *b, int fd) {
 
 static int be_poll(be_state *b, be_fired *out, int max, int timeout_ms) {
     if (max > BE_EPOLL_BATCH) max = BE_EPOLL_BATCH;
+    /* epoll_pwait with no mask is epoll_wait (which some architectures lack as a syscall),
+     * called directly: see sysio.h. */
+#if defined(SP_LIBC_SYSCALLS)
     int n = epoll_wait(b->epfd, b->events, max, timeout_ms);
+#else
+    int n = (int)syscall(SYS_epoll_pwait, b->epfd, b->events, max, timeout_ms, NULL, (size_t)8);
+#endif
     if (n < 0) return -errno;
     for (int i = 0; i < n; i++) {
         uint32_t e = b->events[i].events;

@@ -40,6 +40,7 @@
 
 #include "core.h"
 #include "backend.h"
+#include "sysio.h"
 
 #ifndef MSG_NOSIGNAL
 #define MSG_NOSIGNAL 0   /* macOS: SO_NOSIGPIPE is set on the socket instead */
@@ -219,7 +220,7 @@ static size_t pending_own(const sp_conn *c) { return c->out_len - c->out_off; }
 static ssize_t writev_some(sp_server *s, sp_conn *c, const struct iovec *iov, int n, size_t total,
                            int64_t now_ms) {
     ssize_t r;
-    do r = writev(c->h.fd, iov, n); while (r < 0 && errno == EINTR);
+    do r = sp_writev(c->h.fd, iov, n); while (r < 0 && errno == EINTR);
     if (r < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK) { int e = errno; conn_kill(s, c); return -e; }
         r = 0;
@@ -261,7 +262,7 @@ static ssize_t conn_flush_at(sp_server *s, sp_conn *c, int64_t now_ms) {
         if (rc < 0) return rc;
     }
     while (pending(c) && c->writable) {
-        ssize_t r = send(c->h.fd, c->out + c->out_off, pending(c), MSG_NOSIGNAL);
+        ssize_t r = sp_send(c->h.fd, c->out + c->out_off, pending(c), MSG_NOSIGNAL);
         if (r > 0) {
             c->out_off += (size_t)r;
             s->st.bytes_out += (uint64_t)r;
@@ -434,7 +435,7 @@ static void conn_error(sp_server *s, sp_conn *c, int status) {
 static void linger_read(sp_server *s, sp_conn *c) {
     char buf[4096];
     for (;;) {
-        ssize_t r = recv(c->h.fd, buf, sizeof(buf), 0);
+        ssize_t r = sp_recv(c->h.fd, buf, sizeof(buf), 0);
         if (r > 0) {
             c->body_left -= r;
             if (c->body_left <= 0) { conn_close(s, c); return; }
@@ -625,7 +626,7 @@ static void conn_read_head(sp_server *s, sp_conn *c) {
             return;
         }
         size_t want = c->in_cap - c->in_len;
-        ssize_t r = recv(c->h.fd, c->in + c->in_len, want, 0);
+        ssize_t r = sp_recv(c->h.fd, c->in + c->in_len, want, 0);
         /* A short read emptied the socket's queue: new data will raise a new edge, so the recv
          * that would only say EAGAIN is skipped (one syscall per request instead of two). Not once
          * the FIN is queued: no edge follows it, and the read of 0 must still happen. */
@@ -709,7 +710,7 @@ void conn_on_event(sp_server *s, sp_conn *c, int mask) {
             if (c->body_done && !c->peer_closed) {
                 /* Only a peek: a client that hung up while its long-poll waits is noticed. */
                 char b;
-                ssize_t r = recv(c->h.fd, &b, 1, MSG_PEEK);
+                ssize_t r = sp_recv(c->h.fd, &b, 1, MSG_PEEK);
                 if (r == 0) c->peer_closed = 1;
                 else if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) c->peer_closed = 1;
             }
@@ -1270,7 +1271,7 @@ int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,
 }
 
 int64_t sp_code_answer(sp_server *s, int64_t code, int64_t head, const char *body, size_t blen,
-                       int timeout_ms) {
+                       int take_next) {
     LOCK(s);   /* one lock for both halves: the answer and the next request */
     const sp_head *h = &s->heads[(uint64_t)head % SP_HEADS];
     int rc;
@@ -1282,9 +1283,12 @@ int64_t sp_code_answer(sp_server *s, int64_t code, int64_t head, const char *bod
                : -ESTALE;
     }
     count_lend(s, blen);
-    if (timeout_ms < 0 || rc == -ESTALE || rc == -EALREADY || rc == -ENOENT) { UNLOCK(s); return rc; }
+    if (!take_next || rc == -ESTALE || rc == -EALREADY || rc == -ENOENT) { UNLOCK(s); return rc; }
+    /* Only a queued request: with none, the caller's sp_poll_one() polls, as this would, but
+     * it may wait (without the GIL). A poll that found nothing here would be a wasted call. */
+    if (!s->nready) { UNLOCK(s); return 0; }
     sp_event ev;
-    int n = srv_poll_locked(s, &ev, 1, timeout_ms);
+    int n = srv_poll_locked(s, &ev, 1, 0);
     UNLOCK(s);
     return n > 0 && ev.kind == SP_EV_REQUEST ? ev.code : 0;
 }
@@ -1429,7 +1433,7 @@ static ssize_t body_read(sp_server *s, sp_conn *c, char *buf, size_t n) {
         }
         /* Nothing buffered: read straight into the app's buffer, never past this body. */
         ssize_t r;
-        do r = recv(c->h.fd, buf, want, 0); while (r < 0 && errno == EINTR);
+        do r = sp_recv(c->h.fd, buf, want, 0); while (r < 0 && errno == EINTR);
         if (r > 0) {
             c->body_left -= r;
             if (!c->body_left) c->body_done = 1;
@@ -1475,7 +1479,7 @@ static ssize_t body_read(sp_server *s, sp_conn *c, char *buf, size_t n) {
         int m = in_make_room(s, c);
         if (m < 0) return m;
         ssize_t r;
-        do r = recv(c->h.fd, c->in + c->in_len, c->in_cap - c->in_len, 0); while (r < 0 && errno == EINTR);
+        do r = sp_recv(c->h.fd, c->in + c->in_len, c->in_cap - c->in_len, 0); while (r < 0 && errno == EINTR);
         if (r > 0) { c->in_len += (size_t)r; continue; }
         if (r == 0) { c->keep_alive = 0; return -ECONNABORTED; }
         if (errno == EAGAIN || errno == EWOULDBLOCK) { c->readable = 0; return -EAGAIN; }

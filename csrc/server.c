@@ -34,6 +34,7 @@
 
 #include "core.h"
 #include "backend.h"
+#include "sysio.h"
 
 #if defined(SP_FORCE_POLL)
 #include "be_poll.c"
@@ -424,7 +425,11 @@ static void do_accept(sp_server *s, sp_listener *l) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof(ss);
 #ifdef __linux__
+#ifdef SP_LIBC_SYSCALLS
         int fd = accept4(l->h.fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+#else   /* no cancellation point: see sysio.h */
+        int fd = (int)syscall(SYS_accept4, l->h.fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+#endif
 #else
         int fd = accept(l->h.fd, (struct sockaddr *)&ss, &sl);
         if (fd >= 0 && set_nonblock_cloexec(fd) < 0) { close(fd); continue; }
@@ -692,6 +697,7 @@ int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
             was_follower = 0;
             continue;
         }
+        if (timeout_ms == 0) break;   /* never waits: sp_code_answer's callers keep the GIL */
         /* Someone polls, or the role was just vacated by a thread running the app. One follower
          * times the hand-off; the others sleep until signalled, so an idle pool costs one
          * wake-up per SP_HANDOFF_US, not one per thread. */

@@ -501,14 +501,15 @@ class AccessLog:
 
 
 def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
-                 access_log: AccessLog | None, chain_timeout_ms: int | None = None,
+                 access_log: AccessLog | None, chain: bool = False,
                  threads: int = 1) -> Callable[..., int]:
     """Returns ``handle(code, take_next=None)``: runs the request a code names (sp.h) through the
     app and answers it.
 
-    With ``chain_timeout_ms`` (thread mode) the common response also takes the calling thread's
-    next request in the same crossing (``sp_code_answer``), which ``handle`` then runs
-    itself, until a response does not bring one: then it returns 0 and the caller polls.
+    With ``chain`` (thread mode) the common response also takes the calling thread's next
+    request in the same crossing if one is there without waiting (``sp_code_answer``), which
+    ``handle`` then runs itself, until a response does not bring one: then it returns 0 and the
+    caller polls.
     ``take_next()`` (green mode) is asked for the next request to run each time one is over,
     and ``handle`` returns when it gives 0. ``threads``: how many OS threads call ``handle``. Written as
     a closure over locals because this is the per-request hot path."""
@@ -520,10 +521,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     answer = lib.sp_code_answer
     add_head = lib.sp_head_add
     logging_on = access_log is not None and access_log.enabled
-    # With an access log the response goes alone, so that its line is written when it is sent,
-    # not when this thread's next request comes (up to chain_timeout_ms later).
-    chain = chain_timeout_ms is not None and not logging_on
-    chain_ms = chain_timeout_ms if chain else -1    # -1: answer only, take no next request
+    take_next_now = 1 if chain else 0
     EALREADY = -errno.EALREADY
     ENOENT = -errno.ENOENT
     ENOMEM = -errno.ENOMEM
@@ -681,7 +679,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                         status, hdrs, hid = head_cache = pack_head(resp)
                     resp.code = 0
                     blen = len(body)
-                    nxt = answer(srv, code, hid, body, blen, chain_ms)
+                    nxt = answer(srv, code, hid, body, blen, take_next_now)
                     if blen >= lend_min and blen <= lend_max:
                         keep(body)        # C may send it after this (see the theory of operation)
                     if nxt < 0:
@@ -691,7 +689,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                             resp.code = code      # still ours while it is packed again
                             head_cache = pack_head(resp)
                             resp.code = 0
-                            rc = answer(srv, code, head_cache[2], body, blen, -1)
+                            rc = answer(srv, code, head_cache[2], body, blen, 0)
                             if blen >= lend_min and blen <= lend_max:
                                 keep(body)
                         if rc == EALREADY or rc == ENOENT:
