@@ -65,6 +65,7 @@ sp_conn *conn_new(sp_server *s, int fd, int listener, const struct sockaddr *sa,
     sp_conn *c = calloc(1, sizeof(*c));
     if (!c) return NULL;
     if (srv_slot_take(s, c) < 0) { free(c); return NULL; }
+    c->gen = s->conn_gen++ & SP_CODE_GEN_MASK;
     c->tmpl = -1;
     c->h.kind = K_CONN;
     c->h.fd = fd;
@@ -506,6 +507,7 @@ static int try_parse(sp_server *s, sp_conn *c) {
     size_t avail = c->in_len - c->pos;
     if (c->rep_len && avail >= c->rep_len && memcmp(c->in + c->pos, c->rep, c->rep_len) == 0) {
         rc = (int)c->rep_len;
+        c->repeat = 1;
         f = c->rep_f;
         is_head = c->rep_head;
         minor = c->rep_minor;
@@ -527,6 +529,7 @@ static int try_parse(sp_server *s, sp_conn *c) {
             return 0;
         }
         c->rep_len = 0;   /* envbuf changes below: whatever was remembered is void */
+        c->repeat = 0;
         if (rc < 0) { conn_error(s, c, -rc); return -1; }
         int fr = sp_request_framing(&rh, &f);
         if (fr < 0) { conn_error(s, c, -fr); return -1; }

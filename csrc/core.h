@@ -95,6 +95,9 @@ typedef struct sp_conn {
     size_t port_len;
     unsigned port_num;               /* the same as a number (0 for Unix sockets): in the code */
     int slot;                        /* index in srv->slots while open: the code's handle */
+    unsigned gen;                    /* generation in request codes (SP_CODE_GEN_MASK bits) */
+    unsigned char repeat;            /* this head is the previous one's bytes (try_parse) */
+    unsigned char py_keeps;          /* the last full code carried SP_CODE_KEEP (request_code) */
     int tmpl;                        /* srv->tmpl entry of this request's environ key, -1 none */
     unsigned tmpl_epoch;             /* ... valid while srv->tmpl_epoch still equals this */
 } sp_conn;
@@ -192,6 +195,7 @@ struct sp_server {
     int64_t head_next_id;
 
     sp_conn **slots; int slots_cap;  /* open connections by slot (request codes name them) */
+    unsigned conn_gen;               /* the next connection's generation */
     int *slot_free; int nslot_free;  /* free slot numbers below slots_cap, a stack */
     sp_tmpl tmpl[SP_TMPL_SLOTS]; int ntmpl;   /* environ keys (see SP_TMPL_SLOTS) */
     unsigned tmpl_epoch;             /* bumped when the table is emptied */

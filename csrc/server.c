@@ -276,11 +276,24 @@ void srv_slot_release(sp_server *s, sp_conn *c) {
 }
 
 sp_conn *srv_code_conn(sp_server *s, int64_t code) {
+    int64_t slot;
+    unsigned gen;
+    int port = -1;
     if (code <= 0) return NULL;
-    int64_t slot = (code >> SP_CODE_SLOT_SHIFT) & SP_CODE_SLOT_MASK;
+    if (code & SP_CODE_FULL) {
+        slot = (code >> SP_CODE_SLOT_SHIFT) & SP_CODE_SLOT_MASK;
+        gen = (unsigned)(code >> SP_CODE_GEN_SHIFT) & SP_CODE_GEN_MASK;
+        port = (int)(code & 0xFFFF);
+    } else if ((code & ~(int64_t)SP_CODE_REPEAT_MASK) == SP_CODE_REPEAT) {
+        slot = code & SP_CODE_SLOT_MASK;
+        gen = (unsigned)(code >> 20) & SP_CODE_GEN_MASK;
+    } else {
+        return NULL;
+    }
     if (slot >= s->slots_cap) return NULL;
     sp_conn *c = s->slots[slot];
-    if (!c || c->state != C_BUSY || c->port_num != (unsigned)(code & 0xFFFF)) return NULL;
+    if (!c || c->state != C_BUSY || c->gen != gen || (port >= 0 && c->port_num != (unsigned)port))
+        return NULL;
     return c;
 }
 
@@ -338,6 +351,10 @@ found:
 
 /* The code of a request being handed out; gives its key an id on first use. */
 static int64_t request_code(sp_server *s, sp_conn *c) {
+    /* The same head again on a connection whose last full code said keep: Python has the
+     * environ (sp.h, request codes). */
+    if (c->repeat && c->py_keeps)
+        return SP_CODE_REPEAT | (int64_t)c->gen << 20 | (int64_t)c->slot;
     int64_t id = 0;
     if (c->tmpl >= 0 && c->tmpl_epoch == s->tmpl_epoch) {
         sp_tmpl *t = &s->tmpl[c->tmpl];
@@ -348,7 +365,10 @@ static int64_t request_code(sp_server *s, sp_conn *c) {
         }
         id = t->id;
     }
-    return id << SP_CODE_ID_SHIFT | (int64_t)c->slot << SP_CODE_SLOT_SHIFT | (int64_t)c->port_num;
+    c->py_keeps = id != 0 && c->keep_alive;
+    return SP_CODE_FULL | (c->py_keeps ? SP_CODE_KEEP : 0) | id << SP_CODE_ID_SHIFT |
+           (int64_t)c->gen << SP_CODE_GEN_SHIFT | (int64_t)c->slot << SP_CODE_SLOT_SHIFT |
+           (int64_t)c->port_num;
 }
 
 /* ---- queues ------------------------------------------------------------------------------------ */

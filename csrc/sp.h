@@ -143,17 +143,33 @@ typedef struct sp_event {
 } sp_event;
 
 /* A request's code: one positive integer that names a request Python holds and says what Python
- * needs most, so the per-request path reads no struct and makes no pointer object:
+ * needs most, so the per-request path reads no struct and makes no pointer object. Two forms.
+ *
+ * A full code (SP_CODE_FULL set):
  *   bits  0..15  REMOTE_PORT as a number (0 for a Unix socket)
  *   bits 16..35  the connection's slot (what the sp_code_* functions look up)
- *   bits 36..62  the environ key id: equal ids mean equal env blocks up to REMOTE_PORT (so equal
- *                environ and body framing); ids only grow (wrapping after 2^27) and each is first
+ *   bits 36..44  the connection's generation, counted per connection: a code kept past its
+ *                request does not name a later connection in the same slot (nor does the port)
+ *   bits 45..60  the environ key id: equal ids mean equal env blocks up to REMOTE_PORT (so equal
+ *                environ and body framing); ids only grow (wrapping after 2^16) and each is first
  *                seen in a request handed out; 0 means not remembered (a long head).
+ *   bit  61      SP_CODE_KEEP: the id is not 0 and the connection stays open. The next request on
+ *                it whose head repeats this one byte for byte comes with a repeat code,
+ *                SP_CODE_REPEAT | (code >> SP_CODE_SLOT_SHIFT & SP_CODE_REPEAT_MASK): Python
+ *                keeps what it made of this request's environ under that number.
+ * A repeat code (below 2^30: one CPython digit, cheap to pass, hash and compare):
+ *   bits  0..19  the slot, bits 20..28 the generation, bit 29 SP_CODE_REPEAT.
  * Valid, like the request, until it is finished. */
 #define SP_CODE_SLOT_SHIFT 16
 #define SP_CODE_SLOT_MASK 0xFFFFF
-#define SP_CODE_ID_SHIFT 36
-#define SP_CODE_ID_MASK 0x7FFFFFF
+#define SP_CODE_GEN_SHIFT 36
+#define SP_CODE_GEN_MASK 0x1FF
+#define SP_CODE_ID_SHIFT 45
+#define SP_CODE_ID_MASK 0xFFFF
+#define SP_CODE_KEEP 0x2000000000000000
+#define SP_CODE_FULL 0x4000000000000000
+#define SP_CODE_REPEAT 0x20000000
+#define SP_CODE_REPEAT_MASK 0x1FFFFFFF
 #define SP_SLOTS_MAX (SP_CODE_SLOT_MASK + 1)   /* connections per server, at most */
 
 #define SP_DURATION_BUCKETS 17

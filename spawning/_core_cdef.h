@@ -37,7 +37,14 @@ typedef struct sp_request {
 typedef struct sp_event { int kind; int fd; int mask; sp_request *req; int64_t token; int64_t code; } sp_event;
 #define SP_CODE_SLOT_SHIFT 16
 #define SP_CODE_SLOT_MASK 0xFFFFF
-#define SP_CODE_ID_SHIFT 36
+#define SP_CODE_GEN_SHIFT 36
+#define SP_CODE_GEN_MASK 0x1FF
+#define SP_CODE_ID_SHIFT 45
+#define SP_CODE_ID_MASK 0xFFFF
+#define SP_CODE_KEEP 0x2000000000000000
+#define SP_CODE_FULL 0x4000000000000000
+#define SP_CODE_REPEAT 0x20000000
+#define SP_CODE_REPEAT_MASK 0x1FFFFFFF
 #define SP_LEND_MIN 16384
 #define SP_LEND_MAX 65536
 #define SP_LEND_RUN 4

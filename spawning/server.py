@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import threading
 import time
@@ -186,13 +187,16 @@ class Server:
     def _thread_loop(self, handle: Callable) -> None:
         srv = self._srv
         poll = lib.sp_poll_one
+        # handle() runs the requests its answers take at once (sp_code_answer), and when one
+        # brings none it polls itself (this, without the GIL: no Python frame), so it returns
+        # only when a poll brings nothing.
+        poll_next = functools.partial(poll, srv, POLL_MS)
         finished = self._finished
         while True:
             code = poll(srv, POLL_MS)
-            # handle() also runs the requests its answers take at once (sp_code_answer).
             while code > 0:
                 try:
-                    code = handle(code)
+                    code = handle(code, poll_next)
                 except BaseException:   # the handler answers app errors itself; this is a bug
                     log.exception("internal error handling a request")
                     code = 0

@@ -61,6 +61,7 @@ ENV_FIXED = ("REMOTE_ADDR", "REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "SERV
 # environ templates by key id (see the theory of operation): the map is emptied past twice the
 # C table's size (core.h, SP_TMPL_MAX).
 ENV_CACHE_MAX = 256
+CONN_ENV_MAX = 16384      # connections whose repeated requests skip the code's arithmetic
 _chain = chain.from_iterable
 # Read buffers are filled by C before Python sees a byte: no need to zero 64 KiB per request, nor
 # to allocate one: requests hand them back (Input.release) to a small shared pool.
@@ -507,11 +508,11 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     app and answers it.
 
     With ``chain`` (thread mode) the common response also takes the calling thread's next
-    request in the same crossing if one is there without waiting (``sp_code_answer``), which
-    ``handle`` then runs itself, until a response does not bring one: then it returns 0 and the
-    caller polls.
-    ``take_next()`` (green mode) is asked for the next request to run each time one is over,
-    and ``handle`` returns when it gives 0. ``threads``: how many OS threads call ``handle``. Written as
+    request in the same crossing if one is queued (``sp_code_answer``), which ``handle`` then
+    runs itself. Each time a request brings no next one, ``take_next()`` is asked for it (green
+    mode: the poll batch's next; thread mode: a poll); ``handle`` returns what it gives when
+    that is not a request code (0, or a poll's -errno), or 0 at once without ``take_next``.
+    ``threads``: how many OS threads call ``handle``. Written as
     a closure over locals because this is the per-request hot path."""
     # The hot calls take a plain pointer: cffi checks an ffi.gc() object as an argument more
     # slowly. Resp.owner (below) keeps the owning object for what may outlive a request.
@@ -536,6 +537,12 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     fixed = ENV_FIXED
     bytes_type = bytes
     id_shift = lib.SP_CODE_ID_SHIFT
+    id_mask = lib.SP_CODE_ID_MASK
+    code_keep = lib.SP_CODE_KEEP
+    code_full = lib.SP_CODE_FULL
+    code_repeat = lib.SP_CODE_REPEAT
+    repeat_mask = lib.SP_CODE_REPEAT_MASK
+    slot_shift = lib.SP_CODE_SLOT_SHIFT
     # REMOTE_PORT strings by port number, made on first use ("" until then, and for port 0: a
     # Unix socket, whose empty string port_str makes every time).
     ports: list = [""] * 65536
@@ -577,15 +584,16 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     # the key id in request codes. C hands ids out in increasing order and each reaches us, so a
     # map emptied every ENV_CACHE_MAX * 2 insertions never holds an id that C has given anew.
     templates: dict[int, tuple[dict, bool]] = {}
+    # What a connection's repeated requests start from, by their repeat code (sp.h, request
+    # codes): (template, whether a body comes, REMOTE_PORT). Stored for each full code that says
+    # SP_CODE_KEEP; emptied when it holds CONN_ENV_MAX, after which a repeat code that finds
+    # nothing is looked up from its request (repeat_entry).
+    conn_envs: dict[int, tuple[dict, bool, str]] = {}
 
-    def template(code: int) -> tuple[dict, bool]:
-        """Builds (and keeps, if C gave it an id) the template of a request's key. Whether a
-        body comes follows from the framing fields, in the key. (A bool, not C's body kind: the
-        handler's truth tests of True/False skip a call per request.)"""
-        req = req_of(srv, code)
-        if req == null:
-            raise ClientDisconnected(errno.ESTALE, "the request is over")
-        key = unpack(req.env, req.env_len).rpartition(b"\0")[0]
+    def build(req: Any, key: bytes) -> tuple[dict, bool]:
+        """The template for a request's env block (less REMOTE_PORT) and whether a body comes.
+        (A bool, not C's body kind: the handler's truth tests of True/False skip a call per
+        request.)"""
         env = (base_envs[req.listener] if base_envs else {}).copy()
         it = iter(key.decode("latin-1").split("\0"))
         env.update(zip(fixed, it))    # stops at the end of fixed without taking from it
@@ -594,13 +602,43 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         has_body = req.body != 0
         if not has_body:
             env["wsgi.input"] = empty   # copied with the template; a body gets its Input
-        entry = (env, has_body)
-        tid = code >> id_shift
-        if tid:
-            if len(templates) >= ENV_CACHE_MAX * 2:
-                templates.clear()
-            templates[tid] = entry
-        return entry
+        return env, has_body
+
+    def entry(code: int) -> tuple[dict, bool, str]:
+        """What a request's environ is made from, for a code the map did not answer."""
+        if code & code_full:
+            tid = code >> id_shift & id_mask
+            found = templates.get(tid) if tid else None
+            if code & code_keep:
+                # First forget the connection's last entry: if this fails half-way, a repeat
+                # code must not find an entry for an earlier connection in the same slot.
+                ckey = code_repeat | (code >> slot_shift & repeat_mask)
+                conn_envs.pop(ckey, None)
+            if found is None:
+                req = req_of(srv, code)
+                if req == null:
+                    raise ClientDisconnected(errno.ESTALE, "the request is over")
+                found = build(req, unpack(req.env, req.env_len).rpartition(b"\0")[0])
+                if tid:
+                    if len(templates) >= ENV_CACHE_MAX * 2:
+                        templates.clear()
+                    templates[tid] = found
+            port = code & 0xFFFF
+            ent = (found[0], found[1], ports[port] or port_str(port))
+            if code & code_keep:
+                if len(conn_envs) >= CONN_ENV_MAX:
+                    conn_envs.clear()
+                conn_envs[ckey] = ent
+            return ent
+        # A repeat code the map lost: the same from the request's own env block.
+        req = req_of(srv, code)
+        if req == null:
+            raise ClientDisconnected(errno.ESTALE, "the request is over")
+        key, _, port_b = unpack(req.env, req.env_len).rpartition(b"\0")
+        env, has_body = build(req, key)
+        ent = (env, has_body, port_b.decode("latin-1"))
+        conn_envs[code] = ent
+        return ent
 
     def port_str(port: int) -> str:
         s = ports[port] = str(port) if port else ""
@@ -657,9 +695,9 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         # or cut), so that a write() the app kept fails instead of reaching a later request.
         nonlocal head_cache
         while True:
-            env, has_body = templates.get(code >> id_shift) or template(code)
+            env, has_body, port = conn_envs.get(code) or entry(code)
             env = env.copy()              # the app may change its environ: never the cached one
-            env["REMOTE_PORT"] = ports[code & 0xFFFF] or port_str(code & 0xFFFF)
+            env["REMOTE_PORT"] = port
             resp = Resp()
             resp.code = code
             # Read by start_response on every request: as an instance value its load is
@@ -741,8 +779,8 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                 if take_next is None:
                     return 0
                 nxt = take_next()
-                if not nxt:
-                    return 0
+                if nxt <= 0:        # none (green mode), or the poll's timeout or error (threads)
+                    return nxt
             code = nxt
 
     return handle

@@ -663,6 +663,58 @@ def test_registered_heads_under_contention():
     assert "Traceback" not in srv.stderr, srv.stderr[-2000:]
 
 
+@pytest.mark.parametrize("threads", ["4", "0"])
+@pytest.mark.parametrize("env_max", ["16384", "3"])
+def test_request_codes_keep_environs_apart(threads: str, env_max: str):
+    """Repeated heads on a keep-alive connection come with short repeat codes whose environ
+    Python keeps per connection (csrc/sp.h, request codes). Many connections, each repeating
+    its own requests with changes now and then (path, query, a header, a body), reconnecting
+    (slots are reused) and pipelining: every answer must describe its own request and its own
+    connection's port. With a map of 3 entries it is emptied all the time and repeat codes are
+    looked up from their requests."""
+    import threading
+    srv = start_server("-s", "1", "-t", threads, "codes_app.application",
+                       env={"SPAWNING_TEST_CONN_ENV_MAX": env_max})
+    bad: list = []
+    count = [0]
+
+    def client(k: int) -> None:
+        for rnd in range(4):
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+                f = s.makefile("rb")
+                port = s.getsockname()[1]
+                j = 0
+                while j < 40:
+                    batch = 2 if j % 7 == 3 else 1      # now and then two pipelined
+                    sent = []
+                    for i in range(j, j + batch):
+                        path, query = f"/c{k}/{rnd}/{i // 8}", f"q={i // 5}"
+                        extra = f"X-Extra: {i}\r\n" if i % 11 == 10 else ""
+                        body = b"b%d" % i if i % 13 == 12 else b""
+                        length = f"Content-Length: {len(body)}\r\n" if body else ""
+                        s.sendall(f"GET {path}?{query} HTTP/1.1\r\nHost: x\r\nX-N: {k}\r\n"
+                                  f"{extra}{length}\r\n".encode() + body)
+                        sent.append(f"{path} {query} {port} {k} {i if extra else '-'} {body!r}")
+                    for want in sent:
+                        head = _read_head(f)
+                        got = f.read(int(re.search(rb"Content-Length: (\d+)", head).group(1)))
+                        if got.decode() != want:
+                            bad.append((want, got))
+                        count[0] += 1
+                    j += batch
+
+    try:
+        threads_ = [threading.Thread(target=client, args=(k,)) for k in range(24)]
+        for t in threads_:
+            t.start()
+        for t in threads_:
+            t.join(60)
+    finally:
+        srv.stop()
+    assert count[0] == 24 * 4 * 40 and not bad, (count[0], bad[:3])
+    assert "Traceback" not in srv.stderr, srv.stderr[-2000:]
+
+
 def test_write_callable(server):
     _, data = get(server.port, "/v/write")
     assert data == b"written directly then returned\n"

@@ -1,0 +1,22 @@
+"""An app that answers with what its environ says about the request, for the request-code tests
+(tests/test_http.py, test_request_codes_keep_environs_apart).
+
+SPAWNING_TEST_CONN_ENV_MAX shrinks the handler's map of connection environs (spawning.wsgi,
+CONN_ENV_MAX), so that it is emptied often and repeat codes must be looked up from their
+requests: the path a large map takes only past thousands of connections."""
+
+import os
+
+from spawning import wsgi
+
+if os.environ.get("SPAWNING_TEST_CONN_ENV_MAX"):
+    wsgi.CONN_ENV_MAX = int(os.environ["SPAWNING_TEST_CONN_ENV_MAX"])
+
+
+def application(environ, start_response):
+    body = " ".join((environ["PATH_INFO"], environ["QUERY_STRING"], environ["REMOTE_PORT"],
+                     environ.get("HTTP_X_N", "-"), environ.get("HTTP_X_EXTRA", "-"),
+                     str(environ["wsgi.input"].read()))).encode()
+    environ["PATH_INFO"] = "/changed-by-the-app"   # must not reach the next request
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
