@@ -1273,8 +1273,7 @@ int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,
     return rc;
 }
 
-int64_t sp_code_answer(sp_server *s, int64_t code, int64_t head, const char *body, size_t blen,
-                       int take_next) {
+int64_t sp_code_answer(sp_server *s, int64_t code, int64_t head, const char *body, size_t blen) {
     LOCK(s);   /* one lock for both halves: the answer and the next request */
     const sp_head *h = &s->heads[(uint64_t)head % SP_HEADS];
     int rc;
@@ -1286,7 +1285,7 @@ int64_t sp_code_answer(sp_server *s, int64_t code, int64_t head, const char *bod
                : -ESTALE;
     }
     count_lend(s, blen);
-    if (!take_next || rc == -ESTALE || rc == -EALREADY || rc == -ENOENT) { UNLOCK(s); return rc; }
+    if (!s->cfg.chain || rc == -ESTALE || rc == -EALREADY || rc == -ENOENT) { UNLOCK(s); return rc; }
     /* Only a queued request: with none, the caller's sp_poll_one() polls, as this would, but
      * it may wait (without the GIL). A poll that found nothing here would be a wasted call. */
     if (!s->nready) { UNLOCK(s); return 0; }

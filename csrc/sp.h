@@ -112,6 +112,7 @@ typedef struct sp_config {
     int cork;                    /* hold small keep-alive responses to send them in bursts (conn.c,
                                     "Corking"). Off for a single app thread: nothing else would
                                     flush them while that thread runs a slow request. */
+    int chain;                   /* thread mode: sp_code_answer() also takes the next request */
 } sp_config;
 
 /* What Python reads of one request. Valid from its SP_EV_REQUEST until sp_req_finish(). */
@@ -291,16 +292,15 @@ void sp_server_flush(sp_server *s);
  * the SP_HEADS latest. */
 #define SP_HEADS 16
 int64_t sp_head_add(sp_server *s, const char *head, size_t hlen);
-/* sp_code_respond() with a registered head, then, with take_next, the calling thread's next
- * request if one is queued (first polling without waiting if the queue has gone unpolled too
- * long, as sp_poll does, so that pipelining cannot starve other connections): one crossing from
- * one request to the next that never waits, so that its binding may keep the GIL. Returns -ESTALE
- * as sp_code_respond, -ENOENT (head is not kept any more: register it again), or -EALREADY (the
- * response had started: nothing was sent), the last two leaving the request with the caller,
- * and then nothing was taken; else the next request's code, or 0 (none queued, or take_next ==
- * 0: the caller polls). Counts for lent bodies (above). */
-int64_t sp_code_answer(sp_server *s, int64_t code, int64_t head, const char *body, size_t blen,
-                       int take_next);
+/* sp_code_respond() with a registered head, then, when the server's config says chain (thread
+ * mode), the calling thread's next request if one is queued (first polling without waiting if
+ * the queue has gone unpolled too long, as sp_poll does, so that pipelining cannot starve other
+ * connections): one crossing from one request to the next that never waits, so that its binding
+ * may keep the GIL. Returns -ESTALE as sp_code_respond, -ENOENT (head is not kept any more:
+ * register it again), or -EALREADY (the response had started: nothing was sent), the last two
+ * leaving the request with the caller, and then nothing was taken; else the next request's
+ * code, or 0 (none queued, or no chain: the caller polls). Counts for lent bodies (above). */
+int64_t sp_code_answer(sp_server *s, int64_t code, int64_t head, const char *body, size_t blen);
 /* Ends the response (terminal chunk if chunked). The connection goes on to its next pipelined
  * request or back to the loop; r is invalid afterwards. abort != 0 closes the connection (an app
  * failure after the head went out). Returns 0 or -errno (the connection was lost; still released). */

@@ -29,6 +29,7 @@ typedef struct sp_config {
     size_t max_chunk_ext;
     const char *server_header;
     int cork;
+    int chain;
 } sp_config;
 typedef struct sp_request {
     const char *env; size_t env_len; int fd; int listener; int body; int head;
@@ -86,5 +87,5 @@ sp_request *sp_code_req(sp_server *s, int64_t code);
 int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen, const char *body, size_t blen);
 void sp_server_flush(sp_server *s);
 int64_t sp_head_add(sp_server *s, const char *head, size_t hlen);
-int64_t sp_code_answer(sp_server *s, int64_t code, int64_t head, const char *body, size_t blen, int take_next);
+int64_t sp_code_answer(sp_server *s, int64_t code, int64_t head, const char *body, size_t blen);
 ssize_t sp_req_read_wait(sp_server *s, sp_request *r, char *buf, size_t n, int timeout_ms);

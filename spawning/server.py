@@ -65,6 +65,9 @@ def make_core_config(config: dict) -> Any:
     # Corking trades a little latency for far fewer client wake-ups. With one app thread nothing
     # would flush a held response while that thread runs a slow request, so it stays off there.
     c.cork = 0 if int(config.get("threads", 4)) == 1 else 1
+    # Thread mode: each answer takes the thread's next queued request in the same crossing.
+    # Green mode's hub takes whole batches instead (and fd events, which an answer must not).
+    c.chain = 0 if int(config.get("threads", 4)) == 0 else 1
     return c
 
 
@@ -158,7 +161,7 @@ class Server:
     def _serve_threads(self) -> None:
         waiter = wsgi.ThreadWaiter(self._srv, _ms(self.config.get("body_timeout"), 60))
         handle = wsgi.make_handler(self.app, self._srv, self.base_envs, waiter, self.access_log,
-                                   chain=True, threads=self.threads)
+                                   threads=self.threads)
         workers = [threading.Thread(target=self._thread_main, args=(handle,), name=f"spawning-{i}",
                                     daemon=True) for i in range(self.threads)]
         for t in workers:

@@ -39,7 +39,9 @@ import logging
 import os
 import stat
 import sys
+import sysconfig
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from itertools import chain
@@ -502,14 +504,13 @@ class AccessLog:
 
 
 def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
-                 access_log: AccessLog | None, chain: bool = False,
-                 threads: int = 1) -> Callable[..., int]:
+                 access_log: AccessLog | None, threads: int = 1) -> Callable[..., int]:
     """Returns ``handle(code, take_next=None)``: runs the request a code names (sp.h) through the
     app and answers it.
 
-    With ``chain`` (thread mode) the common response also takes the calling thread's next
-    request in the same crossing if one is queued (``sp_code_answer``), which ``handle`` then
-    runs itself. Each time a request brings no next one, ``take_next()`` is asked for it (green
+    In thread mode (the server's config says chain) the common response also takes the calling
+    thread's next request in the same crossing if one is queued (``sp_code_answer``), which
+    ``handle`` then runs itself. Each time a request brings no next one, ``take_next()`` is asked for it (green
     mode: the poll batch's next; thread mode: a poll); ``handle`` returns what it gives when
     that is not a request code (0, or a poll's -errno), or 0 at once without ``take_next``.
     ``threads``: how many OS threads call ``handle``. Written as
@@ -522,7 +523,6 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     answer = lib.sp_code_answer
     add_head = lib.sp_head_add
     logging_on = access_log is not None and access_log.enabled
-    take_next_now = 1 if chain else 0
     EALREADY = -errno.EALREADY
     ENOENT = -errno.ENOENT
     ENOMEM = -errno.ENOMEM
@@ -543,15 +543,24 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     code_repeat = lib.SP_CODE_REPEAT
     repeat_mask = lib.SP_CODE_REPEAT_MASK
     slot_shift = lib.SP_CODE_SLOT_SHIFT
-    # REMOTE_PORT strings by port number, made on first use ("" until then, and for port 0: a
-    # Unix socket, whose empty string port_str makes every time).
-    ports: list = [""] * 65536
+    # REMOTE_PORT strings by port number, made on first use (port 0, a Unix socket, gets "").
+    # A dict of ints and strs, which the cyclic GC does not track: a list of 65,536 was walked
+    # by every full collection.
+    ports: dict[int, str] = {}
     lend_min = lib.SP_LEND_MIN
     lend_max = lib.SP_LEND_MAX
     keep = deque(maxlen=2 * lib.SP_LEND_RUN + max(threads, 1)).append   # see the theory of operation
 
     class Resp(Response):
         pass
+
+    # Response objects are reused when nothing else holds one, which CPython's reference counts
+    # tell: a local passed to getrefcount() counts 2 when nothing else refers to it, up to 3.13
+    # (3.14 may pass locals without a reference; free-threaded builds count differently).
+    recycle = (sys.implementation.name == "cpython" and sys.version_info < (3, 14)
+               and not sysconfig.get_config_var("Py_GIL_DISABLED"))
+    refcount = sys.getrefcount
+    weakrefs = weakref.getweakrefcount
 
     Resp.srv = srv          # the plain pointer, for the write paths too...
     Resp.owner = owner      # ...valid while any response (or wsgi.input, which holds one) lives
@@ -624,7 +633,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                         templates.clear()
                     templates[tid] = found
             port = code & 0xFFFF
-            ent = (found[0], found[1], ports[port] or port_str(port))
+            ent = (found[0], found[1], ports.get(port) or port_str(port))
             if code & code_keep:
                 if len(conn_envs) >= CONN_ENV_MAX:
                     conn_envs.clear()
@@ -694,11 +703,13 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         # ``resp.code`` says whether the request is still ours: 0 once C has it back (answered
         # or cut), so that a write() the app kept fails instead of reaching a later request.
         nonlocal head_cache
+        spare = None
         while True:
             env, has_body, port = conn_envs.get(code) or entry(code)
             env = env.copy()              # the app may change its environ: never the cached one
             env["REMOTE_PORT"] = port
-            resp = Resp()
+            resp = spare or Resp()
+            spare = None
             resp.code = code
             # Read by start_response on every request: as an instance value its load is
             # specialized, where a class default is looked up the slow way each time.
@@ -717,7 +728,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                         status, hdrs, hid = head_cache = pack_head(resp)
                     resp.code = 0
                     blen = len(body)
-                    nxt = answer(srv, code, hid, body, blen, take_next_now)
+                    nxt = answer(srv, code, hid, body, blen)
                     if blen >= lend_min and blen <= lend_max:
                         keep(body)        # C may send it after this (see the theory of operation)
                     if nxt < 0:
@@ -727,9 +738,12 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                             resp.code = code      # still ours while it is packed again
                             head_cache = pack_head(resp)
                             resp.code = 0
-                            rc = answer(srv, code, head_cache[2], body, blen, 0)
+                            rc = answer(srv, code, head_cache[2], body, blen)
                             if blen >= lend_min and blen <= lend_max:
                                 keep(body)
+                            if rc > 0:        # answered, and the next request taken
+                                nxt = rc
+                                rc = 0
                         if rc == EALREADY or rc == ENOENT:
                             # Still ours, nothing sent: the app wrote before it returned (the
                             # head went out already), or the head was pushed out again.
@@ -740,8 +754,15 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                         elif rc == 0:
                             resp.sent = blen
                         # else the client was gone: the request is over all the same
-                    else:
-                        resp.sent = blen
+                    elif log_line is not None:
+                        resp.sent = blen      # for the access log
+                    elif recycle and refcount(resp) == 2 and not weakrefs(resp):
+                        # Nothing but this frame holds the response object (the app kept
+                        # neither start_response nor write, not even weakly): the next request
+                        # may have it. Only from here, where it went the common way: of what
+                        # it holds, code and status are set anew, headers by start_response,
+                        # and the rest (head_sent, sent, _req) still has its class default.
+                        spare = resp
                 else:
                     nxt = 0
                     stream(resp, result)

@@ -715,6 +715,43 @@ def test_request_codes_keep_environs_apart(threads: str, env_max: str):
     assert "Traceback" not in srv.stderr, srv.stderr[-2000:]
 
 
+@pytest.mark.parametrize("threads", ["1", "4", "0"])
+def test_kept_callables_never_reach_another_request(threads: str):
+    """Response objects are reused once nothing holds them (spawning/wsgi.py): a write() or
+    start_response an app keeps, even through a weak reference, must keep its response object
+    out of reuse, so that using it later fails instead of writing into another request."""
+    srv = start_server("-s", "1", "-t", threads, "recycle_app.application")
+    try:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+            f = s.makefile("rb")
+
+            def get(path: str) -> bytes:
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                head = _read_head(f)
+                assert b"X-Leak" not in head, head
+                return f.read(int(re.search(rb"Content-Length: (\d+)", head).group(1)))
+
+            for keep in ("/keep-weak", "/keep-strong", "/keep-sr-weak"):
+                assert get(keep) == b"kept"
+                for i in range(5):      # requests that may get a reused response object
+                    assert get(f"/plain{i}") == f"/plain{i}".encode()
+            used = get("/use").decode().split()
+            assert get("/after") == b"/after"
+            # A reused response object starts as a new one: nothing said so far about what was
+            # sent, which the quiet HEAD write() looks at.
+            s.sendall(b"HEAD /write HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = _read_head(f)
+            assert head.startswith(b"HTTP/1.1 200") and b"Content-Length" not in head, head
+            assert get("/after-head") == b"/after-head"
+    finally:
+        srv.stop()
+    # Weakly kept: their response objects were freed, never reused. Strongly kept: alive, and
+    # refusing to write into a request that is over.
+    assert used[0] == "gone" and used[2] == "gone", used
+    assert used[1] != "wrote", used
+    assert "Traceback" not in srv.stderr or "LEAK" not in srv.stderr
+
+
 def test_write_callable(server):
     _, data = get(server.port, "/v/write")
     assert data == b"written directly then returned\n"

@@ -273,7 +273,7 @@ static void answer(sp_request *r, int64_t code) {
         usleep(1500);   /* slow enough that another thread polls meanwhile */
         /* the registered head (sp_head_add in main), as Python answers */
         /* ... taking the thread's next request when one is there without waiting */
-        int64_t rc = sp_code_answer(srv, code, c_head, body, (size_t)n, 1);
+        int64_t rc = sp_code_answer(srv, code, c_head, body, (size_t)n);
         CHECK(rc >= 0, "answer: %lld", (long long)rc);
         if (rc > 0) {
             sp_request *next = sp_code_req(srv, rc);
@@ -349,6 +349,7 @@ int main(void) {
     cfg.body_timeout_ms = 5000;
     cfg.keepalive = 1;
     cfg.server_header = "sp-test";
+    cfg.chain = 1;   /* answers take the next queued request, as in thread mode */
     cfg.cork = 1;                   /* the corking paths run under ASan too */
     srv = sp_server_new(&cfg);
     CHECK(srv != NULL, "server_new");
@@ -379,9 +380,9 @@ int main(void) {
     CHECK(first > 0, "head: %lld", (long long)first);
     for (int i = 0; i < SP_HEADS; i++) c_head = sp_head_add(srv, good, sizeof good - 1);
     CHECK(c_head == first + SP_HEADS, "head ids: %lld after %lld", (long long)c_head, (long long)first);
-    CHECK(sp_code_answer(srv, 0, first, "x", 1, 0) == -ENOENT, "pushed-out head");
-    CHECK(sp_code_answer(srv, 0, 0, "x", 1, 0) == -ENOENT, "head 0");
-    CHECK(sp_code_answer(srv, 0, c_head, "x", 1, 1) == -ESTALE, "no such request");
+    CHECK(sp_code_answer(srv, 0, first, "x", 1) == -ENOENT, "pushed-out head");
+    CHECK(sp_code_answer(srv, 0, 0, "x", 1) == -ENOENT, "head 0");
+    CHECK(sp_code_answer(srv, 0, c_head, "x", 1) == -ESTALE, "no such request");
     churn();
 
     /* drain: no new connections are accepted, open ones finish */
