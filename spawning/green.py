@@ -318,7 +318,8 @@ class Hub:
             # in the greenlet's __dict__) and contextvars.
             if mine:
                 mine.clear()
-            me.gr_context = None
+            if me.gr_context is not None:   # reading it costs less than setting it
+                me.gr_context = None
             for code in self.batch:
                 return code  # type: ignore[no-any-return]
             return 0
