@@ -104,7 +104,12 @@ typedef struct sp_conn {
 
 typedef struct sp_watch_ent { sp_handle h; int64_t token; int mask; int registered; } sp_watch_ent;
 
-typedef struct sp_listener { sp_handle h; int index; int registered; } sp_listener;
+typedef struct sp_listener {
+    sp_handle h;
+    int index;
+    int registered;
+    int nodelay;                     /* accepted sockets inherit TCP_NODELAY from it (Linux) */
+} sp_listener;
 
 struct be_state;
 

@@ -3,21 +3,25 @@ and hands the response back to C.
 
 Theory of operation
 -------------------
-The C core names each request by a *code* (csrc/sp.h): one integer holding REMOTE_PORT, the
-connection's slot, and the id of the request's environ key, which is the listener plus the packed
-block of NUL-separated values (REMOTE_ADDR, REQUEST_METHOD, PATH_INFO already percent-decoded,
-QUERY_STRING, ..., then ``KEY\\0value`` for CONTENT_TYPE/LENGTH and HTTP_* with repeated headers
-joined). Equal ids mean equal environ up to REMOTE_PORT, so a keep-alive client repeating a
-request (the common case: same path, same headers) costs one dict lookup by a small int and one
-``dict.copy()``, with no struct read and no pointer object made. An unknown id makes us fetch the
-block (``sp_code_req``) and build the template: one latin-1 decode, one split and one
-``dict.update(zip(it, it))``, no Python loop per header.
+The C core names each request by a *code* (csrc/sp.h). A full code holds REMOTE_PORT, the
+connection's slot and generation, and the id of the request's environ key, which is the listener
+plus the packed block of NUL-separated values (REMOTE_ADDR, REQUEST_METHOD, PATH_INFO already
+percent-decoded, QUERY_STRING, ..., then ``KEY\\0value`` for CONTENT_TYPE/LENGTH and HTTP_* with
+repeated headers joined). Equal ids mean equal environ up to REMOTE_PORT. An unknown id makes us
+fetch the block (``sp_code_req``) and build the template: one latin-1 decode, one split and one
+``dict.update(zip(it, it))``, no Python loop per header. A keep-alive client repeating its request
+byte for byte (the common case) gets a repeat code instead, a small int under which the handler
+kept the template and REMOTE_PORT of the connection's last full code: that request costs one dict
+lookup and one ``dict.copy()``, with no struct read, no pointer object and no big-int
+arithmetic.
 
 The response goes back in as few crossings as possible: the common case (``start_response`` then
 a one-element list) is a single ``sp_code_answer`` call (head, body and finish). The head goes by
 the id C gave it when it was registered (``sp_head_add``: validated and formatted once), reused
 while status and headers stay equal; in thread mode the same call also takes the thread's next
-request, which the handler runs in the same Python frame. C may hold such a small response back a moment
+request if one is queued, which the handler runs in the same Python frame (it polls, without the
+GIL, when none is). Calls that never wait keep the GIL (spawning/_build.py). The response object
+goes to the next request when nothing else holds it. C may hold such a small response back a moment
 to send it in a burst with others (csrc/conn.c, "Corking"); a larger body it may send from our
 memory after the call returned, so the last ones stay referenced here (csrc/sp.h, "Lent
 bodies"). C flushes at every SP_LEND_RUN-th call that could lend; the handler keeps the bodies of
@@ -510,11 +514,11 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
 
     In thread mode (the server's config says chain) the common response also takes the calling
     thread's next request in the same crossing if one is queued (``sp_code_answer``), which
-    ``handle`` then runs itself. Each time a request brings no next one, ``take_next()`` is asked for it (green
-    mode: the poll batch's next; thread mode: a poll); ``handle`` returns what it gives when
-    that is not a request code (0, or a poll's -errno), or 0 at once without ``take_next``.
-    ``threads``: how many OS threads call ``handle``. Written as
-    a closure over locals because this is the per-request hot path."""
+    ``handle`` then runs itself. Each time a request brings no next one, ``take_next()`` is
+    asked for it (green mode: the poll batch's next; thread mode: a poll); ``handle`` returns
+    what it gives when that is not a request code (0, or a poll's -errno), or 0 at once without
+    ``take_next``. ``threads``: how many OS threads call ``handle``. Written as a closure over
+    locals because this is the per-request hot path."""
     # The hot calls take a plain pointer: cffi checks an ffi.gc() object as an argument more
     # slowly. Resp.owner (below) keeps the owning object for what may outlive a request.
     owner = srv
@@ -596,7 +600,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     # What a connection's repeated requests start from, by their repeat code (sp.h, request
     # codes): (template, whether a body comes, REMOTE_PORT). Stored for each full code that says
     # SP_CODE_KEEP; emptied when it holds CONN_ENV_MAX, after which a repeat code that finds
-    # nothing is looked up from its request (repeat_entry).
+    # nothing is looked up from its request (entry).
     conn_envs: dict[int, tuple[dict, bool, str]] = {}
 
     def build(req: Any, key: bytes) -> tuple[dict, bool]:

@@ -12,6 +12,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -228,6 +229,12 @@ static void answer_lent(int64_t code) {
 static void answer(sp_request *r, int64_t code) {
     const char *path = env_get(r, 2);
     static const char hdrs[] = "Content-Type\0text/plain";
+    /* Small responses must not wait for the client's ACK (Nagle): set per connection, or
+     * inherited from the listener (Linux). */
+    int nodelay = 0;
+    socklen_t ndl = sizeof nodelay;
+    CHECK(getsockopt(r->fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, &ndl) == 0 && nodelay,
+          "TCP_NODELAY on an accepted connection");
     if (strcmp(path, "/lend") == 0) { answer_lent(code); return; }
     if (strcmp(path, "/echo") == 0) {
         char body[256];
