@@ -50,7 +50,14 @@
 
 #define SP_ACCEPT_BURST 64   /* accepts per listener event: fairness between listen and serve */
 
-static __thread sp_server *tls_busy_srv;   /* this thread took work from that server */
+/* This thread took work from that server. Read on every request: initial-exec makes it a plain
+ * thread-pointer access instead of a __tls_get_addr call (the general model a shared object
+ * gets); one pointer fits the static TLS room glibc keeps for modules loaded later. */
+#if defined(__linux__) && defined(__GNUC__)
+static __thread sp_server *tls_busy_srv __attribute__((tls_model("initial-exec")));
+#else
+static __thread sp_server *tls_busy_srv;
+#endif
 
 int64_t sp_now_us(void) {
     struct timespec ts;
