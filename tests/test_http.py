@@ -629,11 +629,23 @@ def _read_head(f) -> bytes:
         lines.append(line)
 
 
+def _run_clients(srv, client, args: list, join_s: float) -> None:
+    """Runs client(*a) in a thread for each a in args, joins them, then stops the server."""
+    import threading
+    try:
+        threads = [threading.Thread(target=client, args=a) for a in args]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(join_s)
+    finally:
+        srv.stop()
+
+
 def test_registered_heads_under_contention():
     """Every response a new head, from 32 threads: C keeps only the 16 latest heads, so a
     thread's head is often pushed out before its answer (-ENOENT, registered again). No
     response may go out with another request's head."""
-    import threading
     srv = start_server("-s", "1", "-t", "32", "core_app.application")
     bad: list = []
     count = [0]
@@ -651,14 +663,7 @@ def test_registered_heads_under_contention():
                     bad.append((head, body))
                 count[0] += 1
 
-    try:
-        threads = [threading.Thread(target=client) for _ in range(48)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(20)
-    finally:
-        srv.stop()
+    _run_clients(srv, client, [()] * 48, 20)
     assert count[0] > 1000 and not bad, (count[0], bad[:2])
     assert "Traceback" not in srv.stderr, srv.stderr[-2000:]
 
@@ -672,7 +677,6 @@ def test_request_codes_keep_environs_apart(threads: str, env_max: str):
     (slots are reused) and pipelining: every answer must describe its own request and its own
     connection's port. With a map of 3 entries it is emptied all the time and repeat codes are
     looked up from their requests."""
-    import threading
     srv = start_server("-s", "1", "-t", threads, "codes_app.application",
                        env={"SPAWNING_TEST_CONN_ENV_MAX": env_max})
     bad: list = []
@@ -703,14 +707,7 @@ def test_request_codes_keep_environs_apart(threads: str, env_max: str):
                         count[0] += 1
                     j += batch
 
-    try:
-        threads_ = [threading.Thread(target=client, args=(k,)) for k in range(24)]
-        for t in threads_:
-            t.start()
-        for t in threads_:
-            t.join(60)
-    finally:
-        srv.stop()
+    _run_clients(srv, client, [(k,) for k in range(24)], 60)
     assert count[0] == 24 * 4 * 40 and not bad, (count[0], bad[:3])
     assert "Traceback" not in srv.stderr, srv.stderr[-2000:]
 
