@@ -300,7 +300,7 @@ sp_conn *srv_code_conn(sp_server *s, int64_t code) {
         port = (int)(code & 0xFFFF);
     } else if ((code & ~(int64_t)SP_CODE_REPEAT_MASK) == SP_CODE_REPEAT) {
         slot = code & SP_CODE_SLOT_MASK;
-        gen = (unsigned)(code >> 20) & SP_CODE_GEN_MASK;
+        gen = (unsigned)(code >> SP_CODE_REPEAT_GEN_SHIFT) & SP_CODE_GEN_MASK;
     } else {
         return NULL;
     }
@@ -368,7 +368,7 @@ static int64_t request_code(sp_server *s, sp_conn *c) {
     /* The same head again on a connection whose last full code said keep: Python has the
      * environ (sp.h, request codes). */
     if (c->repeat && c->py_keeps)
-        return SP_CODE_REPEAT | (int64_t)c->gen << 20 | (int64_t)c->slot;
+        return SP_CODE_REPEAT | (int64_t)c->gen << SP_CODE_REPEAT_GEN_SHIFT | (int64_t)c->slot;
     int64_t id = 0;
     if (c->tmpl >= 0 && c->tmpl_epoch == s->tmpl_epoch) {
         sp_tmpl *t = &s->tmpl[c->tmpl];
@@ -459,11 +459,7 @@ static void do_accept(sp_server *s, sp_listener *l) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof(ss);
 #ifdef __linux__
-#ifdef SP_LIBC_SYSCALLS
-        int fd = accept4(l->h.fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-#else   /* no cancellation point: see sysio.h */
-        int fd = (int)syscall(SYS_accept4, l->h.fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-#endif
+        int fd = sp_accept4(l->h.fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 #else
         int fd = accept(l->h.fd, (struct sockaddr *)&ss, &sl);
         if (fd >= 0 && set_nonblock_cloexec(fd) < 0) { close(fd); continue; }

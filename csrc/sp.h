@@ -171,6 +171,7 @@ typedef struct sp_event {
 #define SP_CODE_FULL 0x4000000000000000
 #define SP_CODE_REPEAT 0x20000000
 #define SP_CODE_REPEAT_MASK 0x1FFFFFFF
+#define SP_CODE_REPEAT_GEN_SHIFT 20
 #define SP_SLOTS_MAX (SP_CODE_SLOT_MASK + 1)   /* connections per server, at most */
 
 #define SP_DURATION_BUCKETS 17
