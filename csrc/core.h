@@ -52,7 +52,6 @@ typedef struct sp_conn {
     int state;
     struct sp_conn *prev, *next;     /* all connections (sweep list) */
     struct sp_conn *qnext;           /* ready queue */
-    int64_t ready_at_us;             /* when it was queued (thread hand-off) */
     int64_t busy_since_us;           /* when Python took it (--timeout, status, duration histogram) */
     int64_t wait_token;              /* green mode: sp_req_wait() */
     int wait_mask;

@@ -9,10 +9,10 @@
  * go to a FIFO ready queue; sp_poll() hands them out.
  *
  * Thread mode (several threads in sp_poll): a thread that takes work leaves the poller role
- * empty. Another thread takes over the role, or takes queued work, only once SP_HANDOFF_US has
- * passed, unless no thread is busy. So a fast app keeps running on one thread with no wake-ups and
- * no GIL contention, while a slow or blocking app delays other requests by at most ~1 ms before a
- * second thread steps in. One waiting thread, the watcher, times that hand-off; the others sleep
+ * empty. Another thread takes over the role, or takes queued work, only once no thread has
+ * taken work for SP_HANDOFF_US, unless no thread is busy. So a fast app keeps running on one
+ * thread with no wake-ups and no GIL contention (however long the queue it works through), while
+ * a slow or blocking app delays other requests by at most ~1 ms before a second thread steps in. One waiting thread, the watcher, times that hand-off; the others sleep
  * untimed on a condition variable. Under steady load the watcher keeps its watch while the busy
  * thread polls, checking back every SP_HANDOFF_US; once no work was taken for SP_WATCH_KEEP_US it
  * sleeps untimed too, and a poller that takes work with nobody watching signals one waiter to
@@ -391,7 +391,6 @@ void srv_enqueue(sp_server *s, sp_conn *c) {
     c->state = C_READY;
     c->queued = 1;
     c->qnext = NULL;
-    c->ready_at_us = s->now_us;
     c->deadline_ms = 0;
     if (s->q_tail) s->q_tail->qnext = c; else s->q_head = c;
     s->q_tail = c;
@@ -430,7 +429,11 @@ static int take_ready(sp_server *s, sp_event *out, int max, int64_t now_us, int 
     }
     while (n < max && s->q_head) {
         sp_conn *c = s->q_head;
-        if (follower && s->busy > 0 && now_us - c->ready_at_us < SP_HANDOFF_US) break;
+        /* A follower takes queued work only from threads that took none for SP_HANDOFF_US
+         * (stuck in an app): a queue that a busy thread keeps working through is no reason to
+         * hand part of it to a second thread, which would only wait for the GIL (up to the
+         * interpreter's 5 ms switch interval: that made p99 latencies of 15-25 ms). */
+        if (follower && s->busy > 0 && now_us - s->vacated_us < SP_HANDOFF_US) break;
         s->q_head = c->qnext;
         if (!s->q_head) s->q_tail = NULL;
         s->nready--;
@@ -720,11 +723,12 @@ int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
             if (woke || nf == -EINTR) {
                 s->wake_gen++;
                 pthread_cond_broadcast(&s->cv);
-                n = take_ready(s, out, max, s->now_us, 0);
+                n = take_ready(s, out, max, s->now_us, was_follower);
                 break;
             }
-            if (timeout_ms == 0) { n = take_ready(s, out, max, s->now_us, 0); break; }
-            was_follower = 0;
+            if (timeout_ms == 0) { n = take_ready(s, out, max, s->now_us, was_follower); break; }
+            /* A follower that polled (a starving queue makes one lead) stays a follower for
+             * taking work: the hand-off rule still applies to it (take_ready). */
             continue;
         }
         if (timeout_ms == 0) break;   /* never waits: sp_code_answer's callers keep the GIL */
@@ -747,8 +751,6 @@ int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
         } else {
             watching = s->watching = 1;
             int64_t until = (keep ? now : s->vacated_us) + SP_HANDOFF_US;
-            if (s->q_head && s->q_head->ready_at_us + SP_HANDOFF_US < until)
-                until = s->q_head->ready_at_us + SP_HANDOFF_US;
             if (deadline >= 0 && deadline < until) until = deadline;
             timed_wait(s, until);
         }
