@@ -44,3 +44,20 @@ def test_cdef_matches_header():
         assert hs[name][: len(fields)] == fields, f"{name}: sp.h {hs[name]} vs cdef {fields}"
     assert len(cs) >= 8 and len(_functions(header)) >= 25   # the parsing found the API
     assert _functions(header) == _functions(cdef)
+
+
+def test_gil_keeping_calls_are_declared_and_never_wait():
+    """spawning/_build.py names the calls whose cffi wrappers keep the GIL: a name that is not a
+    declared function would be kept silently by nothing, and one of the calls that can wait must
+    never be among them (it would stall every other Python thread while it waits)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_sp_build", ROOT / "spawning" / "_build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)   # type: ignore[union-attr]
+    declared = _functions(_strip_comments((ROOT / "spawning" / "_core_cdef.h").read_text()))
+    keep = set(build.KEEP_GIL)
+    assert keep <= declared, keep - declared
+    waits = {"sp_poll", "sp_poll_one", "sp_poll_codes", "sp_req_read_wait", "sp_req_drain",
+             "sp_req_sendfile", "sp_server_drain", "sp_server_new", "sp_server_free"}
+    assert waits <= declared and not keep & waits, keep & waits
