@@ -1289,10 +1289,14 @@ int64_t sp_code_answer(sp_server *s, int64_t code, int64_t head, const char *bod
     /* Only a queued request: with none, the caller's sp_poll_one() polls, as this would, but
      * it may wait (without the GIL). A poll that found nothing here would be a wasted call. */
     if (!s->nready) { UNLOCK(s); return 0; }
-    sp_event ev;
-    int n = srv_poll_locked(s, &ev, 1, 0);
+    int64_t next = srv_take_next_locked(s);
+    if (!next) {
+        sp_event ev;
+        int n = srv_poll_locked(s, &ev, 1, 0);
+        next = n > 0 && ev.kind == SP_EV_REQUEST ? ev.code : 0;
+    }
     UNLOCK(s);
-    return n > 0 && ev.kind == SP_EV_REQUEST ? ev.code : 0;
+    return next;
 }
 
 /* Skips what is left of the request body if it is all buffered. Returns 1 when the body is done. */

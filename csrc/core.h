@@ -226,6 +226,7 @@ sp_conn *srv_code_conn(sp_server *s, int64_t code);   /* the busy connection of 
 const char *srv_date(sp_server *s);
 /* sp_poll with s->mu held (it is released while waiting in the backend); max > 0. */
 int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms);
+int64_t srv_take_next_locked(sp_server *s);   /* the common case of a 1-request poll; 0: poll */
 
 /* conn.c, for server.c */
 sp_conn *conn_new(sp_server *s, int fd, int listener, const struct sockaddr *sa, int salen);

@@ -659,6 +659,24 @@ int64_t sp_poll_one(sp_server *s, int timeout_ms) {
     return ev.kind == SP_EV_REQUEST ? ev.code : 0;
 }
 
+/* What srv_poll_locked(s, &ev, 1, 0) does for a thread that just finished a request while
+ * requests are queued, in the common case only: no fd events, no held-back responses due out,
+ * no poll due (a starving queue), so none of the loop's cases but the first applies. Returns the
+ * request's code, or 0: the caller must call srv_poll_locked, which handles every case. The
+ * thread stays busy (it was, and it takes work again), as srv_poll_locked would leave it. */
+int64_t srv_take_next_locked(sp_server *s) {
+    int64_t now = s->now_us;
+    if (!s->nready || s->fdq_len || (s->ncork && now - s->cork_since_us >= SP_CORK_US) ||
+        (!s->polling && now - s->last_poll_us >= SP_POLL_EVERY_US))
+        return 0;
+    sp_event ev;
+    if (take_ready(s, &ev, 1, now, 0) != 1) return 0;
+    if (tls_busy_srv != s) { s->busy++; tls_busy_srv = s; }
+    s->vacated_us = now;
+    if (s->untimed_waiters && !s->watching) pthread_cond_signal(&s->cv);
+    return ev.code;
+}
+
 int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms) {
     if (max <= 0) return -EINVAL;
     pthread_mutex_lock(&s->mu);

@@ -563,7 +563,9 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     # (3.14 may pass locals without a reference; free-threaded builds count differently).
     recycle = (sys.implementation.name == "cpython" and sys.version_info < (3, 14)
                and not sysconfig.get_config_var("Py_GIL_DISABLED"))
-    refcount = sys.getrefcount
+    # Without recycling (or with an access log, which reads the response after the answer) the
+    # test never passes: id() is never 2.
+    refcount = sys.getrefcount if recycle and not logging_on else id
     weakrefs = weakref.getweakrefcount
 
     Resp.srv = srv          # the plain pointer, for the write paths too...
@@ -598,15 +600,15 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     # map emptied every ENV_CACHE_MAX * 2 insertions never holds an id that C has given anew.
     templates: dict[int, tuple[dict, bool]] = {}
     # What a connection's repeated requests start from, by their repeat code (sp.h, request
-    # codes): (template, whether a body comes, REMOTE_PORT). Stored for each full code that says
-    # SP_CODE_KEEP; emptied when it holds CONN_ENV_MAX, after which a repeat code that finds
-    # nothing is looked up from its request (entry).
-    conn_envs: dict[int, tuple[dict, bool, str]] = {}
+    # codes): the environ of its last full code, REMOTE_PORT included, to be copied. Requests
+    # without a body in conn_envs (the handler's first look-up), those with one in body_envs.
+    # Stored for each full code that says SP_CODE_KEEP; each map is emptied when it holds
+    # CONN_ENV_MAX, after which a repeat code that finds nothing is looked up from its request.
+    conn_envs: dict[int, dict] = {}
+    body_envs: dict[int, dict] = {}
 
     def build(req: Any, key: bytes) -> tuple[dict, bool]:
-        """The template for a request's env block (less REMOTE_PORT) and whether a body comes.
-        (A bool, not C's body kind: the handler's truth tests of True/False skip a call per
-        request.)"""
+        """The template for a request's env block (less REMOTE_PORT) and whether a body comes."""
         env = (base_envs[req.listener] if base_envs else {}).copy()
         it = iter(key.decode("latin-1").split("\0"))
         env.update(zip(fixed, it))    # stops at the end of fixed without taking from it
@@ -617,16 +619,25 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
             env["wsgi.input"] = empty   # copied with the template; a body gets its Input
         return env, has_body
 
-    def entry(code: int) -> tuple[dict, bool, str]:
-        """What a request's environ is made from, for a code the map did not answer."""
+    def remember(ckey: int, env: dict, has_body: bool) -> None:
+        envs = body_envs if has_body else conn_envs
+        if len(envs) >= CONN_ENV_MAX:
+            envs.clear()
+        envs[ckey] = env
+
+    def entry(code: int) -> tuple[dict, bool]:
+        """A new environ for a code conn_envs did not answer (the handler's to keep), and whether
+        a body comes."""
         if code & code_full:
             tid = code >> id_shift & id_mask
             found = templates.get(tid) if tid else None
-            if code & code_keep:
+            keep_it = code & code_keep
+            if keep_it:
                 # First forget the connection's last entry: if this fails half-way, a repeat
                 # code must not find an entry for an earlier connection in the same slot.
                 ckey = code_repeat | (code >> slot_shift & repeat_mask)
                 conn_envs.pop(ckey, None)
+                body_envs.pop(ckey, None)
             if found is None:
                 req = req_of(srv, code)
                 if req == null:
@@ -636,22 +647,26 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     if len(templates) >= ENV_CACHE_MAX * 2:
                         templates.clear()
                     templates[tid] = found
+            env, has_body = found
+            env = env.copy()
             port = code & 0xFFFF
-            ent = (found[0], found[1], ports.get(port) or port_str(port))
-            if code & code_keep:
-                if len(conn_envs) >= CONN_ENV_MAX:
-                    conn_envs.clear()
-                conn_envs[ckey] = ent
-            return ent
-        # A repeat code the map lost: the same from the request's own env block.
+            env["REMOTE_PORT"] = ports.get(port) or port_str(port)
+            if keep_it:
+                remember(ckey, env, has_body)
+                env = env.copy()
+            return env, has_body
+        env = body_envs.get(code)
+        if env is not None:
+            return env.copy(), True
+        # A repeat code the maps lost: the same from the request's own env block.
         req = req_of(srv, code)
         if req == null:
             raise ClientDisconnected(errno.ESTALE, "the request is over")
         key, _, port_b = unpack(req.env, req.env_len).rpartition(b"\0")
         env, has_body = build(req, key)
-        ent = (env, has_body, port_b.decode("latin-1"))
-        conn_envs[code] = ent
-        return ent
+        env["REMOTE_PORT"] = port_b.decode("latin-1")
+        remember(code, env, has_body)
+        return env.copy(), has_body
 
     def port_str(port: int) -> str:
         s = ports[port] = str(port) if port else ""
@@ -707,20 +722,23 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         # ``resp.code`` says whether the request is still ours: 0 once C has it back (answered
         # or cut), so that a write() the app kept fails instead of reaching a later request.
         nonlocal head_cache
-        spare = None
+        resp = Resp()
         while True:
-            env, has_body, port = conn_envs.get(code) or entry(code)
-            env = env.copy()              # the app may change its environ: never the cached one
-            env["REMOTE_PORT"] = port
-            resp = spare or Resp()
-            spare = None
+            env = conn_envs.get(code)
+            if env is not None:
+                env = env.copy()          # the app may change its environ: never the kept one
+                inp = None
+            else:
+                env, has_body = entry(code)
+                if has_body:
+                    # It may outlive the request: its resp keeps the server (Resp.owner).
+                    env["wsgi.input"] = inp = Input(srv, resp, waiter)
+                else:
+                    inp = None
             resp.code = code
             # Read by start_response on every request: as an instance value its load is
             # specialized, where a class default is looked up the slow way each time.
             resp.status = None
-            if has_body:
-                # It may outlive the request: its resp keeps the server (Resp.owner).
-                env["wsgi.input"] = inp = Input(srv, resp, waiter)
             try:
                 result = app(env, resp.start_response)
                 if type(result) is list_type and len(result) == 1 \
@@ -730,12 +748,33 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     status, hdrs, hid = head_cache
                     if resp.status != status or resp.headers != hdrs:
                         status, hdrs, hid = head_cache = pack_head(resp)
-                    resp.code = 0
                     blen = len(body)
-                    nxt = answer(srv, code, hid, body, blen)
-                    if blen >= lend_min and blen <= lend_max:
-                        keep(body)        # C may send it after this (see the theory of operation)
+                    if refcount(resp) == 2 and not weakrefs(resp):
+                        # Nothing but this frame holds the response object (the app kept
+                        # neither start_response nor write, not even weakly): it serves the
+                        # next request, and nothing can write through it meanwhile. Only on
+                        # the common way: of what it holds, code and status are set anew,
+                        # headers by start_response, and the rest (head_sent, sent, _req)
+                        # still has its class default.
+                        nxt = answer(srv, code, hid, body, blen)
+                        if blen >= lend_min and blen <= lend_max:
+                            keep(body)    # C may send it after this (see the theory of operation)
+                        if nxt >= 0:      # answered (an access log would have made it fail)
+                            if not nxt:
+                                if take_next is None:
+                                    return 0
+                                nxt = take_next()
+                                if nxt <= 0:
+                                    return nxt
+                            code = nxt
+                            continue
+                    else:
+                        resp.code = 0
+                        nxt = answer(srv, code, hid, body, blen)
+                        if blen >= lend_min and blen <= lend_max:
+                            keep(body)
                     if nxt < 0:
+                        resp.code = 0
                         rc = nxt
                         nxt = 0
                         if rc == ENOENT:  # newer heads pushed this one out of C's table
@@ -758,15 +797,8 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                         elif rc == 0:
                             resp.sent = blen
                         # else the client was gone: the request is over all the same
-                    elif log_line is not None:
+                    else:
                         resp.sent = blen      # for the access log
-                    elif recycle and refcount(resp) == 2 and not weakrefs(resp):
-                        # Nothing but this frame holds the response object (the app kept
-                        # neither start_response nor write, not even weakly): the next request
-                        # may have it. Only from here, where it went the common way: of what
-                        # it holds, code and status are set anew, headers by start_response,
-                        # and the rest (head_sent, sent, _req) still has its class default.
-                        spare = resp
                 else:
                     nxt = 0
                     stream(resp, result)
@@ -793,13 +825,14 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     fail(resp)
                 raise
             finally:
-                if has_body:
-                    inp.release()  # type: ignore[union-attr]
+                if inp is not None:
+                    inp.release()
             if log_line is not None:
                 try:
                     log_line(env, resp.status, resp.sent)
                 except Exception:   # nothing may stop us returning nxt: C handed that request to us
                     log.exception("error writing the access log")
+            resp = Resp()           # this one may be held, or went another way than the common
             if not nxt:             # never negative here; a truth test is cheaper on a big int
                 if take_next is None:
                     return 0
