@@ -12,11 +12,13 @@
  * empty. Another thread takes over the role, or takes queued work, only once no thread has
  * taken work for SP_HANDOFF_US, unless no thread is busy. So a fast app keeps running on one
  * thread with no wake-ups and no GIL contention (however long the queue it works through), while
- * a slow or blocking app delays other requests by at most ~1 ms before a second thread steps in. One waiting thread, the watcher, times that hand-off; the others sleep
- * untimed on a condition variable. Under steady load the watcher keeps its watch while the busy
- * thread polls, checking back every SP_HANDOFF_US; once no work was taken for SP_WATCH_KEEP_US it
- * sleeps untimed too, and a poller that takes work with nobody watching signals one waiter to
- * take the watch. So an idle pool costs nothing and a busy one about one wake-up per ms.
+ * a slow or blocking app delays other requests by at most ~1 ms before a second thread steps in.
+ * One waiting thread, the watcher, times that hand-off; the others sleep untimed on a condition
+ * variable. Under steady load the watcher keeps its watch, checking back every SP_HANDOFF_US
+ * without the mutex for as long as work is being taken (watch_unlocked); once no work was taken
+ * for SP_WATCH_KEEP_US it sleeps untimed too, and a poller that takes work with nobody watching
+ * signals one waiter to take the watch. So an idle pool costs nothing and a busy one about one
+ * wake-up per ms, which touches no lock the busy thread holds.
  *
  * Green mode: one thread, so the queue and the poll turn are all there is.
  */
@@ -633,6 +635,44 @@ static int dispatch(sp_server *s, be_fired *fired, int n) {
     return woke;
 }
 
+/* vacated_us and wake_gen are written under the mutex and read without it by a watcher between
+ * its naps (watch_unlocked): stores and those loads are atomic. */
+static inline void set_vacated(sp_server *s, int64_t now_us) {
+    __atomic_store_n(&s->vacated_us, now_us, __ATOMIC_RELAXED);
+}
+
+/* The watcher's wait, without the mutex: it naps until `until` and, as long as work was taken
+ * meanwhile (vacated_us moved) and the busy thread's latest take is less than SP_HANDOFF_US old
+ * at the next check, naps again, without taking the mutex. A timed wait on the condition variable
+ * would retake the mutex at every wake-up, under steady load held by the busy thread more often
+ * than not (it sends with it held), which cost a futex hand-off and two context switches each
+ * time, about 4% of a 64 KiB response's cost. Returns with the mutex held, when no work was taken
+ * for a whole nap (the busy thread may be stuck: the caller looks), on sp_server_wakeup(), or at
+ * the deadline (< 0: none). What a signal to the condition variable would tell it comes at most
+ * one nap (SP_HANDOFF_US) late: only waking the sleeping waiters is urgent, and it sleeps
+ * on the condition variable. */
+static void watch_unlocked(sp_server *s, int64_t until, unsigned gen, int64_t deadline) {
+    int64_t seen = s->vacated_us;
+    pthread_mutex_unlock(&s->mu);
+    for (;;) {
+        int64_t now = sp_now_us();
+        if (until > now) {
+            int64_t d = until - now;
+            struct timespec ts = { (time_t)(d / 1000000), (long)(d % 1000000) * 1000 };
+            nanosleep(&ts, NULL);
+            now = sp_now_us();
+        }
+        if (__atomic_load_n(&s->wake_gen, __ATOMIC_RELAXED) != gen) break;
+        if (deadline >= 0 && now >= deadline) break;
+        int64_t v = __atomic_load_n(&s->vacated_us, __ATOMIC_RELAXED);
+        if (v == seen) break;
+        seen = v;
+        until = v + SP_HANDOFF_US;
+        if (until <= now) break;
+    }
+    pthread_mutex_lock(&s->mu);
+}
+
 static void timed_wait(sp_server *s, int64_t until_us) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -672,7 +712,7 @@ int64_t srv_take_next_locked(sp_server *s) {
     sp_event ev;
     if (take_ready(s, &ev, 1, now, 0) != 1) return 0;
     if (tls_busy_srv != s) { s->busy++; tls_busy_srv = s; }
-    s->vacated_us = now;
+    set_vacated(s, now);
     if (s->untimed_waiters && !s->watching) pthread_cond_signal(&s->cv);
     return ev.code;
 }
@@ -739,7 +779,7 @@ int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
             int64_t t = s->now_us / 1000;
             if (t >= s->next_sweep_ms) { sweep(s, t); s->next_sweep_ms = t + SP_SWEEP_MS; }
             if (woke || nf == -EINTR) {
-                s->wake_gen++;
+                __atomic_store_n(&s->wake_gen, s->wake_gen + 1, __ATOMIC_RELAXED);
                 pthread_cond_broadcast(&s->cv);
                 n = take_ready(s, out, max, s->now_us, was_follower);
                 break;
@@ -770,7 +810,7 @@ int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
             watching = s->watching = 1;
             int64_t until = (keep ? now : s->vacated_us) + SP_HANDOFF_US;
             if (deadline >= 0 && deadline < until) until = deadline;
-            timed_wait(s, until);
+            watch_unlocked(s, until, gen, deadline);
         }
         s->waiters--;
     }
@@ -784,7 +824,7 @@ int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
         if (took_request) {
             s->busy++;
             tls_busy_srv = s;
-            s->vacated_us = s->now_us;
+            set_vacated(s, s->now_us);
             /* Waiters sleeping untimed must learn the poller role is free so that one of them
              * times the hand-off (queued work left over is theirs after the delay too), unless
              * one does already. */
