@@ -176,9 +176,9 @@ class Hub:
         self.idle: list = []          # request greenlets waiting for their next request
         self.events = ffi.new("sp_event[]", _BATCH)
         self.codes = ffi.new("int64_t[]", _BATCH)   # request codes of the batch, 0 for fd events
-        # The requests of the current poll batch not yet taken, as an iterator of their codes: the
-        # hub and the request greenlets take from it in turn (see _request_worker).
-        self.batch: Any = iter(())
+        # The codes of the current poll batch's requests not yet taken: the hub and the request
+        # greenlets take from it in turn (see _request_worker).
+        self.batch: deque = deque()
 
     # -- scheduling (hub thread) --
 
@@ -301,32 +301,25 @@ class Hub:
 
     def _request_worker(self, code: int) -> None:
         """Body of a request greenlet: runs requests, parking in the idle pool in between. Reusing
-        greenlets matters: a new one costs Python a fresh frame stack (an mmap and a munmap)."""
+        greenlets matters: a new one costs Python a fresh frame stack (an mmap and a munmap).
+
+        Once a request is over, handle() takes the batch's next code itself (``green``, see
+        wsgi.make_handler) and runs it here and now, as the hub would have by switching to an
+        idle greenlet, minus the two switches; first it resets what the request left behind. The
+        hub's loop over the batch takes from the same deque, and wake-ups go through the ready
+        queue, so a greenlet resumes either from that loop or between batches, when the deque
+        is empty."""
         handle = self.handle
         idle = self.idle
         hub_glet = self.glet
         me = getcurrent()
         mine = me.__dict__   # one dict for the greenlet's life (spawning.green.local uses it)
-
-        def take_next() -> int:
-            """handle()'s next request once one is over (0: none): the batch's next, run here and
-            now in this greenlet, as the hub would have by switching to an idle greenlet, minus
-            the two switches. The hub's loop over the batch takes from the same iterator, and
-            wake-ups go through the ready queue, so a greenlet resumes either from that loop or
-            between batches, when the iterator is spent."""
-            # What the request left behind must not reach the next one: greenlet-locals (kept
-            # in the greenlet's __dict__) and contextvars.
-            if mine:
-                mine.clear()
-            if me.gr_context is not None:   # reading it costs less than setting it
-                me.gr_context = None
-            for code in self.batch:
-                return code  # type: ignore[no-any-return]
-            return 0
-
+        batch = self.batch
+        green = (me, mine, batch)
+        take = batch.popleft
         while True:
             try:
-                handle(code, take_next)  # type: ignore[misc]
+                handle(code, take, green)  # type: ignore[misc]
             except BaseException:   # handle() answers app errors itself: this is a bug
                 log.exception("internal error handling a request")
                 mine.clear()
@@ -350,6 +343,8 @@ class Hub:
         handle = self.handle
         idle = self.idle
         worker = self._request_worker
+        pending = self.batch
+        take = pending.popleft
         while True:
             if ready:
                 self._run_ready()
@@ -380,8 +375,9 @@ class Hub:
                         obj.on_fd(self, events[i].mask)
                     i += 1
                 if i < n:
-                    self.batch = it = iter(batch[i:] if i else batch)
-                    for code in it:
+                    pending.extend(batch[i:] if i else batch)
+                    while pending:
+                        code = take()
                         if idle:
                             idle.pop().switch(code)
                         elif handle is not None:

@@ -509,16 +509,18 @@ class AccessLog:
 
 def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                  access_log: AccessLog | None, threads: int = 1) -> Callable[..., int]:
-    """Returns ``handle(code, take_next=None)``: runs the request a code names (sp.h) through the
-    app and answers it.
+    """Returns ``handle(code, take_next=None, green=None)``: runs the request a code names (sp.h)
+    through the app and answers it.
 
     In thread mode (the server's config says chain) the common response also takes the calling
     thread's next request in the same crossing if one is queued (``sp_code_answer``), which
     ``handle`` then runs itself. Each time a request brings no next one, ``take_next()`` is
-    asked for it (green mode: the poll batch's next; thread mode: a poll); ``handle`` returns
-    what it gives when that is not a request code (0, or a poll's -errno), or 0 at once without
-    ``take_next``. ``threads``: how many OS threads call ``handle``. Written as a closure over
-    locals because this is the per-request hot path."""
+    asked for it (thread mode: a poll); ``handle`` returns what it gives when that is not a
+    request code (0, or a poll's -errno), or 0 at once without ``take_next``. In a request
+    greenlet ``green`` is (the greenlet, its ``__dict__``, the hub's batch deque): its state is
+    reset and ``take_next`` (the deque's popleft) is asked only while the deque holds codes.
+    ``threads``: how many OS threads call ``handle``. Written as a closure over locals because
+    this is the per-request hot path."""
     # The hot calls take a plain pointer: cffi checks an ffi.gc() object as an argument more
     # slowly. Resp.owner (below) keeps the owning object for what may outlive a request.
     owner = srv
@@ -716,7 +718,8 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                 except Exception:
                     log.exception("error closing the WSGI app's iterable")
 
-    def handle(code: int, take_next: Callable[[], int] | None = None) -> int:
+    def handle(code: int, take_next: Callable[[], int] | None = None,
+               green: tuple | None = None) -> int:
         # One frame for the thread's whole run of requests (in thread mode, each answer takes
         # the next request): a call per request would set up and tear down this closure's frame.
         # ``resp.code`` says whether the request is still ours: 0 once C has it back (answered
@@ -763,6 +766,14 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                             if not nxt:
                                 if take_next is None:
                                     return 0
+                                if green is not None:   # the same as below
+                                    me, mine, batch = green
+                                    if mine:
+                                        mine.clear()
+                                    if me.gr_context is not None:
+                                        me.gr_context = None
+                                    if not batch:
+                                        return 0
                                 nxt = take_next()
                                 if nxt <= 0:
                                     return nxt
@@ -836,6 +847,18 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
             if not nxt:             # never negative here; a truth test is cheaper on a big int
                 if take_next is None:
                     return 0
+                if green is not None:
+                    # A request greenlet (spawning.green) goes on with the poll batch's next
+                    # request, as the hub would have by switching to an idle greenlet, minus two
+                    # switches. What the request left behind must not reach the next one:
+                    # greenlet-locals (kept in the greenlet's __dict__) and contextvars.
+                    me, mine, batch = green
+                    if mine:
+                        mine.clear()
+                    if me.gr_context is not None:   # reading it costs less than setting it
+                        me.gr_context = None
+                    if not batch:
+                        return 0
                 nxt = take_next()
                 if nxt <= 0:        # none (green mode), or the poll's timeout or error (threads)
                     return nxt

@@ -156,14 +156,15 @@ def test_monkey_patched_in_worker(spawn):
 
 def test_requests_leave_no_locals_or_context_behind(spawn):
     """Request greenlets are reused: what one request stores in a thread-local or a ContextVar
-    must not be seen by the next request the same greenlet runs."""
+    must not be seen by the next request the same greenlet runs, whichever way the response
+    went (a one-element list, answered in one crossing, or an iterator, streamed)."""
     import http.client
     import json
     server = spawn("-s", "1", "-t", "0", "green_apps.application")
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
         for i in range(20):
-            conn.request("GET", f"/leftovers?r{i}")
+            conn.request("GET", f"/leftovers?r{i}" + ("-stream" if i % 3 == 1 else ""))
             resp = conn.getresponse()
             assert resp.status == 200
             assert json.loads(resp.read()) == {"local": "unset", "var": "unset"}

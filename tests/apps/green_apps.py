@@ -76,6 +76,8 @@ def leftovers_app(environ, start_response):
     _VAR.set(environ["QUERY_STRING"])
     body = json.dumps(seen).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    if "stream" in environ["QUERY_STRING"]:
+        return iter([body])     # not a list: the response goes the general way
     return [body]
 
 
