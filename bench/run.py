@@ -221,61 +221,97 @@ def run_wrk(port: int, script: str, connections: int, duration: float, timeout_s
 
 # --------------------------------------------------------------------------- one measurement
 
-def measure(peer, scenario: str, args, tmp: str) -> dict:
-    title, connections, lua = SCENARIOS[scenario]
-    res = {"server": peer.name, "scenario": scenario}
-    port = free_port()
-    work = tempfile.mkdtemp(prefix=f"{peer.name}-{scenario}-", dir=tmp)
-    argv = peer.command(P.APP_FOR[scenario], port, work)
-    if argv is None:
-        res["skip"] = "n/a"
-        return res
-    script = os.path.join(work, "wrk.lua")
-    with open(script, "w") as f:
-        f.write(lua + LUA_DONE)
-    res["argv"] = " ".join(argv)
-    srv = ServerProcess(argv, os.path.join(work, "server.log"))
-    try:
-        if not wait_listening(srv, port):
-            res["skip"] = "did not start: " + (srv.log_tail(3).replace("\n", " | ")[-300:]
-                                               or f"exit {srv.proc.returncode}")
-            return res
-        err = check_response(port, scenario)
+class Started:
+    """One server up for a scenario: checked, warmed up, ready for measured runs."""
+
+    def __init__(self, peer, scenario: str, args, tmp: str) -> None:
+        self.peer = peer
+        self.scenario = scenario
+        self.srv = None
+        self.skip = ""
+        self.base = {"server": peer.name, "scenario": scenario}
+        self.port = free_port()
+        work = tempfile.mkdtemp(prefix=f"{peer.name}-{scenario}-", dir=tmp)
+        argv = peer.command(P.APP_FOR[scenario], self.port, work)
+        if argv is None:
+            self.skip = "n/a"
+            return
+        _, self.connections, lua = SCENARIOS[scenario]
+        self.script = os.path.join(work, "wrk.lua")
+        with open(self.script, "w") as f:
+            f.write(lua + LUA_DONE)
+        self.base["argv"] = " ".join(argv)
+        self.srv = ServerProcess(argv, os.path.join(work, "server.log"))
+        if not wait_listening(self.srv, self.port):
+            self.skip = "did not start: " + (self.srv.log_tail(3).replace("\n", " | ")[-300:]
+                                             or f"exit {self.srv.proc.returncode}")
+            return
+        err = check_response(self.port, scenario)
         if err:
-            res["skip"] = "wrong answer to a check request: " + err
-            return res
+            self.skip = "wrong answer to a check request: " + err
+            return
         if args.warmup > 0:
-            run_wrk(port, script, connections, args.warmup)
-        if not srv.alive():
-            res["skip"] = "died during warm-up: " + srv.log_tail(3).replace("\n", " | ")[-300:]
+            run_wrk(self.port, self.script, self.connections, args.warmup)
+        if not self.srv.alive():
+            self.skip = "died during warm-up: " + self.srv.log_tail(3).replace("\n", " | ")[-300:]
+
+    def measure(self, args, quiet_wait: float) -> dict:
+        """One measured wrk run."""
+        res = dict(self.base)
+        if self.skip:
+            res["skip"] = self.skip
             return res
-        res["load_before"] = wait_quiet(args.quiet_wait, srv.pgid) if args.quiet_wait > 0 else 0.0
-        w0, s0 = children_ticks(), system_busy_ticks()
-        t0, c0 = time.monotonic(), group_cpu_ticks(srv.pgid)
-        stats, text = run_wrk(port, script, connections, args.duration)
-        c1, t1 = group_cpu_ticks(srv.pgid), time.monotonic()
-        w1, s1 = children_ticks(), system_busy_ticks()
-        # CPU used by everything else on the machine meanwhile (other users' jobs, steal...)
-        res["other_cpu"] = max(0.0, ((s1 - s0) - (c1 - c0) - (w1 - w0)) / CLK_TCK / (t1 - t0))
-        res["alive_after"] = srv.alive()
-        res["procs"] = len(group_pids(srv.pgid))
-        wall = stats["duration_us"] / 1e6
-        cpu = (c1 - c0) / CLK_TCK
-        res.update(stats)
-        res["rps"] = stats["requests"] / wall if wall else 0.0
-        res["cpu_s"] = cpu
-        res["cpu_share"] = cpu / (t1 - t0) if t1 > t0 else 0.0
-        res["rps_per_cpu"] = stats["requests"] / cpu if cpu > 0 else 0.0
-        res["errors"] = sum(stats[k] for k in ("connect", "read", "write", "status", "timeout"))
-        res["post_check"] = check_response(port, scenario) if srv.alive() else "server died"
-        res["wrk_text"] = text
+        srv, port = self.srv, self.port
+        try:
+            if not srv.alive():
+                res["skip"] = "exited: " + srv.log_tail(3).replace("\n", " | ")[-300:]
+                return res
+            res["load_before"] = wait_quiet(quiet_wait, srv.pgid) if quiet_wait > 0 else 0.0
+            w0, s0 = children_ticks(), system_busy_ticks()
+            t0, c0 = time.monotonic(), group_cpu_ticks(srv.pgid)
+            stats, text = run_wrk(port, self.script, self.connections, args.duration)
+            c1, t1 = group_cpu_ticks(srv.pgid), time.monotonic()
+            w1, s1 = children_ticks(), system_busy_ticks()
+            # CPU used by everything else on the machine meanwhile (other users' jobs, steal,
+            # and with --interleave the other servers' idle loops)
+            res["other_cpu"] = max(0.0, ((s1 - s0) - (c1 - c0) - (w1 - w0)) / CLK_TCK / (t1 - t0))
+            res["alive_after"] = srv.alive()
+            res["procs"] = len(group_pids(srv.pgid))
+            wall = stats["duration_us"] / 1e6
+            cpu = (c1 - c0) / CLK_TCK
+            res.update(stats)
+            res["rps"] = stats["requests"] / wall if wall else 0.0
+            res["cpu_s"] = cpu
+            res["cpu_share"] = cpu / (t1 - t0) if t1 > t0 else 0.0
+            res["rps_per_cpu"] = stats["requests"] / cpu if cpu > 0 else 0.0
+            res["errors"] = sum(stats[k] for k in ("connect", "read", "write", "status", "timeout"))
+            res["post_check"] = check_response(port, self.scenario) if srv.alive() else "server died"
+            res["wrk_text"] = text
+        except Exception as e:  # noqa: BLE001
+            res["skip"] = f"{type(e).__name__}: {e}"
+        return res
+
+    def stop(self, res: dict | None = None) -> None:
+        if self.srv is None:
+            return
+        self.srv.stop()
+        tail = self.srv.log_tail(20)
+        if res is not None and tail.strip():
+            res["log_tail"] = tail
+
+
+def measure(peer, scenario: str, args, tmp: str) -> dict:
+    """Starts the server, measures one run, stops it."""
+    st = None
+    res = {"server": peer.name, "scenario": scenario}
+    try:
+        st = Started(peer, scenario, args, tmp)
+        res = st.measure(args, args.quiet_wait)
     except Exception as e:  # noqa: BLE001
         res["skip"] = f"{type(e).__name__}: {e}"
     finally:
-        srv.stop()
-        tail = srv.log_tail(20)
-        if tail.strip():
-            res["log_tail"] = tail
+        if st is not None:
+            st.stop(res)
     return res
 
 
@@ -418,7 +454,13 @@ def build_report(results, versions, unavailable, args, started, elapsed) -> str:
         best_eff = max(refs, key=lambda r: r["rps_per_cpu"], default=None)
         best_rps = max(refs, key=lambda r: r["rps"], default=None)
         out.append(f"### {title}\n")
-        if best_eff and multi:
+        if best_eff and multi and args.interleave:
+            out.append(f"Medians of {args.rounds} rounds of {args.duration:g} s, every server "
+                       f"running throughout and measured in turn. req/CPU-s ratio: the median "
+                       f"of the per-round ratios against that round's best of "
+                       f"{'/'.join(P.REFERENCE)} (each round's ratio listed); req/s ratio vs "
+                       f"{best_rps['server']}'s median.\n")
+        elif best_eff and multi:
             out.append(f"Medians of {args.rounds} interleaved rounds. req/CPU-s ratio: the median "
                        f"of the per-round ratios against that round's best of "
                        f"{'/'.join(P.REFERENCE)} (each round's ratio listed); req/s ratio vs "
@@ -505,13 +547,18 @@ python bench/run.py --only spawning,bjoern --scenario hello,64k --duration 5   #
   better. Before each run the script waits up to `--quiet-wait` seconds (default 5) for the
   machine to go quiet.
 - Options: `--install`, `--duration S`, `--warmup S`, `--only a,b`, `--scenario a,b`,
-  `--quiet-wait S`, `--retry-noisy N`, `--rounds N`, `--no-readme` (filtered runs do not rewrite
-  this file unless `--readme`), `--json FILE`.
+  `--quiet-wait S`, `--retry-noisy N`, `--rounds N`, `--interleave N`, `--no-readme` (filtered
+  runs do not rewrite this file unless `--readme`), `--json FILE`.
 - `--rounds N` measures every server N times per scenario, interleaved (A B C, C B A, A B C...),
   and reports medians. The ratio column is then the median of the per-round ratios, each
   against the best reference server *of that round*, and the last column lists them: the
   machine's speed drifts by 20-40% within minutes, and a ratio taken within one round (the
   servers measured a minute apart) is what that drift moves least.
+- `--interleave N` goes further: every server of a scenario is started (each pinned to CPU 0,
+  idle while the others run) and warmed up once, then measured in turn for N rounds of
+  `--duration` seconds each (e.g. `--interleave 12 --duration 2`): servers compared within a
+  round were measured seconds apart, not a minute, and no start-up falls between them. The
+  idle servers' timers count as "other CPU". Same table, same ratios.
 - `serve_spawning.py`: starts one spawning worker from a script when the CLI does not work.
 - `instructions.py`: user-space instructions per request under callgrind (spawning only), a
   figure machine load does not move (`--threads N`; `--post 16384` for the POST echo, `--big`
@@ -533,6 +580,46 @@ python bench/run.py --only spawning,bjoern --scenario hello,64k --duration 5   #
 """
 
 
+def show(r: dict, tag: str) -> None:
+    if "skip" in r:
+        print(f"{tag:12s} {r['server']:16s} SKIP {r['skip']}", flush=True)
+    else:
+        print(f"{tag:12s} {r['server']:16s} {r['rps']:10,.0f} req/s  "
+              f"p99 {r['p99'] / 1000:8.2f} ms  cpu {r['cpu_share'] * 100:4.0f}%  "
+              f"{r['rps_per_cpu']:10,.0f} req/CPU-s  errors {r['errors']}  "
+              f"other {r['other_cpu'] * 100:3.0f}%"
+              + (f"  [{r['post_check']}]" if r.get("post_check") else ""), flush=True)
+
+
+def run_interleaved(scn: str, peers, args, tmp: str) -> list:
+    """--interleave: every server of the scenario started at once (each pinned to CPU 0, idle
+    while the others are measured), then measured in turn, the order reversed every other round.
+    The machine's speed drifts by 20-40% within minutes; servers measured seconds apart in the
+    same round see nearly the same machine, and no start-up or warm-up falls inside a round."""
+    started = []
+    results = []
+    try:
+        for peer in peers:
+            st = Started(peer, scn, args, tmp)
+            started.append(st)
+            if st.skip:
+                r = st.measure(args, 0)
+                r["round"] = 0
+                results.append(r)
+                show(r, scn)
+        live = [st for st in started if not st.skip]
+        for rnd in range(args.interleave):
+            for st in (live if rnd % 2 == 0 else live[::-1]):
+                r = st.measure(args, args.quiet_wait if rnd == 0 else 0)
+                r["round"] = rnd
+                results.append(r)
+                show(r, f"{scn}#{rnd + 1}")
+    finally:
+        for st in started:
+            st.stop()
+    return results
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -549,12 +636,19 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1,
                     help="measure every server N times per scenario, interleaved (the order "
                          "reversed every other round), and report medians (see README)")
+    ap.add_argument("--interleave", type=int, default=0, metavar="N",
+                    help="start every server of a scenario at once and measure them in turn, "
+                         "N rounds of --duration each (servers kept running; replaces --rounds)")
     ap.add_argument("--readme", action="store_true", help="rewrite bench/README.md even if filtered")
     ap.add_argument("--no-readme", action="store_true", help="do not rewrite bench/README.md")
     ap.add_argument("--json", default="", help="write raw results to this file")
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
+    if args.interleave < 0:
+        ap.error("--interleave must be positive")
+    if args.interleave:
+        args.rounds = args.interleave
 
     for tool in ("wrk", "taskset"):
         if not shutil.which(tool):
@@ -587,7 +681,12 @@ def main() -> int:
     t_start = time.monotonic()
     results = []
     with tempfile.TemporaryDirectory(prefix="spawning-bench-") as tmp:
-        for scn, rnd, peer in schedule(scns, selected, args.rounds):
+        if args.interleave:
+            for scn in scns:
+                results += run_interleaved(scn, [p for p in selected if p.name not in unavailable
+                                                 and scn in (p.scenarios or P.MAIN_SCENARIOS)],
+                                           args, tmp)
+        for scn, rnd, peer in ([] if args.interleave else schedule(scns, selected, args.rounds)):
                 if peer.name in unavailable:
                     continue
                 if scn not in (peer.scenarios or P.MAIN_SCENARIOS):
@@ -603,16 +702,7 @@ def main() -> int:
                         r = r2
                 r["round"] = rnd
                 results.append(r)
-                tag = f"{scn}#{rnd + 1}" if args.rounds > 1 else scn
-                if "skip" in r:
-                    print(f"{tag:12s} {peer.name:16s} SKIP {r['skip']}", flush=True)
-                else:
-                    print(f"{tag:12s} {peer.name:16s} {r['rps']:10,.0f} req/s  "
-                          f"p99 {r['p99'] / 1000:8.2f} ms  cpu {r['cpu_share'] * 100:4.0f}%  "
-                          f"{r['rps_per_cpu']:10,.0f} req/CPU-s  errors {r['errors']}  "
-                          f"other {r['other_cpu'] * 100:3.0f}%"
-                          + (f"  [{r['post_check']}]" if r.get("post_check") else ""),
-                          flush=True)
+                show(r, f"{scn}#{rnd + 1}" if args.rounds > 1 else scn)
     elapsed = time.monotonic() - t_start
     report = build_report(results, versions, unavailable, args, started, elapsed)
     print()
