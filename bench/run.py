@@ -605,9 +605,10 @@ def run_interleaved(scn: str, peers, args, tmp: str) -> list:
         for peer in peers:
             st = Started(peer, scn, args, tmp)
             started.append(st)
-            if st.skip:
+            if st.skip:   # stopped at once: a server left in a bad state may spin meanwhile
                 r = st.measure(args, 0)
                 r["round"] = 0
+                st.stop(r)
                 results.append(r)
                 show(r, scn)
         live = [st for st in started if not st.skip]
@@ -619,7 +620,8 @@ def run_interleaved(scn: str, peers, args, tmp: str) -> list:
                 show(r, f"{scn}#{rnd + 1}")
     finally:
         for st in started:
-            st.stop()
+            if not st.skip:
+                st.stop()
     return results
 
 
