@@ -727,6 +727,25 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         nonlocal head_cache
         resp = Resp()
         while True:
+            if not code:            # the last request brought no next one (a truth test is
+                                    # cheaper than a comparison on a big int)
+                if take_next is None:
+                    return 0
+                if green is not None:
+                    # A request greenlet (spawning.green) goes on with the poll batch's next
+                    # request, as the hub would have by switching to an idle greenlet, minus two
+                    # switches. What the request left behind must not reach the next one:
+                    # greenlet-locals (kept in the greenlet's __dict__) and contextvars.
+                    me, mine, batch = green
+                    if mine:
+                        mine.clear()
+                    if me.gr_context is not None:   # reading it costs less than setting it
+                        me.gr_context = None
+                    if not batch:
+                        return 0
+                code = take_next()
+                if code <= 0:       # none (green mode), or the poll's timeout or error (threads)
+                    return code
             env = conn_envs.get(code)
             if env is not None:
                 env = env.copy()          # the app may change its environ: never the kept one
@@ -762,21 +781,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                         nxt = answer(srv, code, hid, body, blen)
                         if blen >= lend_min and blen <= lend_max:
                             keep(body)    # C may send it after this (see the theory of operation)
-                        if nxt >= 0:      # answered (an access log would have made it fail)
-                            if not nxt:
-                                if take_next is None:
-                                    return 0
-                                if green is not None:   # the same as below
-                                    me, mine, batch = green
-                                    if mine:
-                                        mine.clear()
-                                    if me.gr_context is not None:
-                                        me.gr_context = None
-                                    if not batch:
-                                        return 0
-                                nxt = take_next()
-                                if nxt <= 0:
-                                    return nxt
+                        if nxt >= 0:      # answered: go on with resp as it is
                             code = nxt
                             continue
                     else:
@@ -844,24 +849,6 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                 except Exception:   # nothing may stop us returning nxt: C handed that request to us
                     log.exception("error writing the access log")
             resp = Resp()           # this one may be held, or went another way than the common
-            if not nxt:             # never negative here; a truth test is cheaper on a big int
-                if take_next is None:
-                    return 0
-                if green is not None:
-                    # A request greenlet (spawning.green) goes on with the poll batch's next
-                    # request, as the hub would have by switching to an idle greenlet, minus two
-                    # switches. What the request left behind must not reach the next one:
-                    # greenlet-locals (kept in the greenlet's __dict__) and contextvars.
-                    me, mine, batch = green
-                    if mine:
-                        mine.clear()
-                    if me.gr_context is not None:   # reading it costs less than setting it
-                        me.gr_context = None
-                    if not batch:
-                        return 0
-                nxt = take_next()
-                if nxt <= 0:        # none (green mode), or the poll's timeout or error (threads)
-                    return nxt
             code = nxt
 
     return handle
