@@ -771,24 +771,20 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     if resp.status != status or resp.headers != hdrs:
                         status, hdrs, hid = head_cache = pack_head(resp)
                     blen = len(body)
-                    if refcount(resp) == 2 and not weakrefs(resp):
-                        # Nothing but this frame holds the response object (the app kept
-                        # neither start_response nor write, not even weakly): it serves the
-                        # next request, and nothing can write through it meanwhile. Only on
-                        # the common way: of what it holds, code and status are set anew,
-                        # headers by start_response, and the rest (head_sent, sent, _req)
-                        # still has its class default.
-                        nxt = answer(srv, code, hid, body, blen)
-                        if blen >= lend_min and blen <= lend_max:
-                            keep(body)    # C may send it after this (see the theory of operation)
-                        if nxt >= 0:      # answered: go on with resp as it is
-                            code = nxt
-                            continue
-                    else:
+                    # Nothing but this frame holds the response object (the app kept neither
+                    # start_response nor write, not even weakly): it may serve the next request,
+                    # and nothing can write through it meanwhile. Only on the common way: of
+                    # what it holds, code and status are set anew, headers by start_response,
+                    # and the rest (head_sent, sent, _req) still has its class default.
+                    mine_only = refcount(resp) == 2 and not weakrefs(resp)
+                    if not mine_only:
                         resp.code = 0
-                        nxt = answer(srv, code, hid, body, blen)
-                        if blen >= lend_min and blen <= lend_max:
-                            keep(body)
+                    nxt = answer(srv, code, hid, body, blen)
+                    if blen >= lend_min and blen <= lend_max:
+                        keep(body)        # C may send it after this (see the theory of operation)
+                    if nxt >= 0 and mine_only:    # answered: go on with resp as it is
+                        code = nxt
+                        continue
                     if nxt < 0:
                         resp.code = 0
                         rc = nxt
