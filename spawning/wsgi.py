@@ -725,6 +725,8 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         # ``resp.code`` says whether the request is still ours: 0 once C has it back (answered
         # or cut), so that a write() the app kept fails instead of reaching a later request.
         nonlocal head_cache
+        if green is not None:
+            me, mine, batch = green
         resp = Resp()
         while True:
             if not code:            # the last request brought no next one (a truth test is
@@ -736,7 +738,6 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     # request, as the hub would have by switching to an idle greenlet, minus two
                     # switches. What the request left behind must not reach the next one:
                     # greenlet-locals (kept in the greenlet's __dict__) and contextvars.
-                    me, mine, batch = green
                     if mine:
                         mine.clear()
                     if me.gr_context is not None:   # reading it costs less than setting it
