@@ -248,7 +248,8 @@ OPTIONS: tuple[Option, ...] = (
            type=non_negative, metavar="N"),
     # Timeouts and limits
     Option("timeout", ("--timeout",), 30.0, "kill a worker whose oldest request has run this many "
-           "seconds (green mode: whose heartbeat stopped that long); 0 = off", "Timeouts and limits",
+           "seconds (green mode: whose hub an app blocked that long, which stops its heartbeats); "
+           "0 = off", "Timeouts and limits",
            type=seconds, metavar="SECONDS"),
     Option("keepalive_timeout", ("--keepalive-timeout",), 5.0,
            "seconds an idle keep-alive connection stays open", "Timeouts and limits", type=seconds,

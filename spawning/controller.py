@@ -46,7 +46,8 @@ Workers talk to the controller over a socketpair each (see ``spawning.worker``):
 heartbeats with ``Server.stats()`` every second, ``boot_error``; the controller sends ``drain`` and
 ``stop``. ``--timeout`` is enforced here, from the heartbeats: a worker whose oldest in-flight
 request has run longer (thread mode), or that sent no heartbeat for that long (any mode: in green
-mode, where long-held comet requests are normal, only this rule applies), is killed and replaced.
+mode, where long-held comet requests are normal, only this rule applies; there the heartbeats come
+from the hub, so a hub that an app blocks falls silent), is killed and replaced.
 
 Extension points for other components (the status service of ``--status-port``):
 

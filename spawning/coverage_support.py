@@ -9,7 +9,7 @@ data file (``$COVERAGE_FILE`` or ``.coverage`` in the working directory), a tag 
 controller exits. Each worker starts coverage.py right after fork (``start``), before it imports the
 application, so module-level lines count too, and writes its own data file,
 ``.coverage.<tag>.<pid>.<random>``, in parallel mode's naming: every ``SAVE_INTERVAL`` seconds from
-its housekeeping thread, when the controller asks (``{"t": "cov_save"}``) and when it exits cleanly.
+its housekeeping, when the controller asks (``{"t": "cov_save"}``) and when it exits cleanly.
 The files stay after the server stops (``coverage combine && coverage html`` works as usual), and
 files of workers that are gone still count, so a report covers every generation of this run.
 
@@ -135,7 +135,7 @@ class WorkerCoverage:
                 log.warning("--coverage: cannot save coverage data: %s", exc)
 
     def save_if_due(self) -> None:
-        """Called about every second by the housekeeping thread."""
+        """Called about every second by the worker's housekeeping."""
         if time.monotonic() - self._last_save >= SAVE_INTERVAL:
             self.save()
 

@@ -1280,7 +1280,7 @@ def check_app_compat() -> None:
 
 def _install_wakeup(fd: int) -> Any:
     """Routes signals to the loop's wake pipe so a signal ends sp_poll() at once, unless somebody
-    (the worker's housekeeping thread) already listens on a wakeup fd: theirs stays. Returns what to
+    (the worker's housekeeping) already listens on a wakeup fd: theirs stays. Returns what to
     restore, or None."""
     try:
         old = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
@@ -1323,6 +1323,8 @@ def serve(server: Any) -> None:
     waiter = GreenRequestWaiter(hub, float(cfg.get("body_timeout") or 60),
                                 float(cfg.get("send_timeout") or 60))
     hub.handle = wsgi.make_handler(server.app, server._srv, server.base_envs, waiter, server.access_log)
+    for fn in getattr(server, "hub_tasks", ()):   # they start once the hub runs
+        hub.schedule(GreenThread(hub, fn, (), {})._start)
     try:
         _run_hub(hub, server.wakeup_fd())
     finally:

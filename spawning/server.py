@@ -103,6 +103,9 @@ class Server:
         self._stopping = False
         self._done = threading.Event()
         self.started = time.time()
+        # With --threads 0: callables serve() runs as green threads on the hub (the worker's
+        # housekeeping, so that the process stays one OS thread).
+        self.hub_tasks: list[Callable[[], Any]] = []
 
     # ---- control (any thread) ----------------------------------------------------------------
 

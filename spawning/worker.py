@@ -13,8 +13,9 @@ worker). In order:
    its ``app_factory(config)``, which imports the application. On failure the worker sends one
    ``boot_error`` message with a one-line reason and exits with ``WORKER_BOOT_ERROR``; the traceback
    is printed only at ``--log-level debug``.
-3. Build ``Server(app, config, listeners)``, start the housekeeping thread, send ``ready``, and run
-   ``server.serve()`` in the main thread until it returns; then exit 0.
+3. Build ``Server(app, config, listeners)``, send ``ready``, start the housekeeping (a thread;
+   with ``--threads 0`` green threads on the hub), and run ``server.serve()`` in the main thread
+   until it returns; then exit 0.
 
 The channel is one end of a ``socketpair`` carrying line-delimited JSON objects, each with a type
 ``t``:
@@ -29,13 +30,15 @@ Signals: SIGTERM and SIGINT drain, SIGQUIT stops at once; a second SIGTERM/SIGIN
 stops at once (that is the controller's "TERM" step when a drain overruns ``--graceful-timeout``).
 SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1/2 and SIGWINCH are ignored: they are the controller's. Handlers do
 nothing but enqueue: Python's wakeup descriptor writes the signal number into a pipe, and the
-housekeeping thread, which also reads the channel, acts on it by calling the thread-safe
+housekeeping, which also reads the channel, acts on it by calling the thread-safe
 ``server.drain()``/``server.stop()``.
 
-The housekeeping thread is a real OS thread started through ``_thread`` with ``select`` captured at
-import time, so it keeps running even when green mode monkey-patches ``threading``/``select``. It
-reports ``oldest_age`` (how long the oldest in-flight request has run) and the controller applies
-``--timeout``. If the controller disappears (EOF on the channel) the worker drains and exits.
+In thread mode the housekeeping is a real OS thread started through ``_thread`` with ``select``
+captured at import time. It reports ``oldest_age`` (how long the oldest in-flight request has
+run) and the controller applies ``--timeout``. In green mode it runs as green threads on the hub
+(``Server.hub_tasks``): the worker is then a single OS thread, and a hub blocked for longer than
+``--timeout`` stops the heartbeats, so the controller replaces the worker. If the controller
+disappears (EOF on the channel) the worker drains and exits.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 from .errors import WORKER_BOOT_ERROR, AppLoadError
@@ -191,7 +194,7 @@ class Worker:
     @staticmethod
     def _enqueue_signal(signum: int, frame: Any) -> None:
         """Signal handler: does nothing itself. The wakeup descriptor has already queued ``signum``
-        for the housekeeping thread, which acts on it."""
+        for the housekeeping, which acts on it."""
 
     # -- boot ------------------------------------------------------------------------------------------
 
@@ -270,7 +273,11 @@ class Worker:
                 self.send({"t": "boot_error", "msg": str(exc), "files": files})
                 os._exit(WORKER_BOOT_ERROR)
             self.send({"t": "ready", "files": sorted(self._new_files())})
-            _start_thread(self._housekeeping, ())
+            if getattr(self.server, "threads", None) == 0 and \
+                    isinstance(getattr(self.server, "hub_tasks", None), list):
+                self.server.hub_tasks.append(self._green_housekeeping)
+            else:
+                _start_thread(self._housekeeping, ())
             if not (self.draining or self.stopping):
                 self.server.serve()
             self._heartbeat()  # the final counts, for the status service's totals
@@ -288,7 +295,7 @@ class Worker:
                 sys.stderr.flush()
             os._exit(code)
 
-    # -- housekeeping thread -----------------------------------------------------------------------------
+    # -- housekeeping (a thread, or green threads on the hub) ---------------------------------------
 
     def _new_files(self) -> set[str]:
         if (self.config or self.args).get("reload") != "dev":  # a factory's file may set it
@@ -300,49 +307,88 @@ class Worker:
         return files
 
     def _housekeeping(self) -> None:
-        """Reads signals and commands, sends heartbeats. Runs until the process exits."""
+        """Thread mode: reads signals and commands, sends heartbeats. Runs until the process
+        exits."""
         channel = LineBuffer()
-        next_beat = _monotonic()
         watched = [self._wake_r, self.channel_fd]
-        # The count is looked at more often than heartbeats go, so that the recycling starts
-        # within LIMIT_POLL of the limit rather than up to a heartbeat later. (A custom server
-        # class without requests() is left to the heartbeats.)
-        served = getattr(self.server, "requests", None) if self.max_requests > 0 else None
+        beats = self._beats()
         while True:
-            timeout = max(0.0, next_beat - _monotonic())
-            if served is not None:
-                timeout = min(timeout, LIMIT_POLL)
-                if served() >= self.max_requests:
-                    served = None
-                    timeout = next_beat = 0.0
             try:
-                readable, _, _ = _select(watched, [], [], timeout)
+                readable, _, _ = _select(watched, [], [], next(beats))
             except InterruptedError:
                 continue
             except OSError:
                 readable = []
             if self._wake_r in readable:
-                try:
-                    data = os.read(self._wake_r, 512)
-                except BlockingIOError:
-                    data = b""
-                for signum in data:
-                    self._on_signal(signum)
-            if self.channel_fd in readable:
-                try:
-                    data = os.read(self.channel_fd, 65536)
-                except OSError:
-                    data = b""
-                if not data:
-                    watched = [self._wake_r]
-                    self._drain("the controller went away")
-                for message in channel.feed(data):
-                    self._on_command(message)
+                self._read_signals()
+            if self.channel_fd in readable and not self._read_channel(channel):
+                watched = [self._wake_r]
+
+    def _green_housekeeping(self) -> None:
+        """Green mode (``--threads 0``): the same as green threads on the hub (Server.hub_tasks),
+        so the worker stays one OS thread (in a process with a second thread every system call
+        on a socket takes and drops a reference on the file, two atomic operations), and a hub
+        that an app blocks (a CPU loop, a call the monkey patch does not cover) stops the
+        heartbeats: the controller's --timeout then replaces the worker, as gunicorn's gevent
+        worker is. Requests that wait cooperatively keep the hub, and the heartbeats, going."""
+        from . import green
+
+        def signals() -> None:
+            while True:
+                green.wait_read(self._wake_r)
+                self._read_signals()
+
+        def commands() -> None:
+            channel = LineBuffer()
+            while True:
+                green.wait_read(self.channel_fd)
+                if not self._read_channel(channel):
+                    return
+
+        green.spawn(signals)
+        green.spawn(commands)
+        for timeout in self._beats():
+            green.sleep(timeout)
+
+    def _beats(self) -> Iterator[float]:
+        """Sends a heartbeat whenever one is due, then yields how long to wait for the next look:
+        a second, or LIMIT_POLL under --max-requests, whose count is looked at more often than
+        heartbeats go so that the recycling starts within LIMIT_POLL of the limit rather than up
+        to a heartbeat later. (A custom server class without requests() is left to the
+        heartbeats.)"""
+        next_beat = _monotonic()
+        served = getattr(self.server, "requests", None) if self.max_requests > 0 else None
+        while True:
+            if served is not None and served() >= self.max_requests:
+                served = None
+                next_beat = 0.0
             if _monotonic() >= next_beat:
                 next_beat = _monotonic() + HEARTBEAT
                 self._heartbeat()
                 if self.coverage is not None:
                     self.coverage.save_if_due()
+            timeout = max(0.0, next_beat - _monotonic())
+            yield timeout if served is None else min(timeout, LIMIT_POLL)
+
+    def _read_signals(self) -> None:
+        try:
+            data = os.read(self._wake_r, 512)
+        except BlockingIOError:
+            data = b""
+        for signum in data:
+            self._on_signal(signum)
+
+    def _read_channel(self, channel: LineBuffer) -> bool:
+        """Acts on what the controller sent; False once it has gone (EOF), after draining."""
+        try:
+            data = os.read(self.channel_fd, 65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._drain("the controller went away")
+        for message in channel.feed(data):
+            self._on_command(message)
+        return bool(data)
 
     def _on_signal(self, signum: int) -> None:
         if signum == signal.SIGQUIT:

@@ -171,6 +171,28 @@ def test_timeout_kills_a_worker_stuck_in_a_request(spawn):
     assert server.get("/?s=0")[0] == 200
 
 
+def test_timeout_replaces_a_green_worker_whose_hub_is_blocked(spawn):
+    """Green mode: the heartbeats come from the hub, so an app that blocks it (here time.sleep
+    without the monkey patch) for longer than --timeout gets the worker replaced; with the
+    monkey patch the same wait is cooperative, the hub goes on, and the request completes."""
+    server = spawn("slow.application", "-s", "1", "-t", "0", "--timeout", "1")
+    worker = server.workers()[0]
+    import psutil  # type: ignore[import-untyped]
+    assert psutil.Process(worker).num_threads() == 1    # no housekeeping thread
+    status, _, body = http_request(server.port, "/?s=6.5", timeout=15)
+    assert status == 200 and f"in {worker}".encode() in body
+    assert server.workers() == [worker] and "no heartbeat" not in server.stderr
+
+    blocked = spawn("slow.application", "-s", "1", "-t", "0", "--no-monkey-patch",
+                    "--timeout", "1")
+    worker = blocked.workers()[0]
+    with pytest.raises((OSError, http.client.HTTPException)):
+        http_request(blocked.port, "/?s=20", timeout=12)
+    assert "no heartbeat" in blocked.stderr, blocked.stderr[-2000:]
+    assert blocked.wait_until(lambda: blocked.workers() and worker not in blocked.workers(), 5)
+    assert blocked.get("/?s=0")[0] == 200
+
+
 def test_sigterm_does_not_wait_for_an_import(spawn):
     """A worker still importing the app serves nothing: a graceful stop ends it at once rather
     than after the import (20 s here) or the graceful timeout."""
