@@ -640,6 +640,7 @@ static void conn_read_head(sp_server *s, sp_conn *c) {
             continue;
         }
         if (r > 0) {
+            s->head_reads++;
             if (c->in_len == c->pos && !c->head_started_ms) {
                 /* First byte of a new head: the header timeout starts now. */
                 c->head_started_ms = s->now_us / 1000;

@@ -161,6 +161,8 @@ struct sp_server {
     sp_listener *listeners; int nlisteners;
     int accepting;                   /* listeners registered with the backend */
     int64_t accept_resume_ms;        /* EMFILE pause */
+    int early_misses;                /* early reads after accept that found nothing, in a row */
+    uint64_t head_reads;             /* recv calls that brought head bytes (early-read hits) */
     int draining;
 
     sp_conn *conns;                  /* all connections */

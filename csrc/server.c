@@ -51,6 +51,8 @@
 #endif
 
 #define SP_ACCEPT_BURST 64   /* accepts per listener event: fairness between listen and serve */
+#define SP_EARLY_MISSES 8    /* early reads after accept that found nothing, in a row, before... */
+#define SP_EARLY_PROBE 16    /* ...only every this many connections gets one (do_accept) */
 
 /* This thread took work from that server. Read on every request: initial-exec makes it a plain
  * thread-pointer access instead of a __tls_get_addr call (the general model a shared object
@@ -496,8 +498,18 @@ static void do_accept(sp_server *s, sp_listener *l) {
         /* Edge-triggered: read|write once for good. Level-triggered: only what is wanted now. */
         if (be_add(s->be, fd, BE_EDGE ? BE_READ | BE_WRITE : BE_READ, 0, &c->h) < 0) { conn_close(s, c); continue; }
         s->st.accepted++;
-        /* Data usually arrives with the connection: read it now rather than after a poll turn. */
-        conn_on_event(s, c, BE_READ);
+        /* A browser's request follows its handshake at once, usually before the accept: read it
+         * now rather than after a poll turn. Clients that send only once connect() has returned
+         * to them (wrk, pools that connect ahead) leave nothing to read yet, and that recv is
+         * then wasted (with Connection: close, one syscall in seven). So after SP_EARLY_MISSES
+         * such misses in a row, only every SP_EARLY_PROBE-th connection is read early, to see
+         * whether the traffic changed. Skipping is safe: data that came before the registration
+         * above is reported by the next poll. */
+        if (s->early_misses < SP_EARLY_MISSES || s->st.accepted % SP_EARLY_PROBE == 0) {
+            uint64_t reads = s->head_reads;
+            conn_on_event(s, c, BE_READ);      /* may close and free c */
+            s->early_misses = s->head_reads != reads ? 0 : s->early_misses + 1;
+        }
     }
 }
 

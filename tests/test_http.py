@@ -365,6 +365,24 @@ def test_connection_close_request_closes_at_once(spawn):
     assert _bytes_after_close_draw_reset(srv.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 
 
+@pytest.mark.parametrize("threads", ["4", "0"])
+def test_clients_that_send_late_and_early_alternate(spawn, threads):
+    """After a run of connections whose request comes only after the accept, the server stops
+    reading right after accepting (csrc/server.c, do_accept): their requests must still be
+    read, and so must those of clients that send at once, when the traffic changes back."""
+    srv = spawn("-s", "1", "-t", threads, "core_app.application")
+    for late in (True, False, True):
+        for _ in range(24):
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+                if late:
+                    time.sleep(0.01)
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+            assert data.startswith(b"HTTP/1.1 200 "), data[:200]
+
+
 def test_server_side_close_lingers(spawn):
     """When the server ends a connection the client meant to keep (--no-keepalive here), the
     client may already be sending its next request: the server half-closes and reads on, so
