@@ -39,8 +39,9 @@ def test_max_connections_stops_accepting_without_failing(spawn):
     clients; nobody is refused or reset), uses no CPU meanwhile, and takes the waiting clients
     as soon as slots free up."""
     raise_nofile()
+    # --defer-accept 0: these clients send nothing, which the kernel would otherwise hold.
     server = spawn("-s", "1", "-t", "4", "--max-connections", "50", "--header-timeout", "10",
-                   "mixed_app.application", extra_path=[str(HERE)])
+                   "--defer-accept", "0", "mixed_app.application", extra_path=[str(HERE)])
     worker = the_worker(server)
     hold = AttackProcess("hold", port=server.port, conns=200, duration=30)
     try:
@@ -70,8 +71,8 @@ def test_out_of_file_descriptors_pauses_accepting_and_recovers(spawn):
     pauses accepting (csrc/core.h SP_EMFILE_PAUSE_MS) instead of spinning on a listener that
     stays readable, does not crash, and serves normally once descriptors are free again."""
     raise_nofile()
-    server = spawn("-s", "1", "-t", "4", "--header-timeout", "30", "mixed_app.application",
-                   extra_path=[str(HERE)])
+    server = spawn("-s", "1", "-t", "4", "--header-timeout", "30", "--defer-accept", "0",
+                   "mixed_app.application", extra_path=[str(HERE)])   # silent clients (above)
     worker = the_worker(server)
     subprocess.run(["prlimit", f"--pid={worker.pid}", "--nofile=64:64"], check=True, timeout=10)
     hold = AttackProcess("hold", port=server.port, conns=300, duration=30)

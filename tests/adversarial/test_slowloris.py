@@ -24,8 +24,11 @@ SWEEP_S = 0.25   # csrc/core.h SP_SWEEP_MS: timeouts are exact to this
 @pytest.fixture(scope="module")
 def server():
     raise_nofile()
+    # --defer-accept 0: the timeouts are measured from the connect, which is then the accept
+    # (test_silent_connections_wait_in_the_kernel covers the default).
     proc = start_server("-s", "1", "-t", "4", "--header-timeout", "1", "--keepalive-timeout", "1",
-                        "--body-timeout", "1", "--send-timeout", "1", "core_app.application")
+                        "--body-timeout", "1", "--send-timeout", "1", "--defer-accept", "0",
+                        "core_app.application")
     yield proc
     proc.stop()
 
@@ -62,6 +65,27 @@ def test_silent_connections_are_closed_after_header_timeout(server):
     assert r["opened"] == 300 and r["closed"] == 300, r
     assert r["answered"] == 0, r
     assert 0.9 <= r["closed_after_p50"] and r["closed_after_max"] < 1.0 + SWEEP_S + 0.75, r
+
+
+def test_silent_connections_wait_in_the_kernel(spawn):
+    """With --defer-accept (1 s by default, Linux) a connection that sends nothing is not the
+    worker's while the kernel holds it: no descriptor, no memory, no timer. It is handed over
+    once the deferral runs out (the kernel's next SYN-ACK retry, about a second in), and then
+    closed after the header timeout like any other."""
+    if not hasattr(socket, "TCP_DEFER_ACCEPT"):
+        pytest.skip("no TCP_DEFER_ACCEPT on this system")
+    raise_nofile()
+    srv = spawn("-s", "1", "-t", "4", "--header-timeout", "1", "core_app.application")
+    worker = psutil.Process(srv.workers()[0])
+    fds = worker.num_fds()
+    attack = AttackProcess("idle", port=srv.port, conns=200, duration=8.0)
+    time.sleep(0.5)
+    assert worker.num_fds() - fds < 10          # connected (client side), not accepted
+    probe_during(srv.port, attack, delay=0.0, count=20)
+    r = attack.result(30)
+    assert r["opened"] == 200 and r["closed"] == 200 and r["answered"] == 0, r
+    # Handed over at the first retry (1 s, or 2-3 s where retries back off), then 1 s more.
+    assert 1.9 <= r["closed_after_p50"] and r["closed_after_max"] < 4.0 + SWEEP_S + 0.75, r
 
 
 def test_idle_keepalive_connections_are_closed_after_keepalive_timeout(server):
