@@ -504,7 +504,8 @@ static void do_accept(sp_server *s, sp_listener *l) {
          * then wasted (with Connection: close, one syscall in seven). So after SP_EARLY_MISSES
          * such misses in a row, only every SP_EARLY_PROBE-th connection is read early, to see
          * whether the traffic changed. Skipping is safe: data that came before the registration
-         * above is reported by the next poll. */
+         * above is reported by the next poll. (With TCP_DEFER_ACCEPT on the listener, sockets.py,
+         * the request has come before the accept and the early read finds it.) */
         if (s->early_misses < SP_EARLY_MISSES || s->st.accepted % SP_EARLY_PROBE == 0) {
             uint64_t reads = s->head_reads;
             conn_on_event(s, c, BE_READ);      /* may close and free c */

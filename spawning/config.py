@@ -221,8 +221,8 @@ OPTIONS: tuple[Option, ...] = (
            metavar="N"),
     Option("defer_accept", ("--defer-accept",), 1, "on Linux (TCP) the kernel hands a new "
            "connection over once its first bytes arrive, or after this many seconds "
-           "(TCP_DEFER_ACCEPT, as Apache does by default); 0 = at once", "Listening", type=_int_range(0, 3600),
-           metavar="SECONDS"),
+           "(TCP_DEFER_ACCEPT, as Apache does by default); 0 = at once", "Listening",
+           type=_int_range(0, 3600, "a whole number of seconds"), metavar="SECONDS"),
     Option("no_keepalive", ("--no-keepalive",), False, "close every connection after one response",
            "Listening", kind="flag"),
     Option("max_connections", ("--max-connections",), 10000,
