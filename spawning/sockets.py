@@ -172,7 +172,7 @@ def stop_listening(socks: list[socket.socket]) -> None:
             pass    # not supported for listening sockets here (BSD, macOS): closing will do
 
 
-def _bind_one(address: Address, backlog: int, defer_accept: int = 0) -> socket.socket:
+def _bind_one(address: Address, backlog: int, defer_accept: int) -> socket.socket:
     if address.kind == "fd":
         sock = socket.socket(fileno=address.fd)
         os.set_inheritable(address.fd, False)
