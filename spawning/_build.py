@@ -4,12 +4,16 @@ Kept tiny on purpose: the declarations live in _core_cdef.h, the code in csrc/.
 """
 import os
 import sys
+import sysconfig
 
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(os.path.dirname(HERE), "csrc")
-SOURCES = ["parser.c", "env.c", "server.c", "conn.c"]
+SOURCES = ["parser.c", "env.c", "server.c", "conn.c", "pyfast.c"]
+
+# cffi compiles against the stable ABI except on debug and free-threaded builds; we do the same.
+LIMITED_API = not (hasattr(sys, "gettotalrefcount") or sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 ffibuilder = FFI()
 with open(os.path.join(HERE, "_core_cdef.h")) as f:
@@ -47,6 +51,7 @@ KEEP_GIL = (
     "sp_req_peek", "sp_req_wait", "sp_req_finish", "sp_watch", "sp_unwatch",
     "sp_server_connections", "sp_server_stats", "sp_server_wakeup", "sp_parse_request",
     "sp_request_framing", "sp_chunked_decode", "sp_decode_path", "sp_env_pack",
+    "sp_py_setup",   # must: it calls the CPython API (csrc/pyfast.c)
 )
 PREAMBLE = """#include "sp.h"
 #include <string.h>
@@ -74,6 +79,9 @@ ffibuilder.set_source(
     # Headers too: a change to core.h alone must rebuild every object that includes it.
     depends=sorted(os.path.relpath(os.path.join(CSRC, h)) for h in os.listdir(CSRC) if h.endswith(".h")),
     extra_compile_args=extra,
+    # The stable ABI of 3.10, the wheel's tag (setup.py), rather than cffi's default of 3.2's:
+    # csrc/pyfast.c uses METH_FASTCALL and PyObject_CallNoArgs.
+    define_macros=[("Py_LIMITED_API", "0x030A0000")] if LIMITED_API else [],
     extra_link_args=["-fsanitize=address,undefined"] if os.environ.get("SPAWNING_SANITIZE") else [],
     libraries=["pthread"] if sys.platform != "win32" else [],
 )

@@ -88,4 +88,5 @@ int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen, c
 void sp_server_flush(sp_server *s);
 int64_t sp_head_add(sp_server *s, const char *head, size_t hlen);
 int64_t sp_code_answer(sp_server *s, int64_t code, int64_t head, const char *body, size_t blen);
+int sp_py_setup(void);
 ssize_t sp_req_read_wait(sp_server *s, sp_request *r, char *buf, size_t n, int timeout_ms);

@@ -164,7 +164,7 @@ class Server:
     def _serve_threads(self) -> None:
         waiter = wsgi.ThreadWaiter(self._srv, _ms(self.config.get("body_timeout"), 60))
         handle = wsgi.make_handler(self.app, self._srv, self.base_envs, waiter, self.access_log,
-                                   threads=self.threads)
+                                   threads=self.threads, poll_ms=POLL_MS)
         workers = [threading.Thread(target=self._thread_main, args=(handle,), name=f"spawning-{i}",
                                     daemon=True) for i in range(self.threads)]
         for t in workers:

@@ -315,23 +315,56 @@ class FileWrapper:
         raise StopIteration
 
 
-class Response:
+def _start_response(self: Any, status: str, headers: list, exc_info: Any = None) -> Callable[[bytes], None]:
+    """PEP 3333's start_response, whole: ResponseBase (csrc/pyfast.c) does the common form, two
+    positional arguments, itself, and calls this for the others (exc_info)."""
+    if exc_info:
+        try:
+            if self.head_sent:
+                raise exc_info[1].with_traceback(exc_info[2])
+        finally:
+            exc_info = None
+    elif self.status is not None:
+        raise AssertionError("start_response() called a second time without exc_info")
+    # Their types are checked when they are packed for C (status_bytes, pack_headers): an
+    # answer equal to the last one packed skips both checks and the packing.
+    self.status = status
+    self.headers = headers
+    return self     # the write() callable: __call__ (no bound method to make per request)
+
+
+# csrc/pyfast.c: on CPython, the common request runs in C (Runner) and a response's per-request
+# state lives in C members (ResponseBase). Elsewhere the same in Python.
+FAST = lib.sp_py_setup() == 0
+if FAST:
+    from ._core import ResponseBase as _ResponseBase, Runner   # type: ignore[attr-defined]
+else:
+    Runner = None
+
+    class _ResponseBase:   # type: ignore[no-redef]
+        """The per-request state, as class defaults: per request, these cost less than slots."""
+        code = 0
+        status: str | None = None
+        headers: list | None = None
+        head_sent = False
+        sent = 0
+        _req: Any = None
+        start_response = _start_response
+
+
+class Response(_ResponseBase):
     """State of one response: ``start_response`` and the ``write()`` callable.
 
-    Made per request without ``__init__``: the per-request state starts as these class defaults
-    (``make_handler`` subclasses it with the server and its waiter), which costs less
-    than setting slots. ``code`` names the request (sp.h, request codes); ``req``, the struct,
-    is looked up only by the paths that need it."""
+    Made per request without ``__init__``; ``make_handler`` subclasses it with the server and its
+    waiter. ``code`` names the request (sp.h, request codes); ``req``, the struct, is looked up
+    only by the paths that need it. The state (code, status, headers, head_sent, sent, _req)
+    comes from the base, C members on CPython (csrc/pyfast.c)."""
 
+    __slots__ = ()
     srv: Any = None     # the server, a plain pointer (make_handler sets these three)
     owner: Any = None   # the object that owns it
     waiter: Any = None
-    code = 0
-    status: str | None = None
-    headers: list | None = None
-    head_sent = False
-    sent = 0
-    _req: Any = None
+    _start_response = _start_response
 
     @property
     def req(self) -> Any:
@@ -342,21 +375,6 @@ class Response:
                 raise ClientDisconnected(errno.ESTALE, "the request is over")
             self._req = req
         return req
-
-    def start_response(self, status: str, headers: list, exc_info: Any = None) -> Callable[[bytes], None]:
-        if exc_info:
-            try:
-                if self.head_sent:
-                    raise exc_info[1].with_traceback(exc_info[2])
-            finally:
-                exc_info = None
-        elif self.status is not None:
-            raise AssertionError("start_response() called a second time without exc_info")
-        # Their types are checked when they are packed for C (status_bytes, pack_headers): an
-        # answer equal to the last one packed skips both checks and the packing.
-        self.status = status
-        self.headers = headers
-        return self     # the write() callable: __call__ (no bound method to make per request)
 
     def status_bytes(self) -> bytes:
         status = self.status
@@ -467,6 +485,15 @@ class Response:
         return True
 
 
+class _Heads:
+    """Holds the handler's head cache where there is no Runner, which holds it otherwise."""
+
+    __slots__ = ("head",)
+
+    def __init__(self, head: tuple) -> None:
+        self.head = head
+
+
 def _quoted(value: str) -> str:
     """A value for a quoted log field, escaped as Apache does, so that a client cannot end the
     field early and forge the ones after it."""
@@ -508,7 +535,8 @@ class AccessLog:
 
 
 def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
-                 access_log: AccessLog | None, threads: int = 1) -> Callable[..., int]:
+                 access_log: AccessLog | None, threads: int = 1,
+                 poll_ms: int = -1) -> Callable[..., int]:
     """Returns ``handle(code, take_next=None, green=None)``: runs the request a code names (sp.h)
     through the app and answers it.
 
@@ -519,8 +547,9 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     request code (0, or a poll's -errno), or 0 at once without ``take_next``. In a request
     greenlet ``green`` is (the greenlet, its ``__dict__``, the hub's batch deque): its state is
     reset and ``take_next`` (the deque's popleft) is asked only while the deque holds codes.
-    ``threads``: how many OS threads call ``handle``. Written as a closure over locals because
-    this is the per-request hot path."""
+    ``threads``: how many OS threads call ``handle``; ``poll_ms``, thread mode's poll timeout
+    (``take_next`` polls with it), which the C path (csrc/pyfast.c) then polls with itself.
+    Written as a closure over locals because this is the per-request hot path."""
     # The hot calls take a plain pointer: cffi checks an ffi.gc() object as an argument more
     # slowly. Resp.owner (below) keeps the owning object for what may outlive a request.
     owner = srv
@@ -558,7 +587,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     keep = deque(maxlen=2 * lib.SP_LEND_RUN + max(threads, 1)).append   # see the theory of operation
 
     class Resp(Response):
-        pass
+        __slots__ = ()
 
     # Response objects are reused when nothing else holds one, which CPython's reference counts
     # tell: a local passed to getrefcount() counts 2 when nothing else refers to it, up to 3.13
@@ -573,6 +602,12 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     Resp.srv = srv          # the plain pointer, for the write paths too...
     Resp.owner = owner      # ...valid while any response (or wsgi.input, which holds one) lives
     Resp.waiter = waiter
+
+    def log_safe(env: dict, status: str | None, sent: int) -> None:
+        try:
+            log_line(env, status, sent)   # type: ignore[misc]
+        except Exception:   # nothing may stop the handler going on: C handed it its next request
+            log.exception("error writing the access log")
 
     def take(resp: Response) -> Any:
         """The request's struct, for finishing it; from now on the response cannot reach it, so
@@ -693,8 +728,17 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     # The last response head registered with C, reused while apps answer with equal status and
     # headers (the cached list is a copy of tuples: an app that mutates its own list, or passes
     # lists as items, compares unequal and is packed afresh). One tuple: threads swap it whole.
-    # Its status is one no app can give (a NUL), so a response without one never matches.
-    head_cache: tuple = ("\0", None, 0)
+    # Its status is one no app can give (a NUL), so a response without one never matches. It is
+    # the C path's (csrc/pyfast.c, Runner.head), which answers with it too.
+    no_head = ("\0", None, 0)
+    if Runner is not None:
+        heads = Runner(int(ffi.cast("uintptr_t", srv)), app, conn_envs, Resp, keep,
+                       log_safe if log_line is not None else None, no_head)
+        fast = heads.run
+    else:
+        heads = _Heads(no_head)
+        fast = None
+    int_type = int
 
     def stream(resp: Response, result: Any) -> None:
         """Sends the response the general way: sendfile, or the iterable chunk by chunk; then
@@ -724,9 +768,10 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         # the next request): a call per request would set up and tear down this closure's frame.
         # ``resp.code`` says whether the request is still ours: 0 once C has it back (answered
         # or cut), so that a write() the app kept fails instead of reaching a later request.
-        nonlocal head_cache
         if green is not None:
             me, mine, batch = green
+        # The C path polls itself where take_next would (thread mode), else returns 0 for it.
+        poll = poll_ms if take_next is not None and green is None else -1
         resp = Resp()
         while True:
             if not code:            # the last request brought no next one (a truth test is
@@ -747,42 +792,69 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                 code = take_next()
                 if code <= 0:       # none (green mode), or the poll's timeout or error (threads)
                     return code
-            env = conn_envs.get(code)
-            if env is not None:
-                env = env.copy()          # the app may change its environ: never the kept one
-                inp = None
-            else:
-                env, has_body = entry(code)
-                if has_body:
-                    # It may outlive the request: its resp keeps the server (Resp.owner).
-                    env["wsgi.input"] = inp = Input(srv, resp, waiter)
+            answered = exc = None
+            handed = False
+            if fast is not None:
+                # A connection's repeated bodyless request runs in C, with any next ones (see
+                # csrc/pyfast.c); what it cannot finish comes back, as a code to run from the
+                # start or as the state just after the app call.
+                r = fast(code, poll)
+                if type(r) is int_type:
+                    if r <= 0:      # no next request: as take_next would have said
+                        if poll >= 0:
+                            return r
+                        code = 0
+                        continue
+                    code = r
                 else:
+                    code, env, resp, result, exc, answered = r
+                    r = None        # only resp holds the response now (see mine_only)
+                    handed = True
                     inp = None
-            resp.code = code
-            # Read by start_response on every request: as an instance value its load is
-            # specialized, where a class default is looked up the slow way each time.
-            resp.status = None
+            if not handed:          # from the start
+                env = conn_envs.get(code)
+                if env is not None:
+                    env = env.copy()          # the app may change its environ: never the kept one
+                    inp = None
+                else:
+                    env, has_body = entry(code)
+                    if has_body:
+                        # It may outlive the request: its resp keeps the server (Resp.owner).
+                        env["wsgi.input"] = inp = Input(srv, resp, waiter)
+                    else:
+                        inp = None
+                resp.code = code
+                # Read by start_response on every request: as an instance value its load is
+                # specialized, where a class default is looked up the slow way each time.
+                resp.status = None
             try:
-                result = app(env, resp.start_response)
+                if exc is not None:
+                    raise exc
+                if not handed:
+                    result = app(env, resp.start_response)
                 if type(result) is list_type and len(result) == 1 \
                         and type(body := result[0]) is bytes_type:
-                    # One crossing: head, body and finish (and in thread mode the next request,
-                    # whose code is the result).
-                    status, hdrs, hid = head_cache
-                    if resp.status != status or resp.headers != hdrs:
-                        status, hdrs, hid = head_cache = pack_head(resp)
                     blen = len(body)
-                    # Nothing but this frame holds the response object (the app kept neither
-                    # start_response nor write, not even weakly): it may serve the next request,
-                    # and nothing can write through it meanwhile. Only on the common way: of
-                    # what it holds, code and status are set anew, headers by start_response,
-                    # and the rest (head_sent, sent, _req) still has its class default.
-                    mine_only = refcount(resp) == 2 and not weakrefs(resp)
-                    if not mine_only:
-                        resp.code = 0
-                    nxt = answer(srv, code, hid, body, blen)
-                    if blen >= lend_min and blen <= lend_max:
-                        keep(body)        # C may send it after this (see the theory of operation)
+                    if answered is None:
+                        # One crossing: head, body and finish (and in thread mode the next
+                        # request, whose code is the result).
+                        status, hdrs, hid = heads.head
+                        if resp.status != status or resp.headers != hdrs:
+                            status, hdrs, hid = heads.head = pack_head(resp)
+                        # Nothing but this frame holds the response object (the app kept neither
+                        # start_response nor write, not even weakly): it may serve the next
+                        # request, and nothing can write through it meanwhile. Only on the
+                        # common way: of what it holds, code and status are set anew, headers by
+                        # start_response, and the rest (head_sent, sent, _req) is as new.
+                        mine_only = refcount(resp) == 2 and not weakrefs(resp)
+                        if not mine_only:
+                            resp.code = 0
+                        nxt = answer(srv, code, hid, body, blen)
+                        if blen >= lend_min and blen <= lend_max:
+                            keep(body)    # C may send it after this (see the theory of operation)
+                    else:                 # C answered, and got an error
+                        mine_only = False
+                        nxt = answered
                     if nxt >= 0 and mine_only:    # answered: go on with resp as it is
                         code = nxt
                         continue
@@ -792,9 +864,9 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                         nxt = 0
                         if rc == ENOENT:  # newer heads pushed this one out of C's table
                             resp.code = code      # still ours while it is packed again
-                            head_cache = pack_head(resp)
+                            head = heads.head = pack_head(resp)
                             resp.code = 0
-                            rc = answer(srv, code, head_cache[2], body, blen)
+                            rc = answer(srv, code, head[2], body, blen)
                             if blen >= lend_min and blen <= lend_max:
                                 keep(body)
                             if rc > 0:        # answered, and the next request taken
@@ -838,6 +910,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     fail(resp)
                 raise
             finally:
+                exc = None          # its traceback holds this frame
                 if inp is not None:
                     inp.release()
             if log_line is not None:

@@ -15,19 +15,25 @@ def application(environ, start_response):
         if path == "/keep-weak":
             KEPT.append(weakref.ref(write))
         elif path == "/keep-sr-weak":
-            KEPT.append(weakref.WeakMethod(start_response))
+            # A weak reference to start_response's owner, as weakref.WeakMethod keeps of a bound
+            # Python method (spawning's start_response is a C method: WeakMethod refuses those).
+            KEPT.append((weakref.ref(start_response.__self__), start_response.__name__))
         else:
             KEPT.append(write)
         return [b"kept"]
     if path == "/use":
         results = []
         for ref in KEPT:
-            fn = ref() if isinstance(ref, weakref.ref) else ref
+            if isinstance(ref, tuple):
+                owner = ref[0]()
+                fn = getattr(owner, ref[1]) if owner is not None else None
+            else:
+                fn = ref() if isinstance(ref, weakref.ref) else ref
             if fn is None:
                 results.append("gone")
                 continue
             try:
-                if isinstance(ref, weakref.WeakMethod):
+                if isinstance(ref, tuple):
                     fn("200 OK", [("X-Leak", "1")])
                 fn(b"LEAK")
                 results.append("wrote")

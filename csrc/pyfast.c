@@ -1,0 +1,512 @@
+/* pyfast.c: the per-request path of a repeated keep-alive request, written against the CPython
+ * API (the stable ABI of 3.10, as the rest of the module) instead of in Python.
+ *
+ * Theory of operation
+ * -------------------
+ * The rest of the core is bound with cffi and driven from spawning/wsgi.py. On the path every
+ * keep-alive request of a hello-world benchmark takes, that Python was the largest cost left in
+ * user space: ~400 ns of interpreter time a request for a loop that copies a dict, calls the app,
+ * checks the result's shape, compares the response head with the last one and calls
+ * sp_code_answer(); servers written in C do the same in a tenth of that. So this file does that
+ * loop, and nothing else:
+ *
+ *   Runner.run(code, poll_ms) takes a request code (sp.h, "request codes"). When the handler's
+ *   map of environ templates by repeat code (wsgi.py, conn_envs) holds it, the request is one of
+ *   a connection's repeated, bodyless requests: run() copies the template, calls the app with a
+ *   ResponseBase instance's start_response, and when the app answered with a one-piece body and
+ *   the status and headers of the head the handler registered last (Runner.head), answers with
+ *   sp_code_answer(), which in thread mode also takes the thread's next request; and goes on with
+ *   that one. Anything else goes back to Python, which has the general code: a code the map does
+ *   not hold is returned as it is (Python runs that request from the start); a request whose app
+ *   was called but whose answer is not the common one is returned as a tuple
+ *   (code, environ, response, result, exception, answered) and Python goes on from just after the
+ *   app call (wsgi.py, make_handler). So the behaviour is the Python path's, whichever side runs.
+ *
+ *   ResponseBase holds a response's per-request state as C members (code, status, headers,
+ *   head_sent, sent, _req) and start_response() in C for its common form (two positional
+ *   arguments); wsgi.Response subclasses it with the rest in Python (write(), send_head(), the
+ *   exc_info form of start_response). A response object nothing else holds after the answer
+ *   (reference count 1, no weak references) serves the runner's next request, as in wsgi.py.
+ *
+ * sp_py_setup() makes the two types and sets them as attributes of the spawning._core module. It
+ * runs with the GIL held (spawning/_build.py, KEEP_GIL). The runner's polls release it. */
+#include "sp.h"
+
+#include <errno.h>
+#include <stddef.h>
+
+#ifndef PYPY_VERSION
+#include <Python.h>
+#include <structmember.h>
+
+/* ---- ResponseBase ------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    long long code;       /* the request's code; 0 once the response cannot reach it */
+    PyObject *status;     /* what start_response() got; NULL reads as None */
+    PyObject *headers;
+    PyObject *req;        /* wsgi.py's _req: the request struct, looked up when needed */
+    Py_ssize_t sent;      /* body bytes sent, for the access log */
+    char head_sent;
+    PyObject *weakrefs;
+} Resp;
+
+static PyTypeObject *resp_type;     /* ResponseBase */
+static PyObject *s_start_response;  /* interned "start_response" */
+static PyObject *s_slow_start;      /* interned "_start_response" */
+
+static int resp_traverse(Resp *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->status);
+    Py_VISIT(self->headers);
+    Py_VISIT(self->req);
+    return 0;
+}
+
+static int resp_clear(Resp *self)
+{
+    Py_CLEAR(self->status);
+    Py_CLEAR(self->headers);
+    Py_CLEAR(self->req);
+    return 0;
+}
+
+static void resp_dealloc(Resp *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakrefs != NULL)
+        PyObject_ClearWeakRefs((PyObject *)self);
+    resp_clear(self);
+    ((freefunc)PyType_GetSlot(tp, Py_tp_free))(self);
+    Py_DECREF(tp);      /* instances of heap types hold their type */
+}
+
+/* start_response(status, headers, exc_info=None). The common form is done here; any other (three
+ * arguments, keywords) goes to the subclass's _start_response, which has the exc_info rules. The
+ * types of status and headers are checked when the head is packed (wsgi.py), as there. */
+static PyObject *resp_start_response(Resp *self, PyObject *const *args, Py_ssize_t nargs,
+                                     PyObject *kwnames)
+{
+    if (nargs != 2 || kwnames != NULL) {
+        PyObject *meth = PyObject_GetAttr((PyObject *)self, s_slow_start);
+        if (meth == NULL)
+            return NULL;
+        Py_ssize_t nkw = kwnames != NULL ? PyTuple_Size(kwnames) : 0;
+        PyObject *pos = PyTuple_New(nargs);
+        PyObject *kw = nkw ? PyDict_New() : NULL;
+        PyObject *r = NULL;
+        if (pos == NULL || (nkw && kw == NULL))
+            goto out;
+        for (Py_ssize_t i = 0; i < nargs; i++) {
+            Py_INCREF(args[i]);
+            PyTuple_SetItem(pos, i, args[i]);   /* steals */
+        }
+        for (Py_ssize_t i = 0; i < nkw; i++)
+            if (PyDict_SetItem(kw, PyTuple_GetItem(kwnames, i), args[nargs + i]) < 0)
+                goto out;
+        r = PyObject_Call(meth, pos, kw);
+    out:
+        Py_DECREF(meth);
+        Py_XDECREF(pos);
+        Py_XDECREF(kw);
+        return r;
+    }
+    if (self->status != NULL && self->status != Py_None) {
+        PyErr_SetString(PyExc_AssertionError,
+                        "start_response() called a second time without exc_info");
+        return NULL;
+    }
+    PyObject *old_s = self->status, *old_h = self->headers;
+    Py_INCREF(args[0]);
+    Py_INCREF(args[1]);
+    self->status = args[0];
+    self->headers = args[1];
+    Py_XDECREF(old_s);
+    Py_XDECREF(old_h);
+    Py_INCREF(self);
+    return (PyObject *)self;    /* the write() callable: the subclass's __call__ */
+}
+
+static PyMethodDef resp_methods[] = {
+    {"start_response", (PyCFunction)(void (*)(void))resp_start_response,
+     METH_FASTCALL | METH_KEYWORDS, "start_response(status, headers, exc_info=None) (PEP 3333)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef resp_members[] = {
+    {"code", T_LONGLONG, offsetof(Resp, code), 0, NULL},
+    {"status", T_OBJECT, offsetof(Resp, status), 0, NULL},
+    {"headers", T_OBJECT, offsetof(Resp, headers), 0, NULL},
+    {"_req", T_OBJECT, offsetof(Resp, req), 0, NULL},
+    {"sent", T_PYSSIZET, offsetof(Resp, sent), 0, NULL},
+    {"head_sent", T_BOOL, offsetof(Resp, head_sent), 0, NULL},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(Resp, weakrefs), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot resp_slots[] = {
+    {Py_tp_doc, (void *)"A response's per-request state, and start_response() (csrc/pyfast.c)."},
+    {Py_tp_new, (void *)PyType_GenericNew},
+    {Py_tp_dealloc, (void *)resp_dealloc},
+    {Py_tp_traverse, (void *)resp_traverse},
+    {Py_tp_clear, (void *)resp_clear},
+    {Py_tp_methods, resp_methods},
+    {Py_tp_members, resp_members},
+    {0, NULL},
+};
+
+static PyType_Spec resp_spec = {
+    "spawning._core.ResponseBase", sizeof(Resp), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, resp_slots,
+};
+
+/* ---- Runner ----------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    sp_server *srv;
+    PyObject *app;
+    PyObject *conn_envs;  /* dict: repeat code -> environ template (bodyless requests only) */
+    PyObject *resp_cls;   /* the handler's ResponseBase subclass */
+    PyObject *keep;       /* callable keeping lent bodies alive (sp.h, "Lent bodies") */
+    PyObject *log;        /* callable(environ, status, sent) that never raises, or None */
+    PyObject *head;       /* (status, headers, head id) of the head registered last */
+    PyObject *spare;      /* a response object no one else holds, for the next request */
+} Runner;
+
+static int runner_traverse(Runner *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->app);
+    Py_VISIT(self->conn_envs);
+    Py_VISIT(self->resp_cls);
+    Py_VISIT(self->keep);
+    Py_VISIT(self->log);
+    Py_VISIT(self->head);
+    Py_VISIT(self->spare);
+    return 0;
+}
+
+static int runner_clear(Runner *self)
+{
+    Py_CLEAR(self->app);
+    Py_CLEAR(self->conn_envs);
+    Py_CLEAR(self->resp_cls);
+    Py_CLEAR(self->keep);
+    Py_CLEAR(self->log);
+    Py_CLEAR(self->head);
+    Py_CLEAR(self->spare);
+    return 0;
+}
+
+static void runner_dealloc(Runner *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    runner_clear(self);
+    ((freefunc)PyType_GetSlot(tp, Py_tp_free))(self);
+    Py_DECREF(tp);
+}
+
+/* Runner(server_address, app, conn_envs, response_class, keep, log, head) */
+static PyObject *runner_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
+{
+    unsigned long long addr;
+    PyObject *app, *envs, *cls, *keep, *log, *head;
+    if (kw != NULL && PyDict_Size(kw)) {
+        PyErr_SetString(PyExc_TypeError, "Runner() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "KOO!OOOO:Runner", &addr, &app, &PyDict_Type, &envs, &cls,
+                          &keep, &log, &head))
+        return NULL;
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, resp_type)) {
+        PyErr_SetString(PyExc_TypeError, "Runner(): the response class must subclass ResponseBase");
+        return NULL;
+    }
+    if (addr == 0) {
+        PyErr_SetString(PyExc_ValueError, "Runner(): no server");
+        return NULL;
+    }
+    Runner *self = (Runner *)((allocfunc)PyType_GetSlot(tp, Py_tp_alloc))(tp, 0);
+    if (self == NULL)
+        return NULL;
+    self->srv = (sp_server *)(uintptr_t)addr;
+    Py_INCREF(app); self->app = app;
+    Py_INCREF(envs); self->conn_envs = envs;
+    Py_INCREF(cls); self->resp_cls = cls;
+    Py_INCREF(keep); self->keep = keep;
+    Py_INCREF(log); self->log = log;
+    Py_INCREF(head); self->head = head;
+    return (PyObject *)self;
+}
+
+/* The request goes on in Python: (code, environ, response, result, exception, answered). Steals
+ * code, env, resp and result; env may be NULL (none was made: an empty dict goes, for the error
+ * path's logging), result NULL when the app raised (the exception goes, with its traceback).
+ * answered is None, or what sp_code_answer() returned (< 0) when it was called. */
+static PyObject *hand_back(sp_server *srv, PyObject *code, PyObject *env, Resp *resp,
+                           PyObject *result, long long answered)
+{
+    PyObject *exc = Py_None;
+    Py_INCREF(exc);
+    if (result == NULL) {
+        PyObject *t, *v, *tb;
+        PyErr_Fetch(&t, &v, &tb);
+        PyErr_NormalizeException(&t, &v, &tb);
+        if (v != NULL && tb != NULL)
+            PyException_SetTraceback(v, tb);
+        Py_XDECREF(t);
+        Py_XDECREF(tb);
+        if (v != NULL) {
+            Py_DECREF(exc);
+            exc = v;
+        }
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    if (env == NULL && (env = PyDict_New()) == NULL)
+        goto fail;
+    PyObject *ans = answered ? PyLong_FromLongLong(answered) : (Py_INCREF(Py_None), Py_None);
+    if (ans == NULL)
+        goto fail;
+    PyObject *t = PyTuple_New(6);
+    if (t == NULL) {
+        Py_DECREF(ans);
+        goto fail;
+    }
+    PyTuple_SetItem(t, 0, code);
+    PyTuple_SetItem(t, 1, env);
+    PyTuple_SetItem(t, 2, (PyObject *)resp);
+    PyTuple_SetItem(t, 3, result);
+    PyTuple_SetItem(t, 4, exc);
+    PyTuple_SetItem(t, 5, ans);
+    return t;
+fail:
+    /* No memory even for this: Python cannot have the request, so C gets it back, cut (a stale
+     * code names none). */
+    if (resp->code) {
+        sp_request *r = sp_code_req(srv, resp->code);
+        if (r != NULL)
+            sp_req_finish(srv, r, 1);
+    }
+    Py_DECREF(code);
+    Py_XDECREF(env);
+    Py_DECREF(resp);
+    Py_DECREF(result);
+    Py_DECREF(exc);
+    return NULL;
+}
+
+/* Whether status and headers are the head's, and its id. */
+static int head_matches(PyObject *head, Resp *resp, long long *hid)
+{
+    if (resp->status == NULL || !PyTuple_Check(head) || PyTuple_Size(head) != 3)
+        return 0;
+    PyObject *st = PyTuple_GetItem(head, 0), *hd = PyTuple_GetItem(head, 1);
+    if (resp->status != st) {
+        int eq = PyObject_RichCompareBool(resp->status, st, Py_EQ);
+        if (eq <= 0)
+            return eq;
+    }
+    if (resp->headers != hd) {
+        if (resp->headers == NULL)
+            return 0;
+        int eq = PyObject_RichCompareBool(resp->headers, hd, Py_EQ);
+        if (eq <= 0)
+            return eq;
+    }
+    *hid = PyLong_AsLongLong(PyTuple_GetItem(head, 2));
+    if (*hid == -1 && PyErr_Occurred())
+        return -1;
+    return 1;
+}
+
+/* run(code, poll_ms): see the theory of operation. Returns 0 when the last request answered
+ * brought no next one and poll_ms < 0, else what sp_poll_one(poll_ms) then returned when it was
+ * not a request (0, -errno); a code Python must run; or the tuple of hand_back(). */
+static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "run(code, poll_ms)");
+        return NULL;
+    }
+    long long code = PyLong_AsLongLong(args[0]);
+    if (code == -1 && PyErr_Occurred())
+        return NULL;
+    long poll_ms = PyLong_AsLong(args[1]);
+    if (poll_ms == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *code_obj = args[0];
+    Py_INCREF(code_obj);
+    for (;;) {
+        PyObject *tmpl = PyDict_GetItemWithError(self->conn_envs, code_obj);   /* borrowed */
+        if (tmpl == NULL) {
+            if (PyErr_Occurred()) {
+                Py_DECREF(code_obj);
+                return NULL;
+            }
+            return code_obj;                /* not a repeated bodyless request: Python's */
+        }
+        Resp *resp = (Resp *)self->spare;
+        self->spare = NULL;
+        if (resp == NULL) {
+            resp = (Resp *)PyObject_CallNoArgs(self->resp_cls);
+            if (resp == NULL) {
+                PyErr_Clear();
+                return code_obj;            /* Python meets the same, with its error paths */
+            }
+        }
+        resp->code = code;        /* the rest as new: a spare's last request left its state */
+        resp->sent = 0;
+        resp->head_sent = 0;
+        Py_CLEAR(resp->status);
+        Py_CLEAR(resp->headers);
+        Py_CLEAR(resp->req);
+        PyObject *env = PyDict_Copy(tmpl);  /* the app may change its environ: never the kept one */
+        if (env == NULL)
+            return hand_back(self->srv, code_obj, NULL, resp, NULL, 0);
+        PyObject *sr = PyObject_GetAttr((PyObject *)resp, s_start_response);
+        PyObject *result = NULL;
+        if (sr != NULL) {
+            PyObject *argv = PyTuple_Pack(2, env, sr);
+            Py_DECREF(sr);
+            if (argv != NULL) {
+                result = PyObject_Call(self->app, argv, NULL);
+                Py_DECREF(argv);
+            }
+        }
+        if (result == NULL)
+            return hand_back(self->srv, code_obj, env, resp, NULL, 0);
+        PyObject *body;
+        long long hid = 0;
+        if (!Py_IS_TYPE(result, &PyList_Type) || PyList_Size(result) != 1
+                || !Py_IS_TYPE(body = PyList_GetItem(result, 0), &PyBytes_Type))
+            return hand_back(self->srv, code_obj, env, resp, result, 0);
+        int m = head_matches(self->head, resp, &hid);
+        if (m <= 0) {
+            PyErr_Clear();                  /* Python compares again, and packs the head */
+            return hand_back(self->srv, code_obj, env, resp, result, 0);
+        }
+        char *data;
+        Py_ssize_t blen;
+        if (PyBytes_AsStringAndSize(body, &data, &blen) < 0) {
+            Py_DECREF(result);
+            return hand_back(self->srv, code_obj, env, resp, NULL, 0);
+        }
+        /* Nothing but us holds the response (the app kept neither start_response nor write, not
+         * even weakly): it may serve the next request. Else it must not reach this one any more:
+         * a write() the app kept fails instead of writing into the connection's next request. */
+        int mine = Py_REFCNT(resp) == 1 && resp->weakrefs == NULL;
+        if (!mine)
+            resp->code = 0;
+        long long nxt = sp_code_answer(self->srv, code, hid, data, (size_t)blen);
+        if (blen >= SP_LEND_MIN && blen <= SP_LEND_MAX) {
+            /* C may send it after this (sp.h, "Lent bodies"); if it cannot be kept, have C send or
+             * copy what it holds now, before the body goes. */
+            PyObject *k = PyObject_CallFunctionObjArgs(self->keep, body, NULL);
+            if (k == NULL) {
+                PyErr_Clear();
+                sp_server_flush(self->srv);
+            }
+            Py_XDECREF(k);
+        }
+        if (nxt < 0)                        /* still ours or gone: Python knows each case */
+            return hand_back(self->srv, code_obj, env, resp, result, nxt);
+        Py_DECREF(code_obj);
+        resp->sent = blen;
+        if (self->log != Py_None) {
+            PyObject *sent = PyLong_FromSsize_t(blen);
+            PyObject *r = sent ? PyObject_CallFunctionObjArgs(self->log, env, resp->status, sent,
+                                                              NULL) : NULL;
+            Py_XDECREF(sent);
+            if (r == NULL)
+                PyErr_Clear();              /* the callable logs its own errors */
+            Py_XDECREF(r);
+        }
+        Py_DECREF(env);
+        Py_DECREF(result);
+        if (mine && Py_REFCNT(resp) == 1 && self->spare == NULL) {
+            resp->code = 0;
+            self->spare = (PyObject *)resp;
+        } else {
+            Py_DECREF(resp);
+        }
+        if (nxt == 0 && poll_ms >= 0) {
+            Py_BEGIN_ALLOW_THREADS
+            nxt = sp_poll_one(self->srv, (int)poll_ms);
+            Py_END_ALLOW_THREADS
+        }
+        if (nxt <= 0)
+            return PyLong_FromLongLong(nxt);
+        code = nxt;
+        code_obj = PyLong_FromLongLong(nxt);
+        if (code_obj == NULL)
+            return NULL;
+    }
+}
+
+static PyMethodDef runner_methods[] = {
+    {"run", (PyCFunction)(void (*)(void))runner_run, METH_FASTCALL,
+     "run(code, poll_ms): runs repeated bodyless requests the common way (csrc/pyfast.c)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef runner_members[] = {
+    {"head", T_OBJECT_EX, offsetof(Runner, head), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot runner_slots[] = {
+    {Py_tp_doc, (void *)"Runs a worker's repeated keep-alive requests in C (csrc/pyfast.c)."},
+    {Py_tp_new, (void *)runner_new},
+    {Py_tp_dealloc, (void *)runner_dealloc},
+    {Py_tp_traverse, (void *)runner_traverse},
+    {Py_tp_clear, (void *)runner_clear},
+    {Py_tp_methods, runner_methods},
+    {Py_tp_members, runner_members},
+    {0, NULL},
+};
+
+static PyType_Spec runner_spec = {
+    "spawning._core.Runner", sizeof(Runner), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    runner_slots,
+};
+
+int sp_py_setup(void)
+{
+    if (resp_type != NULL)
+        return 0;
+    PyObject *mod = PyImport_ImportModule("spawning._core");
+    if (mod == NULL)
+        goto fail;
+    s_start_response = PyUnicode_InternFromString("start_response");
+    s_slow_start = PyUnicode_InternFromString("_start_response");
+    PyObject *rt = PyType_FromSpec(&resp_spec);
+    PyObject *ru = rt ? PyType_FromSpec(&runner_spec) : NULL;
+    if (s_start_response == NULL || s_slow_start == NULL || ru == NULL
+            || PyObject_SetAttrString(mod, "ResponseBase", rt) < 0
+            || PyObject_SetAttrString(mod, "Runner", ru) < 0) {
+        Py_XDECREF(rt);
+        Py_XDECREF(ru);
+        Py_DECREF(mod);
+        goto fail;
+    }
+    Py_DECREF(ru);
+    Py_DECREF(mod);
+    resp_type = (PyTypeObject *)rt;     /* kept for the module's life */
+    return 0;
+fail:
+    PyErr_Clear();
+    return -ENOMEM;
+}
+
+#else   /* PyPy: no CPython API; wsgi.py runs the Python path */
+
+int sp_py_setup(void)
+{
+    return -ENOSYS;
+}
+
+#endif
