@@ -55,6 +55,7 @@ typedef struct {
 static PyTypeObject *resp_type;     /* ResponseBase */
 static PyObject *s_start_response;  /* interned "start_response" */
 static PyObject *s_slow_start;      /* interned "_start_response" */
+static PyObject *s_gr_context;      /* interned "gr_context" */
 
 static int resp_traverse(Resp *self, visitproc visit, void *arg)
 {
@@ -323,13 +324,49 @@ static int head_matches(PyObject *head, Resp *resp, long long *hid)
     return 1;
 }
 
-/* run(code, poll_ms): see the theory of operation. Returns 0 when the last request answered
- * brought no next one and poll_ms < 0, else what sp_poll_one(poll_ms) then returned when it was
- * not a request (0, -errno); a code Python must run; or the tuple of hand_back(). */
+/* A request greenlet's next request from its hub's batch, as wsgi.py's handler takes it: first
+ * what the last request left behind goes (greenlet-locals, in the greenlet's __dict__, and its
+ * contextvars). green is (the greenlet, its __dict__, the batch deque, the deque's popleft).
+ * Returns the code, 0 when the batch is empty, or -1 with a Python error. */
+static long long green_next(PyObject *green)
+{
+    PyObject *me = PyTuple_GetItem(green, 0), *mine = PyTuple_GetItem(green, 1);
+    PyObject *batch = PyTuple_GetItem(green, 2), *take = PyTuple_GetItem(green, 3);
+    if (take == NULL)
+        return -1;
+    if (PyDict_Size(mine) > 0)
+        PyDict_Clear(mine);
+    PyObject *ctx = PyObject_GetAttr(me, s_gr_context);
+    if (ctx == NULL)
+        return -1;
+    int set = ctx != Py_None;
+    Py_DECREF(ctx);
+    if (set && PyObject_SetAttr(me, s_gr_context, Py_None) < 0)
+        return -1;
+    Py_ssize_t n = PyObject_Size(batch);
+    if (n <= 0)
+        return n < 0 ? -1 : 0;
+    PyObject *c = PyObject_CallNoArgs(take);
+    if (c == NULL)
+        return -1;
+    long long code = PyLong_AsLongLong(c);
+    Py_DECREF(c);
+    return code;
+}
+
+/* run(code, poll_ms, green=None): see the theory of operation. Returns 0 when the last request
+ * answered brought no next one and poll_ms < 0 (in a request greenlet, green: when its batch is
+ * empty), else what sp_poll_one(poll_ms) then returned when it was not a request (0, -errno); a
+ * code Python must run; or the tuple of hand_back(). */
 static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "run(code, poll_ms)");
+    PyObject *green = nargs == 3 && args[2] != Py_None ? args[2] : NULL;
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "run(code, poll_ms, green=None)");
+        return NULL;
+    }
+    if (green != NULL && (!PyTuple_Check(green) || PyTuple_Size(green) != 4)) {
+        PyErr_SetString(PyExc_TypeError, "run(): green is (greenlet, dict, deque, popleft)");
         return NULL;
     }
     long long code = PyLong_AsLongLong(args[0]);
@@ -433,7 +470,11 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
         } else {
             Py_DECREF(resp);
         }
-        if (nxt == 0 && poll_ms >= 0) {
+        if (nxt == 0 && green != NULL) {
+            nxt = green_next(green);
+            if (nxt == -1 && PyErr_Occurred())
+                return NULL;    /* the request is answered: wsgi.py's caller logs a bug */
+        } else if (nxt == 0 && poll_ms >= 0) {
             Py_BEGIN_ALLOW_THREADS
             nxt = sp_poll_one(self->srv, (int)poll_ms);
             Py_END_ALLOW_THREADS
@@ -483,9 +524,10 @@ int sp_py_setup(void)
         goto fail;
     s_start_response = PyUnicode_InternFromString("start_response");
     s_slow_start = PyUnicode_InternFromString("_start_response");
+    s_gr_context = PyUnicode_InternFromString("gr_context");
     PyObject *rt = PyType_FromSpec(&resp_spec);
     PyObject *ru = rt ? PyType_FromSpec(&runner_spec) : NULL;
-    if (s_start_response == NULL || s_slow_start == NULL || ru == NULL
+    if (s_start_response == NULL || s_slow_start == NULL || s_gr_context == NULL || ru == NULL
             || PyObject_SetAttrString(mod, "ResponseBase", rt) < 0
             || PyObject_SetAttrString(mod, "Runner", ru) < 0) {
         Py_XDECREF(rt);

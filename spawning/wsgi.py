@@ -770,7 +770,11 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         # or cut), so that a write() the app kept fails instead of reaching a later request.
         if green is not None:
             me, mine, batch = green
-        # The C path polls itself where take_next would (thread mode), else returns 0 for it.
+            cgreen = (me, mine, batch, take_next) if take_next is not None else None
+        else:
+            cgreen = None
+        # The C path polls itself where take_next would (thread mode), or takes the batch's next
+        # code as below (green), else returns 0 for it.
         poll = poll_ms if take_next is not None and green is None else -1
         resp = Resp()
         while True:
@@ -798,7 +802,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                 # A connection's repeated bodyless request runs in C, with any next ones (see
                 # csrc/pyfast.c); what it cannot finish comes back, as a code to run from the
                 # start or as the state just after the app call.
-                r = fast(code, poll)
+                r = fast(code, poll, cgreen)
                 if type(r) is int_type:
                     if r <= 0:      # no next request: as take_next would have said
                         if poll >= 0:

@@ -172,6 +172,38 @@ def test_requests_leave_no_locals_or_context_behind(spawn):
         conn.close()
 
 
+def test_batched_repeated_requests_leave_nothing_behind(spawn):
+    """The same, for the requests a greenlet takes from its hub's batch itself, which for a
+    connection's repeated requests happens in C (csrc/pyfast.c): many keep-alive clients at once,
+    each repeating its request byte for byte, so that polls bring several at a time."""
+    import json
+    import threading
+    server = spawn("-s", "1", "-t", "0", "green_apps.application")
+    bad: list = []
+    done = [0]
+
+    def client(k: int) -> None:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            f = s.makefile("rb")
+            for _ in range(30):
+                s.sendall(f"GET /leftovers?c{k} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+                length = 0
+                while (line := f.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                seen = json.loads(f.read(length))
+                if seen != {"local": "unset", "var": "unset"}:
+                    bad.append(seen)
+                done[0] += 1
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert done[0] == 24 * 30 and not bad, (done[0], bad[:3])
+
+
 def test_no_monkey_patch_option(spawn):
     server = spawn("-s", "1", "-t", "0", "--no-monkey-patch", "green_apps.application")
     import json
