@@ -1,5 +1,5 @@
-/* pyfast.c: the per-request path of a repeated keep-alive request, written against the CPython
- * API (the stable ABI of 3.10, as the rest of the module) instead of in Python.
+/* pyfast.c: the per-request path of the common request, written against the CPython API (the
+ * stable ABI of 3.10, as the rest of the module) instead of in Python.
  *
  * Theory of operation
  * -------------------
@@ -10,17 +10,20 @@
  * sp_code_answer(); servers written in C do the same in a tenth of that. So this file does that
  * loop, and nothing else:
  *
- *   Runner.run(code, poll_ms) takes a request code (sp.h, "request codes"). When the handler's
- *   map of environ templates by repeat code (wsgi.py, conn_envs) holds it, the request is one of
- *   a connection's repeated, bodyless requests: run() copies the template, calls the app with a
- *   ResponseBase instance's start_response, and when the app answered with a one-piece body and
- *   the status and headers of the head the handler registered last (Runner.head), answers with
- *   sp_code_answer(), which in thread mode also takes the thread's next request; and goes on with
- *   that one. Anything else goes back to Python, which has the general code: a code the map does
- *   not hold is returned as it is (Python runs that request from the start); a request whose app
- *   was called but whose answer is not the common one is returned as a tuple
- *   (code, environ, response, result, exception, answered) and Python goes on from just after the
- *   app call (wsgi.py, make_handler). So the behaviour is the Python path's, whichever side runs.
+ *   Runner.run(code, poll_ms, green) takes a request code (sp.h, "request codes"). When the
+ *   handler's maps (wsgi.py, make_handler) know its environ, as they do for a connection's
+ *   repeated requests (conn_envs, body_envs) and for any request whose packed head Python has
+ *   built a template for (templates, by key id), run() makes the environ as the handler would
+ *   (a copy, REMOTE_PORT, wsgi.input from the handler's factory when a body comes), calls the app
+ *   with a ResponseBase instance's start_response, and when the app answered with a one-piece
+ *   body and the status and headers of the head the handler registered last (Runner.head),
+ *   answers with sp_code_answer(), which in thread mode also takes the thread's next request; and
+ *   goes on with that one (in thread mode polling for it, in a request greenlet taking it from
+ *   the hub's batch). Anything else goes back to Python, which has the general code: a code whose
+ *   environ Python must make is returned as it is (Python runs that request from the start); a
+ *   request whose app was called but whose answer is not the common one is returned as a tuple
+ *   (code, environ, response, result, exception, answered, input) and Python goes on from just
+ *   after the app call. So the behaviour is the Python path's, whichever side runs.
  *
  *   ResponseBase holds a response's per-request state as C members (code, status, headers,
  *   head_sent, sent, _req) and start_response() in C for its common form (two positional
@@ -56,6 +59,9 @@ static PyTypeObject *resp_type;     /* ResponseBase */
 static PyObject *s_start_response;  /* interned "start_response" */
 static PyObject *s_slow_start;      /* interned "_start_response" */
 static PyObject *s_gr_context;      /* interned "gr_context" */
+static PyObject *s_remote_port;     /* interned "REMOTE_PORT" */
+static PyObject *s_wsgi_input;      /* interned "wsgi.input" */
+static PyObject *s_release;         /* interned "release" */
 
 static int resp_traverse(Resp *self, visitproc visit, void *arg)
 {
@@ -169,7 +175,12 @@ typedef struct {
     PyObject_HEAD
     sp_server *srv;
     PyObject *app;
-    PyObject *conn_envs;  /* dict: repeat code -> environ template (bodyless requests only) */
+    PyObject *conn_envs;  /* dict: repeat code -> environ to copy, for bodyless requests... */
+    PyObject *body_envs;  /* ...and for requests with a body */
+    PyObject *templates;  /* dict: key id -> (environ template less REMOTE_PORT, has a body) */
+    PyObject *ports;      /* dict: port number -> its REMOTE_PORT string */
+    PyObject *new_input;  /* callable(response) -> wsgi.input for a request with a body */
+    Py_ssize_t envs_max;  /* conn_envs and body_envs are emptied when they hold this many */
     PyObject *resp_cls;   /* the handler's ResponseBase subclass */
     PyObject *keep;       /* callable keeping lent bodies alive (sp.h, "Lent bodies") */
     PyObject *log;        /* callable(environ, status, sent) that never raises, or None */
@@ -181,6 +192,10 @@ static int runner_traverse(Runner *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->app);
     Py_VISIT(self->conn_envs);
+    Py_VISIT(self->body_envs);
+    Py_VISIT(self->templates);
+    Py_VISIT(self->ports);
+    Py_VISIT(self->new_input);
     Py_VISIT(self->resp_cls);
     Py_VISIT(self->keep);
     Py_VISIT(self->log);
@@ -193,6 +208,10 @@ static int runner_clear(Runner *self)
 {
     Py_CLEAR(self->app);
     Py_CLEAR(self->conn_envs);
+    Py_CLEAR(self->body_envs);
+    Py_CLEAR(self->templates);
+    Py_CLEAR(self->ports);
+    Py_CLEAR(self->new_input);
     Py_CLEAR(self->resp_cls);
     Py_CLEAR(self->keep);
     Py_CLEAR(self->log);
@@ -210,17 +229,20 @@ static void runner_dealloc(Runner *self)
     Py_DECREF(tp);
 }
 
-/* Runner(server_address, app, conn_envs, response_class, keep, log, head) */
+/* Runner(server_address, app, conn_envs, body_envs, templates, ports, new_input, envs_max,
+ *        response_class, keep, log, head): the handler's state (wsgi.py, make_handler) */
 static PyObject *runner_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 {
     unsigned long long addr;
-    PyObject *app, *envs, *cls, *keep, *log, *head;
+    Py_ssize_t envs_max;
+    PyObject *app, *envs, *benvs, *tmpls, *ports, *new_input, *cls, *keep, *log, *head;
     if (kw != NULL && PyDict_Size(kw)) {
         PyErr_SetString(PyExc_TypeError, "Runner() takes no keyword arguments");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "KOO!OOOO:Runner", &addr, &app, &PyDict_Type, &envs, &cls,
-                          &keep, &log, &head))
+    if (!PyArg_ParseTuple(args, "KOO!O!O!O!OnOOOO:Runner", &addr, &app, &PyDict_Type, &envs,
+                          &PyDict_Type, &benvs, &PyDict_Type, &tmpls, &PyDict_Type, &ports,
+                          &new_input, &envs_max, &cls, &keep, &log, &head))
         return NULL;
     if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, resp_type)) {
         PyErr_SetString(PyExc_TypeError, "Runner(): the response class must subclass ResponseBase");
@@ -236,6 +258,11 @@ static PyObject *runner_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     self->srv = (sp_server *)(uintptr_t)addr;
     Py_INCREF(app); self->app = app;
     Py_INCREF(envs); self->conn_envs = envs;
+    Py_INCREF(benvs); self->body_envs = benvs;
+    Py_INCREF(tmpls); self->templates = tmpls;
+    Py_INCREF(ports); self->ports = ports;
+    Py_INCREF(new_input); self->new_input = new_input;
+    self->envs_max = envs_max;
     Py_INCREF(cls); self->resp_cls = cls;
     Py_INCREF(keep); self->keep = keep;
     Py_INCREF(log); self->log = log;
@@ -243,13 +270,18 @@ static PyObject *runner_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     return (PyObject *)self;
 }
 
-/* The request goes on in Python: (code, environ, response, result, exception, answered). Steals
- * code, env, resp and result; env may be NULL (none was made: an empty dict goes, for the error
- * path's logging), result NULL when the app raised (the exception goes, with its traceback).
- * answered is None, or what sp_code_answer() returned (< 0) when it was called. */
+/* The request goes on in Python: (code, environ, response, result, exception, answered, input).
+ * Steals code, env, resp, result and inp; env may be NULL (none was made: an empty dict goes, for
+ * the error path's logging), result NULL when the app raised (the exception goes, with its
+ * traceback), inp NULL (None goes) for a request without a body. answered is None, or what
+ * sp_code_answer() returned (< 0) when it was called. */
 static PyObject *hand_back(sp_server *srv, PyObject *code, PyObject *env, Resp *resp,
-                           PyObject *result, long long answered)
+                           PyObject *result, long long answered, PyObject *inp)
 {
+    if (inp == NULL) {
+        inp = Py_None;
+        Py_INCREF(inp);
+    }
     PyObject *exc = Py_None;
     Py_INCREF(exc);
     if (result == NULL) {
@@ -272,7 +304,7 @@ static PyObject *hand_back(sp_server *srv, PyObject *code, PyObject *env, Resp *
     PyObject *ans = answered ? PyLong_FromLongLong(answered) : (Py_INCREF(Py_None), Py_None);
     if (ans == NULL)
         goto fail;
-    PyObject *t = PyTuple_New(6);
+    PyObject *t = PyTuple_New(7);
     if (t == NULL) {
         Py_DECREF(ans);
         goto fail;
@@ -283,6 +315,7 @@ static PyObject *hand_back(sp_server *srv, PyObject *code, PyObject *env, Resp *
     PyTuple_SetItem(t, 3, result);
     PyTuple_SetItem(t, 4, exc);
     PyTuple_SetItem(t, 5, ans);
+    PyTuple_SetItem(t, 6, inp);
     return t;
 fail:
     /* No memory even for this: Python cannot have the request, so C gets it back, cut (a stale
@@ -297,6 +330,94 @@ fail:
     Py_DECREF(resp);
     Py_DECREF(result);
     Py_DECREF(exc);
+    Py_DECREF(inp);
+    return NULL;
+}
+
+/* Removes key from the dict if it is there; -1 on a Python error. */
+static int forget(PyObject *dict, PyObject *key)
+{
+    if (PyDict_GetItemWithError(dict, key) != NULL)
+        return PyDict_DelItem(dict, key);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+/* REMOTE_PORT's string for a port (borrowed from the runner's map, made on first use; "" for port
+ * 0, a Unix socket), or NULL with a Python error. */
+static PyObject *port_str(Runner *self, long port)
+{
+    PyObject *key = PyLong_FromLong(port);
+    if (key == NULL)
+        return NULL;
+    PyObject *s = PyDict_GetItemWithError(self->ports, key);
+    if (s == NULL && !PyErr_Occurred()) {
+        PyObject *n = port ? PyUnicode_FromFormat("%ld", port) : PyUnicode_FromString("");
+        if (n != NULL && PyDict_SetItem(self->ports, key, n) == 0)
+            s = n;          /* the map holds it */
+        Py_XDECREF(n);
+    }
+    Py_DECREF(key);
+    return s;
+}
+
+/* The environ for a request, made as wsgi.py's handler makes it (conn_envs, then its entry()):
+ * a new dict; or NULL, with a Python error, or without one where Python must make it (a full
+ * code whose template Python has not built yet, a repeat code the maps lost). *has_body says
+ * whether a body comes (its wsgi.input is the caller's to add). */
+static PyObject *request_env(Runner *self, long long code, PyObject *code_obj, int *has_body)
+{
+    PyObject *tmpl = PyDict_GetItemWithError(self->conn_envs, code_obj);
+    *has_body = 0;
+    if (tmpl != NULL)
+        return PyDict_Copy(tmpl);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!(code & SP_CODE_FULL)) {
+        tmpl = PyDict_GetItemWithError(self->body_envs, code_obj);
+        *has_body = 1;
+        return tmpl != NULL ? PyDict_Copy(tmpl) : NULL;
+    }
+    long long tid = code >> SP_CODE_ID_SHIFT & SP_CODE_ID_MASK;
+    if (tid == 0)
+        return NULL;
+    PyObject *tid_obj = PyLong_FromLongLong(tid);
+    if (tid_obj == NULL)
+        return NULL;
+    PyObject *found = PyDict_GetItemWithError(self->templates, tid_obj);   /* borrowed */
+    Py_DECREF(tid_obj);
+    if (found == NULL || !PyTuple_Check(found) || PyTuple_Size(found) != 2)
+        return NULL;
+    PyObject *ckey = NULL, *env = NULL;
+    if (code & SP_CODE_KEEP) {
+        /* First forget the connection's last entry: if this fails half-way, a repeat code must
+         * not find an entry for an earlier connection in the same slot. */
+        ckey = PyLong_FromLongLong(SP_CODE_REPEAT | (code >> SP_CODE_SLOT_SHIFT & SP_CODE_REPEAT_MASK));
+        if (ckey == NULL || forget(self->conn_envs, ckey) < 0 || forget(self->body_envs, ckey) < 0)
+            goto fail;
+    }
+    int body = PyObject_IsTrue(PyTuple_GetItem(found, 1));
+    PyObject *port = body >= 0 ? port_str(self, (long)(code & 0xFFFF)) : NULL;
+    if (port == NULL || (env = PyDict_Copy(PyTuple_GetItem(found, 0))) == NULL
+            || PyDict_SetItem(env, s_remote_port, port) < 0)
+        goto fail;
+    if (ckey != NULL) {
+        /* What the connection's repeated requests start from (wsgi.py, remember()). */
+        PyObject *envs = body ? self->body_envs : self->conn_envs;
+        if (PyDict_Size(envs) >= self->envs_max)
+            PyDict_Clear(envs);
+        int rc = PyDict_SetItem(envs, ckey, env);
+        Py_CLEAR(ckey);
+        if (rc < 0)
+            goto fail;
+        PyObject *copy = PyDict_Copy(env);   /* the app may change its own: never the kept one */
+        Py_DECREF(env);
+        env = copy;                          /* NULL with the error */
+    }
+    *has_body = body;
+    return env;
+fail:
+    Py_XDECREF(ckey);
+    Py_XDECREF(env);
     return NULL;
 }
 
@@ -378,20 +499,17 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
     PyObject *code_obj = args[0];
     Py_INCREF(code_obj);
     for (;;) {
-        PyObject *tmpl = PyDict_GetItemWithError(self->conn_envs, code_obj);   /* borrowed */
-        if (tmpl == NULL) {
-            if (PyErr_Occurred()) {
-                Py_DECREF(code_obj);
-                return NULL;
-            }
-            return code_obj;                /* not a repeated bodyless request: Python's */
-        }
+        int has_body;
+        PyObject *env = request_env(self, code, code_obj, &has_body);
+        if (env == NULL && !PyErr_Occurred())
+            return code_obj;                /* Python makes its environ: Python's request */
         Resp *resp = (Resp *)self->spare;
         self->spare = NULL;
         if (resp == NULL) {
             resp = (Resp *)PyObject_CallNoArgs(self->resp_cls);
             if (resp == NULL) {
                 PyErr_Clear();
+                Py_XDECREF(env);
                 return code_obj;            /* Python meets the same, with its error paths */
             }
         }
@@ -401,9 +519,14 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
         Py_CLEAR(resp->status);
         Py_CLEAR(resp->headers);
         Py_CLEAR(resp->req);
-        PyObject *env = PyDict_Copy(tmpl);  /* the app may change its environ: never the kept one */
         if (env == NULL)
-            return hand_back(self->srv, code_obj, NULL, resp, NULL, 0);
+            return hand_back(self->srv, code_obj, NULL, resp, NULL, 0, NULL);
+        PyObject *inp = NULL;
+        if (has_body) {     /* it may outlive the request: its response keeps the server */
+            inp = PyObject_CallFunctionObjArgs(self->new_input, (PyObject *)resp, NULL);
+            if (inp == NULL || PyDict_SetItem(env, s_wsgi_input, inp) < 0)
+                return hand_back(self->srv, code_obj, env, resp, NULL, 0, inp);
+        }
         PyObject *sr = PyObject_GetAttr((PyObject *)resp, s_start_response);
         PyObject *result = NULL;
         if (sr != NULL) {
@@ -415,22 +538,22 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
             }
         }
         if (result == NULL)
-            return hand_back(self->srv, code_obj, env, resp, NULL, 0);
+            return hand_back(self->srv, code_obj, env, resp, NULL, 0, inp);
         PyObject *body;
         long long hid = 0;
         if (!Py_IS_TYPE(result, &PyList_Type) || PyList_Size(result) != 1
                 || !Py_IS_TYPE(body = PyList_GetItem(result, 0), &PyBytes_Type))
-            return hand_back(self->srv, code_obj, env, resp, result, 0);
+            return hand_back(self->srv, code_obj, env, resp, result, 0, inp);
         int m = head_matches(self->head, resp, &hid);
         if (m <= 0) {
             PyErr_Clear();                  /* Python compares again, and packs the head */
-            return hand_back(self->srv, code_obj, env, resp, result, 0);
+            return hand_back(self->srv, code_obj, env, resp, result, 0, inp);
         }
         char *data;
         Py_ssize_t blen;
         if (PyBytes_AsStringAndSize(body, &data, &blen) < 0) {
             Py_DECREF(result);
-            return hand_back(self->srv, code_obj, env, resp, NULL, 0);
+            return hand_back(self->srv, code_obj, env, resp, NULL, 0, inp);
         }
         /* Nothing but us holds the response (the app kept neither start_response nor write, not
          * even weakly): it may serve the next request. Else it must not reach this one any more:
@@ -450,8 +573,14 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
             Py_XDECREF(k);
         }
         if (nxt < 0)                        /* still ours or gone: Python knows each case */
-            return hand_back(self->srv, code_obj, env, resp, result, nxt);
+            return hand_back(self->srv, code_obj, env, resp, result, nxt, inp);
         Py_DECREF(code_obj);
+        if (inp != NULL) {  /* later reads get b'' and its buffer goes back to the pool */
+            PyObject *r = PyObject_CallMethodObjArgs(inp, s_release, NULL);
+            if (r == NULL)
+                PyErr_Clear();
+            Py_XDECREF(r);
+        }
         resp->sent = blen;
         if (self->log != Py_None) {
             PyObject *sent = PyLong_FromSsize_t(blen);
@@ -464,6 +593,7 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
         }
         Py_DECREF(env);
         Py_DECREF(result);
+        Py_XDECREF(inp);
         if (mine && Py_REFCNT(resp) == 1 && self->spare == NULL) {
             resp->code = 0;
             self->spare = (PyObject *)resp;
@@ -490,7 +620,7 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
 
 static PyMethodDef runner_methods[] = {
     {"run", (PyCFunction)(void (*)(void))runner_run, METH_FASTCALL,
-     "run(code, poll_ms): runs repeated bodyless requests the common way (csrc/pyfast.c)."},
+     "run(code, poll_ms, green=None): runs requests the common way (csrc/pyfast.c)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -525,9 +655,13 @@ int sp_py_setup(void)
     s_start_response = PyUnicode_InternFromString("start_response");
     s_slow_start = PyUnicode_InternFromString("_start_response");
     s_gr_context = PyUnicode_InternFromString("gr_context");
+    s_remote_port = PyUnicode_InternFromString("REMOTE_PORT");
+    s_wsgi_input = PyUnicode_InternFromString("wsgi.input");
+    s_release = PyUnicode_InternFromString("release");
     PyObject *rt = PyType_FromSpec(&resp_spec);
     PyObject *ru = rt ? PyType_FromSpec(&runner_spec) : NULL;
-    if (s_start_response == NULL || s_slow_start == NULL || s_gr_context == NULL || ru == NULL
+    if (s_start_response == NULL || s_slow_start == NULL || s_gr_context == NULL
+            || s_remote_port == NULL || s_wsgi_input == NULL || s_release == NULL || ru == NULL
             || PyObject_SetAttrString(mod, "ResponseBase", rt) < 0
             || PyObject_SetAttrString(mod, "Runner", ru) < 0) {
         Py_XDECREF(rt);

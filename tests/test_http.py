@@ -732,11 +732,13 @@ def test_request_codes_keep_environs_apart(threads: str, env_max: str):
 
 
 @pytest.mark.parametrize("threads", ["1", "4", "0"])
-def test_repeated_requests_every_way(threads: str, tmp_path: Path):
-    """A keep-alive client's repeated requests run in C (csrc/pyfast.c) while their answer is the
-    common one; every other answer (an app error, an iterable, a new head, start_response with
-    exc_info, a write() before the return, a kept write()) goes on in Python from just after the
-    app call, and must come out as it would from Python alone, access log included."""
+@pytest.mark.parametrize("req_body", [b"", b"hello"])
+def test_repeated_requests_every_way(threads: str, req_body: bytes, tmp_path: Path):
+    """A keep-alive client's repeated requests, with a body or without, run in C (csrc/
+    pyfast.c) while their answer is the common one; every other answer (an app error, an
+    iterable, a new head, start_response with exc_info, a write() before the return, a kept
+    write()) goes on in Python from just after the app call, and must come out as it would from
+    Python alone, access log included."""
     log_path = tmp_path / "access.log"
     srv = start_server("-s", "1", "-t", threads, "repeat_app.application", access_log=str(log_path))
     rounds = 4
@@ -744,7 +746,7 @@ def test_repeated_requests_every_way(threads: str, tmp_path: Path):
     try:
         conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
         for n in range(rounds * 9):
-            conn.request("GET", "/same")    # byte for byte the same each time
+            conn.request("POST" if req_body else "GET", "/same", body=req_body or None)  # the same each time
             r = conn.getresponse()
             got.append((r.status, r.getheader("X-N"), r.read()))
         conn.close()
@@ -752,7 +754,7 @@ def test_repeated_requests_every_way(threads: str, tmp_path: Path):
         srv.stop()
     statuses = []
     for n, (status, xn, body) in enumerate(got):
-        way, digits = n % 9, b"%06d" % n
+        way, digits = n % 9, b"%06d" % n + req_body
         want = {1: (500, None, b"Internal Server Error\n"), 2: (200, None, b"gen" + digits),
                 3: (200, str(n), digits), 6: (503, None, digits)}.get(way, (200, None, digits))
         assert (status, xn, body) == want, (n, status, xn, body)

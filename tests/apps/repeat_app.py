@@ -1,13 +1,13 @@
 """An app that answers a keep-alive client's identical requests each a different way (tests/
 test_http.py, test_repeated_requests_every_way): repeated requests run in C (csrc/pyfast.c)
 until their answer is not the common one, and then go on in Python from just after the app call.
-What it does is chosen by a count of its calls: one client, one request at a time."""
+What it does is chosen by a count of its calls: one client, one request at a time. The body of
+each answer is the count (6 digits), then the request's body."""
 
 import sys
 
 CALLS = [0]
 KEPT: list = []
-HEADERS = [("Content-Type", "text/plain"), ("Content-Length", "6")]
 WAYS = 9
 
 
@@ -15,11 +15,12 @@ def application(environ, start_response):
     n = CALLS[0]
     CALLS[0] += 1
     way = n % WAYS
-    body = b"%06d" % n
+    body = b"%06d" % n + environ["wsgi.input"].read()
+    HEADERS = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
     if way == 1:
         raise ValueError(f"boom {n}")
     if way == 2:        # an iterable that is not a list: streamed, chunked
-        start_response("200 OK", [("Content-Type", "text/plain")])
+        start_response("200 OK", HEADERS[:1])     # no Content-Length
         return iter([b"gen", body])
     if way == 3:        # a head unlike the last one
         start_response("200 OK", HEADERS + [("X-N", str(n))])
