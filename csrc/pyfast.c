@@ -383,10 +383,11 @@ static PyObject *request_env(Runner *self, long long code, PyObject *code_obj, i
     PyObject *tid_obj = PyLong_FromLongLong(tid);
     if (tid_obj == NULL)
         return NULL;
-    PyObject *found = PyDict_GetItemWithError(self->templates, tid_obj);   /* borrowed */
+    PyObject *found = PyDict_GetItemWithError(self->templates, tid_obj);
     Py_DECREF(tid_obj);
     if (found == NULL || !PyTuple_Check(found) || PyTuple_Size(found) != 2)
         return NULL;
+    Py_INCREF(found);   /* held while the maps change below */
     PyObject *ckey = NULL, *env = NULL;
     if (code & SP_CODE_KEEP) {
         /* First forget the connection's last entry: if this fails half-way, a repeat code must
@@ -413,9 +414,11 @@ static PyObject *request_env(Runner *self, long long code, PyObject *code_obj, i
         Py_DECREF(env);
         env = copy;                          /* NULL with the error */
     }
+    Py_DECREF(found);
     *has_body = body;
     return env;
 fail:
+    Py_DECREF(found);
     Py_XDECREF(ckey);
     Py_XDECREF(env);
     return NULL;
@@ -479,6 +482,19 @@ static long long green_next(PyObject *green)
  * answered brought no next one and poll_ms < 0 (in a request greenlet, green: when its batch is
  * empty), else what sp_poll_one(poll_ms) then returned when it was not a request (0, -errno); a
  * code Python must run; or the tuple of hand_back(). */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SP_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define SP_ASAN 1
+#endif
+#ifdef SP_ASAN
+/* In a request greenlet this frame is on the C stack the app runs on, and greenlet saves and
+ * restores such stacks with memcpy: under ASan the copy would read this frame's redzones. */
+__attribute__((no_sanitize_address))
+#endif
 static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *green = nargs == 3 && args[2] != Py_None ? args[2] : NULL;
@@ -544,7 +560,10 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
         if (!Py_IS_TYPE(result, &PyList_Type) || PyList_Size(result) != 1
                 || !Py_IS_TYPE(body = PyList_GetItem(result, 0), &PyBytes_Type))
             return hand_back(self->srv, code_obj, env, resp, result, 0, inp);
-        int m = head_matches(self->head, resp, &hid);
+        PyObject *head = self->head;    /* another thread may swap it while __eq__ runs */
+        Py_INCREF(head);
+        int m = head_matches(head, resp, &hid);
+        Py_DECREF(head);
         if (m <= 0) {
             PyErr_Clear();                  /* Python compares again, and packs the head */
             return hand_back(self->srv, code_obj, env, resp, result, 0, inp);

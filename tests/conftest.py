@@ -40,6 +40,23 @@ ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
 
 
+# The sanitizer job (.github/workflows/tests.yml) preloads libasan into the interpreter, so the
+# servers run under ASan: their RSS then includes ASan's quarantine of freed memory, and tools
+# the tests start (ps, chromium, clang's fuzzer) must not inherit the preload.
+UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
+# For tests whose point is a bound on the worker's memory.
+rss_bound = pytest.mark.skipif(UNDER_ASAN, reason="under ASan, RSS holds its quarantine of freed memory")
+
+
+def foreign_env(**extra: str) -> dict[str, str]:
+    """The environment for a tool that is not the server: without the sanitizer preload."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    env.update(extra)
+    return env
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:

@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import foreign_env
 
 RUN_SH = Path(__file__).resolve().parent / "fuzz" / "run.sh"
 
@@ -23,7 +24,7 @@ RUN_SH = Path(__file__).resolve().parent / "fuzz" / "run.sh"
 @pytest.mark.skipif(shutil.which(os.environ.get("CC", "clang")) is None, reason="needs clang (libFuzzer)")
 def test_parser_fuzzer_finds_nothing_in_a_minute(tmp_path: Path) -> None:
     seconds = int(os.environ.get("SPAWNING_FUZZ_SECONDS", "60"))
-    env = dict(os.environ, FUZZ_OUT=str(tmp_path))   # scratch corpus and binaries stay out of the tree
+    env = foreign_env(FUZZ_OUT=str(tmp_path))   # scratch corpus and binaries stay out of the tree
     proc = subprocess.run(["sh", str(RUN_SH), str(seconds)], env=env, capture_output=True, text=True,
                           check=False, timeout=seconds + 300)
     log = proc.stdout + proc.stderr

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import http_request
+from conftest import http_request, rss_bound
 
 REQUEST = b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n"
 
@@ -309,6 +309,7 @@ def test_sse_disconnect_closes_iterable(spawn, tmp_path: Path):
     assert server.get("/info")[0] == 200      # the worker goes on
 
 
+@rss_bound
 def test_10k_long_poll(spawn):
     """10,000 concurrent long-poll requests held by one worker, all released by one event."""
     n = 10_000

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import start_server
+from conftest import rss_bound, start_server
 
 
 @pytest.fixture(scope="module")
@@ -862,6 +862,7 @@ def test_header_injection_refused(server, variant):
 # ---- large bodies, bounded memory -------------------------------------------------------------
 
 
+@rss_bound
 def test_100mb_upload_streams_with_bounded_memory(server):
     size = 100 * (1 << 20)
     piece = os.urandom(1 << 20)
@@ -882,6 +883,7 @@ def test_100mb_upload_streams_with_bounded_memory(server):
     assert peak < 120 * (1 << 20), f"worker RSS {peak / 2**20:.0f} MiB while receiving 100 MiB"
 
 
+@rss_bound
 def test_100mb_download_streams_with_bounded_memory(server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
         s.sendall(b"GET /big?mb=100 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

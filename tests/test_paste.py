@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import APPS, ROOT, free_port, http_request
+from conftest import APPS, ROOT, foreign_env, free_port, http_request
 
 pytest.importorskip("paste.deploy")
 
@@ -191,7 +191,8 @@ class Launched:
 
     def workers(self) -> set[int]:
         out = subprocess.run(["ps", "-o", "pid=,stat=", "--ppid", str(self.proc.pid)],
-                             capture_output=True, text=True, timeout=5, check=False).stdout
+                             capture_output=True, text=True, timeout=5, check=False,
+                             env=foreign_env()).stdout
         pids = {int(line.split()[0]) for line in out.splitlines() if "Z" not in line.split()[1]}
         self.children |= pids
         return pids

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, SpawningProcess, free_port, http_request, start_server
+from conftest import ROOT, SpawningProcess, foreign_env, free_port, http_request, start_server
 
 from spawning import status
 
@@ -190,7 +190,7 @@ def test_html_page_renders_in_headless_chromium(served: StatusServer) -> None:
                 f"--user-data-dir={tmp}/profile", f"--screenshot={shot}", "--window-size=1200,900",
                 f"http://127.0.0.1:{served.status_port}/"]
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, env=foreign_env())
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:

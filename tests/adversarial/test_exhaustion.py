@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import rss_bound
 from hostile import AttackProcess, Prober, raise_nofile
 
 HERE = Path(__file__).resolve().parent
@@ -122,6 +123,7 @@ def test_idle_keepalive_connection_costs_under_4_kib(spawn):
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk")
+@rss_bound
 def test_memory_is_flat_under_mixed_load(spawn):
     """Mixed sizes (bench/mixed.lua: 100 B to 1 MiB responses, 1 KiB to 256 KiB bodies, chunked
     both ways, big heads) for a few seconds after a warm-up: the worker's RSS grows by at most

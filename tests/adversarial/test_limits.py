@@ -18,7 +18,7 @@ import time
 
 import psutil
 import pytest
-from conftest import start_server
+from conftest import rss_bound, start_server
 from hostile import exchange, raise_nofile, responses, status_of
 
 LINE = 100      # --limit-request-line
@@ -170,6 +170,7 @@ def worker_rss(server) -> int:
     return sum(psutil.Process(pid).memory_info().rss for pid in server.workers())
 
 
+@rss_bound
 def test_pipelined_flood_is_bounded(spawn):
     """Pipelining needs no limit of its own: one head is parsed at a time, the next ones wait in
     the connection's read buffer (16 KiB), and no further head is started while more than 64 KiB
