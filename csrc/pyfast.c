@@ -649,7 +649,7 @@ static PyMemberDef runner_members[] = {
 };
 
 static PyType_Slot runner_slots[] = {
-    {Py_tp_doc, (void *)"Runs a worker's repeated keep-alive requests in C (csrc/pyfast.c)."},
+    {Py_tp_doc, (void *)"Runs a worker's common requests in C (csrc/pyfast.c)."},
     {Py_tp_new, (void *)runner_new},
     {Py_tp_dealloc, (void *)runner_dealloc},
     {Py_tp_traverse, (void *)runner_traverse},
