@@ -33,14 +33,17 @@
  *
  * sp_py_setup() makes the two types and sets them as attributes of the spawning._core module. It
  * runs with the GIL held (spawning/_build.py, KEEP_GIL). The runner's polls release it. */
+#ifndef SP_NO_PYFAST
+#include <Python.h>     /* before any system header, as the CPython docs ask */
+#include <structmember.h>
+#endif
+
 #include "sp.h"
 
 #include <errno.h>
 #include <stddef.h>
 
-#ifndef PYPY_VERSION
-#include <Python.h>
-#include <structmember.h>
+#ifndef SP_NO_PYFAST
 
 /* ---- ResponseBase ------------------------------------------------------------------------ */
 
@@ -697,7 +700,7 @@ fail:
     return -ENOMEM;
 }
 
-#else   /* PyPy: no CPython API; wsgi.py runs the Python path */
+#else   /* not CPython (PyPy): no CPython API; wsgi.py runs the Python path */
 
 int sp_py_setup(void)
 {

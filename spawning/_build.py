@@ -27,6 +27,10 @@ if sys.platform != "win32":
 if os.environ.get("SPAWNING_SANITIZE"):
     # Through libc's wrappers, whose buffers ASan checks (csrc/sysio.h).
     extra += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-DSP_LIBC_SYSCALLS"]
+# csrc/pyfast.c is written against the CPython API; elsewhere (and in a test build of the Python
+# path alone) wsgi.py runs every request itself.
+if sys.implementation.name != "cpython" or os.environ.get("SPAWNING_NO_PYFAST"):
+    extra += ["-DSP_NO_PYFAST"]
 if os.environ.get("SPAWNING_FORCE_POLL"):
     extra += ["-DSP_FORCE_POLL"]
 # Tests only: the kqueue backend on Linux, over the epoll-based stand-in in tests/c/kqueue_shim.
