@@ -786,7 +786,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         # The C path polls itself where take_next would (thread mode), or takes the batch's next
         # code as below (green), else returns 0 for it.
         poll = poll_ms if take_next is not None and green is None else -1
-        resp = Resp()
+        resp: Any = None    # made when this frame runs a request itself (C makes its own)
         while True:
             if not code:            # the last request brought no next one (a truth test is
                                     # cheaper than a comparison on a big int)
@@ -825,6 +825,8 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     r = None        # only resp holds the response now (see mine_only)
                     handed = True
             if not handed:          # from the start
+                if resp is None:
+                    resp = Resp()
                 env = conn_envs.get(code)
                 if env is not None:
                     env = env.copy()          # the app may change its environ: never the kept one
@@ -931,7 +933,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     log_line(env, resp.status, resp.sent)
                 except Exception:   # nothing may stop us returning nxt: C handed that request to us
                     log.exception("error writing the access log")
-            resp = Resp()           # this one may be held, or went another way than the common
+            resp = None             # this one may be held, or went another way than the common
             code = nxt
 
     return handle
