@@ -839,8 +839,9 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     else:
                         inp = None
                 resp.code = code
-                # Read by start_response on every request: as an instance value its load is
-                # specialized, where a class default is looked up the slow way each time.
+                # start_response refuses a second call while a status is set: a recycled response
+                # starts without one (a C member on CPython; on the Python base an instance value,
+                # whose load is specialized where a class default's is not).
                 resp.status = None
             try:
                 if exc is not None:
