@@ -1342,6 +1342,11 @@ static int finish_locked(sp_server *s, sp_conn *c, int abort) {
     if (c->chunked_out) {
         struct iovec iov = { "0\r\n\r\n", 5 };
         if (conn_sendv(s, c, &iov, 1) < 0) { c->state = C_HEAD; conn_close(s, c); rc = -EPIPE; goto out; }
+    } else if (pending(c) && !c->corked) {
+        /* The response's last bytes leave now. A head with no body after it (an empty
+         * iterable, HEAD, 204, 304) was only formatted by sp_req_start: with an edge-triggered
+         * backend no write event would ever come for it, and the client would wait forever. */
+        if (conn_flush(s, c) < 0) { c->state = C_HEAD; conn_close(s, c); rc = -EPIPE; goto out; }
     }
     if (c->resp_left > 0) c->keep_alive = 0;   /* the app sent less than its Content-Length */
     if (!skip_body(s, c)) c->keep_alive = 0;   /* unread body still on the wire */

@@ -340,8 +340,10 @@ def _start_response(self: Any, status: str, headers: list, exc_info: Any = None)
 
 
 # csrc/pyfast.c: on CPython, the common request runs in C (Runner) and a response's per-request
-# state lives in C members (ResponseBase). Elsewhere the same in Python.
-FAST = lib.sp_py_setup() == 0
+# state lives in C members (ResponseBase). Elsewhere the same in Python: on PyPy, in a build with
+# SPAWNING_NO_PYFAST=1, and in any process started with SPAWNING_NO_PYFAST=1 in its environment
+# (so that one build tests both paths).
+FAST = not os.environ.get("SPAWNING_NO_PYFAST") and lib.sp_py_setup() == 0
 if FAST:
     from ._core import ResponseBase as _ResponseBase, Runner   # type: ignore[attr-defined]
 else:
