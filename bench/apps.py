@@ -6,6 +6,12 @@
 - ``sleep``: waits 100 ms with ``time.sleep`` then answers like ``hello``. Under a green server
   that monkey-patches ``time`` (spawning ``--threads 0``, gunicorn's gevent worker) the wait is
   cooperative.
+- ``form``: reads a urlencoded form body (``wsgi.input``, CONTENT_LENGTH) and answers like
+  ``hello`` once it holds the fields it expects.
+- ``closeiter``: answers like a framework does: an iterable object with ``close()`` (never a
+  list) holding one chunk, and six headers.
+- ``django_view`` / ``flask_view``: a real Django project's view and a real Flask view
+  (bench/frameworks.py), made on first use.
 """
 
 import time
@@ -54,3 +60,58 @@ def sleep(environ, start_response):
     time.sleep(0.1)
     start_response("200 OK", list(HELLO_HEADERS))
     return [HELLO]
+
+
+def form(environ, start_response):
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(length)
+    ok = len(body) == length and body.startswith(b"csrfmiddlewaretoken=")
+    start_response("200 OK" if ok else "400 Bad Request", list(HELLO_HEADERS))
+    return [HELLO]
+
+
+class Body:
+    """What Django's HttpResponse and werkzeug's Response are to a server: an iterable of bytes
+    with close(), which PEP 3333 says the server must call."""
+
+    __slots__ = ("chunks",)
+
+    def __init__(self, chunks):
+        self.chunks = chunks
+
+    def __iter__(self):
+        return iter(self.chunks)
+
+    def close(self):
+        global CLOSED
+        CLOSED += 1
+        self.chunks = ()
+
+
+CLOSED = 0   # close() calls so far: GET /__closed tells whether the server calls it at all
+
+
+CLOSEITER_HEADERS = [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(HELLO))),
+                     ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "same-origin"),
+                     ("Cross-Origin-Opener-Policy", "same-origin"), ("X-Frame-Options", "DENY")]
+
+
+def closeiter(environ, start_response):
+    if environ.get("PATH_INFO") == "/__closed":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(CLOSED).encode()]
+    start_response("200 OK", list(CLOSEITER_HEADERS))
+    return Body([HELLO])
+
+
+_made = {}
+
+
+def __getattr__(name):
+    # The framework apps are made on first use: the other scenarios import neither framework.
+    if name in ("django_view", "flask_view"):
+        if name not in _made:
+            import frameworks
+            _made[name] = frameworks.django_app() if name == "django_view" else frameworks.flask_app()
+        return _made[name]
+    raise AttributeError(name)

@@ -19,7 +19,13 @@ ROOT = os.path.dirname(HERE)
 
 # scenario name -> app callable name in bench/apps.py
 APP_FOR = {"hello": "hello", "hello-close": "hello", "64k": "big", "post16k": "echo",
-           "sleep100ms": "sleep"}
+           "sleep100ms": "sleep", "browser": "hello", "form": "form", "closeiter": "closeiter",
+           "django": "django_view", "flask": "flask_view"}
+
+
+# Issue 10's realistic traffic (bench/browser.lua): every server that runs the main scenarios
+# runs these too.
+REALISTIC = {"browser", "form", "closeiter", "django", "flask"}
 
 
 @dataclass
@@ -95,6 +101,11 @@ def _fastwsgi(app, port, tmp):
     return _py(f"import fastwsgi, apps; fastwsgi.run(apps.{app}, host='127.0.0.1', port={port})")
 
 
+def _fastpysgi(app, port, tmp):
+    return _py(f"import fastpysgi, apps; fastpysgi.run(apps.{app}, host='127.0.0.1', port={port}, "
+               "workers=1, loglevel=0)")
+
+
 def _freastal(app, port, tmp):
     return _py(f"import freastal, apps; freastal.serve(apps.{app}, host='127.0.0.1', "
                f"port={port}, workers=1)")
@@ -154,7 +165,7 @@ def _nginx(app, port, tmp):
 PEERS = [
     Peer("spawning", _spawning(4), module="spawning", note="--processes 1 --threads 4"),
     Peer("spawning-green", _spawning(0), module="spawning", note="--processes 1 --threads 0",
-         scenarios={"hello", "hello-close", "64k", "post16k", "sleep100ms"}),
+         scenarios={"hello", "hello-close", "64k", "post16k", "sleep100ms"} | REALISTIC),
     Peer("gunicorn", _gunicorn("sync"), pip=["gunicorn"], module="gunicorn", dist="gunicorn",
          note="sync worker, -w 1"),
     Peer("gunicorn-gevent", _gunicorn("gevent"), pip=["gunicorn", "gevent"], module="gevent",
@@ -165,6 +176,7 @@ PEERS = [
     Peer("granian", _granian, pip=["granian"], module="granian", dist="granian",
          note="--interface wsgi --workers 1"),
     Peer("fastwsgi", _fastwsgi, pip=["fastwsgi"], module="fastwsgi", dist="fastwsgi"),
+    Peer("fastpysgi", _fastpysgi, pip=["fastpysgi"], module="fastpysgi", dist="fastpysgi"),
     Peer("freastal", _freastal, pip=["freastal"], module="freastal", dist="freastal",
          note="workers=1"),
     # meinheld 1.0.2 pins greenlet<0.5, which does not build on current Pythons; its own C
@@ -176,8 +188,8 @@ PEERS = [
 ]
 
 # The peers the performance goal compares against.
-REFERENCE = ("bjoern", "fastwsgi", "freastal")
-MAIN_SCENARIOS = {"hello", "hello-close", "64k", "post16k"}
+REFERENCE = ("bjoern", "fastwsgi", "fastpysgi", "freastal")
+MAIN_SCENARIOS = {"hello", "hello-close", "64k", "post16k"} | REALISTIC
 
 
 def peer_env() -> dict:

@@ -37,6 +37,9 @@ import peers as P  # noqa: E402
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 POST_SIZE = 16384
 
+with open(os.path.join(HERE, "browser.lua")) as _f:
+    BROWSER_LUA = _f.read()
+
 # name -> (title, connections, lua snippet (before done()), check)
 SCENARIOS = {
     "hello": ("hello world, keep-alive", 100, ""),
@@ -48,6 +51,13 @@ SCENARIOS = {
                 f'wrk.body = string.rep("a", {POST_SIZE})\n'
                 'wrk.headers["Content-Type"] = "application/octet-stream"\n'),
     "sleep100ms": ("100 ms cooperative sleep, 1,000 keep-alive connections (issue 4)", 1000, ""),
+    # Realistic traffic (issue 10): browser-like heads that never repeat (bench/browser.lua).
+    "browser": ("browser-like GETs, heads never repeat, keep-alive", 50, BROWSER_LUA),
+    "form": ("browser-like 2 KiB form POSTs, keep-alive", 50, "FORM = true\n" + BROWSER_LUA),
+    "closeiter": ("browser-like GETs, app returns an iterable with close() and 6 headers", 50,
+                  BROWSER_LUA),
+    "django": ("browser-like GETs to a real Django view (DEBUG off)", 50, BROWSER_LUA),
+    "flask": ("browser-like GETs to a real Flask view", 50, BROWSER_LUA),
 }
 
 LUA_DONE = r'''
@@ -188,6 +198,8 @@ def check_response(port: int, scenario: str) -> str:
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         headers = {"Connection": "close"} if scenario == "hello-close" else {}
+        if scenario in BROWSER_SCENARIOS:
+            return check_browser(conn, scenario)
         if scenario == "post16k":
             body = bytes(range(256)) * (POST_SIZE // 256)
             conn.request("POST", "/", body=body,
@@ -206,6 +218,40 @@ def check_response(port: int, scenario: str) -> str:
         return ""
     except Exception as e:  # noqa: BLE001
         return f"{type(e).__name__}: {e}"
+
+
+BROWSER_SCENARIOS = {"browser", "form", "closeiter", "django", "flask"}
+BROWSER_HEAD = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64)", "Accept": "text/html",
+                "Cookie": "sessionid=abc; csrftoken=" + "0" * 32, "Referer": "http://bench.example/"}
+
+
+def check_browser(conn, scenario: str) -> str:
+    """The realistic scenarios' check: their app answers 200 with the page it should."""
+    if scenario == "form":
+        body = ("csrfmiddlewaretoken=" + "0" * 32 + "&text=" + "x" * 1990).encode()
+        conn.request("POST", "/shop/item/1/reviews", body=body,
+                     headers={**BROWSER_HEAD, "Content-Type": "application/x-www-form-urlencoded"})
+    else:
+        conn.request("GET", "/shop/item/7/reviews?id=7&q=abc&page=1", headers=BROWSER_HEAD)
+    r = conn.getresponse()
+    data = r.read()
+    conn.close()
+    if r.status != 200:
+        return f"status {r.status}"
+    want = b"Item 7 of abc." if scenario in ("django", "flask") else b"Hello, world!\n"
+    if want not in data:
+        return f"wrong body {data[:80]!r}"
+    return ""
+
+
+def calls_close(port: int) -> bool:
+    """Whether the server called close() on the check request's iterable (PEP 3333 says it
+    must; some servers skip it, which saves them the call and the framework's cleanup)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/__closed")
+    n = conn.getresponse().read()
+    conn.close()
+    return n.strip() not in (b"", b"0")
 
 
 def run_wrk(port: int, script: str, connections: int, duration: float, timeout_s: str = "5s"):
@@ -250,6 +296,8 @@ class Started:
         if err:
             self.skip = "wrong answer to a check request: " + err
             return
+        if scenario == "closeiter":
+            self.base["calls_close"] = calls_close(self.port)
         if args.warmup > 0:
             run_wrk(self.port, self.script, self.connections, args.warmup)
         if not self.srv.alive():
@@ -435,8 +483,14 @@ def fmt_ratio(x):
     return f"{x:.2f}x" if x else "-"
 
 
+FRAMEWORK_SCENARIOS = {"closeiter", "django", "flask"}
+
+
 def build_report(results, versions, unavailable, args, started, elapsed) -> str:
     out = []
+    # Servers that never call close() on the app's iterable (found by the closeiter check):
+    # the framework scenarios mark them, since skipping it skips the framework's cleanup.
+    skips_close = {r["server"] for r in results if r.get("calls_close") is False}
     by_scn = {}
     for r in results:
         by_scn.setdefault(r["scenario"], []).append(r)
@@ -498,6 +552,8 @@ def build_report(results, versions, unavailable, args, started, elapsed) -> str:
                 e_ratio = r["rps_per_cpu"] / best_eff["rps_per_cpu"] if best_eff else 0
             r_ratio = r["rps"] / best_rps["rps"] if best_rps else 0
             name = f"**{r['server']}**" if r["server"].startswith("spawning") else r["server"]
+            if scn in FRAMEWORK_SCENARIOS and r["server"] in skips_close:
+                name += " (skips close())"
             line = (f"| {name} | {r['rps']:,.0f} | {r['p99'] / 1000:.2f} | "
                     f"{r['cpu_share'] * 100:.0f}% | {r['rps_per_cpu']:,.0f} | "
                     f"{fmt_ratio(e_ratio)} | {fmt_ratio(r_ratio)} | {r['errors']} | "
