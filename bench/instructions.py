@@ -5,10 +5,11 @@ not. This runs one worker (1 thread, or --threads N / 0 for green) under ``valgr
 once with a warm-up only and once with N more keep-alive requests, and prints the difference
 divided by N, plus the top functions. Kernel time (recv/writev on loopback) is not counted.
 
-    python bench/instructions.py [--requests 2000] [--top 25] [--threads N] [--post BYTES] [--big]
+    python bench/instructions.py [--requests 2000] [--top 25] [--threads N] [--post BYTES] [--big] [--browser]
 
 ``--post BYTES`` sends POST requests with a body of that size to an echo app (the benchmark's
-16 KiB POST is ``--post 16384``) instead of GET to hello world; ``--big`` GETs a 64 KiB response.
+16 KiB POST is ``--post 16384``) instead of GET to hello world; ``--big`` GETs a 64 KiB response;
+``--browser`` sends browser-like heads that never repeat (the benchmark's ``browser`` scenario).
 """
 
 from __future__ import annotations
@@ -60,7 +61,29 @@ srv.serve()
 '''
 
 
-def drive(port: int, n: int, post: int = 0, conns: int = 10) -> None:
+def browser_request(i: int) -> bytes:
+    """A browser-like head (bench/browser.lua's fields, ~750 bytes) that no other request
+    repeats: the path, query, session cookie, Referer and request id change with i."""
+    user = i % 1000
+    return (f"GET /shop/item/{i % 50000}/reviews?id={i}&q={i * 2654435761 % 2**32:08x}&page={i % 7} "
+            "HTTP/1.1\r\nHost: bench.example\r\n"
+            "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/131.0.0.0 Safari/537.36\r\n"
+            "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+            "*/*;q=0.8\r\nAccept-Language: en-GB,en;q=0.9,de;q=0.7\r\n"
+            "Accept-Encoding: gzip, deflate, br, zstd\r\n"
+            f"Referer: http://bench.example/shop/item/{i * 7 % 50000}/\r\n"
+            f"Cookie: sessionid={user * 40503:016x}{user * 9973:016x}; csrftoken={user * 31337:032x}; "
+            f"theme=dark; _ga=GA1.1.{user * 7919}.{1700000000 + user}\r\n"
+            "Sec-Fetch-Dest: document\r\nSec-Fetch-Mode: navigate\r\nSec-Fetch-Site: same-origin\r\n"
+            "Sec-Fetch-User: ?1\r\nUpgrade-Insecure-Requests: 1\r\n"
+            f"X-Request-Id: {i * 2246822519 % 2**32:08x}-{i:012x}\r\n\r\n").encode()
+
+
+_counter = [0]
+
+
+def drive(port: int, n: int, post: int = 0, conns: int = 10, browser: bool = False) -> None:
     socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(conns)]
     if post:
         req = (b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\n"
@@ -71,6 +94,9 @@ def drive(port: int, n: int, post: int = 0, conns: int = 10) -> None:
     done = 0
     while done < n:
         for s in socks:
+            if browser:
+                _counter[0] += 1
+                req = browser_request(_counter[0])
             s.sendall(req)
         for s in socks:
             buf = b""
@@ -85,7 +111,8 @@ def drive(port: int, n: int, post: int = 0, conns: int = 10) -> None:
         s.close()
 
 
-def run(n: int, workdir: str, threads: int = 1, post: int = 0, big: bool = False) -> str:
+def run(n: int, workdir: str, threads: int = 1, post: int = 0, big: bool = False,
+        browser: bool = False) -> str:
     portfile = os.path.join(workdir, f"port-{n}")
     script = os.path.join(workdir, "server.py")
     with open(script, "w") as f:
@@ -101,9 +128,9 @@ def run(n: int, workdir: str, threads: int = 1, post: int = 0, big: bool = False
             time.sleep(0.2)
         time.sleep(0.5)
         port = int(open(portfile).read())
-        drive(port, 300, post)   # warm-up: imports, caches, buffer pools
+        drive(port, 300, post, browser=browser)   # warm-up: imports, caches, buffer pools
         if n:
-            drive(port, n, post)
+            drive(port, n, post, browser=browser)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
@@ -128,10 +155,12 @@ def main() -> None:
     ap.add_argument("--post", type=int, default=0, metavar="BYTES",
                     help="POST bodies of this size to an echo app instead of GET hello world")
     ap.add_argument("--big", action="store_true", help="GET a 64 KiB response instead of hello world")
+    ap.add_argument("--browser", action="store_true",
+                    help="browser-like heads that never repeat (bench/browser.lua's) to hello world")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        t0, f0 = parse(run(0, d, a.threads, a.post, a.big))
-        t1, f1 = parse(run(a.requests, d, a.threads, a.post, a.big))
+        t0, f0 = parse(run(0, d, a.threads, a.post, a.big, a.browser))
+        t1, f1 = parse(run(a.requests, d, a.threads, a.post, a.big, a.browser))
     print(f"user-space instructions per request: {(t1 - t0) / a.requests:,.0f}")
     diff = {k: (v - f0.get(k, 0)) / a.requests for k, v in f1.items()}
     for name, v in sorted(diff.items(), key=lambda kv: -kv[1])[: a.top]:
