@@ -72,7 +72,7 @@ int64_t sp_now_us(void) {
 int64_t sp_now_ms(void) { return sp_now_us() / 1000; }
 
 const int64_t sp_duration_bounds_us[SP_DURATION_BUCKETS - 1] = {
-    100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000,
+    5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000,
 };
 
 const char *sp_backend_name(void) { return be_name(); }

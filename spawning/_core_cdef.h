@@ -52,10 +52,10 @@ typedef struct sp_event { int kind; int fd; int mask; sp_request *req; int64_t t
 typedef struct sp_stats {
     uint64_t requests; uint64_t accepted; uint64_t rejected; int connections; int in_flight;
     uint64_t bytes_out; uint64_t status_class[6]; int64_t oldest_busy_ms;
-    uint64_t duration_count[17]; uint64_t duration_sum_us;
+    uint64_t duration_count[21]; uint64_t duration_sum_us;
 } sp_stats;
-#define SP_DURATION_BUCKETS 17
-extern const int64_t sp_duration_bounds_us[16];
+#define SP_DURATION_BUCKETS 21
+extern const int64_t sp_duration_bounds_us[20];
 
 const char *sp_backend_name(void);
 sp_server *sp_server_new(const sp_config *cfg);

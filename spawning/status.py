@@ -70,7 +70,7 @@ STALE_HEARTBEAT = 3.0
 #: Upper bounds (seconds) of the duration histogram's buckets, as the C core counts them
 #: (csrc/server.c ``sp_duration_bounds_us``); a last bucket (+Inf) follows. Restated here so the
 #: controller need not load the core; tests/test_status.py checks the two agree.
-DURATION_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DURATION_BOUNDS = (0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 NBUCKETS = len(DURATION_BOUNDS) + 1
 #: Configuration keys whose values the page never shows.
 SECRET = re.compile(r"pass|secret|token|key|credential|auth", re.IGNORECASE)
@@ -167,9 +167,8 @@ def accept_queue(sock: socket.socket) -> tuple[int | None, int | None]:
     return unacked, sacked
 
 
-def quantile(counts: Sequence[int], q: float) -> float | None:
-    """Estimates the ``q`` quantile from bucket counts (linear within a bucket, as Prometheus'
-    ``histogram_quantile`` does); the open last bucket answers its lower bound."""
+def _quantile_bucket(counts: Sequence[int], q: float) -> tuple[int, float] | None:
+    """The bucket the ``q`` quantile falls in, and how far into it (0-1); None without counts."""
     total = sum(counts)
     if not total:
         return None
@@ -177,19 +176,43 @@ def quantile(counts: Sequence[int], q: float) -> float | None:
     seen = 0
     for i, count in enumerate(counts):
         if count and seen + count >= rank:
-            if i >= len(DURATION_BOUNDS):
-                return DURATION_BOUNDS[-1]
-            lower = DURATION_BOUNDS[i - 1] if i else 0.0
-            return lower + (DURATION_BOUNDS[i] - lower) * (rank - seen) / count
+            return i, (rank - seen) / count
         seen += count
-    return DURATION_BOUNDS[-1]
+    return len(counts) - 1, 1.0
+
+
+def quantile(counts: Sequence[int], q: float) -> float | None:
+    """Estimates the ``q`` quantile from bucket counts (linear within a bucket, as Prometheus'
+    ``histogram_quantile`` does). The first bucket answers its upper bound (interpolating from
+    zero would invent a figure: "p50 50 us" for requests of 2 us), the open last bucket its lower
+    bound."""
+    found = _quantile_bucket(counts, q)
+    if found is None:
+        return None
+    i, fraction = found
+    if i >= len(DURATION_BOUNDS):
+        return DURATION_BOUNDS[-1]
+    if i == 0:
+        return DURATION_BOUNDS[0]
+    lower = DURATION_BOUNDS[i - 1]
+    return lower + (DURATION_BOUNDS[i] - lower) * fraction
+
+
+QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
 
 
 def _duration(counts: list[int], total_seconds: float) -> dict[str, Any]:
     count = sum(counts)
-    return {"counts": counts, "count": count, "sum": total_seconds,
-            "mean": total_seconds / count if count else None, "p50": quantile(counts, 0.5),
-            "p90": quantile(counts, 0.9), "p99": quantile(counts, 0.99)}
+    doc: dict[str, Any] = {"counts": counts, "count": count, "sum": total_seconds,
+                           "mean": total_seconds / count if count else None}
+    below = []
+    for name, q in QUANTILES:
+        doc[name] = quantile(counts, q)
+        found = _quantile_bucket(counts, q)
+        if found is not None and found[0] == 0:
+            below.append(name)      # only known to be under the first bound
+    doc["below"] = below
+    return doc
 
 
 def _classes(values: Sequence[int]) -> dict[str, int]:
@@ -342,6 +365,14 @@ def fmt_rate(rate: float | None) -> str:
         return "–"
     return f"{rate:.1f}" if rate < 100 else f"{rate:,.0f}"
 
+def fmt_q(duration: dict[str, Any], key: str) -> str:
+    """A quantile of a ``duration`` object: one that fell in the first bucket reads as "< bound"
+    (all the histogram knows of it), not as a figure interpolated from zero."""
+    if key in (duration.get("below") or ()):
+        return f"< {fmt_ms(duration[key])}"
+    return fmt_ms(duration[key])
+
+
 
 def fmt_int(n: int | None) -> str:
     return "–" if n is None else f"{n:,}"
@@ -456,7 +487,7 @@ def render_html(doc: dict[str, Any]) -> str:
         _card("Requests", fmt_int(tot["requests"]), f"{fmt_bytes(tot['bytes_out'])} sent"),
         _card("In flight", fmt_int(tot["in_flight"]), f"{fmt_int(tot['connections'])} connections open"),
         _card("Workers", f"{ready} / {srv['processes']}", "ready / wanted"),
-        _card("Latency p50", fmt_ms(tot["duration"]["p50"]), f"p99 {fmt_ms(tot['duration']['p99'])}"),
+        _card("Latency p50", _e(fmt_q(tot["duration"], "p50")), f"p99 {_e(fmt_q(tot['duration'], 'p99'))}"),
         _card("Memory (USS)", fmt_bytes(tot["memory"]["uss"]), f"RSS {fmt_bytes(tot['memory']['rss'])}"),
         _card("Generation", gen, f"{srv['reloads']} reload{'s' if srv['reloads'] != 1 else ''}"),
     ])
@@ -538,14 +569,16 @@ def _histogram(duration: dict[str, Any], bounds: list[float]) -> str:
             f'heights on a log scale)</span>'
             f'</h2><div class="hist">{cols}</div>'
             f'<div class="histl">{labels}</div><div class="q">'
-            f'<span>mean <b>{fmt_ms(duration["mean"])}</b></span><span>p50 <b>{fmt_ms(duration["p50"])}</b>'
-            f'</span><span>p90 <b>{fmt_ms(duration["p90"])}</b></span><span>p99 <b>'
-            f'{fmt_ms(duration["p99"])}</b></span><span>{duration["count"]:,} timed</span></div>')
+            f'<span>mean <b>{fmt_ms(duration["mean"])}</b></span><span>p50 <b>{_e(fmt_q(duration, "p50"))}</b>'
+            f'</span><span>p90 <b>{_e(fmt_q(duration, "p90"))}</b></span><span>p99 <b>'
+            f'{_e(fmt_q(duration, "p99"))}</b></span><span>{duration["count"]:,} timed</span></div>')
 
 
 def _bound_label(bound: float) -> str:
     """A bucket's upper bound under its bar: milliseconds without a unit (the axis says so),
-    seconds with one."""
+    microseconds and seconds with one."""
+    if bound < 0.001:
+        return f"{bound * 1e6:g}µs"
     return f"{bound * 1000:g}" if bound < 1 else f"{bound:g}s"
 
 
@@ -565,8 +598,8 @@ def _worker_row(w: dict[str, Any]) -> str:
     return (f'<tr><td class="mono">{w["pid"]}</td><td>{_e(w["generation"])}</td><td>{state}</td>'
             f'<td class="num">{fmt_age(w["age"])}</td><td class="num">{fmt_int(w["requests"])}</td>'
             f'<td class="num">{fmt_rate(w["requests_per_second"])}</td><td class="num">{in_flight}</td>'
-            f'<td class="num">{fmt_int(w["connections"])}</td><td class="num">{fmt_ms(w["duration"]["p50"])}'
-            f'</td><td class="num">{fmt_ms(w["duration"]["p99"])}</td>'
+            f'<td class="num">{fmt_int(w["connections"])}</td><td class="num">{_e(fmt_q(w["duration"], "p50"))}'
+            f'</td><td class="num">{_e(fmt_q(w["duration"], "p99"))}</td>'
             f'<td class="num">{c["4xx"]:,} · {c["5xx"]:,}</td>'
             f'<td class="num">{fmt_bytes(w["memory"]["rss"])}</td>'
             f'<td class="num">{fmt_bytes(w["memory"]["uss"])}</td><td class="reason">{_e(reason)}</td></tr>')
@@ -969,8 +1002,8 @@ def render_table(doc: dict[str, Any]) -> str:
                                 f" (accept queue {entry['accept_queue']}/{entry['backlog']})")
             for entry in doc["listen"]),
         (f"requests {fmt_int(tot['requests'])}  req/s {fmt_rate(tot['requests_per_second'])}  in flight "
-         f"{tot['in_flight']}  connections {tot['connections']}  p50 {fmt_ms(tot['duration']['p50'])}  "
-         f"p99 {fmt_ms(tot['duration']['p99'])}  memory {fmt_bytes(tot['memory']['uss'])} USS, "
+         f"{tot['in_flight']}  connections {tot['connections']}  p50 {fmt_q(tot['duration'], 'p50')}  "
+         f"p99 {fmt_q(tot['duration'], 'p99')}  memory {fmt_bytes(tot['memory']['uss'])} USS, "
          f"{fmt_bytes(tot['memory']['rss'])} RSS"),
         "responses " + "  ".join(f"{k} {v:,}" for k, v in tot["status_classes"].items()),
     ]
@@ -983,7 +1016,7 @@ def render_table(doc: dict[str, Any]) -> str:
     for w in doc["workers"]:
         rows.append([str(w["pid"]), str(w["generation"]), str(w["state"]), fmt_age(w["age"]),
                      fmt_int(w["requests"]), fmt_rate(w["requests_per_second"]), str(w["in_flight"]),
-                     str(w["connections"]), fmt_ms(w["duration"]["p50"]), fmt_ms(w["duration"]["p99"]),
+                     str(w["connections"]), fmt_q(w["duration"], "p50"), fmt_q(w["duration"], "p99"),
                      fmt_bytes(w["memory"]["rss"]), fmt_bytes(w["memory"]["uss"]),
                      str(w["start_reason"] or "")])
     lines += _table(headers, rows, right={3, 4, 5, 6, 7, 8, 9, 10, 11})

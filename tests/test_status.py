@@ -151,6 +151,8 @@ def test_metrics_parse_with_prometheus_client(served: StatusServer) -> None:
     values = [s.value for s in buckets]
     assert values == sorted(values), "buckets are cumulative"
     assert buckets[-1].labels["le"] == "+Inf"
+    # The core's buckets, from 5 us: a fast app's requests are resolved there too.
+    assert len(buckets) == status.NBUCKETS and float(buckets[0].labels["le"]) == 0.000005
     count = next(s.value for s in hist.samples if s.name.endswith("_count"))
     assert count == values[-1] >= 10
 
@@ -164,6 +166,53 @@ def test_metrics_parse_with_prometheus_client(served: StatusServer) -> None:
     assert families["spawning_generation"].samples[0].value == 1
     ready = [s for s in families["spawning_workers"].samples if s.labels["state"] == "ready"]
     assert ready and ready[0].value == 2
+
+
+def test_quantile_in_the_first_bucket_is_a_bound() -> None:
+    """A quantile that falls in the first bucket is only known to be under its bound: the value
+    is that bound and the quantile is named in ``below``, not a figure interpolated from zero."""
+    counts = [0] * status.NBUCKETS
+    counts[0] = 98
+    counts[status.DURATION_BOUNDS.index(0.001)] = 2
+    d = status._duration(counts, 0.0001)
+    assert d["p50"] == d["p90"] == status.DURATION_BOUNDS[0] and d["below"] == ["p50", "p90"]
+    assert 0.0005 < d["p99"] <= 0.001
+    assert status.fmt_q(d, "p50") == "< 5 µs" and status.fmt_q(d, "p99").endswith(" µs")
+    assert not status.fmt_q(d, "p99").startswith("<")
+
+
+def test_fast_app_quantiles_are_measured_not_invented(served: StatusServer) -> None:
+    """The hello app through the real status service: its requests fall in the buckets under
+    100 us, which the old histogram did not have (it showed every fast workload as "p50 50 us,
+    p99 99 us"). Whatever the machine's speed, the page shows what the buckets know: a "< bound"
+    for a quantile in the first bucket, an interpolated figure otherwise."""
+    before = served.doc()["totals"]["duration"]["count"]
+    for _ in range(200):
+        assert served.proc.get("/")[0] == 200
+    doc = served.wait_doc(lambda d: d["totals"]["duration"]["count"] >= before + 200)
+    validate(doc)
+    bounds = doc["duration_bounds"]
+    assert bounds[0] <= 0.00001 and 0.0001 in bounds and len(bounds) == status.NBUCKETS - 1
+    d = doc["totals"]["duration"]
+    fast = sum(c for c, b in zip(d["counts"], bounds) if b < 0.0001)
+    assert fast >= d["count"] // 2, d     # hand-off to finish of a hello request: well under 100 us
+    assert d["p50"] < 0.0001 and (d["p50"], d["p99"]) != (0.00005, 0.000099), d
+    code, _, body = served.get("/")
+    page = body.decode()
+    for name in ("p50", "p99"):
+        shown = status.fmt_q(d, name)
+        if name in d["below"]:
+            assert d[name] == bounds[0] and shown == "< 5 µs", d
+        else:
+            assert bounds[0] < d[name] and not shown.startswith("<"), d
+    # The page renders the "< bound" form escaped; a document whose quantiles all fell in the
+    # first bucket shows it on the latency card and under the histogram.
+    assert "&lt; 5 µs" in page or not d["below"]
+    counts = [d["count"]] + [0] * (len(d["counts"]) - 1)
+    doc["totals"]["duration"] = status._duration(counts, d["sum"])
+    html = status.render_html(doc)
+    assert html.count("&lt; 5 µs") >= 4 and "< 5 µs" not in html     # card, p50, p90, p99
+    assert "p50 < 5 µs" in status.render_table(doc)
 
 
 def test_html_page_names_every_worker(served: StatusServer) -> None:
