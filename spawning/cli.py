@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import config as config_mod
-from .errors import EXIT_FAILURE, EXIT_USAGE, ConfigError, Halt
+from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, Halt
 
 #: name -> (``module:function(argv) -> int``, help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -75,20 +75,77 @@ def run_subcommand(name: str, argv: Sequence[str]) -> int:
     return int(func(list(argv)) or 0)
 
 
+def prepare_process(options: dict[str, Any], chdir: bool = True) -> None:
+    """``--chdir``, then the import path (the working directory, as ``python -m`` has it, after
+    ``--pythonpath``'s directories), then ``--env``: all change the controller itself, before the
+    application is loaded, and forked workers inherit the result."""
+    directory = options.get("chdir")
+    if chdir and directory:
+        try:
+            os.chdir(directory)
+        except OSError as exc:
+            raise ConfigError(f"--chdir {directory}: {exc.strerror}") from None
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    extra = [p.strip() for item in options.get("pythonpath") or [] for p in item.split(",")]
+    for path in reversed([os.path.abspath(p) for p in extra if p]):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    for pair in options.get("env") or []:
+        key, _, value = pair.partition("=")
+        os.environ[key] = value
+
+
+def check_app(config: dict[str, Any]) -> None:
+    """``--check-config``: imports and builds the application here, as a worker would; raises
+    ``Halt(2)`` with the worker's one line if it cannot."""
+    from .errors import AppLoadError
+    from .worker import load_app
+
+    try:
+        load_app(config)
+    except AppLoadError as exc:
+        logging.getLogger("spawning").debug("the application failed to load", exc_info=True)
+        raise Halt(EXIT_USAGE, f"spawning: {exc}") from None
+
+
 def serve(argv: Sequence[str]) -> int:
     """Parses options, builds the config and runs the controller until it stops."""
     from .controller import Controller
 
-    args = config_mod.parse_args(argv)
-    # Factories that read a file (paste's ini) let what the command line says win over it.
-    args["set_on_command_line"] = sorted(vars(config_mod.build_parser().parse_args(list(argv))))
+    settings = config_mod.resolve(argv, os.environ)
+    args = settings.values
+    # Factories that read a file (paste's ini) let what was set explicitly (command line,
+    # environment, --config file) win over it.
+    args["set_on_command_line"] = settings.given()
     setup_logging(args["log_level"])
-    # As `python -m` does: the application is imported relative to the working directory.
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
+    prepare_process(args)
+    if args["print_config"] and not args["args"]:  # no application: nothing for a factory to do
+        sys.stdout.write(config_mod.describe(settings))
+        return EXIT_OK
     config = load_config(args)
+    if config.get("chdir") != args.get("chdir"):
+        raise ConfigError("chdir: set it on the command line, in the environment or in --config "
+                          "(it applies before a factory reads its file)")
+    prepare_process(config, chdir=False)  # the factory's file may add to --env and --pythonpath
+    if args["print_config"]:
+        factory = args.get("factory") or config_mod.defaults()["factory"]
+        for opt in config_mod.OPTIONS:
+            if opt.name in config and config[opt.name] != settings.values.get(opt.name):
+                settings.values[opt.name] = config[opt.name]
+                settings.sources[opt.name] = f"factory {factory}"
+        sys.stdout.write(config_mod.describe(settings))
+        return EXIT_OK
     setup_logging(config.get("log_level") or args["log_level"])  # the factory's file may set it
+    if config.get("preload") and config.get("reload") == "dev":
+        raise ConfigError("--preload and --reload=dev do not go together: workers forked from a "
+                          "controller that imported the app never see a code change")
+    if args["check_config"]:
+        check_app(config)
+        sys.stdout.write(f"spawning: configuration OK; the application {config.get('app')!r} "
+                         "loads\n")
+        return EXIT_OK
     return Controller(args, config).run()
 
 

@@ -5,18 +5,25 @@ reads), its command-line flags, how a string becomes a value (and which values a
 default, a one-line help text and the section it belongs to. From that table come:
 
 - the argparse parser (``build_parser``/``parse_args``), hence ``spawning --help``;
+- ``resolve``, which takes each option from the first source that sets it: the command line, a
+  ``SPAWNING_<OPTION>`` environment variable (``from_environ``), the ``--config`` TOML file
+  (``read_file``), the default; ``describe`` prints the result with its sources (``--print-config``);
 - ``from_mapping``, which reads string settings such as a PasteDeploy ``[server:main]`` section
   (keys spelled with dashes or underscores, values coerced and validated exactly as on the command
   line);
 - the README's option table (``markdown_table``, printed by ``tools/gen_options_table.py``).
 
 A bad value never produces a traceback: the command line prints one line and exits 2;
-``from_mapping`` raises ``ConfigError`` with the same line.
+``from_mapping``, ``from_environ`` and ``read_file`` raise ``ConfigError`` with one line naming the
+key, variable or file.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,12 +35,18 @@ __all__ = [
     "OPTIONS",
     "SECTIONS",
     "Option",
+    "Settings",
     "build_parser",
     "defaults",
+    "describe",
+    "from_environ",
     "from_mapping",
+    "lookup",
     "markdown_table",
     "option",
     "parse_args",
+    "read_file",
+    "resolve",
 ]
 
 # ---- value types: str -> value, ValueError/ConfigError with a reason on bad input ------------------
@@ -123,6 +136,25 @@ def choice(*values: str) -> Callable[[str], str]:
     return convert
 
 
+def env_pair(text: str) -> str:
+    """``KEY=VALUE`` for ``--env``: a key of at least one character, without blanks."""
+    key, sep, _ = str(text).partition("=")
+    if not sep or not key or any(c.isspace() or c == "\0" for c in key) or "\0" in str(text):
+        raise ConfigError(f"{text!r} is not KEY=VALUE")
+    return str(text)
+
+
+def ip_list(text: str) -> str:
+    """``--forwarded-allow-ips``: addresses and CIDR blocks, comma-separated, or ``*``."""
+    from .forwarded import parse_allow
+
+    try:
+        parse_allow(str(text))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return str(text).strip()
+
+
 def optional_str(text: str) -> str | None:
     return str(text) if str(text) != "" else None
 
@@ -162,6 +194,12 @@ class Option:
     kind: str = "value"
     metavar: str | None = None
     cli: bool = True
+    #: What ``--help`` and the README show as the default when the value alone does not say it
+    #: (``--status-host`` defaults to ``--host``): the help text then leaves the default out.
+    default_text: str | None = None
+    #: A one-shot action of the command line (``--print-config``): not read from the environment
+    #: or a file, where it would change what every start does.
+    cli_only: bool = False
 
     def convert(self, raw: Any) -> Any:
         """Coerces a string (or an already typed value) to this option's value, or raises ConfigError."""
@@ -183,6 +221,7 @@ class Option:
 
 SECTIONS = (
     "Application",
+    "Configuration",
     "Listening",
     "Processes",
     "Reloading and recycling",
@@ -209,6 +248,27 @@ OPTIONS: tuple[Option, ...] = (
     Option("no_monkey_patch", ("--no-monkey-patch",), False,
            "in green mode (--threads 0), do not patch the standard library for cooperative I/O",
            "Application", kind="flag"),
+    Option("chdir", ("--chdir",), None, "change to this directory before loading the application "
+           "(relative paths in other settings, such as the pid file, are then read from there)",
+           "Application", type=optional_str, metavar="DIR", default_text="the current directory"),
+    Option("pythonpath", ("--pythonpath",), [], "directories to put first on sys.path, comma-"
+           "separated, repeatable", "Application", kind="append", metavar="DIR[,DIR...]"),
+    Option("env", ("-e", "--env"), [], "set an environment variable in the controller, before the "
+           "application loads (workers inherit it); repeatable", "Application", type=env_pair,
+           kind="append", metavar="KEY=VALUE"),
+    Option("preload", ("--preload",), False, "import the application in the controller, before "
+           "forking (workers share its memory; a reload then cannot pick up code changes: those "
+           "need a full restart)", "Application", kind="flag"),
+    # Configuration
+    Option("config", ("--config",), None, "read settings from this TOML file (the option names "
+           "as keys); the command line and SPAWNING_* environment variables win over it",
+           "Configuration", type=optional_str, metavar="FILE.toml"),
+    Option("check_config", ("--check-config",), False, "load the settings and the application, "
+           "then exit: 0 if both load, 2 with the reason", "Configuration", kind="flag",
+           cli_only=True),
+    Option("print_config", ("--print-config",), False, "print every effective setting and where "
+           "it came from (command line, environment, file, default), then exit",
+           "Configuration", kind="flag", cli_only=True),
     # Listening
     Option("host", ("-i", "--host"), "127.0.0.1", "interface to listen on (ignored with --bind)",
            "Listening", metavar="HOST"),
@@ -228,7 +288,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_connections", ("--max-connections",), 10000,
            "most open client connections per worker process", "Listening", type=positive, metavar="N"),
     # Processes
-    Option("processes", ("-s", "--processes"), 4, "worker processes", "Processes", type=positive,
+    Option("processes", ("-s", "--processes", "--workers"), 4, "worker processes", "Processes", type=positive,
            metavar="N"),
     Option("graceful_timeout", ("--graceful-timeout",), 30.0,
            "seconds a stopping worker may spend finishing its requests before it is killed",
@@ -255,7 +315,7 @@ OPTIONS: tuple[Option, ...] = (
            "seconds (green mode: whose hub an app blocked that long, which stops its heartbeats); "
            "0 = off", "Timeouts and limits",
            type=seconds, metavar="SECONDS"),
-    Option("keepalive_timeout", ("--keepalive-timeout",), 5.0,
+    Option("keepalive_timeout", ("--keepalive-timeout", "--keep-alive"), 5.0,
            "seconds an idle keep-alive connection stays open", "Timeouts and limits", type=seconds,
            metavar="SECONDS"),
     Option("header_timeout", ("--header-timeout",), 10.0, "seconds a client has to send a request "
@@ -279,10 +339,10 @@ OPTIONS: tuple[Option, ...] = (
            "(the ';name=value' after a chunk size) in a chunked request body, in bytes; over it: 400",
            "Timeouts and limits", type=positive, metavar="BYTES"),
     # Logging
-    Option("access_log_file", ("-l", "--access-log-file"), "-", "access log (Apache combined format); "
+    Option("access_log_file", ("-l", "--access-log-file", "--access-logfile"), "-", "access log (Apache combined format); "
            "'-' = stdout, /dev/null discards", "Logging", metavar="FILE"),
-    Option("access_log_format", ("--access-log-format",), None, "access log line format (default: "
-           "Apache combined)", "Logging", type=optional_str, metavar="FORMAT"),
+    Option("access_log_format", ("--access-log-format",), None, "access log line format",
+           "Logging", type=optional_str, metavar="FORMAT", default_text="Apache combined"),
     Option("log_level", ("--log-level",), "info", "debug, info, warning, error or critical",
            "Logging", type=choice("debug", "info", "warning", "error", "critical"), metavar="LEVEL"),
     # Process hygiene
@@ -301,14 +361,33 @@ OPTIONS: tuple[Option, ...] = (
     # Status service
     Option("status_port", ("--status-port",), 0, "serve the status page on this port; 0 = off",
            "Status service", type=port, metavar="PORT"),
-    Option("status_host", ("--status-host",), None, "interface for the status page (default: "
-           "--host)", "Status service", type=optional_str, metavar="HOST"),
+    Option("status_host", ("--status-host",), None, "interface for the status page",
+           "Status service", type=optional_str, metavar="HOST", default_text="--host"),
     # Debugging
     Option("coverage", ("-c", "--coverage"), False, "record code coverage in each worker (needs the "
            "coverage package)", "Debugging", kind="flag"),
 )
 
 _BY_NAME = {opt.name: opt for opt in OPTIONS}
+
+
+def _setting_keys() -> dict[str, Option]:
+    """Names a file, an ini section or the environment may use for each option: its name, then its
+    long flags (``workers`` for ``--workers``, ``keep_alive``), dashes as underscores."""
+    keys = dict(_BY_NAME)
+    for opt in OPTIONS:
+        for flag in opt.flags:
+            if flag.startswith("--"):
+                keys.setdefault(flag[2:].replace("-", "_"), opt)
+    return keys
+
+
+_KEYS = _setting_keys()
+
+
+def lookup(key: str) -> Option | None:
+    """The option a settings key names (``max-requests``, ``max_requests``, ``workers``), or None."""
+    return _KEYS.get(key.strip().replace("-", "_").lower())
 
 
 def option(name: str) -> Option:
@@ -395,10 +474,248 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "spawning") -> dic
 
     A bad value prints one line on stderr and exits 2 (``SystemExit``).
     """
-    namespace = build_parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
     values = defaults()
-    values.update(vars(namespace))
+    values.update(_parse_command_line(list(sys.argv[1:] if argv is None else argv), prog))
     return values
+
+
+def _fail(prog: str, message: str) -> NoReturn:
+    sys.stderr.write(f"{prog}: error: {message}\n")
+    sys.exit(EXIT_USAGE)
+
+
+def _parse_command_line(argv: list[str], prog: str) -> dict[str, Any]:
+    """The options the command line sets (and only those), or one line and exit 2."""
+    _refuse_foreign_habits(argv, prog)
+    parser = build_parser(prog)
+    namespace, extras = parser.parse_known_args(argv)
+    if extras:
+        parser.error(_unrecognized(extras))
+    return vars(namespace)
+
+
+#: gunicorn flags spawning has no flag of that name for, and what does the job here.
+FOREIGN_FLAGS = {
+    "-k": "--threads N (N threads a worker) or --threads 0 (green threads)",
+    "--worker-class": "--threads N (N threads a worker) or --threads 0 (green threads)",
+    "--worker-connections": "--max-connections",
+    "-D": "--daemonize",
+    "--paste": "--factory spawning.paste_factory.config_factory FILE.ini",
+    "--certfile": "a TLS-terminating proxy in front (spawning serves plain HTTP)",
+    "--keyfile": "a TLS-terminating proxy in front (spawning serves plain HTTP)",
+}
+
+
+def _unrecognized(extras: list[str]) -> str:
+    """argparse's "unrecognized arguments", with the nearest known flag for the first unknown one."""
+    unknown = next((word for word in extras if word.startswith("-")), None)
+    if unknown is None:
+        return f"unrecognized arguments: {' '.join(extras)}"
+    flag = unknown.partition("=")[0]
+    if flag in FOREIGN_FLAGS:
+        return f"unrecognized option {flag}: use {FOREIGN_FLAGS[flag]}"
+    if flag == "--log-file" and "error_log_file" in _BY_NAME:
+        return f"unrecognized option {flag}: use {_BY_NAME['error_log_file'].flags[-1]}"
+    known = [f for opt in OPTIONS if opt.cli for f in opt.flags] + ["--help", "--version"]
+    close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+    return f"unrecognized option {flag}" + (f" (did you mean {close[0]}?)" if close else "")
+
+
+def _refuse_foreign_habits(argv: list[str], prog: str) -> None:
+    """Short flags that mean something else in gunicorn, used the gunicorn way, exit 2 with a hint:
+    ``-w 4`` (workers there, --watch here) when no file ``4`` exists, ``-c conf.py`` (a config file
+    there, --coverage here, which takes no value), ``-p app.pid`` (a pid file there, the port here)."""
+    takes_value = {flag for opt in OPTIONS if opt.kind in ("value", "append") for flag in opt.flags}
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        following = argv[i + 1] if i + 1 < len(argv) else ""
+        if word == "--":
+            return
+        if word == "-w" or (word.startswith("-w") and word[2:].isdigit()):
+            count = word[2:] or following
+            if count.isdigit() and not os.path.exists(count):
+                _fail(prog, f"-w is --watch here; for {count} worker process"
+                            f"{'' if count == '1' else 'es'} use -s {count} / --workers {count}")
+        if word == "-c" and following and not following.startswith("-") and (
+                following.endswith((".py", ".toml", ".conf", ".cfg")) or os.path.isfile(following)):
+            _fail(prog, "-c is --coverage here and takes no value; for a settings file use "
+                        f"--config FILE.toml{' (TOML, not Python)' if following.endswith('.py') else ''}")
+        if word == "-p" and following and not following.isdigit() and ("." in following or
+                                                                      "/" in following):
+            _fail(prog, f"-p is --port here; for a pid file use --pidfile {following}")
+        i += 2 if word in takes_value else 1
+
+
+# ---- where settings come from: command line > environment > file > defaults --------------------------
+
+#: ``SPAWNING_<OPTION>`` sets an option (``SPAWNING_PROCESSES=4``, ``SPAWNING_MAX_REQUESTS=1000``).
+ENV_PREFIX = "SPAWNING_"
+#: Build and test switches with the same prefix: not options, never warned about.
+ENV_SWITCHES = frozenset({"SPAWNING_NO_PYFAST", "SPAWNING_SANITIZE", "SPAWNING_FORCE_POLL",
+                          "SPAWNING_KQUEUE_SHIM", "SPAWNING_EXPECT_BACKEND"})
+COMMAND_LINE = "command line"
+DEFAULT = "default"
+
+
+@dataclass
+class Settings:
+    """Every option's value and where it came from: ``command line``, ``environment SPAWNING_X``,
+    ``file PATH``, ``default`` (and, once a factory has run, ``factory NAME`` for what it changed)."""
+
+    values: dict[str, Any]
+    sources: dict[str, str]
+
+    def given(self) -> list[str]:
+        """Options set explicitly (not defaults): a factory reading its own file lets these win."""
+        return sorted(name for name, source in self.sources.items() if source != DEFAULT)
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"spawning: warning: {message}\n")
+
+
+def from_environ(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    """Options set by ``SPAWNING_*`` variables: name -> (value, variable). A bad value raises
+    ``ConfigError`` naming the variable; unknown names are ignored (with a warning when one is
+    close to an option's: a typo), as other tools may use the prefix too."""
+    found: dict[str, tuple[Any, str]] = {}
+    for var in sorted(environ):
+        if not var.startswith(ENV_PREFIX) or var in ENV_SWITCHES:
+            continue
+        raw = environ[var]
+        key = var[len(ENV_PREFIX):]
+        opt = lookup(key)
+        if opt is None:
+            names = [k for k, o in _KEYS.items() if not o.cli_only]
+            close = difflib.get_close_matches(key.lower(), names, n=1, cutoff=0.8)
+            if close:
+                _warn(f"{var} is not a setting (did you mean {ENV_PREFIX}{close[0].upper()}?); "
+                      "ignored")
+            continue
+        if opt.cli_only:
+            _warn(f"{var}: {opt.flags[-1]} is a command-line flag only; ignored")
+            continue
+        if opt.name in found:
+            raise ConfigError(f"{found[opt.name][1]} and {var} both set {opt.name}")
+        try:
+            found[opt.name] = (opt.convert(raw), var)
+        except ConfigError as exc:
+            raise ConfigError(f"{var}: invalid value {raw!r}: {exc}") from None
+    return found
+
+
+def _toml_module() -> Any:
+    try:
+        import tomllib  # Python 3.11+
+
+        return tomllib
+    except ImportError:
+        pass
+    try:
+        import tomli  # type: ignore[import-not-found]
+
+        return tomli
+    except ImportError:
+        raise ConfigError("reading a TOML file on Python 3.10 needs tomli: pip install tomli") from None
+
+
+def _from_toml(opt: Option, raw: Any) -> Any:
+    """A TOML value in the shape ``Option.convert`` takes (strings, or a list for repeatables)."""
+    if isinstance(raw, dict):
+        if opt.kind == "append":  # env = {KEY = "value"}
+            return [f"{k}={v}" for k, v in raw.items()]
+        raise ConfigError("a table is not a value for this setting")
+    if isinstance(raw, list):
+        if opt.kind in ("append", "positional"):
+            return [str(item) for item in raw]
+        raise ConfigError("a list is not a value for this setting (it takes one)")
+    if isinstance(raw, bool):
+        return raw if opt.kind == "flag" else str(raw).lower()
+    if opt.kind in ("append", "positional"):
+        return [str(raw)]
+    return str(raw)
+
+
+def read_file(path: str) -> dict[str, tuple[Any, str]]:
+    """Options a TOML file sets: name -> (value, key). Keys are the option names (dashes or
+    underscores, as in a paste ``[server:main]`` section, or a long flag's name); any error raises
+    ``ConfigError`` naming the file and key."""
+    if path.endswith(".py"):
+        raise ConfigError(f"{path}: spawning reads TOML settings files, not Python ones (gunicorn's "
+                          "conf.py): write `key = value` lines, as --print-config prints them")
+    toml = _toml_module()
+    try:
+        with open(path, "rb") as f:
+            data = toml.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the settings file {path}: {exc.strerror}") from None
+    except ValueError as exc:  # tomllib.TOMLDecodeError
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    found: dict[str, tuple[Any, str]] = {}
+    for key, raw in data.items():
+        opt = lookup(key)
+        if opt is None or opt.cli_only or opt.name == "config":
+            names = [k for k, o in _KEYS.items() if not o.cli_only and o.name != "config"]
+            close = difflib.get_close_matches(key.replace("-", "_").lower(), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            what = "is a command-line flag only" if opt is not None else f"unknown setting{hint}"
+            raise ConfigError(f"{path}: {key}: {what}")
+        if opt.name in found:
+            raise ConfigError(f"{path}: {found[opt.name][1]} and {key} both set {opt.name}")
+        try:
+            found[opt.name] = (opt.convert(_from_toml(opt, raw)), key)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {key}: invalid value {raw!r}: {exc}") from None
+    return found
+
+
+def resolve(argv: Sequence[str], environ: Mapping[str, str] | None = None,
+            prog: str = "spawning") -> Settings:
+    """Every option from its sources, the first that sets it winning: the command line, then
+    ``SPAWNING_*`` environment variables, then the ``--config`` file (``SPAWNING_CONFIG`` may name
+    it), then the defaults. A bad command line exits 2 (``SystemExit``); a bad variable or file
+    raises ``ConfigError``."""
+    environ = os.environ if environ is None else environ
+    command_line = _parse_command_line(list(argv), prog)
+    from_env = from_environ(environ)
+    values = defaults()
+    sources = dict.fromkeys(values, DEFAULT)
+    path = command_line.get("config") or (from_env["config"][0] if "config" in from_env else None)
+    if path:
+        for name, (value, _) in read_file(path).items():
+            values[name], sources[name] = value, f"file {path}"
+    for name, (value, var) in from_env.items():
+        values[name], sources[name] = value, f"environment {var}"
+    for name, value in command_line.items():
+        values[name], sources[name] = value, COMMAND_LINE
+    return Settings(values, sources)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    return json.dumps(str(value))  # a TOML basic string: JSON's escapes are TOML's
+
+
+def describe(settings: Settings) -> str:
+    """``--print-config``: one TOML line per option, with its source as a comment (an unset
+    option, and ``config``, are comment lines), so the output can serve as a ``--config`` file."""
+    lines = []
+    for opt in OPTIONS:
+        if opt.cli_only or opt.name not in settings.values:
+            continue
+        value = settings.values[opt.name]
+        source = settings.sources.get(opt.name, DEFAULT)
+        text = f"# {opt.name} is not set" if value is None else f"{opt.name} = {_toml_value(value)}"
+        if opt.name == "config" and value is not None:
+            text = f"# {text}"  # names this file: a file naming a file is refused
+        lines.append(f"{text:<44} # {source}")
+    return "\n".join(lines) + "\n"
 
 
 def from_mapping(settings: Mapping[str, Any], base: Mapping[str, Any] | None = None,
@@ -410,12 +727,13 @@ def from_mapping(settings: Mapping[str, Any], base: Mapping[str, Any] | None = N
     """
     values = dict(base) if base is not None else defaults()
     for key, raw in settings.items():
-        name = key.strip().replace("-", "_")
-        opt = _BY_NAME.get(name)
-        if opt is None:
+        opt = lookup(key)
+        if opt is None or opt.cli_only:
             if ignore_unknown:
                 continue
-            raise ConfigError(f"unknown setting {key!r}")
+            raise ConfigError(f"unknown setting {key!r}" if opt is None else
+                              f"{key!r} is a command-line flag only")
+        name = opt.name
         try:
             values[name] = opt.convert(raw)
         except ConfigError as exc:
@@ -427,6 +745,8 @@ def from_mapping(settings: Mapping[str, Any], base: Mapping[str, Any] | None = N
 
 
 def _show_default(opt: Option) -> str:
+    if opt.default_text is not None:
+        return opt.default_text
     if opt.kind == "flag":
         return "off"
     if opt.default in (None, [], ""):
@@ -447,16 +767,18 @@ def markdown_table(options: Iterable[Option] = OPTIONS) -> str:
     for section in SECTIONS:
         if section not in by_section:
             continue
-        lines += [f"### {section}", "", "| option | ini key | default | meaning |",
+        lines += [f"### {section}", "", "| option | key (ini, TOML) | default | meaning |",
                   "| --- | --- | --- | --- |"]
         for opt in by_section[section]:
             flags = ", ".join(f"`{f}`" for f in opt.flags) if opt.flags else f"`{opt.metavar}`"
             if opt.kind == "append":
                 flags += " (repeatable)"
             default = "" if opt.kind == "positional" else f"`{_show_default(opt)}`"
-            ini = "" if opt.kind == "positional" else f"`{opt.name}`"
+            ini = "" if opt.kind == "positional" or opt.cli_only else f"`{opt.name}`"
             lines.append(f"| {flags} | {ini} | {default} | {opt.help.replace('|', '/')} |")
         lines.append("")
-    lines.append("`--help` lists these options; `--version` prints the version. Exit codes: 0 clean "
-                 "shutdown, 1 runtime or bind failure, 2 usage error or application load failure.")
+    lines.append("`--help` lists these options; `--version` prints the version. Each key is also read "
+                 "from a `--config` TOML file and from the environment as `SPAWNING_<KEY>` (upper "
+                 "case: `SPAWNING_MAX_REQUESTS=1000`). Exit codes: 0 clean shutdown, 1 runtime or bind "
+                 "failure, 2 usage error or application load failure.")
     return "\n".join(lines)

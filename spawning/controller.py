@@ -5,7 +5,8 @@ Theory of operation
 The controller is one single-threaded process running one loop (``Controller.run``). Before the
 loop it checks the pid file, binds every listening socket (``sockets.bind_all``), daemonizes if
 asked, writes the pid file, drops privileges (so port 80 can be bound by root and served by
-``--user``), and attaches the optional components (the status service). The sockets stay open for
+``--user``), attaches the optional components (the status service) and, with ``--preload``, imports
+the application (workers then serve that one instead of importing it). The sockets stay open for
 the controller's whole life and every worker inherits them; a reload therefore never refuses a
 connection: whatever no worker accepts waits in the kernel's queue.
 
@@ -359,6 +360,7 @@ class Controller:
         self._last_memory_reload = -MEMORY_RELOAD_COOLDOWN
         self._warned_limits: set[str] = set()
         self._active_target = self.num_workers   # see _start_generation
+        self.preloaded_app: Any = None   # --preload: the app, imported before forking
         self.reloader: Reloader | None = None
         if config.get("reload") == "dev":
             self.reloader = Reloader()
@@ -428,9 +430,11 @@ class Controller:
                 self._selector.register(self.reloader.fileno(), selectors.EVENT_READ,  # type: ignore
                                         self.reloader.on_readable)
             self._attach_components()
-            log.info("spawning %s: listening on %s, %d process%s x %s", self.pid,
-                     ", ".join(self.addresses), self.num_workers, "" if self.num_workers == 1 else "es",
-                     "green threads" if self.green else f"{self.config.get('threads')} threads")
+            if self.config.get("preload"):
+                self._preload()
+            # "listening on" waits for the first generation (_promote_pending): an app that cannot
+            # load then reads as a failed start, not as a start and a death.
+            log.debug("bound %s; starting generation 1", ", ".join(self.addresses))
             self._start_generation("start")
             self._loop()
         finally:
@@ -438,6 +442,26 @@ class Controller:
         if self.exit_message:
             raise Halt(self.exit_code, self.exit_message)
         return self.exit_code
+
+    def _preload(self) -> None:
+        """``--preload``: imports the app here, before any fork; workers serve this one (sharing
+        its memory copy-on-write) instead of importing it. Reloads fork from it too, so they
+        cannot pick up code changes: those need a full restart."""
+        from .errors import AppLoadError
+        from .worker import load_app
+
+        if self.green and not self.config.get("no_monkey_patch"):
+            log.warning("--preload with --threads 0: the app is imported before the worker patches "
+                        "the standard library; what a module bound at import (from socket import "
+                        "socket) stays blocking")
+        started = time.monotonic()
+        try:
+            self.preloaded_app = load_app(self.config)
+        except AppLoadError as exc:
+            log.debug("the application failed to load", exc_info=True)
+            raise Halt(EXIT_USAGE, f"spawning: {exc}") from None
+        log.info("preloaded %s in the controller in %.2f s", self.config.get("app") or "the app",
+                 time.monotonic() - started)
 
     def _attach_components(self) -> None:
         wanted = [(key, target) for key, target in COMPONENTS if self.config.get(key)]
@@ -575,6 +599,9 @@ class Controller:
         if self.booted:
             sd_notify("RELOADING=1")
             log.info("reload (%s): starting generation %d", reason, self.generation)
+            if self.preloaded_app is not None:
+                log.info("--preload: generation %d runs the code the controller loaded at start; "
+                         "a code change needs a full restart", self.generation)
         for _ in range(self.num_workers):
             self._spawn(self.generation, f"generation {self.generation}: {reason}")
 
@@ -611,7 +638,7 @@ class Controller:
         if pid == 0:  # the child: never returns
             try:
                 Worker(self.args, self.listeners, child_end, generation, close_fds,
-                       max_requests).run()
+                       max_requests, app=self.preloaded_app).run()
             finally:
                 os._exit(EXIT_FAILURE)
         child_end.close()
@@ -620,7 +647,8 @@ class Controller:
         w.max_requests = max_requests
         self.workers[pid] = w
         self._selector.register(parent_end, selectors.EVENT_READ, lambda: self._on_channel(w))
-        log.debug("started %r: %s", w, reason)
+        log.debug("started %r: %s%s", w, reason,
+                  f" (--max-requests {max_requests})" if max_requests else "")
         return w
 
     def _on_channel(self, w: WorkerHandle) -> None:
@@ -686,8 +714,14 @@ class Controller:
         elapsed = time.monotonic() - self.pending_started
         if not self.booted:
             self.booted = True
-            log.info("generation %d ready: %d workers (pids %s) in %.2f s", new,
-                     self.num_workers, ", ".join(str(x.pid) for x in self._gen_workers(new)), elapsed)
+            pids = [str(x.pid) for x in self._gen_workers(new)]
+            log.info("generation %d ready: %d worker%s (pid%s %s) in %.2f s", new, len(pids),
+                     "" if len(pids) == 1 else "s", "" if len(pids) == 1 else "s", ", ".join(pids),
+                     elapsed)
+            log.info("spawning %s: listening on %s, %d process%s x %s", self.pid,
+                     ", ".join(self.addresses), self.num_workers, "" if self.num_workers == 1 else "es",
+                     "green threads" if self.green else
+                     f"{self.config.get('threads')} thread{'' if self.config.get('threads') == 1 else 's'}")
         else:
             self.reloads += 1
             self.last_restart_reason = self.pending_reason

@@ -119,6 +119,19 @@ def import_object(dotted: str) -> Any:
     return obj
 
 
+def load_app(config: dict[str, Any]) -> Any:
+    """Imports and builds the application the factory's config names (its ``app_factory``); any
+    failure raises ``AppLoadError`` with one line. A worker calls it after fork; the controller
+    before forking with ``--preload``, and for ``--check-config``."""
+    try:
+        return import_object(config.get("app_factory") or "spawning.wsgi_factory.app_factory")(config)
+    except AppLoadError:
+        raise
+    except Exception as exc:
+        raise AppLoadError(f"cannot load the application: {type(exc).__name__}: {exc}",
+                           _files_of(exc)) from exc
+
+
 def set_process_title(title: str) -> None:
     """Sets the title ``ps`` shows, when the optional ``setproctitle`` package is installed."""
     try:
@@ -135,8 +148,10 @@ class Worker:
     """One worker process (runs in the child after fork; see the module docstring)."""
 
     def __init__(self, args: dict[str, Any], listeners: list[socket.socket], channel: socket.socket,
-                 generation: int, close_fds: list[int], max_requests: int = 0) -> None:
+                 generation: int, close_fds: list[int], max_requests: int = 0,
+                 app: Any = None) -> None:
         self.args = args
+        self.app = app
         # --max-requests (with this worker's jitter): the controller recycles the worker once a
         # heartbeat reports this many; the worker beats as soon as it gets there.
         self.max_requests = max_requests
@@ -218,10 +233,9 @@ class Worker:
             except Exception as exc:
                 raise AppLoadError(f"cannot patch the standard library for green threads: "
                                    f"{type(exc).__name__}: {exc}") from exc
-        app_factory_path = config.get("app_factory") or "spawning.wsgi_factory.app_factory"
         try:
-            app_factory = import_object(app_factory_path)
-            app = app_factory(config)
+            # --preload: the controller imported the app before forking; else each worker does.
+            app = self.app if self.app is not None else load_app(config)
             if self.coverage is not None:  # /_coverage on the app port, as the original had
                 from .coverage_support import middleware
                 app = middleware(app, self.coverage)

@@ -210,6 +210,10 @@ def test_daemonize_writes_pidfile_and_logs(tmp_path: Path):
         from conftest import wait_http_status
 
         assert wait_http_status(port) == 200
+        # Logged once the first generation is ready: a worker may answer just before that line.
+        deadline = time.monotonic() + 5
+        while "listening on" not in errlog.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert "listening on" in errlog.read_text()
     finally:
         os.kill(pid, signal.SIGTERM)
