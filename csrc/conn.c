@@ -74,6 +74,7 @@ sp_conn *conn_new(sp_server *s, int fd, int listener, const struct sockaddr *sa,
     c->writable = 1;
     c->req.fd = fd;
     c->req.listener = listener;
+    c->proxy_wait = listener >= 0 && listener < 64 && (s->cfg.proxy_listeners >> listener & 1);
     char host[INET6_ADDRSTRLEN] = "", port[8] = "";
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
@@ -574,6 +575,33 @@ static int try_parse(sp_server *s, sp_conn *c) {
     return 1;
 }
 
+/* The PROXY preamble that opens a connection on a listener that expects one (sp_parse_proxy):
+ * the client's address from it replaces the peer's before any env block is built. Returns 1 when
+ * it is done with (what follows is the first head), 0 for more bytes, -1 when it closed c: a
+ * connection without a valid preamble gets no answer, as nginx and HAProxy do (whoever sent it
+ * does not speak the protocol, so a response would reach a client we cannot name). */
+static int read_proxy(sp_server *s, sp_conn *c) {
+    sp_proxy_addr pa;
+    int rc = sp_parse_proxy(c->in + c->pos, c->in_len - c->pos, &pa);
+    if (rc == SP_PARTIAL) return 0;
+    if (rc < 0) { conn_close(s, c); return -1; }
+    c->proxy_wait = 0;
+    c->pos += (size_t)rc;
+    if (pa.family != SP_PROXY_KEEP) {
+        char host[INET6_ADDRSTRLEN];
+        if (!inet_ntop(pa.family == SP_PROXY_INET ? AF_INET : AF_INET6, pa.src, host, sizeof(host))) {
+            conn_close(s, c);
+            return -1;
+        }
+        size_t hl = strlen(host) + 1;
+        memcpy(c->remote, host, hl);
+        c->remote_len = hl;
+        c->port_num = pa.src_port;
+        c->port_len = (size_t)snprintf(c->port, sizeof(c->port), "%u", c->port_num);
+    }
+    return 1;
+}
+
 /* Reads what the socket has and parses; for C_HEAD connections. */
 static void conn_read_head(sp_server *s, sp_conn *c) {
     const sp_limits *lim = &s->cfg.limits;
@@ -644,9 +672,14 @@ static void conn_read_head(sp_server *s, sp_conn *c) {
             if (c->in_len == c->pos && !c->head_started_ms) {
                 /* First byte of a new head: the header timeout starts now. */
                 c->head_started_ms = s->now_us / 1000;
-                c->deadline_ms = c->head_started_ms + s->cfg.header_timeout_ms;
+                c->deadline_ms = deadline_after(c->head_started_ms, s->cfg.header_timeout_ms);
             }
             c->in_len += (size_t)r;
+            if (c->proxy_wait) {
+                int pr = read_proxy(s, c);
+                if (pr < 0) return;
+                if (pr == 0) continue;
+            }
             if (try_parse(s, c) != 0) return;
             continue;
         }

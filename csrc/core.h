@@ -93,6 +93,7 @@ typedef struct sp_conn {
     char port[8];                    /* the REMOTE_PORT value */
     size_t port_len;
     unsigned port_num;               /* the same as a number (0 for Unix sockets): in the code */
+    unsigned char proxy_wait;        /* a PROXY preamble must come first (sp_config.proxy_listeners) */
     int slot;                        /* index in srv->slots while open: the code's handle */
     unsigned gen;                    /* generation in request codes (SP_CODE_GEN_MASK bits) */
     unsigned char repeat;            /* this head is the previous one's bytes (try_parse) */

@@ -234,6 +234,35 @@ int sp_server_wakeup_fd(sp_server *s) { return s->wake_w; }
 
 void sp_server_wakeup(sp_server *s) {
     char b = 0;
+size_t sp_server_busy(sp_server *s, char *out, size_t cap) {
+    size_t n = 0;
+    pthread_mutex_lock(&s->mu);
+    int64_t now = sp_now_ms();
+    for (sp_conn *c = s->conns; c; c = c->next) {
+        if (c->state != C_BUSY || c->req.env == NULL) continue;
+        /* The env block opens with REMOTE_ADDR, REQUEST_METHOD and PATH_INFO, NUL-terminated. */
+        const char *addr = c->req.env, *end = addr + c->req.env_len;
+        const char *method = memchr(addr, 0, (size_t)(end - addr));
+        if (!method) continue;
+        method++;
+        const char *mend = memchr(method, 0, (size_t)(end - method));
+        if (!mend) continue;
+        const char *path = mend + 1;
+        const char *pend = memchr(path, 0, (size_t)(end - path));
+        if (!pend) continue;
+        char age[24];
+        int alen = snprintf(age, sizeof(age), "%lld", (long long)(now - c->busy_since_us / 1000));
+        size_t ml = (size_t)(mend - method), pl = (size_t)(pend - path);
+        size_t need = ml + pl + (size_t)alen + 3;
+        if (alen < 0 || n + need > cap) break;
+        memcpy(out + n, method, ml); n += ml; out[n++] = 0;
+        memcpy(out + n, path, pl); n += pl; out[n++] = 0;
+        memcpy(out + n, age, (size_t)alen); n += (size_t)alen; out[n++] = 0;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
     ssize_t r = write(s->wake_w, &b, 1);   /* EAGAIN: a wake-up is already pending, fine */
     (void)r;
 }

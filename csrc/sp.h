@@ -94,6 +94,32 @@ ssize_t sp_decode_path(const char *path, size_t len, char *out);
 #define SP_ENV_NFIXED 5
 ssize_t sp_env_pack(const sp_request_head *req, char *out, size_t cap);
 
+/* ---- PROXY protocol preamble (proxy.c): zero-copy, no allocation, pure. ------------------------ */
+
+/* The client address a load balancer's PROXY preamble gives (HAProxy's proxy-protocol.txt, v1 text
+ * and v2 binary). family 0 means "keep the connection's own address": a v2 LOCAL command (the
+ * balancer's health check), v1 UNKNOWN, v2 UNSPEC or AF_UNIX addresses. */
+#define SP_PROXY_KEEP 0
+#define SP_PROXY_INET 4
+#define SP_PROXY_INET6 6
+typedef struct sp_proxy_addr {
+    int version;               /* 1 (text) or 2 (binary) */
+    int family;                /* SP_PROXY_INET, SP_PROXY_INET6 or SP_PROXY_KEEP */
+    unsigned char src[16];     /* source address, network order (4 bytes used for INET) */
+    uint16_t src_port;         /* host order */
+} sp_proxy_addr;
+
+/* Longest preamble accepted: v1 is at most 107 bytes with its CRLF (the spec's own bound); v2 is
+ * 16 bytes plus a declared length of up to 65535, capped here (below). */
+#define SP_PROXY_V1_MAX 107
+#define SP_PROXY_V2_MAX 4096
+
+/* Parses the PROXY preamble at the start of buf[0..len). Returns the bytes it takes (> 0; what
+ * follows is the first request), SP_PARTIAL while the bytes so far may still begin a valid
+ * preamble, or -400: not a preamble (an HTTP request, garbage), malformed, or longer than
+ * SP_PROXY_V1_MAX / SP_PROXY_V2_MAX. Garbage is refused at its first byte that cannot fit. */
+int sp_parse_proxy(const char *buf, size_t len, sp_proxy_addr *out);
+
 /* ---- Server (server.c, conn.c, loop backends) ------------------------------------------------- */
 
 typedef struct sp_server sp_server;
@@ -113,9 +139,16 @@ typedef struct sp_config {
                                     "Corking"). Off for a single app thread: nothing else would
                                     flush them while that thread runs a slow request. */
     int chain;                   /* thread mode: sp_code_answer() also takes the next request */
+    uint64_t proxy_listeners;    /* bit i: connections on listener i (0-63) start with a PROXY
+                                    preamble (sp_parse_proxy), which gives REMOTE_ADDR and
+                                    REMOTE_PORT; one without a valid preamble is closed unanswered */
+    uint64_t max_requests;       /* once this many requests went to the app the server drains
+                                    itself (as sp_server_drain) and says so in sp_stats.retiring;
+                                    0: no limit */
 } sp_config;
 
-/* What Python reads of one request. Valid from its SP_EV_REQUEST until sp_req_finish(). */
+/* What Python reads of one request. Valid from its SP_EV_REQUEST until sp_req_finish(); the
+ * functions that act on the request take its code instead (sp_req_*, below). */
 typedef struct sp_request {
     const char *env;             /* "REMOTE_ADDR value\0", sp_env_pack()'s block, then the REMOTE_PORT
                                     value (env_len stops before its NUL). The port comes last so
@@ -255,6 +288,10 @@ int sp_req_start(sp_server *s, sp_request *r, const char *status, size_t slen,
  * -EMSGSIZE when no more body may go (its Content-Length is all sent, or the response has no body:
  * HEAD, 204, 304; bytes past the length are cut and the connection closes after the response),
  * or -EPIPE / -ECONNRESET when the client is gone. */
+/* The requests Python holds now (the app runs them), for a worker that is about to cut them: for
+ * each, "METHOD\0PATH_INFO\0AGE_MS\0" into out[0..cap), requests that do not fit whole left out.
+ * Returns the bytes written. */
+size_t sp_server_busy(sp_server *s, char *out, size_t cap);
 ssize_t sp_req_write(sp_server *s, sp_request *r, const char *buf, size_t len);
 /* Writes queued bytes without blocking; returns the bytes still queued or -errno. */
 ssize_t sp_req_flush(sp_server *s, sp_request *r);

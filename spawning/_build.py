@@ -10,7 +10,7 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(os.path.dirname(HERE), "csrc")
-SOURCES = ["parser.c", "env.c", "server.c", "conn.c", "pyfast.c"]
+SOURCES = ["parser.c", "env.c", "proxy.c", "server.c", "conn.c", "pyfast.c"]
 
 # cffi compiles against the stable ABI except on debug and free-threaded builds; we do the same.
 LIMITED_API = not (hasattr(sys, "gettotalrefcount") or sysconfig.get_config_var("Py_GIL_DISABLED"))

@@ -22,6 +22,14 @@ int sp_chunked_decode(sp_chunked *d, char *buf, size_t len, size_t *out_len, siz
 ssize_t sp_decode_path(const char *path, size_t len, char *out);
 ssize_t sp_env_pack(const sp_request_head *req, char *out, size_t cap);
 
+#define SP_PROXY_KEEP 0
+#define SP_PROXY_INET 4
+#define SP_PROXY_INET6 6
+#define SP_PROXY_V1_MAX 107
+#define SP_PROXY_V2_MAX 4096
+typedef struct sp_proxy_addr { int version; int family; unsigned char src[16]; uint16_t src_port; } sp_proxy_addr;
+int sp_parse_proxy(const char *buf, size_t len, sp_proxy_addr *out);
+
 typedef struct sp_server sp_server;
 typedef struct sp_config {
     sp_limits limits; int64_t max_body_size; int max_connections; int header_timeout_ms;
@@ -30,6 +38,8 @@ typedef struct sp_config {
     const char *server_header;
     int cork;
     int chain;
+    uint64_t proxy_listeners;
+    uint64_t max_requests;
 } sp_config;
 typedef struct sp_request {
     const char *env; size_t env_len; int fd; int listener; int body; int head;
@@ -77,6 +87,7 @@ int sp_req_start(sp_server *s, sp_request *r, const char *status, size_t slen, c
 ssize_t sp_req_write(sp_server *s, sp_request *r, const char *buf, size_t len);
 ssize_t sp_req_flush(sp_server *s, sp_request *r);
 ssize_t sp_req_drain(sp_server *s, sp_request *r, size_t low_water);
+size_t sp_server_busy(sp_server *s, char *out, size_t cap);
 ssize_t sp_req_sendfile(sp_server *s, sp_request *r, int fd, int64_t offset, size_t count);
 int sp_req_respond(sp_server *s, sp_request *r, const char *status, size_t slen, const char *headers, size_t hlen, const char *body, size_t blen);
 int sp_req_finish(sp_server *s, sp_request *r, int abort);

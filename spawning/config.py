@@ -155,6 +155,17 @@ def ip_list(text: str) -> str:
     return str(text).strip()
 
 
+def ip_list(text: str) -> str:
+    """``--forwarded-allow-ips``: addresses and CIDR blocks, comma-separated, or ``*``."""
+    from .forwarded import parse_allow
+
+    try:
+        parse_allow(str(text))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return str(text).strip()
+
+
 def optional_str(text: str) -> str | None:
     return str(text) if str(text) != "" else None
 
@@ -223,6 +234,7 @@ SECTIONS = (
     "Application",
     "Configuration",
     "Listening",
+    "Behind a proxy",
     "Processes",
     "Reloading and recycling",
     "Timeouts and limits",
@@ -275,7 +287,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("port", ("-p", "--port"), 8080, "port to listen on (ignored with --bind)",
            "Listening", type=port, metavar="PORT"),
     Option("bind", ("-b", "--bind"), [], "address to listen on, repeatable: HOST:PORT, [::1]:PORT, "
-           "unix:/path or fd://N; replaces --host/--port", "Listening", type=address, kind="append",
+           "unix:/path or fd://N (proxy://ADDRESS: PROXY protocol there); replaces --host/--port",
+           "Listening", type=address, kind="append",
            metavar="ADDRESS"),
     Option("backlog", ("--backlog",), 2048, "listen queue length", "Listening", type=positive,
            metavar="N"),
@@ -287,6 +300,20 @@ OPTIONS: tuple[Option, ...] = (
            "Listening", kind="flag"),
     Option("max_connections", ("--max-connections",), 10000,
            "most open client connections per worker process", "Listening", type=positive, metavar="N"),
+    # Behind a proxy
+    Option("forwarded_allow_ips", ("--forwarded-allow-ips",), "127.0.0.1,::1", "peers whose "
+           "X-Forwarded-For/-Proto/-Ssl and Forwarded headers are believed (REMOTE_ADDR, "
+           "wsgi.url_scheme): comma-separated addresses and CIDR blocks, or '*'; Unix-socket "
+           "peers are trusted", "Behind a proxy", type=ip_list, metavar="IPS"),
+    Option("forwarded_host", ("--forwarded-host",), False, "also take HTTP_HOST from a trusted "
+           "peer's X-Forwarded-Host (or Forwarded host=) and SERVER_PORT from its "
+           "X-Forwarded-Port", "Behind a proxy", kind="flag"),
+    Option("proxy_protocol", ("--proxy-protocol",), False, "every listener expects the PROXY "
+           "protocol (v1 or v2, as HAProxy or AWS NLB send it) before each connection's first "
+           "request, and takes REMOTE_ADDR/REMOTE_PORT from it; a connection without one is closed "
+           "(one listener alone: --bind proxy://ADDRESS)", "Behind a proxy", kind="flag"),
+    Option("no_server_header", ("--no-server-header",), False, "send no Server response header",
+           "Behind a proxy", kind="flag"),
     # Processes
     Option("processes", ("-s", "--processes", "--workers"), 4, "worker processes", "Processes", type=positive,
            metavar="N"),

@@ -39,7 +39,9 @@ with code 2: a server that has never served should not sit in a crash loop.
 
 Signals: handlers only append the signal to a queue (and Python's wakeup descriptor wakes the
 loop's selector); the loop acts on them. SIGHUP reloads, SIGTERM/SIGINT shut down gracefully (a
-second SIGINT makes it immediate), SIGQUIT shuts down immediately, SIGTTIN/SIGTTOU add/remove a
+second SIGINT makes it immediate; with ``--shutdown-delay`` a SIGTERM first makes the server
+unready, /readyz and ``--health-path`` answering 503, and serves on for that long, so that load
+balancers stop sending before the drain; the drain logs what it waits for every 5 s), SIGQUIT shuts down immediately, SIGTTIN/SIGTTOU add/remove a
 worker, SIGCHLD reaps; other catchable signals that would otherwise kill the process (SIGUSR1,
 SIGUSR2, SIGWINCH) are logged and ignored.
 
@@ -67,6 +69,7 @@ Extension points for other components (the status service of ``--status-port``):
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import selectors
@@ -107,6 +110,10 @@ MIN_SILENCE = 5.0
 TICK = 0.5
 
 COMPONENTS: tuple[tuple[str, str], ...] = (
+#: Seconds between two "waiting for N requests" lines of a graceful shutdown.
+PROGRESS_INTERVAL = 5.0
+#: ...and how long the first waits for the heartbeats asked for at the start of the shutdown.
+PROGRESS_FIRST = 0.2
     ("status_port", "spawning.status:attach"),
     ("coverage", "spawning.coverage_support:attach"),
 )
@@ -332,6 +339,11 @@ class Controller:
         self.pending_gen: int | None = None
         self.pending_reason = ""
         self.pending_started = 0.0
+        self.shutdown_delay = float(config.get("shutdown_delay") or 0.0)
+        #: After a SIGTERM under --shutdown-delay: when the drain starts (monotonic), else None.
+        self.delay_until: float | None = None
+        self._unready = False                    # the workers were told the server shuts down
+        self._progress_at: float | None = None   # when the next shutdown progress line is due
         self.gen_ready_at: float | None = None
         self.booted = False
         self.stopping: str | None = None  # None, "graceful" or "immediate"
@@ -395,11 +407,23 @@ class Controller:
             "uptime": time.time() - self.started_at,
             "generation": self.active_gen,
             "pending_generation": self.pending_gen,
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why) for ``/readyz``: ready while a generation serves and no shutdown has begun
+        (--shutdown-delay included: a load balancer must see it before the drain)."""
+        if self.stopping or self.delay_until is not None or self._unready:
+            return False, "shutting down"
+        if self.active_gen is None:
+            return False, "starting"
+        if not any(w.state == "ready" for w in self._gen_workers(self.active_gen)):
+            return False, "no worker ready"
+        return True, "ready"
+
             "processes": self.num_workers,
             "reloads": self.reloads,
             "restarts": dict(self.restarts),
             "last_restart_reason": self.last_restart_reason,
-            "state": self.stopping or ("running" if self.booted else "starting"),
+            "state": self.stopping or ("delaying" if self.delay_until is not None else
+                                       "running" if self.booted else "starting"),
             "listen": list(self.addresses),
             "reload_backend": self.reloader.backend if self.reloader else None,
             "config": safe_config,
@@ -517,6 +541,9 @@ class Controller:
                     log.exception("error in a controller callback")
             self._handle_signals()
             self._reap()
+            for due in (self._progress_at, self.delay_until):   # on time, not up to a TICK late
+                if due is not None:
+                    timeout = min(timeout, max(0.0, due - time.monotonic()))
             if self.stopping and not self.workers:
                 return
             self._maintain()
@@ -531,7 +558,7 @@ class Controller:
                 log.info("SIGHUP: reloading")
                 self.reload("SIGHUP")
             elif signum == signal.SIGTERM:
-                self.shutdown(graceful=True, why=name)
+                self._on_sigterm(name)
             elif signum == signal.SIGINT:
                 self.shutdown(graceful=self.stopping is None, why=name)
             elif signum == signal.SIGQUIT:
@@ -554,7 +581,7 @@ class Controller:
 
     def reload(self, reason: str) -> None:
         """Starts a graceful reload (a new generation), or queues one if a reload is booting."""
-        if self.stopping:
+        if self.stopping or self.delay_until is not None:
             return
         if self.pending_gen is not None:
             self.reload_again = reason
@@ -571,11 +598,65 @@ class Controller:
             log.info("%s: %s shutdown", why or "shutting down", self.stopping)
         sockets_mod.stop_listening(self.listeners)   # new clients: refused, not held and reset
         now = time.monotonic()
+    def _on_sigterm(self, why: str) -> None:
+        """SIGTERM, as orchestrators send it: with --shutdown-delay the server first stops being
+        ready (/readyz and --health-path answer 503) while it goes on accepting and serving for
+        that long, so that load balancers stop sending before anything is refused; then the
+        graceful shutdown. A second SIGTERM meanwhile starts the drain at once."""
+        if self.delay_until is not None:
+            log.info("%s again: draining now", why)
+            self.shutdown(graceful=True, why=why)
+        elif self.shutdown_delay > 0 and self.stopping is None and self.booted:
+            self.delay_until = time.monotonic() + self.shutdown_delay
+            self._announce_unready()
+            sd_notify(f"STOPPING=1\nSTATUS=shutting down in {self.shutdown_delay:g} s")
+            log.info("%s: not ready any more; serving %g s more (--shutdown-delay), then draining",
+                     why, self.shutdown_delay)
+        else:
+            self.shutdown(graceful=True, why=why)
+
+    def _announce_unready(self) -> None:
+        """Tells every worker that the server shuts down (its --health-path answers 503), once."""
+        if self._unready:
+            return
+        self._unready = True
+        for w in list(self.workers.values()):
+            if w.state != "starting":
+                w.send({"t": "unready"})
+
+    def _log_progress(self, now: float) -> None:
+        """A graceful shutdown's progress, at its start and every PROGRESS_INTERVAL seconds while
+        workers remain: what they still hold (their last heartbeats) and the time left."""
+        workers = list(self.workers.values())
+        if not workers:
+            self._progress_at = None
+            return
+
+        def count(value: Any) -> int:
+            return int(value) if isinstance(value, (int, float)) else 0
+
+        requests = sum(count(w.stats.get("in_flight")) for w in workers)
+        connections = sum(count(w.stats.get("connections")) for w in workers)
+        deadlines = [w.drain_deadline for w in workers if w.drain_deadline is not None]
+        left = (f"up to {math.ceil(max(0.0, max(deadlines) - now))} s" if deadlines
+                else "with no time limit (--graceful-timeout 0)")
+        log.info("waiting for %d request%s (%d connection%s), %s", requests,
+                 "" if requests == 1 else "s", connections, "" if connections == 1 else "s", left)
+        self._progress_at = now + PROGRESS_INTERVAL
+
         for w in list(self.workers.values()):
             if w.state == "starting":
                 # Serves nothing yet, so nothing to drain: a graceful stop need not wait for an
                 # app's import (it reads no drain message until it has booted).
                 w.state = "draining"
+        self.delay_until = None
+        self._announce_unready()
+        if graceful:
+            # The first progress line in a moment, from fresh heartbeats: ask for them.
+            self._progress_at = time.monotonic() + PROGRESS_FIRST
+            for w in list(self.workers.values()):
+                if w.state != "starting":
+                    w.send({"t": "ping"})
                 w.drain_deadline = w.term_sent = w.kill_sent = now
                 self._signal(w, signal.SIGKILL)
             elif graceful:
@@ -723,6 +804,8 @@ class Controller:
                      "green threads" if self.green else
                      f"{self.config.get('threads')} thread{'' if self.config.get('threads') == 1 else 's'}")
         else:
+        if self._unready:    # a replacement started during --shutdown-delay
+            w.send({"t": "unready"})
             self.reloads += 1
             self.last_restart_reason = self.pending_reason
             log.info("reload (%s): generation %d ready in %.2f s; draining generation %s",
@@ -908,6 +991,10 @@ class Controller:
                 log.warning("%r did not exit %.0f s after SIGTERM; sending SIGKILL", w, KILL_AFTER)
                 w.kill_sent = now
                 self._signal(w, signal.SIGKILL)
+        if self.delay_until is not None and now >= self.delay_until:
+            self.shutdown(graceful=True, why=f"SIGTERM, --shutdown-delay {self.shutdown_delay:g} s over")
+        if self._progress_at is not None and now >= self._progress_at:
+            self._log_progress(now)
 
     def _check_timeouts(self, now: float) -> None:
         if self.timeout <= 0:

@@ -1322,7 +1322,8 @@ def serve(server: Any) -> None:
     hub = Hub(server._srv, server._finished)
     waiter = GreenRequestWaiter(hub, float(cfg.get("body_timeout") or 60),
                                 float(cfg.get("send_timeout") or 60))
-    hub.handle = wsgi.make_handler(server.app, server._srv, server.base_envs, waiter, server.access_log)
+    hub.handle = wsgi.make_handler(server.app, server._srv, server.base_envs, waiter, server.access_log,
+                                   forwarded=getattr(server, "forwarded", None))
     for fn in getattr(server, "hub_tasks", ()):   # they start once the hub runs
         hub.schedule(GreenThread(hub, fn, (), {})._start)
     try:

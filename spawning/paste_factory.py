@@ -7,7 +7,8 @@ Two ways in, one behaviour:
     importing the application: it checks the application section exists and takes the server
     settings from ``[server:main]``. Keys are the command line's option names (``processes``,
     ``max-memory`` or ``max_memory``...), validated exactly as on the command line
-    (``config.from_mapping``); an option given on the command line wins over the file. ``APP`` picks
+    (``config.from_mapping``); an option given on the command line, by a ``SPAWNING_*`` variable or
+    in a ``--config`` file wins over the ini file. ``APP`` picks
     ``[app:APP]`` (or composite/pipeline/filter-app; default ``main``); ``key=value`` words become
     global_conf, as ``pserve`` treats them. ``app_factory`` runs in each worker after fork and calls
     ``paste.deploy.loadapp``, so a reload imports fresh code. The ini file is added to ``watch``, so
@@ -45,7 +46,8 @@ __all__ = ["app_factory", "config_factory", "runner_config_factory", "server_run
 #: Settings that make no sense inside a ``[server:...]`` section: we are already the factory.
 _NOT_SERVER_SETTINGS = ("args", "factory")
 
-#: ``args`` key (set by ``spawning.cli``) naming the options given on the command line.
+#: ``args`` key (set by ``spawning.cli``) naming the options set explicitly: on the command line, by
+#: a ``SPAWNING_*`` variable or in the ``--config`` file (the name is older than the last two).
 GIVEN_KEY = "set_on_command_line"
 
 
@@ -145,8 +147,9 @@ def _one_line(exc: BaseException) -> str:
 
 
 def given_options(args: Mapping[str, Any]) -> set[str]:
-    """Options the command line set. ``spawning.cli`` records them; without that record (a factory
-    called from Python), an option counts as given when it differs from its default."""
+    """Options set explicitly (command line, environment, ``--config``). ``spawning.cli`` records
+    them; without that record (a factory called from Python), an option counts as given when it
+    differs from its default."""
     recorded = args.get(GIVEN_KEY)
     if recorded is not None:
         return set(recorded)

@@ -21,8 +21,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import wsgi
+from . import sockets, wsgi
 from ._core import ffi, lib
+from .forwarded import ProxyTrust
 
 log = logging.getLogger("spawning")
 
@@ -83,8 +84,11 @@ class Server:
             from . import green
             green.check_app_compat()
         self._core_cfg = make_core_config(config)
-        self._server_header = ffi.new("char[]", SERVER_HEADER)
+        # --no-server-header: an empty value is no header at all (csrc/sp.h).
+        self._server_header = ffi.new("char[]", b"" if config.get("no_server_header") else SERVER_HEADER)
         self._core_cfg.server_header = self._server_header
+        self._core_cfg.proxy_listeners = sockets.proxy_listeners(config, len(listeners))
+        self.forwarded = ProxyTrust(config.get("forwarded_allow_ips"), config.get("forwarded_host"))
         srv = lib.sp_server_new(self._core_cfg)
         if srv == ffi.NULL:
             raise OSError(ffi.errno, "cannot create the server loop")
@@ -164,7 +168,7 @@ class Server:
     def _serve_threads(self) -> None:
         waiter = wsgi.ThreadWaiter(self._srv, _ms(self.config.get("body_timeout"), 60))
         handle = wsgi.make_handler(self.app, self._srv, self.base_envs, waiter, self.access_log,
-                                   threads=self.threads, poll_ms=POLL_MS)
+                                   threads=self.threads, poll_ms=POLL_MS, forwarded=self.forwarded)
         workers = [threading.Thread(target=self._thread_main, args=(handle,), name=f"spawning-{i}",
                                     daemon=True) for i in range(self.threads)]
         for t in workers:

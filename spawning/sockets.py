@@ -9,7 +9,9 @@ Addresses (``--bind``, repeatable):
 - ``HOST:PORT``, ``:PORT`` or ``PORT`` (IPv4 or a host name),
 - ``[V6ADDR]:PORT`` (IPv6; ``IPV6_V6ONLY`` is set so ``[::]`` and ``0.0.0.0`` can both be bound),
 - ``unix:/path`` (a stale socket file left by a dead server is removed; a live one is an error),
-- ``fd://N`` (an already listening descriptor handed over by a parent process).
+- ``fd://N`` (an already listening descriptor handed over by a parent process);
+- any of these as ``proxy://ADDRESS``: connections there start with a PROXY protocol preamble
+  (``--proxy-protocol`` sets that for every listener).
 
 With ``LISTEN_FDS``/``LISTEN_PID`` set for this process (systemd socket activation) the inherited
 descriptors 3.. are used and nothing is bound.
@@ -17,6 +19,7 @@ descriptors 3.. are used and nothing is bound.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -48,8 +51,11 @@ class Address:
     port: int = 0
     path: str = ""
     fd: int = -1
+    proxy: bool = False    # connections start with a PROXY protocol preamble
 
     def __str__(self) -> str:
+        if self.proxy:
+            return "proxy://" + str(dataclasses.replace(self, proxy=False))
         if self.kind == "unix":
             return f"unix:{self.path}"
         if self.kind == "fd":
@@ -60,6 +66,14 @@ class Address:
 def parse_address(text: str) -> Address:
     """Parses one ``--bind`` value; raises ``ConfigError`` with a one-line reason."""
     text = text.strip()
+    if text.startswith("proxy://"):
+        rest = text[len("proxy://"):]
+        if not rest.strip():
+            raise ConfigError(f"bad address {text!r}: proxy:// needs an address")
+        inner = parse_address(rest)
+        if inner.proxy:
+            raise ConfigError(f"bad address {text!r}: proxy:// twice")
+        return dataclasses.replace(inner, proxy=True)
     if text.startswith("unix:"):
         path = text[len("unix:"):]
         path = path.removeprefix("//")
@@ -105,6 +119,21 @@ def addresses_from_config(config: dict[str, Any]) -> list[Address]:
     if host.startswith("unix:"):
         return [parse_address(host)]
     return [Address("tcp", host=host.strip("[]"), port=int(config.get("port", 8080)))]
+
+
+def proxy_listeners(config: dict[str, Any], count: int) -> int:
+    """The bit mask of listeners (by index, as ``bind_all`` returns them) whose connections start
+    with a PROXY preamble: all with ``--proxy-protocol``, else those bound as ``proxy://``.
+    Sockets from systemd follow only ``--proxy-protocol`` (no address names them)."""
+    if config.get("proxy_protocol"):
+        return (1 << min(count, 64)) - 1
+    mask = 0
+    binds = config.get("bind") or []
+    if binds and len(binds) == count:
+        for i, address in enumerate(addresses_from_config(config)[:64]):
+            if address.proxy:
+                mask |= 1 << i
+    return mask
 
 
 def systemd_sockets(environ: dict[str, str] | None = None, unset: bool = True) -> list[socket.socket]:

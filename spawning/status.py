@@ -19,6 +19,8 @@ channel each second), so they cost nothing while nobody looks:
 - ``/`` and ``/status``: an HTML page with no external assets that refreshes itself;
 - ``/status.json``: the same data (the schema is in docs/status.md and docs/status.schema.json);
 - ``/metrics``: the Prometheus text exposition format (version 0.0.4);
+- ``/healthz``: 200 while the controller runs (liveness); ``/readyz``: 200 while a generation
+  serves, 503 while starting and from the start of a shutdown on (``--shutdown-delay`` included);
 - ``/_coverage/`` with ``--coverage``: the combined coverage report (spawning.coverage_support).
 
 Counters must never go down, yet workers come and go with their counts. A ``Ledger`` keeps the
@@ -862,6 +864,12 @@ class StatusService:
             elif path == coverage_support.PREFIX or path.startswith(coverage_support.PREFIX + "/"):
                 self._serve_coverage(client, path, head_only)
             else:
+            elif path == "/healthz":     # alive: the controller's loop answered
+                self._send(client, 200, "text/plain; charset=utf-8", b"ok\n", head_only)
+            elif path == "/readyz":
+                ready, why = self.controller.readiness()
+                self._send(client, 200 if ready else 503, "text/plain; charset=utf-8",
+                           why.encode() + b"\n", head_only)
                 self._send(client, 404, "text/plain; charset=utf-8",
                            b"not found: try /, /status.json or /metrics\n", head_only)
         except Exception:

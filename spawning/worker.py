@@ -24,10 +24,13 @@ The channel is one end of a ``socketpair`` carrying line-delimited JSON objects,
   "files": [...]}`` every ``HEARTBEAT`` seconds (``files``: newly imported module files, with
   ``--reload=dev``); ``{"t": "boot_error", "msg": "...", "files": [...]}``.
 - controller -> worker: ``{"t": "drain"}`` (finish in-flight requests and exit), ``{"t": "stop"}``
-  (exit as soon as possible), ``{"t": "cov_save"}`` (with ``--coverage``: save coverage data now).
+  (exit as soon as possible), ``{"t": "cov_save"}`` (with ``--coverage``: save coverage data now),
+  ``{"t": "unready"}`` (the server shuts down: ``--health-path`` answers 503 from now on, while
+  the worker may still serve through ``--shutdown-delay``).
 
 Signals: SIGTERM and SIGINT drain, SIGQUIT stops at once; a second SIGTERM/SIGINT while draining
-stops at once (that is the controller's "TERM" step when a drain overruns ``--graceful-timeout``).
+stops at once (that is the controller's "TERM" step when a drain overruns ``--graceful-timeout``);
+a worker that stops so logs the requests it cuts (method, path, age), read from the core.
 SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1/2 and SIGWINCH are ignored: they are the controller's. Handlers do
 nothing but enqueue: Python's wakeup descriptor writes the signal number into a pipe, and the
 housekeeping, which also reads the channel, acts on it by calling the thread-safe
@@ -58,6 +61,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 from .errors import WORKER_BOOT_ERROR, AppLoadError
+from .health import Readiness
+from .health import middleware as health_middleware
 
 log = logging.getLogger("spawning")
 
@@ -68,6 +73,8 @@ _monotonic = time.monotonic
 
 #: Seconds between two heartbeats.
 HEARTBEAT = 1.0
+#: Requests a stopping worker names in its log line (the count says how many more).
+CUT_SHOWN = 20
 #: Seconds between two looks at the request count under --max-requests.
 LIMIT_POLL = 0.05
 
@@ -172,6 +179,8 @@ class Worker:
 
     # -- plumbing -------------------------------------------------------------------------------------
 
+        # What --health-path answers: 503 once the server as a whole is shutting down.
+        self.readiness = Readiness()
     def send(self, message: dict[str, Any]) -> bool:
         data = encode(message)
         with self._send_lock:
@@ -246,6 +255,8 @@ class Worker:
                                _files_of(exc)) from exc
         try:
             server_class = import_object(config.get("server_class") or DEFAULT_SERVER_CLASS)
+            if config.get("health_path"):
+                app = health_middleware(app, config["health_path"], self.readiness)
             return server_class(app, config, self.listeners)
         except Exception as exc:
             raise AppLoadError(f"cannot start the server: {type(exc).__name__}: {exc}") from exc
@@ -412,6 +423,7 @@ class Worker:
                 self._stop()
             else:
                 self._drain(f"signal {signal.Signals(signum).name}")
+            self.readiness.serving = False
 
     def _on_command(self, message: dict[str, Any]) -> None:
         kind = message.get("t")
@@ -424,6 +436,7 @@ class Worker:
         elif kind == "cov_save" and self.coverage is not None:
             self.coverage.save()
 
+                self.readiness.serving = False
     def _drain(self, why: str) -> None:
         if self.draining:
             return
@@ -435,6 +448,8 @@ class Worker:
         self.stopping = True
         self.server.stop()
 
+        elif kind == "unready":     # the server shuts down (--shutdown-delay may keep it serving)
+            self.readiness.serving = False
     def _heartbeat(self) -> None:
         try:
             stats = dict(self.server.stats())
@@ -454,3 +469,24 @@ class Worker:
 def _files_of(exc: BaseException) -> list[str]:
     filename = getattr(exc, "filename", None)
     return [filename] if isinstance(filename, str) and filename.endswith(".py") else []
+        self._log_cut()
+    def _log_cut(self) -> None:
+        """Names the requests a stop abandons (method, path, age), as the worker's last words: the
+        controller stops a drain that overran --graceful-timeout with SIGTERM, and only this
+        process knows what it was still running. Read from the core, so it costs nothing before."""
+        busy = getattr(self.server, "busy", None)
+        try:
+            cut = busy() if busy is not None else []
+        except Exception:  # noqa: BLE001 - last words must not stop the stop
+            log.exception("worker %d: cannot list its requests", os.getpid())
+            return
+        if not cut:
+            return
+        why = ("still draining at SIGTERM (--graceful-timeout "
+               f"{float(self.config.get('graceful_timeout', 30)):g} s)" if self.draining
+               else "stopping at once")
+        shown = ", ".join(f"{method} {path} ({age:.1f} s)" for method, path, age in cut[:CUT_SHOWN])
+        more = f" and {len(cut) - CUT_SHOWN} more" if len(cut) > CUT_SHOWN else ""
+        log.warning("worker %d %s: cutting %d request%s: %s%s", os.getpid(), why, len(cut),
+                    "" if len(cut) == 1 else "s", shown, more)
+

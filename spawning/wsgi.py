@@ -58,6 +58,7 @@ from itertools import chain
 from typing import Any
 
 from ._core import ffi, lib
+from .forwarded import ProxyTrust
 
 log = logging.getLogger("spawning")
 
@@ -544,7 +545,7 @@ class AccessLog:
 
 def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                  access_log: AccessLog | None, threads: int = 1,
-                 poll_ms: int = -1) -> Callable[..., int]:
+                 poll_ms: int = -1, forwarded: ProxyTrust | None = None) -> Callable[..., int]:
     """Returns ``handle(code, take_next=None, green=None)``: runs the request a code names (sp.h)
     through the app and answers it.
 
@@ -557,6 +558,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     reset and ``take_next`` (the deque's popleft) is asked only while the deque holds codes.
     ``threads``: how many OS threads call ``handle``; ``poll_ms``, thread mode's poll timeout
     (``take_next`` polls with it), which the C path (csrc/pyfast.c) then polls with itself.
+    ``forwarded``: the trusted proxies whose headers rewrite a new template (spawning.forwarded).
     Written as a closure over locals because this is the per-request hot path."""
     # The hot calls take a plain pointer: cffi checks an ffi.gc() object as an argument more
     # slowly. Resp.owner (below) keeps the owning object for what may outlive a request.
@@ -643,7 +645,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     # environ templates (environ less REMOTE_PORT and wsgi.input, and whether a body comes) by
     # the key id in request codes. C hands ids out in increasing order and each reaches us, so a
     # map emptied every ENV_CACHE_MAX * 2 insertions never holds an id that C has given anew.
-    templates: dict[int, tuple[dict, bool]] = {}
+    templates: dict[int, tuple] = {}
     # What a connection's repeated requests start from, by their repeat code (sp.h, request
     # codes): the environ of its last full code, REMOTE_PORT included, to be copied. Requests
     # without a body in conn_envs (the handler's first look-up), those with one in body_envs.
@@ -652,8 +654,11 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     conn_envs: dict[int, dict] = {}
     body_envs: dict[int, dict] = {}
 
-    def build(req: Any, key: bytes) -> tuple[dict, bool]:
-        """The template for a request's env block (less REMOTE_PORT) and whether a body comes."""
+    def build(req: Any, key: bytes) -> tuple:
+        """The template for a request's env block (less REMOTE_PORT) and whether a body comes;
+        a third item when a trusted proxy gave the client's port: that REMOTE_PORT, which then
+        replaces the connection's. The C path (csrc/pyfast.c) takes only pairs, so requests of
+        such a template are made here (the connection's repeats, kept whole, go to C again)."""
         env = (base_envs[req.listener] if base_envs else {}).copy()
         it = iter(key.decode("latin-1").split("\0"))
         env.update(zip(fixed, it))    # stops at the end of fixed without taking from it
@@ -662,6 +667,12 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         has_body = req.body != 0
         if not has_body:
             env["wsgi.input"] = empty   # copied with the template; a body gets its Input
+        if forwarded is not None:
+            # The block is the template's key and holds the peer and every header: the proxy
+            # headers are read once per template, never per request.
+            port = forwarded.apply(env)
+            if port is not None:
+                return env, has_body, port
         return env, has_body
 
     def remember(ckey: int, env: dict, has_body: bool) -> None:
@@ -692,10 +703,13 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     if len(templates) >= ENV_CACHE_MAX * 2:
                         templates.clear()
                     templates[tid] = found
-            env, has_body = found
-            env = env.copy()
-            port = code & 0xFFFF
-            env["REMOTE_PORT"] = ports.get(port) or port_str(port)
+            env = found[0].copy()
+            has_body = found[1]
+            if len(found) == 2:
+                port = code & 0xFFFF
+                env["REMOTE_PORT"] = ports.get(port) or port_str(port)
+            else:                   # the client's port, from a trusted proxy (build)
+                env["REMOTE_PORT"] = found[2]
             if keep_it:
                 remember(ckey, env, has_body)
                 env = env.copy()
@@ -708,8 +722,9 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         if req == null:
             raise ClientDisconnected(errno.ESTALE, "the request is over")
         key, _, port_b = unpack(req.env, req.env_len).rpartition(b"\0")
-        env, has_body = build(req, key)
-        env["REMOTE_PORT"] = port_b.decode("latin-1")
+        found = build(req, key)
+        env, has_body = found[0], found[1]
+        env["REMOTE_PORT"] = found[2] if len(found) > 2 else port_b.decode("latin-1")
         remember(code, env, has_body)
         return env.copy(), has_body
 
@@ -950,7 +965,9 @@ def base_environ(sockname: Any, family: int, config: dict) -> dict:
     else:
         host, port = "localhost", "0"
     threads = int(config.get("threads", 4))
+    from . import __version__
     return {
+        "SERVER_SOFTWARE": f"spawning/{__version__}",
         "SCRIPT_NAME": "",
         "SERVER_NAME": host,
         "SERVER_PORT": str(port),

@@ -4,8 +4,9 @@ The factory contract (other factories, such as paste's and Django's, follow it):
 
 ``config_factory(args: dict) -> dict``
     Gets the parsed options (``args['args']`` holds the positional words; every option is present,
-    defaults filled in; ``args['set_on_command_line']`` lists the ones the command line set, so a
-    factory that reads a file can let those win) and returns the server's config dict: the options,
+    defaults filled in; ``args['set_on_command_line']`` lists the ones set explicitly (on the command
+    line, by a ``SPAWNING_*`` variable or in the ``--config`` file), so a factory that reads a file
+    of its own can let those win) and returns the server's config dict: the options,
     changed as the factory sees fit, plus ``'app_factory'``, the dotted name of
     ``app_factory(config)``. It runs in the controller, whose copy decides what only the controller
     does (``host``, ``port``, ``bind``, ``processes``, ``reload``, ``watch``, pid file, user...), and

@@ -338,3 +338,21 @@ def test_an_app_that_cannot_load_never_says_listening():
     result = run_cli("-p", str(free_port()), "-s", "1", "no_such_module_q.application")
     assert result.returncode == 2
     assert "listening on" not in result.stderr
+
+
+def test_explicit_settings_win_over_a_paste_ini(tmp_path: Path):
+    """The paste factory's [server:main] is read under what the command line, the environment and
+    --config set; --print-config names the factory for the values the ini supplied."""
+    pytest.importorskip("paste.deploy")
+    ini = tmp_path / "development.ini"
+    ini.write_text("[app:main]\nuse = call:paste_apps:app_factory\n\n[server:main]\nuse = egg:Spawning\n"
+                   "processes = 3\nthreads = 2\nbacklog = 99\nmax-requests = 10\n")
+    conf = tmp_path / "c.toml"
+    conf.write_text("max-requests = 20\n")
+    settings = printed(run_cli("--factory", "spawning.paste_factory.config_factory", str(ini),
+                               "--config", str(conf), "--threads", "5", "--print-config",
+                               env={"SPAWNING_PROCESSES": "2"}))
+    assert settings["processes"] == ("2", "environment SPAWNING_PROCESSES")
+    assert settings["threads"] == ("5", "command line")
+    assert settings["max_requests"] == ("20", f"file {conf}")
+    assert settings["backlog"] == ("99", "factory spawning.paste_factory.config_factory")

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Builds the parser fuzzer and runs it. Usage: tests/fuzz/run.sh [seconds] [extra libFuzzer args]
-# (default 60 s). parser.c is linked twice -- the SSE4.2 build and a scalar build with renamed
+# (default 60 s); FUZZ_TARGET=proxy runs the PROXY preamble fuzzer (fuzz_proxy.c) instead.
+# parser.c is linked twice -- the SSE4.2 build and a scalar build with renamed
 # symbols -- so every input is also a differential test of the two paths. Crashes land in
 # tests/fuzz/artifacts/; new coverage goes to a scratch corpus, not the committed seeds.
 set -eu
@@ -17,6 +18,14 @@ san="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all"
 common="-std=c99 -g -O1 -Wall -Wextra -Werror -I$root/csrc"
 simd=""
 case $(uname -m) in x86_64|amd64|i?86) simd="-msse4.2" ;; esac
+
+if [ "${FUZZ_TARGET:-parser}" = proxy ]; then
+    # The PROXY protocol preamble (csrc/proxy.c): its own harness and seeds.
+    $CC $common $san -o "$out/fuzz_proxy" "$here/fuzz_proxy.c" "$root/csrc/proxy.c"
+    mkdir -p "$out/corpus_proxy"
+    exec "$out/fuzz_proxy" -max_total_time="$secs" -max_len=4200 -timeout=10 \
+        -artifact_prefix="$here/artifacts/" "$@" "$out/corpus_proxy" "$here/corpus_proxy"
+fi
 
 $CC $common $san $simd -DSP_NO_SIMD \
     -Dsp_parse_request=sp_parse_request_scalar \
