@@ -14,11 +14,15 @@ Applications live in ``tests/apps`` (on ``PYTHONPATH`` of every server started h
 Load: ``run_load(port, seconds)`` drives keep-alive GETs with wrk when it is installed, else with a
 thread pool of ``http.client`` connections, and returns counts of requests, socket errors and
 non-2xx answers. Every loop is bounded in time.
+
+``Browser`` is one client as a browser is: a single keep-alive connection and a cookie jar, for
+end-to-end sessions against real frameworks (tests/test_frameworks.py, tests/test_django.py).
 """
 
 from __future__ import annotations
 
 import http.client
+import http.cookies
 import os
 import re
 import shutil
@@ -29,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -376,3 +381,49 @@ def run_load(port: int, seconds: float, connections: int = 16, threads: int = 2,
     result["tool"] = "python"
     result["output"] = repr(result)
     return result
+
+
+# ---- a browser's connection --------------------------------------------------------------------------
+
+
+class Browser:
+    """One client as a browser is one: a single keep-alive ``http.client`` connection and a cookie
+    jar. A response that closes a kept connection, or a reconnect, fails the request (with
+    ``keepalive=False`` every response must close and the next request reconnects)."""
+
+    def __init__(self, port: int, timeout: float = 5.0, keepalive: bool = True) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        self.keepalive = keepalive
+        self.cookies: dict[str, str] = {}
+        self.connections = 0
+        self.requests = 0
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[http.client.HTTPResponse, bytes]:
+        headers = dict(headers or {})
+        if self.cookies:
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        if self.conn.sock is None:
+            self.conn.connect()
+            self.connections += 1
+        self.conn.request(method, path, body=body, headers=headers)
+        self.requests += 1
+        resp = self.conn.getresponse()
+        data = resp.read()
+        for line in resp.msg.get_all("Set-Cookie") or []:
+            for name, morsel in http.cookies.SimpleCookie(line).items():
+                if morsel["max-age"] == "0":     # how a server deletes a cookie
+                    self.cookies.pop(name, None)
+                else:
+                    self.cookies[name] = morsel.value
+        assert resp.will_close is not self.keepalive, (method, path, resp.getheaders())
+        return resp, data
+
+    def follow(self, resp: http.client.HTTPResponse) -> tuple[http.client.HTTPResponse, bytes]:
+        """GETs a redirect's Location (on this connection, whatever host it names)."""
+        assert 300 <= resp.status < 400, resp.status
+        parts = urllib.parse.urlsplit(resp.getheader("Location", ""))
+        return self.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""))
+
+    def close(self) -> None:
+        self.conn.close()

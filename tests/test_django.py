@@ -1,6 +1,8 @@
 """Django, for real: a project made by ``django-admin startproject`` served through
 ``spawning.django_factory`` (and as ``mysite.wsgi:application``): the admin login page renders, a
-POST with a CSRF token round-trips, static files are not the server's job, bad input is one line."""
+POST with a CSRF token round-trips, static files are not the server's job, bad input is one line;
+and a whole admin session (log in, 50 pages over one keep-alive connection, log out) as a browser
+has it, in thread and green mode."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from conftest import APPS, ROOT, free_port
+from conftest import APPS, ROOT, Browser, free_port
 
 pytest.importorskip("django")
 
@@ -32,6 +34,17 @@ def project(tmp_path_factory) -> Path:
     (root / "mysite" / "broken_settings.py").write_text(
         "from mysite.settings import *  # noqa\nINSTALLED_APPS = INSTALLED_APPS + ['no_such_app_xyz']\n")
     return root
+
+
+@pytest.fixture(scope="module")
+def superuser(project) -> tuple[str, str]:
+    """An admin account in the project's SQLite database: (username, password)."""
+    env = {**os.environ, "DJANGO_SUPERUSER_PASSWORD": "spawning-e2e-pass"}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    subprocess.run([sys.executable, "manage.py", "createsuperuser", "--noinput", "--username", "admin",
+                    "--email", "admin@example.com"], cwd=project, env=env, check=True, timeout=60,
+                   capture_output=True)
+    return "admin", "spawning-e2e-pass"
 
 
 def login_page(server) -> tuple[str, str]:
@@ -67,6 +80,60 @@ def test_admin_login_and_csrf_post_round_trip(spawn, project):
 def test_wsgi_module_works_without_the_factory(spawn, project):
     server = spawn("-s", "1", "mysite.wsgi:application", cwd=project)
     login_page(server)
+
+
+CSRF_FIELD = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+# Logged-in pages the session goes round (the user's change page is the superuser's, id 1).
+ADMIN_PAGES = ["/admin/", "/admin/auth/user/", "/admin/auth/user/1/change/", "/admin/auth/group/"]
+
+
+@pytest.mark.parametrize("args", [("-s", "2", "-t", "4"), ("-s", "1", "-t", "0"),
+                                  ("-s", "2", "-t", "4", "--no-keepalive")],
+                         ids=["threads", "green", "no-keepalive"])
+def test_admin_session_end_to_end(spawn, project, superuser, args):
+    """Every answer of a login session arrives, the bodiless 302s first: before 6a781ed the
+    admin's redirect to its login page (Content-Length: 0) never left the server."""
+    keepalive = "--no-keepalive" not in args
+    server = spawn(DJANGO, *args, "mysite.settings", cwd=project)
+    browser = Browser(server.port, keepalive=keepalive)
+
+    resp, body = browser.request("GET", "/admin/")
+    assert (resp.status, resp.getheader("Content-Length"), body) == (302, "0", b"")
+    assert resp.getheader("Location") == "/admin/login/?next=/admin/"
+    resp, body = browser.follow(resp)
+    assert resp.status == 200 and "csrftoken" in browser.cookies
+    token = CSRF_FIELD.search(body.decode())
+    assert token, body[:2000]
+
+    username, password = superuser
+    form = urllib.parse.urlencode({"csrfmiddlewaretoken": token.group(1), "username": username,
+                                   "password": password, "next": "/admin/"}).encode()
+    resp, body = browser.request("POST", "/admin/login/?next=/admin/", body=form, headers=FORM)
+    assert (resp.status, resp.getheader("Location"), body) == (302, "/admin/", b""), body[:2000]
+    assert "sessionid" in browser.cookies
+    resp, body = browser.follow(resp)
+    assert resp.status == 200 and b"Site administration" in body
+
+    for i in range(50):
+        page = ADMIN_PAGES[i % len(ADMIN_PAGES)]
+        resp, body = browser.request("GET", page)
+        assert resp.status == 200, (page, resp.status, body[:1000])
+        assert b"/admin/logout/" in body, (page, body[:2000])   # logged in, on every page
+    assert b"admin@example.com" in body   # the last page, the user list, shows the account
+    token = CSRF_FIELD.search(body.decode())
+    assert token, body[:2000]
+
+    # Django 5 logs out by POST only (with the CSRF token); 4.2 takes it as well.
+    form = urllib.parse.urlencode({"csrfmiddlewaretoken": token.group(1)}).encode()
+    resp, body = browser.request("POST", "/admin/logout/", body=form, headers=FORM)
+    assert resp.status == 200 and b"Logged out" in body, body[:2000]
+    assert "sessionid" not in browser.cookies
+    resp, body = browser.request("GET", "/admin/")
+    assert (resp.status, resp.getheader("Location")) == (302, "/admin/login/?next=/admin/")
+
+    assert browser.connections == (1 if keepalive else browser.requests)
+    browser.close()
 
 
 def run_spawning(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
