@@ -1354,6 +1354,16 @@ static int skip_body(sp_server *s, sp_conn *c) {
     return 0;
 }
 
+/* What sp_last_duration_us() answers: set by the thread that finishes a request, which is the
+ * one that then writes its access log line. */
+#if defined(__linux__) && defined(__GNUC__)
+static __thread int64_t tls_last_took_us __attribute__((tls_model("initial-exec")));
+#else
+static __thread int64_t tls_last_took_us;
+#endif
+
+int64_t sp_last_duration_us(void) { return tls_last_took_us; }
+
 static int finish_locked(sp_server *s, sp_conn *c, int abort) {
     int rc = 0;
     c->wait_mask = 0;
@@ -1361,6 +1371,7 @@ static int finish_locked(sp_server *s, sp_conn *c, int abort) {
     if (c->status >= 100 && c->status < 600) s->st.status_class[c->status / 100]++;
     int64_t now = s->now_us = sp_now_us();   /* one clock read per request, here */
     int64_t took_us = now - c->busy_since_us;
+    tls_last_took_us = took_us;
     int bucket = 0;
     while (bucket < SP_DURATION_BUCKETS - 1 && took_us > sp_duration_bounds_us[bucket]) bucket++;
     s->st.duration_count[bucket]++;

@@ -186,7 +186,7 @@ typedef struct {
     Py_ssize_t envs_max;  /* conn_envs and body_envs are emptied when they hold this many */
     PyObject *resp_cls;   /* the handler's ResponseBase subclass */
     PyObject *keep;       /* callable keeping lent bodies alive (sp.h, "Lent bodies") */
-    PyObject *log;        /* callable(environ, status, sent) that never raises, or None */
+    PyObject *log;        /* callable(environ, status, sent, headers) that never raises, or None */
     PyObject *head;       /* (status, headers, head id) of the head registered last */
     PyObject *spare;      /* a response object no one else holds, for the next request */
 } Runner;
@@ -606,8 +606,11 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
         resp->sent = blen;
         if (self->log != Py_None) {
             PyObject *sent = PyLong_FromSsize_t(blen);
+            /* The headers too, for a format that logs a response header (NULL would end the
+             * arguments early: None stands for none). */
+            PyObject *hd = resp->headers != NULL ? resp->headers : Py_None;
             PyObject *r = sent ? PyObject_CallFunctionObjArgs(self->log, env, resp->status, sent,
-                                                              NULL) : NULL;
+                                                              hd, NULL) : NULL;
             Py_XDECREF(sent);
             if (r == NULL)
                 PyErr_Clear();              /* the callable logs its own errors */

@@ -230,6 +230,10 @@ typedef struct sp_stats {
  * takes a few microseconds from hand-off to finish). */
 extern const int64_t sp_duration_bounds_us[SP_DURATION_BUCKETS - 1];
 
+/* The duration (microseconds, as the histogram counts it) of the last request the calling thread
+ * finished, 0 before any: what the access log reads right after the request is answered. */
+int64_t sp_last_duration_us(void);
+
 const char *sp_backend_name(void);  /* "epoll", "kqueue" or "poll": the backend compiled in */
 
 /* Creates a server with a copy of *cfg. Returns NULL with errno set on failure. */

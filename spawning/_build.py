@@ -55,6 +55,7 @@ KEEP_GIL = (
     "sp_req_peek", "sp_req_wait", "sp_req_finish", "sp_watch", "sp_unwatch",
     "sp_server_connections", "sp_server_stats", "sp_server_wakeup", "sp_parse_request",
     "sp_request_framing", "sp_chunked_decode", "sp_decode_path", "sp_env_pack",
+    "sp_last_duration_us",
     "sp_py_setup",   # must: it calls the CPython API (csrc/pyfast.c)
 )
 PREAMBLE = """#include "sp.h"

@@ -66,6 +66,7 @@ typedef struct sp_stats {
 } sp_stats;
 #define SP_DURATION_BUCKETS 21
 extern const int64_t sp_duration_bounds_us[20];
+int64_t sp_last_duration_us(void);
 
 const char *sp_backend_name(void);
 sp_server *sp_server_new(const sp_config *cfg);

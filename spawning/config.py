@@ -686,7 +686,8 @@ def read_file(path: str) -> dict[str, tuple[Any, str]]:
             names = [k for k, o in _KEYS.items() if not o.cli_only and o.name != "config"]
             close = difflib.get_close_matches(key.replace("-", "_").lower(), names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            what = "is a command-line flag only" if opt is not None else f"unknown setting{hint}"
+            what = (f"unknown setting{hint}" if opt is None else "is a command-line flag only"
+                    if opt.cli_only else "a settings file cannot name another")
             raise ConfigError(f"{path}: {key}: {what}")
         if opt.name in found:
             raise ConfigError(f"{path}: {found[opt.name][1]} and {key} both set {opt.name}")
@@ -755,11 +756,12 @@ def from_mapping(settings: Mapping[str, Any], base: Mapping[str, Any] | None = N
     values = dict(base) if base is not None else defaults()
     for key, raw in settings.items():
         opt = lookup(key)
-        if opt is None or opt.cli_only:
+        if opt is None or opt.cli_only or opt.name == "config":
             if ignore_unknown:
                 continue
             raise ConfigError(f"unknown setting {key!r}" if opt is None else
-                              f"{key!r} is a command-line flag only")
+                              f"{key!r} is a command-line flag only" if opt.cli_only else
+                              f"{key!r}: a settings file cannot name another")
         name = opt.name
         try:
             values[name] = opt.convert(raw)

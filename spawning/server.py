@@ -101,7 +101,8 @@ class Server:
             except OSError:
                 name = ("", 0)
             self.base_envs.append(wsgi.base_environ(name, sock.family, config))
-        self.access_log = wsgi.AccessLog(config.get("access_log_file", "-"))
+        self.access_log = wsgi.AccessLog(config.get("access_log_file", "-"),
+                                         config.get("access_log_format"))
         self._count_buf = ffi.new("sp_stats *")
         self._draining = False
         self._stopping = False

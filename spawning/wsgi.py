@@ -50,7 +50,6 @@ import os
 import stat
 import sys
 import sysconfig
-import time
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -58,6 +57,7 @@ from itertools import chain
 from typing import Any
 
 from ._core import ffi, lib
+from .accesslog import AccessLog  # noqa: F401 -- spawning.wsgi.AccessLog stays importable
 from .forwarded import ProxyTrust
 
 log = logging.getLogger("spawning")
@@ -503,46 +503,6 @@ class _Heads:
         self.head = head
 
 
-def _quoted(value: str) -> str:
-    """A value for a quoted log field, escaped as Apache does, so that a client cannot end the
-    field early and forge the ones after it."""
-    if '"' in value or "\\" in value:
-        return value.replace("\\", "\\\\").replace('"', '\\"')
-    return value
-
-
-class AccessLog:
-    """Apache combined format, one line per request, flushed per line."""
-
-    def __init__(self, path: str | None) -> None:
-        self.enabled = path not in (None, "", "/dev/null")
-        self._stream = None
-        if self.enabled:
-            self._stream = sys.stdout if path == "-" else open(str(path), "a", buffering=1, encoding="utf-8")  # noqa: SIM115
-        self._sec = 0
-        self._stamp = ""
-
-    def log(self, env: dict, status: str | None, size: int) -> None:
-        code = status[:3] if status else "500"
-        now = int(time.time())
-        if now != self._sec:
-            self._sec = now
-            self._stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(now))
-        method = env["REQUEST_METHOD"]
-        if method == "HEAD" or code == "204" or code == "304":
-            size = 0                    # %b counts body bytes sent: none went
-        line = '%s - - [%s] "%s %s %s" %s %s "%s" "%s"\n' % (  # noqa: UP031 -- the cheapest here
-            env.get("REMOTE_ADDR") or "-", self._stamp, method, _quoted(env.get("RAW_URI", "")),
-            env["SERVER_PROTOCOL"], code, size or "-", _quoted(env.get("HTTP_REFERER", "-")),
-            _quoted(env.get("HTTP_USER_AGENT", "-")))
-        try:
-            self._stream.write(line)  # type: ignore[union-attr]
-            if self._stream is sys.stdout:
-                self._stream.flush()
-        except (OSError, ValueError):
-            pass
-
-
 def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                  access_log: AccessLog | None, threads: int = 1,
                  poll_ms: int = -1, forwarded: ProxyTrust | None = None) -> Callable[..., int]:
@@ -613,9 +573,9 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     Resp.owner = owner      # ...valid while any response (or wsgi.input, which holds one) lives
     Resp.waiter = waiter
 
-    def log_safe(env: dict, status: str | None, sent: int) -> None:
+    def log_safe(env: dict, status: str | None, sent: int, headers: Any = None) -> None:
         try:
-            log_line(env, status, sent)   # type: ignore[misc]
+            log_line(env, status, sent, headers)   # type: ignore[misc]
         except Exception:   # nothing may stop the handler going on: C handed it its next request
             log.exception("error writing the access log")
 
@@ -948,7 +908,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     inp.release()
             if log_line is not None:
                 try:
-                    log_line(env, resp.status, resp.sent)
+                    log_line(env, resp.status, resp.sent, resp.headers)
                 except Exception:   # nothing may stop us returning nxt: C handed that request to us
                     log.exception("error writing the access log")
             resp = None             # this one may be held, or went another way than the common

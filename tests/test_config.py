@@ -70,6 +70,12 @@ def test_from_mapping_reads_ini_style_settings():
     assert "use" not in config.from_mapping({"use": "egg:Spawning"}, ignore_unknown=True)
     with pytest.raises(ConfigError, match="setting port: invalid value 'x'"):
         config.from_mapping({"port": "x"})
+    # Long flags are keys too; one-shot flags and another settings file are not settings.
+    assert config.from_mapping({"workers": "3", "keep-alive": "2"})["processes"] == 3
+    with pytest.raises(ConfigError, match="command-line flag only"):
+        config.from_mapping({"print-config": "true"})
+    with pytest.raises(ConfigError, match="cannot name another"):
+        config.from_mapping({"config": "x.toml"})
 
 
 def test_markdown_table_covers_every_option():
@@ -127,3 +133,29 @@ def test_gen_options_table_tool_prints_the_table():
                          capture_output=True, text=True, timeout=30, cwd=str(root),
                          check=False).stdout
     assert out.strip() == config.markdown_table().strip()
+
+
+def test_resolve_takes_each_option_from_the_first_source_that_sets_it(tmp_path):
+    conf = tmp_path / "s.toml"
+    conf.write_text('processes = 2\nthreads = 8\nbacklog = 7\nenv = {A = "1", B = "x y"}\n')
+    environ = {"SPAWNING_THREADS": "3", "SPAWNING_BACKLOG": "9", "SPAWNING_NO_PYFAST": "1",
+               "SPAWNING_EXPECT_BACKEND": "poll", "OTHER": "x"}
+    settings = config.resolve(["--config", str(conf), "--backlog", "11", "m.app"], environ)
+    assert settings.values["processes"] == 2 and settings.sources["processes"] == f"file {conf}"
+    assert settings.values["threads"] == 3
+    assert settings.sources["threads"] == "environment SPAWNING_THREADS"
+    assert settings.values["backlog"] == 11 and settings.sources["backlog"] == "command line"
+    assert settings.values["env"] == ["A=1", "B=x y"]
+    assert settings.values["port"] == 8080 and settings.sources["port"] == "default"
+    assert settings.given() == ["args", "backlog", "config", "env", "processes", "threads"]
+    with pytest.raises(ConfigError, match="^SPAWNING_THREADS: invalid value 'many'"):
+        config.resolve(["m.app"], {"SPAWNING_THREADS": "many"})
+    with pytest.raises(ConfigError, match="SPAWNING_PROCESSES and SPAWNING_WORKERS both set"):
+        config.resolve(["m.app"], {"SPAWNING_WORKERS": "2", "SPAWNING_PROCESSES": "3"})
+
+
+def test_help_texts_leave_the_default_to_the_table():
+    """--help appends "(default: ...)" itself: a help text that says it too shows it twice."""
+    for opt in config.OPTIONS:
+        assert "default:" not in opt.help and "(default" not in opt.help, opt.name
+    assert config.option("status_host").default_text == "--host"

@@ -124,6 +124,7 @@ def test_env_name_close_to_an_option_is_warned_about_never_fatal():
     ("threads = [1, 2]\n", "threads: invalid value [1, 2]: a list is not a value"),
     ("print-config = true\n", "print-config: is a command-line flag only"),
     ("workers = 2\nprocesses = 3\n", "workers and processes both set processes"),
+    ("config = \"other.toml\"\n", "config: a settings file cannot name another"),
 ])
 def test_bad_config_file_is_one_line_naming_file_and_key(tmp_path: Path, text: str, fragment: str):
     conf = tmp_path / "bad.toml"
