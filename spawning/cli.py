@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import config as config_mod
+from . import logs
 from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, Halt
 
 #: name -> (``module:function(argv) -> int``, help)
@@ -25,19 +26,13 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "status": ("spawning.status:main", "show the status of a running server (see --status-port)"),
 }
 
-LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+LOG_FORMAT = logs.TEXT_FORMAT
 
 
-def setup_logging(level: str) -> None:
-    """Logs of the controller and workers go to stderr, one line each, with the process id."""
-    logger = logging.getLogger("spawning")
-    logger.setLevel(getattr(logging, level.upper(), logging.INFO))
-    if not any(getattr(h, "_spawning", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        handler._spawning = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-    logger.propagate = False
+def setup_logging(level: str, path: str | None = "-", fmt: str | None = "text") -> None:
+    """Logs of the controller and workers go to ``path`` (``-``: stderr), one line each, with the
+    process id, as text or JSON (``spawning.logs``)."""
+    logs.setup(level, path, fmt)
 
 
 def load_config(args: dict[str, Any]) -> dict[str, Any]:
@@ -119,7 +114,7 @@ def serve(argv: Sequence[str]) -> int:
     # Factories that read a file (paste's ini) let what was set explicitly (command line,
     # environment, --config file) win over it.
     args["set_on_command_line"] = settings.given()
-    setup_logging(args["log_level"])
+    setup_logging(args["log_level"], args.get("error_log_file"), args.get("log_format"))
     prepare_process(args)
     if args["print_config"] and not args["args"]:  # no application: nothing for a factory to do
         sys.stdout.write(config_mod.describe(settings))
@@ -137,7 +132,10 @@ def serve(argv: Sequence[str]) -> int:
                 settings.sources[opt.name] = f"factory {factory}"
         sys.stdout.write(config_mod.describe(settings))
         return EXIT_OK
-    setup_logging(config.get("log_level") or args["log_level"])  # the factory's file may set it
+    # The factory's file may set these.
+    setup_logging(config.get("log_level") or args["log_level"],
+                  config.get("error_log_file") or args.get("error_log_file"),
+                  config.get("log_format") or args.get("log_format"))
     if config.get("preload") and config.get("reload") == "dev":
         raise ConfigError("--preload and --reload=dev do not go together: workers forked from a "
                           "controller that imported the app never see a code change")
@@ -155,7 +153,8 @@ def run_server(options: dict[str, Any]) -> int:
     Returns the exit code; ``Halt`` and ``ConfigError`` propagate."""
     from .controller import Controller
 
-    setup_logging(options.get("log_level") or "info")
+    setup_logging(options.get("log_level") or "info", options.get("error_log_file"),
+                  options.get("log_format"))
     return Controller(options, load_config(options)).run()
 
 

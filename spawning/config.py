@@ -170,6 +170,14 @@ def optional_str(text: str) -> str | None:
     return str(text) if str(text) != "" else None
 
 
+def access_log_format(text: str) -> str | None:
+    """``--access-log-format``: a named format or one of known atoms, checked now so that a typo
+    is a usage error rather than a line of dashes."""
+    from .accesslog import check_format  # imports nothing heavy; keeps import order free
+
+    return check_format(text)
+
+
 def reload_mode(text: str) -> str | None:
     lowered = str(text).strip().lower()
     if lowered in ("", "off", "none", "no"):
@@ -366,10 +374,16 @@ OPTIONS: tuple[Option, ...] = (
            "(the ';name=value' after a chunk size) in a chunked request body, in bytes; over it: 400",
            "Timeouts and limits", type=positive, metavar="BYTES"),
     # Logging
-    Option("access_log_file", ("-l", "--access-log-file", "--access-logfile"), "-", "access log (Apache combined format); "
-           "'-' = stdout, /dev/null discards", "Logging", metavar="FILE"),
-    Option("access_log_format", ("--access-log-format",), None, "access log line format",
-           "Logging", type=optional_str, metavar="FORMAT", default_text="Apache combined"),
+    Option("access_log_file", ("-l", "--access-log-file", "--access-logfile"), "-", "access log, one "
+           "line per request; '-' = stdout, /dev/null discards", "Logging", metavar="FILE"),
+    Option("access_log_format", ("--access-log-format",), None, "access log line format: combined, "
+           "common, json (one object per line), or a line of gunicorn's atoms (README, Logs)",
+           "Logging", type=access_log_format, metavar="FORMAT", default_text="combined"),
+    Option("error_log_file", ("--error-log-file", "--error-logfile"), "-", "the server's own log "
+           "(controller and workers); '-' = stderr", "Logging", metavar="FILE"),
+    Option("log_format", ("--log-format",), "text", "the server's own log lines: text, or json (one "
+           "object per line: time, level, pid, message, exception)", "Logging",
+           type=choice("text", "json"), metavar="FORMAT"),
     Option("log_level", ("--log-level",), "info", "debug, info, warning, error or critical",
            "Logging", type=choice("debug", "info", "warning", "error", "critical"), metavar="LEVEL"),
     # Process hygiene
