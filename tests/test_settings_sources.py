@@ -173,6 +173,10 @@ def test_bad_env_value_is_one_line_naming_the_variable(var: str, value: str, fra
     (["--graceful-timout=5", "hello.application"],
      "spawning: error: unrecognized option --graceful-timout (did you mean --graceful-timeout?) "
      "(see spawning --help)"),
+    (["--reload", "hello.application"],
+     "spawning: error: --reload takes a mode here: --reload=dev (reload on code changes)"),
+    (["hello.application", "--reload"],
+     "spawning: error: --reload takes a mode here: --reload=dev (reload on code changes)"),
     (["-k", "gevent", "hello.application"],
      "spawning: error: unrecognized option -k: use --threads N (N threads a worker) or --threads 0 "
      "(green threads) (see spawning --help)"),
