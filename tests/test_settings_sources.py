@@ -361,3 +361,17 @@ def test_explicit_settings_win_over_a_paste_ini(tmp_path: Path):
     assert settings["threads"] == ("5", "command line")
     assert settings["max_requests"] == ("20", f"file {conf}")
     assert settings["backlog"] == ("99", "factory spawning.paste_factory.config_factory")
+
+
+def test_status_page_names_env_variables_without_their_values(spawn):
+    from spawning.status import fetch
+
+    status_port = free_port()
+    server = spawn("settings_probe.application", "-s", "1", "--status-port", str(status_port),
+                   "-e", "DATABASE_URL=postgres://u:hunter2@db/x", "-e", "PROBE_GREETING=hi")
+    assert server.get("/")[2].endswith(b"env=hi")
+    doc = fetch("127.0.0.1", status_port)
+    assert doc["config"]["env"] == ["DATABASE_URL=(hidden)", "PROBE_GREETING=(hidden)"]
+    status, _, body = http_request(status_port, "/status.json")
+    assert status == 200 and b"hunter2" not in body
+    assert b"hunter2" not in http_request(status_port, "/")[2]
