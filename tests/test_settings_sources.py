@@ -375,3 +375,23 @@ def test_status_page_names_env_variables_without_their_values(spawn):
     status, _, body = http_request(status_port, "/status.json")
     assert status == 200 and b"hunter2" not in body
     assert b"hunter2" not in http_request(status_port, "/")[2]
+
+
+def test_preload_in_green_mode_serves_and_warns(spawn):
+    server = spawn("settings_probe.application", "-s", "1", "-t", "0", "--preload")
+    probe = _probe(server)
+    assert probe["imported_in"] == server.pid != probe["pid"]
+    assert "--preload with --threads 0" in server.stderr
+
+
+def test_preload_reload_forks_the_controllers_app_and_says_so(spawn):
+    import signal
+
+    server = spawn("settings_probe.application", "-s", "1", "--preload")
+    first = _probe(server)["pid"]
+    server.signal(signal.SIGHUP)
+    server.wait_notify("READY=1")
+    assert server.wait_until(lambda: _probe(server)["pid"] != first)
+    probe = _probe(server)
+    assert probe["imported_in"] == server.pid  # not re-imported: a code change needs a restart
+    assert "--preload: generation 2 runs the code the controller loaded at start" in server.stderr
