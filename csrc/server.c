@@ -230,10 +230,6 @@ void sp_server_stats(sp_server *s, sp_stats *out) {
     pthread_mutex_unlock(&s->mu);
 }
 
-int sp_server_wakeup_fd(sp_server *s) { return s->wake_w; }
-
-void sp_server_wakeup(sp_server *s) {
-    char b = 0;
 size_t sp_server_busy(sp_server *s, char *out, size_t cap) {
     size_t n = 0;
     pthread_mutex_lock(&s->mu);
@@ -263,6 +259,10 @@ size_t sp_server_busy(sp_server *s, char *out, size_t cap) {
     return n;
 }
 
+int sp_server_wakeup_fd(sp_server *s) { return s->wake_w; }
+
+void sp_server_wakeup(sp_server *s) {
+    char b = 0;
     ssize_t r = write(s->wake_w, &b, 1);   /* EAGAIN: a wake-up is already pending, fine */
     (void)r;
 }

@@ -248,6 +248,10 @@ int sp_server_drain(sp_server *s);
 /* Connections still open (0 after a drain means the worker may exit). */
 int sp_server_connections(sp_server *s);
 void sp_server_stats(sp_server *s, sp_stats *out);
+/* The requests Python holds now (the app runs them), for a worker that is about to cut them: for
+ * each, "METHOD\0PATH_INFO\0AGE_MS\0" into out[0..cap), requests that do not fit whole left out.
+ * Returns the bytes written. */
+size_t sp_server_busy(sp_server *s, char *out, size_t cap);
 /* The write end of the loop's wake-up pipe (non-blocking): suits signal.set_wakeup_fd(). */
 int sp_server_wakeup_fd(sp_server *s);
 /* Interrupts a sp_poll() in progress (async-signal-safe). */
@@ -292,10 +296,6 @@ int sp_req_start(sp_server *s, sp_request *r, const char *status, size_t slen,
  * -EMSGSIZE when no more body may go (its Content-Length is all sent, or the response has no body:
  * HEAD, 204, 304; bytes past the length are cut and the connection closes after the response),
  * or -EPIPE / -ECONNRESET when the client is gone. */
-/* The requests Python holds now (the app runs them), for a worker that is about to cut them: for
- * each, "METHOD\0PATH_INFO\0AGE_MS\0" into out[0..cap), requests that do not fit whole left out.
- * Returns the bytes written. */
-size_t sp_server_busy(sp_server *s, char *out, size_t cap);
 ssize_t sp_req_write(sp_server *s, sp_request *r, const char *buf, size_t len);
 /* Writes queued bytes without blocking; returns the bytes still queued or -errno. */
 ssize_t sp_req_flush(sp_server *s, sp_request *r);

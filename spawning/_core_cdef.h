@@ -75,6 +75,7 @@ int sp_server_add_listener(sp_server *s, int fd, int index);
 int sp_server_drain(sp_server *s);
 int sp_server_connections(sp_server *s);
 void sp_server_stats(sp_server *s, sp_stats *out);
+size_t sp_server_busy(sp_server *s, char *out, size_t cap);
 int sp_server_wakeup_fd(sp_server *s);
 void sp_server_wakeup(sp_server *s);
 int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms);
@@ -88,7 +89,6 @@ int sp_req_start(sp_server *s, sp_request *r, const char *status, size_t slen, c
 ssize_t sp_req_write(sp_server *s, sp_request *r, const char *buf, size_t len);
 ssize_t sp_req_flush(sp_server *s, sp_request *r);
 ssize_t sp_req_drain(sp_server *s, sp_request *r, size_t low_water);
-size_t sp_server_busy(sp_server *s, char *out, size_t cap);
 ssize_t sp_req_sendfile(sp_server *s, sp_request *r, int fd, int64_t offset, size_t count);
 int sp_req_respond(sp_server *s, sp_request *r, const char *status, size_t slen, const char *headers, size_t hlen, const char *body, size_t blen);
 int sp_req_finish(sp_server *s, sp_request *r, int abort);

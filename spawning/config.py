@@ -178,6 +178,17 @@ def access_log_format(text: str) -> str | None:
     return check_format(text)
 
 
+def url_path(text: str) -> str | None:
+    """A path as requests name it (``/healthz``): it starts with ``/`` and holds no blank or
+    control character; empty means none."""
+    value = str(text).strip()
+    if not value:
+        return None
+    if not value.startswith("/") or any(c.isspace() or ord(c) < 32 or c == "\x7f" for c in value):
+        raise ConfigError(f"{text!r} is not a path starting with / (no blanks)")
+    return value
+
+
 def reload_mode(text: str) -> str | None:
     lowered = str(text).strip().lower()
     if lowered in ("", "off", "none", "no"):
@@ -328,6 +339,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("graceful_timeout", ("--graceful-timeout",), 30.0,
            "seconds a stopping worker may spend finishing its requests before it is killed",
            "Processes", type=seconds, metavar="SECONDS"),
+    Option("shutdown_delay", ("--shutdown-delay",), 0.0, "after SIGTERM, go on accepting and "
+           "serving this many seconds (with /readyz and --health-path answering 503) before the "
+           "drain starts, so that a load balancer stops sending first", "Processes", type=seconds,
+           metavar="SECONDS"),
+    Option("stream_grace", ("--stream-grace",), 5.0, "green mode: requests still running this many "
+           "seconds after their worker started draining (SSE streams, long polls) get GeneratorExit "
+           "instead of holding it until --graceful-timeout", "Processes", type=seconds,
+           metavar="SECONDS"),
     # Reloading and recycling
     Option("reload", ("--reload",), None, "'dev': reload gracefully when an imported Python file or a "
            "--watch file changes", "Reloading and recycling", type=reload_mode, metavar="MODE"),
@@ -404,6 +423,9 @@ OPTIONS: tuple[Option, ...] = (
            "Status service", type=port, metavar="PORT"),
     Option("status_host", ("--status-host",), None, "interface for the status page",
            "Status service", type=optional_str, metavar="HOST", default_text="--host"),
+    Option("health_path", ("--health-path",), None, "answer this path on the application port "
+           "without calling the app: 200 'ok' while serving, 503 once shutting down (for load "
+           "balancers that probe only that port)", "Status service", type=url_path, metavar="PATH"),
     # Debugging
     Option("coverage", ("-c", "--coverage"), False, "record code coverage in each worker (needs the "
            "coverage package)", "Debugging", kind="flag"),
@@ -565,8 +587,7 @@ def _unrecognized(extras: list[str]) -> str:
 def _refuse_foreign_habits(argv: list[str], prog: str) -> None:
     """Short flags that mean something else in gunicorn, used the gunicorn way, exit 2 with a hint:
     ``-w 4`` (workers there, --watch here) when no file ``4`` exists, ``-c conf.py`` (a config file
-    there, --coverage here, which takes no value), ``-p app.pid`` (a pid file there, the port here),
-    ``--reload`` without a mode (a flag there)."""
+    there, --coverage here, which takes no value), ``-p app.pid`` (a pid file there, the port here)."""
     takes_value = {flag for opt in OPTIONS if opt.kind in ("value", "append") for flag in opt.flags}
     i = 0
     while i < len(argv):
@@ -586,9 +607,6 @@ def _refuse_foreign_habits(argv: list[str], prog: str) -> None:
         if word == "-p" and following and not following.isdigit() and ("." in following or
                                                                       "/" in following):
             _fail(prog, f"-p is --port here; for a pid file use --pidfile {following}")
-        if word == "--reload" and (not following or following.startswith("-") or
-                                   following.strip().lower() not in ("dev", "off", "none", "no", "")):
-            _fail(prog, "--reload takes a mode here: --reload=dev (reload on code changes)")
         i += 2 if word in takes_value else 1
 
 

@@ -106,14 +106,14 @@ MEMORY_INTERVAL_IDLE = 5.0
 MEMORY_RELOAD_COOLDOWN = 5.0
 #: A worker silent this long is wedged, whatever ``--timeout`` says (heartbeats come every second).
 MIN_SILENCE = 5.0
-#: Longest loop wait.
-TICK = 0.5
-
-COMPONENTS: tuple[tuple[str, str], ...] = (
 #: Seconds between two "waiting for N requests" lines of a graceful shutdown.
 PROGRESS_INTERVAL = 5.0
 #: ...and how long the first waits for the heartbeats asked for at the start of the shutdown.
 PROGRESS_FIRST = 0.2
+#: Longest loop wait.
+TICK = 0.5
+
+COMPONENTS: tuple[tuple[str, str], ...] = (
     ("status_port", "spawning.status:attach"),
     ("coverage", "spawning.coverage_support:attach"),
 )
@@ -331,6 +331,11 @@ class Controller:
         self.graceful_timeout = float(config.get("graceful_timeout", 30.0))
         self.timeout = float(config.get("timeout", 30.0) or 0.0)
         self.green = int(config.get("threads", 4) or 0) == 0
+        self.shutdown_delay = float(config.get("shutdown_delay") or 0.0)
+        #: After a SIGTERM under --shutdown-delay: when the drain starts (monotonic), else None.
+        self.delay_until: float | None = None
+        self._unready = False                    # the workers were told the server shuts down
+        self._progress_at: float | None = None   # when the next shutdown progress line is due
         self.listeners: list[socket.socket] = []
         self.addresses: list[str] = []
         self.workers: dict[int, WorkerHandle] = {}
@@ -339,11 +344,6 @@ class Controller:
         self.pending_gen: int | None = None
         self.pending_reason = ""
         self.pending_started = 0.0
-        self.shutdown_delay = float(config.get("shutdown_delay") or 0.0)
-        #: After a SIGTERM under --shutdown-delay: when the drain starts (monotonic), else None.
-        self.delay_until: float | None = None
-        self._unready = False                    # the workers were told the server shuts down
-        self._progress_at: float | None = None   # when the next shutdown progress line is due
         self.gen_ready_at: float | None = None
         self.booted = False
         self.stopping: str | None = None  # None, "graceful" or "immediate"
@@ -397,19 +397,6 @@ class Controller:
         """Runs ``callback()`` when the controller shuts down (before the sockets close)."""
         self._exit_hooks.append(callback)
 
-    def snapshot(self) -> dict[str, Any]:
-        """The state of the controller and its workers, as a JSON-able dict."""
-        safe_config = {k: v for k, v in self.config.items()
-                       if isinstance(v, (str, int, float, bool, type(None), list))}
-        # --env values are often credentials (DATABASE_URL=...): the status page names them only.
-        safe_config["env"] = [f"{str(pair).partition('=')[0]}=(hidden)"
-                              for pair in self.config.get("env") or []]
-        return {
-            "pid": self.pid,
-            "started_at": self.started_at,
-            "uptime": time.time() - self.started_at,
-            "generation": self.active_gen,
-            "pending_generation": self.pending_gen,
     def readiness(self) -> tuple[bool, str]:
         """(ready, why) for ``/readyz``: ready while a generation serves and no shutdown has begun
         (--shutdown-delay included: a load balancer must see it before the drain)."""
@@ -421,6 +408,16 @@ class Controller:
             return False, "no worker ready"
         return True, "ready"
 
+    def snapshot(self) -> dict[str, Any]:
+        """The state of the controller and its workers, as a JSON-able dict."""
+        safe_config = {k: v for k, v in self.config.items()
+                       if isinstance(v, (str, int, float, bool, type(None), list))}
+        return {
+            "pid": self.pid,
+            "started_at": self.started_at,
+            "uptime": time.time() - self.started_at,
+            "generation": self.active_gen,
+            "pending_generation": self.pending_gen,
             "processes": self.num_workers,
             "reloads": self.reloads,
             "restarts": dict(self.restarts),
@@ -534,6 +531,9 @@ class Controller:
             timeout = TICK
             if self.reloader is not None:
                 timeout = min(timeout, self.reloader.timeout())
+            for due in (self._progress_at, self.delay_until):   # on time, not up to a TICK late
+                if due is not None:
+                    timeout = min(timeout, max(0.0, due - time.monotonic()))
             for key, _ in self._selector.select(timeout):
                 callback = key.data
                 try:
@@ -544,9 +544,6 @@ class Controller:
                     log.exception("error in a controller callback")
             self._handle_signals()
             self._reap()
-            for due in (self._progress_at, self.delay_until):   # on time, not up to a TICK late
-                if due is not None:
-                    timeout = min(timeout, max(0.0, due - time.monotonic()))
             if self.stopping and not self.workers:
                 return
             self._maintain()
@@ -591,16 +588,6 @@ class Controller:
             return
         self._start_generation(reason)
 
-    def shutdown(self, graceful: bool = True, why: str = "") -> None:
-        """Stops every worker (draining them if ``graceful``) and then the controller."""
-        if self.stopping == "immediate" or (self.stopping == "graceful" and graceful):
-            return
-        self.stopping = "graceful" if graceful else "immediate"
-        sd_notify("STOPPING=1")
-        if self.exit_message is None:  # else the one line of the message says it all
-            log.info("%s: %s shutdown", why or "shutting down", self.stopping)
-        sockets_mod.stop_listening(self.listeners)   # new clients: refused, not held and reset
-        now = time.monotonic()
     def _on_sigterm(self, why: str) -> None:
         """SIGTERM, as orchestrators send it: with --shutdown-delay the server first stops being
         ready (/readyz and --health-path answer 503) while it goes on accepting and serving for
@@ -647,11 +634,11 @@ class Controller:
                  "" if requests == 1 else "s", connections, "" if connections == 1 else "s", left)
         self._progress_at = now + PROGRESS_INTERVAL
 
-        for w in list(self.workers.values()):
-            if w.state == "starting":
-                # Serves nothing yet, so nothing to drain: a graceful stop need not wait for an
-                # app's import (it reads no drain message until it has booted).
-                w.state = "draining"
+    def shutdown(self, graceful: bool = True, why: str = "") -> None:
+        """Stops every worker (draining them if ``graceful``) and then the controller."""
+        if self.stopping == "immediate" or (self.stopping == "graceful" and graceful):
+            return
+        self.stopping = "graceful" if graceful else "immediate"
         self.delay_until = None
         self._announce_unready()
         if graceful:
@@ -660,6 +647,16 @@ class Controller:
             for w in list(self.workers.values()):
                 if w.state != "starting":
                     w.send({"t": "ping"})
+        sd_notify("STOPPING=1")
+        if self.exit_message is None:  # else the one line of the message says it all
+            log.info("%s: %s shutdown", why or "shutting down", self.stopping)
+        sockets_mod.stop_listening(self.listeners)   # new clients: refused, not held and reset
+        now = time.monotonic()
+        for w in list(self.workers.values()):
+            if w.state == "starting":
+                # Serves nothing yet, so nothing to drain: a graceful stop need not wait for an
+                # app's import (it reads no drain message until it has booted).
+                w.state = "draining"
                 w.drain_deadline = w.term_sent = w.kill_sent = now
                 self._signal(w, signal.SIGKILL)
             elif graceful:
@@ -779,6 +776,8 @@ class Controller:
             return
         w.state = "ready"
         w.ready_mono = time.monotonic()
+        if self._unready:    # a replacement started during --shutdown-delay
+            w.send({"t": "unready"})
         log.debug("%r ready", w)
         if self.stopping:
             self._drain(w, "shutting down")
@@ -807,8 +806,6 @@ class Controller:
                      "green threads" if self.green else
                      f"{self.config.get('threads')} thread{'' if self.config.get('threads') == 1 else 's'}")
         else:
-        if self._unready:    # a replacement started during --shutdown-delay
-            w.send({"t": "unready"})
             self.reloads += 1
             self.last_restart_reason = self.pending_reason
             log.info("reload (%s): generation %d ready in %.2f s; draining generation %s",
@@ -958,6 +955,10 @@ class Controller:
                 except Exception:
                     log.exception("error in a controller timer")
         self._escalate(now)
+        if self.delay_until is not None and now >= self.delay_until:
+            self.shutdown(graceful=True, why=f"SIGTERM, --shutdown-delay {self.shutdown_delay:g} s over")
+        if self._progress_at is not None and now >= self._progress_at:
+            self._log_progress(now)
         if self.stopping:
             return
         self._check_timeouts(now)
@@ -994,10 +995,6 @@ class Controller:
                 log.warning("%r did not exit %.0f s after SIGTERM; sending SIGKILL", w, KILL_AFTER)
                 w.kill_sent = now
                 self._signal(w, signal.SIGKILL)
-        if self.delay_until is not None and now >= self.delay_until:
-            self.shutdown(graceful=True, why=f"SIGTERM, --shutdown-delay {self.shutdown_delay:g} s over")
-        if self._progress_at is not None and now >= self._progress_at:
-            self._log_progress(now)
 
     def _check_timeouts(self, now: float) -> None:
         if self.timeout <= 0:

@@ -42,6 +42,7 @@ import select as _select_mod
 import signal
 import sys
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -179,6 +180,11 @@ class Hub:
         # The codes of the current poll batch's requests not yet taken: the hub and the request
         # greenlets take from it in turn (see _request_worker).
         self.batch: deque = deque()
+        # Every request greenlet made (weakly: the idle pool's overflow dies), so that a drain can
+        # find the ones still running (end_requests). Added to only when one is made: no cost
+        # per request.
+        self.request_glets: weakref.WeakSet = weakref.WeakSet()
+        self._ending: _Timer | None = None
 
     # -- scheduling (hub thread) --
 
@@ -381,7 +387,9 @@ class Hub:
                         if idle:
                             idle.pop().switch(code)
                         elif handle is not None:
-                            greenlet(worker, hub_glet).switch(code)
+                            g = greenlet(worker, hub_glet)
+                            self.request_glets.add(g)
+                            g.switch(code)
             if n < 0 and n != -errno.EINTR:
                 log.error("event loop failed: %s", os.strerror(-n))
                 _real_sleep(0.05)
@@ -389,7 +397,37 @@ class Hub:
                 self._run_timers()
 
 
+    def end_requests_after(self, grace: float) -> None:
+        """Hub thread: ``end_requests`` in ``grace`` seconds, once however often asked."""
+        if self._ending is None:
+            self._ending = self.call_later(grace, self.end_requests)
+
+    def end_requests(self) -> None:
+        """Throws GeneratorExit into every request greenlet still running (a draining worker's
+        long streams and long polls): the app sees it where it waits, or at its generator's
+        ``yield`` when the server closes it, and the handler (spawning.wsgi) ends the response:
+        503 if nothing went out, else the stream's end. Hub thread only."""
+        idle = {id(g) for g in self.idle}
+        running = [g for g in list(self.request_glets) if g and id(g) not in idle]
+        if running:
+            log.info("worker %d: ending %d request%s still running after --stream-grace",
+                     os.getpid(), len(running), "" if len(running) == 1 else "s")
+        for g in running:
+            # Each throw runs only that greenlet until it parks again (or goes idle): the others
+            # stay where they were, so the list holds.
+            if g:
+                g.throw(GeneratorExit)
+
+
 _hub: Hub | None = None
+
+
+def end_requests_after(grace: float) -> None:
+    """From any thread: once ``grace`` seconds have passed, requests still running in this
+    process's hub get GeneratorExit (``Hub.end_requests``). Nothing without a hub."""
+    hub = _hub
+    if hub is not None:
+        hub.call_threadsafe(hub.end_requests_after, grace)
 
 
 def _coop_hub() -> Hub | None:

@@ -119,6 +119,11 @@ class Server:
         self._draining = True
         lib.sp_server_drain(self._srv)
         lib.sp_server_wakeup(self._srv)
+        if self.threads == 0:
+            # Requests still running --stream-grace seconds from now (SSE streams, long polls)
+            # get GeneratorExit rather than hold the worker until --graceful-timeout.
+            from . import green
+            green.end_requests_after(float(self.config.get("stream_grace", 5.0)))
 
     def stop(self) -> None:
         """serve() returns as soon as possible (in-flight requests are abandoned)."""
@@ -146,6 +151,22 @@ class Server:
             "duration_counts": list(st.duration_count),
             "duration_sum": st.duration_sum_us / 1e6,
         }
+
+    def busy(self) -> list[tuple[str, str, float]]:
+        """The requests the app runs now: (method, path, seconds since the app took it), for a
+        worker about to cut them. Paths are escaped for a log line (percent-decoded, they may
+        hold control characters)."""
+        cap = 65536
+        buf = ffi.new("char[]", cap)
+        n = lib.sp_server_busy(self._srv, buf, cap)
+        fields = ffi.unpack(buf, n).split(b"\0")
+        found = []
+        for i in range(0, len(fields) - 2, 3):
+            path = fields[i + 1].decode("utf-8", "backslashreplace")
+            path = "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
+            found.append((fields[i].decode("latin-1"), path, int(fields[i + 2]) / 1000))
+        found.sort(key=lambda item: -item[2])
+        return found
 
     # ---- serving ---------------------------------------------------------------------------------
 

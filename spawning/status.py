@@ -858,18 +858,18 @@ class StatusService:
             elif path == "/status.json":
                 body = json.dumps(self.document(), indent=1).encode() + b"\n"
                 self._send(client, 200, "application/json", body, head_only)
-            elif path == "/metrics":
-                body = render_metrics(self.document()).encode()
-                self._send(client, 200, "text/plain; version=0.0.4; charset=utf-8", body, head_only)
-            elif path == coverage_support.PREFIX or path.startswith(coverage_support.PREFIX + "/"):
-                self._serve_coverage(client, path, head_only)
-            else:
             elif path == "/healthz":     # alive: the controller's loop answered
                 self._send(client, 200, "text/plain; charset=utf-8", b"ok\n", head_only)
             elif path == "/readyz":
                 ready, why = self.controller.readiness()
                 self._send(client, 200 if ready else 503, "text/plain; charset=utf-8",
                            why.encode() + b"\n", head_only)
+            elif path == "/metrics":
+                body = render_metrics(self.document()).encode()
+                self._send(client, 200, "text/plain; version=0.0.4; charset=utf-8", body, head_only)
+            elif path == coverage_support.PREFIX or path.startswith(coverage_support.PREFIX + "/"):
+                self._serve_coverage(client, path, head_only)
+            else:
                 self._send(client, 404, "text/plain; charset=utf-8",
                            b"not found: try /, /status.json or /metrics\n", head_only)
         except Exception:

@@ -176,11 +176,11 @@ class Worker:
         self._wake_r = -1
         self.parent_pid = os.getppid()
         self.coverage: Any = None  # spawning.coverage_support.WorkerCoverage with --coverage
+        # What --health-path answers: 503 once the server as a whole is shutting down.
+        self.readiness = Readiness()
 
     # -- plumbing -------------------------------------------------------------------------------------
 
-        # What --health-path answers: 503 once the server as a whole is shutting down.
-        self.readiness = Readiness()
     def send(self, message: dict[str, Any]) -> bool:
         data = encode(message)
         with self._send_lock:
@@ -248,6 +248,8 @@ class Worker:
             if self.coverage is not None:  # /_coverage on the app port, as the original had
                 from .coverage_support import middleware
                 app = middleware(app, self.coverage)
+            if config.get("health_path"):
+                app = health_middleware(app, config["health_path"], self.readiness)
         except AppLoadError:
             raise
         except Exception as exc:
@@ -255,8 +257,6 @@ class Worker:
                                _files_of(exc)) from exc
         try:
             server_class = import_object(config.get("server_class") or DEFAULT_SERVER_CLASS)
-            if config.get("health_path"):
-                app = health_middleware(app, config["health_path"], self.readiness)
             return server_class(app, config, self.listeners)
         except Exception as exc:
             raise AppLoadError(f"cannot start the server: {type(exc).__name__}: {exc}") from exc
@@ -410,6 +410,7 @@ class Worker:
         except OSError:
             data = b""
         if not data:
+            self.readiness.serving = False
             self._drain("the controller went away")
         for message in channel.feed(data):
             self._on_command(message)
@@ -422,8 +423,8 @@ class Worker:
             if self.draining:
                 self._stop()
             else:
+                self.readiness.serving = False
                 self._drain(f"signal {signal.Signals(signum).name}")
-            self.readiness.serving = False
 
     def _on_command(self, message: dict[str, Any]) -> None:
         kind = message.get("t")
@@ -431,12 +432,13 @@ class Worker:
             self._drain("asked by the controller")
         elif kind == "stop":
             self._stop()
+        elif kind == "unready":     # the server shuts down (--shutdown-delay may keep it serving)
+            self.readiness.serving = False
         elif kind == "ping":
             self._heartbeat()
         elif kind == "cov_save" and self.coverage is not None:
             self.coverage.save()
 
-                self.readiness.serving = False
     def _drain(self, why: str) -> None:
         if self.draining:
             return
@@ -446,30 +448,9 @@ class Worker:
 
     def _stop(self) -> None:
         self.stopping = True
+        self._log_cut()
         self.server.stop()
 
-        elif kind == "unready":     # the server shuts down (--shutdown-delay may keep it serving)
-            self.readiness.serving = False
-    def _heartbeat(self) -> None:
-        try:
-            stats = dict(self.server.stats())
-        except Exception as exc:  # noqa: BLE001 - the server's problem, not a reason to stop beating
-            stats = {"error": repr(exc)}
-        oldest = stats.get("oldest_request_start")
-        age = None
-        if isinstance(oldest, (int, float)):
-            age = max(0.0, _monotonic() - oldest)
-        message: dict[str, Any] = {"t": "hb", "stats": stats, "oldest_age": age}
-        files = self._new_files()
-        if files:
-            message["files"] = sorted(files)
-        self.send(message)
-
-
-def _files_of(exc: BaseException) -> list[str]:
-    filename = getattr(exc, "filename", None)
-    return [filename] if isinstance(filename, str) and filename.endswith(".py") else []
-        self._log_cut()
     def _log_cut(self) -> None:
         """Names the requests a stop abandons (method, path, age), as the worker's last words: the
         controller stops a drain that overran --graceful-timeout with SIGTERM, and only this
@@ -490,3 +471,22 @@ def _files_of(exc: BaseException) -> list[str]:
         log.warning("worker %d %s: cutting %d request%s: %s%s", os.getpid(), why, len(cut),
                     "" if len(cut) == 1 else "s", shown, more)
 
+    def _heartbeat(self) -> None:
+        try:
+            stats = dict(self.server.stats())
+        except Exception as exc:  # noqa: BLE001 - the server's problem, not a reason to stop beating
+            stats = {"error": repr(exc)}
+        oldest = stats.get("oldest_request_start")
+        age = None
+        if isinstance(oldest, (int, float)):
+            age = max(0.0, _monotonic() - oldest)
+        message: dict[str, Any] = {"t": "hb", "stats": stats, "oldest_age": age}
+        files = self._new_files()
+        if files:
+            message["files"] = sorted(files)
+        self.send(message)
+
+
+def _files_of(exc: BaseException) -> list[str]:
+    filename = getattr(exc, "filename", None)
+    return [filename] if isinstance(filename, str) and filename.endswith(".py") else []

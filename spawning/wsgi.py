@@ -85,6 +85,7 @@ _OUT_PTRS: list = []      # the same for the small out-pointers sp_code_peek fil
 _peek = lib.sp_code_peek
 
 INTERNAL_ERROR = b"Internal Server Error\n"
+SHUTTING_DOWN = b"the server is shutting down\n"
 _ERR_HEADERS = b"Content-Type\0text/plain; charset=utf-8"
 
 
@@ -896,6 +897,17 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                 log.exception("error in WSGI app for %s %s", env.get("REQUEST_METHOD"), env.get("RAW_URI"))
                 if resp.code:
                     fail(resp)
+            except GeneratorExit:
+                # A draining green worker ended a request that outlived --stream-grace
+                # (spawning.green, Hub.end_requests): a clean end, not an app error. Nothing sent
+                # yet (a long poll): 503, which such clients retry; a stream that had begun (SSE)
+                # ends with its last chunk, and an EventSource reconnects, to a live worker.
+                nxt = 0
+                if resp.code:
+                    if resp.head_sent:
+                        finish(srv, take(resp), 0)
+                    else:
+                        fail(resp, "503 Service Unavailable", SHUTTING_DOWN)
             except BaseException:
                 # GreenletExit, SystemExit, KeyboardInterrupt: the request ends here all the same,
                 # so C gets its connection back: a 500 if nothing went out yet, else cut.
