@@ -587,7 +587,8 @@ def _unrecognized(extras: list[str]) -> str:
 def _refuse_foreign_habits(argv: list[str], prog: str) -> None:
     """Short flags that mean something else in gunicorn, used the gunicorn way, exit 2 with a hint:
     ``-w 4`` (workers there, --watch here) when no file ``4`` exists, ``-c conf.py`` (a config file
-    there, --coverage here, which takes no value), ``-p app.pid`` (a pid file there, the port here)."""
+    there, --coverage here, which takes no value), ``-p app.pid`` (a pid file there, the port here),
+    ``--reload`` without a mode (a flag there)."""
     takes_value = {flag for opt in OPTIONS if opt.kind in ("value", "append") for flag in opt.flags}
     i = 0
     while i < len(argv):
@@ -607,6 +608,9 @@ def _refuse_foreign_habits(argv: list[str], prog: str) -> None:
         if word == "-p" and following and not following.isdigit() and ("." in following or
                                                                       "/" in following):
             _fail(prog, f"-p is --port here; for a pid file use --pidfile {following}")
+        if word == "--reload" and (not following or following.startswith("-") or
+                                   following.strip().lower() not in ("dev", "off", "none", "no", "")):
+            _fail(prog, "--reload takes a mode here: --reload=dev (reload on code changes)")
         i += 2 if word in takes_value else 1
 
 

@@ -412,6 +412,9 @@ class Controller:
         """The state of the controller and its workers, as a JSON-able dict."""
         safe_config = {k: v for k, v in self.config.items()
                        if isinstance(v, (str, int, float, bool, type(None), list))}
+        # --env values are often credentials (DATABASE_URL=...): the status page names them only.
+        safe_config["env"] = [f"{str(pair).partition('=')[0]}=(hidden)"
+                              for pair in self.config.get("env") or []]
         return {
             "pid": self.pid,
             "started_at": self.started_at,
