@@ -32,13 +32,16 @@ typedef struct be_state be_state;
  * static void be_free(be_state *b);
  * static int be_add(be_state *b, int fd, int mask, int flags, void *ptr);   0 or -errno
  * static int be_mod(be_state *b, int fd, int mask, int flags, void *ptr);   0 or -errno
- * static int be_del(be_state *b, int fd);                     0 or -errno (closing the fd also removes it)
+ * static int be_del(be_state *b, int fd);                     0 or -errno; called before every close(fd)
  * static int be_poll(be_state *b, be_fired *out, int max, int timeout_ms);  count, or -errno (-EINTR)
  * static const char *be_name(void);
  *
- * and the macros BE_EDGE (see above), BE_SEES_CHANGES_LIVE (a change made while another thread
- * waits in be_poll() takes effect in that wait) and BE_CLOSE_FORGETS (closing an fd removes it
- * from the set, so the core need not call be_del() first).
+ * and the macros BE_EDGE (see above) and BE_SEES_CHANGES_LIVE (a change made while another thread
+ * waits in be_poll() takes effect in that wait).
+ *
+ * The core deregisters an fd itself before it closes it, whatever the backend: close() does not
+ * end an epoll registration while another process holds the socket (an app that forked without
+ * exec), and the registration would go on reporting events for memory the core has freed.
  */
 
 #endif

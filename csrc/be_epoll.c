@@ -5,7 +5,6 @@
 
 #define BE_EDGE 1
 #define BE_SEES_CHANGES_LIVE 1
-#define BE_CLOSE_FORGETS 1   /* close(fd) removes it from the epoll set */
 
 #ifndef EPOLLEXCLUSIVE
 #define EPOLLEXCLUSIVE (1u << 28)   /* Linux 4.5; older headers lack the name */

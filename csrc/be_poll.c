@@ -10,7 +10,6 @@
 
 #define BE_EDGE 0
 #define BE_SEES_CHANGES_LIVE 0
-#define BE_CLOSE_FORGETS 0   /* the set is ours: a closed fd must be removed by hand */
 
 struct be_state {
     pthread_mutex_t mu;

@@ -54,10 +54,6 @@
 
 void srv_slot_freed(sp_server *s);
 
-static sp_conn *conn_of(sp_request *r) {
-    return (sp_conn *)((char *)r - offsetof(sp_conn, req));
-}
-
 /* ---- lifecycle ---------------------------------------------------------------------------------- */
 
 sp_conn *conn_new(sp_server *s, int fd, int listener, const struct sockaddr *sa, int salen) {
@@ -1028,21 +1024,32 @@ static int finish_locked(sp_server *s, sp_conn *c, int abort);
 #define LOCK(s) pthread_mutex_lock(&(s)->mu)
 #define UNLOCK(s) pthread_mutex_unlock(&(s)->mu)
 
-int sp_req_start(sp_server *s, sp_request *r, const char *status, size_t slen,
-                 const char *headers, size_t hlen) {
-    sp_conn *c = conn_of(r);
-    LOCK(s);
-    int rc = 0;
-    if (c->dead) { rc = -EPIPE; goto out; }
-    if (c->started) { rc = -EALREADY; goto out; }
-    if ((rc = send_lent_first(s, c)) < 0) goto out;
+/* Every sp_req_* entry point takes the request's code and looks it up under the lock
+ * (srv_code_conn: slot, generation, busy), never a pointer Python kept: a code kept past its
+ * request (an app's stale write()) then finds nothing and gets -ESTALE, instead of reaching freed
+ * memory or a connection that serves someone else now. */
+
+/* sp_req_start with s->mu held. */
+static int start_locked(sp_server *s, sp_conn *c, const char *status, size_t slen,
+                        const char *headers, size_t hlen) {
+    int rc;
+    if (c->dead) return -EPIPE;
+    if (c->started) return -EALREADY;
+    if ((rc = send_lent_first(s, c)) < 0) return rc;
     for (size_t cap = 1024;; cap *= 2) {
-        if (out_reserve(c, cap) < 0) { rc = -ENOMEM; goto out; }
+        if (out_reserve(c, cap) < 0) return -ENOMEM;
         ssize_t n = format_head(s, c, c->out + c->out_len, c->out_cap - c->out_len, status, slen, headers, hlen, -1);
-        if (n >= 0) { c->out_len += (size_t)n; break; }
-        if (n != -ENOSPC || cap > (1u << 24)) { rc = n == -ENOSPC ? -EINVAL : (int)n; goto out; }
+        if (n >= 0) { c->out_len += (size_t)n; return 0; }
+        if (n != -ENOSPC || cap > (1u << 24)) return n == -ENOSPC ? -EINVAL : (int)n;
     }
-out:
+}
+
+int sp_req_start(sp_server *s, int64_t code, const char *status, size_t slen,
+                 const char *headers, size_t hlen) {
+    LOCK(s);
+    sp_conn *c = srv_code_conn(s, code);
+    if (!c) { UNLOCK(s); return -ESTALE; }
+    int rc = start_locked(s, c, status, slen, headers, hlen);
     UNLOCK(s);
     return rc;
 }
@@ -1080,28 +1087,31 @@ static ssize_t body_write(sp_server *s, sp_conn *c, const char *buf, size_t len)
     return conn_sendv(s, c, iov, n);
 }
 
-ssize_t sp_req_write(sp_server *s, sp_request *r, const char *buf, size_t len) {
-    sp_conn *c = conn_of(r);
+ssize_t sp_req_write(sp_server *s, int64_t code, const char *buf, size_t len) {
     LOCK(s);
+    sp_conn *c = srv_code_conn(s, code);
+    if (!c) { UNLOCK(s); return -ESTALE; }
     ssize_t rc = c->started ? body_write(s, c, buf, len) : -EINVAL;
     UNLOCK(s);
     return rc;
 }
 
-ssize_t sp_req_flush(sp_server *s, sp_request *r) {
-    sp_conn *c = conn_of(r);
+ssize_t sp_req_flush(sp_server *s, int64_t code) {
     LOCK(s);
+    sp_conn *c = srv_code_conn(s, code);
+    if (!c) { UNLOCK(s); return -ESTALE; }
     c->writable = 1;   /* asked after a wait for writability */
     ssize_t rc = conn_flush(s, c);
     UNLOCK(s);
     return rc;
 }
 
-ssize_t sp_req_drain(sp_server *s, sp_request *r, size_t low_water) {
-    sp_conn *c = conn_of(r);
+ssize_t sp_req_drain(sp_server *s, int64_t code, size_t low_water) {
     int timeout = s->cfg.send_timeout_ms > 0 ? s->cfg.send_timeout_ms : -1;
     for (;;) {
         LOCK(s);
+        sp_conn *c = srv_code_conn(s, code);
+        if (!c) { UNLOCK(s); return -ESTALE; }
         ssize_t p = conn_flush(s, c);
         int fd = c->h.fd;
         UNLOCK(s);
@@ -1111,15 +1121,16 @@ ssize_t sp_req_drain(sp_server *s, sp_request *r, size_t low_water) {
         if (pr == 0) return -ETIMEDOUT;
         if (pr < 0 && errno != EINTR) return -errno;
         LOCK(s);
-        c->writable = 1;
+        if ((c = srv_code_conn(s, code)) != NULL) c->writable = 1;
         UNLOCK(s);
     }
 }
 
-ssize_t sp_req_sendfile(sp_server *s, sp_request *r, int fd, int64_t offset, size_t count) {
-    sp_conn *c = conn_of(r);
+ssize_t sp_req_sendfile(sp_server *s, int64_t code, int fd, int64_t offset, size_t count) {
     ssize_t rc;
     LOCK(s);
+    sp_conn *c = srv_code_conn(s, code);
+    if (!c) { UNLOCK(s); return -ESTALE; }
 #ifdef __linux__
     if (c->dead) { rc = -EPIPE; goto out; }
     if (c->chunked_out || !c->started) { rc = -ENOSYS; goto out; }   /* caller writes instead */
@@ -1192,18 +1203,15 @@ static int respond(sp_server *s, sp_conn *c, const char *status, size_t slen,
     if (c->started) return -EALREADY;
     ssize_t n = format_head(s, c, head, sizeof(head), status, slen, headers, hlen, (int64_t)blen);
     if (n == -ENOSPC) {   /* a huge head: take the general path */
-        sp_request *r = &c->req;
-        UNLOCK(s);
-        int rc = sp_req_start(s, r, status, slen, headers, hlen);
+        int rc = start_locked(s, c, status, slen, headers, hlen);
         if (rc != -EINVAL) {
             if (rc == 0) {
-                ssize_t w = sp_req_write(s, r, body, blen);
+                ssize_t w = body_write(s, c, body, blen);
                 if (w < 0 && w != -EMSGSIZE) rc = (int)w;   /* EMSGSIZE: a bodiless response */
             }
-            int f = sp_req_finish(s, r, 0);
+            int f = finish_locked(s, c, 0);
             if (!rc) rc = f;
         }
-        LOCK(s);
         return rc;
     }
     if (n < 0) return (int)n;
@@ -1255,10 +1263,12 @@ int64_t sp_head_add(sp_server *s, const char *head, size_t hlen) {
     return id;
 }
 
-int sp_req_respond(sp_server *s, sp_request *r, const char *status, size_t slen,
+int sp_req_respond(sp_server *s, int64_t code, const char *status, size_t slen,
                    const char *headers, size_t hlen, const char *body, size_t blen) {
     LOCK(s);
-    int rc = respond(s, conn_of(r), status, slen, headers, hlen, body, blen, 0);
+    sp_conn *c = srv_code_conn(s, code);
+    if (!c) { UNLOCK(s); return -ESTALE; }
+    int rc = respond(s, c, status, slen, headers, hlen, body, blen, 0);
     UNLOCK(s);
     return rc;
 }
@@ -1433,9 +1443,11 @@ out:
     return rc;
 }
 
-int sp_req_finish(sp_server *s, sp_request *r, int abort) {
+int sp_req_finish(sp_server *s, int64_t code, int abort) {
     LOCK(s);
-    int rc = finish_locked(s, conn_of(r), abort);
+    sp_conn *c = srv_code_conn(s, code);
+    if (!c) { UNLOCK(s); return -ESTALE; }
+    int rc = finish_locked(s, c, abort);
     UNLOCK(s);
     return rc;
 }
@@ -1567,13 +1579,6 @@ static ssize_t peek_locked(sp_conn *c, const char **data, size_t n) {
     return rc;
 }
 
-ssize_t sp_req_peek(sp_server *s, sp_request *r, const char **data, size_t n) {
-    LOCK(s);
-    ssize_t rc = peek_locked(conn_of(r), data, n);
-    UNLOCK(s);
-    return rc;
-}
-
 ssize_t sp_code_peek(sp_server *s, int64_t code, const char **data, size_t n) {
     LOCK(s);
     sp_conn *c = srv_code_conn(s, code);
@@ -1582,18 +1587,20 @@ ssize_t sp_code_peek(sp_server *s, int64_t code, const char **data, size_t n) {
     return rc;
 }
 
-ssize_t sp_req_read(sp_server *s, sp_request *r, char *buf, size_t n) {
-    sp_conn *c = conn_of(r);
+ssize_t sp_req_read(sp_server *s, int64_t code, char *buf, size_t n) {
     LOCK(s);
+    sp_conn *c = srv_code_conn(s, code);
+    if (!c) { UNLOCK(s); return -ESTALE; }
     ssize_t rc = body_read(s, c, buf, n);
     UNLOCK(s);
     return rc;
 }
 
-ssize_t sp_req_read_wait(sp_server *s, sp_request *r, char *buf, size_t n, int timeout_ms) {
-    sp_conn *c = conn_of(r);
+ssize_t sp_req_read_wait(sp_server *s, int64_t code, char *buf, size_t n, int timeout_ms) {
     for (;;) {
         LOCK(s);
+        sp_conn *c = srv_code_conn(s, code);
+        if (!c) { UNLOCK(s); return -ESTALE; }
         ssize_t rc = body_read(s, c, buf, n);
         int fd = c->h.fd;
         UNLOCK(s);
@@ -1605,9 +1612,10 @@ ssize_t sp_req_read_wait(sp_server *s, sp_request *r, char *buf, size_t n, int t
     }
 }
 
-int sp_req_wait(sp_server *s, sp_request *r, int mask, int64_t token) {
-    sp_conn *c = conn_of(r);
+int sp_req_wait(sp_server *s, int64_t code, int mask, int64_t token) {
     LOCK(s);
+    sp_conn *c = srv_code_conn(s, code);
+    if (!c) { UNLOCK(s); return -ESTALE; }
     int rc = 0;
     if (c->dead || c->peer_closed || ((mask & SP_READ) && c->readable) || ((mask & SP_WRITE) && c->writable)) {
         c->wait_mask = 0;

@@ -26,7 +26,7 @@
  *   after the app call. So the behaviour is the Python path's, whichever side runs.
  *
  *   ResponseBase holds a response's per-request state as C members (code, status, headers,
- *   head_sent, sent, _req) and start_response() in C for its common form (two positional
+ *   head_sent, sent) and start_response() in C for its common form (two positional
  *   arguments); wsgi.Response subclasses it with the rest in Python (write(), send_head(), the
  *   exc_info form of start_response). A response object nothing else holds after the answer
  *   (reference count 1, no weak references) serves the runner's next request, as in wsgi.py.
@@ -52,7 +52,6 @@ typedef struct {
     long long code;       /* the request's code; 0 once the response cannot reach it */
     PyObject *status;     /* what start_response() got; NULL reads as None */
     PyObject *headers;
-    PyObject *req;        /* wsgi.py's _req: the request struct, looked up when needed */
     Py_ssize_t sent;      /* body bytes sent, for the access log */
     char head_sent;
     PyObject *weakrefs;
@@ -68,9 +67,9 @@ static PyObject *s_release;         /* interned "release" */
 
 static int resp_traverse(Resp *self, visitproc visit, void *arg)
 {
+    Py_VISIT(Py_TYPE(self));   /* instances of heap types hold their type (3.9+) */
     Py_VISIT(self->status);
     Py_VISIT(self->headers);
-    Py_VISIT(self->req);
     return 0;
 }
 
@@ -78,7 +77,6 @@ static int resp_clear(Resp *self)
 {
     Py_CLEAR(self->status);
     Py_CLEAR(self->headers);
-    Py_CLEAR(self->req);
     return 0;
 }
 
@@ -149,7 +147,6 @@ static PyMemberDef resp_members[] = {
     {"code", T_LONGLONG, offsetof(Resp, code), 0, NULL},
     {"status", T_OBJECT, offsetof(Resp, status), 0, NULL},
     {"headers", T_OBJECT, offsetof(Resp, headers), 0, NULL},
-    {"_req", T_OBJECT, offsetof(Resp, req), 0, NULL},
     {"sent", T_PYSSIZET, offsetof(Resp, sent), 0, NULL},
     {"head_sent", T_BOOL, offsetof(Resp, head_sent), 0, NULL},
     {"__weaklistoffset__", T_PYSSIZET, offsetof(Resp, weakrefs), READONLY, NULL},
@@ -193,6 +190,7 @@ typedef struct {
 
 static int runner_traverse(Runner *self, visitproc visit, void *arg)
 {
+    Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->app);
     Py_VISIT(self->conn_envs);
     Py_VISIT(self->body_envs);
@@ -273,6 +271,29 @@ static PyObject *runner_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     return (PyObject *)self;
 }
 
+/* Ends a request that can neither go on here nor go back to Python (run() is about to raise):
+ * a 500 if nothing went out yet, else the connection is cut; never left busy forever. A stale
+ * code reaches nothing (sp.h, sp_req_*). */
+static void refuse(sp_server *srv, long long code)
+{
+    static const char head[] = "500 Internal Server Error\0Content-Type\0text/plain; charset=utf-8";
+    static const char body[] = "Internal Server Error\n";
+    if (sp_code_respond(srv, code, head, sizeof head - 1, body, sizeof body - 1) == -EALREADY)
+        sp_req_finish(srv, code, 1);
+}
+
+/* After a call the end of a request makes (keep, release, log): an Exception is the callable's
+ * own business (cleared: the log reports its own), but a BaseException that is not one
+ * (KeyboardInterrupt, SystemExit, GreenletExit) must reach run()'s caller, as on the Python path:
+ * the first is kept in pending[3] until the request is done with. */
+static void defer_error(PyObject **pending)
+{
+    if (pending[0] != NULL || PyErr_ExceptionMatches(PyExc_Exception))
+        PyErr_Clear();
+    else
+        PyErr_Fetch(&pending[0], &pending[1], &pending[2]);
+}
+
 /* The request goes on in Python: (code, environ, response, result, exception, answered, input).
  * Steals code, env, resp, result and inp; env may be NULL (none was made: an empty dict goes, for
  * the error path's logging), result NULL when the app raised (the exception goes, with its
@@ -321,13 +342,10 @@ static PyObject *hand_back(sp_server *srv, PyObject *code, PyObject *env, Resp *
     PyTuple_SetItem(t, 6, inp);
     return t;
 fail:
-    /* No memory even for this: Python cannot have the request, so C gets it back, cut (a stale
-     * code names none). */
-    if (resp->code) {
-        sp_request *r = sp_code_req(srv, resp->code);
-        if (r != NULL)
-            sp_req_finish(srv, r, 1);
-    }
+    /* No memory even for this: Python cannot have the request, so C ends it, unless it was
+     * answered (or lost) already. */
+    if (answered == 0 || answered == -EALREADY || answered == -ENOENT)
+        refuse(srv, PyLong_AsLongLong(code));
     Py_DECREF(code);
     Py_XDECREF(env);
     Py_DECREF(resp);
@@ -430,7 +448,7 @@ fail:
 /* Whether status and headers are the head's, and its id. */
 static int head_matches(PyObject *head, Resp *resp, long long *hid)
 {
-    if (resp->status == NULL || !PyTuple_Check(head) || PyTuple_Size(head) != 3)
+    if (head == NULL || resp->status == NULL || !PyTuple_Check(head) || PyTuple_Size(head) != 3)
         return 0;
     PyObject *st = PyTuple_GetItem(head, 0), *hd = PyTuple_GetItem(head, 1);
     if (resp->status != st) {
@@ -522,14 +540,26 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
         PyObject *env = request_env(self, code, code_obj, &has_body);
         if (env == NULL && !PyErr_Occurred())
             return code_obj;                /* Python makes its environ: Python's request */
+        /* An error making the environ goes to Python with the request (hand_back), which
+         * answers it; it is put aside while the response object is made, which runs code. */
+        PyObject *et = NULL, *ev = NULL, *etb = NULL;
+        if (env == NULL)
+            PyErr_Fetch(&et, &ev, &etb);
         Resp *resp = (Resp *)self->spare;
         self->spare = NULL;
         if (resp == NULL) {
             resp = (Resp *)PyObject_CallNoArgs(self->resp_cls);
             if (resp == NULL) {
-                PyErr_Clear();
                 Py_XDECREF(env);
-                return code_obj;            /* Python meets the same, with its error paths */
+                if (et != NULL)
+                    PyErr_Restore(et, ev, etb);     /* the first error is the one to report */
+                if (PyErr_ExceptionMatches(PyExc_Exception)) {
+                    PyErr_Clear();
+                    return code_obj;        /* Python meets the same, with its error paths */
+                }
+                refuse(self->srv, code);    /* KeyboardInterrupt and the like go up at once */
+                Py_DECREF(code_obj);
+                return NULL;
             }
         }
         resp->code = code;        /* the rest as new: a spare's last request left its state */
@@ -537,9 +567,10 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
         resp->head_sent = 0;
         Py_CLEAR(resp->status);
         Py_CLEAR(resp->headers);
-        Py_CLEAR(resp->req);
-        if (env == NULL)
+        if (env == NULL) {
+            PyErr_Restore(et, ev, etb);
             return hand_back(self->srv, code_obj, NULL, resp, NULL, 0, NULL);
+        }
         PyObject *inp = NULL;
         if (has_body) {     /* it may outlive the request: its response keeps the server */
             inp = PyObject_CallFunctionObjArgs(self->new_input, (PyObject *)resp, NULL);
@@ -563,17 +594,26 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
         if (!Py_IS_TYPE(result, &PyList_Type) || PyList_Size(result) != 1
                 || !Py_IS_TYPE(body = PyList_GetItem(result, 0), &PyBytes_Type))
             return hand_back(self->srv, code_obj, env, resp, result, 0, inp);
+        /* Ours from here, not borrowed from the list: comparing the head below may run the
+         * app's code (a str subclass's __eq__ as its status), which may empty the list. */
+        Py_INCREF(body);
         PyObject *head = self->head;    /* another thread may swap it while __eq__ runs */
-        Py_INCREF(head);
+        Py_XINCREF(head);
         int m = head_matches(head, resp, &hid);
-        Py_DECREF(head);
+        Py_XDECREF(head);
         if (m <= 0) {
+            Py_DECREF(body);
+            if (m < 0 && !PyErr_ExceptionMatches(PyExc_Exception)) {
+                Py_DECREF(result);          /* a KeyboardInterrupt goes to Python's handler */
+                return hand_back(self->srv, code_obj, env, resp, NULL, 0, inp);
+            }
             PyErr_Clear();                  /* Python compares again, and packs the head */
             return hand_back(self->srv, code_obj, env, resp, result, 0, inp);
         }
         char *data;
         Py_ssize_t blen;
         if (PyBytes_AsStringAndSize(body, &data, &blen) < 0) {
+            Py_DECREF(body);
             Py_DECREF(result);
             return hand_back(self->srv, code_obj, env, resp, NULL, 0, inp);
         }
@@ -584,27 +624,36 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
         if (!mine)
             resp->code = 0;
         long long nxt = sp_code_answer(self->srv, code, hid, data, (size_t)blen);
+        PyObject *pending[3] = {NULL, NULL, NULL};   /* see defer_error */
         if (blen >= SP_LEND_MIN && blen <= SP_LEND_MAX) {
             /* C may send it after this (sp.h, "Lent bodies"); if it cannot be kept, have C send or
              * copy what it holds now, before the body goes. */
             PyObject *k = PyObject_CallFunctionObjArgs(self->keep, body, NULL);
             if (k == NULL) {
-                PyErr_Clear();
+                defer_error(pending);
                 sp_server_flush(self->srv);
             }
             Py_XDECREF(k);
         }
-        if (nxt < 0)                        /* still ours or gone: Python knows each case */
-            return hand_back(self->srv, code_obj, env, resp, result, nxt, inp);
+        Py_DECREF(body);
+        if (nxt < 0) {                      /* still ours or gone: Python knows each case */
+            if (pending[0] == NULL)
+                return hand_back(self->srv, code_obj, env, resp, result, nxt, inp);
+            if (nxt == -EALREADY || nxt == -ENOENT)
+                resp->code = code;          /* still ours: Python's handler ends it, and raises */
+            Py_DECREF(result);
+            PyErr_Restore(pending[0], pending[1], pending[2]);
+            return hand_back(self->srv, code_obj, env, resp, NULL, nxt, inp);
+        }
         Py_DECREF(code_obj);
         if (inp != NULL) {  /* later reads get b'' and its buffer goes back to the pool */
             PyObject *r = PyObject_CallMethodObjArgs(inp, s_release, NULL);
             if (r == NULL)
-                PyErr_Clear();
+                defer_error(pending);
             Py_XDECREF(r);
         }
         resp->sent = blen;
-        if (self->log != Py_None) {
+        if (self->log != Py_None && pending[0] == NULL) {   /* as wsgi.py: no line after those */
             PyObject *sent = PyLong_FromSsize_t(blen);
             /* The headers too, for a format that logs a response header (NULL would end the
              * arguments early: None stands for none). */
@@ -613,7 +662,7 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
                                                               hd, NULL) : NULL;
             Py_XDECREF(sent);
             if (r == NULL)
-                PyErr_Clear();              /* the callable logs its own errors */
+                defer_error(pending);       /* the callable logs its own errors */
             Py_XDECREF(r);
         }
         Py_DECREF(env);
@@ -624,6 +673,12 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
             self->spare = (PyObject *)resp;
         } else {
             Py_DECREF(resp);
+        }
+        if (pending[0] != NULL) {
+            if (nxt > 0)
+                refuse(self->srv, nxt);     /* taken for this thread, and now never to run */
+            PyErr_Restore(pending[0], pending[1], pending[2]);
+            return NULL;
         }
         if (nxt == 0 && green != NULL) {
             nxt = green_next(green);
@@ -638,8 +693,10 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
             return PyLong_FromLongLong(nxt);
         code = nxt;
         code_obj = PyLong_FromLongLong(nxt);
-        if (code_obj == NULL)
+        if (code_obj == NULL) {
+            refuse(self->srv, nxt);         /* no memory: answered, rather than busy forever */
             return NULL;
+        }
     }
 }
 
@@ -649,9 +706,34 @@ static PyMethodDef runner_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyMemberDef runner_members[] = {
-    {"head", T_OBJECT_EX, offsetof(Runner, head), 0, NULL},
-    {NULL, 0, 0, 0, NULL},
+/* Runner.head: replaced whole by the handler, never deleted (run() reads it without a check
+ * that could fail). */
+static PyObject *runner_get_head(Runner *self, void *closure)
+{
+    (void)closure;
+    PyObject *head = self->head != NULL ? self->head : Py_None;
+    Py_INCREF(head);
+    return head;
+}
+
+static int runner_set_head(Runner *self, PyObject *value, void *closure)
+{
+    (void)closure;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "Runner.head cannot be deleted");
+        return -1;
+    }
+    PyObject *old = self->head;
+    Py_INCREF(value);
+    self->head = value;
+    Py_XDECREF(old);
+    return 0;
+}
+
+static PyGetSetDef runner_getset[] = {
+    {"head", (getter)runner_get_head, (setter)runner_set_head,
+     "(status, headers, head id) of the head registered last", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyType_Slot runner_slots[] = {
@@ -661,7 +743,7 @@ static PyType_Slot runner_slots[] = {
     {Py_tp_traverse, (void *)runner_traverse},
     {Py_tp_clear, (void *)runner_clear},
     {Py_tp_methods, runner_methods},
-    {Py_tp_members, runner_members},
+    {Py_tp_getset, runner_getset},
     {0, NULL},
 };
 

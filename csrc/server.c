@@ -112,11 +112,17 @@ sp_server *sp_server_new(const sp_config *cfg) {
     s->wake.kind = K_WAKE;
     s->wake.fd = p[0];
     s->wake_w = p[1];
-    if ((rc = be_add(s->be, p[0], BE_READ, 0, &s->wake)) < 0) goto fail;
+    if ((rc = be_add(s->be, p[0], BE_READ, 0, &s->wake)) < 0) {
+        close(p[0]);
+        close(p[1]);
+        goto fail;
+    }
     s->accepting = 1;
     return s;
 fail:
     if (s->be) be_free(s->be);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
     free(s);
     errno = -rc;
     return NULL;
@@ -544,11 +550,9 @@ static void do_accept(sp_server *s, sp_listener *l) {
 }
 
 void srv_conn_forget(sp_server *s, sp_conn *c) {
-#if BE_CLOSE_FORGETS
-    (void)s; (void)c;
-#else
+    /* Always, also with epoll: an app that forked holds a copy of the socket, which keeps the
+     * registration alive after our close() (backend.h). */
     be_del(s->be, c->h.fd);
-#endif
 }
 
 void srv_conn_interest(sp_server *s, sp_conn *c) {

@@ -277,42 +277,48 @@ int64_t sp_poll_one(sp_server *s, int timeout_ms);
 int sp_watch(sp_server *s, int fd, int mask, int64_t token);
 int sp_unwatch(sp_server *s, int fd);
 
-/* ---- Responding to a request (conn.c) ---------------------------------------------------------- */
+/* ---- Responding to a request (conn.c) ---------------------------------------------------------- *
+ *
+ * Every sp_req_* function takes the request's code (above), never a pointer to it: it looks the
+ * code up under the server's mutex and answers -ESTALE when the code names no request Python
+ * holds now (answered, cut, or its connection closed), so that a code kept past its request (an
+ * app's stale write() callable) can reach neither freed memory nor another request. */
 
 /* Green mode: the request's own socket is already in the loop, so sp_watch() cannot take it. This
  * asks for one SP_EV_FD event with token when the connection may make progress for mask (SP_READ:
  * body bytes or hang-up; SP_WRITE: room to write). Reported at once if it already can. 0 or -errno. */
-int sp_req_wait(sp_server *s, sp_request *r, int mask, int64_t token);
+int sp_req_wait(sp_server *s, int64_t code, int mask, int64_t token);
 
 /* Starts the response: status is "200 OK", headers is "Name\0value\0Name\0value\0" (hlen bytes).
  * Validates the status (a final one, 200-599, then SP and a reason without controls, or nothing)
  * and every name (token) and value (no CR/LF/NUL), adds Date, Server, Connection and chunked
  * framing as needed. Nothing is sent until body data or finish. Returns 0, -EINVAL for an invalid
  * status or header (answer 500), or -EPIPE if the client is gone. */
-int sp_req_start(sp_server *s, sp_request *r, const char *status, size_t slen,
+int sp_req_start(sp_server *s, int64_t code, const char *status, size_t slen,
                  const char *headers, size_t hlen);
 /* Queues body bytes (chunk-framed if needed) and writes what the socket takes without blocking.
  * Returns the bytes still queued (the caller waits for writability when over its high-water mark),
  * -EMSGSIZE when no more body may go (its Content-Length is all sent, or the response has no body:
  * HEAD, 204, 304; bytes past the length are cut and the connection closes after the response),
  * or -EPIPE / -ECONNRESET when the client is gone. */
-ssize_t sp_req_write(sp_server *s, sp_request *r, const char *buf, size_t len);
+ssize_t sp_req_write(sp_server *s, int64_t code, const char *buf, size_t len);
 /* Writes queued bytes without blocking; returns the bytes still queued or -errno. */
-ssize_t sp_req_flush(sp_server *s, sp_request *r);
+ssize_t sp_req_flush(sp_server *s, int64_t code);
 /* Blocks (thread mode) until at most low_water bytes stay queued. Returns the bytes queued,
  * -ETIMEDOUT after the send timeout without progress, or -EPIPE. */
-ssize_t sp_req_drain(sp_server *s, sp_request *r, size_t low_water);
+ssize_t sp_req_drain(sp_server *s, int64_t code, size_t low_water);
 /* Sends count bytes of file fd from offset with sendfile(2) after the queued bytes are out. Returns
  * bytes sent (maybe fewer), -EAGAIN when the socket is full, or -errno (-ENOSYS: caller falls back). */
-ssize_t sp_req_sendfile(sp_server *s, sp_request *r, int fd, int64_t offset, size_t count);
+ssize_t sp_req_sendfile(sp_server *s, int64_t code, int fd, int64_t offset, size_t count);
 /* Start + write + finish in one crossing: the common case of a one-piece body. A small response on
  * a keep-alive connection may be held back briefly to leave in a burst with others (conn.c,
  * "Corking"); it is never held past the caller's next sp_poll() that finds no work. Returns -EINVAL
- * (invalid status/header: nothing was sent and r is still the caller's, to answer 500), else r is
- * finished and invalid: 0, or -errno when the client was gone. */
-int sp_req_respond(sp_server *s, sp_request *r, const char *status, size_t slen,
+ * (invalid status/header: nothing was sent and the request is still the caller's, to answer 500),
+ * else the request is finished: 0, or -errno when the client was gone. */
+int sp_req_respond(sp_server *s, int64_t code, const char *status, size_t slen,
                    const char *headers, size_t hlen, const char *body, size_t blen);
-/* The request a code names, NULL if it names none that Python holds now. */
+/* The request a code names, NULL if it names none that Python holds now. Read it at once: the
+ * pointer is not to be kept (another call may finish the request and free it). */
 sp_request *sp_code_req(sp_server *s, int64_t code);
 /* sp_req_respond() for the request a code names (-ESTALE if none), with status and headers in
  * one buffer: head is "status\0headers" (the status holds no NUL: callers check). */
@@ -345,9 +351,9 @@ int64_t sp_head_add(sp_server *s, const char *head, size_t hlen);
  * code, or 0 (none queued, or no chain: the caller polls). Counts for lent bodies (above). */
 int64_t sp_code_answer(sp_server *s, int64_t code, int64_t head, const char *body, size_t blen);
 /* Ends the response (terminal chunk if chunked). The connection goes on to its next pipelined
- * request or back to the loop; r is invalid afterwards. abort != 0 closes the connection (an app
+ * request or back to the loop; the code names nothing afterwards. abort != 0 closes the connection (an app
  * failure after the head went out). Returns 0 or -errno (the connection was lost; still released). */
-int sp_req_finish(sp_server *s, sp_request *r, int abort);
+int sp_req_finish(sp_server *s, int64_t code, int abort);
 
 /* CPython only (pyfast.c): makes the types spawning._core.ResponseBase and spawning._core.Runner,
  * the C path of a repeated keep-alive request, and sets them on the module. Call with the GIL held.
@@ -357,15 +363,13 @@ int sp_py_setup(void);
 /* Reads request body bytes without blocking (sends 100 Continue first when the client expects it).
  * Returns bytes copied, 0 at the end of the body, -EAGAIN when none are buffered yet, -413 over the
  * body limit, -400 for a malformed chunked body, or -errno (client gone). */
-ssize_t sp_req_read(sp_server *s, sp_request *r, char *buf, size_t n);
+ssize_t sp_req_read(sp_server *s, int64_t code, char *buf, size_t n);
 /* Body bytes the loop already holds, without a copy: points *data at up to n of them and consumes
- * them; the bytes stay valid until the next call on r. Returns the count, 0 at the end of the
- * body, -EAGAIN when sp_req_read must do the work (nothing decoded and buffered yet, or 100
- * Continue still to send), or -ECONNRESET. */
-ssize_t sp_req_peek(sp_server *s, sp_request *r, const char **data, size_t n);
-/* sp_req_peek() for the request a code names (-ESTALE if none). */
+ * them; the bytes stay valid until the next call for the request. Returns the count, 0 at the end
+ * of the body, -EAGAIN when sp_req_read must do the work (nothing decoded and buffered yet, or 100
+ * Continue still to send), -ECONNRESET, or -ESTALE. */
 ssize_t sp_code_peek(sp_server *s, int64_t code, const char **data, size_t n);
 /* Thread mode: blocks until body bytes arrive or timeout_ms; then behaves as sp_req_read. */
-ssize_t sp_req_read_wait(sp_server *s, sp_request *r, char *buf, size_t n, int timeout_ms);
+ssize_t sp_req_read_wait(sp_server *s, int64_t code, char *buf, size_t n, int timeout_ms);
 
 #endif

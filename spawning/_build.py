@@ -28,8 +28,10 @@ if os.environ.get("SPAWNING_SANITIZE"):
     # Through libc's wrappers, whose buffers ASan checks (csrc/sysio.h).
     extra += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-DSP_LIBC_SYSCALLS"]
 # csrc/pyfast.c is written against the CPython API; elsewhere (and in a test build of the Python
-# path alone) wsgi.py runs every request itself.
-if sys.implementation.name != "cpython" or os.environ.get("SPAWNING_NO_PYFAST"):
+# path alone) wsgi.py runs every request itself. Also on free-threaded builds: the runner swaps
+# its spare response object and reads its members without a lock, which only the GIL makes safe.
+if (sys.implementation.name != "cpython" or os.environ.get("SPAWNING_NO_PYFAST")
+        or sysconfig.get_config_var("Py_GIL_DISABLED")):
     extra += ["-DSP_NO_PYFAST"]
 if os.environ.get("SPAWNING_FORCE_POLL"):
     extra += ["-DSP_FORCE_POLL"]
@@ -52,7 +54,7 @@ if shim:
 KEEP_GIL = (
     "sp_code_answer", "sp_code_req", "sp_code_peek", "sp_code_respond", "sp_head_add",
     "sp_req_start", "sp_req_respond", "sp_req_write", "sp_req_flush", "sp_req_read",
-    "sp_req_peek", "sp_req_wait", "sp_req_finish", "sp_watch", "sp_unwatch",
+    "sp_req_wait", "sp_req_finish", "sp_watch", "sp_unwatch",
     "sp_server_connections", "sp_server_stats", "sp_server_wakeup", "sp_parse_request",
     "sp_request_framing", "sp_chunked_decode", "sp_decode_path", "sp_env_pack",
     "sp_last_duration_us",

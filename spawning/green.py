@@ -261,11 +261,12 @@ class Hub:
         for w in watch.readers + watch.writers:
             w.wake(_CLOSED)
 
-    def wait_req(self, req: Any, mask: int, timeout: float | None) -> bool:
-        """Parks until the request's own connection can progress for mask. False on timeout."""
+    def wait_req(self, code: int, mask: int, timeout: float | None) -> bool:
+        """Parks until the connection of the request a code names can progress for mask. False
+        on timeout."""
         w = Waiter(self)
         token = self.new_token(w)
-        rc = lib.sp_req_wait(self.srv, req, mask, token)
+        rc = lib.sp_req_wait(self.srv, code, mask, token)
         if rc < 0:
             del self.tokens[token]
             return True          # let the caller retry and see the error
@@ -1281,18 +1282,18 @@ class GreenRequestWaiter:
         self.body_timeout = body_timeout
         self.send_timeout = send_timeout
 
-    def read(self, req: Any, buf: Any, n: int) -> int:
-        rc = lib.sp_req_read(self.srv, req, buf, n)
+    def read(self, code: int, buf: Any, n: int) -> int:
+        rc = lib.sp_req_read(self.srv, code, buf, n)
         while rc == -errno.EAGAIN:
-            if not self.hub.wait_req(req, READ, self.body_timeout):
+            if not self.hub.wait_req(code, READ, self.body_timeout):
                 return -errno.ETIMEDOUT
-            rc = lib.sp_req_read(self.srv, req, buf, n)
+            rc = lib.sp_req_read(self.srv, code, buf, n)
         return rc
 
-    def drain(self, req: Any, low_water: int) -> int:
+    def drain(self, code: int, low_water: int) -> int:
         last = -1
         while True:
-            p = lib.sp_req_flush(self.srv, req)
+            p = lib.sp_req_flush(self.srv, code)
             if p < 0 or p <= low_water:
                 return p
             if p == last:
@@ -1300,11 +1301,11 @@ class GreenRequestWaiter:
                 # rather than spin; the C loop's send timeout ends it.
                 sleep(0.05)
             last = p
-            if not self.hub.wait_req(req, WRITE, self.send_timeout):
+            if not self.hub.wait_req(code, WRITE, self.send_timeout):
                 return -errno.ETIMEDOUT
 
-    def wait_writable(self, req: Any) -> None:
-        self.hub.wait_req(req, WRITE, self.send_timeout)
+    def wait_writable(self, code: int) -> None:
+        self.hub.wait_req(code, WRITE, self.send_timeout)
 
 
 def check_app_compat() -> None:

@@ -123,15 +123,17 @@ class ThreadWaiter:
         self.srv = srv
         self.body_timeout_ms = body_timeout_ms
 
-    def read(self, req: Any, buf: Any, n: int) -> int:
-        return lib.sp_req_read_wait(self.srv, req, buf, n, self.body_timeout_ms)
+    def read(self, code: int, buf: Any, n: int) -> int:
+        return lib.sp_req_read_wait(self.srv, code, buf, n, self.body_timeout_ms)
 
-    def drain(self, req: Any, low_water: int) -> int:
-        return lib.sp_req_drain(self.srv, req, low_water)
+    def drain(self, code: int, low_water: int) -> int:
+        return lib.sp_req_drain(self.srv, code, low_water)
 
-    def wait_writable(self, req: Any) -> None:
-        import select
-        select.select([], [req.fd], [], 1.0)
+    def wait_writable(self, code: int) -> None:
+        req = lib.sp_code_req(self.srv, code)   # read at once, never kept (csrc/sp.h)
+        if req != ffi.NULL:
+            import select
+            select.select([], [req.fd], [], 1.0)
 
 
 class Input:
@@ -191,7 +193,7 @@ class Input:
             except IndexError:
                 cbuf = _new_dirty("char[]", READ_CHUNK)
             self._cbuf = cbuf
-        return self._waiter.read(self._resp.req, cbuf, n)
+        return self._waiter.read(self._resp.code, cbuf, n)
 
     def release(self) -> None:
         """The request is over: later reads get b'' (C has let go of the request), and the read
@@ -358,7 +360,6 @@ else:
         headers: list | None = None
         head_sent = False
         sent = 0
-        _req: Any = None
         start_response = _start_response
 
 
@@ -366,25 +367,17 @@ class Response(_ResponseBase):
     """State of one response: ``start_response`` and the ``write()`` callable.
 
     Made per request without ``__init__``; ``make_handler`` subclasses it with the server and its
-    waiter. ``code`` names the request (sp.h, request codes); ``req``, the struct, is looked up
-    only by the paths that need it. The state (code, status, headers, head_sent, sent, _req)
-    comes from the base, C members on CPython (csrc/pyfast.c)."""
+    waiter. ``code`` names the request (sp.h, request codes) in every call to C, which looks it
+    up each time: once the request is over it is 0, and C refuses it (-ESTALE) whatever the app
+    kept, so a kept write() raises instead of reaching another request. The state (code,
+    status, headers, head_sent, sent) comes from the base, C members on CPython
+    (csrc/pyfast.c)."""
 
     __slots__ = ()
     srv: Any = None     # the server, a plain pointer (make_handler sets these three)
     owner: Any = None   # the object that owns it
     waiter: Any = None
     _start_response = _start_response
-
-    @property
-    def req(self) -> Any:
-        req = self._req
-        if req is None:
-            req = lib.sp_code_req(self.srv, self.code)
-            if req == ffi.NULL:
-                raise ClientDisconnected(errno.ESTALE, "the request is over")
-            self._req = req
-        return req
 
     def status_bytes(self) -> bytes:
         status = self.status
@@ -416,9 +409,11 @@ class Response(_ResponseBase):
             raise AssertionError("the app sent body data before calling start_response()")
         st = self.status_bytes()
         packed = self.pack_headers()
-        rc = lib.sp_req_start(self.srv, self.req, st, len(st), packed, len(packed))
+        rc = lib.sp_req_start(self.srv, self.code, st, len(st), packed, len(packed))
         if rc == -errno.EINVAL:
             raise ValueError(f"invalid response status or headers: {self.status!r} {self.headers!r}")
+        if rc == -errno.ESTALE:
+            raise ClientDisconnected(errno.ESTALE, "the request is over")
         if rc < 0:
             raise ClientDisconnected(-rc, "client disconnected")
         self.head_sent = True
@@ -434,12 +429,14 @@ class Response(_ResponseBase):
         n = len(data)
         if not n:
             return
-        rc = lib.sp_req_write(self.srv, self.req, data, n)
+        rc = lib.sp_req_write(self.srv, self.code, data, n)
         if rc == -errno.EMSGSIZE:
             raise ResponseComplete("the app wrote past its Content-Length")
+        if rc == -errno.ESTALE:
+            raise ClientDisconnected(errno.ESTALE, "the request is over")
         self.sent += n
         if rc > HIGH_WATER:
-            rc = self.waiter.drain(self.req, LOW_WATER)
+            rc = self.waiter.drain(self.code, LOW_WATER)
         if rc < 0:
             if rc == -errno.ETIMEDOUT:
                 raise ClientDisconnected(errno.ETIMEDOUT, "client stopped reading the response")
@@ -475,7 +472,7 @@ class Response(_ResponseBase):
             self.send_head()
         offset = pos
         while remaining > 0:
-            rc = lib.sp_req_sendfile(self.srv, self.req, fd, offset, min(remaining, 1 << 30))
+            rc = lib.sp_req_sendfile(self.srv, self.code, fd, offset, min(remaining, 1 << 30))
             if rc > 0:
                 offset += rc
                 remaining -= rc
@@ -483,8 +480,8 @@ class Response(_ResponseBase):
             elif rc == 0:
                 break                       # file shorter than its size said, or no body (HEAD)
             elif rc == -errno.EAGAIN:
-                self.waiter.wait_writable(self.req)
-                if self.waiter.drain(self.req, 0) < 0:
+                self.waiter.wait_writable(self.code)
+                if self.waiter.drain(self.code, 0) < 0:
                     raise ClientDisconnected(errno.EPIPE, "client disconnected")
             elif rc == -errno.ENOSYS:
                 if offset != pos:
@@ -580,13 +577,12 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         except Exception:   # nothing may stop the handler going on: C handed it its next request
             log.exception("error writing the access log")
 
-    def take(resp: Response) -> Any:
-        """The request's struct, for finishing it; from now on the response cannot reach it, so
+    def take(resp: Response) -> int:
+        """The request's code, for finishing it; from now on the response cannot reach it, so
         a write() the app kept fails instead of writing into the connection's next request."""
-        req = resp.req
+        code = resp.code
         resp.code = 0
-        resp._req = None
-        return req
+        return code
 
     def fail(resp: Response, status: str = "500 Internal Server Error",
              body: bytes = INTERNAL_ERROR) -> None:
@@ -594,9 +590,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         if resp.head_sent:
             finish(srv, take(resp), 1)
             return
-        code = resp.code
-        resp.code = 0
-        resp._req = None
+        code = take(resp)
         st = status.encode("latin-1")
         head = st + b"\0" + _ERR_HEADERS
         respond(srv, code, head, len(head), body, len(body))
@@ -839,7 +833,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                         # start_response nor write, not even weakly): it may serve the next
                         # request, and nothing can write through it meanwhile. Only on the
                         # common way: of what it holds, code and status are set anew, headers by
-                        # start_response, and the rest (head_sent, sent, _req) is as new.
+                        # start_response, and the rest (head_sent, sent) is as new.
                         mine_only = refcount(resp) == 2 and not weakrefs(resp)
                         if not mine_only:
                             resp.code = 0

@@ -243,35 +243,38 @@ static void answer(sp_request *r, int64_t code) {
             /* What the loop holds, without a copy (a few bytes at a time, to cross chunk and
              * buffer edges); the rest through the blocking read. */
             const char *p = NULL;
-            ssize_t k = sp_req_peek(srv, r, &p, 3 < sizeof(body) - n ? 3 : sizeof(body) - n);
+            ssize_t k = sp_code_peek(srv, code, &p, 3 < sizeof(body) - n ? 3 : sizeof(body) - n);
             if (k > 0) { memcpy(body + n, p, (size_t)k); n += (size_t)k; continue; }
             if (k == 0) break;
             CHECK(k == -EAGAIN, "peek body: %zd", k);
-            k = sp_req_read_wait(srv, r, body + n, sizeof(body) - n, 5000);
+            k = sp_req_read_wait(srv, code, body + n, sizeof(body) - n, 5000);
             if (k <= 0) { CHECK(k == 0, "read body: %zd", k); break; }
             n += (size_t)k;
         }
-        CHECK(sp_req_respond(srv, r, "200 OK", 6, hdrs, sizeof hdrs, body, n) == 0, "echo respond");
+        CHECK(sp_req_respond(srv, code, "200 OK", 6, hdrs, sizeof hdrs, body, n) == 0, "echo respond");
         return;
     }
     if (strcmp(path, "/stream") == 0) {
-        CHECK(sp_req_start(srv, r, "200 OK", 6, hdrs, sizeof hdrs) == 0, "start");
-        sp_req_write(srv, r, "one", 3);
-        sp_req_write(srv, r, "two", 3);
-        CHECK(sp_req_finish(srv, r, 0) == 0, "finish stream");
+        CHECK(sp_req_start(srv, code, "200 OK", 6, hdrs, sizeof hdrs) == 0, "start");
+        sp_req_write(srv, code, "one", 3);
+        sp_req_write(srv, code, "two", 3);
+        CHECK(sp_req_finish(srv, code, 0) == 0, "finish stream");
+        /* The code names nothing now: a kept one reaches no connection (the next request's). */
+        CHECK(sp_req_write(srv, code, "x", 1) == -ESTALE, "write with a finished request's code");
+        CHECK(sp_req_finish(srv, code, 0) == -ESTALE, "finish with a finished request's code");
         return;
     }
     if (strcmp(path, "/big") == 0) {
         static char chunk[65536];
         memset(chunk, 'b', sizeof chunk);
-        CHECK(sp_req_start(srv, r, "200 OK", 6, hdrs, sizeof hdrs) == 0, "start big");
+        CHECK(sp_req_start(srv, code, "200 OK", 6, hdrs, sizeof hdrs) == 0, "start big");
         int abort = 0;
         for (int i = 0; i < 80 && !abort; i++) {   /* 5 MiB */
-            ssize_t q = sp_req_write(srv, r, chunk, sizeof chunk);
-            if (q > 256 * 1024) q = sp_req_drain(srv, r, 64 * 1024);
+            ssize_t q = sp_req_write(srv, code, chunk, sizeof chunk);
+            if (q > 256 * 1024) q = sp_req_drain(srv, code, 64 * 1024);
             if (q < 0) abort = 1;   /* the client left: expected in one scenario */
         }
-        sp_req_finish(srv, r, abort);
+        sp_req_finish(srv, code, abort);
         return;
     }
     char body[64];
@@ -289,7 +292,7 @@ static void answer(sp_request *r, int64_t code) {
         }
         return;
     }
-    CHECK(sp_req_respond(srv, r, "200 OK", 6, hdrs, sizeof hdrs, body, (size_t)n) == 0, "respond");
+    CHECK(sp_req_respond(srv, code, "200 OK", 6, hdrs, sizeof hdrs, body, (size_t)n) == 0, "respond");
 }
 
 /* ---- phase 2: several app threads (thread mode), short connections ------------------------- */

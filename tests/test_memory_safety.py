@@ -1,0 +1,214 @@
+"""Regression tests for the memory-safety bugs of issue 22, section 2: ways for an app (or a fork)
+to make the C core reach memory or a connection that is no longer the request's.
+
+Each runs a real server on both paths (the C path of csrc/pyfast.c, and the Python path alone
+with SPAWNING_NO_PYFAST=1) in thread and green mode, with the apps of tests/apps/memsafety_apps.py.
+Under ASan (the sanitizer job) a use after free aborts the worker; in a normal build the same bugs
+showed as bytes injected into another client's connection, a worker that died, or a request never
+answered, which is what these tests check.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import APPS
+
+from spawning.server import backend_name
+
+sys.path.insert(0, str(APPS))
+from memsafety_apps import body_of  # the app's own bodies: one definition of the bytes
+
+MODES = ["4", "0"]
+PATHS = {"c": {}, "python": {"SPAWNING_NO_PYFAST": "1"}}
+
+
+def read_response(f) -> tuple[bytes, bytes]:
+    """(head, body) of one Content-Length response from a socket's file."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        line = f.readline()
+        if not line:
+            raise ConnectionError(f"closed after {head!r}")
+        head += line
+    length = int(next(v for k, _, v in (h.partition(b": ") for h in head.split(b"\r\n"))
+                      if k.lower() == b"content-length"))
+    body = f.read(length)
+    assert len(body) == length, "short body"
+    return head, body
+
+
+def get(port: int, path: str, timeout: float = 10.0) -> bytes:
+    """One GET on a fresh connection; the body of its 200."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode())
+        head, body = read_response(s.makefile("rb"))
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        return body
+
+
+def post_keep(s: socket.socket, f, size: int = 200_000) -> None:
+    """POST /keep on a kept connection: a body larger than the loop reads ahead, so the app's
+    reads go through the blocking read path."""
+    s.sendall(b"POST /keep HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size + b"k" * size)
+    head, body = read_response(f)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert body == b"kept %03d" % (size % 1000)
+
+
+def nothing_arrives(s: socket.socket, seconds: float) -> bytes:
+    """What the server sends on an idle connection within seconds (b'' when nothing)."""
+    s.settimeout(seconds)
+    try:
+        return s.recv(65536)
+    except TimeoutError:
+        return b""
+    finally:
+        s.settimeout(10)
+
+
+# ---- 2.1: a kept write() callable ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("threads", MODES)
+def test_kept_write_cannot_inject_into_an_idle_keepalive_connection(spawn, threads, path):
+    """The app keeps write() from a request whose body it read, and calls it during a later
+    request: it must raise in the app, and the first client, idle in keep-alive, must receive
+    nothing (it used to receive a whole unsolicited response)."""
+    server = spawn("-s", "1", "-t", threads, "memsafety_apps.kept_write", env=PATHS[path])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as a:
+        fa = a.makefile("rb")
+        for _ in range(3):
+            post_keep(a, fa)
+            assert get(server.port, "/use").startswith(b"raised "), "a stale write() did not raise"
+            injected = nothing_arrives(a, 0.3)
+            assert injected == b"", f"bytes injected into an idle connection: {injected[:200]!r}"
+        # The connection still serves its own next request.
+        a.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+        head, _ = read_response(fa)
+        assert head.startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("threads", MODES)
+def test_kept_write_after_its_connection_closed(spawn, threads, path):
+    """The same with the first connection closed before the kept write() is called: the memory
+    it named is freed (or another connection's). The worker must survive and keep answering."""
+    server = spawn("-s", "1", "-t", threads, "memsafety_apps.kept_write", env=PATHS[path])
+    pid = get(server.port, "/pid")
+    for _ in range(10):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as a:
+            post_keep(a, a.makefile("rb"))
+        time.sleep(0.05)   # the server sees the close and frees the connection
+        assert get(server.port, "/use").startswith(b"raised "), "a stale write() did not raise"
+    assert get(server.port, "/pid") == pid, "the worker died"
+
+
+# ---- 2.2: fork without exec ---------------------------------------------------------------------------
+
+
+def stale_registrations(pid: int) -> list[str]:
+    """Entries of the process's epoll sets whose descriptor is closed, or now names another file
+    (Linux: /proc/PID/fdinfo lists each entry with its target's inode)."""
+    stale = []
+    fds = Path(f"/proc/{pid}/fd")
+    for fd in fds.iterdir():
+        try:
+            if os.readlink(fd) != "anon_inode:[eventpoll]":
+                continue
+            info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+        except OSError:
+            continue
+        for m in re.finditer(r"tfd:\s*(\d+) .*? ino:([0-9a-f]+)", info):
+            target, ino = m.group(1), int(m.group(2), 16)
+            try:
+                now = os.stat(fds / target).st_ino
+            except OSError:
+                now = None
+            if now != ino:
+                stale.append(f"epoll fd {fd.name}: fd {target} (inode {ino:x}, now {now})")
+    return stale
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("threads", MODES)
+def test_fork_in_the_app_leaves_no_registration_behind(spawn, threads):
+    """An app forks a child that holds copies of every socket for 3 s. The connections the worker
+    closes meanwhile stay open in the child, and so would their epoll registrations, naming
+    freed memory, if close() were trusted to drop them (the next event on one, a client's bytes
+    or its close, was dispatched to that memory). None may outlive its connection, and every
+    request, on connections old and new, is answered."""
+    server = spawn("-s", "1", "-t", threads, "memsafety_apps.fork")
+    pid = int(get(server.port, "/pid"))
+    if backend_name() != "epoll":
+        pytest.skip("only epoll registrations outlive close()")
+    # Connections open across the fork: the child holds them.
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(8)]
+    files = [s.makefile("rb") for s in held]
+    for s, f in zip(held, files):
+        s.sendall(b"GET /n HTTP/1.1\r\nHost: t\r\n\r\n")
+        read_response(f)
+    assert get(server.port, "/fork") == b"forked"
+    for i, (s, f) in enumerate(zip(held, files)):
+        if i % 2:   # the worker closes it first; the client then sends more and closes
+            s.sendall(b"GET /n HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            head, body = read_response(f)
+            assert head.startswith(b"HTTP/1.1 200 ") and body == b"n" * 100
+            time.sleep(0.05)
+            s.sendall(b"GET /n HTTP/1.1\r\nHost: t\r\n\r\n")
+        s.close()   # the client closes first (even ones), or after the worker (odd ones)
+    time.sleep(0.3)
+    stale = stale_registrations(pid)
+    # New connections meanwhile, some of them on the fd numbers just freed.
+    for _ in range(20):
+        assert get(server.port, "/n") == b"n" * 100
+    assert not stale, stale
+    assert int(get(server.port, "/pid")) == pid, "the worker died"
+
+
+# ---- 2.3: a borrowed body across the app's __eq__ -------------------------------------------------
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("threads", MODES)
+def test_status_whose_comparison_empties_the_body_list(spawn, threads, path):
+    """The status is a str subclass whose __eq__ empties the returned list, so the list's
+    reference to the body is gone while the head is compared: the server must hold its own.
+    Every answer carries its own bytes, and the worker survives."""
+    server = spawn("-s", "1", "-t", threads, "memsafety_apps.clearing_status", env=PATHS[path])
+    pid = get(server.port, "/-1/0")
+    errors: list[str] = []
+
+    def client(k: int) -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+                f = s.makefile("rb")
+                for i in range(90):
+                    # A few paths, each repeated (the C path runs a request whose environ it
+                    # knows); odd ones compare and clear. Sizes: lent (sp.h "Lent bodies"),
+                    # small, copied.
+                    n = k * 100 + i % 6
+                    size = (20000, 600, 70000)[i % 3]
+                    s.sendall(b"GET /%d/%d HTTP/1.1\r\nHost: t\r\n\r\n" % (n, size))
+                    head, body = read_response(f)
+                    if not head.startswith(b"HTTP/1.1 200 ") or body != body_of(n, size):
+                        errors.append(f"request {n}: {head[:40]!r}, {len(body)} bytes")
+                        return
+        except Exception as e:   # noqa: BLE001 -- reported below
+            errors.append(f"client {k}: {e!r}")
+
+    clients = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join(60)
+    assert not errors, errors[:5]
+    assert get(server.port, "/-1/0") == pid, "the worker died"
