@@ -24,7 +24,9 @@ GUNICORN_COMBINED = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"
 EVERY_ATOM = (GUNICORN_COMBINED + " D=%(D)s L=%(L)s M=%(M)s T=%(T)s m=%(m)s U=%(U)s q=%(q)s "
               "H=%(H)s B=%(B)s in=%({X-Trace}i)s out=%({Content-Type}o)s e=%({SERVER_NAME}e)s %(p)s "
               "100%%")
-PATHS = {"c": {}, "python": {"SPAWNING_NO_PYFAST": "1"}}
+# The request paths: C's Runner, Python's handler (the same server with the C path off), and
+# green threads (a request greenlet's thread-local duration must still be its own request's).
+PATHS = {"c": ({}, ()), "python": ({"SPAWNING_NO_PYFAST": "1"}, ()), "green": ({}, ("-t", "0"))}
 
 
 def wait_lines(path: Path, n: int, timeout: float = 5.0) -> list[str]:
@@ -42,8 +44,9 @@ def test_gunicorn_atoms(spawn, tmp_path: Path, path_kind: str) -> None:
     sleep reads as >= 50,000 us), headers both ways, the user from Basic auth, and a newline a
     client decoded into the path escaped so it cannot start a forged line."""
     log_path = tmp_path / "access.log"
-    server = spawn("core_app.application", "-s", "1", "--access-log-format", EVERY_ATOM,
-                   access_log=str(log_path), env=PATHS[path_kind])
+    env, args = PATHS[path_kind]
+    server = spawn("core_app.application", "-s", "1", *args, "--access-log-format", EVERY_ATOM,
+                   access_log=str(log_path), env=env)
     assert http_request(server.port, "/x%0Ay?a=1", headers={
         "X-Trace": "t-1", "Authorization": "Basic dXNlcjpwdw==", "Referer": "http://r/",
         "User-Agent": 'ua "quoted"'})[0] == 200
@@ -68,8 +71,9 @@ def test_gunicorn_atoms(spawn, tmp_path: Path, path_kind: str) -> None:
 @pytest.mark.parametrize("path_kind", sorted(PATHS))
 def test_json_lines(spawn, tmp_path: Path, path_kind: str) -> None:
     log_path = tmp_path / "access.log"
-    server = spawn("core_app.application", "-s", "1", "--access-log-format", "json",
-                   access_log=str(log_path), env=PATHS[path_kind])
+    env, args = PATHS[path_kind]
+    server = spawn("core_app.application", "-s", "1", *args, "--access-log-format", "json",
+                   access_log=str(log_path), env=env)
     assert http_request(server.port, "/v/sleep?0.03", headers={"User-Agent": "probe"})[0] == 200
     assert http_request(server.port, "/a?b=c", method="HEAD")[0] == 200
     lines = wait_lines(log_path, 2)
