@@ -201,6 +201,8 @@ class AccessLog:
     ``fmt``: ``None`` or ``combined`` (Apache's combined line, the default), ``common``, ``json``,
     or a format of atoms (``ATOMS``). ``dropped`` counts the lines that could not be written."""
 
+    pid: int            # the worker's, for %(p)s and the JSON lines
+
     def __init__(self, path: str | None, fmt: str | None = None) -> None:
         self.enabled = path not in (None, "", "/dev/null")
         self.path = str(path) if path else ""

@@ -41,9 +41,8 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {"time": iso_time(record.created), "level": record.levelname,
                                "pid": record.process, "message": record.getMessage()}
-        if record.exc_info:
-            if not record.exc_text:
-                record.exc_text = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             doc["exception"] = record.exc_text
         if record.stack_info:
@@ -95,7 +94,7 @@ class LineHandler(logging.Handler):
                 sent += os.write(self.fd, data[sent:])
         except OSError:
             self.dropped += 1   # a full disk: nowhere to say so
-        except Exception:
+        except Exception:   # noqa: BLE001 -- as logging's own handlers: report, never raise
             self.handleError(record)
 
     def close(self) -> None:

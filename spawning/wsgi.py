@@ -57,7 +57,7 @@ from itertools import chain
 from typing import Any
 
 from ._core import ffi, lib
-from .accesslog import AccessLog  # noqa: F401 -- spawning.wsgi.AccessLog stays importable
+from .accesslog import AccessLog
 from .forwarded import ProxyTrust
 
 log = logging.getLogger("spawning")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import APPS, ROOT, free_port, http_request, start_server, wait_http_status
+from conftest import APPS, ROOT, free_port, http_request, wait_http_status
 
 from spawning.accesslog import AccessLog, check_format
 from spawning.errors import ConfigError

@@ -78,7 +78,8 @@ def test_error_log_lines_are_whole_and_follow_rotation(tmp_path: Path) -> None:
     path = tmp_path / "error.log"
     handler = LineHandler(str(path))
     handler.setFormatter(JsonFormatter())
-    logger = logging.Logger("probe")
+    logger = logging.getLogger("spawning.test-probe")
+    logger.propagate = False
     logger.addHandler(handler)
     try:
         try:
@@ -89,6 +90,7 @@ def test_error_log_lines_are_whole_and_follow_rotation(tmp_path: Path) -> None:
         time.sleep(1.05)
         logger.warning("after the move")
     finally:
+        logger.removeHandler(handler)
         handler.close()
     (old,) = (tmp_path / "error.log.1").read_text().splitlines()
     assert json.loads(old)["exception"].endswith("ValueError: boom")
