@@ -215,12 +215,12 @@ class AccessLog:
         self._iso: tuple[int, str] = (0, "")
         self._ident: tuple[int, int] | None = None
         self._last_duration: Callable[[], int] | None = None
+        fmt = check_format(fmt)         # before opening: a refused format leaves no descriptor
         if self.enabled:
             if self.path == "-":
                 self.fd = 1
             else:
                 self.fd = self._open()
-        fmt = check_format(fmt)
         # The combined line has its own method, the cheapest: the log is on every request's path.
         if fmt in (None, "combined"):
             self.log = self._combined    # type: ignore[method-assign]
