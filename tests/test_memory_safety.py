@@ -212,3 +212,163 @@ def test_status_whose_comparison_empties_the_body_list(spawn, threads, path):
         t.join(60)
     assert not errors, errors[:5]
     assert get(server.port, "/-1/0") == pid, "the worker died"
+
+
+# ---- 2.4: the smaller ones, on the C path's Runner itself ----------------------------------------
+#
+# In-process: a real core server on a loopback listener, real client sockets, and csrc/pyfast.c's
+# Runner driven as spawning/wsgi.py drives it, with callables of the test's choosing where the
+# handler passes its own (the access log, a status).
+
+HEAD = b"200 OK\0Content-Type\0text/plain"
+HEADERS = [("Content-Type", "text/plain")]
+
+
+@pytest.fixture
+def core():
+    """(server pointer, listener port, its keep-alive clients): a core as one app thread runs it,
+    whose answers take the next queued request (chain) and leave at once (no corking)."""
+    from spawning import wsgi
+    from spawning._core import ffi, lib
+    from spawning.server import make_core_config
+
+    if wsgi.Runner is None:
+        pytest.skip("the C path (csrc/pyfast.c) is not built or not in use")
+    cfg = make_core_config({"threads": 1})
+    srv = ffi.gc(lib.sp_server_new(cfg), lib.sp_server_free)
+    listener = socket.create_server(("127.0.0.1", 0))
+    assert lib.sp_server_add_listener(srv, listener.fileno(), 0) == 0
+    clients: list[socket.socket] = []
+    yield srv, listener.getsockname()[1], clients
+    for c in clients:
+        c.close()
+    del srv
+    listener.close()
+
+
+def requests_queued(core, n: int) -> int:
+    """Sends one GET on each of n new connections and returns the first request's code; the
+    others wait in the core's queue."""
+    from spawning._core import lib
+
+    srv, port, clients = core
+    for _ in range(n):
+        c = socket.create_connection(("127.0.0.1", port), timeout=5)
+        c.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        clients.append(c)
+    time.sleep(0.1)   # all of them in the socket buffers before the one poll that reads them
+    code = lib.sp_poll_one(srv, 2000)
+    assert code > 0
+    return code
+
+
+def runner(core, app, code, log=None, body_flag=False):
+    """A Runner as make_handler builds one, whose environ templates know the request a code
+    names (and those repeating its head)."""
+    from spawning import wsgi
+    from spawning._core import ffi, lib
+
+    srv = core[0]
+
+    class Resp(wsgi.Response):
+        __slots__ = ()
+
+    hid = lib.sp_head_add(srv, HEAD, len(HEAD))
+    assert hid > 0
+    env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "QUERY_STRING": "",
+           "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.input": None}
+    templates = {code >> lib.SP_CODE_ID_SHIFT & lib.SP_CODE_ID_MASK: (env, body_flag)}
+    return wsgi.Runner(int(ffi.cast("uintptr_t", srv)), app, {}, {}, templates, {},
+                       lambda resp: None, 1000, Resp, lambda body: None, log,
+                       ("200 OK", HEADERS, hid))
+
+
+def hello(environ, start_response):
+    start_response("200 OK", HEADERS)
+    return [b"hello"]
+
+
+def response_of(c: socket.socket) -> bytes:
+    head, _ = read_response(c.makefile("rb"))
+    return head.split(b"\r\n", 1)[0]
+
+
+def test_runner_traverses_its_type(core):
+    """Instances of heap types hold their type: the GC must see that edge (Py_VISIT(Py_TYPE))."""
+    import gc
+
+    from spawning import wsgi
+
+    r = runner(core, hello, 0)
+    assert type(r) in gc.get_referents(r)
+
+    class Resp(wsgi.Response):
+        __slots__ = ()
+
+    resp = Resp()
+    assert type(resp) in gc.get_referents(resp)
+
+
+def test_runner_head_cannot_be_deleted(core):
+    """run() reads head without a check: deleting it made the next request dereference NULL."""
+    code = requests_queued(core, 1)
+    r = runner(core, hello, code)
+    head = r.head
+    with pytest.raises(AttributeError):
+        del r.head
+    assert r.head == head
+    assert r.run(code, -1) == 0
+    assert response_of(core[2][0]) == b"HTTP/1.1 200 OK"
+
+
+def test_system_exit_in_the_access_log_goes_up_and_the_next_request_is_answered(core):
+    """The access log raising SystemExit (a signal handler's, say) after the answer took the next
+    request: the exception reaches run()'s caller as on the Python path (it was cleared), and
+    the request taken meanwhile is answered 500 instead of holding its connection forever."""
+    def log(environ, status, sent, headers=None):
+        raise SystemExit(3)
+
+    code = requests_queued(core, 2)
+    r = runner(core, hello, code, log)
+    with pytest.raises(SystemExit):
+        r.run(code, -1)
+    first, second = core[2]
+    assert response_of(first) == b"HTTP/1.1 200 OK"
+    second.settimeout(5)
+    assert response_of(second) == b"HTTP/1.1 500 Internal Server Error"
+
+
+def test_keyboard_interrupt_comparing_the_head_reaches_the_handler(core):
+    """A status whose comparison raises a BaseException: the request goes back to Python with
+    that exception (its handler answers and re-raises), not with the exception dropped."""
+    class Interrupting(str):
+        def __eq__(self, other):
+            raise KeyboardInterrupt
+
+        __hash__ = str.__hash__
+
+    def app(environ, start_response):
+        start_response(Interrupting("200 OK"), HEADERS)
+        return [b"hello"]
+
+    code = requests_queued(core, 1)
+    handed = runner(core, app, code).run(code, -1)
+    assert isinstance(handed, tuple), handed
+    assert isinstance(handed[4], KeyboardInterrupt), handed[4]
+
+
+def test_an_error_making_the_environ_goes_to_python_with_the_request(core):
+    """The environ could not be made (here a template whose body flag raises): the error goes to
+    Python with the request, whose handler answers it; it used to stay set while the response
+    object was made, which then failed with a SystemError that was dropped."""
+    code = requests_queued(core, 1)
+    handed = runner(core, hello, code, body_flag=BrokenFlag()).run(code, -1)
+    assert isinstance(handed, tuple), handed
+    assert isinstance(handed[4], ValueError), handed[4]
+
+
+class BrokenFlag:
+    """A template's "a body comes" flag that raises when tested."""
+
+    def __bool__(self):
+        raise ValueError("broken template")
