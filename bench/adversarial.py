@@ -2,7 +2,7 @@
 """The hardening goals of issue 7 at full size (too slow for CI; tests/adversarial runs them scaled
 down). Results and how to read them: tests/adversarial/README.md.
 
-    python bench/adversarial.py                    # all three
+    python bench/adversarial.py                    # all four
     python bench/adversarial.py slowloris idle     # some
     python bench/adversarial.py mixed --requests 200000
 
@@ -13,7 +13,13 @@ down). Results and how to read them: tests/adversarial/README.md.
    loop turn that answers a whole wave, and the attacker's own lag in noticing).
 2. ``idle``: 10,000 keep-alive connections, each after one request, idle. Goal: the worker's RSS
    grows by <= 4 KiB per connection (after a warm-up with 5,000).
-3. ``mixed``: 1,000,000 requests of mixed sizes (bench/mixed.lua with wrk, 16 connections) in
+3. ``proxy``: the slowloris goal against a PROXY-protocol listener (``--bind proxy://``): 5,000
+   connections trickling a v1 preamble; then, for half as long, waves of 200 connections with
+   invalid preambles. Goal: the ordinary client (on a plain listener of the same worker) p99 <
+   50 ms during the first, every slow connection closed unanswered within the header timeout +
+   1 s, and no invalid preamble answered (the ordinary client's figures during the flood are
+   reported).
+4. ``mixed``: 1,000,000 requests of mixed sizes (bench/mixed.lua with wrk, 16 connections) in
    segments; the worker's RSS after each. Goal: growth after the warm-up (the first 10%) <= 1 MB.
 
 Servers run ``tests/adversarial/mixed_app.py``. With ``taskset`` available the server is pinned to
@@ -74,6 +80,32 @@ def goal_slowloris(conns: int, seconds: float, header_timeout: float) -> dict:
                 "goal_p99_ms": 50, "met": during["p99_ms"] < 50 and during["failed"] == 0
                 and set(r["statuses"]) == {"408"}
                 # + the 250 ms sweep, the turn that answers a whole wave, and the attacker's own lag
+                and r["close_after_first_byte_max"] < header_timeout + 1.0}
+    finally:
+        server.stop()
+
+
+def goal_proxy(conns: int, seconds: float, header_timeout: float) -> dict:
+    from conftest import free_port
+    plain, proxied = free_port(), free_port()
+    server, _worker = serve("--header-timeout", str(header_timeout), "-b", f"127.0.0.1:{plain}",
+                            "-b", f"proxy://127.0.0.1:{proxied}")
+    try:
+        # Phase 1: slow preambles alone, as the slowloris goal.
+        a = attack("slowloris", port=proxied, conns=conns, interval=1.0, duration=seconds,
+                   prefix="PROXY TCP4 192.0.2.1 192.0.2.2 1234 80\r\n")
+        time.sleep(min(5.0, seconds / 4))
+        during = Prober(plain, 500, (seconds * 0.6) / 500).run().result()
+        r = a.result(seconds + 120)
+        # Phase 2: a flood of invalid preambles (200 connections at a time, replaced as closed).
+        g = attack("proxy_garbage", port=proxied, conns=200, duration=seconds / 2)
+        time.sleep(1.0)
+        flood = Prober(plain, 200, (seconds / 2 - 2) / 200).run().result()
+        garbage = g.result(seconds + 120)
+        return {"conns": conns, "header_timeout_s": header_timeout, "attack": r, "probe_during": during,
+                "garbage": garbage, "probe_during_garbage": flood, "goal_p99_ms": 50,
+                "met": during["p99_ms"] < 50 and during["failed"] == 0 and flood["failed"] == 0
+                and set(r["statuses"]) == {"None"} and garbage["answered"] == 0
                 and r["close_after_first_byte_max"] < header_timeout + 1.0}
     finally:
         server.stop()
@@ -153,7 +185,7 @@ def goal_mixed(total: int, segment_s: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("goals", nargs="*", default=["slowloris", "idle", "mixed"])
+    ap.add_argument("goals", nargs="*", default=["slowloris", "idle", "proxy", "mixed"])
     ap.add_argument("--slowloris-conns", type=int, default=5000)
     ap.add_argument("--slowloris-seconds", type=float, default=20.0)
     ap.add_argument("--header-timeout", type=float, default=5.0)
@@ -169,6 +201,8 @@ def main() -> None:
             results[goal] = goal_slowloris(args.slowloris_conns, args.slowloris_seconds, args.header_timeout)
         elif goal == "idle":
             results[goal] = goal_idle(args.idle_conns)
+        elif goal == "proxy":
+            results[goal] = goal_proxy(args.slowloris_conns, args.slowloris_seconds, args.header_timeout)
         elif goal == "mixed":
             results[goal] = goal_mixed(args.requests, args.segment)
         else:

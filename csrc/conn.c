@@ -764,6 +764,7 @@ void conn_timeout(sp_server *s, sp_conn *c, int64_t now) {
     switch (c->state) {
     case C_HEAD:
         if (c->pos == c->in_len || !c->head_started_ms) conn_close(s, c);   /* idle keep-alive */
+        else if (c->proxy_wait) conn_close(s, c);   /* a PROXY preamble unfinished: unanswered, as a bad one */
         else conn_error(s, c, 408);                                          /* slowloris */
         break;
     case C_BODY:

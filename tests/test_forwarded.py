@@ -221,7 +221,8 @@ def apply(headers: dict[str, str], peer: str = "127.0.0.1", allow: str = "127.0.
 
 
 @pytest.mark.parametrize("value, expected", [
-    ("for=192.0.2.60;proto=http;by=203.0.113.43", [{"for": "192.0.2.60", "proto": "http", "by": "203.0.113.43"}]),
+    ("for=192.0.2.60;proto=http;by=203.0.113.43",
+     [{"for": "192.0.2.60", "proto": "http", "by": "203.0.113.43"}]),
     ('for="_gazonk"', [{"for": "_gazonk"}]),
     ('For="[2001:db8:cafe::17]:4711"', [{"for": "[2001:db8:cafe::17]:4711"}]),
     ("for=192.0.2.43, for=198.51.100.17", [{"for": "192.0.2.43"}, {"for": "198.51.100.17"}]),
@@ -274,3 +275,33 @@ def test_allow_list_option_is_validated(tmp_path):
                            "hello.application"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "10.0.0.0/33" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_django_is_secure_behind_a_tls_proxy(spawn, tmp_path):
+    """Django reads the scheme from wsgi.url_scheme: behind a TLS-terminating proxy on 127.0.0.1,
+    is_secure() and absolute URLs say https with no SECURE_PROXY_SSL_HEADER setting; the same
+    header from an untrusted peer changes nothing."""
+    pytest.importorskip("django")
+    site = tmp_path / "proxysite"
+    site.mkdir()
+    (site / "__init__.py").write_text("")
+    (site / "settings.py").write_text(
+        "SECRET_KEY = 'test-only'\nDEBUG = False\nALLOWED_HOSTS = ['*']\n"
+        "ROOT_URLCONF = 'proxysite.urls'\nINSTALLED_APPS = []\nMIDDLEWARE = []\nUSE_TZ = True\n"
+        "DATABASES = {}\n")
+    (site / "urls.py").write_text(
+        "from django.http import JsonResponse\nfrom django.urls import path\n\n"
+        "def view(request):\n"
+        "    return JsonResponse({'secure': request.is_secure(), 'url': request.build_absolute_uri('/x'),\n"
+        "                         'addr': request.META['REMOTE_ADDR']})\n\n"
+        "urlpatterns = [path('', view)]\n")
+    django = "--factory=spawning.django_factory.config_factory"
+    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.50", "Host": "shop.example"}
+    server = spawn(django, "-s", "1", "-t", "2", "proxysite.settings", cwd=tmp_path)
+    status, _, body = server.get("/", headers=headers)
+    assert status == 200, body[:500]
+    assert json.loads(body) == {"secure": True, "url": "https://shop.example/x", "addr": "203.0.113.50"}
+    untrusting = spawn(django, "-s", "1", "-t", "2", "--forwarded-allow-ips", "10.0.0.1",
+                       "proxysite.settings", cwd=tmp_path)
+    status, _, body = untrusting.get("/", headers=headers)
+    assert json.loads(body) == {"secure": False, "url": "http://shop.example/x", "addr": "127.0.0.1"}

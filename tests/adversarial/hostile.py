@@ -370,7 +370,69 @@ def hold(port: int, conns: int = 100, duration: float = 30.0, request: bool = Fa
     return {"opened": len(socks)}
 
 
-ATTACKS: dict[str, Callable[..., dict[str, Any]]] = {"slowloris": slowloris, "idle": idle, "hold": hold}
+# Openings that are no PROXY preamble (csrc/proxy.c), for a listener that expects one: each must
+# be closed without a byte of answer.
+BAD_PREAMBLES: list[bytes] = [
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",
+    b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 2\r\n",
+    b"PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n",
+    b"PROXY " + b"A" * 120,
+    b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\xff\xff" + b"\x00" * 64,
+    b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x10" + b"\x00" * 12 + b"\x01\x00\xff\x00",
+    b"\r\n\r\n\x00\r\nQUIT\n\x12\x11\x00\x0c" + b"\x00" * 12,
+    b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + b"\x00" * 40,
+    b"\x00" * 64,
+]
+
+
+def proxy_garbage(port: int, conns: int = 200, duration: float = 5.0,
+                  pause: float = 0.0) -> dict[str, Any]:
+    """Waves of ``conns`` connections to a PROXY-protocol listener, each opening with one of
+    BAD_PREAMBLES, ``pause`` seconds apart, until ``duration`` ends. Returns: sent (connections), closed (by the server
+    before the attacker gave up on them, 2 s), answered (those that got any byte back) and the
+    slowest close after the send (seconds)."""
+    deadline = time.monotonic() + duration
+    sent = closed = answered = 0
+    slowest = 0.0
+    while time.monotonic() < deadline:
+        sel = selectors.DefaultSelector()
+        socks = _open_many(port, conns, sel, deadline)
+        started: dict[int, tuple[socket.socket, float]] = {}
+        for i, s in enumerate(socks):
+            try:
+                s.send(BAD_PREAMBLES[(sent + i) % len(BAD_PREAMBLES)])
+            except OSError:
+                pass
+            started[s.fileno()] = (s, time.monotonic())
+            sel.register(s, selectors.EVENT_READ)
+        sent += len(socks)
+        give_up = time.monotonic() + 2.0
+        while started and time.monotonic() < give_up:
+            for key, _ in sel.select(0.05):
+                s, t = started[key.fd]
+                try:
+                    b = s.recv(4096)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    b = b""
+                if b:
+                    answered += 1
+                    continue
+                closed += 1
+                slowest = max(slowest, time.monotonic() - t)
+                sel.unregister(s)
+                s.close()
+                del started[key.fd]
+        for s, _ in started.values():
+            s.close()
+        time.sleep(pause)
+    return {"sent": sent, "closed": closed, "answered": answered, "slowest_close": round(slowest, 3)}
+
+
+ATTACKS: dict[str, Callable[..., dict[str, Any]]] = {"slowloris": slowloris, "idle": idle, "hold": hold,
+                                                     "proxy_garbage": proxy_garbage}
 
 
 def run_attack(name: str, timeout: float = 120.0, **kw: Any) -> dict[str, Any]:
