@@ -54,6 +54,12 @@
 
 void srv_slot_freed(sp_server *s);
 
+/* The deadline timeout_ms after from_ms. Every configured timeout means "off" at 0 (sp.h,
+ * sp_config): no deadline then, the 0 the sweep skips. */
+static int64_t deadline_after(int64_t from_ms, int timeout_ms) {
+    return timeout_ms > 0 ? from_ms + timeout_ms : 0;
+}
+
 /* ---- lifecycle ---------------------------------------------------------------------------------- */
 
 sp_conn *conn_new(sp_server *s, int fd, int listener, const struct sockaddr *sa, int salen) {
@@ -90,7 +96,7 @@ sp_conn *conn_new(sp_server *s, int fd, int listener, const struct sockaddr *sa,
     c->remote_len = hl;
     memcpy(c->port, port, pl + 1);
     c->port_len = pl;
-    c->deadline_ms = sp_now_ms() + (s->cfg.header_timeout_ms > 0 ? s->cfg.header_timeout_ms : 10000);
+    c->deadline_ms = deadline_after(sp_now_ms(), s->cfg.header_timeout_ms);
     c->next = s->conns;
     if (s->conns) s->conns->prev = c;
     s->conns = c;
@@ -522,7 +528,7 @@ static int try_parse(sp_server *s, sp_conn *c) {
             c->last_len = avail;
             /* The head's own deadline, also when its first bytes came pipelined behind the previous
              * request (finish_locked had set the keep-alive timeout): no longer deadline that way. */
-            c->deadline_ms = c->head_started_ms + s->cfg.header_timeout_ms;
+            c->deadline_ms = deadline_after(c->head_started_ms, s->cfg.header_timeout_ms);
             return 0;
         }
         c->rep_len = 0;   /* envbuf changes below: whatever was remembered is void */
@@ -560,7 +566,7 @@ static int try_parse(sp_server *s, sp_conn *c) {
     if (c->req.body == 1 && !c->expect_continue && c->body_left <= SP_PREBUFFER_MAX &&
         (int64_t)(c->in_len - c->pos) < c->body_left) {
         c->state = C_BODY;   /* conn_read_head() reads the rest, then queues it */
-        c->deadline_ms = sp_now_ms() + s->cfg.body_timeout_ms;
+        c->deadline_ms = deadline_after(sp_now_ms(), s->cfg.body_timeout_ms);
         srv_conn_interest(s, c);
         return 0;
     }
@@ -714,6 +720,10 @@ void conn_on_event(sp_server *s, sp_conn *c, int mask) {
             if (!pending(c) && was_close) {
                 shutdown(c->h.fd, SHUT_WR);
                 c->deadline_ms = sp_now_ms() + SP_LINGER_MS;
+            } else if (!pending(c) && c->state == C_HEAD && c->req.serial && c->pos == c->in_len) {
+                /* The last response has gone: idle from now on (the send timeout governed). */
+                c->deadline_ms = s->draining ? sp_now_ms() + SP_DRAIN_IDLE_MS
+                                             : deadline_after(sp_now_ms(), s->cfg.keepalive_timeout_ms);
             }
             if (held && pending(c) <= SP_PIPELINE_OUT_MAX && c->state == C_HEAD && !c->queued) {
                 /* Output drained below the mark: the pipelined requests held back by
@@ -755,17 +765,28 @@ void conn_on_event(sp_server *s, sp_conn *c, int mask) {
 void conn_timeout(sp_server *s, sp_conn *c, int64_t now) {
     if (pending(c) && c->state != C_BUSY) {
         /* The response is still going out (finished by the app, queued here): a slow reader
-         * keeps its connection as long as it makes progress within the send timeout. */
-        int64_t limit = c->send_progress_ms + s->cfg.send_timeout_ms;
+         * keeps its connection as long as it makes progress within the send timeout. With
+         * that off (0) it keeps it however slow it is: looked at again a sweep later, so that
+         * the state's own timeout applies once the output has gone. */
+        int64_t limit = s->cfg.send_timeout_ms > 0 ? c->send_progress_ms + s->cfg.send_timeout_ms
+                                                   : now + SP_SWEEP_MS;
         if (now < limit) { c->deadline_ms = limit; return; }
         conn_close(s, c);
         return;
     }
     switch (c->state) {
     case C_HEAD:
-        if (c->pos == c->in_len || !c->head_started_ms) conn_close(s, c);   /* idle keep-alive */
-        else if (c->proxy_wait) conn_close(s, c);   /* a PROXY preamble unfinished: unanswered, as a bad one */
-        else conn_error(s, c, 408);                                          /* slowloris */
+        if (c->pos == c->in_len || !c->head_started_ms) {
+            /* Idle: a keep-alive connection between requests, or a new one still silent (its
+             * header timeout). With the keep-alive timeout off (0) an idle keep-alive
+             * connection stays, unless the server drains. */
+            if (c->req.serial && s->cfg.keepalive_timeout_ms <= 0 && !s->draining) c->deadline_ms = 0;
+            else conn_close(s, c);
+        } else if (c->proxy_wait) {
+            conn_close(s, c);        /* a PROXY preamble unfinished: unanswered, as a bad one */
+        } else {
+            conn_error(s, c, 408);   /* slowloris */
+        }
         break;
     case C_BODY:
         conn_error(s, c, 408);   /* a small body that stalled before the app got it */
@@ -775,7 +796,8 @@ void conn_timeout(sp_server *s, sp_conn *c, int64_t now) {
         break;
     case C_BUSY:
         /* Only set while output is stuck: a client that stopped reading. */
-        if (pending(c) && now - c->send_progress_ms >= s->cfg.send_timeout_ms) conn_kill(s, c);
+        if (pending(c) && s->cfg.send_timeout_ms > 0 && now - c->send_progress_ms >= s->cfg.send_timeout_ms)
+            conn_kill(s, c);
         else c->deadline_ms = 0;
         break;
     default:
@@ -1426,8 +1448,8 @@ static int finish_locked(sp_server *s, sp_conn *c, int abort) {
         }
         goto out;
     }
-    c->deadline_ms = now / 1000 + s->cfg.keepalive_timeout_ms;
-    if (s->draining) c->deadline_ms = now / 1000 + SP_DRAIN_IDLE_MS;
+    c->deadline_ms = s->draining ? now / 1000 + SP_DRAIN_IDLE_MS
+                                 : deadline_after(now / 1000, s->cfg.keepalive_timeout_ms);
     /* Pipelining: the next head may already be buffered; start it unless output is backed up. */
     if (pending_own(c) <= SP_PIPELINE_OUT_MAX) {
         int p = try_parse(s, c);

@@ -165,6 +165,7 @@ struct sp_server {
     int early_misses;                /* early reads after accept that found nothing, in a row */
     uint64_t head_reads;             /* recv calls that brought head bytes (early-read hits) */
     int draining;
+    uint64_t handed_out;             /* requests given to the app (cfg.max_requests) */
 
     sp_conn *conns;                  /* all connections */
     sp_conn *graveyard;              /* closed while a poll was in flight: freed after its dispatch */

@@ -202,8 +202,7 @@ static void set_accepting(sp_server *s, int on) {
     }
 }
 
-int sp_server_drain(sp_server *s) {
-    pthread_mutex_lock(&s->mu);
+static void drain_locked(sp_server *s) {
     s->draining = 1;
     set_accepting(s, 0);
     sp_conn *c = s->conns;
@@ -212,6 +211,11 @@ int sp_server_drain(sp_server *s) {
         conn_drain(s, c);
         c = next;
     }
+}
+
+int sp_server_drain(sp_server *s) {
+    pthread_mutex_lock(&s->mu);
+    drain_locked(s);
     int n = s->nconns;
     pthread_mutex_unlock(&s->mu);
     sp_server_wakeup(s);
@@ -480,6 +484,13 @@ static int take_ready(sp_server *s, sp_event *out, int max, int64_t now_us, int 
         c->state = C_BUSY;
         c->busy_since_us = now_us;
         s->st.in_flight++;
+        if (s->cfg.max_requests && ++s->handed_out >= s->cfg.max_requests && !s->st.retiring) {
+            /* --max-requests: the limit is counted here, where requests go to the app, so that
+             * no more are taken in than the connections already open bring (each answered
+             * with Connection: close); the worker sees retiring and asks for a replacement. */
+            s->st.retiring = 1;
+            drain_locked(s);
+        }
         memset(&out[n], 0, sizeof(out[n]));
         out[n].kind = SP_EV_REQUEST;
         out[n].fd = c->h.fd;
@@ -492,11 +503,13 @@ static int take_ready(sp_server *s, sp_event *out, int max, int64_t now_us, int 
 
 /* ---- accept ---------------------------------------------------------------------------------- */
 
-static void do_accept(sp_server *s, sp_listener *l) {
+/* Accepts up to SP_ACCEPT_BURST connections; early != 0 reads each at once (sp_server_accept_
+ * pending). Returns 1 when the burst ran out with more perhaps waiting, else 0. */
+static int do_accept(sp_server *s, sp_listener *l, int early) {
     for (int i = 0; i < SP_ACCEPT_BURST; i++) {
         if (s->nconns >= s->cfg.max_connections) {
             set_accepting(s, 0);   /* resumed by conn_close when a slot frees */
-            return;
+            return 0;
         }
         struct sockaddr_storage ss;
         socklen_t sl = sizeof(ss);
@@ -510,15 +523,16 @@ static void do_accept(sp_server *s, sp_listener *l) {
             if (errno == EINTR || errno == ECONNABORTED) continue;
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                 /* Out of descriptors: stop accepting for a moment instead of spinning on a
-                 * level-triggered listener that stays readable. */
+                 * level-triggered listener that stays readable. Counted: the worker logs it. */
                 set_accepting(s, 0);
                 s->accept_resume_ms = sp_now_ms() + SP_EMFILE_PAUSE_MS;
+                s->st.accept_pauses++;
             } else if (errno == EINVAL) {
                 /* No longer listening: the controller shut the socket down to stop the server
                  * (sockets.py, stop_listening). It stays readable; stop watching it. */
                 set_accepting(s, 0);
             }
-            return;   /* EAGAIN: another process took it, or the queue is empty */
+            return 0;   /* EAGAIN: another process took it, or the queue is empty */
         }
         if (!l->nodelay && (ss.ss_family == AF_INET || ss.ss_family == AF_INET6)) {
             int one = 1;
@@ -529,7 +543,7 @@ static void do_accept(sp_server *s, sp_listener *l) {
         setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof(one));
 #endif
         sp_conn *c = conn_new(s, fd, l->index, (struct sockaddr *)&ss, (int)sl);
-        if (!c) { close(fd); return; }
+        if (!c) { close(fd); return 0; }
         /* Edge-triggered: read|write once for good. Level-triggered: only what is wanted now. */
         if (be_add(s->be, fd, BE_EDGE ? BE_READ | BE_WRITE : BE_READ, 0, &c->h) < 0) { conn_close(s, c); continue; }
         s->st.accepted++;
@@ -541,12 +555,26 @@ static void do_accept(sp_server *s, sp_listener *l) {
          * whether the traffic changed. Skipping is safe: data that came before the registration
          * above is reported by the next poll. (With TCP_DEFER_ACCEPT on the listener, sockets.py,
          * the request has come before the accept and the early read finds it.) */
-        if (s->early_misses < SP_EARLY_MISSES || s->st.accepted % SP_EARLY_PROBE == 0) {
+        if (early || s->early_misses < SP_EARLY_MISSES || s->st.accepted % SP_EARLY_PROBE == 0) {
             uint64_t reads = s->head_reads;
             conn_on_event(s, c, BE_READ);      /* may close and free c */
             s->early_misses = s->head_reads != reads ? 0 : s->early_misses + 1;
         }
     }
+    return 1;
+}
+
+int sp_server_accept_pending(sp_server *s) {
+    pthread_mutex_lock(&s->mu);
+    uint64_t before = s->st.accepted;
+    /* The clock the new connections' stamps read (a poll turn may be long past). */
+    s->now_us = sp_now_us();
+    for (int i = 0; i < s->nlisteners; i++)
+        while (do_accept(s, &s->listeners[i], 1)) {}
+    int n = (int)(s->st.accepted - before);
+    pthread_mutex_unlock(&s->mu);
+    if (n) sp_server_wakeup(s);   /* a poller (the poll backend) must see the new sockets */
+    return n;
 }
 
 void srv_conn_forget(sp_server *s, sp_conn *c) {
@@ -660,7 +688,7 @@ static int dispatch(sp_server *s, be_fired *fired, int n) {
         sp_handle *h = fired[i].ptr;
         switch (h->kind) {
         case K_LISTENER:
-            if (s->accepting) do_accept(s, (sp_listener *)h);
+            if (s->accepting) do_accept(s, (sp_listener *)h, 0);
             break;
         case K_CONN:
             conn_on_event(s, (sp_conn *)h, fired[i].mask);

@@ -223,6 +223,8 @@ typedef struct sp_stats {
                                                        sp_duration_bounds_us[i] (and over the bound
                                                        before); the last bucket counts the rest */
     uint64_t duration_sum_us;    /* the sum of those durations */
+    uint64_t accept_pauses;      /* times accepting paused for lack of descriptors (EMFILE...) */
+    int retiring;                /* 1 once cfg.max_requests requests went to the app */
 } sp_stats;
 
 /* Upper bounds of the duration histogram's buckets: Prometheus' default buckets, and finer ones
@@ -245,6 +247,11 @@ int sp_server_add_listener(sp_server *s, int fd, int index);
 /* Stops accepting, closes idle connections, and makes every busy one close after its response.
  * Returns the number of connections still open. */
 int sp_server_drain(sp_server *s);
+/* Accepts every connection waiting in the listeners' queues now, whatever the threads are doing,
+ * and reads what each sent: before the listeners are shut down at the end (which resets what
+ * their queues hold), so that a request the kernel took in is served. Stops early only at
+ * max_connections or out of descriptors. Returns the number accepted. */
+int sp_server_accept_pending(sp_server *s);
 /* Connections still open (0 after a drain means the worker may exit). */
 int sp_server_connections(sp_server *s);
 void sp_server_stats(sp_server *s, sp_stats *out);

@@ -63,6 +63,7 @@ typedef struct sp_stats {
     uint64_t requests; uint64_t accepted; uint64_t rejected; int connections; int in_flight;
     uint64_t bytes_out; uint64_t status_class[6]; int64_t oldest_busy_ms;
     uint64_t duration_count[21]; uint64_t duration_sum_us;
+    uint64_t accept_pauses; int retiring;
 } sp_stats;
 #define SP_DURATION_BUCKETS 21
 extern const int64_t sp_duration_bounds_us[20];
@@ -73,6 +74,7 @@ sp_server *sp_server_new(const sp_config *cfg);
 void sp_server_free(sp_server *s);
 int sp_server_add_listener(sp_server *s, int fd, int index);
 int sp_server_drain(sp_server *s);
+int sp_server_accept_pending(sp_server *s);
 int sp_server_connections(sp_server *s);
 void sp_server_stats(sp_server *s, sp_stats *out);
 size_t sp_server_busy(sp_server *s, char *out, size_t cap);

@@ -303,7 +303,8 @@ OPTIONS: tuple[Option, ...] = (
     # Listening
     Option("host", ("-i", "--host"), "127.0.0.1", "interface to listen on (ignored with --bind)",
            "Listening", metavar="HOST"),
-    Option("port", ("-p", "--port"), 8080, "port to listen on (ignored with --bind)",
+    Option("port", ("-p", "--port"), 8080,
+           "port to listen on (ignored with --bind); 0 = any free port",
            "Listening", type=port, metavar="PORT"),
     Option("bind", ("-b", "--bind"), [], "address to listen on, repeatable: HOST:PORT, [::1]:PORT, "
            "unix:/path or fd://N (proxy://ADDRESS: PROXY protocol there); replaces --host/--port",
@@ -337,7 +338,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("processes", ("-s", "--processes", "--workers"), 4, "worker processes", "Processes", type=positive,
            metavar="N"),
     Option("graceful_timeout", ("--graceful-timeout",), 30.0,
-           "seconds a stopping worker may spend finishing its requests before it is killed",
+           "seconds a stopping worker may spend finishing its requests before it is killed; "
+           "0 = no limit",
            "Processes", type=seconds, metavar="SECONDS"),
     Option("shutdown_delay", ("--shutdown-delay",), 0.0, "after SIGTERM, go on accepting and "
            "serving this many seconds (with /readyz and --health-path answering 503) before the "
@@ -353,14 +355,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("watch", ("-w", "--watch"), [], "with --reload=dev, also watch this file (repeatable)",
            "Reloading and recycling", kind="append", metavar="FILE"),
     Option("max_memory", ("-m", "--max-memory"), 0.0, "reload gracefully when all workers together "
-           "use more than this many MB (USS); 0 = off", "Reloading and recycling", type=megabytes,
+           "use more than this many MB (USS), sampled twice a second; 0 = off. Reloads follow each "
+           "other at once while fresh workers start under the limit; once they start over it, "
+           "reloading cannot help and the pause between reloads grows from 5 s to 60 s",
+           "Reloading and recycling", type=megabytes,
            metavar="MB"),
     Option("max_worker_memory", ("--max-worker-memory",), 0.0, "replace a worker that uses more than "
            "this many MB (USS); 0 = off", "Reloading and recycling", type=megabytes, metavar="MB"),
     Option("max_age", ("-a", "--max-age"), 0.0, "replace the worker generation gracefully after this "
            "many seconds; 0 = off", "Reloading and recycling", type=seconds, metavar="SECONDS"),
     Option("max_requests", ("--max-requests",), 0, "replace a worker after it has served this many "
-           "requests; 0 = off", "Reloading and recycling", type=non_negative, metavar="N"),
+           "requests: it takes no more (the requests already on its open connections are still "
+           "answered, with Connection: close) and exits once they are done, while a replacement "
+           "starts; 0 = off", "Reloading and recycling", type=non_negative, metavar="N"),
     Option("max_requests_jitter", ("--max-requests-jitter",), 0, "add a random 0..N to each worker's "
            "--max-requests so they do not all restart at once", "Reloading and recycling",
            type=non_negative, metavar="N"),
@@ -370,14 +377,16 @@ OPTIONS: tuple[Option, ...] = (
            "0 = off", "Timeouts and limits",
            type=seconds, metavar="SECONDS"),
     Option("keepalive_timeout", ("--keepalive-timeout", "--keep-alive"), 5.0,
-           "seconds an idle keep-alive connection stays open", "Timeouts and limits", type=seconds,
-           metavar="SECONDS"),
+           "seconds an idle keep-alive connection stays open; "
+           "0 = no limit (until the client closes it; --no-keepalive turns keep-alive off)",
+           "Timeouts and limits", type=seconds, metavar="SECONDS"),
     Option("header_timeout", ("--header-timeout",), 10.0, "seconds a client has to send a request "
-           "head (slowloris defence)", "Timeouts and limits", type=seconds, metavar="SECONDS"),
+           "head, from its connect or its first byte (slowloris defence); 0 = off",
+           "Timeouts and limits", type=seconds, metavar="SECONDS"),
     Option("body_timeout", ("--body-timeout",), 60.0, "seconds a request body may pause between "
-           "reads", "Timeouts and limits", type=seconds, metavar="SECONDS"),
+           "reads; 0 = off", "Timeouts and limits", type=seconds, metavar="SECONDS"),
     Option("send_timeout", ("--send-timeout",), 60.0, "seconds a slow client may take to accept more "
-           "response bytes", "Timeouts and limits", type=seconds, metavar="SECONDS"),
+           "response bytes; 0 = off", "Timeouts and limits", type=seconds, metavar="SECONDS"),
     Option("max_body_size", ("--max-body-size",), GiB, "largest request body in bytes (K/M/G "
            "suffixes allowed); 0 = unlimited", "Timeouts and limits", type=size_bytes,
            metavar="BYTES"),

@@ -100,12 +100,19 @@ CRASH_WINDOW = 1.0
 #: Seconds a reload may take to boot, at least (``--timeout`` raises it).
 MIN_BOOT_TIMEOUT = 30.0
 #: Memory sampling periods: with a memory limit set, and without (for the status page).
-MEMORY_INTERVAL = 1.0
+MEMORY_INTERVAL = 0.5
 MEMORY_INTERVAL_IDLE = 5.0
-#: No two ``--max-memory`` reloads closer than this (a baseline over the limit must not thrash).
+#: ``--max-memory`` reloads follow each other without a pause while they work (fresh workers start
+#: under the limit: a pause would only let a fast leak run past it). Once fresh workers are over
+#: the limit from the start, reloading cannot help: the pause between reloads is this, doubling
+#: per such reload up to MEMORY_BACKOFF_MAX, so that such a baseline does not thrash.
 MEMORY_RELOAD_COOLDOWN = 5.0
+MEMORY_BACKOFF_MAX = 60.0
 #: A worker silent this long is wedged, whatever ``--timeout`` says (heartbeats come every second).
 MIN_SILENCE = 5.0
+#: Graceful shutdown: the workers take in the listen queue and shut the listeners down themselves
+#: (``Worker._final_drain``); the controller does it after this many seconds if none said so.
+UNLISTEN_WAIT = 1.0
 #: Seconds between two "waiting for N requests" lines of a graceful shutdown.
 PROGRESS_INTERVAL = 5.0
 #: ...and how long the first waits for the heartbeats asked for at the start of the shutdown.
@@ -328,7 +335,8 @@ class Controller:
         self.args = args
         self.config = config
         self.num_workers = int(config.get("processes") or 1)
-        self.graceful_timeout = float(config.get("graceful_timeout", 30.0))
+        # 0 = no limit: a draining worker may finish its requests however long they take.
+        self.graceful_timeout = float(config.get("graceful_timeout", 30.0) or 0.0)
         self.timeout = float(config.get("timeout", 30.0) or 0.0)
         self.green = int(config.get("threads", 4) or 0) == 0
         self.shutdown_delay = float(config.get("shutdown_delay") or 0.0)
@@ -369,8 +377,10 @@ class Controller:
         self._pidfile: Pidfile | None = Pidfile(config["pidfile"]) if config.get("pidfile") else None
         self._unix_paths: list[str] = []
         self._last_memory_sample = 0.0
-        self._last_memory_reload = -MEMORY_RELOAD_COOLDOWN
+        self._memory_reload_after = 0.0   # no --max-memory reload before this (see above)
+        self._memory_backoff = 0.0
         self._warned_limits: set[str] = set()
+        self._unlisten_at: float | None = None   # see UNLISTEN_WAIT
         self._active_target = self.num_workers   # see _start_generation
         self.preloaded_app: Any = None   # --preload: the app, imported before forking
         self.reloader: Reloader | None = None
@@ -653,8 +663,17 @@ class Controller:
         sd_notify("STOPPING=1")
         if self.exit_message is None:  # else the one line of the message says it all
             log.info("%s: %s shutdown", why or "shutting down", self.stopping)
-        sockets_mod.stop_listening(self.listeners)   # new clients: refused, not held and reset
         now = time.monotonic()
+        # New clients are refused, not held and then reset, but only once what the listen queue
+        # holds was taken in: the kernel accepted those connections, their requests are on the
+        # way. On a graceful stop a worker takes them (however busy its threads) and then shuts
+        # the listeners down, which empties the queue (Worker._final_drain); if no worker can,
+        # or none says it did within UNLISTEN_WAIT, the controller does it.
+        takers = graceful and any(w.state != "starting" for w in self.workers.values())
+        if takers:
+            self._unlisten_at = now + UNLISTEN_WAIT
+        else:
+            self._stop_listening()
         for w in list(self.workers.values()):
             if w.state == "starting":
                 # Serves nothing yet, so nothing to drain: a graceful stop need not wait for an
@@ -663,12 +682,16 @@ class Controller:
                 w.drain_deadline = w.term_sent = w.kill_sent = now
                 self._signal(w, signal.SIGKILL)
             elif graceful:
-                self._drain(w, why or "shutdown")
+                self._drain(w, why or "shutdown", final=True)
             else:
                 w.state = "draining"
                 w.drain_deadline = now
                 self._signal(w, signal.SIGQUIT)
                 w.term_sent = now
+
+    def _stop_listening(self) -> None:
+        self._unlisten_at = None
+        sockets_mod.stop_listening(self.listeners)
 
     # ---- workers ---------------------------------------------------------------------------------------
 
@@ -765,8 +788,13 @@ class Controller:
             age = message.get("oldest_age")
             w.oldest_age = float(age) if isinstance(age, (int, float)) else None
             if (w.max_requests and not w.retiring and w.state == "ready"
-                    and int(w.stats.get("requests") or 0) >= w.max_requests):
-                self._retire(w, f"served {w.stats.get('requests')} requests (--max-requests)")
+                    and (w.stats.get("retiring") or int(w.stats.get("requests") or 0) >= w.max_requests)):
+                # The worker stopped taking requests at its limit and drains itself: its
+                # replacement starts now (_keep_count).
+                self._retire(w, f"served {w.max_requests} requests (--max-requests)")
+        elif kind == "unlistened":
+            if self._unlisten_at is not None:
+                self._stop_listening()   # the worker did; this covers adopted sockets' peers too
         elif kind == "ready":
             self._on_ready(w)
         elif kind == "boot_error":
@@ -846,13 +874,19 @@ class Controller:
             reason, self.reload_again = self.reload_again, None
             self.reload(reason)
 
-    def _drain(self, w: WorkerHandle, why: str) -> None:
+    def _drain(self, w: WorkerHandle, why: str, final: bool = False) -> None:
+        """Tells w to finish its requests and exit; ``final``: the whole server stops, so it takes
+        in the listen queue first (Worker._final_drain), also when already draining."""
+        message = {"t": "drain", "final": True} if final else {"t": "drain"}
         if w.state == "draining":
+            if final:
+                w.send(message)
             return
         log.debug("draining %r: %s", w, why)
         w.state = "draining"
-        w.drain_deadline = time.monotonic() + self.graceful_timeout
-        if not w.send({"t": "drain"}):
+        w.drain_deadline = (time.monotonic() + self.graceful_timeout) if self.graceful_timeout > 0 \
+            else None
+        if not w.send(message):
             self._signal(w, signal.SIGTERM)
 
     def _retire(self, w: WorkerHandle, why: str) -> None:
@@ -933,7 +967,9 @@ class Controller:
             log.error("%r failed to boot: %s; next attempt in %.2f s", w, reason,
                       max(0.0, self._next_spawn_at - now))
             return
-        if w.state == "draining":
+        if w.state == "draining" or (w.retiring and os.WIFEXITED(status)
+                                     and os.WEXITSTATUS(status) == 0):
+            # (A worker at --max-requests drains itself, maybe before its replacement is up.)
             log.debug("%r exited (%s)", w, how)
             return
         # A ready worker died on its own (or was killed for --timeout).
@@ -962,6 +998,8 @@ class Controller:
             self.shutdown(graceful=True, why=f"SIGTERM, --shutdown-delay {self.shutdown_delay:g} s over")
         if self._progress_at is not None and now >= self._progress_at:
             self._log_progress(now)
+        if self._unlisten_at is not None and now >= self._unlisten_at:
+            self._stop_listening()
         if self.stopping:
             return
         self._check_timeouts(now)
@@ -1075,15 +1113,19 @@ class Controller:
                                               f"a worker used {w.first_memory / MB:.1f} MB")
                     self._retire(w, f"uses {w.memory / MB:.1f} MB (--max-worker-memory "
                                     f"{limit_worker / MB:g})")
-        if limit_total and self.pending_gen is None and \
-                now - self._last_memory_reload >= MEMORY_RELOAD_COOLDOWN:
+        if limit_total and self.pending_gen is None and now >= self._memory_reload_after:
             total = sum(w.memory or 0 for w in active)
             if total > limit_total:
                 baseline = sum(w.first_memory or 0 for w in active)
                 if baseline > limit_total:
                     self._warn_limit_once("--max-memory", limit_total,
                                           f"the workers used {baseline / MB:.1f} MB")
-                self._last_memory_reload = now
+                    self._memory_backoff = min(max(2 * self._memory_backoff,
+                                                   MEMORY_RELOAD_COOLDOWN), MEMORY_BACKOFF_MAX)
+                else:
+                    self._memory_backoff = 0.0
+                # Counted from now: the new generation's boot adds to it.
+                self._memory_reload_after = now + self._memory_backoff
                 self.reload(f"workers use {total / MB:.1f} MB (--max-memory {limit_total / MB:g})")
 
     def _warn_limit_once(self, option: str, limit: float, what: str) -> None:

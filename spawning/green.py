@@ -1276,7 +1276,7 @@ class GreenRequestWaiter:
 
     __slots__ = ("body_timeout", "hub", "send_timeout", "srv")
 
-    def __init__(self, hub: Hub, body_timeout: float, send_timeout: float) -> None:
+    def __init__(self, hub: Hub, body_timeout: float | None, send_timeout: float | None) -> None:
         self.hub = hub
         self.srv = hub.srv
         self.body_timeout = body_timeout
@@ -1352,6 +1352,12 @@ def _run_hub(hub: Hub, wakeup_fd: int) -> None:
         _hub = None
 
 
+def _timeout(value: Any, default: float) -> float | None:
+    """A configured timeout in seconds: None (no limit) for 0, as everywhere else."""
+    seconds = default if value is None else float(value)
+    return seconds if seconds > 0 else None
+
+
 def serve(server: Any) -> None:
     """Runs ``server`` (a spawning.server.Server) in green mode until it is drained or stopped."""
     from . import wsgi
@@ -1359,8 +1365,8 @@ def serve(server: Any) -> None:
     check_app_compat()
     cfg = server.config
     hub = Hub(server._srv, server._finished)
-    waiter = GreenRequestWaiter(hub, float(cfg.get("body_timeout") or 60),
-                                float(cfg.get("send_timeout") or 60))
+    waiter = GreenRequestWaiter(hub, _timeout(cfg.get("body_timeout"), 60.0),
+                                _timeout(cfg.get("send_timeout"), 60.0))
     hub.handle = wsgi.make_handler(server.app, server._srv, server.base_envs, waiter, server.access_log,
                                    forwarded=getattr(server, "forwarded", None))
     for fn in getattr(server, "hub_tasks", ()):   # they start once the hub runs

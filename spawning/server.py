@@ -41,9 +41,12 @@ def backend_name() -> str:
 
 
 def _ms(seconds: float | None, default: float) -> int:
+    """A timeout in whole milliseconds for the core, where 0 means off (as on the command line): a
+    positive one never rounds down to 0."""
     if seconds is None:
         seconds = default
-    return int(float(seconds) * 1000)
+    ms = float(seconds) * 1000
+    return max(1, int(ms)) if ms > 0 else 0
 
 
 def make_core_config(config: dict) -> Any:
@@ -69,6 +72,9 @@ def make_core_config(config: dict) -> Any:
     # Thread mode: each answer takes the thread's next queued request in the same crossing.
     # Green mode's hub takes whole batches instead (and fd events, which an answer must not).
     c.chain = 0 if int(config.get("threads", 4)) == 0 else 1
+    # --max-requests, as the worker was given it (with its jitter): the core counts requests as
+    # they go to the app and drains itself at the limit.
+    c.max_requests = int(config.get("max_requests") or 0)
     return c
 
 
@@ -114,6 +120,16 @@ class Server:
 
     # ---- control (any thread) ----------------------------------------------------------------
 
+    def drain_listeners(self) -> None:
+        """The whole server stops: serves what waits in the listen queues, then refuses new
+        connections. Takes every connection the kernel already completed into this worker,
+        whether or not a thread is free (they are then answered in turn), and only then shuts
+        the listening sockets down in every process (which would reset what their queues hold)."""
+        from .sockets import stop_listening
+
+        lib.sp_server_accept_pending(self._srv)
+        stop_listening(self.listeners)
+
     def drain(self) -> None:
         """Stops accepting; in-flight requests finish; serve() returns once no connection is left."""
         self._draining = True
@@ -150,6 +166,9 @@ class Server:
             # Request durations (app hand-off to finish), counted per bucket of DURATION_BOUNDS.
             "duration_counts": list(st.duration_count),
             "duration_sum": st.duration_sum_us / 1e6,
+            # Times accepting paused because the process ran out of file descriptors.
+            "accept_pauses": int(st.accept_pauses),
+            "retiring": bool(st.retiring),
         }
 
     def busy(self) -> list[tuple[str, str, float]]:
@@ -176,6 +195,12 @@ class Server:
         lib.sp_server_stats(self._srv, st)
         return int(st.requests)
 
+    def retiring(self) -> bool:
+        """True once --max-requests requests went to the app: the core drains itself then."""
+        st = self._count_buf
+        lib.sp_server_stats(self._srv, st)
+        return bool(st.retiring)
+
     def _finished(self) -> bool:
         return self._stopping or (self._draining and lib.sp_server_connections(self._srv) == 0)
 
@@ -188,7 +213,8 @@ class Server:
             self._serve_threads()
 
     def _serve_threads(self) -> None:
-        waiter = wsgi.ThreadWaiter(self._srv, _ms(self.config.get("body_timeout"), 60))
+        body_ms = _ms(self.config.get("body_timeout"), 60)
+        waiter = wsgi.ThreadWaiter(self._srv, body_ms if body_ms > 0 else -1)   # 0: off, no limit
         handle = wsgi.make_handler(self.app, self._srv, self.base_envs, waiter, self.access_log,
                                    threads=self.threads, poll_ms=POLL_MS, forwarded=self.forwarded)
         workers = [threading.Thread(target=self._thread_main, args=(handle,), name=f"spawning-{i}",

@@ -83,12 +83,13 @@ STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 def _zero_counts() -> dict[str, Any]:
-    return {"requests": 0, "accepted": 0, "rejected": 0, "bytes_out": 0, "status_class": [0] * 6,
+    return {"requests": 0, "accepted": 0, "rejected": 0, "bytes_out": 0, "accept_pauses": 0,
+            "status_class": [0] * 6,
             "duration_counts": [0] * NBUCKETS, "duration_sum": 0.0}
 
 
 def _add_counts(total: dict[str, Any], stats: dict[str, Any]) -> None:
-    for key in ("requests", "accepted", "rejected", "bytes_out"):
+    for key in ("requests", "accepted", "rejected", "bytes_out", "accept_pauses"):
         value = stats.get(key)
         if isinstance(value, (int, float)):
             total[key] += int(value)
@@ -250,6 +251,7 @@ def collect(controller: Any, ledger: Ledger, rates: Rates) -> dict[str, Any]:
             "connections": int(_num(stats.get("connections"))),
             "accepted": int(_num(stats.get("accepted"))),
             "rejected": int(_num(stats.get("rejected"))),
+            "accept_pauses": int(_num(stats.get("accept_pauses"))),
             "bytes_out": int(_num(stats.get("bytes_out"))),
             "status_classes": _classes(stats.get("status_class") or []),
             "oldest_request_age": _oldest_age(info),
@@ -296,6 +298,7 @@ def collect(controller: Any, ledger: Ledger, rates: Rates) -> dict[str, Any]:
             "status_classes": _classes(totals["status_class"]),
             "accepted": totals["accepted"],
             "rejected": totals["rejected"],
+            "accept_pauses": totals["accept_pauses"],
             "bytes_out": totals["bytes_out"],
             "in_flight": sum(w["in_flight"] for w in workers),
             "connections": sum(w["connections"] for w in workers),
@@ -655,6 +658,9 @@ def render_metrics(doc: dict[str, Any]) -> str:
            [("", {}, tot["rejected"])])
     family("spawning_connections_accepted_total", "counter", "Client connections accepted.",
            [("", {}, tot["accepted"])])
+    family("spawning_accept_pauses_total", "counter",
+           "Times a worker paused accepting because it ran out of file descriptors.",
+           [("", {}, tot["accept_pauses"])])
     family("spawning_response_bytes_total", "counter", "Response bytes written to clients.",
            [("", {}, tot["bytes_out"])])
     family("spawning_requests_in_flight", "gauge", "Requests the application is running now.",

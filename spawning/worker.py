@@ -77,6 +77,8 @@ HEARTBEAT = 1.0
 CUT_SHOWN = 20
 #: Seconds between two looks at the request count under --max-requests.
 LIMIT_POLL = 0.05
+#: Running out of file descriptors (accepting pauses) is logged at most this often, in seconds.
+FD_LOG_EVERY = 10.0
 
 DEFAULT_SERVER_CLASS = "spawning.server:Server"
 
@@ -159,8 +161,9 @@ class Worker:
                  app: Any = None) -> None:
         self.args = args
         self.app = app
-        # --max-requests (with this worker's jitter): the controller recycles the worker once a
-        # heartbeat reports this many; the worker beats as soon as it gets there.
+        # --max-requests (with this worker's jitter): at this many requests the server drains
+        # itself (the core counts them as they go to the app) and a heartbeat at once asks the
+        # controller for a replacement.
         self.max_requests = max_requests
         self.listeners = listeners
         self.channel_fd = channel.fileno()
@@ -178,6 +181,8 @@ class Worker:
         self.coverage: Any = None  # spawning.coverage_support.WorkerCoverage with --coverage
         # What --health-path answers: 503 once the server as a whole is shutting down.
         self.readiness = Readiness()
+        self._fd_pauses_logged = 0     # accept pauses (out of descriptors) already logged
+        self._fd_logged_at = -FD_LOG_EVERY
 
     # -- plumbing -------------------------------------------------------------------------------------
 
@@ -236,6 +241,8 @@ class Worker:
             raise AppLoadError(f"the factory {factory_path!r} failed: {type(exc).__name__}: {exc}",
                                _files_of(exc)) from exc
         config = self.config
+        # This worker's own limit (the controller drew its jitter): the core counts to it.
+        config["max_requests"] = self.max_requests
         if config.get("threads") == 0 and not config.get("no_monkey_patch"):
             try:
                 self._monkey_patch()
@@ -377,15 +384,21 @@ class Worker:
 
     def _beats(self) -> Iterator[float]:
         """Sends a heartbeat whenever one is due, then yields how long to wait for the next look:
-        a second, or LIMIT_POLL under --max-requests, whose count is looked at more often than
-        heartbeats go so that the recycling starts within LIMIT_POLL of the limit rather than up
-        to a heartbeat later. (A custom server class without requests() is left to the
-        heartbeats.)"""
+        a second, or LIMIT_POLL under --max-requests, so that a replacement is asked for within
+        LIMIT_POLL of the limit. The core stops taking requests at the limit by itself
+        (``Server.retiring``); a custom server class with only ``requests()`` is drained here.
+        (One with neither is left to the heartbeats.)"""
         next_beat = _monotonic()
-        served = getattr(self.server, "requests", None) if self.max_requests > 0 else None
+        limit_reached: Callable[[], bool] | None = None
+        if self.max_requests > 0:
+            limit_reached = getattr(self.server, "retiring", None)
+            served = getattr(self.server, "requests", None)
+            if limit_reached is None and served is not None:
+                limit_reached = lambda: served() >= self.max_requests  # noqa: E731
         while True:
-            if served is not None and served() >= self.max_requests:
-                served = None
+            if limit_reached is not None and limit_reached():
+                limit_reached = None
+                self._drain(f"served {self.max_requests} requests (--max-requests)")
                 next_beat = 0.0
             if _monotonic() >= next_beat:
                 next_beat = _monotonic() + HEARTBEAT
@@ -393,7 +406,7 @@ class Worker:
                 if self.coverage is not None:
                     self.coverage.save_if_due()
             timeout = max(0.0, next_beat - _monotonic())
-            yield timeout if served is None else min(timeout, LIMIT_POLL)
+            yield timeout if limit_reached is None else min(timeout, LIMIT_POLL)
 
     def _read_signals(self) -> None:
         try:
@@ -429,7 +442,10 @@ class Worker:
     def _on_command(self, message: dict[str, Any]) -> None:
         kind = message.get("t")
         if kind == "drain":
-            self._drain("asked by the controller")
+            if message.get("final"):
+                self._final_drain()
+            else:
+                self._drain("asked by the controller")
         elif kind == "stop":
             self._stop()
         elif kind == "unready":     # the server shuts down (--shutdown-delay may keep it serving)
@@ -445,6 +461,23 @@ class Worker:
         self.draining = True
         log.debug("worker %d draining: %s", os.getpid(), why)
         self.server.drain()
+
+    def _final_drain(self) -> None:
+        """The whole server stops (the controller's graceful shutdown): connections waiting in the
+        listen queue are taken in and served before the listeners refuse new ones (see
+        ``Server.drain_listeners``); then the usual drain. Runs even when already draining (a
+        SIGTERM to the whole process group reaches the workers first), for the queue."""
+        unlisten = getattr(self.server, "drain_listeners", None)
+        if unlisten is not None and not self.stopping:
+            try:
+                unlisten()
+            except Exception:  # noqa: BLE001 - the controller stops listening anyway
+                log.exception("worker %d: taking in the listen queue failed", os.getpid())
+        self.send({"t": "unlistened"})
+        if self.draining:
+            self.server.drain()   # again: the connections just taken in close after their answer
+        else:
+            self._drain("the server shuts down")
 
     def _stop(self) -> None:
         self.stopping = True
@@ -476,6 +509,7 @@ class Worker:
             stats = dict(self.server.stats())
         except Exception as exc:  # noqa: BLE001 - the server's problem, not a reason to stop beating
             stats = {"error": repr(exc)}
+        self._log_fd_pauses(stats.get("accept_pauses"))
         oldest = stats.get("oldest_request_start")
         age = None
         if isinstance(oldest, (int, float)):
@@ -485,6 +519,22 @@ class Worker:
         if files:
             message["files"] = sorted(files)
         self.send(message)
+
+
+    def _log_fd_pauses(self, pauses: Any) -> None:
+        """The core pauses accepting when the process runs out of descriptors and counts it (the
+        status service shows the count): said here too, at most every FD_LOG_EVERY seconds."""
+        if not isinstance(pauses, int) or pauses <= self._fd_pauses_logged:
+            return
+        now = _monotonic()
+        if now - self._fd_logged_at < FD_LOG_EVERY:
+            return
+        log.warning("worker %d ran out of file descriptors: accepting paused %d time%s since the "
+                    "last report (raise the limit, ulimit -n, or lower --max-connections)",
+                    os.getpid(), pauses - self._fd_pauses_logged,
+                    "" if pauses - self._fd_pauses_logged == 1 else "s")
+        self._fd_pauses_logged = pauses
+        self._fd_logged_at = now
 
 
 def _files_of(exc: BaseException) -> list[str]:
