@@ -1,7 +1,8 @@
 """Flask and Pyramid, for real, in thread and green mode: the answers these frameworks make
-(werkzeug's redirects, streamed generators, send_file by sendfile or from a BytesIO, the empty
-iterables behind HEAD, 204 and 304; WebOb's Response and HTTPFound) each arrive, framed right,
-over one keep-alive connection, as a browser would fetch them. Django is in tests/test_django.py.
+(werkzeug's redirects, streamed generators, each piece sent as it is made, send_file by sendfile
+or from a BytesIO, the empty iterables behind HEAD, 204 and 304; WebOb's Response and HTTPFound)
+each arrive, framed right, over one keep-alive connection, as a browser would fetch them. Django
+is in tests/test_django.py.
 
 Every client waits 5 s at most: a response the server never sends (as an empty body was never
 flushed before 6a781ed) fails the test instead of hanging it.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import urllib.parse
 
 import pytest
 from conftest import Browser
@@ -80,6 +82,21 @@ def test_flask(spawn, mode, tmp_path):
     assert resp.getheader("Transfer-Encoding") == "chunked"
     assert body == b"".join(STREAM_CHUNKS)
     assert raw_chunks(server.port, "/stream") == STREAM_CHUNKS
+    # Each piece leaves when the app yields it, not when the response ends.
+    flag = tmp_path / "flag"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        query = urllib.parse.urlencode({"flag": str(flag)})
+        s.sendall(f"GET /stream-until?{query} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        wire = b""
+        while b"first piece\n" not in wire:
+            chunk = s.recv(65536)
+            assert chunk, wire
+            wire += chunk
+        assert b"second piece" not in wire
+        flag.touch()
+        while chunk := s.recv(65536):
+            wire += chunk
+    assert wire.endswith(b"second piece\n\r\n0\r\n\r\n"), wire
 
     # send_file of a real file goes out by sendfile: werkzeug hands wsgi.file_wrapper's object back.
     resp, body = browser.request("GET", "/file")

@@ -1,5 +1,5 @@
 """A Flask app for tests/test_frameworks.py: the answers werkzeug makes that a hand-written WSGI app
-rarely does (a redirect with no body, a streamed generator, send_file over a real file and over a
+rarely does (a redirect with no body, streamed generators, send_file over a real file and over a
 BytesIO, the empty iterable it gives HEAD, 204 and 304).
 
 ``SPAWNING_TEST_FILE`` names the file ``/file`` sends. ``/seen`` says which iterable each path's
@@ -13,7 +13,7 @@ import io
 import os
 import time
 
-from flask import Flask, Response, redirect, send_file
+from flask import Flask, Response, redirect, request, send_file
 
 app = Flask(__name__)
 STREAM_CHUNKS = [f"chunk {i}: ".encode() + b"x" * (100 * i) + b"\n" for i in range(6)]
@@ -42,6 +42,21 @@ def stream() -> Response:
         for chunk in STREAM_CHUNKS:
             yield chunk
             time.sleep(0.002)   # each piece on its own: the server cannot know the length
+    return Response(chunks(), mimetype="text/plain")
+
+
+@app.route("/stream-until")
+def stream_until() -> Response:
+    # The second piece waits (5 s at most) for the client to create the file the query names
+    # after it has read the first: a server that held the first piece back fails the test.
+    flag = request.args["flag"]
+
+    def chunks():
+        yield b"first piece\n"
+        deadline = time.monotonic() + 5
+        while not os.path.exists(flag) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        yield b"second piece\n"
     return Response(chunks(), mimetype="text/plain")
 
 
