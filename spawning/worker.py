@@ -491,7 +491,7 @@ class Worker:
         busy = getattr(self.server, "busy", None)
         try:
             cut = busy() if busy is not None else []
-        except Exception:  # noqa: BLE001 - last words must not stop the stop
+        except Exception:   # last words must not stop the stop
             log.exception("worker %d: cannot list its requests", os.getpid())
             return
         if not cut:

@@ -84,7 +84,7 @@ def _stop(proc: subprocess.Popen, timeout: float = 20) -> int:
 
 
 def _has_forwarded_allow_ips() -> bool:
-    out = subprocess.run([sys.executable, "-m", "spawning", "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "spawning", "--help"], check=False, capture_output=True,
                          text=True, timeout=30, cwd=str(ROOT)).stdout
     return "--forwarded-allow-ips" in out
 
@@ -150,7 +150,7 @@ def test_systemd_analyze_verify(tmp_path: Path):
         text = text.replace(_exec_start()[0], str(spawning_bin))
         (tmp_path / name).write_text(text)
     proc = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / "spawning.socket"),
-                           str(tmp_path / "spawning.service")], capture_output=True, text=True,
+                           str(tmp_path / "spawning.service")], check=False, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0 and not proc.stdout.strip() and not proc.stderr.strip(), \
         proc.stdout + proc.stderr
@@ -166,13 +166,11 @@ def _activated(listener: socket.socket, argv: list[str], tmp_path: Path, tag: st
         os.dup2(fd, 3)
 
     cmd = "LISTEN_FDS=1 LISTEN_PID=$$ exec " + " ".join(shlex.quote(a) for a in argv)
-    err = open(tmp_path / f"{tag}.log", "wb")
-    try:
-        return subprocess.Popen(["sh", "-c", cmd], preexec_fn=as_fd3, close_fds=False, env=_env(),
-                                cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=err,
-                                stdin=subprocess.DEVNULL)
-    finally:
-        err.close()
+    with open(tmp_path / f"{tag}.log", "wb") as err:
+        # preexec_fn only dup2()s (no lock a thread of ours could hold): the descriptor must be 3.
+        return subprocess.Popen(["sh", "-c", cmd], preexec_fn=as_fd3,  # noqa: PLW1509
+                                close_fds=False, env=_env(), cwd=str(ROOT),
+                                stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
 
 
 def test_socket_activation_as_the_service_runs_it(tmp_path: Path):
@@ -197,7 +195,7 @@ def test_socket_activation_as_the_service_runs_it(tmp_path: Path):
     first = _activated(listener, server_argv, tmp_path, "first")
     second = None
     try:
-        status, _, body = _wait_http(port, "/hello")
+        _, _, body = _wait_http(port, "/hello")
         assert json.loads(body)["PATH_INFO"] == "/hello"
         assert http_request(port, health)[::2] == (200, b"ok\n")
         assert _wait_http(status_port, "/readyz")[2] == b"ready\n"
@@ -277,13 +275,13 @@ http {{
 """
     (tmp_path / "nginx.conf").write_text(main)
     check = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
-                           capture_output=True, text=True, timeout=30)
+                           check=False, capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stderr
     proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         # Port 80's server redirects to https.
-        status, headers, _ = _wait_http(http_port, "/x", want=301)
+        _, headers, _ = _wait_http(http_port, "/x", want=301)
         assert headers["location"].startswith("https://")
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
