@@ -668,12 +668,11 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
         Py_DECREF(env);
         Py_DECREF(result);
         Py_XDECREF(inp);
-        if (mine && Py_REFCNT(resp) == 1 && self->spare == NULL) {
-            resp->code = 0;
+        resp->code = 0;     /* answered: whoever may hold it now reaches nothing */
+        if (mine && Py_REFCNT(resp) == 1 && self->spare == NULL)
             self->spare = (PyObject *)resp;
-        } else {
+        else
             Py_DECREF(resp);
-        }
         if (pending[0] != NULL) {
             if (nxt > 0)
                 refuse(self->srv, nxt);     /* taken for this thread, and now never to run */
