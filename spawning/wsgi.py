@@ -87,6 +87,7 @@ _peek = lib.sp_code_peek
 INTERNAL_ERROR = b"Internal Server Error\n"
 SHUTTING_DOWN = b"the server is shutting down\n"
 _ERR_HEADERS = b"Content-Type\0text/plain; charset=utf-8"
+_ERR_HEAD = b"500 Internal Server Error\0" + _ERR_HEADERS
 
 
 class ClientDisconnected(OSError):
@@ -917,6 +918,13 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                     log_line(env, resp.status, resp.sent, resp.headers)
                 except Exception:   # nothing may stop us returning nxt: C handed that request to us
                     log.exception("error writing the access log")
+                except BaseException:
+                    # KeyboardInterrupt, SystemExit go up; the request the answer took for this
+                    # thread will not run, so C gets it back answered rather than busy forever.
+                    if nxt > 0:
+                        respond(srv, nxt, _ERR_HEAD, len(_ERR_HEAD), INTERNAL_ERROR,
+                                len(INTERNAL_ERROR))
+                    raise
             resp = None             # this one may be held, or went another way than the common
             code = nxt
 

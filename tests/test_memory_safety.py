@@ -338,6 +338,29 @@ def test_system_exit_in_the_access_log_goes_up_and_the_next_request_is_answered(
     assert response_of(second) == b"HTTP/1.1 500 Internal Server Error"
 
 
+def test_system_exit_in_the_access_log_on_the_python_path(core, monkeypatch):
+    """The same on the Python path (spawning/wsgi.py's handler, as PyPy runs it): SystemExit
+    goes up, and the request the answer took gets its 500."""
+    from spawning import wsgi
+
+    class RaisingLog:
+        enabled = True
+
+        def log(self, *args):
+            raise SystemExit(3)
+
+    monkeypatch.setattr(wsgi, "Runner", None)   # make_handler then builds the Python path
+    srv = core[0]
+    handle = wsgi.make_handler(hello, srv, [], wsgi.ThreadWaiter(srv, 1000), RaisingLog())
+    code = requests_queued(core, 2)
+    with pytest.raises(SystemExit):
+        handle(code)
+    first, second = core[2]
+    assert response_of(first) == b"HTTP/1.1 200 OK"
+    second.settimeout(5)
+    assert response_of(second) == b"HTTP/1.1 500 Internal Server Error"
+
+
 def test_keyboard_interrupt_comparing_the_head_reaches_the_handler(core):
     """A status whose comparison raises a BaseException: the request goes back to Python with
     that exception (its handler answers and re-raises), not with the exception dropped."""
