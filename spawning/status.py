@@ -426,7 +426,7 @@ tr:last-child td{border-bottom:none}
 .pill{display:inline-block;border-radius:999px;padding:1px 9px;font-size:12px;font-weight:600}
 .ready,.running{background:var(--okbg);color:var(--ok)}
 .starting{background:var(--infobg);color:var(--info)}
-.draining,.graceful{background:var(--warnbg);color:var(--warn)}
+.draining,.graceful,.delaying{background:var(--warnbg);color:var(--warn)}
 .retiring{background:var(--violetbg);color:var(--violet)}
 .immediate,.down{background:var(--badbg);color:var(--bad)}
 .stale{color:var(--bad);font-weight:600}

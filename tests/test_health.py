@@ -47,6 +47,25 @@ def test_healthz_and_readyz_on_the_status_port(spawn):
     assert server.wait(10) == 0
 
 
+def test_readyz_waits_for_the_first_generation(spawn):
+    """Alive at once, ready only once the app is loaded: an orchestrator must not send traffic to
+    a server still importing its app."""
+    status_port = free_port()
+    server = spawn("-s", "1", "--status-port", str(status_port), "slow_boot.application",
+                   env={"SLOW_BOOT_SECONDS": "2"}, wait=False)
+    assert server.wait_until(lambda: _answers(status_port, "/healthz") == 200, timeout=10)
+    assert _get(status_port, "/readyz") == (503, b"starting\n")
+    assert server.wait_until(lambda: _answers(status_port, "/readyz") == 200, timeout=15)
+    assert _get(server.port, "/")[0] == 200
+
+
+def _answers(port: int, path: str) -> int:
+    try:
+        return _get(port, path)[0]
+    except OSError:
+        return 0
+
+
 @pytest.mark.parametrize("threads", ["4", "0"], ids=["threads", "green"])
 @pytest.mark.parametrize("pyfast", ["c", "python"])
 def test_health_path_answers_without_the_app(spawn, threads, pyfast):
