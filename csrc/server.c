@@ -85,9 +85,20 @@ static int set_nonblock_cloexec(int fd) {
     return 0;
 }
 
+/* Whether this process has forked since it started (or since it was forked itself): a child
+ * forked without exec (an app's os.fork(), multiprocessing) holds copies of our sockets, so that
+ * close() alone ends nothing for the client (srv_conn_forget). Set and cleared by pthread_atfork
+ * handlers, which run in the process that calls fork() and in the new child. */
+static volatile int forked;
+static void on_fork_parent(void) { forked = 1; }
+static void on_fork_child(void) { forked = 0; }
+static void watch_forks(void) { pthread_atfork(NULL, on_fork_parent, on_fork_child); }
+static pthread_once_t watch_forks_once = PTHREAD_ONCE_INIT;
+
 sp_server *sp_server_new(const sp_config *cfg) {
     sp_server *s = calloc(1, sizeof(*s));
     if (!s) { errno = ENOMEM; return NULL; }
+    pthread_once(&watch_forks_once, watch_forks);
     s->cfg = *cfg;
     if (s->cfg.limits.max_headers > SP_HEADERS_MAX || s->cfg.limits.max_headers == 0)
         s->cfg.limits.max_headers = SP_HEADERS_MAX;
@@ -581,6 +592,9 @@ void srv_conn_forget(sp_server *s, sp_conn *c) {
     /* Always, also with epoll: an app that forked holds a copy of the socket, which keeps the
      * registration alive after our close() (backend.h). */
     be_del(s->be, c->h.fd);
+    /* And the copy keeps the connection open: without a FIN its client would send its next
+     * request into a socket no one reads, until the child exits. */
+    if (forked) shutdown(c->h.fd, SHUT_RDWR);
 }
 
 void srv_conn_interest(sp_server *s, sp_conn *c) {

@@ -174,6 +174,43 @@ def test_fork_in_the_app_leaves_no_registration_behind(spawn, threads):
     assert int(get(server.port, "/pid")) == pid, "the worker died"
 
 
+def sees_close(s: socket.socket, seconds: float) -> bool:
+    """Whether the server's close (EOF, or a reset) reaches the client within seconds."""
+    s.settimeout(seconds)
+    try:
+        return s.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+@pytest.mark.parametrize("threads", MODES)
+def test_fork_in_the_app_connections_the_worker_closes_reach_their_clients(spawn, threads):
+    """While a forked child holds copies of the worker's sockets, a connection the worker closes
+    (after a Connection: close response, or idle past the keep-alive timeout) stays open in the
+    child: close() alone sent no FIN, and the client sent its next request into a socket no one
+    read, until the child exited. Its client must see the close at once."""
+    server = spawn("-s", "1", "-t", threads, "--keepalive-timeout", "1", "memsafety_apps.fork")
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(4)]
+    files = [s.makefile("rb") for s in held]
+    for s, f in zip(held, files):
+        s.sendall(b"GET /n HTTP/1.1\r\nHost: t\r\n\r\n")
+        read_response(f)
+    try:
+        assert get(server.port, "/fork") == b"forked"
+        for s, f in zip(held[:2], files[:2]):   # closed after their response
+            s.sendall(b"GET /n HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            head, _ = read_response(f)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            assert sees_close(s, 1.0), "no close after a Connection: close response"
+        for s in held[2:]:                       # idle: closed after the keep-alive timeout
+            assert sees_close(s, 1.8), "an idle connection the worker closed looks open"
+    finally:
+        for s in held:
+            s.close()
+
+
 # ---- 2.3: a borrowed body across the app's __eq__ -------------------------------------------------
 
 
