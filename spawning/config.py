@@ -343,11 +343,11 @@ OPTIONS: tuple[Option, ...] = (
            "Processes", type=seconds, metavar="SECONDS"),
     Option("shutdown_delay", ("--shutdown-delay",), 0.0, "after SIGTERM, go on accepting and "
            "serving this many seconds (with /readyz and --health-path answering 503) before the "
-           "drain starts, so that a load balancer stops sending first", "Processes", type=seconds,
-           metavar="SECONDS"),
+           "drain starts, so that a load balancer stops sending first; 0 = off", "Processes",
+           type=seconds, metavar="SECONDS"),
     Option("stream_grace", ("--stream-grace",), 5.0, "green mode: requests still running this many "
            "seconds after their worker started draining (SSE streams, long polls) get GeneratorExit "
-           "instead of holding it until --graceful-timeout", "Processes", type=seconds,
+           "instead of holding it until --graceful-timeout; 0 = off", "Processes", type=seconds,
            metavar="SECONDS"),
     # Reloading and recycling
     Option("reload", ("--reload",), None, "'dev': reload gracefully when an imported Python file or a "

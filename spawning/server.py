@@ -135,11 +135,12 @@ class Server:
         self._draining = True
         lib.sp_server_drain(self._srv)
         lib.sp_server_wakeup(self._srv)
-        if self.threads == 0:
+        grace = float(self.config.get("stream_grace", 5.0) or 0.0)
+        if self.threads == 0 and grace > 0:   # 0: off, as every other timeout
             # Requests still running --stream-grace seconds from now (SSE streams, long polls)
             # get GeneratorExit rather than hold the worker until --graceful-timeout.
             from . import green
-            green.end_requests_after(float(self.config.get("stream_grace", 5.0)))
+            green.end_requests_after(grace)
 
     def stop(self) -> None:
         """serve() returns as soon as possible (in-flight requests are abandoned)."""

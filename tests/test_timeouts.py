@@ -149,11 +149,28 @@ def test_graceful_timeout_0_a_draining_worker_finishes_its_request(spawn, mode: 
     assert "sending SIGTERM" not in server.stderr
 
 
+def test_stream_grace_0_a_draining_green_worker_does_not_end_requests(spawn) -> None:
+    """--stream-grace 0 threw GeneratorExit into every running request as soon as the worker
+    started draining (a 503): 0 is off, so they run on under --graceful-timeout."""
+    import threading
+
+    server = spawn("limits_app.application", "-s", "1", "-t", "0", "--stream-grace", "0")
+    result: list[object] = []
+    client = threading.Thread(target=lambda: result.append(
+        http_request(server.port, "/slow?s=2", timeout=15)))
+    client.start()
+    time.sleep(0.5)
+    server.signal(signal.SIGHUP)   # a reload: the old worker drains
+    client.join(20)
+    assert result and result[0][0] == 200, (result, server.stderr[-2000:])
+
+
 def test_timeouts_say_0_is_off_in_help() -> None:
     from spawning.config import option
 
     for name in ("header_timeout", "body_timeout", "send_timeout", "timeout", "max_body_size",
-                 "max_memory", "max_worker_memory", "max_age", "max_requests", "status_port"):
+                 "max_memory", "max_worker_memory", "max_age", "max_requests", "status_port",
+                 "shutdown_delay", "stream_grace"):
         assert "0 = off" in option(name).help or "0 = unlimited" in option(name).help, name
     for name in ("keepalive_timeout", "graceful_timeout"):
         assert "0 = no limit" in option(name).help, name
