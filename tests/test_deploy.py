@@ -305,7 +305,8 @@ http {{
             while chunk := tls.recv(65536):
                 data += chunk
         head, _, body = data.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200"), head
+        errors = (tmp_path / "error.log").read_text(errors="replace")[-2000:]
+        assert head.startswith(b"HTTP/1.1 200"), (head, errors, server.stderr[-2000:])
         if b"\r\ntransfer-encoding: chunked" in head.lower():
             body = body.split(b"\r\n", 1)[1].rsplit(b"\r\n0\r\n", 1)[0]
         seen = json.loads(body)
@@ -406,7 +407,7 @@ def test_dockerfile_command_parses_and_serves(tmp_path: Path):
     try:
         assert _wait_http(port, "/")[2] == b"Hello from spawning!\n"
         assert http_request(port, values["health_path"])[::2] == (200, b"ok\n")
-        assert http_request(status_port, "/readyz")[0] == 200
+        _wait_http(status_port, "/readyz")   # once every worker has loaded the app
     finally:
         assert _stop(proc) == 0
 
@@ -468,7 +469,7 @@ def test_kubernetes_probes_ports_and_grace_match_the_server(tmp_path: Path):
     run = _replace_value(container["args"], "--bind", f"127.0.0.1:{port}")
     run = _replace_value(run, "--status-port", str(status_port))
     run = _replace_value(run, "--status-host", "127.0.0.1")
-    run = _replace_value(run, "--shutdown-delay", "2")
+    run = _replace_value(run, "--shutdown-delay", "5")   # room for a loaded machine
     env = _env()
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "examples"), env["PYTHONPATH"]])
     proc = subprocess.Popen([sys.executable, "-m", "spawning", "-l", "/dev/null", *run], env=env,
@@ -476,7 +477,7 @@ def test_kubernetes_probes_ports_and_grace_match_the_server(tmp_path: Path):
     try:
         _wait_http(status_port, probes["startupProbe"]["httpGet"]["path"])
         assert http_request(status_port, probes["livenessProbe"]["httpGet"]["path"])[0] == 200
-        assert http_request(status_port, readiness["httpGet"]["path"])[0] == 200
+        _wait_http(status_port, readiness["httpGet"]["path"])
         proc.send_signal(signal.SIGTERM)
         _wait_http(status_port, readiness["httpGet"]["path"], want=503, timeout=3)
         assert http_request(status_port, probes["livenessProbe"]["httpGet"]["path"])[0] == 200
