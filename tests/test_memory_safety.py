@@ -265,8 +265,9 @@ HEADERS = [("Content-Type", "text/plain")]
 def core():
     """(server pointer, listener port, its keep-alive clients): a core as one app thread runs it,
     whose answers take the next queued request (chain) and leave at once (no corking)."""
-    from spawning import wsgi
     from spawning._core import ffi, lib
+
+    from spawning import wsgi
     from spawning.server import make_core_config
 
     if wsgi.Runner is None:
@@ -302,8 +303,9 @@ def requests_queued(core, n: int) -> int:
 def runner(core, app, code, log=None, body_flag=False):
     """A Runner as make_handler builds one, whose environ templates know the request a code
     names (and those repeating its head)."""
-    from spawning import wsgi
     from spawning._core import ffi, lib
+
+    from spawning import wsgi
 
     srv = core[0]
 

@@ -29,7 +29,7 @@ def kept_write(environ, start_response):
         try:
             KEPT[-1](b"INJECTED")
             outcome = b"no error"
-        except Exception as e:   # what a stale write() must do: raise in the app
+        except Exception as e:   # noqa: BLE001 -- what a stale write() must do: raise in the app
             outcome = b"raised " + type(e).__name__.encode()
         start_response("200 OK", [("Content-Type", "text/plain"),
                                   ("Content-Length", str(len(outcome)))])
