@@ -1033,7 +1033,12 @@ class Controller:
                 w.term_sent = now
                 self._signal(w, signal.SIGTERM)
             elif w.kill_sent is None and now - w.term_sent >= KILL_AFTER:
-                log.warning("%r did not exit %.0f s after SIGTERM; sending SIGKILL", w, KILL_AFTER)
+                # It could not name what it cuts (a green hub an app blocks reads no signal):
+                # the count at least, from its last heartbeat.
+                in_flight = w.stats.get("in_flight")
+                log.warning("%r did not exit %.0f s after SIGTERM; sending SIGKILL%s", w, KILL_AFTER,
+                            f" ({in_flight} request{'' if in_flight == 1 else 's'} in flight at its "
+                            "last heartbeat)" if isinstance(in_flight, int) and in_flight else "")
                 w.kill_sent = now
                 self._signal(w, signal.SIGKILL)
 

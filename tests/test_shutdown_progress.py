@@ -113,3 +113,19 @@ def test_examples_sse_clock_ends_with_the_grace(spawn):
     resp.read()
     assert time.monotonic() - sent < 4
     assert server.wait(10) == 0
+
+
+def test_a_worker_that_cannot_answer_is_killed_with_its_count(spawn):
+    """A green worker whose hub an app blocks reads no signal, so it cannot name what it cuts:
+    the controller's SIGKILL line gives the count from its last heartbeat."""
+    server = spawn("-s", "1", "-t", "0", "--graceful-timeout", "1", "--stream-grace", "60",
+                   "--timeout", "0", "deploy_apps.blocks_hub")
+    results: list = []
+    t = _background(server.port, "/block", results)
+    time.sleep(2.0)           # a heartbeat with the request in flight, then the hub is stuck
+    server.signal(signal.SIGTERM)
+    assert server.wait(15) == 0
+    t.join(5)
+    line = next((ln for ln in server.stderr.splitlines() if "sending SIGKILL" in ln), None)
+    assert line is not None, server.stderr
+    assert "(1 request in flight at its last heartbeat)" in line, line

@@ -62,3 +62,16 @@ def streams(environ, start_response):
 
     start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
     return events()
+
+
+def blocks_hub(environ, start_response):
+    """Green mode: waits cooperatively for a second (the heartbeats report it in flight), then
+    spins on the CPU for 30 s: the hub, and with it the worker's signal handling, stops."""
+    from spawning import green
+
+    green.sleep(1.0)
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        pass
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "0")])
+    return [b""]
