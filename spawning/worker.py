@@ -28,7 +28,8 @@ The channel is one end of a ``socketpair`` carrying line-delimited JSON objects,
   ``{"t": "unready"}`` (the server shuts down: ``--health-path`` answers 503 from now on, while
   the worker may still serve through ``--shutdown-delay``).
 
-Signals: SIGTERM and SIGINT drain, SIGQUIT stops at once; a second SIGTERM/SIGINT while draining
+Signals: SIGTERM and SIGINT drain (SIGTERM after ``--shutdown-delay``, as the controller does, for
+process managers that signal every process), SIGQUIT stops at once; a second SIGTERM/SIGINT while draining
 stops at once (that is the controller's "TERM" step when a drain overruns ``--graceful-timeout``);
 a worker that stops so logs the requests it cuts (method, path, age), read from the core.
 SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1/2 and SIGWINCH are ignored: they are the controller's. Handlers do
@@ -181,6 +182,7 @@ class Worker:
         self.coverage: Any = None  # spawning.coverage_support.WorkerCoverage with --coverage
         # What --health-path answers: 503 once the server as a whole is shutting down.
         self.readiness = Readiness()
+        self._delaying = False     # a SIGTERM of its own started --shutdown-delay
         self._fd_pauses_logged = 0     # accept pauses (out of descriptors) already logged
         self._fd_logged_at = -FD_LOG_EVERY
 
@@ -433,11 +435,28 @@ class Worker:
         if signum == signal.SIGQUIT:
             self._stop()
         elif signum in (signal.SIGTERM, signal.SIGINT):
+            why = f"signal {signal.Signals(signum).name}"
+            delay = float(self.config.get("shutdown_delay") or 0)
             if self.draining:
                 self._stop()
-            else:
+            elif signum == signal.SIGTERM and delay > 0 and not self._delaying:
+                # Sent to this worker itself, as when a whole process group is signalled
+                # (systemd's KillMode=control-group, some platforms' stop): --shutdown-delay
+                # as the controller keeps it, or the worker would stop accepting first.
+                self._delaying = True
                 self.readiness.serving = False
-                self._drain(f"signal {signal.Signals(signum).name}")
+                _start_thread(self._drain_after, (delay, why))
+            else:           # SIGINT; or a second SIGTERM during the delay: drain now
+                self.readiness.serving = False
+                self._drain(why)
+
+    def _drain_after(self, delay: float, why: str) -> None:
+        """Drains once ``delay`` seconds have passed, unless something drained first. A thread of
+        its own, waiting with the select captured before monkey patching (a real wait)."""
+        deadline = _monotonic() + delay
+        while not self.draining and (left := deadline - _monotonic()) > 0:
+            _select([], [], [], min(left, 0.5))
+        self._drain(f"{why}, --shutdown-delay over")
 
     def _on_command(self, message: dict[str, Any]) -> None:
         kind = message.get("t")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -165,3 +166,29 @@ def test_bad_health_path_is_one_line(value):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--health-path" in lines[0], proc.stderr
+
+
+def test_shutdown_delay_when_every_process_gets_sigterm(spawn):
+    """As systemd's KillMode=control-group (or a platform that signals every process) does: the
+    workers hold --shutdown-delay too, unready and serving, rather than draining at once (which
+    would also read to the controller as a crash to replace)."""
+    delay = 2.5
+    server = spawn("-s", "2", "--health-path", "/hz", "--shutdown-delay", str(delay),
+                   "deploy_apps.echo")
+    workers = server.workers()
+    assert len(workers) == 2
+    sent = time.monotonic()
+    for pid in [server.pid, *workers]:
+        os.kill(pid, signal.SIGTERM)
+    served = 0
+    while time.monotonic() - sent < delay - 0.7:
+        status, body = _get(server.port, "/x")
+        assert status == 200 and json.loads(body)["PATH_INFO"] == "/x"
+        assert _get(server.port, "/hz")[0] == 503
+        served += 1
+        time.sleep(0.05)
+    assert served >= 5
+    assert sorted(server.workers()) == sorted(workers), "the same workers serve on"
+    assert server.wait(15) == 0
+    assert time.monotonic() - sent >= delay - 0.5
+    assert "replacing it" not in server.stderr, server.stderr
