@@ -155,17 +155,6 @@ def ip_list(text: str) -> str:
     return str(text).strip()
 
 
-def ip_list(text: str) -> str:
-    """``--forwarded-allow-ips``: addresses and CIDR blocks, comma-separated, or ``*``."""
-    from .forwarded import parse_allow
-
-    try:
-        parse_allow(str(text))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    return str(text).strip()
-
-
 def optional_str(text: str) -> str | None:
     return str(text) if str(text) != "" else None
 

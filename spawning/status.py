@@ -365,11 +365,6 @@ def fmt_ms(seconds: float | None) -> str:
     return f"{seconds * 1000:.1f} ms" if seconds < 0.01 else f"{seconds * 1000:.0f} ms"
 
 
-def fmt_rate(rate: float | None) -> str:
-    if rate is None:
-        return "–"
-    return f"{rate:.1f}" if rate < 100 else f"{rate:,.0f}"
-
 def fmt_q(duration: dict[str, Any], key: str) -> str:
     """A quantile of a ``duration`` object: one that fell in the first bucket reads as "< bound"
     (all the histogram knows of it), not as a figure interpolated from zero."""
@@ -377,6 +372,11 @@ def fmt_q(duration: dict[str, Any], key: str) -> str:
         return f"< {fmt_ms(duration[key])}"
     return fmt_ms(duration[key])
 
+
+def fmt_rate(rate: float | None) -> str:
+    if rate is None:
+        return "–"
+    return f"{rate:.1f}" if rate < 100 else f"{rate:,.0f}"
 
 
 def fmt_int(n: int | None) -> str:
