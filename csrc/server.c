@@ -92,13 +92,18 @@ static int set_nonblock_cloexec(int fd) {
 static volatile int forked;
 static void on_fork_parent(void) { forked = 1; }
 static void on_fork_child(void) { forked = 0; }
-static void watch_forks(void) { pthread_atfork(NULL, on_fork_parent, on_fork_child); }
-static pthread_once_t watch_forks_once = PTHREAD_ONCE_INIT;
+/* Registers the handlers once per process. Not pthread_once: linked against glibc 2.34 or later
+ * it needs that version's symbol, and the wheel's manylinux_2_28 tag would not hold. */
+static void watch_forks(void) {
+    static int registered;
+    if (!__atomic_exchange_n(&registered, 1, __ATOMIC_ACQ_REL))
+        pthread_atfork(NULL, on_fork_parent, on_fork_child);
+}
 
 sp_server *sp_server_new(const sp_config *cfg) {
     sp_server *s = calloc(1, sizeof(*s));
     if (!s) { errno = ENOMEM; return NULL; }
-    pthread_once(&watch_forks_once, watch_forks);
+    watch_forks();
     s->cfg = *cfg;
     if (s->cfg.limits.max_headers > SP_HEADERS_MAX || s->cfg.limits.max_headers == 0)
         s->cfg.limits.max_headers = SP_HEADERS_MAX;
