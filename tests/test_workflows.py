@@ -71,6 +71,22 @@ def test_tests_workflow_covers_platforms_pythons_and_sanitizers() -> None:
     assert backends == {"poll", "kqueue"}
 
 
+def test_tests_workflow_runs_the_whole_suite_on_the_python_path_and_sanitized() -> None:
+    """Issue 22: the suite, and so the response-shape matrix, runs on a build without the C
+    request path (csrc/pyfast.c) and against the sanitized core: a test selection in either job
+    would drop tests/test_response_matrix.py from it."""
+    jobs = load(WORKFLOWS / "tests.yml")["jobs"]
+    job = jobs["python-path"]
+    assert job["name"] == "python path (SPAWNING_NO_PYFAST=1)"
+    assert job["runs-on"] == "ubuntu-24.04"
+    assert any(step.get("with", {}).get("python-version") == "3.12" for step in job["steps"])
+    runs = [step.get("run", "") for step in job["steps"]]
+    assert 'SPAWNING_NO_PYFAST=1 python -m pip install -e ".[test]"' in runs
+    for name in ("python-path", "sanitizers"):
+        tests = [r for r in (step.get("run", "") for step in jobs[name]["steps"]) if "pytest" in r]
+        assert [r.strip().splitlines()[-1] for r in tests] == ["python -m pytest -q tests"], name
+
+
 def test_wheels_workflow_builds_tests_and_publishes_on_tags() -> None:
     wf = load(WORKFLOWS / "wheels.yml")
     jobs = wf["jobs"]
