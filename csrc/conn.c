@@ -68,7 +68,6 @@ sp_conn *conn_new(sp_server *s, int fd, int listener, const struct sockaddr *sa,
     if (!c) return NULL;
     if (srv_slot_take(s, c) < 0) { free(c); return NULL; }
     c->gen = s->conn_gen++ & SP_CODE_GEN_MASK;
-    c->tmpl = -1;
     c->h.kind = K_CONN;
     c->h.fd = fd;
     c->srv = s;
@@ -141,8 +140,6 @@ void conn_close(sp_server *s, sp_conn *c) {
     close(c->h.fd);
     release_in(s, c);
     free(c->out);
-    c->lent = NULL;   /* never ours to free */
-    c->lent_len = 0;
     free(c->envbuf);
     free(c->rep);
     c->out = c->envbuf = c->rep = NULL;
@@ -182,13 +179,6 @@ static void conn_kill(sp_server *s, sp_conn *c) {
 static int out_append(sp_conn *c, const char *p, size_t n);
 
 static int out_reserve(sp_conn *c, size_t n) {
-    if (c->lent) {   /* output queued behind a lent body: the body moves into our buffer first */
-        const char *p = c->lent;
-        size_t len = c->lent_len;
-        c->lent = NULL;
-        c->lent_len = 0;
-        if (out_append(c, p, len) < 0) return -ENOMEM;
-    }
     if (c->out_off && c->out_off == c->out_len) c->out_off = c->out_len = 0;
     if (c->out_cap - c->out_len >= n) return 0;
     if (c->out_off) {   /* compact first */
@@ -214,8 +204,8 @@ static int out_append(sp_conn *c, const char *p, size_t n) {
     return 0;
 }
 
-/* Bytes still to send: our queue, then a lent body (see "Corking"). */
-static size_t pending(const sp_conn *c) { return c->out_len - c->out_off + c->lent_len; }
+/* Bytes still to send. */
+static size_t pending(const sp_conn *c) { return c->out_len - c->out_off; }
 /* The part in our own memory: what backpressure counts (a lent body leaves with the next burst). */
 static size_t pending_own(const sp_conn *c) { return c->out_len - c->out_off; }
 
@@ -237,34 +227,10 @@ static ssize_t writev_some(sp_server *s, sp_conn *c, const struct iovec *iov, in
     return r;
 }
 
-/* Sends a lent body after our queued bytes in one writev, and copies what the socket does not
- * take: the caller's memory is not touched afterwards. Returns 0 or -errno (c is dead). */
-static int send_lent(sp_server *s, sp_conn *c, int64_t now_ms) {
-    const char *p = c->lent;
-    size_t len = c->lent_len, own = pending_own(c), sent = 0;
-    c->lent = NULL;
-    c->lent_len = 0;
-    if (c->writable) {
-        struct iovec iov[2] = { { own ? c->out + c->out_off : NULL, own }, { (void *)p, len } };
-        ssize_t r = writev_some(s, c, iov, 2, own + len, now_ms);
-        if (r < 0) return (int)r;
-        sent = (size_t)r;
-    }
-    size_t from_own = sent < own ? sent : own;
-    c->out_off += from_own;
-    sent -= from_own;
-    if (sent < len && out_append(c, p + sent, len - sent) < 0) { conn_kill(s, c); return -ENOMEM; }
-    return 0;
-}
-
 /* Writes queued output, stamping progress with now_ms (-1: read the clock). Returns the bytes
  * still queued, or -errno (the connection is dead). */
 static ssize_t conn_flush_at(sp_server *s, sp_conn *c, int64_t now_ms) {
-    if (c->dead) { c->lent = NULL; c->lent_len = 0; return -EPIPE; }
-    if (c->lent) {
-        int rc = send_lent(s, c, now_ms);
-        if (rc < 0) return rc;
-    }
+    if (c->dead) return -EPIPE;
     while (pending(c) && c->writable) {
         ssize_t r = sp_send(c->h.fd, c->out + c->out_off, pending(c), MSG_NOSIGNAL);
         if (r > 0) {
@@ -291,16 +257,6 @@ static ssize_t conn_flush_at(sp_server *s, sp_conn *c, int64_t now_ms) {
 
 static ssize_t conn_flush(sp_server *s, sp_conn *c) { return conn_flush_at(s, c, -1); }
 
-/* Output is about to be queued behind a lent body (a pipelined response): the body leaves now,
- * sent rather than copied into the buffer, which could then hold more than SP_PIPELINE_OUT_MAX
- * with the socket never found full, so that no write event would come to read the next request.
- * 0 or -errno. */
-static int send_lent_first(sp_server *s, sp_conn *c) {
-    if (!c->lent) return 0;
-    ssize_t w = conn_flush(s, c);
-    return w < 0 ? (int)w : 0;
-}
-
 /* ---- corking -------------------------------------------------------------------------------
  *
  * A small complete response (the respond fast path, keep-alive) is not written at once: it is
@@ -314,15 +270,8 @@ static int send_lent_first(sp_server *s, sp_conn *c) {
  * plus the run of one more request on the same thread (another thread takes the poller role,
  * which flushes, after SP_HANDOFF_US).
  *
- * A larger body (SP_LEND_MIN..SP_LEND_MAX bytes, sp.h "Lent bodies") is held back the same way
- * without a copy: only the head goes into the buffer, the body stays in the caller's memory
- * (c->lent) and leaves after the head in one writev. A response queued behind it (pipelining)
- * sends it first; any other append copies it into the buffer first. For 64 KiB responses this
- * was worth 5-10% of server CPU per request (fewer client wake-ups, and the interpreter runs
- * several requests back to back between the kernel's large copies, which otherwise evict its
- * working set from the cache each time). The callers
- * keep the body alive by a count: every SP_LEND_RUN-th call with such a body flushes everything
- * held before it returns. */
+ * Larger responses go at once (a 64 KiB body held back without a copy, as it once was, measured
+ * no different). */
 
 static void cork(sp_server *s, sp_conn *c, int64_t now_us) {
     if (c->corked) return;
@@ -351,10 +300,8 @@ void conn_uncork_all(sp_server *s) {
     }
 }
 
-/* Appends iov to the output, then lends it the body lent (NULL: none; see sp.h, "Lent bodies"),
- * and corks the connection. 0, or -ENOMEM (nothing queued). */
-static int cork_append(sp_server *s, sp_conn *c, const struct iovec *iov, int n,
-                       const char *lent, size_t lent_len, int64_t now_us) {
+/* Appends iov to the output and corks the connection. 0, or -ENOMEM (nothing queued). */
+static int cork_append(sp_server *s, sp_conn *c, const struct iovec *iov, int n, int64_t now_us) {
     if (!c->out) {
         c->out = s->ncork_bufs ? s->cork_bufs[--s->ncork_bufs] : malloc(SP_CORK_BYTES);
         if (!c->out) return -ENOMEM;
@@ -363,8 +310,6 @@ static int cork_append(sp_server *s, sp_conn *c, const struct iovec *iov, int n,
     }
     for (int i = 0; i < n; i++)
         if (out_append(c, iov[i].iov_base, iov[i].iov_len) < 0) return -ENOMEM;
-    c->lent = lent;   /* after the appends: an append moves a lent body into the buffer */
-    c->lent_len = lent_len;
     c->send_progress_ms = now_us / 1000;
     cork(s, c, now_us);
     return 0;
@@ -454,7 +399,7 @@ static void linger_read(sp_server *s, sp_conn *c) {
 
 /* ---- reading and parsing heads --------------------------------------------------------------- */
 
-static int env_build(sp_server *s, sp_conn *c, const sp_request_head *rh, size_t head_len) {
+static int env_build(sp_conn *c, const sp_request_head *rh, size_t head_len) {
     size_t need = c->remote_len + c->port_len + 1 + head_len * 2 + rh->num_headers * 8 + 256;
     for (int tries = 0; tries < 2; tries++) {
         if (c->env_cap < need) {
@@ -471,7 +416,6 @@ static int env_build(sp_server *s, sp_conn *c, const sp_request_head *rh, size_t
             memcpy(c->envbuf + len, c->port, c->port_len + 1);   /* NUL-terminated for C readers */
             c->req.env = c->envbuf;
             c->req.env_len = len + c->port_len;
-            srv_tmpl_note(s, c, c->envbuf, len);
             return 0;
         }
         if (n != -431) return (int)n;
@@ -515,8 +459,6 @@ static int try_parse(sp_server *s, sp_conn *c) {
         is_head = c->rep_head;
         minor = c->rep_minor;
         if (s->cfg.max_body_size >= 0 && f.content_length > s->cfg.max_body_size) { conn_error(s, c, 413); return -1; }
-        if (c->tmpl >= 0 && c->tmpl_epoch != s->tmpl_epoch)   /* the key table was emptied */
-            srv_tmpl_note(s, c, c->envbuf, c->req.env_len - c->port_len);
     } else {
         sp_header hdrs[SP_HEADERS_MAX];
         sp_request_head rh;
@@ -537,7 +479,7 @@ static int try_parse(sp_server *s, sp_conn *c) {
         int fr = sp_request_framing(&rh, &f);
         if (fr < 0) { conn_error(s, c, -fr); return -1; }
         if (s->cfg.max_body_size >= 0 && f.content_length > s->cfg.max_body_size) { conn_error(s, c, 413); return -1; }
-        int er = env_build(s, c, &rh, (size_t)rc);
+        int er = env_build(c, &rh, (size_t)rc);
         if (er < 0) { conn_error(s, c, -er); return -1; }
         is_head = rh.method_len == 4 && memcmp(rh.method, "HEAD", 4) == 0;
         minor = rh.minor_version;
@@ -1055,10 +997,8 @@ static int finish_locked(sp_server *s, sp_conn *c, int abort);
 /* sp_req_start with s->mu held. */
 static int start_locked(sp_server *s, sp_conn *c, const char *status, size_t slen,
                         const char *headers, size_t hlen) {
-    int rc;
     if (c->dead) return -EPIPE;
     if (c->started) return -EALREADY;
-    if ((rc = send_lent_first(s, c)) < 0) return rc;
     for (size_t cap = 1024;; cap *= 2) {
         if (out_reserve(c, cap) < 0) return -ENOMEM;
         ssize_t n = format_head(s, c, c->out + c->out_len, c->out_cap - c->out_len, status, slen, headers, hlen, -1);
@@ -1107,6 +1047,15 @@ static ssize_t body_write(sp_server *s, sp_conn *c, const char *buf, size_t len)
     }
     iov[n].iov_base = (void *)buf; iov[n++].iov_len = len;
     if (c->chunked_out) { iov[n].iov_base = "\r\n"; iov[n++].iov_len = 2; }
+    if (c->resp_left == 0 && s->cfg.cork && c->keep_alive && c->body_done && !c->dead
+            && pending(c) + len <= SP_CORK_BYTES) {
+        /* The last bytes its Content-Length allows: the response is complete, as a respond()
+         * answer is, and small: held back to leave in a burst as those are ("Corking"). */
+        int64_t now = s->now_us;
+        if (s->ncork && now - s->cork_since_us >= SP_CORK_US) conn_uncork_all(s);
+        if (cork_append(s, c, iov, n, now) < 0) { conn_kill(s, c); return -ENOMEM; }
+        return (ssize_t)pending(c);
+    }
     return conn_sendv(s, c, iov, n);
 }
 
@@ -1190,8 +1139,8 @@ out:
  * returns with s->mu held; c is busy. may_lend: the caller keeps body alive as sp.h's "Lent
  * bodies" says. */
 static int respond_send(sp_server *s, sp_conn *c, char *head, size_t n, const char *body,
-                        size_t blen, int may_lend) {
-    int rc;
+                        size_t blen) {
+    int rc = 0;
     struct iovec iov[2] = { { head, n }, { (void *)body, 0 } };
     if (!c->no_body) {
         if (c->resp_left >= 0 && (int64_t)blen > c->resp_left) { blen = (size_t)c->resp_left; c->keep_alive = 0; }
@@ -1199,28 +1148,22 @@ static int respond_send(sp_server *s, sp_conn *c, char *head, size_t n, const ch
         c->resp_left -= (int64_t)blen;
     }
     int niov = iov[1].iov_len ? 2 : 1;
-    if ((rc = send_lent_first(s, c)) < 0) goto out;
-    int small = n + iov[1].iov_len <= SP_CORK_BYTES;
-    if (s->cfg.cork && c->keep_alive && c->body_done && (small || (may_lend && niov == 2 && !pending(c)))) {
+    if (s->cfg.cork && c->keep_alive && c->body_done && n + iov[1].iov_len <= SP_CORK_BYTES) {
         int64_t now = s->now_us;   /* lags by at most the app run that just ended */
         if (s->ncork && now - s->cork_since_us >= SP_CORK_US) conn_uncork_all(s);
-        int r = small ? cork_append(s, c, iov, niov, NULL, 0, now)
-                      : cork_append(s, c, iov, 1, body, iov[1].iov_len, now);   /* lent, not copied */
-        if (r < 0) { conn_kill(s, c); rc = -ENOMEM; }
+        if (cork_append(s, c, iov, niov, now) < 0) { conn_kill(s, c); rc = -ENOMEM; }
     } else {
         ssize_t w = conn_sendv(s, c, iov, niov);
         if (w < 0) rc = (int)w;
     }
-out: {
-        int f = finish_locked(s, c, 0);
-        return rc ? rc : f;
-    }
+    int f = finish_locked(s, c, 0);
+    return rc ? rc : f;
 }
 
 /* The one-crossing response (sp_req_respond). Called and returns with s->mu held; c is busy.
  * -EINVAL and -EALREADY leave the request unfinished. */
 static int respond(sp_server *s, sp_conn *c, const char *status, size_t slen,
-                   const char *headers, size_t hlen, const char *body, size_t blen, int may_lend) {
+                   const char *headers, size_t hlen, const char *body, size_t blen) {
     char head[SP_HEAD_STACK];
     if (c->dead) { finish_locked(s, c, 0); return -EPIPE; }
     if (c->started) return -EALREADY;
@@ -1238,52 +1181,7 @@ static int respond(sp_server *s, sp_conn *c, const char *status, size_t slen,
         return rc;
     }
     if (n < 0) return (int)n;
-    return respond_send(s, c, head, (size_t)n, body, blen, may_lend);
-}
-
-/* respond() with a registered head (sp_head_add): copied, not validated again. */
-static int respond_head(sp_server *s, sp_conn *c, const sp_head *h, const char *body, size_t blen,
-                        int may_lend) {
-    char stack[SP_HEAD_STACK];
-    if (c->dead) { finish_locked(s, c, 0); return -EPIPE; }
-    if (c->started) return -EALREADY;
-    size_t cap = h->len + SP_HEAD_TAIL_MAX;
-    char *head = cap <= sizeof(stack) ? stack : malloc(cap);
-    if (!head) { conn_kill(s, c); finish_locked(s, c, 0); return -ENOMEM; }
-    memcpy(head, h->text, h->len);
-    ssize_t n = end_head(s, c, head, h->len, cap, h->status, &h->ah, (int64_t)blen);
-    int rc = n < 0 ? (finish_locked(s, c, 1), (int)n)   /* cannot happen: cap holds any tail */
-                   : respond_send(s, c, head, (size_t)n, body, blen, may_lend);
-    if (head != stack) free(head);
-    return rc;
-}
-
-int64_t sp_head_add(sp_server *s, const char *head, size_t hlen) {
-    const char *nul = memchr(head, '\0', hlen);
-    size_t slen = nul ? (size_t)(nul - head) : hlen;
-    const char *h = nul ? nul + 1 : head + hlen;
-    size_t hl = nul ? hlen - slen - 1 : 0;
-    /* Each "name\0value\0" becomes "name: value\r\n": at most twice the packed length, plus 2. */
-    size_t cap = slen + 16 + 2 * hl + 2;
-    char *text = malloc(cap);
-    if (!text) return -ENOMEM;
-    int code;
-    app_headers ah;
-    ssize_t n = format_status_line(text, cap, head, slen, &code);
-    int rc = n < 0 ? (int)n : format_app_headers(h, hl, text + n, cap - (size_t)n, &ah, code);
-    if (rc < 0) { free(text); return rc == -ENOSPC ? -EINVAL : rc; }
-    LOCK(s);
-    int64_t id = ++s->head_next_id;
-    sp_head *e = &s->heads[id % SP_HEADS];
-    char *old = e->text;
-    e->id = id;
-    e->text = text;
-    e->len = (size_t)n + ah.len;
-    e->status = code;
-    e->ah = ah;
-    UNLOCK(s);
-    free(old);
-    return id;
+    return respond_send(s, c, head, (size_t)n, body, blen);
 }
 
 int sp_req_respond(sp_server *s, int64_t code, const char *status, size_t slen,
@@ -1291,7 +1189,7 @@ int sp_req_respond(sp_server *s, int64_t code, const char *status, size_t slen,
     LOCK(s);
     sp_conn *c = srv_code_conn(s, code);
     if (!c) { UNLOCK(s); return -ESTALE; }
-    int rc = respond(s, c, status, slen, headers, hlen, body, blen, 0);
+    int rc = respond(s, c, status, slen, headers, hlen, body, blen);
     UNLOCK(s);
     return rc;
 }
@@ -1303,27 +1201,14 @@ sp_request *sp_code_req(sp_server *s, int64_t code) {
     return c ? &c->req : NULL;
 }
 
-/* Counts a one-crossing answer for sp.h's "Lent bodies": every call counts, whatever its result,
- * as the caller counts them; the SP_LEND_RUN-th frees the callers to drop the bodies of this run. */
-static void count_lend(sp_server *s, size_t blen) {
-    if (blen >= SP_LEND_MIN && blen <= SP_LEND_MAX && ++s->lend_calls == SP_LEND_RUN) {
-        s->lend_calls = 0;
-        conn_uncork_all(s);
-    }
-}
-
 /* sp_code_respond with s->mu held. head: "status\0headers" (headers as sp_req_start takes them). */
 static int code_respond_locked(sp_server *s, int64_t code, const char *head, size_t hlen,
                                const char *body, size_t blen) {
     const char *nul = memchr(head, '\0', hlen);
     size_t slen = nul ? (size_t)(nul - head) : hlen;
     const char *headers = nul ? nul + 1 : head + hlen;
-    int lendable = blen >= SP_LEND_MIN && blen <= SP_LEND_MAX;
     sp_conn *c = srv_code_conn(s, code);
-    int rc = c ? respond(s, c, head, slen, headers, hlen - slen - (nul ? 1 : 0), body, blen, lendable)
-               : -ESTALE;
-    count_lend(s, blen);
-    return rc;
+    return c ? respond(s, c, head, slen, headers, hlen - slen - (nul ? 1 : 0), body, blen) : -ESTALE;
 }
 
 void sp_server_flush(sp_server *s) {
@@ -1340,19 +1225,11 @@ int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,
     return rc;
 }
 
-int64_t sp_code_answer(sp_server *s, int64_t code, int64_t head, const char *body, size_t blen) {
+int64_t sp_code_answer(sp_server *s, int64_t code, const char *head, size_t hlen,
+                       const char *body, size_t blen) {
     LOCK(s);   /* one lock for both halves: the answer and the next request */
-    const sp_head *h = &s->heads[(uint64_t)head % SP_HEADS];
-    int rc;
-    if (head <= 0 || h->id != head) {
-        rc = -ENOENT;
-    } else {
-        sp_conn *c = srv_code_conn(s, code);
-        rc = c ? respond_head(s, c, h, body, blen, blen >= SP_LEND_MIN && blen <= SP_LEND_MAX)
-               : -ESTALE;
-    }
-    count_lend(s, blen);
-    if (!s->cfg.chain || rc == -ESTALE || rc == -EALREADY || rc == -ENOENT) { UNLOCK(s); return rc; }
+    int rc = code_respond_locked(s, code, head, hlen, body, blen);
+    if (!s->cfg.chain || rc == -ESTALE || rc == -EALREADY || rc == -EINVAL) { UNLOCK(s); return rc; }
     /* Only a queued request: with none, the caller's sp_poll_one() polls, as this would, but
      * it may wait (without the GIL). A poll that found nothing here would be a wasted call. */
     if (!s->nready) { UNLOCK(s); return 0; }

@@ -76,8 +76,6 @@ typedef struct sp_conn {
 
     /* output */
     char *out; size_t out_cap, out_len, out_off;
-    const char *lent; size_t lent_len;   /* a held-back body still in the caller's memory, sent
-                                          after out (conn.c, "Corking"); only while corked */
     int started;                     /* head formatted */
     int chunked_out;                 /* framing our body with chunks */
     int no_body;                     /* HEAD, 1xx, 204, 304 */
@@ -97,9 +95,7 @@ typedef struct sp_conn {
     int slot;                        /* index in srv->slots while open: the code's handle */
     unsigned gen;                    /* generation in request codes (SP_CODE_GEN_MASK bits) */
     unsigned char repeat;            /* this head is the previous one's bytes (try_parse) */
-    unsigned char py_keeps;          /* the last full code carried SP_CODE_KEEP (request_code) */
-    int tmpl;                        /* srv->tmpl entry of this request's environ key, -1 none */
-    unsigned tmpl_epoch;             /* ... valid while srv->tmpl_epoch still equals this */
+    unsigned char keeps;             /* the last full code carried SP_CODE_KEEP (request_code) */
 } sp_conn;
 
 typedef struct sp_watch_ent { sp_handle h; int64_t token; int mask; int registered; } sp_watch_ent;
@@ -120,37 +116,12 @@ typedef struct app_headers {
     int64_t content_length;          /* -1 when absent */
     unsigned has_date:1, has_server:1, close:1;
 } app_headers;
-/* Response heads Python registered (sp_head_add): the status line and app header lines,
- * validated and formatted once. Ids are never reused; an id lives in heads[id % SP_HEADS] until
- * SP_HEADS later ones push it out (sp_code_answer then says -ENOENT and Python registers again). */
-typedef struct sp_head {
-    int64_t id;                      /* 0: empty */
-    int status;
-    char *text; size_t len;          /* "HTTP/1.1 status\r\n" and the app's header lines */
-    app_headers ah;
-} sp_head;
 typedef struct sp_head_cache {
     char *out;                       /* one allocation: the formatted lines, then the input */
     char *in; size_t in_len;
     int no_content;                  /* formatted for a 204 (format_app_headers) */
     app_headers ah;
 } sp_head_cache;
-
-/* Request codes (sp.h) carry the id of the request's environ key: a keep-alive client repeating
- * a request lets Python skip building its environ. Keys are the listener and the env block
- * without REMOTE_PORT;
- * the table is emptied when full. Ids are handed out when a request goes to Python, so every id
- * reaches Python, in order: Python can bound its own map without ever seeing an id reused. */
-#define SP_TMPL_SLOTS 512            /* open addressing; a power of two */
-#define SP_TMPL_MAX 256              /* entries before the table is emptied */
-#define SP_TMPL_KEY_MAX 2048         /* longer keys are not remembered */
-typedef struct sp_tmpl {
-    uint64_t hash;
-    char *key;                       /* NULL: free */
-    uint32_t len;
-    uint32_t id;                     /* 0 until a request with this key reaches Python */
-    int listener;                    /* part of the key: environ differs per listener */
-} sp_tmpl;
 
 struct sp_server {
     pthread_mutex_t mu;
@@ -176,7 +147,6 @@ struct sp_server {
     sp_conn *cork[SP_CORK_MAX]; int ncork; /* connections with a held-back response, in order */
     int64_t cork_since_us;                 /* when the oldest of them was held */
     char *cork_bufs[SP_CORK_MAX]; int ncork_bufs;   /* idle SP_CORK_BYTES output buffers */
-    unsigned lend_calls;             /* calls with a lendable body since the last full flush (sp.h) */
 
     sp_watch_ent **watch; int watch_cap;
 
@@ -199,16 +169,10 @@ struct sp_server {
     char server_line[128]; size_t server_line_len;
 
     sp_head_cache head_cache;        /* the last app header list that validated (conn.c) */
-    sp_head heads[SP_HEADS];         /* registered heads (sp_head_add) */
-    int64_t head_next_id;
 
     sp_conn **slots; int slots_cap;  /* open connections by slot (request codes name them) */
     unsigned conn_gen;               /* the next connection's generation */
     int *slot_free; int nslot_free;  /* free slot numbers below slots_cap, a stack */
-    sp_tmpl tmpl[SP_TMPL_SLOTS]; int ntmpl;   /* environ keys (see SP_TMPL_SLOTS) */
-    unsigned tmpl_epoch;             /* bumped when the table is emptied */
-    uint32_t tmpl_next_id;           /* the last id handed out */
-    uint64_t tmpl_seed;
     sp_stats st;
 };
 
@@ -225,7 +189,6 @@ char *srv_buf_get(sp_server *s);
 void srv_buf_put(sp_server *s, char *buf);
 int srv_slot_take(sp_server *s, sp_conn *c);      /* 0 or -ENOMEM */
 void srv_slot_release(sp_server *s, sp_conn *c);
-void srv_tmpl_note(sp_server *s, sp_conn *c, const char *key, size_t len);
 sp_conn *srv_code_conn(sp_server *s, int64_t code);   /* the busy connection of a code, or NULL */
 const char *srv_date(sp_server *s);
 /* sp_poll with s->mu held (it is released while waiting in the backend); max > 0. */

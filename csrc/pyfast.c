@@ -42,6 +42,7 @@
 
 #include <errno.h>
 #include <stddef.h>
+#include <string.h>
 
 #ifndef SP_NO_PYFAST
 
@@ -64,6 +65,7 @@ static PyObject *s_gr_context;      /* interned "gr_context" */
 static PyObject *s_remote_port;     /* interned "REMOTE_PORT" */
 static PyObject *s_wsgi_input;      /* interned "wsgi.input" */
 static PyObject *s_release;         /* interned "release" */
+static PyObject *s_close;           /* interned "close" */
 
 static int resp_traverse(Resp *self, visitproc visit, void *arg)
 {
@@ -176,16 +178,18 @@ typedef struct {
     sp_server *srv;
     PyObject *app;
     PyObject *conn_envs;  /* dict: repeat code -> environ to copy, for bodyless requests... */
-    PyObject *body_envs;  /* ...and for requests with a body */
-    PyObject *templates;  /* dict: key id -> (environ template less REMOTE_PORT, has a body) */
-    PyObject *ports;      /* dict: port number -> its REMOTE_PORT string */
+    PyObject *body_envs;  /* ...and for requests with a body (see request_env) */
     PyObject *new_input;  /* callable(response) -> wsgi.input for a request with a body */
-    Py_ssize_t envs_max;  /* conn_envs and body_envs are emptied when they hold this many */
     PyObject *resp_cls;   /* the handler's ResponseBase subclass */
-    PyObject *keep;       /* callable keeping lent bodies alive (sp.h, "Lent bodies") */
     PyObject *log;        /* callable(environ, status, sent, headers) that never raises, or None */
-    PyObject *head;       /* (status, headers, head id) of the head registered last */
     PyObject *spare;      /* a response object no one else holds, for the next request */
+    PyObject *base_envs;  /* list: each listener's constant environ (wsgi.base_environ) */
+    PyObject *empty;      /* wsgi.input of a request without a body */
+    PyObject *forwarded;  /* callable(environ) -> REMOTE_PORT or None, rewriting an environ from
+                             a trusted proxy's headers (spawning.forwarded); None: no proxies */
+    PyObject *stream_types;  /* results Python streams itself (wsgi.file_wrapper: sendfile) */
+    PyObject *close_error;   /* callable(exception): logs an error from the result's close() */
+    char *hbuf; size_t hcap; /* the packed head of the answer being made (the GIL guards it) */
 } Runner;
 
 static int runner_traverse(Runner *self, visitproc visit, void *arg)
@@ -194,14 +198,15 @@ static int runner_traverse(Runner *self, visitproc visit, void *arg)
     Py_VISIT(self->app);
     Py_VISIT(self->conn_envs);
     Py_VISIT(self->body_envs);
-    Py_VISIT(self->templates);
-    Py_VISIT(self->ports);
     Py_VISIT(self->new_input);
     Py_VISIT(self->resp_cls);
-    Py_VISIT(self->keep);
+    Py_VISIT(self->stream_types);
+    Py_VISIT(self->close_error);
     Py_VISIT(self->log);
-    Py_VISIT(self->head);
     Py_VISIT(self->spare);
+    Py_VISIT(self->base_envs);
+    Py_VISIT(self->empty);
+    Py_VISIT(self->forwarded);
     return 0;
 }
 
@@ -210,14 +215,15 @@ static int runner_clear(Runner *self)
     Py_CLEAR(self->app);
     Py_CLEAR(self->conn_envs);
     Py_CLEAR(self->body_envs);
-    Py_CLEAR(self->templates);
-    Py_CLEAR(self->ports);
     Py_CLEAR(self->new_input);
     Py_CLEAR(self->resp_cls);
-    Py_CLEAR(self->keep);
+    Py_CLEAR(self->stream_types);
+    Py_CLEAR(self->close_error);
     Py_CLEAR(self->log);
-    Py_CLEAR(self->head);
     Py_CLEAR(self->spare);
+    Py_CLEAR(self->base_envs);
+    Py_CLEAR(self->empty);
+    Py_CLEAR(self->forwarded);
     return 0;
 }
 
@@ -226,24 +232,23 @@ static void runner_dealloc(Runner *self)
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     runner_clear(self);
+    free(self->hbuf);
     ((freefunc)PyType_GetSlot(tp, Py_tp_free))(self);
     Py_DECREF(tp);
 }
 
-/* Runner(server_address, app, conn_envs, body_envs, templates, ports, new_input, envs_max,
- *        response_class, keep, log, head): the handler's state (wsgi.py, make_handler) */
+/* Runner(server_address, app, new_input, response_class, log, base_envs, empty_input,
+ *        forwarded, stream_types, close_error): the handler's state (wsgi.py, make_handler) */
 static PyObject *runner_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 {
     unsigned long long addr;
-    Py_ssize_t envs_max;
-    PyObject *app, *envs, *benvs, *tmpls, *ports, *new_input, *cls, *keep, *log, *head;
+    PyObject *app, *new_input, *cls, *log, *bases, *empty, *fwd, *stypes, *cerr;
     if (kw != NULL && PyDict_Size(kw)) {
         PyErr_SetString(PyExc_TypeError, "Runner() takes no keyword arguments");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "KOO!O!O!O!OnOOOO:Runner", &addr, &app, &PyDict_Type, &envs,
-                          &PyDict_Type, &benvs, &PyDict_Type, &tmpls, &PyDict_Type, &ports,
-                          &new_input, &envs_max, &cls, &keep, &log, &head))
+    if (!PyArg_ParseTuple(args, "KOOOOO!OOOO:Runner", &addr, &app, &new_input, &cls, &log,
+                          &PyList_Type, &bases, &empty, &fwd, &stypes, &cerr))
         return NULL;
     if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, resp_type)) {
         PyErr_SetString(PyExc_TypeError, "Runner(): the response class must subclass ResponseBase");
@@ -257,17 +262,19 @@ static PyObject *runner_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     if (self == NULL)
         return NULL;
     self->srv = (sp_server *)(uintptr_t)addr;
+    if ((self->conn_envs = PyDict_New()) == NULL || (self->body_envs = PyDict_New()) == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
     Py_INCREF(app); self->app = app;
-    Py_INCREF(envs); self->conn_envs = envs;
-    Py_INCREF(benvs); self->body_envs = benvs;
-    Py_INCREF(tmpls); self->templates = tmpls;
-    Py_INCREF(ports); self->ports = ports;
     Py_INCREF(new_input); self->new_input = new_input;
-    self->envs_max = envs_max;
     Py_INCREF(cls); self->resp_cls = cls;
-    Py_INCREF(keep); self->keep = keep;
     Py_INCREF(log); self->log = log;
-    Py_INCREF(head); self->head = head;
+    Py_INCREF(bases); self->base_envs = bases;
+    Py_INCREF(empty); self->empty = empty;
+    Py_INCREF(fwd); self->forwarded = fwd;
+    Py_INCREF(stypes); self->stream_types = stypes;
+    Py_INCREF(cerr); self->close_error = cerr;
     return (PyObject *)self;
 }
 
@@ -294,21 +301,37 @@ static void defer_error(PyObject **pending)
         PyErr_Fetch(&pending[0], &pending[1], &pending[2]);
 }
 
-/* The request goes on in Python: (code, environ, response, result, exception, answered, input).
- * Steals code, env, resp, result and inp; env may be NULL (none was made: an empty dict goes, for
- * the error path's logging), result NULL when the app raised (the exception goes, with its
- * traceback), inp NULL (None goes) for a request without a body. answered is None, or what
- * sp_code_answer() returned (< 0) when it was called. */
+/* What goes back to Python when the request goes on there (wsgi.py, handle()): a Handoff, a
+ * named tuple of the request's state. */
+static PyTypeObject *handoff_type;
+static PyStructSequence_Field handoff_fields[] = {
+    {"code", "the request's code"},
+    {"environ", "its environ (empty when none was made)"},
+    {"response", "its response object"},
+    {"result", "what the app returned, None when the app raised"},
+    {"exception", "the app's exception, or the one its iterable raised; None"},
+    {"answered", "what sp_code_answer() returned (< 0) when it was called, else None"},
+    {"input", "its wsgi.input when a body comes, else None"},
+    {"taken", "the chunks already taken from the result's iterator (a list), or None"},
+    {"rest", "the iterator they were taken from, still to iterate, or None"},
+    {NULL, NULL},
+};
+static PyStructSequence_Desc handoff_desc = {
+    "spawning._core.Handoff",
+    "A request the C path hands to wsgi.py's general path, as it stands (csrc/pyfast.c).",
+    handoff_fields, 9,
+};
+
+/* The request goes on in Python. Steals code, env, resp, result, inp, taken and rest (each may be
+ * NULL for None; env NULL: an empty dict goes, for the error path's logging). With err the
+ * Python error set now goes as the exception, with its traceback. answered is 0 (None goes), or
+ * what sp_code_answer() returned (< 0). */
 static PyObject *hand_back(sp_server *srv, PyObject *code, PyObject *env, Resp *resp,
-                           PyObject *result, long long answered, PyObject *inp)
+                           PyObject *result, int err, long long answered, PyObject *inp,
+                           PyObject *taken, PyObject *rest)
 {
-    if (inp == NULL) {
-        inp = Py_None;
-        Py_INCREF(inp);
-    }
-    PyObject *exc = Py_None;
-    Py_INCREF(exc);
-    if (result == NULL) {
+    PyObject *exc = NULL;
+    if (err) {
         PyObject *t, *v, *tb;
         PyErr_Fetch(&t, &v, &tb);
         PyErr_NormalizeException(&t, &v, &tb);
@@ -316,43 +339,39 @@ static PyObject *hand_back(sp_server *srv, PyObject *code, PyObject *env, Resp *
             PyException_SetTraceback(v, tb);
         Py_XDECREF(t);
         Py_XDECREF(tb);
-        if (v != NULL) {
-            Py_DECREF(exc);
-            exc = v;
+        exc = v;
+    }
+    PyObject *h = NULL;
+    if (env == NULL)
+        env = PyDict_New();
+    PyObject *ans = answered ? PyLong_FromLongLong(answered) : NULL;
+    if (env != NULL && (!answered || ans != NULL))
+        h = PyStructSequence_New(handoff_type);
+    if (h == NULL) {
+        /* No memory even for this: Python cannot have the request, so C ends it, unless it
+         * was answered (or lost) already. */
+        if (answered == 0 || answered == -EALREADY || answered == -EINVAL)
+            refuse(srv, PyLong_AsLongLong(code));
+        Py_DECREF(code);
+        Py_XDECREF(env);
+        Py_DECREF(resp);
+        Py_XDECREF(result);
+        Py_XDECREF(exc);
+        Py_XDECREF(ans);
+        Py_XDECREF(inp);
+        Py_XDECREF(taken);
+        Py_XDECREF(rest);
+        return NULL;
+    }
+    PyObject *items[9] = { code, env, (PyObject *)resp, result, exc, ans, inp, taken, rest };
+    for (int i = 0; i < 9; i++) {
+        if (items[i] == NULL) {
+            items[i] = Py_None;
+            Py_INCREF(Py_None);
         }
-        result = Py_None;
-        Py_INCREF(result);
+        PyStructSequence_SetItem(h, i, items[i]);
     }
-    if (env == NULL && (env = PyDict_New()) == NULL)
-        goto fail;
-    PyObject *ans = answered ? PyLong_FromLongLong(answered) : (Py_INCREF(Py_None), Py_None);
-    if (ans == NULL)
-        goto fail;
-    PyObject *t = PyTuple_New(7);
-    if (t == NULL) {
-        Py_DECREF(ans);
-        goto fail;
-    }
-    PyTuple_SetItem(t, 0, code);
-    PyTuple_SetItem(t, 1, env);
-    PyTuple_SetItem(t, 2, (PyObject *)resp);
-    PyTuple_SetItem(t, 3, result);
-    PyTuple_SetItem(t, 4, exc);
-    PyTuple_SetItem(t, 5, ans);
-    PyTuple_SetItem(t, 6, inp);
-    return t;
-fail:
-    /* No memory even for this: Python cannot have the request, so C ends it, unless it was
-     * answered (or lost) already. */
-    if (answered == 0 || answered == -EALREADY || answered == -ENOENT)
-        refuse(srv, PyLong_AsLongLong(code));
-    Py_DECREF(code);
-    Py_XDECREF(env);
-    Py_DECREF(resp);
-    Py_DECREF(result);
-    Py_DECREF(exc);
-    Py_DECREF(inp);
-    return NULL;
+    return h;
 }
 
 /* Removes key from the dict if it is there; -1 on a Python error. */
@@ -363,110 +382,422 @@ static int forget(PyObject *dict, PyObject *key)
     return PyErr_Occurred() ? -1 : 0;
 }
 
-/* REMOTE_PORT's string for a port (borrowed from the runner's map, made on first use; "" for port
- * 0, a Unix socket), or NULL with a Python error. */
-static PyObject *port_str(Runner *self, long port)
+/* ---- environ from a request's packed block --------------------------------------------------
+ *
+ * A request whose head the handler's maps do not know (every request of a browser: its cookie,
+ * path, Referer differ each time) gets its environ made here, from the block C packed when it
+ * parsed the head (sp.h, sp_request.env: REMOTE_ADDR, the SP_ENV_FIXED values, "KEY\0value"
+ * pairs, then REMOTE_PORT): a copy of the listener's constant environ, then one latin-1 str per
+ * value (PEP 3333's "bytes as latin-1"). Keys are the same few dozen names request after
+ * request, so each is made once and kept in a small table of interned strs, by its bytes; a
+ * name the table has no room for is made for the request. */
+#define KEY_SLOTS 256            /* a power of two; header names a server sees are far fewer */
+#define KEY_MAX 47               /* longer names (rare, never hot) are not kept */
+typedef struct { unsigned len; char name[KEY_MAX + 1]; PyObject *key; } key_ent;
+static key_ent env_keys[KEY_SLOTS];   /* the GIL guards it (pyfast is not built free-threaded) */
+static PyObject *fixed_keys[6];       /* REMOTE_ADDR, then SP_ENV_FIXED's */
+
+/* The interned str for the name p[0..n), borrowed from the table (or new: *owned is set), or
+ * NULL with a Python error. */
+static PyObject *env_key(const char *p, size_t n, int *owned)
 {
-    PyObject *key = PyLong_FromLong(port);
-    if (key == NULL)
+    *owned = 0;
+    if (n > KEY_MAX)
+        goto fresh;
+    uint32_t h = 2166136261u;    /* FNV-1a: names are short; no attacker gains from a clash
+                                    but a table slot, which the next name may take back */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)p[i]) * 16777619u;
+    key_ent *e = &env_keys[h & (KEY_SLOTS - 1)];
+    if (e->key != NULL && e->len == n && memcmp(e->name, p, n) == 0)
+        return e->key;
+    PyObject *k = PyUnicode_FromStringAndSize(p, (Py_ssize_t)n);
+    if (k == NULL)
         return NULL;
-    PyObject *s = PyDict_GetItemWithError(self->ports, key);
-    if (s == NULL && !PyErr_Occurred()) {
-        PyObject *n = port ? PyUnicode_FromFormat("%ld", port) : PyUnicode_FromString("");
-        if (n != NULL && PyDict_SetItem(self->ports, key, n) == 0)
-            s = n;          /* the map holds it */
-        Py_XDECREF(n);
-    }
-    Py_DECREF(key);
-    return s;
+    PyUnicode_InternInPlace(&k);
+    Py_XDECREF(e->key);
+    e->key = k;                  /* the table's reference */
+    e->len = (unsigned)n;
+    memcpy(e->name, p, n);
+    return k;
+fresh:
+    *owned = 1;
+    return PyUnicode_DecodeLatin1(p, (Py_ssize_t)n, NULL);
 }
 
-/* The environ for a request, made as wsgi.py's handler makes it (conn_envs, then its entry()):
- * a new dict; or NULL, with a Python error, or without one where Python must make it (a full
- * code whose template Python has not built yet, a repeat code the maps lost). *has_body says
- * whether a body comes (its wsgi.input is the caller's to add). */
-static PyObject *request_env(Runner *self, long long code, PyObject *code_obj, int *has_body)
+/* env[key] = value, value made from p[0..n) as latin-1; 0 or -1 with a Python error. */
+static int env_set(PyObject *env, PyObject *key, const char *p, size_t n)
 {
-    PyObject *tmpl = PyDict_GetItemWithError(self->conn_envs, code_obj);
-    *has_body = 0;
-    if (tmpl != NULL)
-        return PyDict_Copy(tmpl);
-    if (PyErr_Occurred())
+    PyObject *v = PyUnicode_DecodeLatin1(p, (Py_ssize_t)n, NULL);
+    if (v == NULL)
+        return -1;
+    int rc = PyDict_SetItem(env, key, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+/* The whole environ of the request r (REMOTE_PORT and wsgi.input included when it has no body:
+ * a body's wsgi.input is the caller's), or NULL with a Python error. */
+static PyObject *env_from_block(Runner *self, const sp_request *r)
+{
+    PyObject *base = PyList_GetItem(self->base_envs, r->listener);
+    PyObject *env = base != NULL ? PyDict_Copy(base) : NULL;
+    if (env == NULL)
         return NULL;
-    if (!(code & SP_CODE_FULL)) {
-        tmpl = PyDict_GetItemWithError(self->body_envs, code_obj);
-        *has_body = 1;
-        return tmpl != NULL ? PyDict_Copy(tmpl) : NULL;
-    }
-    long long tid = code >> SP_CODE_ID_SHIFT & SP_CODE_ID_MASK;
-    if (tid == 0)
-        return NULL;
-    PyObject *tid_obj = PyLong_FromLongLong(tid);
-    if (tid_obj == NULL)
-        return NULL;
-    PyObject *found = PyDict_GetItemWithError(self->templates, tid_obj);
-    Py_DECREF(tid_obj);
-    if (found == NULL || !PyTuple_Check(found) || PyTuple_Size(found) != 2)
-        return NULL;
-    Py_INCREF(found);   /* held while the maps change below */
-    PyObject *ckey = NULL, *env = NULL;
-    if (code & SP_CODE_KEEP) {
-        /* First forget the connection's last entry: if this fails half-way, a repeat code must
-         * not find an entry for an earlier connection in the same slot. */
-        ckey = PyLong_FromLongLong(SP_CODE_REPEAT | (code >> SP_CODE_SLOT_SHIFT & SP_CODE_REPEAT_MASK));
-        if (ckey == NULL || forget(self->conn_envs, ckey) < 0 || forget(self->body_envs, ckey) < 0)
+    const char *p = r->env, *end = r->env + r->env_len;
+    for (int i = 0; i < 6; i++) {
+        const char *z = memchr(p, 0, (size_t)(end - p));
+        if (z == NULL)
+            goto bad;
+        if (env_set(env, fixed_keys[i], p, (size_t)(z - p)) < 0)
             goto fail;
+        p = z + 1;
     }
-    int body = PyObject_IsTrue(PyTuple_GetItem(found, 1));
-    PyObject *port = body >= 0 ? port_str(self, (long)(code & 0xFFFF)) : NULL;
-    if (port == NULL || (env = PyDict_Copy(PyTuple_GetItem(found, 0))) == NULL
-            || PyDict_SetItem(env, s_remote_port, port) < 0)
-        goto fail;
-    if (ckey != NULL) {
-        /* What the connection's repeated requests start from (wsgi.py, remember()). */
-        PyObject *envs = body ? self->body_envs : self->conn_envs;
-        if (PyDict_Size(envs) >= self->envs_max)
-            PyDict_Clear(envs);
-        int rc = PyDict_SetItem(envs, ckey, env);
-        Py_CLEAR(ckey);
+    int proxied = 0;   /* a header a trusted proxy may have set (spawning.forwarded reads them) */
+    for (;;) {   /* "KEY\0value\0" pairs, until what is left has no NUL: REMOTE_PORT */
+        const char *kz = memchr(p, 0, (size_t)(end - p));
+        if (kz == NULL)
+            break;
+        const char *v = kz + 1;
+        const char *vz = memchr(v, 0, (size_t)(end - v));
+        if (vz == NULL)
+            goto bad;
+        size_t kn = (size_t)(kz - p);
+        if ((kn >= 16 && memcmp(p, "HTTP_X_FORWARDED", 16) == 0) || (kn == 14 && memcmp(p, "HTTP_FORWARDED", 14) == 0))
+            proxied = 1;
+        int owned;
+        PyObject *k = env_key(p, kn, &owned);
+        if (k == NULL)
+            goto fail;
+        int rc = env_set(env, k, v, (size_t)(vz - v));
+        if (owned)
+            Py_DECREF(k);
         if (rc < 0)
             goto fail;
-        PyObject *copy = PyDict_Copy(env);   /* the app may change its own: never the kept one */
-        Py_DECREF(env);
-        env = copy;                          /* NULL with the error */
+        p = vz + 1;
     }
-    Py_DECREF(found);
-    *has_body = body;
+    if (env_set(env, s_remote_port, p, (size_t)(end - p)) < 0)
+        goto fail;
+    if (!r->body && PyDict_SetItem(env, s_wsgi_input, self->empty) < 0)
+        goto fail;
+    if (proxied && self->forwarded != Py_None) {
+        PyObject *port = PyObject_CallFunctionObjArgs(self->forwarded, env, NULL);
+        if (port == NULL)
+            goto fail;
+        int rc = port == Py_None ? 0 : PyDict_SetItem(env, s_remote_port, port);
+        Py_DECREF(port);
+        if (rc < 0)
+            goto fail;
+    }
     return env;
+bad:
+    PyErr_SetString(PyExc_RuntimeError, "spawning: malformed environ block");
 fail:
-    Py_DECREF(found);
-    Py_XDECREF(ckey);
-    Py_XDECREF(env);
+    Py_DECREF(env);
     return NULL;
 }
 
-/* Whether status and headers are the head's, and its id. */
-static int head_matches(PyObject *head, Resp *resp, long long *hid)
+/* Environs kept for a connection's repeats: emptied past this many connections. */
+#define CONN_ENVS_MAX 16384
+
+/* The environ for a request: a new dict; or NULL with a Python error, or without one when the
+ * request is over (Python then says so). *has_body says whether a body comes (its wsgi.input is
+ * the caller's to add).
+ *
+ * The one cache of the request path, and C's alone: a keep-alive client repeating its request
+ * byte for byte (the core tells by the code: a repeat code, sp.h) gets a copy of the environ its
+ * connection's last full request got, kept when that code said SP_CODE_KEEP. A dict copy costs a
+ * third of making the environ anew; requests that differ (a browser's) never use it. */
+static PyObject *request_env(Runner *self, long long code, PyObject *code_obj, int *has_body)
 {
-    if (head == NULL || resp->status == NULL || !PyTuple_Check(head) || PyTuple_Size(head) != 3)
-        return 0;
-    PyObject *st = PyTuple_GetItem(head, 0), *hd = PyTuple_GetItem(head, 1);
-    if (resp->status != st) {
-        int eq = PyObject_RichCompareBool(resp->status, st, Py_EQ);
-        if (eq <= 0)
-            return eq;
+    if (!(code & SP_CODE_FULL)) {
+        PyObject *kept = PyDict_GetItemWithError(self->conn_envs, code_obj);
+        *has_body = 0;
+        if (kept == NULL && !PyErr_Occurred()) {
+            kept = PyDict_GetItemWithError(self->body_envs, code_obj);
+            *has_body = 1;
+        }
+        if (kept != NULL)
+            return PyDict_Copy(kept);
+        if (PyErr_Occurred())
+            return NULL;
+        /* a repeat whose environ was dropped with the map: made from its block below */
     }
-    if (resp->headers != hd) {
-        if (resp->headers == NULL)
-            return 0;
-        int eq = PyObject_RichCompareBool(resp->headers, hd, Py_EQ);
-        if (eq <= 0)
-            return eq;
+    sp_request *r = sp_code_req(self->srv, code);
+    if (r == NULL)
+        return NULL;
+    PyObject *env = env_from_block(self, r);
+    if (env == NULL)
+        return NULL;
+    *has_body = r->body != 0;
+    if (!(code & SP_CODE_KEEP))
+        return env;
+    /* Kept for the connection's repeats under their code; its last request's goes first, so
+     * that a failure half-way never leaves an earlier connection's environ under the number. */
+    PyObject *ckey = PyLong_FromLongLong(SP_CODE_REPEAT | (code >> SP_CODE_SLOT_SHIFT & SP_CODE_REPEAT_MASK));
+    PyObject *envs = *has_body ? self->body_envs : self->conn_envs;
+    PyObject *kept = NULL;
+    if (ckey == NULL || forget(self->conn_envs, ckey) < 0 || forget(self->body_envs, ckey) < 0)
+        goto fail;
+    if (PyDict_Size(envs) >= CONN_ENVS_MAX)
+        PyDict_Clear(envs);
+    if ((kept = PyDict_Copy(env)) == NULL || PyDict_SetItem(envs, ckey, kept) < 0)
+        goto fail;
+    Py_DECREF(kept);
+    Py_DECREF(ckey);
+    return env;
+fail:
+    Py_XDECREF(kept);
+    Py_XDECREF(ckey);
+    Py_DECREF(env);
+    return NULL;
+}
+
+/* ---- the answer --------------------------------------------------------------------------
+ *
+ * The rules are wsgi.py's (handle() and stream()), kept the same way here so that both paths put
+ * the same bytes on the wire (tests/test_response_matrix.py compares them): a list of one bytes
+ * object goes in one crossing (sp_code_answer), with its Content-Length; any other iterable but
+ * a wsgi.file_wrapper streams, each chunk sent as the app yields it (PEP 3333: no block is held
+ * back while the app makes the next), the head with the first that is not empty; the iterable's
+ * close() is called in every case. Whatever else comes (a chunk that is not bytes, an error, a
+ * client that reads too slowly for the next chunk to be queued) goes back to Python with what is
+ * left of the iterator, and Python goes on from there. */
+#define HIGH_WATER (256 * 1024)   /* wsgi.py's: queued bytes past which the app waits */
+
+/* A new list of the n objects given (references stolen), or NULL with a Python error (then
+ * they are released). */
+static PyObject *list_of(int n, PyObject *a, PyObject *b)
+{
+    PyObject *l = PyList_New(n);
+    if (l == NULL) {
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+        return NULL;
     }
-    *hid = PyLong_AsLongLong(PyTuple_GetItem(head, 2));
-    if (*hid == -1 && PyErr_Occurred())
+    PyList_SetItem(l, 0, a);
+    if (n > 1)
+        PyList_SetItem(l, 1, b);
+    return l;
+}
+
+/* Appends str s to self->hbuf at *pos, as latin-1: 1, 0 when C leaves it to Python (not an
+ * ASCII str without NUL: Python encodes it, or says why it cannot), -1 on a Python error. */
+static int put_str(Runner *self, size_t *pos, PyObject *s)
+{
+    Py_ssize_t n;
+    const char *u = PyUnicode_AsUTF8AndSize(s, &n);
+    if (u == NULL)
         return -1;
+    /* As many UTF-8 bytes as characters: all ASCII, where UTF-8 and latin-1 agree. */
+    if (n != PyUnicode_GetLength(s) || memchr(u, 0, (size_t)n) != NULL)
+        return 0;
+    if (*pos + (size_t)n + 1 > self->hcap) {
+        size_t cap = self->hcap ? self->hcap : 1024;
+        while (cap < *pos + (size_t)n + 1)
+            cap *= 2;
+        char *b = realloc(self->hbuf, cap);
+        if (b == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->hbuf = b;
+        self->hcap = cap;
+    }
+    memcpy(self->hbuf + *pos, u, (size_t)n);
+    *pos += (size_t)n;
     return 1;
+}
+
+/* The response's head packed as sp_code_answer() takes it, "status\0name\0value...", in
+ * self->hbuf: 1 with *len (and the status's length, *slen); 0 when Python must pack it (anything but a str status and a list of
+ * (str, str) tuples or lists, all ASCII without NUL), -1 on a Python error. No Python code runs:
+ * the exact types are asked for, so no app's __eq__ or __str__ is called. */
+static int pack_head(Runner *self, Resp *resp, size_t *len, size_t *slen)
+{
+    PyObject *st = resp->status, *hd = resp->headers;
+    size_t pos = 0;
+    if (st == NULL || !PyUnicode_CheckExact(st) || hd == NULL || !PyList_CheckExact(hd))
+        return 0;
+    int r = put_str(self, &pos, st);
+    *slen = pos;
+    Py_ssize_t n = PyList_Size(hd);
+    for (Py_ssize_t i = 0; r > 0 && i < n; i++) {
+        PyObject *h = PyList_GetItem(hd, i), *name, *value;
+        if (PyTuple_CheckExact(h) && PyTuple_Size(h) == 2) {
+            name = PyTuple_GetItem(h, 0);
+            value = PyTuple_GetItem(h, 1);
+        } else if (PyList_CheckExact(h) && PyList_Size(h) == 2) {
+            name = PyList_GetItem(h, 0);
+            value = PyList_GetItem(h, 1);
+        } else {
+            return 0;
+        }
+        if (!PyUnicode_CheckExact(name) || !PyUnicode_CheckExact(value))
+            return 0;
+        /* put_str made room for one more byte each time: the NUL separators */
+        self->hbuf[pos++] = '\0';
+        if ((r = put_str(self, &pos, name)) <= 0)
+            break;
+        self->hbuf[pos++] = '\0';
+        r = put_str(self, &pos, value);
+    }
+    *len = pos;
+    return r;
+}
+
+/* The logging of a request C finished: the access log's callable, errors deferred. */
+static void log_request(Runner *self, PyObject *env, Resp *resp, PyObject **pending)
+{
+    if (self->log == Py_None || pending[0] != NULL)   /* as wsgi.py: no line after those */
+        return;
+    PyObject *sent = PyLong_FromSsize_t(resp->sent);
+    /* The headers too, for a format that logs a response header (NULL would end the
+     * arguments early: None stands for none). */
+    PyObject *hd = resp->headers != NULL ? resp->headers : Py_None;
+    PyObject *st = resp->status != NULL ? resp->status : Py_None;
+    PyObject *r = sent ? PyObject_CallFunctionObjArgs(self->log, env, st, sent, hd, NULL) : NULL;
+    Py_XDECREF(sent);
+    if (r == NULL)
+        defer_error(pending);       /* the callable logs its own errors */
+    Py_XDECREF(r);
+}
+
+/* Starts the response's head as Response.send_head() does: 1, or 0 when Python must (the head
+ * is Python's to pack, or C refused it, or the client is gone: Python meets the same and says
+ * so), -1 on a Python error (not an Exception: it goes up). */
+static int start_head(Runner *self, long long code, Resp *resp)
+{
+    size_t hlen, slen;
+    int ph = pack_head(self, resp, &hlen, &slen);
+    if (ph <= 0) {
+        if (ph < 0 && !PyErr_ExceptionMatches(PyExc_Exception))
+            return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    size_t off = slen + (hlen > slen ? 1 : 0);
+    if (sp_req_start(self->srv, code, self->hbuf, slen, self->hbuf + off, hlen - off) < 0)
+        return 0;
+    resp->head_sent = 1;
+    return 1;
+}
+
+/* Streams the result as wsgi.py's stream() does. 0: the request is finished (answered, or cut
+ * for a client that went away). 1: Python goes on with it, *taken (a list: chunks not sent yet)
+ * and *rest (the iterator), either may be NULL; with *err the Python error set now came from
+ * the iterable; *queued > 0 when the client must read before more is queued. */
+static int stream_c(Runner *self, long long code, Resp *resp, PyObject *result,
+                    PyObject **taken, PyObject **rest, int *err, long long *queued)
+{
+    *taken = *rest = NULL;
+    *err = 0;
+    *queued = 0;
+    PyObject *it = PyObject_GetIter(result);
+    if (it == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            *err = 1;
+            return 1;
+        }
+        PyErr_Clear();          /* not iterable: Python tries, and answers the error */
+        return 1;
+    }
+    for (;;) {
+        PyObject *chunk = PyIter_Next(it);
+        if (chunk == NULL) {
+            if (PyErr_Occurred()) {
+                Py_DECREF(it);
+                *err = 1;
+                return 1;
+            }
+            break;
+        }
+        if (!PyBytes_CheckExact(chunk)) {   /* Python converts it, or refuses it */
+            *rest = it;
+            *taken = list_of(1, chunk, NULL);
+            *err = *taken == NULL;
+            return 1;
+        }
+        Py_ssize_t n = PyBytes_Size(chunk);
+        if (n == 0) {
+            Py_DECREF(chunk);
+            continue;
+        }
+        int st = resp->head_sent ? 1 : start_head(self, code, resp);
+        if (st <= 0) {
+            *rest = it;
+            *taken = list_of(1, chunk, NULL);
+            *err = st < 0 || *taken == NULL;
+            return 1;
+        }
+        ssize_t w = sp_req_write(self->srv, code, PyBytes_AsString(chunk), (size_t)n);
+        Py_DECREF(chunk);
+        if (w == -EMSGSIZE)
+            break;              /* its Content-Length is all sent: iterating stops (PEP 3333) */
+        if (w < 0) {            /* the client is gone: as wsgi.py's ClientDisconnected */
+            Py_DECREF(it);
+            resp->code = 0;
+            sp_req_finish(self->srv, code, 1);
+            return 0;
+        }
+        resp->sent += n;
+        if (w > HIGH_WATER) {   /* the app waits for the client: Python's waiter knows how */
+            *rest = it;
+            *queued = w;
+            return 1;
+        }
+    }
+    Py_DECREF(it);
+    if (!resp->head_sent) {     /* an empty body: the head still goes out */
+        int st = start_head(self, code, resp);
+        if (st <= 0) {
+            *taken = PyList_New(0);
+            *err = st < 0 || *taken == NULL;
+            return 1;
+        }
+    }
+    resp->code = 0;
+    sp_req_finish(self->srv, code, 0);
+    return 0;
+}
+
+/* Calls the result's close(), as PEP 3333 asks, unless it is a list or tuple: an Exception from it
+ * goes to the close_error callable (logged), any other to pending (defer_error). */
+static void close_result(Runner *self, PyObject *result, PyObject **pending)
+{
+    if (PyList_CheckExact(result) || PyTuple_CheckExact(result))
+        return;
+    PyObject *close = PyObject_GetAttr(result, s_close);
+    PyObject *r = NULL;
+    if (close == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
+            return;
+        }
+    } else {
+        r = PyObject_CallNoArgs(close);
+        Py_DECREF(close);
+    }
+    if (r != NULL) {
+        Py_DECREF(r);
+        return;
+    }
+    if (PyErr_ExceptionMatches(PyExc_Exception)) {
+        PyObject *t, *v, *tb;
+        PyErr_Fetch(&t, &v, &tb);
+        PyErr_NormalizeException(&t, &v, &tb);
+        if (v != NULL && tb != NULL)
+            PyException_SetTraceback(v, tb);
+        PyObject *l = v != NULL ? PyObject_CallFunctionObjArgs(self->close_error, v, NULL) : NULL;
+        Py_XDECREF(l);
+        Py_XDECREF(t);
+        Py_XDECREF(v);
+        Py_XDECREF(tb);
+        if (l == NULL)
+            defer_error(pending);
+        return;
+    }
+    defer_error(pending);
 }
 
 /* A request greenlet's next request from its hub's batch, as wsgi.py's handler takes it: first
@@ -569,13 +900,13 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
         Py_CLEAR(resp->headers);
         if (env == NULL) {
             PyErr_Restore(et, ev, etb);
-            return hand_back(self->srv, code_obj, NULL, resp, NULL, 0, NULL);
+            return hand_back(self->srv, code_obj, NULL, resp, NULL, 1, 0, NULL, NULL, NULL);
         }
         PyObject *inp = NULL;
         if (has_body) {     /* it may outlive the request: its response keeps the server */
             inp = PyObject_CallFunctionObjArgs(self->new_input, (PyObject *)resp, NULL);
             if (inp == NULL || PyDict_SetItem(env, s_wsgi_input, inp) < 0)
-                return hand_back(self->srv, code_obj, env, resp, NULL, 0, inp);
+                return hand_back(self->srv, code_obj, env, resp, NULL, 1, 0, inp, NULL, NULL);
         }
         PyObject *sr = PyObject_GetAttr((PyObject *)resp, s_start_response);
         PyObject *result = NULL;
@@ -588,62 +919,51 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
             }
         }
         if (result == NULL)
-            return hand_back(self->srv, code_obj, env, resp, NULL, 0, inp);
-        PyObject *body;
-        long long hid = 0;
-        if (!Py_IS_TYPE(result, &PyList_Type) || PyList_Size(result) != 1
-                || !Py_IS_TYPE(body = PyList_GetItem(result, 0), &PyBytes_Type))
-            return hand_back(self->srv, code_obj, env, resp, result, 0, inp);
-        /* Ours from here, not borrowed from the list: comparing the head below may run the
-         * app's code (a str subclass's __eq__ as its status), which may empty the list. */
-        Py_INCREF(body);
-        PyObject *head = self->head;    /* another thread may swap it while __eq__ runs */
-        Py_XINCREF(head);
-        int m = head_matches(head, resp, &hid);
-        Py_XDECREF(head);
-        if (m <= 0) {
-            Py_DECREF(body);
-            if (m < 0 && !PyErr_ExceptionMatches(PyExc_Exception)) {
-                Py_DECREF(result);          /* a KeyboardInterrupt goes to Python's handler */
-                return hand_back(self->srv, code_obj, env, resp, NULL, 0, inp);
-            }
-            PyErr_Clear();                  /* Python compares again, and packs the head */
-            return hand_back(self->srv, code_obj, env, resp, result, 0, inp);
-        }
-        char *data;
-        Py_ssize_t blen;
-        if (PyBytes_AsStringAndSize(body, &data, &blen) < 0) {
-            Py_DECREF(body);
-            Py_DECREF(result);
-            return hand_back(self->srv, code_obj, env, resp, NULL, 0, inp);
-        }
-        /* Nothing but us holds the response (the app kept neither start_response nor write, not
-         * even weakly): it may serve the next request. Else it must not reach this one any more:
-         * a write() the app kept fails instead of writing into the connection's next request. */
-        int mine = Py_REFCNT(resp) == 1 && resp->weakrefs == NULL;
-        if (!mine)
-            resp->code = 0;
-        long long nxt = sp_code_answer(self->srv, code, hid, data, (size_t)blen);
+            return hand_back(self->srv, code_obj, env, resp, NULL, 1, 0, inp, NULL, NULL);
         PyObject *pending[3] = {NULL, NULL, NULL};   /* see defer_error */
-        if (blen >= SP_LEND_MIN && blen <= SP_LEND_MAX) {
-            /* C may send it after this (sp.h, "Lent bodies"); if it cannot be kept, have C send or
-             * copy what it holds now, before the body goes. */
-            PyObject *k = PyObject_CallFunctionObjArgs(self->keep, body, NULL);
-            if (k == NULL) {
-                defer_error(pending);
-                sp_server_flush(self->srv);
+        long long nxt = 0;
+        PyObject *body;
+        size_t hlen, slen;
+        int mine;
+        if (!resp->head_sent && Py_IS_TYPE(result, &PyList_Type) && PyList_Size(result) == 1
+                && Py_IS_TYPE(body = PyList_GetItem(result, 0), &PyBytes_Type)) {
+            int ph = pack_head(self, resp, &hlen, &slen);
+            if (ph <= 0) {          /* Python packs it, or says what is wrong with it */
+                if (ph < 0 && !PyErr_ExceptionMatches(PyExc_Exception)) {
+                    Py_DECREF(result);      /* a KeyboardInterrupt goes to Python's handler */
+                    return hand_back(self->srv, code_obj, env, resp, NULL, 1, 0, inp, NULL, NULL);
+                }
+                PyErr_Clear();
+                return hand_back(self->srv, code_obj, env, resp, result, 0, 0, inp, NULL, NULL);
             }
-            Py_XDECREF(k);
-        }
-        Py_DECREF(body);
-        if (nxt < 0) {                      /* still ours or gone: Python knows each case */
-            if (pending[0] == NULL)
-                return hand_back(self->srv, code_obj, env, resp, result, nxt, inp);
-            if (nxt == -EALREADY || nxt == -ENOENT)
-                resp->code = code;          /* still ours: Python's handler ends it, and raises */
-            Py_DECREF(result);
-            PyErr_Restore(pending[0], pending[1], pending[2]);
-            return hand_back(self->srv, code_obj, env, resp, NULL, nxt, inp);
+            /* Nothing but us holds the response (the app kept neither start_response nor write,
+             * not even weakly): it may serve the next request. Else it must not reach this one
+             * any more: a write() the app kept fails instead of writing into the connection's
+             * next request. */
+            mine = Py_REFCNT(resp) == 1 && resp->weakrefs == NULL;
+            if (!mine)
+                resp->code = 0;
+            Py_ssize_t blen = PyBytes_Size(body);
+            nxt = sp_code_answer(self->srv, code, self->hbuf, hlen, PyBytes_AsString(body),
+                                 (size_t)blen);
+            if (nxt < 0) {                  /* still ours or gone: Python knows each case */
+                if (nxt == -EALREADY || nxt == -EINVAL)
+                    resp->code = code;      /* still ours: Python's handler ends it */
+                return hand_back(self->srv, code_obj, env, resp, result, 0, nxt, inp, NULL, NULL);
+            }
+            resp->sent = blen;
+        } else if (PyObject_IsInstance(result, self->stream_types) != 0) {
+            PyErr_Clear();                  /* sendfile, or an error Python meets again */
+            return hand_back(self->srv, code_obj, env, resp, result, 0, 0, inp, NULL, NULL);
+        } else {
+            PyObject *taken, *rest;
+            int err;
+            long long queued;
+            if (stream_c(self, code, resp, result, &taken, &rest, &err, &queued))
+                return hand_back(self->srv, code_obj, env, resp, result, err, queued, inp, taken,
+                                 rest);
+            close_result(self, result, pending);
+            mine = 0;                       /* its code is 0: see below */
         }
         Py_DECREF(code_obj);
         if (inp != NULL) {  /* later reads get b'' and its buffer goes back to the pool */
@@ -652,19 +972,7 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
                 defer_error(pending);
             Py_XDECREF(r);
         }
-        resp->sent = blen;
-        if (self->log != Py_None && pending[0] == NULL) {   /* as wsgi.py: no line after those */
-            PyObject *sent = PyLong_FromSsize_t(blen);
-            /* The headers too, for a format that logs a response header (NULL would end the
-             * arguments early: None stands for none). */
-            PyObject *hd = resp->headers != NULL ? resp->headers : Py_None;
-            PyObject *r = sent ? PyObject_CallFunctionObjArgs(self->log, env, resp->status, sent,
-                                                              hd, NULL) : NULL;
-            Py_XDECREF(sent);
-            if (r == NULL)
-                defer_error(pending);       /* the callable logs its own errors */
-            Py_XDECREF(r);
-        }
+        log_request(self, env, resp, pending);
         Py_DECREF(env);
         Py_DECREF(result);
         Py_XDECREF(inp);
@@ -705,36 +1013,6 @@ static PyMethodDef runner_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* Runner.head: replaced whole by the handler, never deleted (run() reads it without a check
- * that could fail). */
-static PyObject *runner_get_head(Runner *self, void *closure)
-{
-    (void)closure;
-    PyObject *head = self->head != NULL ? self->head : Py_None;
-    Py_INCREF(head);
-    return head;
-}
-
-static int runner_set_head(Runner *self, PyObject *value, void *closure)
-{
-    (void)closure;
-    if (value == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "Runner.head cannot be deleted");
-        return -1;
-    }
-    PyObject *old = self->head;
-    Py_INCREF(value);
-    self->head = value;
-    Py_XDECREF(old);
-    return 0;
-}
-
-static PyGetSetDef runner_getset[] = {
-    {"head", (getter)runner_get_head, (setter)runner_set_head,
-     "(status, headers, head id) of the head registered last", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
 static PyType_Slot runner_slots[] = {
     {Py_tp_doc, (void *)"Runs a worker's common requests in C (csrc/pyfast.c)."},
     {Py_tp_new, (void *)runner_new},
@@ -742,7 +1020,6 @@ static PyType_Slot runner_slots[] = {
     {Py_tp_traverse, (void *)runner_traverse},
     {Py_tp_clear, (void *)runner_clear},
     {Py_tp_methods, runner_methods},
-    {Py_tp_getset, runner_getset},
     {0, NULL},
 };
 
@@ -764,6 +1041,18 @@ int sp_py_setup(void)
     s_remote_port = PyUnicode_InternFromString("REMOTE_PORT");
     s_wsgi_input = PyUnicode_InternFromString("wsgi.input");
     s_release = PyUnicode_InternFromString("release");
+    s_close = PyUnicode_InternFromString("close");
+    if (s_close == NULL)
+        goto fail;
+    if (handoff_type == NULL && (handoff_type = PyStructSequence_NewType(&handoff_desc)) == NULL)
+        goto fail;
+    if (PyObject_SetAttrString(mod, "Handoff", (PyObject *)handoff_type) < 0)
+        goto fail;
+    static const char *const fixed[6] = { "REMOTE_ADDR", "REQUEST_METHOD", "PATH_INFO",
+                                          "QUERY_STRING", "SERVER_PROTOCOL", "RAW_URI" };
+    for (int i = 0; i < 6; i++)
+        if (fixed_keys[i] == NULL && (fixed_keys[i] = PyUnicode_InternFromString(fixed[i])) == NULL)
+            return -ENOMEM;
     PyObject *rt = PyType_FromSpec(&resp_spec);
     PyObject *ru = rt ? PyType_FromSpec(&runner_spec) : NULL;
     if (s_start_response == NULL || s_slow_start == NULL || s_gr_context == NULL

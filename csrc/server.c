@@ -110,7 +110,6 @@ sp_server *sp_server_new(const sp_config *cfg) {
     if (s->cfg.max_connections <= 0 || s->cfg.max_connections > SP_SLOTS_MAX)
         s->cfg.max_connections = SP_SLOTS_MAX;   /* request codes have room for this many */
     s->now_us = sp_now_us();
-    s->tmpl_seed = (uint64_t)(uintptr_t)s ^ (uint64_t)s->now_us * 0x9E3779B97F4A7C15ull;
     s->server_line_len = 0;
     if (cfg->server_header && cfg->server_header[0]) {
         int n = snprintf(s->server_line, sizeof(s->server_line), "Server: %s\r\n", cfg->server_header);
@@ -154,8 +153,6 @@ void sp_server_free(sp_server *s) {
     for (int i = 0; i < s->npool; i++) free(s->pool[i]);
     for (int i = 0; i < s->ncork_bufs; i++) free(s->cork_bufs[i]);
     free(s->head_cache.out);
-    for (int i = 0; i < SP_HEADS; i++) free(s->heads[i].text);
-    for (int i = 0; i < SP_TMPL_SLOTS; i++) free(s->tmpl[i].key);
     free(s->slots);
     free(s->slot_free);
     free(s->pool);
@@ -370,78 +367,15 @@ sp_conn *srv_code_conn(sp_server *s, int64_t code) {
     return c;
 }
 
-/* A fast, seeded hash: the table is small and bounded, so a flood of colliding keys costs probes,
- * never memory; the seed keeps such floods from being precomputed. */
-static uint64_t key_hash(uint64_t seed, const char *p, size_t n) {
-    uint64_t h = seed ^ ((uint64_t)n * 0x9E3779B97F4A7C15ull);
-    while (n >= 8) {
-        uint64_t v;
-        memcpy(&v, p, 8);
-        h = (h ^ v) * 0xBF58476D1CE4E5B9ull;
-        h ^= h >> 31;
-        p += 8;
-        n -= 8;
-    }
-    uint64_t v = 0;
-    memcpy(&v, p, n);
-    h = (h ^ v) * 0x94D049BB133111EBull;
-    return h ^ (h >> 29);
-}
-
-static void tmpl_clear(sp_server *s) {
-    for (int i = 0; i < SP_TMPL_SLOTS; i++) { free(s->tmpl[i].key); s->tmpl[i].key = NULL; }
-    s->ntmpl = 0;
-    s->tmpl_epoch++;
-}
-
-/* Finds or adds the entry for c's environ key (its env block less REMOTE_PORT). */
-void srv_tmpl_note(sp_server *s, sp_conn *c, const char *key, size_t len) {
-    c->tmpl = -1;
-    if (len > SP_TMPL_KEY_MAX) return;
-    int listener = c->req.listener;
-    uint64_t h = key_hash(s->tmpl_seed ^ (uint64_t)listener, key, len);
-    unsigned i = (unsigned)h & (SP_TMPL_SLOTS - 1);
-    for (;;) {
-        sp_tmpl *t = &s->tmpl[i];
-        if (!t->key) break;
-        if (t->hash == h && t->len == len && t->listener == listener && memcmp(t->key, key, len) == 0)
-            goto found;
-        i = (i + 1) & (SP_TMPL_SLOTS - 1);
-    }
-    if (s->ntmpl >= SP_TMPL_MAX) {
-        tmpl_clear(s);
-        i = (unsigned)h & (SP_TMPL_SLOTS - 1);
-    }
-    char *k = malloc(len ? len : 1);
-    if (!k) return;
-    memcpy(k, key, len);
-    s->tmpl[i] = (sp_tmpl){ .hash = h, .key = k, .len = (uint32_t)len, .id = 0, .listener = listener };
-    s->ntmpl++;
-found:
-    c->tmpl = (int)i;
-    c->tmpl_epoch = s->tmpl_epoch;
-}
-
-/* The code of a request being handed out; gives its key an id on first use. */
+/* The code of a request being handed out (sp.h, request codes). */
 static int64_t request_code(sp_server *s, sp_conn *c) {
-    /* The same head again on a connection whose last full code said keep: Python has the
-     * environ (sp.h, request codes). */
-    if (c->repeat && c->py_keeps)
+    (void)s;
+    /* The same head again on a connection whose last full code said a repeat may follow. */
+    if (c->repeat && c->keeps)
         return SP_CODE_REPEAT | (int64_t)c->gen << SP_CODE_REPEAT_GEN_SHIFT | (int64_t)c->slot;
-    int64_t id = 0;
-    if (c->tmpl >= 0 && c->tmpl_epoch == s->tmpl_epoch) {
-        sp_tmpl *t = &s->tmpl[c->tmpl];
-        if (!t->id) {
-            s->tmpl_next_id = (s->tmpl_next_id + 1) & SP_CODE_ID_MASK;
-            if (!s->tmpl_next_id) s->tmpl_next_id = 1;
-            t->id = s->tmpl_next_id;
-        }
-        id = t->id;
-    }
-    c->py_keeps = id != 0 && c->keep_alive;
-    return SP_CODE_FULL | (c->py_keeps ? SP_CODE_KEEP : 0) | id << SP_CODE_ID_SHIFT |
-           (int64_t)c->gen << SP_CODE_GEN_SHIFT | (int64_t)c->slot << SP_CODE_SLOT_SHIFT |
-           (int64_t)c->port_num;
+    c->keeps = c->keep_alive && c->rep_len;   /* the head is remembered: a repeat can come */
+    return SP_CODE_FULL | (c->keeps ? SP_CODE_KEEP : 0) | (int64_t)c->gen << SP_CODE_GEN_SHIFT |
+           (int64_t)c->slot << SP_CODE_SLOT_SHIFT | (int64_t)c->port_num;
 }
 
 /* ---- queues ------------------------------------------------------------------------------------ */

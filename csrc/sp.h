@@ -176,21 +176,19 @@ typedef struct sp_event {
     int64_t code;                /* SP_EV_REQUEST: the request's code (below) */
 } sp_event;
 
-/* A request's code: one positive integer that names a request Python holds and says what Python
- * needs most, so the per-request path reads no struct and makes no pointer object. Two forms.
+/* A request's code: one positive integer that names a request the caller holds, so that the
+ * per-request path reads no struct and makes no pointer object. Two forms.
  *
  * A full code (SP_CODE_FULL set):
  *   bits  0..15  REMOTE_PORT as a number (0 for a Unix socket)
  *   bits 16..35  the connection's slot (what the sp_code_* functions look up)
  *   bits 36..44  the connection's generation, counted per connection: a code kept past its
  *                request does not name a later connection in the same slot (nor does the port)
- *   bits 45..60  the environ key id: equal ids mean equal env blocks up to REMOTE_PORT (so equal
- *                environ and body framing); ids only grow (wrapping after 2^16) and each is first
- *                seen in a request handed out; 0 means not remembered (a long head).
- *   bit  61      SP_CODE_KEEP: the id is not 0 and the connection stays open. The next request on
- *                it whose head repeats this one byte for byte comes with a repeat code,
- *                SP_CODE_REPEAT | (code >> SP_CODE_SLOT_SHIFT & SP_CODE_REPEAT_MASK): Python
- *                keeps what it made of this request's environ under that number.
+ *   bit  61      SP_CODE_KEEP: the connection stays open and the head is short enough to be
+ *                remembered. The next request on it whose head repeats this one byte for byte
+ *                comes with a repeat code, SP_CODE_REPEAT | (code >> SP_CODE_SLOT_SHIFT &
+ *                SP_CODE_REPEAT_MASK): a caller may keep what it made of this request under that
+ *                number (the CPython runner keeps the environ).
  * A repeat code (below 2^30: one CPython digit, cheap to pass, hash and compare):
  *   bits  0..19  the slot, bits 20..28 the generation, bit 29 SP_CODE_REPEAT.
  * Valid, like the request, until it is finished. */
@@ -198,8 +196,6 @@ typedef struct sp_event {
 #define SP_CODE_SLOT_MASK 0xFFFFF
 #define SP_CODE_GEN_SHIFT 36
 #define SP_CODE_GEN_MASK 0x1FF
-#define SP_CODE_ID_SHIFT 45
-#define SP_CODE_ID_MASK 0xFFFF
 #define SP_CODE_KEEP 0x2000000000000000
 #define SP_CODE_FULL 0x4000000000000000
 #define SP_CODE_REPEAT 0x20000000
@@ -331,32 +327,18 @@ sp_request *sp_code_req(sp_server *s, int64_t code);
  * one buffer: head is "status\0headers" (the status holds no NUL: callers check). */
 int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,
                     const char *body, size_t blen);
-/* Lent bodies. sp_code_respond() and sp_code_answer() may keep a pointer to a body of
- * SP_LEND_MIN to SP_LEND_MAX bytes after they return, and send it later with a burst of other
- * held-back responses (conn.c, "Corking") rather than copy it. The caller keeps every such body
- * alive until SP_LEND_RUN - 1 more of these calls with a body in that range have been made on
- * the server, by any thread, whatever they returned: each SP_LEND_RUN-th such call sends, or
- * copies, every held-back response before it returns. sp_server_flush() does that at once, for
- * callers about to drop the bodies they keep. */
-#define SP_LEND_MIN 16384
-#define SP_LEND_MAX 65536
-#define SP_LEND_RUN 4
+/* Sends every held-back response (conn.c, "Corking") now, as far as the sockets take them. */
 void sp_server_flush(sp_server *s);
-/* Response heads registered once and answered with by id: "status\0headers" as sp_code_respond
- * takes it, validated and formatted now, so an answer only copies it. Returns the head's id
- * (> 0), -EINVAL (invalid status or header) or -ENOMEM. Ids are never reused; the server keeps
- * the SP_HEADS latest. */
-#define SP_HEADS 16
-int64_t sp_head_add(sp_server *s, const char *head, size_t hlen);
-/* sp_code_respond() with a registered head, then, when the server's config says chain (thread
- * mode), the calling thread's next request if one is queued (first polling without waiting if
- * the queue has gone unpolled too long, as sp_poll does, so that pipelining cannot starve other
- * connections): one crossing from one request to the next that never waits, so that its binding
- * may keep the GIL. Returns -ESTALE as sp_code_respond, -ENOENT (head is not kept any more:
- * register it again), or -EALREADY (the response had started: nothing was sent), the last two
- * leaving the request with the caller, and then nothing was taken; else the next request's
- * code, or 0 (none queued, or no chain: the caller polls). Counts for lent bodies (above). */
-int64_t sp_code_answer(sp_server *s, int64_t code, int64_t head, const char *body, size_t blen);
+/* sp_code_respond(), then, when the server's config says chain (thread mode), the calling
+ * thread's next request if one is queued (first polling without waiting if the queue has gone
+ * unpolled too long, as sp_poll does, so that pipelining cannot starve other connections): one
+ * crossing from one request to the next that never waits, so that its binding may keep the GIL.
+ * Returns -ESTALE as sp_code_respond, -EINVAL (invalid status or header: nothing was sent) or
+ * -EALREADY (the response had started: nothing was sent), the last two leaving the request with
+ * the caller, and then nothing was taken; else the next request's code, or 0 (none queued, or no
+ * chain: the caller polls). The body is copied or sent before it returns. */
+int64_t sp_code_answer(sp_server *s, int64_t code, const char *head, size_t hlen,
+                       const char *body, size_t blen);
 /* Ends the response (terminal chunk if chunked). The connection goes on to its next pipelined
  * request or back to the loop; the code names nothing afterwards. abort != 0 closes the connection (an app
  * failure after the head went out). Returns 0 or -errno (the connection was lost; still released). */

@@ -50,15 +50,10 @@ typedef struct sp_event { int kind; int fd; int mask; sp_request *req; int64_t t
 #define SP_CODE_SLOT_MASK 0xFFFFF
 #define SP_CODE_GEN_SHIFT 36
 #define SP_CODE_GEN_MASK 0x1FF
-#define SP_CODE_ID_SHIFT 45
-#define SP_CODE_ID_MASK 0xFFFF
 #define SP_CODE_KEEP 0x2000000000000000
 #define SP_CODE_FULL 0x4000000000000000
 #define SP_CODE_REPEAT 0x20000000
 #define SP_CODE_REPEAT_MASK 0x1FFFFFFF
-#define SP_LEND_MIN 16384
-#define SP_LEND_MAX 65536
-#define SP_LEND_RUN 4
 typedef struct sp_stats {
     uint64_t requests; uint64_t accepted; uint64_t rejected; int connections; int in_flight;
     uint64_t bytes_out; uint64_t status_class[6]; int64_t oldest_busy_ms;
@@ -99,7 +94,6 @@ ssize_t sp_code_peek(sp_server *s, int64_t code, const char **data, size_t n);
 sp_request *sp_code_req(sp_server *s, int64_t code);
 int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen, const char *body, size_t blen);
 void sp_server_flush(sp_server *s);
-int64_t sp_head_add(sp_server *s, const char *head, size_t hlen);
-int64_t sp_code_answer(sp_server *s, int64_t code, int64_t head, const char *body, size_t blen);
+int64_t sp_code_answer(sp_server *s, int64_t code, const char *head, size_t hlen, const char *body, size_t blen);
 int sp_py_setup(void);
 ssize_t sp_req_read_wait(sp_server *s, int64_t code, char *buf, size_t n, int timeout_ms);

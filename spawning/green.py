@@ -1374,7 +1374,7 @@ def serve(server: Any) -> None:
     try:
         _run_hub(hub, server.wakeup_fd())
     finally:
-        lib.sp_server_flush(server._srv)   # before the bodies the handler keeps for C go (sp.h)
+        lib.sp_server_flush(server._srv)   # responses held back for a burst (csrc/conn.c) go now
 
 
 def run(fn: Callable, *args: Any, **kw: Any) -> Any:

@@ -239,8 +239,7 @@ class Server:
         try:
             self._thread_loop(handle)
         finally:
-            # The handler's kept bodies (csrc/sp.h, "Lent bodies") go with the last thread to
-            # hold it: C sends what it holds first.
+            # Responses held back to leave in a burst (csrc/conn.c, "Corking") go now.
             lib.sp_server_flush(self._srv)
 
     def _thread_loop(self, handle: Callable) -> None:

@@ -3,40 +3,24 @@ and hands the response back to C.
 
 Theory of operation
 -------------------
-The C core names each request by a *code* (csrc/sp.h). A full code holds REMOTE_PORT, the
-connection's slot and generation, and the id of the request's environ key, which is the listener
-plus the packed block of NUL-separated values (REMOTE_ADDR, REQUEST_METHOD, PATH_INFO already
-percent-decoded, QUERY_STRING, ..., then ``KEY\\0value`` for CONTENT_TYPE/LENGTH and HTTP_* with
-repeated headers joined). Equal ids mean equal environ up to REMOTE_PORT. An unknown id makes us
-fetch the block (``sp_code_req``) and build the template: one latin-1 decode, one split and one
-``dict.update(zip(it, it))``, no Python loop per header. A keep-alive client repeating its request
-byte for byte (the common case) gets a repeat code instead, a small int under which the handler
-kept the template and REMOTE_PORT of the connection's last full code: that request costs one dict
-lookup and one ``dict.copy()``, with no struct read, no pointer object and no big-int
-arithmetic.
+The C core names each request by a *code* (csrc/sp.h, request codes): a number the sp_code_* and
+sp_req_* functions look up under the server's lock, so that a code kept past its request (an
+app's stale write()) finds nothing instead of a connection that serves someone else now.
 
-The response goes back in as few crossings as possible: the common case (``start_response`` then
-a one-element list) is a single ``sp_code_answer`` call (head, body and finish). The head goes by
-the id C gave it when it was registered (``sp_head_add``: validated and formatted once), reused
-while status and headers stay equal; in thread mode the same call also takes the thread's next
-request if one is queued, which the handler runs in the same Python frame (it polls, without the
-GIL, when none is). Calls that never wait keep the GIL (spawning/_build.py). The response object
-goes to the next request when nothing else holds it. C may hold such a small response back a moment
-to send it in a burst with others (csrc/conn.c, "Corking"); a larger body it may send from our
-memory after the call returned, so the last ones stay referenced here (csrc/sp.h, "Lent
-bodies"). C flushes at every SP_LEND_RUN-th call that could lend; the handler keeps the bodies of
-the last 2 * SP_LEND_RUN + threads such calls in one deque: a thread appends after its call
-returns, so up to one call per other thread may have been counted in C before it and appended
-after it, and the spare SP_LEND_RUN covers counts lost to an exception between call and append.
-Anything else streams through
-``sp_req_start``/``sp_req_write`` and ends with ``sp_req_finish``, which C needs in every case (it
-frees or recycles the connection).
+This module is the general path: the whole behaviour, with no cache of its own. It is what PyPy
+runs, and what a process started with SPAWNING_NO_PYFAST=1 runs. On CPython every request first
+goes to the C path (csrc/pyfast.c, ``Runner``), which builds the environ, calls the app and
+answers the common shapes itself under the same rules; what it does not finish comes back here
+as a ``Handoff`` (the request as C left it) and goes on below.
 
-On CPython the handler's common way runs in C (csrc/pyfast.c, ``Runner``): every request whose
-environ the maps above already know (a connection's repeats, and any request whose template was
-built) is made, run and answered there, with the next ones; what C cannot finish comes back here
-as a code, or as the state just after the app call, and goes on below. This module's code is the
-whole behaviour (PyPy runs only it); C's is the same, for the common case, at a tenth of the cost.
+- environ: made from the block C packed from the head (``sp_request.env``: REMOTE_ADDR, the fixed
+  values, then ``KEY\0value`` pairs for CONTENT_TYPE/LENGTH and HTTP_*, then REMOTE_PORT): one
+  latin-1 decode, one split and one ``dict.update(zip(it, it))``, no Python loop per header;
+  a trusted proxy's headers then rewrite it (spawning.forwarded).
+- The answer: a list of one bytes object goes in one crossing (``sp_code_answer``: head, body and
+  finish, and in thread mode the thread's next request); anything else streams (``stream``),
+  each chunk as the app yields it, the head with the first chunk that is not empty; the
+  iterable's ``close()`` is called in every case. C validates and formats the head.
 
 Blocking is delegated to a *waiter* so the same code serves both dispatchers: the thread waiter
 blocks in C with the GIL released; the green waiter (spawning.green) parks the greenlet on the hub.
@@ -49,9 +33,6 @@ import logging
 import os
 import stat
 import sys
-import sysconfig
-import weakref
-from collections import deque
 from collections.abc import Callable
 from itertools import chain
 from typing import Any
@@ -71,10 +52,6 @@ _unpack = ffi.unpack
 # SP_ENV_FIXED). Constant strings: their hashes are computed once, not per request.
 ENV_FIXED = ("REMOTE_ADDR", "REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "SERVER_PROTOCOL",
              "RAW_URI")
-# environ templates by key id (see the theory of operation): the map is emptied past twice the
-# C table's size (core.h, SP_TMPL_MAX).
-ENV_CACHE_MAX = 256
-CONN_ENV_MAX = 16384      # connections whose repeated requests skip the code's arithmetic
 _chain = chain.from_iterable
 # Read buffers are filled by C before Python sees a byte: no need to zero 64 KiB per request, nor
 # to allocate one: requests hand them back (Input.release) to a small shared pool.
@@ -382,9 +359,9 @@ class Response(_ResponseBase):
 
     def status_bytes(self) -> bytes:
         status = self.status
-        if type(status) is not str:
+        if not isinstance(status, str):
             raise TypeError(f"status must be str, not {type(status).__name__}")
-        return status.encode("latin-1")
+        return str.encode(status, "latin-1")   # a subclass's own encode() is not asked
 
     def pack_headers(self) -> bytes:
         """"Name\0value\0Name\0value" for C, which validates names and values."""
@@ -493,15 +470,6 @@ class Response(_ResponseBase):
         return True
 
 
-class _Heads:
-    """Holds the handler's head cache where there is no Runner, which holds it otherwise."""
-
-    __slots__ = ("head",)
-
-    def __init__(self, head: tuple) -> None:
-        self.head = head
-
-
 def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                  access_log: AccessLog | None, threads: int = 1,
                  poll_ms: int = -1, forwarded: ProxyTrust | None = None) -> Callable[..., int]:
@@ -525,11 +493,9 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     srv = ffi.cast("sp_server *", owner)
     respond = lib.sp_code_respond
     answer = lib.sp_code_answer
-    add_head = lib.sp_head_add
     logging_on = access_log is not None and access_log.enabled
     EALREADY = -errno.EALREADY
-    ENOENT = -errno.ENOENT
-    ENOMEM = -errno.ENOMEM
+    EINVAL = -errno.EINVAL
     ESTALE = -errno.ESTALE
     finish = lib.sp_req_finish
     req_of = lib.sp_code_req
@@ -540,33 +506,9 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     list_type = list
     fixed = ENV_FIXED
     bytes_type = bytes
-    id_shift = lib.SP_CODE_ID_SHIFT
-    id_mask = lib.SP_CODE_ID_MASK
-    code_keep = lib.SP_CODE_KEEP
-    code_full = lib.SP_CODE_FULL
-    code_repeat = lib.SP_CODE_REPEAT
-    repeat_mask = lib.SP_CODE_REPEAT_MASK
-    slot_shift = lib.SP_CODE_SLOT_SHIFT
-    # REMOTE_PORT strings by port number, made on first use (port 0, a Unix socket, gets "").
-    # A dict of ints and strs, which the cyclic GC does not track: a list of 65,536 was walked
-    # by every full collection.
-    ports: dict[int, str] = {}
-    lend_min = lib.SP_LEND_MIN
-    lend_max = lib.SP_LEND_MAX
-    keep = deque(maxlen=2 * lib.SP_LEND_RUN + max(threads, 1)).append   # see the theory of operation
 
     class Resp(Response):
         __slots__ = ()
-
-    # Response objects are reused when nothing else holds one, which CPython's reference counts
-    # tell: a local passed to getrefcount() counts 2 when nothing else refers to it, up to 3.13
-    # (3.14 may pass locals without a reference; free-threaded builds count differently).
-    recycle = (sys.implementation.name == "cpython" and sys.version_info < (3, 14)
-               and not sysconfig.get_config_var("Py_GIL_DISABLED"))
-    # Without recycling (or with an access log, which reads the response after the answer) the
-    # test never passes: id() is never 2.
-    refcount = sys.getrefcount if recycle and not logging_on else id
-    weakrefs = weakref.getweakrefcount
 
     Resp.srv = srv          # the plain pointer, for the write paths too...
     Resp.owner = owner      # ...valid while any response (or wsgi.input, which holds one) lives
@@ -598,152 +540,120 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         resp.status = status
         resp.sent = len(body)
 
-    # environ templates (environ less REMOTE_PORT and wsgi.input, and whether a body comes) by
-    # the key id in request codes. C hands ids out in increasing order and each reaches us, so a
-    # map emptied every ENV_CACHE_MAX * 2 insertions never holds an id that C has given anew.
-    templates: dict[int, tuple] = {}
-    # What a connection's repeated requests start from, by their repeat code (sp.h, request
-    # codes): the environ of its last full code, REMOTE_PORT included, to be copied. Requests
-    # without a body in conn_envs (the handler's first look-up), those with one in body_envs.
-    # Stored for each full code that says SP_CODE_KEEP; each map is emptied when it holds
-    # CONN_ENV_MAX, after which a repeat code that finds nothing is looked up from its request.
-    conn_envs: dict[int, dict] = {}
-    body_envs: dict[int, dict] = {}
-
-    def build(req: Any, key: bytes) -> tuple:
-        """The template for a request's env block (less REMOTE_PORT) and whether a body comes;
-        a third item when a trusted proxy gave the client's port: that REMOTE_PORT, which then
-        replaces the connection's. The C path (csrc/pyfast.c) takes only pairs, so requests of
-        such a template are made here (the connection's repeats, kept whole, go to C again)."""
+    def environ(code: int) -> tuple[dict, bool]:
+        """The request's environ, made from the block C packed from its head (sp.h,
+        sp_request.env), and whether a body comes. No cache: this is the general path (C keeps
+        the one cache there is, of a connection's repeats: csrc/pyfast.c)."""
+        req = req_of(srv, code)
+        if req == null:
+            raise ClientDisconnected(errno.ESTALE, "the request is over")
+        key, _, port = unpack(req.env, req.env_len).rpartition(b"\0")
         env = (base_envs[req.listener] if base_envs else {}).copy()
         it = iter(key.decode("latin-1").split("\0"))
         env.update(zip(fixed, it))    # stops at the end of fixed without taking from it
         env.update(zip(it, it))
-        env["REMOTE_PORT"] = ""         # each request sets its own; the key is in place already
+        env["REMOTE_PORT"] = port.decode("latin-1")
         has_body = req.body != 0
         if not has_body:
-            env["wsgi.input"] = empty   # copied with the template; a body gets its Input
+            env["wsgi.input"] = empty
         if forwarded is not None:
-            # The block is the template's key and holds the peer and every header: the proxy
-            # headers are read once per template, never per request.
-            port = forwarded.apply(env)
+            port = forwarded.apply(env)   # a trusted proxy's headers (spawning.forwarded)
             if port is not None:
-                return env, has_body, port
+                env["REMOTE_PORT"] = port
         return env, has_body
 
-    def remember(ckey: int, env: dict, has_body: bool) -> None:
-        envs = body_envs if has_body else conn_envs
-        if len(envs) >= CONN_ENV_MAX:
-            envs.clear()
-        envs[ckey] = env
-
-    def entry(code: int) -> tuple[dict, bool]:
-        """A new environ for a code conn_envs did not answer (the handler's to keep), and whether
-        a body comes."""
-        if code & code_full:
-            tid = code >> id_shift & id_mask
-            found = templates.get(tid) if tid else None
-            keep_it = code & code_keep
-            if keep_it:
-                # First forget the connection's last entry: if this fails half-way, a repeat
-                # code must not find an entry for an earlier connection in the same slot.
-                ckey = code_repeat | (code >> slot_shift & repeat_mask)
-                conn_envs.pop(ckey, None)
-                body_envs.pop(ckey, None)
-            if found is None:
-                req = req_of(srv, code)
-                if req == null:
-                    raise ClientDisconnected(errno.ESTALE, "the request is over")
-                found = build(req, unpack(req.env, req.env_len).rpartition(b"\0")[0])
-                if tid:
-                    if len(templates) >= ENV_CACHE_MAX * 2:
-                        templates.clear()
-                    templates[tid] = found
-            env = found[0].copy()
-            has_body = found[1]
-            if len(found) == 2:
-                port = code & 0xFFFF
-                env["REMOTE_PORT"] = ports.get(port) or port_str(port)
-            else:                   # the client's port, from a trusted proxy (build)
-                env["REMOTE_PORT"] = found[2]
-            if keep_it:
-                remember(ckey, env, has_body)
-                env = env.copy()
-            return env, has_body
-        env = body_envs.get(code)
-        if env is not None:
-            return env.copy(), True
-        # A repeat code the maps lost: the same from the request's own env block.
-        req = req_of(srv, code)
-        if req == null:
-            raise ClientDisconnected(errno.ESTALE, "the request is over")
-        key, _, port_b = unpack(req.env, req.env_len).rpartition(b"\0")
-        found = build(req, key)
-        env, has_body = found[0], found[1]
-        env["REMOTE_PORT"] = found[2] if len(found) > 2 else port_b.decode("latin-1")
-        remember(code, env, has_body)
-        return env.copy(), has_body
-
-    def port_str(port: int) -> str:
-        s = ports[port] = str(port) if port else ""
-        return s
-
-    def pack_head(resp: Response) -> tuple:
-        """A new head_cache entry for the response's status and headers: registered with C
-        (sp_head_add), which validates and formats it once."""
+    def pack_head(resp: Response) -> bytes:
+        """The response's status and headers as sp_code_answer() takes them, "status\0name\0
+        value..." (C validates and formats them: csrc/conn.c)."""
         if resp.status is None:
             raise AssertionError("the app returned without calling start_response()")
         st = resp.status_bytes()
         if b"\0" in st:     # C splits status from headers at the first NUL
             raise ValueError(f"invalid response status {resp.status!r}")
-        head = st + b"\0" + resp.pack_headers()
-        hid = add_head(srv, head, len(head))
-        if hid < 0:
-            if hid == ENOMEM:
-                raise MemoryError("no memory for a response head")
-            raise ValueError(f"invalid response status or headers: {resp.status!r} {resp.headers!r}")
-        return (resp.status, [tuple(h) for h in resp.headers], hid)  # type: ignore[union-attr]
+        packed = resp.pack_headers()
+        return st + b"\0" + packed if packed else st
 
-    # The last response head registered with C, reused while apps answer with equal status and
-    # headers (the cached list is a copy of tuples: an app that mutates its own list, or passes
-    # lists as items, compares unequal and is packed afresh). One tuple: threads swap it whole.
-    # Its status is one no app can give (a NUL), so a response without one never matches. It is
-    # the C path's (csrc/pyfast.c, Runner.head), which answers with it too.
-    no_head = ("\0", None, 0)
     if Runner is not None:
         def new_input(resp: Response) -> Input:
             return Input(srv, resp, waiter)
 
-        heads = Runner(int(ffi.cast("uintptr_t", srv)), app, conn_envs, body_envs, templates,
-                       ports, new_input, CONN_ENV_MAX, Resp, keep,
-                       log_safe if log_line is not None else None, no_head)
-        fast = heads.run
+        def close_error(exc: BaseException) -> None:
+            log.error("error closing the WSGI app's iterable", exc_info=exc)
+
+        fast = Runner(int(ffi.cast("uintptr_t", srv)), app, new_input, Resp,
+                      log_safe if log_line is not None else None, base_envs or [{}], empty,
+                      forwarded.apply if forwarded is not None else None, (FileWrapper,),
+                      close_error).run
     else:
-        heads = _Heads(no_head)
         fast = None
     int_type = int
+    int_type = int
 
-    def stream(resp: Response, result: Any) -> None:
-        """Sends the response the general way: sendfile, or the iterable chunk by chunk; then
-        finishes the request and closes the iterable."""
+    def stream(resp: Response, result: Any, chunks: Any = None, exc: BaseException | None = None,
+               queued: int = 0) -> None:
+        """Sends the response the general way: sendfile, or the iterable chunk by chunk, each as
+        it comes (PEP 3333: no block is held back while the app makes the next), the head with
+        the first that is not empty; then finishes the request and closes the iterable. The C
+        path (csrc/pyfast.c, stream_c) does the same, and hands over what it does not: then
+        ``chunks`` are what is left of the iterable, ``exc`` what iterating it raised after
+        them, ``queued`` the bytes C left queued past the high-water mark."""
         try:
-            if not (isinstance(result, FileWrapper) and resp.sendfile(result)):
+            if chunks is None and isinstance(result, FileWrapper) and resp.sendfile(result):
+                pass
+            else:
+                if queued > HIGH_WATER:
+                    rc = waiter.drain(resp.code, LOW_WATER)
+                    if rc < 0:
+                        raise ClientDisconnected(-rc, "client stopped reading the response")
                 write = resp.write
                 try:
-                    for chunk in result:
+                    for chunk in (result if chunks is None else chunks):
                         if chunk:
                             write(chunk)
+                    if exc is not None:
+                        raise exc
                 except ResponseComplete:
                     pass    # PEP 3333: stop iterating once the length is sent
                 if not resp.head_sent:
                     resp.send_head()     # empty body: the head still goes out
             finish(srv, take(resp), 0)
         finally:
+            exc = None
             if type(result) is not list_type and hasattr(result, "close"):
                 try:
                     result.close()
                 except Exception:
                     log.exception("error closing the WSGI app's iterable")
+
+    def respond_to(resp: Response, code: int, result: Any, answered: int | None) -> int:
+        """Sends the app's result: a list of one bytes object in one crossing (head, body and
+        finish; in thread mode the next request too, whose code is returned), anything else
+        through stream(). ``answered``: what C's sp_code_answer() returned for this response,
+        when the C path called it and failed. The C path (csrc/pyfast.c) keeps the same rules."""
+        if type(result) is list_type and len(result) == 1 \
+                and type(body := result[0]) is bytes_type and not resp.head_sent:
+            blen = len(body)
+            if answered is None:
+                head = pack_head(resp)
+                rc = answer(srv, code, head, len(head), body, blen)
+                if rc >= 0:
+                    resp.code = 0
+                    resp.sent = blen
+                    return rc
+            else:
+                rc = answered
+            if rc == EINVAL:
+                raise ValueError(f"invalid response status or headers: {resp.status!r} "
+                                 f"{resp.headers!r}")
+            if rc == EALREADY:      # the head went out (the app wrote): the rest streams
+                stream(resp, result)
+                return 0
+            resp.code = 0
+            if rc == ESTALE:
+                raise ClientDisconnected(errno.ESTALE, "the request is over")
+            return 0                # the client was gone: the request is over all the same
+        stream(resp, result)
+        return 0
 
     def handle(code: int, take_next: Callable[[], int] | None = None,
                green: tuple | None = None) -> int:
@@ -779,7 +689,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                 code = take_next()
                 if code <= 0:       # none (green mode), or the poll's timeout or error (threads)
                     return code
-            answered = exc = None
+            answered = exc = taken = rest = None
             handed = False
             if fast is not None:
                 # The request runs in C if its environ is known, with any next ones (see
@@ -793,89 +703,34 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                         code = 0
                         continue
                     code = r
-                else:
-                    code, env, resp, result, exc, answered, inp = r
-                    r = None        # only resp holds the response now (see mine_only)
+                else:               # a Handoff: the request as C left it
+                    code, env, resp, result, exc, answered, inp, taken, rest = r
+                    r = None
                     handed = True
             if not handed:          # from the start
-                if resp is None:
-                    resp = Resp()
-                env = conn_envs.get(code)
-                if env is not None:
-                    env = env.copy()          # the app may change its environ: never the kept one
+                resp = Resp()
+                env, has_body = environ(code)
+                if has_body:
+                    # It may outlive the request: its resp keeps the server (Resp.owner).
+                    env["wsgi.input"] = inp = Input(srv, resp, waiter)
+                else:
                     inp = None
-                else:
-                    env, has_body = entry(code)
-                    if has_body:
-                        # It may outlive the request: its resp keeps the server (Resp.owner).
-                        env["wsgi.input"] = inp = Input(srv, resp, waiter)
-                    else:
-                        inp = None
                 resp.code = code
-                # start_response refuses a second call while a status is set: a recycled response
-                # starts without one (a C member on CPython; on the Python base an instance value,
-                # whose load is specialized where a class default's is not).
-                resp.status = None
             try:
-                if exc is not None:
-                    raise exc
-                if not handed:
-                    result = app(env, resp.start_response)
-                if type(result) is list_type and len(result) == 1 \
-                        and type(body := result[0]) is bytes_type:
-                    blen = len(body)
-                    if answered is None:
-                        # One crossing: head, body and finish (and in thread mode the next
-                        # request, whose code is the result).
-                        status, hdrs, hid = heads.head
-                        if resp.status != status or resp.headers != hdrs:
-                            status, hdrs, hid = heads.head = pack_head(resp)
-                        # Nothing but this frame holds the response object (the app kept neither
-                        # start_response nor write, not even weakly): it may serve the next
-                        # request, and nothing can write through it meanwhile. Only on the
-                        # common way: of what it holds, code and status are set anew, headers by
-                        # start_response, and the rest (head_sent, sent) is as new.
-                        mine_only = refcount(resp) == 2 and not weakrefs(resp)
-                        if not mine_only:
-                            resp.code = 0
-                        nxt = answer(srv, code, hid, body, blen)
-                        if blen >= lend_min and blen <= lend_max:
-                            keep(body)    # C may send it after this (see the theory of operation)
-                    else:                 # C answered, and got an error
-                        mine_only = False
-                        nxt = answered
-                    if nxt >= 0 and mine_only:    # answered: go on with resp as it is
-                        code = nxt
-                        continue
-                    if nxt < 0:
-                        resp.code = 0
-                        rc = nxt
-                        nxt = 0
-                        if rc == ENOENT:  # newer heads pushed this one out of C's table
-                            resp.code = code      # still ours while it is packed again
-                            head = heads.head = pack_head(resp)
-                            resp.code = 0
-                            rc = answer(srv, code, head[2], body, blen)
-                            if blen >= lend_min and blen <= lend_max:
-                                keep(body)
-                            if rc > 0:        # answered, and the next request taken
-                                nxt = rc
-                                rc = 0
-                        if rc == EALREADY or rc == ENOENT:
-                            # Still ours, nothing sent: the app wrote before it returned (the
-                            # head went out already), or the head was pushed out again.
-                            resp.code = code
-                            stream(resp, result)
-                        elif rc == ESTALE:
-                            raise ClientDisconnected(errno.ESTALE, "the request is over")
-                        elif rc == 0:
-                            resp.sent = blen
-                        # else the client was gone: the request is over all the same
-                    else:
-                        resp.sent = blen      # for the access log
-                else:
+                if taken is not None or rest is not None:
+                    # C streamed part of the body: the rest, as stream() would have gone on
                     nxt = 0
-                    stream(resp, result)
+                    stream(resp, result, chain(taken or (), rest or ()), exc,
+                           answered if answered is not None and answered > 0 else 0)
+                    exc = None
+                else:
+                    if exc is not None:
+                        if result is not None:    # iter() or next() raised in C
+                            stream(resp, result, (), exc)
+                        raise exc
+                    if not handed:
+                        result = app(env, resp.start_response)
+                    nxt = respond_to(resp, code, result, answered)
             # nxt is 0 in every handler below: only a request taken at once sets it (> 0), and
             # no exception is raised after that.
             except ClientDisconnected:

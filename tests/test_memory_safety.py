@@ -220,9 +220,10 @@ def test_fork_in_the_app_connections_the_worker_closes_reach_their_clients(spawn
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("threads", MODES)
 def test_status_whose_comparison_empties_the_body_list(spawn, threads, path):
-    """The status is a str subclass whose __eq__ empties the returned list, so the list's
-    reference to the body is gone while the head is compared: the server must hold its own.
-    Every answer carries its own bytes, and the worker survives."""
+    """The status is a str subclass whose __eq__ empties the returned list: were the server to
+    compare heads (it once did, with a body borrowed from the list) the list's reference to the
+    body would be gone meanwhile. Heads are packed from exact types now (C), or by Python, which
+    runs no comparison: every answer carries its own bytes, and the worker survives."""
     server = spawn("-s", "1", "-t", threads, "memsafety_apps.clearing_status", env=PATHS[path])
     pid = get(server.port, "/-1/0")
     errors: list[str] = []
