@@ -344,10 +344,6 @@ int64_t sp_code_answer(sp_server *s, int64_t code, const char *head, size_t hlen
  * failure after the head went out). Returns 0 or -errno (the connection was lost; still released). */
 int sp_req_finish(sp_server *s, int64_t code, int abort);
 
-/* CPython only (pyfast.c): makes the types spawning._core.ResponseBase and spawning._core.Runner,
- * the C path of a repeated keep-alive request, and sets them on the module. Call with the GIL held.
- * Returns 0, -ENOMEM (a Python error, cleared), or -ENOSYS where there is no CPython API (PyPy). */
-int sp_py_setup(void);
 
 /* Reads request body bytes without blocking (sends 100 Continue first when the client expects it).
  * Returns bytes copied, 0 at the end of the body, -EAGAIN when none are buffered yet, -413 over the

@@ -10,7 +10,8 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(os.path.dirname(HERE), "csrc")
-SOURCES = ["parser.c", "env.c", "proxy.c", "server.c", "conn.c", "pyfast.c"]
+# The core, then its CPython part (csrc/py/: the request runner, behind csrc/py/runner.h).
+SOURCES = ["parser.c", "env.c", "proxy.c", "server.c", "conn.c", "py/runner.c"]
 
 # cffi compiles against the stable ABI except on debug and free-threaded builds; we do the same.
 LIMITED_API = not (hasattr(sys, "gettotalrefcount") or sysconfig.get_config_var("Py_GIL_DISABLED"))
@@ -27,7 +28,7 @@ if sys.platform != "win32":
 if os.environ.get("SPAWNING_SANITIZE"):
     # Through libc's wrappers, whose buffers ASan checks (csrc/sysio.h).
     extra += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-DSP_LIBC_SYSCALLS"]
-# csrc/pyfast.c is written against the CPython API; elsewhere (and in a test build of the Python
+# csrc/py/runner.c is written against the CPython API; elsewhere (and in a test build of the Python
 # path alone) wsgi.py runs every request itself. Also on free-threaded builds: the runner swaps
 # its spare response object and reads its members without a lock, which only the GIL makes safe.
 if (sys.implementation.name != "cpython" or os.environ.get("SPAWNING_NO_PYFAST")
@@ -58,9 +59,10 @@ KEEP_GIL = (
     "sp_server_connections", "sp_server_stats", "sp_server_wakeup", "sp_parse_request",
     "sp_request_framing", "sp_chunked_decode", "sp_decode_path", "sp_env_pack",
     "sp_last_duration_us",
-    "sp_py_setup",   # must: it calls the CPython API (csrc/pyfast.c)
+    "sp_py_setup",   # must: it calls the CPython API (csrc/py/runner.c)
 )
 PREAMBLE = """#include "sp.h"
+#include "py/runner.h"
 #include <string.h>
 static inline __attribute__((always_inline)) int sp_keeps_gil(const char *wrapper) {
     return %s;
@@ -84,10 +86,11 @@ ffibuilder.set_source(
     + ([os.path.relpath(os.path.join(SHIM, "kqueue_shim.c"))] if shim else []),
     include_dirs=[os.path.relpath(CSRC)] + ([os.path.relpath(SHIM)] if shim else []),
     # Headers too: a change to core.h alone must rebuild every object that includes it.
-    depends=sorted(os.path.relpath(os.path.join(CSRC, h)) for h in os.listdir(CSRC) if h.endswith(".h")),
+    depends=sorted(os.path.relpath(os.path.join(d, h)) for d in (CSRC, os.path.join(CSRC, "py"))
+                   for h in os.listdir(d) if h.endswith(".h")),
     extra_compile_args=extra,
     # The stable ABI of 3.10, the wheel's tag (setup.py), rather than cffi's default of 3.2's:
-    # csrc/pyfast.c uses METH_FASTCALL and PyObject_CallNoArgs.
+    # csrc/py/runner.c uses METH_FASTCALL and PyObject_CallNoArgs.
     define_macros=[("Py_LIMITED_API", "0x030A0000")] if LIMITED_API else [],
     extra_link_args=["-fsanitize=address,undefined"] if os.environ.get("SPAWNING_SANITIZE") else [],
     libraries=["pthread"] if sys.platform != "win32" else [],

@@ -3,7 +3,7 @@ or JSON lines.
 
 Theory of operation. ``AccessLog.log(environ, status, sent, headers=None)`` is called by the
 thread that answered the request, right after it was answered (``spawning.wsgi``'s handler, or
-the C path's Runner in csrc/pyfast.c). The request's duration is the C core's own measure, read
+the C path's Runner in csrc/py/runner.c). The request's duration is the C core's own measure, read
 from a thread-local (``sp_last_duration_us``, set as the request is finished), so neither path
 has to carry a start time; it is read only by formats that show it.
 

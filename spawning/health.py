@@ -2,7 +2,7 @@
 
 Where it is answered, and why there: a WSGI middleware the worker wraps around the application
 when it loads it (``Worker._boot``). Both ways a request can run call "the app", the Python
-handler (spawning.wsgi) and the C path (csrc/pyfast.c, which runs the app itself for requests
+handler (spawning.wsgi) and the C path (csrc/py/runner.c, which runs the app itself for requests
 whose environ it knows), so one check covers both, and the application proper is never called
 for that path. A check in the handler before the app call would have needed a second copy in C
 for the requests C runs. Without ``--health-path`` the app is not wrapped and nothing is spent;

@@ -9,7 +9,7 @@ app's stale write()) finds nothing instead of a connection that serves someone e
 
 This module is the general path: the whole behaviour, with no cache of its own. It is what PyPy
 runs, and what a process started with SPAWNING_NO_PYFAST=1 runs. On CPython every request first
-goes to the C path (csrc/pyfast.c, ``Runner``), which builds the environ, calls the app and
+goes to the C path (csrc/py/runner.c, ``Runner``), which builds the environ, calls the app and
 answers the common shapes itself under the same rules; what it does not finish comes back here
 as a ``Handoff`` (the request as C left it) and goes on below.
 
@@ -304,7 +304,7 @@ class FileWrapper:
 
 
 def _start_response(self: Any, status: str, headers: list, exc_info: Any = None) -> Callable[[bytes], None]:
-    """PEP 3333's start_response, whole: ResponseBase (csrc/pyfast.c) does the common form, two
+    """PEP 3333's start_response, whole: ResponseBase (csrc/py/runner.c) does the common form, two
     positional arguments, itself, and calls this for the others (exc_info)."""
     if exc_info:
         try:
@@ -321,7 +321,7 @@ def _start_response(self: Any, status: str, headers: list, exc_info: Any = None)
     return self     # the write() callable: __call__ (no bound method to make per request)
 
 
-# csrc/pyfast.c: on CPython, the common request runs in C (Runner) and a response's per-request
+# csrc/py/runner.c: on CPython, the common request runs in C (Runner) and a response's per-request
 # state lives in C members (ResponseBase). Elsewhere the same in Python: on PyPy, in a build with
 # SPAWNING_NO_PYFAST=1, and in any process started with SPAWNING_NO_PYFAST=1 in its environment
 # (so that one build tests both paths).
@@ -349,7 +349,7 @@ class Response(_ResponseBase):
     up each time: once the request is over it is 0, and C refuses it (-ESTALE) whatever the app
     kept, so a kept write() raises instead of reaching another request. The state (code,
     status, headers, head_sent, sent) comes from the base, C members on CPython
-    (csrc/pyfast.c)."""
+    (csrc/py/runner.c)."""
 
     __slots__ = ()
     srv: Any = None     # the server, a plain pointer (make_handler sets these three)
@@ -484,7 +484,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     greenlet ``green`` is (the greenlet, its ``__dict__``, the hub's batch deque): its state is
     reset and ``take_next`` (the deque's popleft) is asked only while the deque holds codes.
     ``threads``: how many OS threads call ``handle``; ``poll_ms``, thread mode's poll timeout
-    (``take_next`` polls with it), which the C path (csrc/pyfast.c) then polls with itself.
+    (``take_next`` polls with it), which the C path (csrc/py/runner.c) then polls with itself.
     ``forwarded``: the trusted proxies whose headers rewrite a new template (spawning.forwarded).
     Written as a closure over locals because this is the per-request hot path."""
     # The hot calls take a plain pointer: cffi checks an ffi.gc() object as an argument more
@@ -543,7 +543,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     def environ(code: int) -> tuple[dict, bool]:
         """The request's environ, made from the block C packed from its head (sp.h,
         sp_request.env), and whether a body comes. No cache: this is the general path (C keeps
-        the one cache there is, of a connection's repeats: csrc/pyfast.c)."""
+        the one cache there is, of a connection's repeats: csrc/py/runner.c)."""
         req = req_of(srv, code)
         if req == null:
             raise ClientDisconnected(errno.ESTALE, "the request is over")
@@ -594,7 +594,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         """Sends the response the general way: sendfile, or the iterable chunk by chunk, each as
         it comes (PEP 3333: no block is held back while the app makes the next), the head with
         the first that is not empty; then finishes the request and closes the iterable. The C
-        path (csrc/pyfast.c, stream_c) does the same, and hands over what it does not: then
+        path (csrc/py/runner.c, stream_c) does the same, and hands over what it does not: then
         ``chunks`` are what is left of the iterable, ``exc`` what iterating it raised after
         them, ``queued`` the bytes C left queued past the high-water mark."""
         try:
@@ -629,7 +629,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         """Sends the app's result: a list of one bytes object in one crossing (head, body and
         finish; in thread mode the next request too, whose code is returned), anything else
         through stream(). ``answered``: what C's sp_code_answer() returned for this response,
-        when the C path called it and failed. The C path (csrc/pyfast.c) keeps the same rules."""
+        when the C path called it and failed. The C path (csrc/py/runner.c) keeps the same rules."""
         if type(result) is list_type and len(result) == 1 \
                 and type(body := result[0]) is bytes_type and not resp.head_sent:
             blen = len(body)
@@ -693,7 +693,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
             handed = False
             if fast is not None:
                 # The request runs in C if its environ is known, with any next ones (see
-                # csrc/pyfast.c); what it cannot finish comes back, as a code to run from the
+                # csrc/py/runner.c); what it cannot finish comes back, as a code to run from the
                 # start or as the state just after the app call.
                 r = fast(code, poll, cgreen)
                 if type(r) is int_type:

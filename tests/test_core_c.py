@@ -26,9 +26,9 @@ def _build_sources() -> list[str]:
 
 
 # The core's own sources, as the extension builds them (spawning/_build.py), less the CPython
-# runner: a file added to the core is linked here too.
+# part (csrc/py/): a file added to the core is linked here too.
 SOURCES = [ROOT / "tests" / "c" / "test_server.c"] + [
-    CSRC / f for f in _build_sources() if f != "pyfast.c"]
+    CSRC / f for f in _build_sources() if not f.startswith("py/")]
 CFLAGS = ["-std=gnu99", "-g", "-O1", "-Wall", "-Wextra", "-Werror", "-fsanitize=address,undefined",
           "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", f"-I{CSRC}"]
 

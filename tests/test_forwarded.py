@@ -1,7 +1,7 @@
 """Proxy headers (spawning/forwarded.py): X-Forwarded-For/-Proto/-Ssl/-Host/-Port and RFC 7239
 Forwarded, believed from --forwarded-allow-ips peers only.
 
-Through real servers and raw sockets, on both request paths: the C path (csrc/pyfast.c, the
+Through real servers and raw sockets, on both request paths: the C path (csrc/py/runner.c, the
 default) and the Python path (SPAWNING_NO_PYFAST=1 in the server's environment), each with a
 first request (a template built) and its keep-alive repeats (the connection's kept environ), since
 the two paths make those differently. The header parsing itself is also checked directly on

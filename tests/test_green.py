@@ -174,7 +174,7 @@ def test_requests_leave_no_locals_or_context_behind(spawn):
 
 def test_batched_repeated_requests_leave_nothing_behind(spawn):
     """The same, for the requests a greenlet takes from its hub's batch itself, which for a
-    connection's repeated requests happens in C (csrc/pyfast.c): many keep-alive clients at once,
+    connection's repeated requests happens in C (csrc/py/runner.c): many keep-alive clients at once,
     each repeating its request byte for byte, so that polls bring several at a time."""
     import json
     import threading

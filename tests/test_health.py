@@ -2,7 +2,7 @@
 
 - the status port's ``/healthz`` (alive) and ``/readyz`` (serving, and not shutting down);
 - ``--health-path`` on the application port, answered without calling the app, on the C path
-  (csrc/pyfast.c runs a keep-alive connection's repeated requests) and on the Python path
+  (csrc/py/runner.c runs a keep-alive connection's repeated requests) and on the Python path
   (SPAWNING_NO_PYFAST=1), in thread and green mode;
 - ``--shutdown-delay``: after SIGTERM the server goes on accepting and serving for that long while
   both answer 503, then drains and exits.

@@ -734,8 +734,8 @@ def test_request_codes_keep_environs_apart(threads: str, env_max: str):
 @pytest.mark.parametrize("threads", ["1", "4", "0"])
 @pytest.mark.parametrize("req_body", [b"", b"hello"])
 def test_repeated_requests_every_way(threads: str, req_body: bytes, tmp_path: Path):
-    """A keep-alive client's repeated requests, with a body or without, run in C (csrc/
-    pyfast.c) while their answer is the common one; every other answer (an app error, an
+    """A keep-alive client's repeated requests, with a body or without, run in C (csrc/py/
+    runner.c) while their answer is the common one; every other answer (an app error, an
     iterable, a new head, start_response with exc_info, a write() before the return, a kept
     write()) goes on in Python from just after the app call, and must come out as it would from
     Python alone, access log included."""

@@ -1,7 +1,7 @@
 """Regression tests for the memory-safety bugs of issue 22, section 2: ways for an app (or a fork)
 to make the C core reach memory or a connection that is no longer the request's.
 
-Each runs a real server on both paths (the C path of csrc/pyfast.c, and the Python path alone
+Each runs a real server on both paths (the C path of csrc/py/runner.c, and the Python path alone
 with SPAWNING_NO_PYFAST=1) in thread and green mode, with the apps of tests/apps/memsafety_apps.py.
 Under ASan (the sanitizer job) a use after free aborts the worker; in a normal build the same bugs
 showed as bytes injected into another client's connection, a worker that died, or a request never
@@ -257,11 +257,10 @@ def test_status_whose_comparison_empties_the_body_list(spawn, threads, path):
 
 # ---- 2.4: the smaller ones, on the C path's Runner itself ----------------------------------------
 #
-# In-process: a real core server on a loopback listener, real client sockets, and csrc/pyfast.c's
+# In-process: a real core server on a loopback listener, real client sockets, and csrc/py/runner.c's
 # Runner driven as spawning/wsgi.py drives it, with callables of the test's choosing where the
 # handler passes its own (the access log, a status).
 
-HEAD = b"200 OK\0Content-Type\0text/plain"
 HEADERS = [("Content-Type", "text/plain")]
 
 
@@ -275,7 +274,7 @@ def core():
     from spawning.server import make_core_config
 
     if wsgi.Runner is None:
-        pytest.skip("the C path (csrc/pyfast.c) is not built or not in use")
+        pytest.skip("the C path (csrc/py/runner.c) is not built or not in use")
     cfg = make_core_config({"threads": 1})
     srv = ffi.gc(lib.sp_server_new(cfg), lib.sp_server_free)
     listener = socket.create_server(("127.0.0.1", 0))
@@ -304,10 +303,9 @@ def requests_queued(core, n: int) -> int:
     return code
 
 
-def runner(core, app, code, log=None, body_flag=False):
-    """A Runner as make_handler builds one, whose environ templates know the request a code
-    names (and those repeating its head)."""
-    from spawning._core import ffi, lib
+def runner(core, app, log=None, forwarded=None):
+    """A Runner as make_handler builds one."""
+    from spawning._core import ffi
 
     from spawning import wsgi
 
@@ -316,14 +314,9 @@ def runner(core, app, code, log=None, body_flag=False):
     class Resp(wsgi.Response):
         __slots__ = ()
 
-    hid = lib.sp_head_add(srv, HEAD, len(HEAD))
-    assert hid > 0
-    env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "QUERY_STRING": "",
-           "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.input": None}
-    templates = {code >> lib.SP_CODE_ID_SHIFT & lib.SP_CODE_ID_MASK: (env, body_flag)}
-    return wsgi.Runner(int(ffi.cast("uintptr_t", srv)), app, {}, {}, templates, {},
-                       lambda resp: None, 1000, Resp, lambda body: None, log,
-                       ("200 OK", HEADERS, hid))
+    return wsgi.Runner(int(ffi.cast("uintptr_t", srv)), app, lambda resp: None, Resp, log,
+                       [{}], wsgi.EMPTY_INPUT, forwarded, (wsgi.FileWrapper,),
+                       lambda exc: None)
 
 
 def hello(environ, start_response):
@@ -342,7 +335,7 @@ def test_runner_traverses_its_type(core):
 
     from spawning import wsgi
 
-    r = runner(core, hello, 0)
+    r = runner(core, hello)
     assert type(r) in gc.get_referents(r)
 
     class Resp(wsgi.Response):
@@ -350,18 +343,6 @@ def test_runner_traverses_its_type(core):
 
     resp = Resp()
     assert type(resp) in gc.get_referents(resp)
-
-
-def test_runner_head_cannot_be_deleted(core):
-    """run() reads head without a check: deleting it made the next request dereference NULL."""
-    code = requests_queued(core, 1)
-    r = runner(core, hello, code)
-    head = r.head
-    with pytest.raises(AttributeError):
-        del r.head
-    assert r.head == head
-    assert r.run(code, -1) == 0
-    assert response_of(core[2][0]) == b"HTTP/1.1 200 OK"
 
 
 def test_system_exit_in_the_access_log_goes_up_and_the_next_request_is_answered(core):
@@ -372,7 +353,7 @@ def test_system_exit_in_the_access_log_goes_up_and_the_next_request_is_answered(
         raise SystemExit(3)
 
     code = requests_queued(core, 2)
-    r = runner(core, hello, code, log)
+    r = runner(core, hello, log)
     with pytest.raises(SystemExit):
         r.run(code, -1)
     first, second = core[2]
@@ -404,37 +385,35 @@ def test_system_exit_in_the_access_log_on_the_python_path(core, monkeypatch):
     assert response_of(second) == b"HTTP/1.1 500 Internal Server Error"
 
 
-def test_keyboard_interrupt_comparing_the_head_reaches_the_handler(core):
-    """A status whose comparison raises a BaseException: the request goes back to Python with
-    that exception (its handler answers and re-raises), not with the exception dropped."""
-    class Interrupting(str):
-        def __eq__(self, other):
-            raise KeyboardInterrupt
-
-        __hash__ = str.__hash__
-
+def test_keyboard_interrupt_from_the_iterable_reaches_the_handler(core):
+    """The app's iterable raises a BaseException while C streams it: the request goes back to
+    Python with that exception (its handler answers and re-raises), not with it dropped."""
     def app(environ, start_response):
-        start_response(Interrupting("200 OK"), HEADERS)
-        return [b"hello"]
+        start_response("200 OK", HEADERS)
+        yield b"hello"
+        raise KeyboardInterrupt
 
     code = requests_queued(core, 1)
-    handed = runner(core, app, code).run(code, -1)
+    handed = runner(core, app).run(code, -1)
     assert isinstance(handed, tuple), handed
-    assert isinstance(handed[4], KeyboardInterrupt), handed[4]
+    assert isinstance(handed.exception, KeyboardInterrupt), handed.exception
 
 
 def test_an_error_making_the_environ_goes_to_python_with_the_request(core):
-    """The environ could not be made (here a template whose body flag raises): the error goes to
+    """The environ could not be made (here a trusted proxy's rewrite raises): the error goes to
     Python with the request, whose handler answers it; it used to stay set while the response
     object was made, which then failed with a SystemError that was dropped."""
-    code = requests_queued(core, 1)
-    handed = runner(core, hello, code, body_flag=BrokenFlag()).run(code, -1)
+    from spawning._core import lib
+
+    def broken(environ):
+        raise ValueError("broken proxy rewrite")
+
+    srv, port, clients = core
+    c = socket.create_connection(("127.0.0.1", port), timeout=5)
+    c.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n")
+    clients.append(c)
+    code = lib.sp_poll_one(srv, 2000)
+    assert code > 0
+    handed = runner(core, hello, forwarded=broken).run(code, -1)
     assert isinstance(handed, tuple), handed
-    assert isinstance(handed[4], ValueError), handed[4]
-
-
-class BrokenFlag:
-    """A template's "a body comes" flag that raises when tested."""
-
-    def __bool__(self):
-        raise ValueError("broken template")
+    assert isinstance(handed.exception, ValueError), handed.exception

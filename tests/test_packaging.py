@@ -48,7 +48,7 @@ def test_sdist_has_the_c_sources_and_the_cdef(dist: dict[str, Path]) -> None:
     assert dist["sdist"].name == f"spawning-{spawning.__version__}.tar.gz"
     with tarfile.open(dist["sdist"]) as tf:
         names = {n[len(prefix):] for n in tf.getnames() if n.startswith(prefix)}
-    csrc = {f"csrc/{p.name}" for p in (ROOT / "csrc").iterdir() if p.suffix in (".c", ".h")}
+    csrc = {p.relative_to(ROOT).as_posix() for p in (ROOT / "csrc").rglob("*") if p.suffix in (".c", ".h")}
     assert csrc and csrc <= names, sorted(csrc - names)
     for required in ["spawning/_core_cdef.h", "spawning/_build.py", "spawning/py.typed", "setup.py",
                      "pyproject.toml", "README.md", "CHANGELOG.md", "LICENSE", "tools/smoke_wheel.py",

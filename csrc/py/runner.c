@@ -1,44 +1,42 @@
-/* pyfast.c: the per-request path of the common request, written against the CPython API (the
- * stable ABI of 3.10, as the rest of the module) instead of in Python.
+/* runner.c: the request path on CPython, written against the CPython API (the stable ABI of
+ * 3.10, as the rest of the module) instead of in Python. Its contract is runner.h.
  *
  * Theory of operation
  * -------------------
- * The rest of the core is bound with cffi and driven from spawning/wsgi.py. On the path every
- * keep-alive request of a hello-world benchmark takes, that Python was the largest cost left in
- * user space: ~400 ns of interpreter time a request for a loop that copies a dict, calls the app,
- * checks the result's shape, compares the response head with the last one and calls
- * sp_code_answer(); servers written in C do the same in a tenth of that. So this file does that
- * loop, and nothing else:
+ * Every request a worker takes goes first to Runner.run(code, poll_ms, green) (wsgi.py's
+ * handle()), which runs it and the ones after it, as long as each answer is one this file knows:
  *
- *   Runner.run(code, poll_ms, green) takes a request code (sp.h, "request codes"). When the
- *   handler's maps (wsgi.py, make_handler) know its environ, as they do for a connection's
- *   repeated requests (conn_envs, body_envs) and for any request whose packed head Python has
- *   built a template for (templates, by key id), run() makes the environ as the handler would
- *   (a copy, REMOTE_PORT, wsgi.input from the handler's factory when a body comes), calls the app
- *   with a ResponseBase instance's start_response, and when the app answered with a one-piece
- *   body and the status and headers of the head the handler registered last (Runner.head),
- *   answers with sp_code_answer(), which in thread mode also takes the thread's next request; and
- *   goes on with that one (in thread mode polling for it, in a request greenlet taking it from
- *   the hub's batch). Anything else goes back to Python, which has the general code: a code whose
- *   environ Python must make is returned as it is (Python runs that request from the start); a
- *   request whose app was called but whose answer is not the common one is returned as a tuple
- *   (code, environ, response, result, exception, answered, input) and Python goes on from just
- *   after the app call. So the behaviour is the Python path's, whichever side runs.
+ *   1. The environ, made from the block the core packed from the head (sp.h, sp_request.env):
+ *      a copy of the listener's constant environ, interned keys from a small table, one latin-1
+ *      str per value; a trusted proxy's headers then rewrite it (spawning.forwarded), only when
+ *      the head carries one. The one cache of the path is here, and C's alone: a keep-alive
+ *      client repeating its request byte for byte gets a copy of the environ its connection's
+ *      last request got (request_env).
+ *   2. The app, called with a ResponseBase's start_response (C members for the per-request
+ *      state; wsgi.Response adds write() and the rest in Python).
+ *   3. The answer: a list of one bytes object in one crossing (sp_code_answer: head, body and
+ *      finish, and in thread mode the thread's next request); any other iterable but a
+ *      wsgi.file_wrapper streamed chunk by chunk as the app yields it; close() called. The head
+ *      is packed from exact str/list/tuple objects only, so no app code runs meanwhile; the
+ *      core validates and formats it.
+ *   4. The access log's callable, then the next request: in thread mode a poll with the GIL
+ *      released, in a request greenlet the hub's batch (greenlet-locals and contextvars reset
+ *      first).
  *
- *   ResponseBase holds a response's per-request state as C members (code, status, headers,
- *   head_sent, sent) and start_response() in C for its common form (two positional
- *   arguments); wsgi.Response subclasses it with the rest in Python (write(), send_head(), the
- *   exc_info form of start_response). A response object nothing else holds after the answer
- *   (reference count 1, no weak references) serves the runner's next request, as in wsgi.py.
+ * What this file does not finish goes to Python as a Handoff, the request as it stands (its
+ * environ, response, result, the exception, what was taken of the iterator), and wsgi.py's
+ * general path, which is the whole behaviour (PyPy runs only it), goes on from there under the
+ * same rules: both paths put the same bytes on the wire (tests/test_response_matrix.py).
  *
- * sp_py_setup() makes the two types and sets them as attributes of the spawning._core module. It
- * runs with the GIL held (spawning/_build.py, KEEP_GIL). The runner's polls release it. */
+ * sp_py_setup() makes the types and sets them as attributes of the spawning._core module. It runs
+ * with the GIL held (spawning/_build.py, KEEP_GIL). The runner's polls release it. */
 #ifndef SP_NO_PYFAST
 #include <Python.h>     /* before any system header, as the CPython docs ask */
 #include <structmember.h>
 #endif
 
 #include "sp.h"
+#include "runner.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -156,7 +154,7 @@ static PyMemberDef resp_members[] = {
 };
 
 static PyType_Slot resp_slots[] = {
-    {Py_tp_doc, (void *)"A response's per-request state, and start_response() (csrc/pyfast.c)."},
+    {Py_tp_doc, (void *)"A response's per-request state, and start_response() (csrc/py/runner.c)."},
     {Py_tp_new, (void *)PyType_GenericNew},
     {Py_tp_dealloc, (void *)resp_dealloc},
     {Py_tp_traverse, (void *)resp_traverse},
@@ -318,7 +316,7 @@ static PyStructSequence_Field handoff_fields[] = {
 };
 static PyStructSequence_Desc handoff_desc = {
     "spawning._core.Handoff",
-    "A request the C path hands to wsgi.py's general path, as it stands (csrc/pyfast.c).",
+    "A request the C path hands to wsgi.py's general path, as it stands (csrc/py/runner.c).",
     handoff_fields, 9,
 };
 
@@ -1009,12 +1007,12 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
 
 static PyMethodDef runner_methods[] = {
     {"run", (PyCFunction)(void (*)(void))runner_run, METH_FASTCALL,
-     "run(code, poll_ms, green=None): runs requests the common way (csrc/pyfast.c)."},
+     "run(code, poll_ms, green=None): runs requests the common way (csrc/py/runner.c)."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyType_Slot runner_slots[] = {
-    {Py_tp_doc, (void *)"Runs a worker's common requests in C (csrc/pyfast.c)."},
+    {Py_tp_doc, (void *)"Runs a worker's common requests in C (csrc/py/runner.c)."},
     {Py_tp_new, (void *)runner_new},
     {Py_tp_dealloc, (void *)runner_dealloc},
     {Py_tp_traverse, (void *)runner_traverse},
