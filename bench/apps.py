@@ -107,11 +107,59 @@ def closeiter(environ, start_response):
 _made = {}
 
 
+def timed(app):
+    """The app, with the CPU time its thread spends inside it added up (the call, the iteration
+    of its response and close()): GET /__apptime answers "nanoseconds requests" (bench/overhead.py)."""
+    import threading
+    from time import thread_time_ns
+    lock = threading.Lock()
+    total = [0, 0]
+
+    class Timed:
+        def __init__(self, result, spent):
+            self.result, self.spent = result, spent
+
+        def __iter__(self):
+            t = thread_time_ns()
+            try:
+                chunks = list(self.result)
+            finally:
+                with lock:   # counted here: some servers never call close()
+                    total[0] += self.spent + thread_time_ns() - t
+                    total[1] += 1
+            return iter(chunks)
+
+        def close(self):
+            t = thread_time_ns()
+            try:
+                if hasattr(self.result, "close"):
+                    self.result.close()
+            finally:
+                with lock:
+                    total[0] += thread_time_ns() - t
+
+    def wrapper(environ, start_response):
+        if environ["PATH_INFO"] == "/__apptime":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"%d %d" % tuple(total)]
+        t = thread_time_ns()
+        result = app(environ, start_response)
+        return Timed(result, thread_time_ns() - t)
+
+    return wrapper
+
+
 def __getattr__(name):
     # The framework apps are made on first use: the other scenarios import neither framework.
-    if name in ("django_view", "flask_view"):
+    timed_app = name.startswith("timed_")
+    base = name[len("timed_"):] if timed_app else name
+    if base in ("django_view", "flask_view") or (timed_app and base == "closeiter"):
         if name not in _made:
-            import frameworks
-            _made[name] = frameworks.django_app() if name == "django_view" else frameworks.flask_app()
+            if base == "closeiter":
+                app = closeiter
+            else:
+                import frameworks
+                app = frameworks.django_app() if base == "django_view" else frameworks.flask_app()
+            _made[name] = timed(app) if timed_app else app
         return _made[name]
     raise AttributeError(name)
