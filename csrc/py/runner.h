@@ -1,6 +1,6 @@
 /* runner.h -- the CPython part of the core (csrc/py/): what the binding (spawning/_build.py) calls.
  *
- * The core proper (csrc/*.c, behind sp.h) knows nothing of Python: it parses, frames and answers
+ * The core proper (the files of csrc/ itself, behind sp.h) knows nothing of Python: it parses, frames and answers
  * requests named by codes. This part runs the request path on CPython against the stable ABI:
  * it builds each request's environ, calls the app, and answers through sp.h, handing whatever it
  * does not finish to spawning/wsgi.py (see runner.c's theory of operation). Left out of builds
