@@ -30,10 +30,9 @@ Host and port (``--forwarded-host``, off by default since a proxy that passes th
 ``Forwarded``'s ``host=`` or the rightmost ``X-Forwarded-Host`` sets ``HTTP_HOST``, and the
 rightmost ``X-Forwarded-Port`` sets ``SERVER_PORT``.
 
-All of it runs when the handler builds the environ template of a new env block (spawning.wsgi,
-``build``): the block holds the peer address and every header, so equal blocks get equal
-results and a request whose template is known costs nothing more. Nothing here raises: what
-cannot be parsed is ignored.
+All of it runs once the environ is made, and only for a request that carries one of these
+headers (spawning.wsgi's ``environ`` and the C path's, csrc/py/runner.c, which asks only then):
+the others cost nothing more. Nothing here raises: what cannot be parsed is ignored.
 """
 
 from __future__ import annotations
@@ -173,8 +172,8 @@ def parse_forwarded(value: str) -> list[dict[str, str]] | None:
 
 
 class ProxyTrust:
-    """The ``--forwarded-allow-ips`` and ``--forwarded-host`` settings, applied to environ
-    templates (see the module docstring)."""
+    """The ``--forwarded-allow-ips`` and ``--forwarded-host`` settings, applied to a request's
+    environ (see the module docstring)."""
 
     def __init__(self, allow: Any = None, forwarded_host: bool = False) -> None:
         self.all, self.networks = parse_allow(allow)
@@ -208,7 +207,7 @@ class ProxyTrust:
         return 0, None
 
     def apply(self, env: dict) -> str | None:
-        """Rewrites an environ template from the proxy headers of a trusted peer. Returns the
+        """Rewrites a request's environ from the proxy headers of a trusted peer. Returns the
         client's port for REMOTE_PORT when the proxy gave one, else None (the peer's stays)."""
         try:
             if not self.trusted(env.get("REMOTE_ADDR", "")):

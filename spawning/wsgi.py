@@ -485,7 +485,7 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     reset and ``take_next`` (the deque's popleft) is asked only while the deque holds codes.
     ``threads``: how many OS threads call ``handle``; ``poll_ms``, thread mode's poll timeout
     (``take_next`` polls with it), which the C path (csrc/py/runner.c) then polls with itself.
-    ``forwarded``: the trusted proxies whose headers rewrite a new template (spawning.forwarded).
+    ``forwarded``: the trusted proxies whose headers rewrite an environ (spawning.forwarded).
     Written as a closure over locals because this is the per-request hot path."""
     # The hot calls take a plain pointer: cffi checks an ffi.gc() object as an argument more
     # slowly. Resp.owner (below) keeps the owning object for what may outlive a request.

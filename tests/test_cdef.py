@@ -1,5 +1,5 @@
-"""spawning/_core_cdef.h restates csrc/sp.h for cffi (whose parser takes no includes): the two
-must declare the same functions and the same struct fields, in the same order."""
+"""spawning/_core_cdef.h restates csrc/sp.h and csrc/py/runner.h for cffi (whose parser takes no
+includes): they must declare the same functions and the same struct fields, in the same order."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def _functions(text: str) -> set[str]:
 
 
 def test_cdef_matches_header():
-    header = _strip_comments((ROOT / "csrc" / "sp.h").read_text())
+    header = _strip_comments((ROOT / "csrc" / "sp.h").read_text()
+                             + (ROOT / "csrc" / "py" / "runner.h").read_text())
     cdef = _strip_comments((ROOT / "spawning" / "_core_cdef.h").read_text())
     hs, cs = _structs(header), _structs(cdef)
     for name, fields in cs.items():
