@@ -26,6 +26,8 @@ APP_FOR = {"hello": "hello", "hello-close": "hello", "64k": "big", "post16k": "e
 # Issue 10's realistic traffic (bench/browser.lua): every server that runs the main scenarios
 # runs these too.
 REALISTIC = {"browser", "form", "closeiter", "django", "flask"}
+MAIN_SCENARIOS_BASE = {"hello", "hello-close", "64k", "post16k"}
+MAIN_SCENARIOS = MAIN_SCENARIOS_BASE | REALISTIC   # what a peer runs unless it says otherwise
 
 
 @dataclass
@@ -187,9 +189,28 @@ PEERS = [
          scenarios={"hello", "hello-close", "64k"}),
 ]
 
+# BENCH_BASELINE=DIR adds spawning as built in another checkout (e.g. a worktree of an earlier
+# commit, its core compiled in place), in both modes, to measure a change before and after in
+# the same run.
+_BASELINE = os.environ.get("BENCH_BASELINE")
+
+
+def _baseline(threads: int):
+    def cmd(app, port, tmp):
+        return ["env", f"PYTHONPATH={_BASELINE}{os.pathsep}{HERE}", PY, "-m", "spawning",
+                "--processes", "1", "--threads", str(threads), "-i", "127.0.0.1", "-p", str(port),
+                "--backlog", "4096", "-l", "/dev/null", f"apps.{app}"]
+    return cmd
+
+
+if _BASELINE:
+    PEERS += [Peer("baseline", _baseline(4), module="spawning", note=f"{_BASELINE}, -t 4",
+                   scenarios=MAIN_SCENARIOS_BASE | REALISTIC),
+              Peer("baseline-green", _baseline(0), module="spawning", note=f"{_BASELINE}, -t 0",
+                   scenarios=MAIN_SCENARIOS_BASE | REALISTIC)]
+
 # The peers the performance goal compares against.
 REFERENCE = ("bjoern", "fastwsgi", "fastpysgi", "freastal")
-MAIN_SCENARIOS = {"hello", "hello-close", "64k", "post16k"} | REALISTIC
 
 
 def peer_env() -> dict:
