@@ -607,7 +607,26 @@ python bench/run.py --install            # installs missing peers, runs all, rew
 python bench/run.py --only spawning,bjoern --scenario hello,64k --interleave 4   # a subset
 ```
 
-- `apps.py`: the WSGI apps (hello world, 64 KiB body, 16 KiB POST echo, 100 ms `time.sleep`).
+- `apps.py`: the WSGI apps (hello world, 64 KiB body, 16 KiB POST echo, 100 ms `time.sleep`,
+  a 2 KiB form reader, an iterable with `close()` and six headers as frameworks answer), and
+  `frameworks.py`: a real Django project (DEBUG off, the middleware that needs no database, one
+  view rendering a small page) and a real Flask view.
+- `browser.lua`: realistic traffic (issue 10). Every request carries the 13 fields a current
+  browser sends on a same-origin navigation (~750 bytes of head: User-Agent, Accept,
+  Accept-Language, Accept-Encoding, Referer, Cookie with a session id, a CSRF token and two more
+  cookies, Sec-Fetch-*, Upgrade-Insecure-Requests, X-Request-Id), and on every request the path,
+  the query, the session cookie (one of 1,000 users), the Referer and the request id change: no
+  two heads are alike, so nothing keyed on a head can help. `FORM = true` makes each a form POST
+  with a 2 KiB urlencoded body. The browser, form, closeiter, django and flask scenarios use it.
+  The framework tables mark the servers that never call the iterable's `close()` (found by a
+  check request): PEP 3333 requires the call, and skipping it skips the framework's cleanup
+  (Django's request_finished signal), which is part of what those servers save.
+- `overhead.py`: a framework request's CPU time split into the time inside the app (a middleware
+  adds up its thread's CPU time in the call, the iteration and close()) and what the server
+  costs around it, for every server side by side (`--app django|flask|closeiter`).
+- `BENCH_BASELINE=DIR` adds `baseline` and `baseline-green`: spawning from another checkout (a
+  worktree of an earlier commit, its core compiled in place), to measure a change before and
+  after in one run.
 - `peers.py`: how each server is installed and started with one process on a port.
 - `run.py`: starts each server pinned to CPU 0 (`taskset -c 0`, its own process group), checks one
   real response, warms up, then runs `taskset -c 1 wrk -t1 -c100 -d2s --latency` (a Lua script
@@ -651,6 +670,29 @@ python bench/run.py --only spawning,bjoern --scenario hello,64k --interleave 4  
   works; checked with curl), so it has no 16 KiB POST row.
 - The 100 ms sleep scenario (issue 4) compares `spawning --threads 0` (monkey-patched
   `time.sleep`) with gunicorn's gevent worker at 1,000 connections.
+
+## Where a request's time goes (2026-12-06)
+
+Browser-like requests, hello-world app: `python bench/instructions.py --browser` counts ~35,000
+user-space instructions a request (was ~77,000 before the C runner made every environ: the
+Python path built each one, since no head repeats). What is left: building the environ's Python
+objects (~20 values decoded to `str`, dict inserts: about half), the core's env block
+(`sp_env_pack`, ~6,300: header names upper-cased, repeats joined) and the parser (~4,600);
+then the kernel, which is most of the CPU time: every server pays one recv and one send, and
+waking the client (`sock_def_readable` under the send) is the largest single kernel item in
+`perf` profiles.
+
+A real Django view, `python bench/overhead.py --app django` (per request, 2026-12-06, thread
+mode / green mode / peers): spawning 124.9 us of CPU, of which 102.9 inside the app and 22.0
+around it (green: 132.6 / 111.3 / 21.3); bjoern 122.8 / 103.2 / 19.6; freastal 118.0 / 91.6 /
+26.4; fastwsgi 123.4 / 96.6 / 26.8; fastpysgi 125.3 / 99.2 / 26.1. So the server's own share is
+level with bjoern's and below the other C servers'; what separates the totals is the time inside
+the app, about 85% of the request. freastal, fastwsgi and fastpysgi never call `close()`, which
+runs Django's request_finished handlers (~10 us of it). Green mode's app time is higher (the
+monkey-patched `threading` that Django's locks and locals then use is Python). A 1.10x lead on
+a Django request would need the server's ~20 us to fall to ~9 us with the app's time the same:
+out of reach of the server alone. GC, thread hand-offs and the Python path showed no share of
+their own in the profile (the C path answers Django's response: an iterable with close()).
 
 ## Latest results
 
