@@ -17,17 +17,16 @@ opened anew in place of the old descriptor (``dup2``, so no thread ever writes t
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 import re
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from .errors import ConfigError
+from .logs import LineFile
 
 __all__ = ["ATOMS", "AccessLog", "check_format"]
 
@@ -206,21 +205,15 @@ class AccessLog:
     def __init__(self, path: str | None, fmt: str | None = None) -> None:
         self.enabled = path not in (None, "", "/dev/null")
         self.path = str(path) if path else ""
-        self.fd = -1
-        self.dropped = 0
+        self.file: LineFile | None = None
         self.pid = os.getpid()
         self._warned = 0.0
-        self._lock = threading.Lock()
         self._clock: tuple[int, str] = (0, "")
         self._iso: tuple[int, str] = (0, "")
-        self._ident: tuple[int, int] | None = None
         self._last_duration: Callable[[], int] | None = None
         fmt = check_format(fmt)         # before opening: a refused format leaves no descriptor
         if self.enabled:
-            if self.path == "-":
-                self.fd = 1
-            else:
-                self.fd = self._open()
+            self.file = LineFile(self.path)
         # The combined line has its own method, the cheapest: the log is on every request's path.
         if fmt in (None, "combined"):
             self.log = self._combined    # type: ignore[method-assign]
@@ -250,13 +243,7 @@ class AccessLog:
             env.get("REMOTE_ADDR") or "-", stamp, method, _quoted(env.get("RAW_URI", "")),
             env["SERVER_PROTOCOL"], code, size or "-", _quoted(env.get("HTTP_REFERER", "-")),
             _quoted(env.get("HTTP_USER_AGENT", "-")))
-        data = line.encode("utf-8", "backslashreplace")
-        try:
-            sent = _write(self.fd, data)
-            if sent != len(data):
-                self._rest(data, sent)
-        except OSError as exc:
-            self._drop(exc)
+        self.write(line.encode("utf-8", "backslashreplace"))
 
     def _custom(self, env: dict, status: str | None, size: int, headers: Any = None) -> None:
         code = status[:3] if status else "500"
@@ -308,30 +295,25 @@ class AccessLog:
         zone = time.strftime("%z", local)
         self._iso = (now, time.strftime("%Y-%m-%dT%H:%M:%S", local) + zone[:3] + ":" + zone[3:])
         self._clock = (now, stamp)      # one tuple: threads read the second and its text together
-        if self.fd > 2:
-            self._check_rotated()
+        if self.file is not None:
+            exc = self.file.check_rotated()
+            if exc is not None:
+                log.warning("access log %s: cannot reopen: %s", self.path, exc.strerror)
         return stamp
 
     # ---- writing ---------------------------------------------------------------------------------
 
+    @property
+    def dropped(self) -> int:
+        """Lines that could not be written."""
+        return self.file.dropped if self.file is not None else 0
+
     def write(self, data: bytes) -> None:
-        """Writes one whole line; drops it (and counts it) if that fails."""
-        try:
-            sent = _write(self.fd, data)
-            if sent != len(data):
-                self._rest(data, sent)
-        except OSError as exc:
-            self._drop(exc)
-
-    def _rest(self, data: bytes, sent: int) -> None:
-        """After a short write (a signal, a pipe with less room than the line): the rest, since a
-        half line would join the next one. Only a line longer than a pipe's atomic size (4 KiB on
-        Linux) can be cut so, and only such a line may then interleave with another."""
-        while sent < len(data):
-            sent += _write(self.fd, data[sent:])
-
-    def _drop(self, exc: OSError) -> None:
-        self.dropped += 1
+        """Writes one whole line; drops it (counted, and said at most every WARN_EVERY seconds)
+        if that fails: a full disk or a closed pipe never stops serving."""
+        exc = self.file.write(data)   # type: ignore[union-attr]
+        if exc is None:
+            return
         now = _monotonic()
         if now - self._warned >= WARN_EVERY or not self._warned:
             self._warned = now
@@ -339,42 +321,11 @@ class AccessLog:
             log.warning("access log %s: %d line(s) dropped so far (%s); serving goes on",
                         self.path, self.dropped, reason)
 
-    def _open(self) -> int:
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-        st = os.fstat(fd)
-        self._ident = (st.st_dev, st.st_ino)
-        return fd
-
-    def _check_rotated(self) -> None:
-        """Opens the path anew if it no longer names the file written to (moved or removed)."""
-        try:
-            st = os.stat(self.path)
-            if (st.st_dev, st.st_ino) == self._ident:
-                return
-        except OSError:
-            pass
-        with self._lock:
-            try:
-                fd = self._open()
-            except OSError as exc:
-                if exc.errno not in (errno.ENOENT, errno.EACCES):
-                    log.warning("access log %s: cannot reopen: %s", self.path, exc.strerror)
-                return
-            try:
-                os.dup2(fd, self.fd, inheritable=False)   # atomic: no thread sees a closed fd
-            finally:
-                os.close(fd)
-
     def close(self) -> None:
-        if self.fd > 2:
-            try:
-                os.close(self.fd)
-            except OSError:
-                pass
-        self.fd = -1
+        if self.file is not None:
+            self.file.close()
 
 
-_write = os.write
 _now = time.time
 _monotonic = time.monotonic
 

@@ -11,16 +11,18 @@ stops the server.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import sys
+import threading
 import time
 from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["TEXT_FORMAT", "JsonFormatter", "LineHandler", "setup"]
+__all__ = ["TEXT_FORMAT", "JsonFormatter", "LineFile", "LineHandler", "setup"]
 
 #: The text format's line: time, process id, level, message.
 TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
@@ -50,17 +52,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
-class LineHandler(logging.Handler):
-    """Writes each record whole, in one ``write()``, to a file opened for appending."""
+class LineFile:
+    """A log file of whole lines: opened for appending (``-``: standard output), each line written
+    in one ``write()`` (the rest after a short one, which only a line over a pipe's atomic size
+    can suffer), and opened anew in place, under the same descriptor number, when log rotation
+    moved or removed it. The one owner of these rules, for the server's log (LineHandler) and the
+    access log (spawning.accesslog)."""
 
     def __init__(self, path: str) -> None:
-        super().__init__()
         self.path = path
-        self.dropped = 0
-        self._checked = 0.0
-        self.fd = -1
-        self._ident = (0, 0)
-        self.fd = self._open()
+        self.dropped = 0            # lines that could not be written
+        self._ident: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+        self.fd = 1 if path == "-" else self._open()
 
     def _open(self) -> int:
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
@@ -68,19 +72,63 @@ class LineHandler(logging.Handler):
         self._ident = (st.st_dev, st.st_ino)
         return fd
 
-    def _check_rotated(self) -> None:
+    def check_rotated(self) -> OSError | None:
+        """Opens the path anew if it no longer names the file written to. Returns the error of a
+        reopen that failed for a reason worth reporting (a vanished directory or a refused
+        permission is not: the old file goes on)."""
+        if self.fd <= 2:
+            return None
         try:
             st = os.stat(self.path)
             if (st.st_dev, st.st_ino) == self._ident:
-                return
+                return None
         except OSError:
             pass
+        with self._lock:
+            try:
+                fd = self._open()
+            except OSError as exc:
+                return None if exc.errno in (errno.ENOENT, errno.EACCES) else exc
+            try:
+                os.dup2(fd, self.fd, inheritable=False)   # atomic: no thread sees a closed fd
+            finally:
+                os.close(fd)
+        return None
+
+    def write(self, data: bytes) -> OSError | None:
+        """Writes one whole line; drops it (counted) and returns the error if that fails."""
         try:
-            fd = self._open()
-        except OSError:
-            return              # a directory gone or not writable: go on with the old file
-        os.dup2(fd, self.fd)    # in place: the number another thread may be using stays valid
-        os.close(fd)
+            sent = _write(self.fd, data)
+            while sent < len(data):    # a signal cut it short: the rest, or it joins the next
+                sent += _write(self.fd, data[sent:])
+        except OSError as exc:
+            self.dropped += 1
+            return exc
+        return None
+
+    def close(self) -> None:
+        if self.fd > 2:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+        self.fd = -1
+
+
+_write = os.write
+
+
+class LineHandler(logging.Handler):
+    """Writes each record whole, in one ``write()``, to a file opened for appending."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.file = LineFile(path)
+        self._checked = 0.0
+
+    @property
+    def dropped(self) -> int:
+        return self.file.dropped
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -88,23 +136,14 @@ class LineHandler(logging.Handler):
             now = time.monotonic()
             if now - self._checked >= 1.0:
                 self._checked = now
-                self._check_rotated()
-            sent = os.write(self.fd, data)
-            while sent < len(data):    # a signal cut it short: the rest, or it joins the next
-                sent += os.write(self.fd, data[sent:])
-        except OSError:
-            self.dropped += 1   # a full disk: nowhere to say so
+                self.file.check_rotated()
+            self.file.write(data)   # a full disk drops the record: nowhere to say so
         except Exception:   # noqa: BLE001 -- as logging's own handlers: report, never raise
             self.handleError(record)
 
     def close(self) -> None:
         super().close()
-        if self.fd > 2:
-            try:
-                os.close(self.fd)
-            except OSError:
-                pass
-            self.fd = -1
+        self.file.close()
 
 
 def setup(level: str, path: str | None = "-", fmt: str | None = "text") -> None:
