@@ -1,9 +1,8 @@
-"""Bodies C sends after the handler returned (csrc/sp.h, "Lent bodies"; csrc/conn.c, "Corking").
-
-A 16-64 KiB response body is held back with others without a copy, so the bytes object must
-outlive the call that handed it over. tests/apps/lend_app.py builds every body afresh: if one
-were freed before it left, the memory would soon hold another body and the client would read the
-wrong bytes. Each test checks every byte of every response, in thread and in green mode.
+"""16-64 KiB response bodies, each a fresh bytes object the app drops as soon as the answer returns
+(csrc/sp.h, sp_code_answer: the body is copied or sent by then; the core once kept a pointer to
+such bodies and sent them later, "lent"). tests/apps/lend_app.py builds every body afresh: were
+one read after it was freed, the memory would soon hold another body and the client would read
+the wrong bytes. Each test checks every byte of every response, in thread and in green mode.
 """
 
 from __future__ import annotations
