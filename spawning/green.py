@@ -370,6 +370,10 @@ class Hub:
                 timeout = 0 if timeout < 0 else min(timeout, _MAX_POLL_MS)
             else:
                 timeout = _MAX_POLL_MS
+            if _forked_child:
+                log.error("a process the app forked came back to the server's loop: it exits "
+                          "(the parent serves the connections)")
+                os._exit(1)
             n = poll(srv, events, codes, _BATCH, timeout)
             if n > 0:
                 # fd events first (sp.h: they come before the batch's requests): they only
@@ -421,6 +425,21 @@ class Hub:
 
 
 _hub: Hub | None = None
+# Set in a child the app forks while the hub runs (os.fork, multiprocessing's fork start method):
+# the child shares the parent's epoll set, so a hub running there would take the parent's
+# connections. In the child there is no hub: what waits blocks the child's OS thread, and a
+# child that comes back to the hub's loop exits instead of polling.
+_forked_child = False
+
+
+def _after_fork_in_child() -> None:
+    global _hub, _forked_child
+    if _hub is not None:
+        _hub = None
+        _forked_child = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def end_requests_after(grace: float) -> None:

@@ -177,6 +177,18 @@ def test_fork_in_the_app_leaves_no_registration_behind(spawn, threads):
     assert int(get(server.port, "/pid")) == pid, "the worker died"
 
 
+def test_forked_child_in_green_mode_never_runs_the_hub(spawn):
+    """Green mode: a child forked by the app calls the patched time.sleep. The hub it would switch
+    to is the parent's, polling the parent's epoll set (shared across fork): the child then took
+    the parent's connections and answered them itself. In the child there is no hub: it blocks,
+    and every request meanwhile is answered by the worker."""
+    server = spawn("-s", "1", "-t", "0", "memsafety_apps.green_fork")
+    pid = get(server.port, "/pid")
+    assert get(server.port, "/fork") == pid
+    answered_by = {get(server.port, "/pid", timeout=5) for _ in range(200)}
+    assert answered_by == {pid}, f"answered by {answered_by}, the worker is {pid!r}"
+
+
 def sees_close(s: socket.socket, seconds: float) -> bool:
     """Whether the server's close (EOF, or a reset) reaches the client within seconds."""
     s.settimeout(seconds)

@@ -8,12 +8,16 @@ during a later request and says what happened; ``/pid`` names the worker.
 ``fork``: ``/fork`` forks a child that sleeps holding copies of every socket, as an app that
 uses os.fork() or multiprocessing's fork start method does; ``/n`` answers a short body.
 
+``green_fork``: ``/fork`` forks a child that sleeps with ``time.sleep``, which green mode patches,
+then exits; every other path answers the pid of the process that answered.
+
 ``clearing_status``: the status is a str subclass whose comparison empties the list the app
 returned, so that the body in it is freed while the server compares the head with the last one.
 """
 
 import ctypes
 import os
+import time
 
 KEPT: list = []
 
@@ -51,6 +55,18 @@ def fork(environ, start_response):
         body = str(os.getpid()).encode()
     else:
         body = b"n" * 100
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def green_fork(environ, start_response):
+    if environ["PATH_INFO"] == "/fork":
+        if os.fork() == 0:
+            try:
+                time.sleep(2)   # green mode's patched sleep: must block this child only
+            finally:
+                os._exit(0)
+    body = str(os.getpid()).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 
