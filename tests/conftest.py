@@ -69,6 +69,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def read_response(f) -> tuple[bytes, bytes]:
+    """(head, body) of one Content-Length response from a socket's file."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        line = f.readline()
+        if not line:
+            raise ConnectionError(f"closed after {head!r}")
+        head += line
+    length = int(next(v for k, _, v in (h.partition(b": ") for h in head.split(b"\r\n"))
+                      if k.lower() == b"content-length"))
+    body = f.read(length)
+    assert len(body) == length, "short body"
+    return head, body
+
+
 def http_request(port: int, path: str = "/", method: str = "GET", timeout: float = 5.0,
                  host: str = "127.0.0.1", headers: dict[str, str] | None = None,
                  body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:

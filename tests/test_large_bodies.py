@@ -14,27 +14,12 @@ import threading
 import time
 
 import pytest
-from conftest import APPS
+from conftest import APPS, read_response
 
 sys.path.insert(0, str(APPS))
 from lend_app import body_of  # the app's own generator: one definition of the bytes
 
 MODES = ["4", "0"]
-
-
-def read_response(f) -> tuple[bytes, bytes]:
-    """(head, body) of one Content-Length response from a socket's file."""
-    head = b""
-    while not head.endswith(b"\r\n\r\n"):
-        line = f.readline()
-        if not line:
-            raise ConnectionError(f"closed after {head!r}")
-        head += line
-    length = int(next(v for k, _, v in (h.partition(b": ") for h in head.split(b"\r\n"))
-                      if k.lower() == b"content-length"))
-    body = f.read(length)
-    assert len(body) == length, "short body"
-    return head, body
 
 
 def sizes(rng: random.Random, n: int) -> list[int]:

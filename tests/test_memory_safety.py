@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import APPS
+from conftest import APPS, read_response
 
 from spawning.server import backend_name
 
@@ -28,21 +28,6 @@ from memsafety_apps import body_of  # the app's own bodies: one definition of th
 
 MODES = ["4", "0"]
 PATHS = {"c": {}, "python": {"SPAWNING_NO_PYFAST": "1"}}
-
-
-def read_response(f) -> tuple[bytes, bytes]:
-    """(head, body) of one Content-Length response from a socket's file."""
-    head = b""
-    while not head.endswith(b"\r\n\r\n"):
-        line = f.readline()
-        if not line:
-            raise ConnectionError(f"closed after {head!r}")
-        head += line
-    length = int(next(v for k, _, v in (h.partition(b": ") for h in head.split(b"\r\n"))
-                      if k.lower() == b"content-length"))
-    body = f.read(length)
-    assert len(body) == length, "short body"
-    return head, body
 
 
 def get(port: int, path: str, timeout: float = 10.0) -> bytes:
