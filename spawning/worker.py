@@ -396,7 +396,7 @@ class Worker:
             limit_reached = getattr(self.server, "retiring", None)
             served = getattr(self.server, "requests", None)
             if limit_reached is None and served is not None:
-                limit_reached = lambda: served() >= self.max_requests  # noqa: E731
+                limit_reached = lambda: served() >= self.max_requests
         while True:
             if limit_reached is not None and limit_reached():
                 limit_reached = None
@@ -490,7 +490,7 @@ class Worker:
         if unlisten is not None and not self.stopping:
             try:
                 unlisten()
-            except Exception:  # noqa: BLE001 - the controller stops listening anyway
+            except Exception:   # the controller stops listening anyway
                 log.exception("worker %d: taking in the listen queue failed", os.getpid())
         self.send({"t": "unlistened"})
         if self.draining:

@@ -327,7 +327,8 @@ def _start_response(self: Any, status: str, headers: list, exc_info: Any = None)
 # (so that one build tests both paths).
 FAST = not os.environ.get("SPAWNING_NO_PYFAST") and lib.sp_py_setup() == 0
 if FAST:
-    from ._core import ResponseBase as _ResponseBase, Runner   # type: ignore[attr-defined]
+    from ._core import ResponseBase as _ResponseBase  # type: ignore[attr-defined]
+    from ._core import Runner  # type: ignore[attr-defined]
 else:
     Runner = None
 
