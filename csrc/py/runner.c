@@ -504,8 +504,8 @@ fail:
  *
  * The one cache of the request path, and C's alone: a keep-alive client repeating its request
  * byte for byte (the core tells by the code: a repeat code, sp.h) gets a copy of the environ its
- * connection's last full request got, kept when that code said SP_CODE_KEEP. A dict copy costs a
- * third of making the environ anew; requests that differ (a browser's) never use it. */
+ * connection's first repeat got. A dict copy costs a third of making the environ anew; requests
+ * that differ (a browser's) never use it, and a connection idle after one request keeps none. */
 static PyObject *request_env(Runner *self, long long code, PyObject *code_obj, int *has_body)
 {
     if (!(code & SP_CODE_FULL)) {
@@ -528,25 +528,29 @@ static PyObject *request_env(Runner *self, long long code, PyObject *code_obj, i
     if (env == NULL)
         return NULL;
     *has_body = r->body != 0;
-    if (!(code & SP_CODE_KEEP))
+    PyObject *key = NULL, *kept = NULL;
+    if (code & SP_CODE_FULL) {
+        if (!(code & SP_CODE_KEEP))
+            return env;
+        /* A new head on the connection: what was kept for its last one goes. */
+        key = PyLong_FromLongLong(SP_CODE_REPEAT | (code >> SP_CODE_SLOT_SHIFT & SP_CODE_REPEAT_MASK));
+        if (key == NULL || forget(self->conn_envs, key) < 0 || forget(self->body_envs, key) < 0)
+            goto fail;
+        Py_DECREF(key);
         return env;
-    /* Kept for the connection's repeats under their code; its last request's goes first, so
-     * that a failure half-way never leaves an earlier connection's environ under the number. */
-    PyObject *ckey = PyLong_FromLongLong(SP_CODE_REPEAT | (code >> SP_CODE_SLOT_SHIFT & SP_CODE_REPEAT_MASK));
+    }
+    /* The connection repeated its request: kept for the repeats after this one. Kept only once
+     * a request repeats, so that a connection that goes idle after one request holds nothing. */
     PyObject *envs = *has_body ? self->body_envs : self->conn_envs;
-    PyObject *kept = NULL;
-    if (ckey == NULL || forget(self->conn_envs, ckey) < 0 || forget(self->body_envs, ckey) < 0)
-        goto fail;
     if (PyDict_Size(envs) >= CONN_ENVS_MAX)
         PyDict_Clear(envs);
-    if ((kept = PyDict_Copy(env)) == NULL || PyDict_SetItem(envs, ckey, kept) < 0)
+    if ((kept = PyDict_Copy(env)) == NULL || PyDict_SetItem(envs, code_obj, kept) < 0)
         goto fail;
     Py_DECREF(kept);
-    Py_DECREF(ckey);
     return env;
 fail:
     Py_XDECREF(kept);
-    Py_XDECREF(ckey);
+    Py_XDECREF(key);
     Py_DECREF(env);
     return NULL;
 }
