@@ -11,7 +11,7 @@
  *      str per value; a trusted proxy's headers then rewrite it (spawning.forwarded), only when
  *      the head carries one. The one cache of the path is here, and C's alone: a keep-alive
  *      client repeating its request byte for byte gets a copy of the environ its connection's
- *      last request got (request_env).
+ *      first repeat got (request_env).
  *   2. The app, called with a ResponseBase's start_response (C members for the per-request
  *      state; wsgi.Response adds write() and the rest in Python).
  *   3. The answer: a list of one bytes object in one crossing (sp_code_answer: head, body and
