@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
