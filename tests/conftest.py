@@ -54,6 +54,34 @@ UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
 # For tests whose point is a bound on the worker's memory.
 rss_bound = pytest.mark.skipif(UNDER_ASAN, reason="under ASan, RSS holds its quarantine of freed memory")
 
+# Under ASan/UBSan the server runs several times slower; time limits in tests are multiplied by this
+# (SPAWNING_TEST_TIME_SCALE overrides it, for a slow machine).
+TIME_SCALE = float(os.environ.get("SPAWNING_TEST_TIME_SCALE") or (4.0 if UNDER_ASAN else 1.0))
+
+
+def scaled(seconds: float) -> float:
+    """A test's time limit, scaled for the sanitizer build (see TIME_SCALE)."""
+    return seconds * TIME_SCALE
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01,
+               what: str = "") -> Any:
+    """Poll ``predicate`` until it returns a true value, and return that value.
+
+    The way a test waits for something to happen, instead of a fixed ``sleep``: it returns as soon
+    as the condition holds and fails with AssertionError after ``timeout`` seconds (scaled under
+    ASan), naming ``what`` it waited for.
+    """
+    deadline = time.monotonic() + scaled(timeout)
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {scaled(timeout):.1f} s waiting for "
+                                 f"{what or getattr(predicate, '__name__', 'a condition')}")
+        time.sleep(interval)
+
 
 def foreign_env(**extra: str) -> dict[str, str]:
     """The environment for a tool that is not the server: without the sanitizer preload."""
