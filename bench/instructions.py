@@ -29,6 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER = r'''
 import signal, socket, sys
 sys.path.insert(0, {root!r})
+from spawning.config import Settings
 from spawning.server import Server
 
 def hello(environ, start_response):
@@ -53,7 +54,7 @@ s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", 0))
 s.listen(1024)
-srv = Server(app, {{"threads": {threads}, "access_log_file": "/dev/null"}}, [s])
+srv = Server(app, Settings(threads={threads}, processes=1, access_log_file="/dev/null"), [s])
 signal.signal(signal.SIGTERM, lambda *a: srv.stop())
 with open({portfile!r}, "w") as f:
     f.write(str(s.getsockname()[1]))

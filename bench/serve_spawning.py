@@ -9,7 +9,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from spawning.server import Server  # noqa: E402
+from spawning.config import Settings
+from spawning.server import Server
 
 
 def main() -> None:
@@ -26,7 +27,7 @@ def main() -> None:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("127.0.0.1", port))
     s.listen(4096)
-    Server(app, {"threads": threads, "access_log_file": "/dev/null"}, [s]).serve()
+    Server(app, Settings(threads=threads, processes=1, access_log_file="/dev/null"), [s]).serve()
 
 
 if __name__ == "__main__":

@@ -124,6 +124,9 @@ int sp_parse_proxy(const char *buf, size_t len, sp_proxy_addr *out);
 
 typedef struct sp_server sp_server;
 
+/* Python (spawning.server.make_core_config) fills every field from its Settings, whose defaults
+ * live in spawning/config/options.py only; C has no defaults of its own for these but the
+ * parser's (sp_limits.h, SP_DEFAULT_MAX_CHUNK_EXT), for C callers that pass zeros. */
 typedef struct sp_config {
     sp_limits limits;
     int64_t max_body_size;       /* -1 for no limit; over it: 413 */

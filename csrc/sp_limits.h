@@ -4,6 +4,8 @@
  * "limits.h" would shadow the system <limits.h> for every file that includes it.
  *
  * Each default cites the precedent it follows. A zero field in sp_limits means "use the default".
+ * These defaults serve C callers (the C tests and fuzzers, which pass zeros): Python passes every
+ * limit from its options table (spawning/config/options.py), the server's one place for them.
  */
 #ifndef SP_LIMITS_H
 #define SP_LIMITS_H

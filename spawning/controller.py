@@ -82,6 +82,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import sockets as sockets_mod
+from .config import Settings
 from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, WORKER_BOOT_ERROR, Halt
 from .reloader import Reloader, invalidate_bytecode
 from .worker import LineBuffer, Worker, encode, import_object, set_process_title
@@ -333,13 +334,14 @@ class Controller:
 
     def __init__(self, args: dict[str, Any], config: dict[str, Any]) -> None:
         self.args = args
-        self.config = config
-        self.num_workers = int(config.get("processes") or 1)
+        self.config = config  # the factory's config: app_factory (--preload) and the status page read it
+        self.settings = settings = Settings.from_config(config)
+        self.num_workers = settings.processes
         # 0 = no limit: a draining worker may finish its requests however long they take.
-        self.graceful_timeout = float(config.get("graceful_timeout", 30.0) or 0.0)
-        self.timeout = float(config.get("timeout", 30.0) or 0.0)
-        self.green = int(config.get("threads", 4) or 0) == 0
-        self.shutdown_delay = float(config.get("shutdown_delay") or 0.0)
+        self.graceful_timeout = settings.graceful_timeout
+        self.timeout = settings.timeout
+        self.green = settings.threads == 0
+        self.shutdown_delay = settings.shutdown_delay
         #: After a SIGTERM under --shutdown-delay: when the drain starts (monotonic), else None.
         self.delay_until: float | None = None
         self._unready = False                    # the workers were told the server shuts down
@@ -374,7 +376,7 @@ class Controller:
         self._timers: list[list[Any]] = []  # [interval, next_due, callback]
         self._exit_hooks: list[Callable[[], None]] = []
         self._wake_r = self._wake_w = -1
-        self._pidfile: Pidfile | None = Pidfile(config["pidfile"]) if config.get("pidfile") else None
+        self._pidfile: Pidfile | None = Pidfile(settings.pidfile) if settings.pidfile else None
         self._unix_paths: list[str] = []
         self._last_memory_sample = 0.0
         self._memory_reload_after = 0.0   # no --max-memory reload before this (see above)
@@ -384,9 +386,9 @@ class Controller:
         self._active_target = self.num_workers   # see _start_generation
         self.preloaded_app: Any = None   # --preload: the app, imported before forking
         self.reloader: Reloader | None = None
-        if config.get("reload") == "dev":
+        if settings.reload == "dev":
             self.reloader = Reloader()
-            self.reloader.add(os.path.abspath(p) for p in config.get("watch") or [])
+            self.reloader.add(os.path.abspath(p) for p in settings.watch)
 
     # ---- public API for components (status service) ------------------------------------------------
 
@@ -424,7 +426,7 @@ class Controller:
                        if isinstance(v, (str, int, float, bool, type(None), list))}
         # --env values are often credentials (DATABASE_URL=...): the status page names them only.
         safe_config["env"] = [f"{str(pair).partition('=')[0]}=(hidden)"
-                              for pair in self.config.get("env") or []]
+                              for pair in self.settings.env]
         return {
             "pid": self.pid,
             "started_at": self.started_at,
@@ -450,24 +452,24 @@ class Controller:
         """Runs the server until it is shut down; returns the exit code (or raises ``Halt``)."""
         if self._pidfile:
             self._pidfile.check()
-        self.listeners = sockets_mod.bind_all(self.config)
+        self.listeners = sockets_mod.bind_all(self.settings)
         self.addresses = [sockets_mod.describe(s) for s in self.listeners]
         self._unix_paths = sockets_mod.unix_paths(self.listeners)
-        if self.config.get("daemonize"):
-            daemonize(self.config.get("stdout"), self.config.get("stderr"))
+        if self.settings.daemonize:
+            daemonize(self.settings.stdout, self.settings.stderr)
             self.pid = os.getpid()
         try:
             if self._pidfile:
                 self._pidfile.create(self.pid)
-            drop_privileges(self.config.get("user"), self.config.get("group"))
+            drop_privileges(self.settings.user, self.settings.group)
             self._install_signals()
-            app = self.config.get("app")
+            app = self.settings.extra.get("app")
             set_process_title(f"spawning: controller [{app}]" if app else "spawning: controller")
             if self.reloader is not None and self.reloader.fileno() is not None:
                 self._selector.register(self.reloader.fileno(), selectors.EVENT_READ,  # type: ignore
                                         self.reloader.on_readable)
             self._attach_components()
-            if self.config.get("preload"):
+            if self.settings.preload:
                 self._preload()
             # "listening on" waits for the first generation (_promote_pending): an app that cannot
             # load then reads as a failed start, not as a start and a death.
@@ -487,7 +489,7 @@ class Controller:
         from .errors import AppLoadError
         from .worker import load_app
 
-        if self.green and not self.config.get("no_monkey_patch"):
+        if self.green and not self.settings.no_monkey_patch:
             log.warning("--preload with --threads 0: the app is imported before the worker patches "
                         "the standard library; what a module bound at import (from socket import "
                         "socket) stays blocking")
@@ -497,13 +499,13 @@ class Controller:
         except AppLoadError as exc:
             log.debug("the application failed to load", exc_info=True)
             raise Halt(EXIT_USAGE, f"spawning: {exc}") from None
-        log.info("preloaded %s in the controller in %.2f s", self.config.get("app") or "the app",
+        log.info("preloaded %s in the controller in %.2f s", self.settings.extra.get("app") or "the app",
                  time.monotonic() - started)
 
     def _attach_components(self) -> None:
-        wanted = [(key, target) for key, target in COMPONENTS if self.config.get(key)]
+        wanted = [(key, target) for key, target in COMPONENTS if getattr(self.settings, key)]
         # A factory may add its own: config["components"] = ["module:attach", ...].
-        wanted += [("components", target) for target in self.config.get("components") or []]
+        wanted += [("components", target) for target in self.settings.extra.get("components") or []]
         for key, target in wanted:
             try:
                 attach = import_object(target)
@@ -729,9 +731,9 @@ class Controller:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         close_fds = self._controller_fds(child_end) + [parent_end.fileno()]
         max_requests = 0
-        if self.config.get("max_requests"):
-            jitter = int(self.config.get("max_requests_jitter") or 0)
-            max_requests = int(self.config["max_requests"]) + random.randint(0, jitter)
+        if self.settings.max_requests:
+            jitter = self.settings.max_requests_jitter
+            max_requests = self.settings.max_requests + random.randint(0, jitter)
         sys.stdout.flush()
         sys.stderr.flush()
         try:
@@ -835,7 +837,7 @@ class Controller:
             log.info("spawning %s: listening on %s, %d process%s x %s", self.pid,
                      ", ".join(self.addresses), self.num_workers, "" if self.num_workers == 1 else "es",
                      "green threads" if self.green else
-                     f"{self.config.get('threads')} thread{'' if self.config.get('threads') == 1 else 's'}")
+                     f"{self.settings.threads} thread{'' if self.settings.threads == 1 else 's'}")
         else:
             self.reloads += 1
             self.last_restart_reason = self.pending_reason
@@ -1102,8 +1104,8 @@ class Controller:
                 w.memory = w.rss = None
 
     def _check_memory(self, now: float) -> None:
-        limit_total = float(self.config.get("max_memory") or 0) * MB
-        limit_worker = float(self.config.get("max_worker_memory") or 0) * MB
+        limit_total = self.settings.max_memory * MB
+        limit_worker = self.settings.max_worker_memory * MB
         interval = MEMORY_INTERVAL if (limit_total or limit_worker) else MEMORY_INTERVAL_IDLE
         if now - self._last_memory_sample < interval:
             return
@@ -1144,7 +1146,7 @@ class Controller:
                     "workers under that; raise the limit", what, option, limit / MB)
 
     def _check_age(self, now: float) -> None:
-        max_age = float(self.config.get("max_age") or 0)
+        max_age = self.settings.max_age
         if max_age and self.pending_gen is None and self.gen_ready_at is not None \
                 and now - self.gen_ready_at >= max_age:
             self.gen_ready_at = None  # one reload per generation (a failed one re-arms it)

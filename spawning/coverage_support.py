@@ -104,7 +104,7 @@ def attach(controller: Any) -> None:
     controller.coverage = Run.from_args(controller.args)
     controller.at_exit(lambda: shutil.rmtree(reports, ignore_errors=True))
     log.info("--coverage: workers record coverage; the report is at %s/ on the app port%s", PREFIX,
-             " and the status port" if controller.config.get("status_port") else "")
+             " and the status port" if controller.settings.status_port else "")
 
 
 # ---- the worker's side: measuring ----------------------------------------------------------------------
@@ -150,11 +150,14 @@ class WorkerCoverage:
 
 def start(args: dict[str, Any]) -> WorkerCoverage | None:
     """Starts measuring in a freshly forked worker when ``--coverage`` is on (else returns None)."""
+    from .config import Settings
+
+    settings = Settings.from_config(args)
     run = Run.from_args(args)
-    if not args.get("coverage") or run is None:
+    if not settings.coverage or run is None:
         return None
     try:
-        return WorkerCoverage(run, green=int(args.get("threads", 4) or 0) == 0)
+        return WorkerCoverage(run, green=settings.threads == 0)
     except Exception as exc:  # noqa: BLE001 - no coverage is better than no worker
         log.warning("--coverage: cannot start coverage: %s", exc)
         return None

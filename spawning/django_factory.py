@@ -23,6 +23,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from .config import Settings
 from .errors import AppLoadError, ConfigError
 from .wsgi_factory import apply_middleware, check_spec
 
@@ -64,7 +65,7 @@ def find_module(name: str) -> str | None:
 
 def config_factory(args: dict[str, Any]) -> dict[str, Any]:
     """``args['args']`` is ``SETTINGS_MODULE [middleware ...]``; returns the config."""
-    positional = list(args.get("args") or [])
+    positional = list(Settings.from_config(args).args)
     if not positional:
         raise ConfigError("no Django settings module given (for example: spawning --factory="
                           "spawning.django_factory.config_factory mysite.settings)")

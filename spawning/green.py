@@ -1371,9 +1371,8 @@ def _run_hub(hub: Hub, wakeup_fd: int) -> None:
         _hub = None
 
 
-def _timeout(value: Any, default: float) -> float | None:
+def _timeout(seconds: float) -> float | None:
     """A configured timeout in seconds: None (no limit) for 0, as everywhere else."""
-    seconds = default if value is None else float(value)
     return seconds if seconds > 0 else None
 
 
@@ -1382,10 +1381,9 @@ def serve(server: Any) -> None:
     from . import wsgi
 
     check_app_compat()
-    cfg = server.config
+    settings = server.settings
     hub = Hub(server._srv, server._finished)
-    waiter = GreenRequestWaiter(hub, _timeout(cfg.get("body_timeout"), 60.0),
-                                _timeout(cfg.get("send_timeout"), 60.0))
+    waiter = GreenRequestWaiter(hub, _timeout(settings.body_timeout), _timeout(settings.send_timeout))
     hub.handle = wsgi.make_handler(server.app, server._srv, server.base_envs, waiter, server.access_log,
                                    forwarded=getattr(server, "forwarded", None))
     for fn in getattr(server, "hub_tasks", ()):   # they start once the hub runs
@@ -1399,9 +1397,10 @@ def serve(server: Any) -> None:
 def run(fn: Callable, *args: Any, **kw: Any) -> Any:
     """Runs ``fn(*args, **kw)`` as a green thread on a hub of its own (a C loop with no listener)
     until it returns; returns its result. For scripts and tests."""
+    from .config import Settings
     from .server import make_core_config
 
-    cfg = make_core_config({})
+    cfg = make_core_config(Settings())
     srv = lib.sp_server_new(cfg)
     if srv == ffi.NULL:
         raise OSError(ffi.errno, "cannot create the event loop")

@@ -36,7 +36,9 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import config as config_mod
+from .config import Settings
+from .config import options as config_options
+from .config import sources as config_sources
 from .errors import EXIT_USAGE, AppLoadError, ConfigError
 
 log = logging.getLogger("spawning")
@@ -153,7 +155,7 @@ def given_options(args: Mapping[str, Any]) -> set[str]:
     recorded = args.get(GIVEN_KEY)
     if recorded is not None:
         return set(recorded)
-    base = config_mod.defaults()
+    base = config_options.defaults()
     return {name for name, value in base.items() if name in args and args[name] != value}
 
 
@@ -168,7 +170,7 @@ def server_options(loader: Any, args: Mapping[str, Any], name: str = "main") -> 
         if key.replace("-", "_") in _NOT_SERVER_SETTINGS:
             raise ConfigError(f"{where}: {key!r} is not a server setting")
     try:
-        merged = config_mod.from_mapping(settings, base=args, ignore_unknown=foreign)
+        merged = config_sources.from_mapping(settings, base=args, ignore_unknown=foreign)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     if foreign:  # the section belongs to another server (use = egg:waitress...): take what we know
@@ -183,11 +185,11 @@ def server_options(loader: Any, args: Mapping[str, Any], name: str = "main") -> 
 
 
 def _build(args: dict[str, Any], read_server: bool) -> dict[str, Any]:
-    path, app_name, global_conf = parse_target(list(args.get("args") or []))
+    path, app_name, global_conf = parse_target(list(Settings.from_config(args).args))
     loader = load_ini(path, global_conf)
     check_app_section(loader, app_name)
     config = server_options(loader, args) if read_server else dict(args)
-    watch = list(config.get("watch") or [])
+    watch = list(Settings.from_config(config).watch)
     if path not in watch:
         watch.append(path)
     config.update(watch=watch, app=f"{path}#{app_name}", paste_ini=path, paste_app=app_name,
@@ -254,15 +256,15 @@ def settings_to_argv(settings: Mapping[str, Any], where: str) -> list[str]:
         if key.replace("-", "_") in _NOT_SERVER_SETTINGS:
             raise ConfigError(f"{where}: {key!r} is not a server setting")
     try:
-        config_mod.from_mapping(settings)
+        config_sources.from_mapping(settings)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     argv: list[str] = []
     for key, raw in settings.items():
-        opt = config_mod.option(key)
+        opt = config_options.option(key)
         flag = opt.flags[-1]
         if opt.kind == "flag":
-            if config_mod.boolean(raw):
+            if config_options.boolean(raw):
                 argv.append(flag)
         elif opt.kind == "append":
             for item in (raw.split() if isinstance(raw, str) else list(raw)):
@@ -374,7 +376,7 @@ def _serve_loaded(wsgi_app: Callable[..., Any], settings: Mapping[str, Any]) -> 
     from .errors import Halt
 
     _loaded_app = wsgi_app
-    options = config_mod.from_mapping(settings)
+    options = config_sources.from_mapping(settings)
     options["factory"] = "spawning.paste_factory.loaded_config_factory"
     setup_logging(options["log_level"])
     log.warning("egg:Spawning without an ini file: workers are forked from the application already "

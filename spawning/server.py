@@ -23,6 +23,7 @@ from typing import Any
 
 from . import sockets, wsgi
 from ._core import ffi, lib
+from .config import Settings
 from .forwarded import ProxyTrust
 
 log = logging.getLogger("spawning")
@@ -40,61 +41,59 @@ def backend_name() -> str:
     return ffi.string(lib.sp_backend_name()).decode()
 
 
-def _ms(seconds: float | None, default: float) -> int:
+def _ms(seconds: float) -> int:
     """A timeout in whole milliseconds for the core, where 0 means off (as on the command line): a
     positive one never rounds down to 0."""
-    if seconds is None:
-        seconds = default
     ms = float(seconds) * 1000
     return max(1, int(ms)) if ms > 0 else 0
 
 
-def make_core_config(config: dict) -> Any:
-    """Fills an ``sp_config`` from the config dict (the keys of spawning.config)."""
+def make_core_config(settings: Settings) -> Any:
+    """Fills an ``sp_config`` from the settings (every field: the C defaults are for C callers)."""
     c = ffi.new("sp_config *")
     lim = c.limits
-    lim.max_request_line = int(config.get("limit_request_line") or 8190)
-    lim.max_field_size = int(config.get("limit_request_field_size") or 8190)
-    lim.max_head_size = int(config.get("max_head_size") or 65536)
-    lim.max_headers = int(config.get("limit_request_fields") or 100)
-    body = config.get("max_body_size", 1 << 30)
-    c.max_body_size = -1 if not body else int(body)
-    c.max_connections = int(config.get("max_connections") or 10000)
-    c.header_timeout_ms = _ms(config.get("header_timeout"), 10)
-    c.keepalive_timeout_ms = _ms(config.get("keepalive_timeout"), 5)
-    c.send_timeout_ms = _ms(config.get("send_timeout"), 60)
-    c.body_timeout_ms = _ms(config.get("body_timeout"), 60)
-    c.keepalive = 0 if config.get("no_keepalive") else 1
-    c.max_chunk_ext = int(config.get("limit_chunk_extension") or 4096)
+    lim.max_request_line = settings.limit_request_line
+    lim.max_field_size = settings.limit_request_field_size
+    lim.max_head_size = settings.max_head_size
+    lim.max_headers = settings.limit_request_fields
+    body = settings.max_body_size
+    c.max_body_size = -1 if not body else body
+    c.max_connections = settings.max_connections
+    c.header_timeout_ms = _ms(settings.header_timeout)
+    c.keepalive_timeout_ms = _ms(settings.keepalive_timeout)
+    c.send_timeout_ms = _ms(settings.send_timeout)
+    c.body_timeout_ms = _ms(settings.body_timeout)
+    c.keepalive = 0 if settings.no_keepalive else 1
+    c.max_chunk_ext = settings.limit_chunk_extension
     # Corking trades a little latency for far fewer client wake-ups. With one app thread nothing
     # would flush a held response while that thread runs a slow request, so it stays off there.
-    c.cork = 0 if int(config.get("threads", 4)) == 1 else 1
+    c.cork = 0 if settings.threads == 1 else 1
     # Thread mode: each answer takes the thread's next queued request in the same crossing.
     # Green mode's hub takes whole batches instead (and fd events, which an answer must not).
-    c.chain = 0 if int(config.get("threads", 4)) == 0 else 1
+    c.chain = 0 if settings.threads == 0 else 1
     # --max-requests, as the worker was given it (with its jitter): the core counts requests as
     # they go to the app and drains itself at the limit.
-    c.max_requests = int(config.get("max_requests") or 0)
+    c.max_requests = settings.max_requests
     return c
 
 
 class Server:
     """One worker's HTTP server over already bound, listening sockets."""
 
-    def __init__(self, app: Callable, config: dict, listeners: list) -> None:
+    def __init__(self, app: Callable, settings: Settings, listeners: list) -> None:
         self.app = app
-        self.config = config
+        self.settings = settings
         self.listeners = listeners
-        self.threads = int(config.get("threads", 4))
+        self.threads = settings.threads
         if self.threads == 0:   # the app is loaded now: refuse gevent/eventlet as a boot error
             from . import green
             green.check_app_compat()
-        self._core_cfg = make_core_config(config)
+        self._core_cfg = make_core_config(settings)
         # --no-server-header: an empty value is no header at all (csrc/sp.h).
-        self._server_header = ffi.new("char[]", b"" if config.get("no_server_header") else SERVER_HEADER)
+        self._server_header = ffi.new("char[]", b"" if settings.no_server_header else SERVER_HEADER)
         self._core_cfg.server_header = self._server_header
-        self._core_cfg.proxy_listeners = sockets.proxy_listeners(config, len(listeners))
-        self.forwarded = ProxyTrust(config.get("forwarded_allow_ips"), config.get("forwarded_host"))
+        self._core_cfg.proxy_listeners = sockets.proxy_listeners(settings, len(listeners))
+        self.forwarded = ProxyTrust(settings.forwarded_allow_ips, settings.forwarded_host)
         srv = lib.sp_server_new(self._core_cfg)
         if srv == ffi.NULL:
             raise OSError(ffi.errno, "cannot create the server loop")
@@ -106,9 +105,9 @@ class Server:
                 name = sock.getsockname()
             except OSError:
                 name = ("", 0)
-            self.base_envs.append(wsgi.base_environ(name, sock.family, config))
-        self.access_log = wsgi.AccessLog(config.get("access_log_file", "-"),
-                                         config.get("access_log_format"))
+            self.base_envs.append(wsgi.base_environ(name, sock.family, settings))
+        self.access_log = wsgi.AccessLog(settings.access_log_file,
+                                         settings.access_log_format)
         self._count_buf = ffi.new("sp_stats *")
         self._draining = False
         self._stopping = False
@@ -135,7 +134,7 @@ class Server:
         self._draining = True
         lib.sp_server_drain(self._srv)
         lib.sp_server_wakeup(self._srv)
-        grace = float(self.config.get("stream_grace", 5.0) or 0.0)
+        grace = self.settings.stream_grace
         if self.threads == 0 and grace > 0:   # 0: off, as every other timeout
             # Requests still running --stream-grace seconds from now (SSE streams, long polls)
             # get GeneratorExit rather than hold the worker until --graceful-timeout.
@@ -214,7 +213,7 @@ class Server:
             self._serve_threads()
 
     def _serve_threads(self) -> None:
-        body_ms = _ms(self.config.get("body_timeout"), 60)
+        body_ms = _ms(self.settings.body_timeout)
         waiter = wsgi.ThreadWaiter(self._srv, body_ms if body_ms > 0 else -1)   # 0: off, no limit
         handle = wsgi.make_handler(self.app, self._srv, self.base_envs, waiter, self.access_log,
                                    threads=self.threads, poll_ms=POLL_MS, forwarded=self.forwarded)

@@ -27,9 +27,12 @@ import socket
 import stat
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import EXIT_FAILURE, ConfigError, Halt
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 log = logging.getLogger("spawning")
 
@@ -110,27 +113,26 @@ def parse_address(text: str) -> Address:
     return Address("tcp", host=host or "0.0.0.0", port=port)
 
 
-def addresses_from_config(config: dict[str, Any]) -> list[Address]:
+def addresses_from_config(settings: Settings) -> list[Address]:
     """The addresses to listen on: ``--bind`` values if any, else ``--host``/``--port``."""
-    binds = config.get("bind") or []
-    if binds:
-        return [b if isinstance(b, Address) else parse_address(b) for b in binds]
-    host = config.get("host") or "127.0.0.1"
+    if settings.bind:
+        return [b if isinstance(b, Address) else parse_address(b) for b in settings.bind]
+    host = settings.host
     if host.startswith("unix:"):
         return [parse_address(host)]
-    return [Address("tcp", host=host.strip("[]"), port=int(config.get("port", 8080)))]
+    return [Address("tcp", host=host.strip("[]"), port=settings.port)]
 
 
-def proxy_listeners(config: dict[str, Any], count: int) -> int:
+def proxy_listeners(settings: Settings, count: int) -> int:
     """The bit mask of listeners (by index, as ``bind_all`` returns them) whose connections start
     with a PROXY preamble: all with ``--proxy-protocol``, else those bound as ``proxy://``.
     Sockets from systemd follow only ``--proxy-protocol`` (no address names them)."""
-    if config.get("proxy_protocol"):
+    if settings.proxy_protocol:
         return (1 << min(count, 64)) - 1
     mask = 0
-    binds = config.get("bind") or []
+    binds = settings.bind
     if binds and len(binds) == count:
-        for i, address in enumerate(addresses_from_config(config)[:64]):
+        for i, address in enumerate(addresses_from_config(settings)[:64]):
             if address.proxy:
                 mask |= 1 << i
     return mask
@@ -240,7 +242,7 @@ def _bind_one(address: Address, backlog: int, defer_accept: int) -> socket.socke
     return sock
 
 
-def bind_all(config: dict[str, Any], sleep: Any = time.sleep) -> list[socket.socket]:
+def bind_all(settings: Settings, sleep: Any = time.sleep) -> list[socket.socket]:
     """Binds every configured address (or adopts systemd's sockets) and returns them listening.
 
     A port in use is retried ``BIND_RETRIES`` times; then, as for any other bind failure, raises
@@ -249,11 +251,11 @@ def bind_all(config: dict[str, Any], sleep: Any = time.sleep) -> list[socket.soc
     inherited = systemd_sockets()
     if inherited:
         return inherited
-    backlog = int(config.get("backlog", 2048))
-    defer_accept = int(config.get("defer_accept", 1))
+    backlog = settings.backlog
+    defer_accept = settings.defer_accept
     socks: list[socket.socket] = []
     try:
-        for address in addresses_from_config(config):
+        for address in addresses_from_config(settings):
             for attempt in range(BIND_RETRIES + 1):
                 try:
                     socks.append(_bind_one(address, backlog, defer_accept))

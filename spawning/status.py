@@ -960,12 +960,12 @@ class StatusService:
 def attach(controller: Any) -> StatusService | None:
     """The controller's component hook: starts the service when ``--status-port`` is set and is not
     the port the application is served on."""
-    config = controller.config
-    port = int(config.get("status_port") or 0)
+    settings = controller.settings
+    port = settings.status_port
     if not port:
         return None
-    host = config.get("status_host") or config.get("host") or "127.0.0.1"
-    if port == int(config.get("port") or 0) and not config.get("bind"):
+    host = settings.status_host or settings.host
+    if port == settings.port and not settings.bind:
         log.warning("--status-port %d is the application's port: no status page", port)
         return None
     service = StatusService(controller, host, port)

@@ -61,7 +61,8 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
-from .errors import WORKER_BOOT_ERROR, AppLoadError
+from .config import Settings
+from .errors import WORKER_BOOT_ERROR, AppLoadError, ConfigError
 from .health import Readiness
 from .health import middleware as health_middleware
 
@@ -129,6 +130,34 @@ def import_object(dotted: str) -> Any:
     return obj
 
 
+def load_config(args: dict[str, Any]) -> dict[str, Any]:
+    """Runs the configured ``config_factory`` on (a copy of) the options and returns its config.
+
+    The controller calls it once at start, each worker again at boot (so a reload sees fresh
+    settings). A ``ConfigError`` the factory raises (a bad value in its file) passes through; any
+    other failure raises ``AppLoadError`` with one line (and the source files involved, so
+    ``--reload=dev`` can watch them for the fix).
+    """
+    factory_path = Settings.from_config(args).factory
+    try:
+        factory = import_object(factory_path)
+    except Exception as exc:
+        log.debug("cannot import factory %r", factory_path, exc_info=True)
+        raise AppLoadError(f"cannot import factory {factory_path!r}: {type(exc).__name__}: {exc}",
+                           _files_of(exc)) from exc
+    try:
+        config = factory(dict(args))
+    except ConfigError:
+        raise
+    except Exception as exc:
+        log.debug("factory %r failed", factory_path, exc_info=True)
+        raise AppLoadError(f"factory {factory_path!r} failed: {type(exc).__name__}: {exc}",
+                           _files_of(exc)) from exc
+    if not isinstance(config, dict):
+        raise AppLoadError(f"factory {factory_path!r} returned {type(config).__name__}, not a dict")
+    return config
+
+
 def load_app(config: dict[str, Any]) -> Any:
     """Imports and builds the application the factory's config names (its ``app_factory``); any
     failure raises ``AppLoadError`` with one line. A worker calls it after fork; the controller
@@ -172,7 +201,9 @@ class Worker:
         self.generation = generation
         self.close_fds = close_fds
         self.server: Any = None
-        self.config: dict[str, Any] = {}
+        self.config: dict[str, Any] = {}  # the factory's config, as app_factory gets it
+        # The command line's settings until the factory has run, then the factory's.
+        self.settings: Settings = Settings.from_config(args)
         self.draining = False
         self.stopping = False
         self._sent_files: set[str] = set()
@@ -231,21 +262,14 @@ class Worker:
 
     def _boot(self) -> Any:
         """Builds the config, the app and the server; returns the server or raises AppLoadError."""
-        factory_path = self.args.get("factory") or "spawning.wsgi_factory.config_factory"
         try:
-            config_factory: Callable[[dict[str, Any]], dict[str, Any]] = import_object(factory_path)
-        except Exception as exc:
-            raise AppLoadError(f"cannot import factory {factory_path!r}: "
-                               f"{type(exc).__name__}: {exc}") from exc
-        try:
-            self.config = config_factory(dict(self.args))
-        except Exception as exc:
-            raise AppLoadError(f"the factory {factory_path!r} failed: {type(exc).__name__}: {exc}",
-                               _files_of(exc)) from exc
+            self.config = load_config(self.args)
+        except ConfigError as exc:  # the factory's own file has a bad value (since the last start)
+            raise AppLoadError(str(exc)) from exc
         config = self.config
         # This worker's own limit (the controller drew its jitter): the core counts to it.
-        config["max_requests"] = self.max_requests
-        if config.get("threads") == 0 and not config.get("no_monkey_patch"):
+        self.settings = settings = Settings.from_config(config, max_requests=self.max_requests)
+        if settings.threads == 0 and not settings.no_monkey_patch:
             try:
                 self._monkey_patch()
             except Exception as exc:
@@ -257,16 +281,16 @@ class Worker:
             if self.coverage is not None:  # /_coverage on the app port, as the original had
                 from .coverage_support import middleware
                 app = middleware(app, self.coverage)
-            if config.get("health_path"):
-                app = health_middleware(app, config["health_path"], self.readiness)
+            if settings.health_path:
+                app = health_middleware(app, settings.health_path, self.readiness)
         except AppLoadError:
             raise
         except Exception as exc:
             raise AppLoadError(f"cannot load the application: {type(exc).__name__}: {exc}",
                                _files_of(exc)) from exc
         try:
-            server_class = import_object(config.get("server_class") or DEFAULT_SERVER_CLASS)
-            return server_class(app, config, self.listeners)
+            server_class = import_object(settings.extra.get("server_class") or DEFAULT_SERVER_CLASS)
+            return server_class(app, settings, self.listeners)
         except Exception as exc:
             raise AppLoadError(f"cannot start the server: {type(exc).__name__}: {exc}") from exc
 
@@ -283,7 +307,7 @@ class Worker:
             patch()
 
     def _start_coverage(self) -> Any:
-        if not self.args.get("coverage"):
+        if not self.settings.coverage:
             return None
         from .coverage_support import start
 
@@ -301,7 +325,7 @@ class Worker:
             try:
                 self.server = self._boot()
             except AppLoadError as exc:
-                if (self.config or self.args).get("log_level") == "debug":
+                if self.settings.log_level == "debug":
                     traceback.print_exc()
                 files = sorted(set(exc.files) | self._new_files())
                 self.send({"t": "boot_error", "msg": str(exc), "files": files})
@@ -332,7 +356,7 @@ class Worker:
     # -- housekeeping (a thread, or green threads on the hub) ---------------------------------------
 
     def _new_files(self) -> set[str]:
-        if (self.config or self.args).get("reload") != "dev":  # a factory's file may set it
+        if self.settings.reload != "dev":  # a factory's file may set it (self.settings is its)
             return set()
         from .reloader import module_files
 
@@ -436,7 +460,7 @@ class Worker:
             self._stop()
         elif signum in (signal.SIGTERM, signal.SIGINT):
             why = f"signal {signal.Signals(signum).name}"
-            delay = float(self.config.get("shutdown_delay") or 0)
+            delay = self.settings.shutdown_delay
             if self.draining:
                 self._stop()
             elif signum == signal.SIGTERM and delay > 0 and not self._delaying:
@@ -516,7 +540,7 @@ class Worker:
         if not cut:
             return
         why = ("still draining at SIGTERM (--graceful-timeout "
-               f"{float(self.config.get('graceful_timeout', 30)):g} s)" if self.draining
+               f"{self.settings.graceful_timeout:g} s)" if self.draining
                else "stopping at once")
         shown = ", ".join(f"{method} {path} ({age:.1f} s)" for method, path, age in cut[:CUT_SHOWN])
         more = f" and {len(cut) - CUT_SHOWN} more" if len(cut) > CUT_SHOWN else ""

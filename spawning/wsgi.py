@@ -35,9 +35,12 @@ import stat
 import sys
 from collections.abc import Callable
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._core import ffi, lib
+
+if TYPE_CHECKING:
+    from .config import Settings
 from .accesslog import AccessLog
 from .forwarded import ProxyTrust
 
@@ -787,14 +790,14 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     return handle
 
 
-def base_environ(sockname: Any, family: int, config: dict) -> dict:
+def base_environ(sockname: Any, family: int, settings: Settings) -> dict:
     """The constant part of environ for one listening socket."""
     import socket
     if family in (socket.AF_INET, socket.AF_INET6):
         host, port = sockname[0], sockname[1]
     else:
         host, port = "localhost", "0"
-    threads = int(config.get("threads", 4))
+    threads = settings.threads
     from . import __version__
     return {
         "SERVER_SOFTWARE": f"spawning/{__version__}",
@@ -805,7 +808,7 @@ def base_environ(sockname: Any, family: int, config: dict) -> dict:
         "wsgi.url_scheme": "http",
         "wsgi.errors": sys.stderr,
         "wsgi.multithread": threads != 1,   # 0: green threads run requests concurrently too
-        "wsgi.multiprocess": int(config.get("processes", 1)) > 1,
+        "wsgi.multiprocess": settings.processes > 1,
         "wsgi.run_once": False,
         "wsgi.input_terminated": True,
         "wsgi.file_wrapper": FileWrapper,

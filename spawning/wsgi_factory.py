@@ -40,6 +40,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from .config import Settings
 from .errors import AppLoadError, ConfigError
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -141,7 +142,7 @@ def load_object(spec: str) -> Any:
 def config_factory(args: dict[str, Any]) -> dict[str, Any]:
     """The default ``config_factory``: checks the application and middleware paths (without importing
     them) and names ``app_factory``."""
-    positional = list(args.get("args") or [])
+    positional = list(Settings.from_config(args).args)
     if not positional:
         raise ConfigError("no application given (for example: spawning myproject.wsgi.application)")
     for index, spec in enumerate(positional):

@@ -30,7 +30,7 @@ def test_version():
 
 
 def test_help_lists_every_option():
-    from spawning.config import OPTIONS
+    from spawning.config.options import OPTIONS
 
     result = run_cli("--help")
     assert result.returncode == 0

@@ -278,8 +278,8 @@ def test_reload_with_broken_code_keeps_the_old_generation(spawn, tmp_path: Path)
 
 def test_snapshot_describes_controller_and_workers(tmp_path: Path):
     """Controller.snapshot() is what the status service reads (in-process, no fork)."""
-    from spawning.cli import load_config
-    from spawning.config import parse_args
+    from spawning.worker import load_config
+    from spawning.config.sources import parse_args
     from spawning.controller import Controller
 
     config = load_config(parse_args(["-p", "0", "hello.application"]))

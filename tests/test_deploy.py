@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 from conftest import APPS, ROOT, free_port, http_request
 
-from spawning.config import parse_args
+from spawning.config.sources import parse_args
 from spawning.controller import KILL_AFTER
 
 DEPLOY = ROOT / "examples" / "deploy"

@@ -268,11 +268,12 @@ def core():
     from spawning._core import ffi, lib
 
     from spawning import wsgi
+    from spawning.config import Settings
     from spawning.server import make_core_config
 
     if wsgi.Runner is None:
         pytest.skip("the C path (csrc/py/runner.c) is not built or not in use")
-    cfg = make_core_config({"threads": 1})
+    cfg = make_core_config(Settings(threads=1))
     srv = ffi.gc(lib.sp_server_new(cfg), lib.sp_server_free)
     listener = socket.create_server(("127.0.0.1", 0))
     assert lib.sp_server_add_listener(srv, listener.fileno(), 0) == 0

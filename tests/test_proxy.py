@@ -227,6 +227,7 @@ def test_proxy_protocol_and_forwarded_headers_together(spawn, path_env):
 
 
 def test_bind_syntax_is_checked():
+    from spawning.config import Settings
     from spawning.errors import ConfigError
     from spawning.sockets import parse_address, proxy_listeners
     a = parse_address("proxy://[::1]:8000")
@@ -236,10 +237,10 @@ def test_bind_syntax_is_checked():
         parse_address("proxy://proxy://:80")
     with pytest.raises(ConfigError):
         parse_address("proxy://")
-    cfg = {"bind": ["127.0.0.1:1", "proxy://127.0.0.1:2", "proxy://unix:/x"]}
+    cfg = Settings.from_config(bind=["127.0.0.1:1", "proxy://127.0.0.1:2", "proxy://unix:/x"])
     assert proxy_listeners(cfg, 3) == 0b110
-    assert proxy_listeners({**cfg, "proxy_protocol": True}, 3) == 0b111
-    assert proxy_listeners({"proxy_protocol": False}, 1) == 0
+    assert proxy_listeners(cfg.replace(proxy_protocol=True), 3) == 0b111
+    assert proxy_listeners(Settings(proxy_protocol=False), 1) == 0
 
 
 def test_parser_through_cffi():

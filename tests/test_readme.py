@@ -19,7 +19,7 @@ def _tool():
 
 def test_readme_option_table_is_generated_from_the_config_table():
     tool = _tool()
-    from spawning.config import markdown_table
+    from spawning.config.options import markdown_table
     readme = (ROOT / "README.md").read_text()
     assert tool.readme_with_table(readme, markdown_table()) == readme, \
         "README.md's option table is stale: run python tools/gen_options_table.py --write"

@@ -166,7 +166,7 @@ def test_stream_grace_0_a_draining_green_worker_does_not_end_requests(spawn) -> 
 
 
 def test_timeouts_say_0_is_off_in_help() -> None:
-    from spawning.config import option
+    from spawning.config.options import option
 
     for name in ("header_timeout", "body_timeout", "send_timeout", "timeout", "max_body_size",
                  "max_memory", "max_worker_memory", "max_age", "max_requests", "status_port",

@@ -201,7 +201,7 @@ def test_help_shows_each_default_once():
     for entry in entries:
         assert entry.count("(default:") <= 1, entry
     assert "(default: --host)" in result.stdout
-    from spawning.config import OPTIONS
+    from spawning.config.options import OPTIONS
 
     for opt in OPTIONS:
         assert "default:" not in opt.help and "(default" not in opt.help, opt.name

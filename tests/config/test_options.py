@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spawning import config
+from spawning.config import options, sources
 from spawning.errors import ConfigError
 from spawning.sockets import Address, parse_address
 
@@ -12,18 +12,18 @@ REQUIRED = ["args", "factory", "host", "port", "bind", "backlog", "defer_accept"
 
 
 def test_table_has_every_setting_the_core_reads():
-    names = [opt.name for opt in config.OPTIONS]
+    names = [opt.name for opt in options.OPTIONS]
     assert len(names) == len(set(names)), "duplicate option names"
     assert set(REQUIRED) <= set(names)
-    flags = [flag for opt in config.OPTIONS for flag in opt.flags]
+    flags = [flag for opt in options.OPTIONS for flag in opt.flags]
     assert len(flags) == len(set(flags)), "duplicate flags"
-    for opt in config.OPTIONS:
-        assert opt.section in config.SECTIONS
+    for opt in options.OPTIONS:
+        assert opt.section in options.SECTIONS
         assert opt.help and opt.help[0].islower() or opt.help[0] in "'-"
 
 
 def test_defaults():
-    values = config.parse_args(["app.application"])
+    values = sources.parse_args(["app.application"])
     assert values["args"] == ["app.application"]
     assert values["port"] == 8080 and values["host"] == "127.0.0.1"
     assert values["processes"] == 4 and values["threads"] == 4
@@ -32,11 +32,11 @@ def test_defaults():
     assert values["reload"] is None and values["bind"] == [] and values["watch"] == []
     assert values["access_log_file"] == "-" and values["log_level"] == "info"
     assert values["factory"] == "spawning.wsgi_factory.config_factory"
-    assert set(values) == {opt.name for opt in config.OPTIONS}
+    assert set(values) == {opt.name for opt in options.OPTIONS}
 
 
 def test_short_flags_and_repeatables():
-    values = config.parse_args(["-s", "2", "-t", "0", "-p", "9000", "-i", "0.0.0.0", "-m", "512",
+    values = sources.parse_args(["-s", "2", "-t", "0", "-p", "9000", "-i", "0.0.0.0", "-m", "512",
                                 "-a", "60", "-l", "/dev/null", "-w", "a.ini", "-w", "b.ini",
                                 "-b", "unix:/tmp/x.sock", "-b", "[::1]:9001", "--reload=dev",
                                 "-c", "--no-keepalive", "mod.app", "mw.one", "mw.two"])
@@ -49,38 +49,38 @@ def test_short_flags_and_repeatables():
 
 
 def test_sizes_accept_suffixes():
-    assert config.size_bytes("64K") == 65536
-    assert config.size_bytes("1G") == 1 << 30
-    assert config.size_bytes("0") == 0
+    assert options.size_bytes("64K") == 65536
+    assert options.size_bytes("1G") == 1 << 30
+    assert options.size_bytes("0") == 0
     with pytest.raises(ConfigError):
-        config.size_bytes("-5")
+        options.size_bytes("-5")
     with pytest.raises(ConfigError):
-        config.size_bytes("12Q")
+        options.size_bytes("12Q")
 
 
 def test_from_mapping_reads_ini_style_settings():
-    values = config.from_mapping({"max-requests": "100", "graceful_timeout": "5", "daemonize": "yes",
+    values = sources.from_mapping({"max-requests": "100", "graceful_timeout": "5", "daemonize": "yes",
                                   "bind": "127.0.0.1:1 unix:/tmp/s", "reload": "dev"})
     assert values["max_requests"] == 100 and values["graceful_timeout"] == 5.0
     assert values["daemonize"] is True
     assert values["bind"] == ["127.0.0.1:1", "unix:/tmp/s"]
     assert values["processes"] == 4  # untouched default
     with pytest.raises(ConfigError, match="unknown setting"):
-        config.from_mapping({"no_such": "1"})
-    assert "use" not in config.from_mapping({"use": "egg:Spawning"}, ignore_unknown=True)
+        sources.from_mapping({"no_such": "1"})
+    assert "use" not in sources.from_mapping({"use": "egg:Spawning"}, ignore_unknown=True)
     with pytest.raises(ConfigError, match="setting port: invalid value 'x'"):
-        config.from_mapping({"port": "x"})
+        sources.from_mapping({"port": "x"})
     # Long flags are keys too; one-shot flags and another settings file are not settings.
-    assert config.from_mapping({"workers": "3", "keep-alive": "2"})["processes"] == 3
+    assert sources.from_mapping({"workers": "3", "keep-alive": "2"})["processes"] == 3
     with pytest.raises(ConfigError, match="command-line flag only"):
-        config.from_mapping({"print-config": "true"})
+        sources.from_mapping({"print-config": "true"})
     with pytest.raises(ConfigError, match="cannot name another"):
-        config.from_mapping({"config": "x.toml"})
+        sources.from_mapping({"config": "x.toml"})
 
 
 def test_markdown_table_covers_every_option():
-    table = config.markdown_table()
-    for opt in config.OPTIONS:
+    table = options.markdown_table()
+    for opt in options.OPTIONS:
         for flag in opt.flags:
             assert f"`{flag}`" in table
     assert "| `-p`, `--port` | `port` | `8080` |" in table
@@ -128,11 +128,11 @@ def test_gen_options_table_tool_prints_the_table():
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, str(root / "tools" / "gen_options_table.py")],
                          capture_output=True, text=True, timeout=30, cwd=str(root),
                          check=False).stdout
-    assert out.strip() == config.markdown_table().strip()
+    assert out.strip() == options.markdown_table().strip()
 
 
 def test_resolve_takes_each_option_from_the_first_source_that_sets_it(tmp_path):
@@ -140,7 +140,7 @@ def test_resolve_takes_each_option_from_the_first_source_that_sets_it(tmp_path):
     conf.write_text('processes = 2\nthreads = 8\nbacklog = 7\nenv = {A = "1", B = "x y"}\n')
     environ = {"SPAWNING_THREADS": "3", "SPAWNING_BACKLOG": "9", "SPAWNING_NO_PYFAST": "1",
                "SPAWNING_EXPECT_BACKEND": "poll", "OTHER": "x"}
-    settings = config.resolve(["--config", str(conf), "--backlog", "11", "m.app"], environ)
+    settings = sources.resolve(["--config", str(conf), "--backlog", "11", "m.app"], environ)
     assert settings.values["processes"] == 2 and settings.sources["processes"] == f"file {conf}"
     assert settings.values["threads"] == 3
     assert settings.sources["threads"] == "environment SPAWNING_THREADS"
@@ -149,13 +149,13 @@ def test_resolve_takes_each_option_from_the_first_source_that_sets_it(tmp_path):
     assert settings.values["port"] == 8080 and settings.sources["port"] == "default"
     assert settings.given() == ["args", "backlog", "config", "env", "processes", "threads"]
     with pytest.raises(ConfigError, match="^SPAWNING_THREADS: invalid value 'many'"):
-        config.resolve(["m.app"], {"SPAWNING_THREADS": "many"})
+        sources.resolve(["m.app"], {"SPAWNING_THREADS": "many"})
     with pytest.raises(ConfigError, match="SPAWNING_PROCESSES and SPAWNING_WORKERS both set"):
-        config.resolve(["m.app"], {"SPAWNING_WORKERS": "2", "SPAWNING_PROCESSES": "3"})
+        sources.resolve(["m.app"], {"SPAWNING_WORKERS": "2", "SPAWNING_PROCESSES": "3"})
 
 
 def test_help_texts_leave_the_default_to_the_table():
     """--help appends "(default: ...)" itself: a help text that says it too shows it twice."""
-    for opt in config.OPTIONS:
+    for opt in options.OPTIONS:
         assert "default:" not in opt.help and "(default" not in opt.help, opt.name
-    assert config.option("status_host").default_text == "--host"
+    assert options.option("status_host").default_text == "--host"
