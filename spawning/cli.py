@@ -36,7 +36,7 @@ def setup_logging(level: str, path: str | None = "-", fmt: str | None = "text") 
 
 
 def run_subcommand(name: str, argv: Sequence[str]) -> int:
-    from .worker import import_object
+    from .process.worker import import_object
 
     target, _ = SUBCOMMANDS[name]
     try:
@@ -72,7 +72,7 @@ def prepare_process(settings: Settings, chdir: bool = True) -> None:
 def check_app(config: dict[str, Any]) -> None:
     """``--check-config``: imports and builds the application here, as a worker would; raises
     ``Halt(2)`` with the worker's one line if it cannot."""
-    from .worker import load_app
+    from .process.worker import load_app
 
     try:
         load_app(config)
@@ -83,8 +83,8 @@ def check_app(config: dict[str, Any]) -> None:
 
 def serve(argv: Sequence[str]) -> int:
     """Parses options, builds the config and runs the controller until it stops."""
-    from .controller import Controller
-    from .worker import load_config
+    from .process.controller import Controller
+    from .process.worker import load_config
 
     resolved = sources.resolve(argv, os.environ)
     args = resolved.values
@@ -127,8 +127,8 @@ def run_server(options: dict[str, Any]) -> int:
     """Runs a server from an options dict (``options.defaults()`` / ``sources.from_mapping`` shaped),
     for callers that do not come through the command line, such as PasteDeploy's server runner.
     Returns the exit code; ``Halt`` and ``ConfigError`` propagate."""
-    from .controller import Controller
-    from .worker import load_config
+    from .process.controller import Controller
+    from .process.worker import load_config
 
     settings = Settings.from_config(options)
     setup_logging(settings.log_level, settings.error_log_file, settings.log_format)

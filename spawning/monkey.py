@@ -1,7 +1,7 @@
 """Makes the standard library cooperate with the green hub (``--threads 0``).
 
 ``patch_all()`` runs in each worker process after fork and before the application is imported
-(``spawning.worker`` calls ``spawning.green.monkey_patch``); ``--no-monkey-patch`` turns it off.
+(``spawning.process.worker`` calls ``spawning.green.monkey_patch``); ``--no-monkey-patch`` turns it off.
 Every patched call behaves exactly as before when it is not made from a green thread under the hub
 (another OS thread, or before the server runs): it then blocks its OS thread as it always did.
 

@@ -21,10 +21,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import sockets, wsgi
+from . import wsgi
 from ._core import ffi, lib
 from .config import Settings
 from .forwarded import ProxyTrust
+from .process import sockets
 
 log = logging.getLogger("spawning")
 
@@ -124,7 +125,7 @@ class Server:
         connections. Takes every connection the kernel already completed into this worker,
         whether or not a thread is free (they are then answered in turn), and only then shuts
         the listening sockets down in every process (which would reset what their queues hold)."""
-        from .sockets import stop_listening
+        from .process.sockets import stop_listening
 
         lib.sp_server_accept_pending(self._srv)
         stop_listening(self.listeners)

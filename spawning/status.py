@@ -51,7 +51,7 @@ from typing import Any
 
 from . import __version__, coverage_support
 from .errors import EXIT_FAILURE, EXIT_USAGE, Halt
-from .sockets import recv_ready
+from .process.sockets import recv_ready
 
 log = logging.getLogger("spawning")
 

@@ -87,7 +87,7 @@ def boolean(text: str | bool) -> bool:
 
 def address(text: str) -> str:
     """A ``--bind`` address, checked now so a typo is a usage error rather than a bind failure."""
-    from ..sockets import parse_address  # sockets imports nothing from here; keeps import order free
+    from ..process.sockets import parse_address  # lazily: process/ sits above config/
 
     parse_address(text)
     return str(text).strip()

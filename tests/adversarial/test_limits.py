@@ -2,7 +2,7 @@
 the request exactly at a limit is served, one byte (or field) over it gets the documented status
 and a closed connection, and the app never sees it.
 
-Limits (spawning/config.py, enforced in csrc/): --limit-request-line (414), --limit-request-field-size
+Limits (spawning/config/options.py, enforced in csrc/): --limit-request-line (414), --limit-request-field-size
 (431), --limit-request-fields (431), --max-head-size (431), --max-body-size (413, checked against
 Content-Length before any body byte is read, and while decoding a chunked body), the chunk-extension
 limit (SP_DEFAULT_MAX_CHUNK_EXT, 4 KiB: 400) and pipelining (bounded by construction: see

@@ -124,7 +124,7 @@ def test_module_imported_late_is_watched(tmp_path: Path):
 
 
 def test_reloader_polling_backend_sees_changes(tmp_path: Path):
-    from spawning.reloader import Reloader
+    from spawning.process.reloader import Reloader
 
     path = tmp_path / "f.py"
     path.write_text("x = 1\n")
@@ -141,7 +141,7 @@ def test_reloader_polling_backend_sees_changes(tmp_path: Path):
 
 
 def test_reloader_inotify_backend_sees_replacement(tmp_path: Path):
-    from spawning.reloader import Reloader
+    from spawning.process.reloader import Reloader
 
     reloader = Reloader(settle=0.05)
     if reloader.backend != "inotify":

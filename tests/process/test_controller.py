@@ -278,9 +278,9 @@ def test_reload_with_broken_code_keeps_the_old_generation(spawn, tmp_path: Path)
 
 def test_snapshot_describes_controller_and_workers(tmp_path: Path):
     """Controller.snapshot() is what the status service reads (in-process, no fork)."""
-    from spawning.worker import load_config
     from spawning.config.sources import parse_args
-    from spawning.controller import Controller
+    from spawning.process.controller import Controller
+    from spawning.process.worker import load_config
 
     config = load_config(parse_args(["-p", "0", "hello.application"]))
     snap = Controller(config, config).snapshot()

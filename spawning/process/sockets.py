@@ -29,10 +29,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import EXIT_FAILURE, ConfigError, Halt
+from ..errors import EXIT_FAILURE, ConfigError, Halt
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from ..config import Settings
 
 log = logging.getLogger("spawning")
 

@@ -61,10 +61,10 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
-from .config import Settings
-from .errors import WORKER_BOOT_ERROR, AppLoadError, ConfigError
-from .health import Readiness
-from .health import middleware as health_middleware
+from ..config import Settings
+from ..errors import WORKER_BOOT_ERROR, AppLoadError, ConfigError
+from ..health import Readiness
+from ..health import middleware as health_middleware
 
 log = logging.getLogger("spawning")
 
@@ -279,7 +279,7 @@ class Worker:
             # --preload: the controller imported the app before forking; else each worker does.
             app = self.app if self.app is not None else load_app(config)
             if self.coverage is not None:  # /_coverage on the app port, as the original had
-                from .coverage_support import middleware
+                from ..coverage_support import middleware
                 app = middleware(app, self.coverage)
             if settings.health_path:
                 app = health_middleware(app, settings.health_path, self.readiness)
@@ -309,7 +309,7 @@ class Worker:
     def _start_coverage(self) -> Any:
         if not self.settings.coverage:
             return None
-        from .coverage_support import start
+        from ..coverage_support import start
 
         self.coverage = start(self.args)
         return self.coverage
@@ -389,7 +389,7 @@ class Worker:
         that an app blocks (a CPU loop, a call the monkey patch does not cover) stops the
         heartbeats: the controller's --timeout then replaces the worker, as gunicorn's gevent
         worker is. Requests that wait cooperatively keep the hub, and the heartbeats, going."""
-        from . import green
+        from .. import green
 
         def signals() -> None:
             while True:
