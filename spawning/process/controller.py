@@ -11,7 +11,7 @@ the controller's whole life and every worker inherits them; a reload therefore n
 connection: whatever no worker accepts waits in the kernel's queue.
 
 Workers are grouped in *generations*. ``active_gen`` is the generation serving; at most one
-``pending_gen`` is booting. Each worker is in one state:
+``pending_gen`` is booting. Each worker is in one state (``WorkerState``):
 
     starting --ready--> ready --drain--> draining --exit--> (reaped)
         \\--exit before ready: a boot failure
@@ -37,13 +37,21 @@ SIGTTIN/SIGTTOU change the target count by one the same way.
 If the first generation cannot boot, the controller prints the worker's one-line reason and exits
 with code 2: a server that has never served should not sit in a crash loop.
 
-Signals: handlers only append the signal to a queue (and Python's wakeup descriptor wakes the
-loop's selector); the loop acts on them. SIGHUP reloads, SIGTERM/SIGINT shut down gracefully (a
-second SIGINT makes it immediate; with ``--shutdown-delay`` a SIGTERM first makes the server
-unready, /readyz and ``--health-path`` answering 503, and serves on for that long, so that load
-balancers stop sending before the drain; the drain logs what it waits for every 5 s), SIGQUIT shuts down immediately, SIGTTIN/SIGTTOU add/remove a
-worker, SIGCHLD reaps; other catchable signals that would otherwise kill the process (SIGUSR1,
-SIGUSR2, SIGWINCH) are logged and ignored.
+Signals (as gunicorn's arbiter does them): the handler only appends the signal to a queue (and
+Python's wakeup descriptor wakes the loop's selector); the loop dequeues it and dispatches through
+a table, ``Controller._signal_handlers`` (signal -> method). SIGHUP reloads, SIGTERM/SIGINT shut
+down gracefully (a second SIGINT makes it immediate; with ``--shutdown-delay`` a SIGTERM first
+makes the server unready, /readyz and ``--health-path`` answering 503, and serves on for that long,
+so that load balancers stop sending before the drain; the drain logs what it waits for every
+5 s), SIGQUIT shuts down immediately, SIGTTIN/SIGTTOU add/remove a worker, SIGCHLD reaps; other
+catchable signals that would otherwise kill the process (``IGNORED_SIGNALS``) are logged and
+ignored.
+
+Decisions are testable without processes: every one reads the injected clock
+(``Controller(clock=...)``, ``time.monotonic`` by default) or takes ``now``, and the OS is reached
+through four methods only (``_fork_worker``, ``_send_signal``, ``_wait_any``, ``_sample_memory``),
+which tests/process/test_supervisor.py replaces with fakes. Why a worker is replaced is a
+``RetireReason``; the counts by reason are ``Controller.restarts``.
 
 Workers talk to the controller over a socketpair each (see ``spawning.worker``): ``ready``,
 heartbeats with ``Server.stats()`` every second, ``boot_error``; the controller sends ``drain`` and
@@ -85,8 +93,9 @@ from ..config import Settings
 from ..errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, WORKER_BOOT_ERROR, Halt
 from . import sockets as sockets_mod
 from .daemon import Pidfile, daemonize, drop_privileges, sd_notify
+from .handle import RetireReason, WorkerHandle, WorkerState, describe_status
 from .reloader import Reloader, invalidate_bytecode
-from .worker import LineBuffer, Worker, encode, import_object, set_process_title
+from .worker import Worker, import_object, set_process_title
 
 log = logging.getLogger("spawning")
 
@@ -121,6 +130,8 @@ PROGRESS_INTERVAL = 5.0
 PROGRESS_FIRST = 0.2
 #: Longest loop wait.
 TICK = 0.5
+#: Signals that would kill the process by default: caught, logged and otherwise ignored.
+IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
 
 COMPONENTS: tuple[tuple[str, str], ...] = (
     ("status_port", "spawning.status:attach"),
@@ -130,79 +141,15 @@ COMPONENTS: tuple[tuple[str, str], ...] = (
 MB = 1 << 20
 
 
-def describe_status(status: int) -> str:
-    """A wait status in words: ``exited with code 3``, ``killed by SIGKILL``."""
-    if os.WIFSIGNALED(status):
-        signum = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(signum).name
-        except ValueError:
-            name = f"signal {signum}"
-        return f"killed by {name}"
-    if os.WIFEXITED(status):
-        return f"exited with code {os.WEXITSTATUS(status)}"
-    return f"wait status {status}"
-
-
-class WorkerHandle:
-    """The controller's record of one worker process."""
-
-    def __init__(self, pid: int, generation: int, channel: socket.socket, reason: str) -> None:
-        self.pid = pid
-        self.generation = generation
-        self.channel = channel
-        self.buffer = LineBuffer()
-        self.state = "starting"
-        self.reason = reason
-        self.started_at = time.time()
-        self.started_mono = time.monotonic()
-        self.ready_mono: float | None = None
-        self.last_seen = time.monotonic()
-        self.stats: dict[str, Any] = {}
-        self.oldest_age: float | None = None
-        self.memory: int | None = None  # USS
-        self.rss: int | None = None
-        self.first_memory: int | None = None   # the first sample once ready: its baseline
-        self.boot_error: str | None = None
-        self.retiring: str | None = None
-        self.max_requests = 0
-        self.drain_deadline: float | None = None
-        self.term_sent: float | None = None
-        self.kill_sent: float | None = None
-        self.killed_for: str | None = None
-
-    def __repr__(self) -> str:
-        return f"worker {self.pid} (gen {self.generation})"
-
-    def send(self, message: dict[str, Any]) -> bool:
-        try:
-            self.channel.sendall(encode(message))
-        except OSError:
-            return False
-        return True
-
-    def info(self) -> dict[str, Any]:
-        now = time.monotonic()
-        return {
-            "pid": self.pid,
-            "generation": self.generation,
-            "state": "retiring" if self.retiring and self.state == "ready" else self.state,
-            "started_at": self.started_at,
-            "age": now - self.started_mono,
-            "last_heartbeat_age": now - self.last_seen,
-            "stats": dict(self.stats),
-            "memory": self.memory,
-            "rss": self.rss,
-            "reason": self.reason,
-            "retiring": self.retiring,
-        }
-
-
 class Controller:
     """Supervises the worker processes; see the module docstring."""
 
-    def __init__(self, args: dict[str, Any], config: dict[str, Any]) -> None:
+    def __init__(self, args: dict[str, Any], config: dict[str, Any],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``args``: the options (what each worker's factory gets); ``config``: the factory's result.
+        ``clock``: the monotonic clock every decision reads (unit tests pass a fake one)."""
         self.args = args
+        self.clock = clock
         self.config = config  # the factory's config: app_factory (--preload) and the status page read it
         self.settings = settings = Settings.from_config(config)
         self.num_workers = settings.processes
@@ -240,6 +187,18 @@ class Controller:
         self._replace_reasons: deque[str] = deque(maxlen=64)
         self._next_spawn_at = 0.0
         self._signals: deque[int] = deque()
+        #: What the loop does for each signal (gunicorn's arbiter has such a table): the handler
+        #: installed for every one of them only enqueues it (``_enqueue_signal``); the loop
+        #: dequeues and dispatches here (``_handle_signals``). Others it catches are logged.
+        self._signal_handlers: dict[int, Callable[[], None]] = {
+            signal.SIGHUP: self._on_sighup,
+            signal.SIGTERM: self._on_sigterm,
+            signal.SIGINT: self._on_sigint,
+            signal.SIGQUIT: self._on_sigquit,
+            signal.SIGTTIN: self._on_sigttin,
+            signal.SIGTTOU: self._on_sigttou,
+            signal.SIGCHLD: self._on_sigchld,
+        }
         self._selector = selectors.DefaultSelector()
         self._readers: dict[int, Callable[[], None]] = {}
         self._timers: list[list[Any]] = []  # [interval, next_due, callback]
@@ -272,7 +231,7 @@ class Controller:
 
     def add_timer(self, interval: float, callback: Callable[[], None]) -> None:
         """Runs ``callback()`` in the loop about every ``interval`` seconds."""
-        self._timers.append([interval, time.monotonic() + interval, callback])
+        self._timers.append([interval, self.clock() + interval, callback])
 
     def at_exit(self, callback: Callable[[], None]) -> None:
         """Runs ``callback()`` when the controller shuts down (before the sockets close)."""
@@ -285,7 +244,7 @@ class Controller:
             return False, "shutting down"
         if self.active_gen is None:
             return False, "starting"
-        if not any(w.state == "ready" for w in self._gen_workers(self.active_gen)):
+        if not any(w.state is WorkerState.READY for w in self._gen_workers(self.active_gen)):
             return False, "no worker ready"
         return True, "ready"
 
@@ -311,7 +270,7 @@ class Controller:
             "listen": list(self.addresses),
             "reload_backend": self.reloader.backend if self.reloader else None,
             "config": safe_config,
-            "workers": [w.info() for w in sorted(self.workers.values(),
+            "workers": [w.info(self.clock()) for w in sorted(self.workers.values(),
                                                  key=lambda w: (w.generation, w.started_mono))],
         }
 
@@ -362,14 +321,14 @@ class Controller:
             log.warning("--preload with --threads 0: the app is imported before the worker patches "
                         "the standard library; what a module bound at import (from socket import "
                         "socket) stays blocking")
-        started = time.monotonic()
+        started = self.clock()
         try:
             self.preloaded_app = load_app(self.config)
         except AppLoadError as exc:
             log.debug("the application failed to load", exc_info=True)
             raise Halt(EXIT_USAGE, f"spawning: {exc}") from None
         log.info("preloaded %s in the controller in %.2f s", self.settings.extra.get("app") or "the app",
-                 time.monotonic() - started)
+                 self.clock() - started)
 
     def _attach_components(self) -> None:
         wanted = [(key, target) for key, target in COMPONENTS if getattr(self.settings, key)]
@@ -390,15 +349,14 @@ class Controller:
             os.set_inheritable(fd, False)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeups)
-        handled = ("SIGHUP", "SIGTERM", "SIGINT", "SIGQUIT", "SIGTTIN", "SIGTTOU", "SIGCHLD",
-                   "SIGUSR1", "SIGUSR2", "SIGWINCH")
-        for name in handled:
-            signal.signal(getattr(signal, name), self._enqueue_signal)
+        for signum in [*self._signal_handlers, *IGNORED_SIGNALS]:
+            signal.signal(signum, self._enqueue_signal)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
     def _enqueue_signal(self, signum: int, frame: Any) -> None:
-        """Signal handler: only enqueues ``signum``; the loop acts on it (the wakeup descriptor has
-        already woken the selector)."""
+        """The signal handler of every signal the controller catches: only enqueues ``signum``;
+        the loop dispatches it through ``_signal_handlers`` (the wakeup descriptor has already
+        woken the selector)."""
         self._signals.append(signum)
 
     def _drain_wakeups(self) -> None:
@@ -417,7 +375,7 @@ class Controller:
                 timeout = min(timeout, self.reloader.timeout())
             for due in (self._progress_at, self.delay_until):   # on time, not up to a TICK late
                 if due is not None:
-                    timeout = min(timeout, max(0.0, due - time.monotonic()))
+                    timeout = min(timeout, max(0.0, due - self.clock()))
             for key, _ in self._selector.select(timeout):
                 callback = key.data
                 try:
@@ -430,36 +388,48 @@ class Controller:
             self._reap()
             if self.stopping and not self.workers:
                 return
-            self._maintain()
+            self._maintain(self.clock())
 
     def _handle_signals(self) -> None:
+        """Runs in the loop: dispatches each queued signal through ``_signal_handlers``."""
         while self._signals:
             signum = self._signals.popleft()
-            name = signal.Signals(signum).name
-            if signum == signal.SIGCHLD:
-                continue  # _reap runs on every turn
-            if signum == signal.SIGHUP:
-                log.info("SIGHUP: reloading")
-                self.reload("SIGHUP")
-            elif signum == signal.SIGTERM:
-                self._on_sigterm(name)
-            elif signum == signal.SIGINT:
-                self.shutdown(graceful=self.stopping is None, why=name)
-            elif signum == signal.SIGQUIT:
-                self.shutdown(graceful=False, why=name)
-            elif signum == signal.SIGTTIN:
-                self.num_workers += 1
-                log.info("SIGTTIN: %d worker processes", self.num_workers)
-                if self.pending_gen is not None and not self.stopping:
-                    # A booting generation is promoted once it has num_workers ready workers:
-                    # it needs the one more now, or it would wait for it until its boot limit.
-                    self._spawn(self.pending_gen, "one more worker (SIGTTIN)")
-            elif signum == signal.SIGTTOU:
-                if self.num_workers > 1:
-                    self.num_workers -= 1
-                log.info("SIGTTOU: %d worker processes", self.num_workers)
+            handler = self._signal_handlers.get(signum)
+            if handler is None:
+                log.warning("ignoring signal %s", signal.Signals(signum).name)
             else:
-                log.warning("ignoring signal %s", name)
+                handler()
+
+    def _on_sighup(self) -> None:
+        """SIGHUP (from the loop, not the signal handler): a graceful reload."""
+        log.info("SIGHUP: reloading")
+        self.reload("SIGHUP")
+
+    def _on_sigint(self) -> None:
+        """SIGINT (from the loop): a graceful shutdown; a second one makes it immediate."""
+        self.shutdown(graceful=self.stopping is None, why="SIGINT")
+
+    def _on_sigquit(self) -> None:
+        """SIGQUIT (from the loop): an immediate shutdown."""
+        self.shutdown(graceful=False, why="SIGQUIT")
+
+    def _on_sigttin(self) -> None:
+        """SIGTTIN (from the loop): one worker more."""
+        self.num_workers += 1
+        log.info("SIGTTIN: %d worker processes", self.num_workers)
+        if self.pending_gen is not None and not self.stopping:
+            # A booting generation is promoted once it has num_workers ready workers:
+            # it needs the one more now, or it would wait for it until its boot limit.
+            self._spawn(self.pending_gen, "one more worker (SIGTTIN)")
+
+    def _on_sigttou(self) -> None:
+        """SIGTTOU (from the loop): one worker fewer (never none); ``_keep_count`` drains it."""
+        if self.num_workers > 1:
+            self.num_workers -= 1
+        log.info("SIGTTOU: %d worker processes", self.num_workers)
+
+    def _on_sigchld(self) -> None:
+        """SIGCHLD (from the loop): nothing here, ``_reap`` runs on every turn."""
 
     # ---- commands --------------------------------------------------------------------------------------
 
@@ -472,16 +442,17 @@ class Controller:
             return
         self._start_generation(reason)
 
-    def _on_sigterm(self, why: str) -> None:
-        """SIGTERM, as orchestrators send it: with --shutdown-delay the server first stops being
-        ready (/readyz and --health-path answer 503) while it goes on accepting and serving for
-        that long, so that load balancers stop sending before anything is refused; then the
+    def _on_sigterm(self) -> None:
+        """SIGTERM (from the loop), as orchestrators send it: with --shutdown-delay the server first
+        stops being ready (/readyz and --health-path answer 503) while it goes on accepting and
+        serving for that long, so that load balancers stop sending before anything is refused; then the
         graceful shutdown. A second SIGTERM meanwhile starts the drain at once."""
+        why = "SIGTERM"
         if self.delay_until is not None:
             log.info("%s again: draining now", why)
             self.shutdown(graceful=True, why=why)
         elif self.shutdown_delay > 0 and self.stopping is None and self.booted:
-            self.delay_until = time.monotonic() + self.shutdown_delay
+            self.delay_until = self.clock() + self.shutdown_delay
             self._announce_unready()
             sd_notify(f"STOPPING=1\nSTATUS=shutting down in {self.shutdown_delay:g} s")
             log.info("%s: not ready any more; serving %g s more (--shutdown-delay), then draining",
@@ -495,7 +466,7 @@ class Controller:
             return
         self._unready = True
         for w in list(self.workers.values()):
-            if w.state != "starting":
+            if w.state is not WorkerState.STARTING:
                 w.send({"t": "unready"})
 
     def _log_progress(self, now: float) -> None:
@@ -527,35 +498,35 @@ class Controller:
         self._announce_unready()
         if graceful:
             # The first progress line in a moment, from fresh heartbeats: ask for them.
-            self._progress_at = time.monotonic() + PROGRESS_FIRST
+            self._progress_at = self.clock() + PROGRESS_FIRST
             for w in list(self.workers.values()):
-                if w.state != "starting":
+                if w.state is not WorkerState.STARTING:
                     w.send({"t": "ping"})
         sd_notify("STOPPING=1")
         if self.exit_message is None:  # else the one line of the message says it all
             log.info("%s: %s shutdown", why or "shutting down", self.stopping)
-        now = time.monotonic()
+        now = self.clock()
         # New clients are refused, not held and then reset, but only once what the listen queue
         # holds was taken in: the kernel accepted those connections, their requests are on the
         # way. On a graceful stop a worker takes them (however busy its threads) and then shuts
         # the listeners down, which empties the queue (Worker._final_drain); if no worker can,
         # or none says it did within UNLISTEN_WAIT, the controller does it.
-        takers = graceful and any(w.state != "starting" for w in self.workers.values())
+        takers = graceful and any(w.state is not WorkerState.STARTING for w in self.workers.values())
         if takers:
             self._unlisten_at = now + UNLISTEN_WAIT
         else:
             self._stop_listening()
         for w in list(self.workers.values()):
-            if w.state == "starting":
+            if w.state is WorkerState.STARTING:
                 # Serves nothing yet, so nothing to drain: a graceful stop need not wait for an
                 # app's import (it reads no drain message until it has booted).
-                w.state = "draining"
+                w.state = WorkerState.DRAINING
                 w.drain_deadline = w.term_sent = w.kill_sent = now
                 self._signal(w, signal.SIGKILL)
             elif graceful:
                 self._drain(w, why or "shutdown", final=True)
             else:
-                w.state = "draining"
+                w.state = WorkerState.DRAINING
                 w.drain_deadline = now
                 self._signal(w, signal.SIGQUIT)
                 w.term_sent = now
@@ -570,7 +541,7 @@ class Controller:
         self.generation += 1
         self.pending_gen = self.generation
         self.pending_reason = reason
-        self.pending_started = time.monotonic()
+        self.pending_started = self.clock()
         # The serving generation's size while this one boots: a SIGTTIN meanwhile grows only the
         # new one (a worker forked now runs the new code: the old one must not get it).
         self._active_target = self.num_workers
@@ -597,12 +568,29 @@ class Controller:
         return [fd for fd in fds if fd >= 0 and fd != keep.fileno()]
 
     def _spawn(self, generation: int, reason: str) -> WorkerHandle | None:
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        close_fds = self._controller_fds(child_end) + [parent_end.fileno()]
+        """Starts one worker of ``generation`` and records it (None if it could not be forked)."""
         max_requests = 0
         if self.settings.max_requests:
             jitter = self.settings.max_requests_jitter
             max_requests = self.settings.max_requests + random.randint(0, jitter)
+        forked = self._fork_worker(generation, max_requests)
+        if forked is None:
+            self._record_crash()
+            return None
+        pid, parent_end = forked
+        w = WorkerHandle(pid, generation, parent_end, reason, self.clock())
+        w.max_requests = max_requests
+        self.workers[pid] = w
+        self._selector.register(parent_end, selectors.EVENT_READ, lambda: self._on_channel(w))
+        log.debug("started %r: %s%s", w, reason,
+                  f" (--max-requests {max_requests})" if max_requests else "")
+        return w
+
+    def _fork_worker(self, generation: int, max_requests: int) -> tuple[int, socket.socket] | None:
+        """The OS side of ``_spawn``: forks a worker process with a channel to it; returns its pid
+        and the controller's end of the channel (non-blocking), or None if fork failed."""
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        close_fds = self._controller_fds(child_end) + [parent_end.fileno()]
         sys.stdout.flush()
         sys.stderr.flush()
         try:
@@ -611,7 +599,6 @@ class Controller:
             parent_end.close()
             child_end.close()
             log.error("cannot fork a worker: %s", exc)
-            self._record_crash()
             return None
         if pid == 0:  # the child: never returns
             try:
@@ -621,13 +608,7 @@ class Controller:
                 os._exit(EXIT_FAILURE)
         child_end.close()
         parent_end.setblocking(False)
-        w = WorkerHandle(pid, generation, parent_end, reason)
-        w.max_requests = max_requests
-        self.workers[pid] = w
-        self._selector.register(parent_end, selectors.EVENT_READ, lambda: self._on_channel(w))
-        log.debug("started %r: %s%s", w, reason,
-                  f" (--max-requests {max_requests})" if max_requests else "")
-        return w
+        return pid, parent_end
 
     def _on_channel(self, w: WorkerHandle) -> None:
         data = sockets_mod.recv_ready(w.channel, 65536)
@@ -636,7 +617,7 @@ class Controller:
         if not data:
             self._close_channel(w)
             return
-        w.last_seen = time.monotonic()
+        w.last_seen = self.clock()
         for message in w.buffer.feed(data):
             self._on_message(w, message)
 
@@ -658,11 +639,11 @@ class Controller:
                 w.stats = stats
             age = message.get("oldest_age")
             w.oldest_age = float(age) if isinstance(age, (int, float)) else None
-            if (w.max_requests and not w.retiring and w.state == "ready"
+            if (w.max_requests and not w.retiring and w.state is WorkerState.READY
                     and (w.stats.get("retiring") or int(w.stats.get("requests") or 0) >= w.max_requests)):
                 # The worker stopped taking requests at its limit and drains itself: its
                 # replacement starts now (_keep_count).
-                self._retire(w, f"served {w.max_requests} requests (--max-requests)")
+                self._retire(w, RetireReason.MAX_REQUESTS, f"served {w.max_requests} requests (--max-requests)")
         elif kind == "unlistened":
             if self._unlisten_at is not None:
                 self._stop_listening()   # the worker did; this covers adopted sockets' peers too
@@ -674,10 +655,10 @@ class Controller:
             log.debug("%r sent an unknown message %r", w, kind)
 
     def _on_ready(self, w: WorkerHandle) -> None:
-        if w.state != "starting":
+        if w.state is not WorkerState.STARTING:
             return
-        w.state = "ready"
-        w.ready_mono = time.monotonic()
+        w.state = WorkerState.READY
+        w.ready_mono = self.clock()
         if self._unready:    # a replacement started during --shutdown-delay
             w.send({"t": "unready"})
         log.debug("%r ready", w)
@@ -686,7 +667,7 @@ class Controller:
             return
         if w.generation == self.pending_gen:
             peers = [x for x in self.workers.values() if x.generation == self.pending_gen]
-            if all(x.state == "ready" for x in peers) and len(peers) >= self.num_workers:
+            if all(x.state is WorkerState.READY for x in peers) and len(peers) >= self.num_workers:
                 self._promote_pending()
 
     def _promote_pending(self) -> None:
@@ -695,8 +676,8 @@ class Controller:
         old = self.active_gen
         self.active_gen = new
         self.pending_gen = None
-        self.gen_ready_at = time.monotonic()
-        elapsed = time.monotonic() - self.pending_started
+        self.gen_ready_at = self.clock()
+        elapsed = self.clock() - self.pending_started
         if not self.booted:
             self.booted = True
             pids = [str(x.pid) for x in self._gen_workers(new)]
@@ -713,9 +694,9 @@ class Controller:
             log.info("reload (%s): generation %d ready in %.2f s; draining generation %s",
                      self.pending_reason, new, elapsed, old)
         for w in list(self.workers.values()):
-            if w.generation != new and w.state != "draining":
+            if w.generation != new and w.state is not WorkerState.DRAINING:
                 if self.booted and old is not None and w.generation == old:
-                    self._count_restart("reload")
+                    self._count_restart(RetireReason.RELOAD)
                 self._drain(w, f"replaced by generation {new}")
         sd_notify(f"READY=1\nSTATUS=serving generation {new}")
         if self.reload_again:
@@ -731,15 +712,15 @@ class Controller:
         if self.gen_ready_at is None and self.active_gen is not None:
             # The serving generation stays: its --max-age clock starts over (else a failed
             # max-age reload would end max-age reloads for good).
-            self.gen_ready_at = time.monotonic()
+            self.gen_ready_at = self.clock()
         log.error("reload failed: %s; generation %s keeps serving", why, self.active_gen)
         sd_notify(f"READY=1\nSTATUS=reload failed; serving generation {self.active_gen}")
         for w in self._gen_workers(gen):
-            if w.state == "starting":
+            if w.state is WorkerState.STARTING:
                 self._signal(w, signal.SIGKILL)
-                w.state = "draining"
-                w.drain_deadline = w.term_sent = w.kill_sent = time.monotonic()
-            elif w.state == "ready":
+                w.state = WorkerState.DRAINING
+                w.drain_deadline = w.term_sent = w.kill_sent = self.clock()
+            elif w.state is WorkerState.READY:
                 self._drain(w, "its generation failed to boot")
         if self.reload_again:
             reason, self.reload_again = self.reload_again, None
@@ -749,55 +730,64 @@ class Controller:
         """Tells w to finish its requests and exit; ``final``: the whole server stops, so it takes
         in the listen queue first (Worker._final_drain), also when already draining."""
         message = {"t": "drain", "final": True} if final else {"t": "drain"}
-        if w.state == "draining":
+        if w.state is WorkerState.DRAINING:
             if final:
                 w.send(message)
             return
         log.debug("draining %r: %s", w, why)
-        w.state = "draining"
-        w.drain_deadline = (time.monotonic() + self.graceful_timeout) if self.graceful_timeout > 0 \
+        w.state = WorkerState.DRAINING
+        w.drain_deadline = (self.clock() + self.graceful_timeout) if self.graceful_timeout > 0 \
             else None
         if not w.send(message):
             self._signal(w, signal.SIGTERM)
 
-    def _retire(self, w: WorkerHandle, why: str) -> None:
+    def _retire(self, w: WorkerHandle, reason: RetireReason, why: str) -> None:
+        """Marks ``w`` for recycling: ``_keep_count`` starts its replacement, then drains it."""
         w.retiring = why
-        self._count_restart("max_requests" if "--max-requests" in why else "max_worker_memory")
+        self._count_restart(reason)
         log.info("recycling %r: %s", w, why)
 
     def _signal(self, w: WorkerHandle, signum: int) -> None:
+        self._send_signal(w.pid, signum)
+
+    def _send_signal(self, pid: int, signum: int) -> None:
+        """The OS side of ``_signal`` (a process already gone is no error)."""
         try:
-            os.kill(w.pid, signum)
+            os.kill(pid, signum)
         except ProcessLookupError:
             pass
 
     def _kill(self, w: WorkerHandle, why: str) -> None:
         log.error("%r: %s; killing it", w, why)
         w.killed_for = why
-        w.kill_sent = time.monotonic()
+        w.kill_sent = self.clock()
         self._signal(w, signal.SIGKILL)
 
-    def _count_restart(self, reason: str) -> None:
-        self.restarts[reason] = self.restarts.get(reason, 0) + 1
+    def _count_restart(self, reason: RetireReason) -> None:
+        self.restarts[reason.value] = self.restarts.get(reason.value, 0) + 1
 
     def _record_crash(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         self._crashes.append(now)
         while self._crashes and self._crashes[0] < now - BACKOFF_WINDOW:
             self._crashes.popleft()
         delay = min(BACKOFF_BASE * 2 ** (len(self._crashes) - 1), BACKOFF_MAX)
         self._next_spawn_at = now + delay
 
-    def _reap(self) -> None:
+    def _wait_any(self) -> tuple[int, int] | None:
+        """The OS side of ``_reap``: one exited child as (pid, wait status), or None."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                return None
             except InterruptedError:
                 continue
-            if pid == 0:
-                return
+            return None if pid == 0 else (pid, status)
+
+    def _reap(self) -> None:
+        while (exited := self._wait_any()) is not None:
+            pid, status = exited
             w = self.workers.pop(pid, None)
             if w is None:
                 continue
@@ -817,11 +807,11 @@ class Controller:
                 pass
             self._close_channel(w)
         how = describe_status(status)
-        now = time.monotonic()
+        now = self.clock()
         if self.stopping:
             log.debug("%r %s", w, how)
             return
-        if w.state == "starting":
+        if w.state is WorkerState.STARTING:
             reason = w.boot_error or f"a worker {how} while booting"
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) == WORKER_BOOT_ERROR and not w.boot_error:
                 reason = "a worker failed to boot"
@@ -834,11 +824,11 @@ class Controller:
                 self._abort_pending(reason)
                 return
             self._record_crash()
-            self._count_restart("boot_failure")
+            self._count_restart(RetireReason.BOOT_FAILURE)
             log.error("%r failed to boot: %s; next attempt in %.2f s", w, reason,
                       max(0.0, self._next_spawn_at - now))
             return
-        if w.state == "draining" or (w.retiring and os.WIFEXITED(status)
+        if w.state is WorkerState.DRAINING or (w.retiring and os.WIFEXITED(status)
                                      and os.WEXITSTATUS(status) == 0):
             # (A worker at --max-requests drains itself, maybe before its replacement is up.)
             log.debug("%r exited (%s)", w, how)
@@ -848,15 +838,16 @@ class Controller:
         if w.ready_mono is not None and now - w.ready_mono < CRASH_WINDOW:
             self._record_crash()
         log.warning("%r %s; replacing it", w, cause)
-        self._count_restart("timeout" if w.killed_for else "crash")
+        self._count_restart(RetireReason.TIMEOUT if w.killed_for else RetireReason.CRASH)
         self._replace_reasons.append(f"replaces {w.pid} ({cause})")
         if w.generation == self.pending_gen:
             self._abort_pending(f"{w!r} {cause}")
 
     # ---- periodic work ---------------------------------------------------------------------------------
 
-    def _maintain(self) -> None:
-        now = time.monotonic()
+    def _maintain(self, now: float) -> None:
+        """The loop's periodic decisions at time ``now`` (the controller's clock): timers, drain
+        deadlines, --timeout, boot limits, the worker count, memory, age and changed files."""
         for timer in self._timers:
             if now >= timer[1]:
                 timer[1] = now + timer[0]
@@ -896,7 +887,7 @@ class Controller:
     def _escalate(self, now: float) -> None:
         """TERM, then KILL, workers that overrun their drain deadline; logs each step."""
         for w in list(self.workers.values()):
-            if w.state != "draining" or w.drain_deadline is None or now < w.drain_deadline:
+            if w.state is not WorkerState.DRAINING or w.drain_deadline is None or now < w.drain_deadline:
                 continue
             if w.term_sent is None:
                 log.warning("%r still busy %.0f s after it was told to stop (--graceful-timeout); "
@@ -919,10 +910,10 @@ class Controller:
         silence_limit = max(self.timeout, MIN_SILENCE)
         boot_timeout = max(MIN_BOOT_TIMEOUT, self.timeout)
         for w in list(self.workers.values()):
-            if w.state == "starting" and w.kill_sent is None and \
+            if w.state is WorkerState.STARTING and w.kill_sent is None and \
                     now - w.started_mono > boot_timeout and w.generation != self.pending_gen:
                 self._kill(w, f"did not boot within {boot_timeout:.0f} s")
-            if w.state != "ready" or w.kill_sent is not None:
+            if w.state is not WorkerState.READY or w.kill_sent is not None:
                 continue
             silence = now - w.last_seen
             if silence > silence_limit:
@@ -934,13 +925,13 @@ class Controller:
 
     def _keep_count(self, now: float) -> None:
         active = self._gen_workers(self.active_gen)
-        serving = [w for w in active if w.state != "draining" and not w.retiring]
+        serving = [w for w in active if w.state is not WorkerState.DRAINING and not w.retiring]
         target = self.num_workers
         if self.pending_gen is not None:
             target = min(target, self._active_target)
         missing = target - len(serving)
         if missing > 0 and now >= self._next_spawn_at:
-            retiring = [w for w in active if w.retiring and w.state == "ready"]
+            retiring = [w for w in active if w.retiring and w.state is WorkerState.READY]
             for i in range(missing):
                 if i < len(retiring):
                     reason = f"recycles {retiring[i].pid}: {retiring[i].retiring}"
@@ -951,7 +942,7 @@ class Controller:
                 self._spawn(self.active_gen, reason)  # type: ignore[arg-type]
             return
         # Too many ready: drain the retiring ones first, then the oldest (after SIGTTOU).
-        ready = [w for w in active if w.state == "ready"]
+        ready = [w for w in active if w.state is WorkerState.READY]
         excess = len(ready) - self.num_workers
         if excess > 0:
             ready.sort(key=lambda w: (not w.retiring, w.started_mono))
@@ -967,7 +958,7 @@ class Controller:
             try:
                 info = psutil.Process(w.pid).memory_full_info()
                 w.memory, w.rss = info.uss, info.rss
-                if w.first_memory is None and w.state == "ready":
+                if w.first_memory is None and w.state is WorkerState.READY:
                     w.first_memory = info.uss
             except (psutil.Error, OSError):
                 w.memory = w.rss = None
@@ -980,15 +971,15 @@ class Controller:
             return
         self._last_memory_sample = now
         self._sample_memory()
-        active = [w for w in self._gen_workers(self.active_gen) if w.state == "ready"]
+        active = [w for w in self._gen_workers(self.active_gen) if w.state is WorkerState.READY]
         if limit_worker:
             for w in active:
                 if w.memory and w.memory > limit_worker and not w.retiring:
                     if w.first_memory and w.first_memory > limit_worker:
                         self._warn_limit_once("--max-worker-memory", limit_worker,
                                               f"a worker used {w.first_memory / MB:.1f} MB")
-                    self._retire(w, f"uses {w.memory / MB:.1f} MB (--max-worker-memory "
-                                    f"{limit_worker / MB:g})")
+                    self._retire(w, RetireReason.MAX_WORKER_MEMORY,
+                                 f"uses {w.memory / MB:.1f} MB (--max-worker-memory {limit_worker / MB:g})")
         if limit_total and self.pending_gen is None and now >= self._memory_reload_after:
             total = sum(w.memory or 0 for w in active)
             if total > limit_total:

@@ -335,13 +335,12 @@ def test_component_runs_in_the_controller_loop_and_reads_the_snapshot(spawn):
     import socket
 
     import psutil  # type: ignore[import-untyped]
-    from conftest import free_port
+    from conftest import free_port, wait_until
 
     probe_port = free_port()
     server = spawn("hello.application", "-s", "2", "-f", "status_probe.config_factory",
                    env={"STATUS_PROBE_PORT": str(probe_port)})
     server.get("/")
-    time.sleep(1.2)  # a heartbeat carries the stats
 
     def snapshot() -> dict:
         with socket.create_connection(("127.0.0.1", probe_port), timeout=5) as conn:
@@ -350,7 +349,11 @@ def test_component_runs_in_the_controller_loop_and_reads_the_snapshot(spawn):
                 data += chunk
         return json.loads(data)
 
-    snap = snapshot()
+    def counted() -> dict | None:
+        snap = snapshot()
+        return snap if sum(w["stats"].get("requests", 0) for w in snap["workers"]) >= 1 else None
+
+    snap = wait_until(counted, 5, what="a heartbeat carrying the request's count")
     assert snap["pid"] == server.pid
     assert snap["generation"] == 1 and snap["state"] == "running"
     assert snap["listen"] == [f"http://127.0.0.1:{server.port}"]
