@@ -23,9 +23,8 @@ from typing import Any
 
 from . import wsgi
 from ._core import ffi, lib
-from .config import Settings
+from .config import Settings, addresses
 from .forwarded import ProxyTrust
-from .process import sockets
 
 log = logging.getLogger("spawning")
 
@@ -93,7 +92,7 @@ class Server:
         # --no-server-header: an empty value is no header at all (csrc/sp.h).
         self._server_header = ffi.new("char[]", b"" if settings.no_server_header else SERVER_HEADER)
         self._core_cfg.server_header = self._server_header
-        self._core_cfg.proxy_listeners = sockets.proxy_listeners(settings, len(listeners))
+        self._core_cfg.proxy_listeners = addresses.proxy_listeners(settings, len(listeners))
         self.forwarded = ProxyTrust(settings.forwarded_allow_ips, settings.forwarded_host)
         srv = lib.sp_server_new(self._core_cfg)
         if srv == ffi.NULL:

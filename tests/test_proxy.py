@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
-
 from spawning._core import ffi, lib
 
 APP = "core_app.env_app"
@@ -228,8 +227,8 @@ def test_proxy_protocol_and_forwarded_headers_together(spawn, path_env):
 
 def test_bind_syntax_is_checked():
     from spawning.config import Settings
+    from spawning.config.addresses import parse_address, proxy_listeners
     from spawning.errors import ConfigError
-    from spawning.process.sockets import parse_address, proxy_listeners
     a = parse_address("proxy://[::1]:8000")
     assert (a.kind, a.host, a.port, a.proxy, str(a)) == ("tcp", "::1", 8000, True, "proxy://[::1]:8000")
     assert parse_address("proxy://unix:/run/app.sock").proxy

@@ -1,10 +1,11 @@
 """Configuration: the options table (``options``), the immutable ``Settings`` every layer reads
-(``settings``), and where values come from (``sources``: the command line, ``SPAWNING_*``
-environment variables, a ``--config`` TOML file, paste ini keys, ``--print-config``).
+(``settings``), where values come from (``sources``: the command line, ``SPAWNING_*`` environment
+variables, a ``--config`` TOML file, paste ini keys, ``--print-config``), and the listening
+addresses' syntax (``addresses``).
 
-Layer: above ``spawning.errors`` and ``spawning.logs``, below everything else; it imports nothing of
-ours besides those but the validators of a few values (``sockets.parse_address``,
-``forwarded.parse_allow``, ``accesslog.check_format``), lazily.
+Layer: above ``spawning.errors`` and ``spawning.logs``, below everything else. Two validators
+borrow a parser from a module above (``forwarded.parse_allow`` for ``--forwarded-allow-ips``,
+``accesslog.check_format`` for ``--access-log-format``), imported lazily.
 """
 
 from .settings import Settings

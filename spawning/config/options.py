@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
+from .addresses import parse_address
 
 # ---- value types: str -> value, ValueError/ConfigError with a reason on bad input ------------------
 
@@ -87,8 +88,6 @@ def boolean(text: str | bool) -> bool:
 
 def address(text: str) -> str:
     """A ``--bind`` address, checked now so a typo is a usage error rather than a bind failure."""
-    from ..process.sockets import parse_address  # lazily: process/ sits above config/
-
     parse_address(text)
     return str(text).strip()
 
