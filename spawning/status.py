@@ -269,7 +269,7 @@ def collect(controller: Any, ledger: Ledger, rates: Rates) -> dict[str, Any]:
     for sock, address in zip(controller.listeners, controller.addresses):
         queued, limit = accept_queue(sock)
         listen.append({"address": address, "accept_queue": queued, "backlog": limit})
-    threads = int(_num(config.get("threads"), 4))
+    threads = controller.settings.threads
     return {
         "schema": SCHEMA_VERSION,
         "server": {
