@@ -23,7 +23,7 @@ def two_commands() -> tuple[str, str]:
     """The README's "Two commands" block: (serve, test), the numbered lines after their comments."""
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Two commands", 1)[1]
-    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    block = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
     assert block, "the Two commands section has a sh block"
     lines = [ln for ln in block.group(1).splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     assert len(lines) == 2, lines

@@ -112,7 +112,7 @@ def test_make_targets_the_workflows_run_exist() -> None:
         for directory, target in re.findall(r"make -C (\S+) (\w+)", path.read_text()):
             makefile = ROOT / directory / "Makefile"
             assert makefile.is_file(), (path.name, directory)
-            assert re.search(rf"^{target}:", makefile.read_text(), re.M), (path.name, target)
+            assert re.search(rf"^{target}:", makefile.read_text(), re.MULTILINE), (path.name, target)
             found += 1
     assert found, "the sanitizer job runs the C tests through make"
 
