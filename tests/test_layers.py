@@ -43,7 +43,7 @@ KNOWN_UPWARD: dict[tuple[str, str], str] = {
     ("spawning.worker", "spawning.health"): "the worker wraps the app in the /healthz middleware",
     ("spawning.server", "spawning.sockets"): "the server reads the PROXY listener mask and shuts "
                                              "its listeners down with sockets' helpers",
-    ("spawning.paste_factory", "spawning.cli"): "egg:Spawning without an ini file serves the "
+    ("spawning.factories.paste", "spawning.cli"): "egg:Spawning without an ini file serves the "
                                                   "loaded app through cli.run_server",
 }
 
