@@ -110,9 +110,13 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
     return found
 
 
+#: Modules that are not Python source: the cffi-built core (spawning/_build.py makes it).
+COMPILED = {"spawning._core"}
+
+
 def graph() -> dict[str, set[str]]:
     mods = modules()
-    known = set(mods)
+    known = set(mods) | COMPILED
     return {name: imports_of(name, path, known) for name, path in mods.items()}
 
 

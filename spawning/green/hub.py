@@ -108,7 +108,9 @@ class _FdWatch:
 
 
 class Hub:
-    """The loop of one process (see the module docstring). Created by serve() or run()."""
+    """The loop of one process (see the module docstring). ``srv`` is the C loop it drives and
+    ``finished`` the test its loop ends on; ``handle``, the WSGI handler a request greenlet runs, is
+    set by whoever made it (spawning.server in green mode; run() sets none: no listener)."""
 
     def __init__(self, srv: Any, finished: Callable[[], bool]) -> None:
         self.srv = srv

@@ -1,7 +1,7 @@
-"""spawning.green.monkey (and its alias spawning.monkey): each check of tests/apps/green_monkey_checks.py runs in a fresh interpreter
-(patching is process-wide, so never inside pytest's own process). Every check also asserts that
-the hub kept running meanwhile (a green ticker saw its ticks). Then the worker's patching, in
-real servers."""
+"""spawning.green.monkey (and its alias spawning.monkey): each check of
+tests/apps/green_monkey_checks.py runs in a fresh interpreter (patching is process-wide, so never
+inside pytest's own process), and every check also asserts that the hub kept running meanwhile (a
+green ticker saw its ticks). Then the worker's patching, in real servers."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_spawning_monkey_is_the_stable_alias() -> None:
     import spawning.green.monkey as real
     import spawning.monkey as alias
 
-    public = {n for n in vars(real) if not n.startswith("_") and getattr(real, n).__class__.__name__ != "module"
-              and getattr(getattr(real, n), "__module__", None) == real.__name__}
+    public = {n for n, v in vars(real).items()
+              if not n.startswith("_") and getattr(v, "__module__", None) == real.__name__}
     assert public <= set(alias.__all__), public - set(alias.__all__)
     assert all(getattr(alias, n) is getattr(real, n) for n in alias.__all__)
