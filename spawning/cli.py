@@ -39,7 +39,7 @@ def load_config(args: dict[str, Any]) -> dict[str, Any]:
     """Runs the configured ``config_factory`` on the parsed options (raises ConfigError)."""
     from .worker import import_object
 
-    factory_path = args.get("factory") or "spawning.wsgi_factory.config_factory"
+    factory_path = args.get("factory") or "spawning.factories.wsgi.config_factory"
     try:
         factory = import_object(factory_path)
     except Exception as exc:

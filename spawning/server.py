@@ -8,6 +8,9 @@
 - green (``--threads 0``): a hub greenlet drives the loop; each request runs in its own greenlet
   (spawning.green).
 
+This is the one place that puts the core, the WSGI handler (spawning.wsgi) and a dispatcher
+together: spawning.green gets the loop and the finish test from here and never sees the server.
+
 ``drain()`` and ``stop()`` are safe from any thread and from signal handlers' deferred work.
 """
 
@@ -49,6 +52,12 @@ def _ms(seconds: float | None, default: float) -> int:
     return max(1, int(ms)) if ms > 0 else 0
 
 
+def _timeout(value: Any, default: float) -> float | None:
+    """A configured timeout in seconds: None (no limit) for 0, as everywhere else."""
+    seconds = default if value is None else float(value)
+    return seconds if seconds > 0 else None
+
+
 def make_core_config(config: dict) -> Any:
     """Fills an ``sp_config`` from the config dict (the keys of spawning.config)."""
     c = ffi.new("sp_config *")
@@ -87,7 +96,7 @@ class Server:
         self.listeners = listeners
         self.threads = int(config.get("threads", 4))
         if self.threads == 0:   # the app is loaded now: refuse gevent/eventlet as a boot error
-            from . import green
+            from . import green  # only in green mode: thread mode never loads greenlet
             green.check_app_compat()
         self._core_cfg = make_core_config(config)
         # --no-server-header: an empty value is no header at all (csrc/sp.h).
@@ -208,10 +217,21 @@ class Server:
     def serve(self) -> None:
         """Runs the dispatcher until drained or stopped. Call from the main thread."""
         if self.threads == 0:
-            from . import green
-            green.serve(self)
+            self._serve_green()
         else:
             self._serve_threads()
+
+    def _serve_green(self) -> None:
+        from . import green
+
+        cfg = self.config
+        hub = green.Hub(self._srv, self._finished)
+        waiter = green.GreenRequestWaiter(hub, _timeout(cfg.get("body_timeout"), 60.0),
+                                          _timeout(cfg.get("send_timeout"), 60.0))
+        hub.handle = wsgi.make_handler(self.app, self._srv, self.base_envs, waiter, self.access_log,
+                                       forwarded=self.forwarded)
+        # The housekeeping tasks start once the hub runs.
+        green.serve(hub, self.wakeup_fd(), self.hub_tasks)
 
     def _serve_threads(self) -> None:
         body_ms = _ms(self.config.get("body_timeout"), 60)

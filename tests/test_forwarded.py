@@ -295,7 +295,7 @@ def test_django_is_secure_behind_a_tls_proxy(spawn, tmp_path):
         "    return JsonResponse({'secure': request.is_secure(), 'url': request.build_absolute_uri('/x'),\n"
         "                         'addr': request.META['REMOTE_ADDR']})\n\n"
         "urlpatterns = [path('', view)]\n")
-    django = "--factory=spawning.django_factory.config_factory"
+    django = "--factory=spawning.factories.django.config_factory"
     headers = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.50", "Host": "shop.example"}
     server = spawn(django, "-s", "1", "-t", "2", "proxysite.settings", cwd=tmp_path)
     status, _, body = server.get("/", headers=headers)
