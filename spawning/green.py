@@ -1379,15 +1379,15 @@ def _timeout(value: Any, default: float) -> float | None:
 
 def serve(server: Any) -> None:
     """Runs ``server`` (a spawning.server.Server) in green mode until it is drained or stopped."""
-    from . import wsgi
+    from .wsgi.handler import make_handler
 
     check_app_compat()
     cfg = server.config
     hub = Hub(server._srv, server._finished)
     waiter = GreenRequestWaiter(hub, _timeout(cfg.get("body_timeout"), 60.0),
                                 _timeout(cfg.get("send_timeout"), 60.0))
-    hub.handle = wsgi.make_handler(server.app, server._srv, server.base_envs, waiter, server.access_log,
-                                   forwarded=getattr(server, "forwarded", None))
+    hub.handle = make_handler(server.app, server._srv, server.base_envs, waiter, server.access_log,
+                              forwarded=getattr(server, "forwarded", None))
     for fn in getattr(server, "hub_tasks", ()):   # they start once the hub runs
         hub.schedule(GreenThread(hub, fn, (), {})._start)
     try:

@@ -1,4 +1,4 @@
-"""The access log (spawning/accesslog.py): gunicorn's atoms and JSON lines through real servers on
+"""The access log (spawning/wsgi/accesslog.py): gunicorn's atoms and JSON lines through real servers on
 both request paths (C's Runner and Python's handler), whole lines from many processes and threads,
 and a log that cannot be written (a closed pipe, a full disk) never stopping the server."""
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import APPS, ROOT, free_port, http_request, wait_http_status
 
-from spawning.accesslog import AccessLog, check_format
 from spawning.errors import ConfigError
+from spawning.wsgi.accesslog import AccessLog, check_format
 
 GUNICORN_COMBINED = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 EVERY_ATOM = (GUNICORN_COMBINED + " D=%(D)s L=%(L)s M=%(M)s T=%(T)s m=%(m)s U=%(U)s q=%(q)s "
