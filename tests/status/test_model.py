@@ -26,6 +26,7 @@ def test_duration_buckets_are_the_cores() -> None:
 
     assert model.DURATION_BOUNDS == DURATION_BOUNDS
 
+
 def test_quantile_estimates() -> None:
     counts = [0] * model.NBUCKETS
     assert model.quantile(counts, 0.5) is None
@@ -34,6 +35,7 @@ def test_quantile_estimates() -> None:
     assert 0.005 < model.quantile(counts, 0.5) <= 0.01  # type: ignore[operator]
     counts[-1] = 1000  # the open bucket answers the largest bound
     assert model.quantile(counts, 0.99) == model.DURATION_BOUNDS[-1]
+
 
 def test_quantile_in_the_first_bucket_is_a_bound() -> None:
     """A quantile that falls in the first bucket is only known to be under its bound: the value
@@ -46,6 +48,7 @@ def test_quantile_in_the_first_bucket_is_a_bound() -> None:
     assert 0.0005 < d["p99"] <= 0.001
     assert fmt_q(d, "p50") == "< 5 µs" and fmt_q(d, "p99").endswith(" µs")
     assert not fmt_q(d, "p99").startswith("<")
+
 
 def test_json_lists_both_workers_and_numbers_move(served: StatusServer) -> None:
     pids = sorted(served.proc.workers())
@@ -81,6 +84,7 @@ def test_json_lists_both_workers_and_numbers_move(served: StatusServer) -> None:
     for w in doc["workers"]:
         assert 0 < w["memory"]["uss"] <= w["memory"]["rss"] < 2 << 30
     assert doc["totals"]["memory"]["rss"] == sum(w["memory"]["rss"] for w in doc["workers"])
+
 
 def test_reload_bumps_the_generation_and_keeps_counting(spawn: Any) -> None:
     status_port = free_port()

@@ -61,6 +61,7 @@ def test_fast_app_quantiles_are_measured_not_invented(served: StatusServer) -> N
     assert html.count("&lt; 5 µs") >= 4 and "< 5 µs" not in html     # card, p50, p90, p99
     assert "p50 < 5 µs" in render_table(doc)
 
+
 def test_html_page_names_every_worker(served: StatusServer) -> None:
     pids = served.proc.workers()
     for path in ("/", "/status"):
@@ -74,6 +75,7 @@ def test_html_page_names_every_worker(served: StatusServer) -> None:
         # Self-contained: no external scripts, styles or images.
         assert "<script src" not in page and "<link rel=\"stylesheet\"" not in page
         assert "http://" not in page.replace(f"http://127.0.0.1:{served.proc.port}", "")
+
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium")
 def test_html_page_renders_in_headless_chromium(served: StatusServer) -> None:

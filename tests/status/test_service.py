@@ -42,11 +42,13 @@ def test_small_http_server_behaves(served: StatusServer) -> None:
             data += chunk
         assert data.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close" in data
 
+
 def test_status_port_equal_to_app_port_is_refused(spawn: Any) -> None:
     port = free_port()
     server = spawn("hello.application", "-s", "1", "--status-port", str(port), port=port)
     assert "is the application's port" in server.stderr
     assert server.get("/")[0] == 200
+
 
 def test_coverage_report_names_the_app_module(spawn: Any, tmp_path: Path) -> None:
     pytest.importorskip("coverage")
