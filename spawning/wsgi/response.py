@@ -17,7 +17,7 @@ import os
 import stat
 from collections.abc import Callable
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._core import lib
 from .input import ClientDisconnected
@@ -82,10 +82,19 @@ def _start_response(self: Any, status: str, headers: list, exc_info: Any = None)
 # PyPy, in a build with SPAWNING_NO_PYFAST=1, and in any process started with SPAWNING_NO_PYFAST=1
 # in its environment (so that one build tests both paths).
 FAST = not os.environ.get("SPAWNING_NO_PYFAST") and lib.sp_py_setup() == 0
-if FAST:
-    from .._core import ResponseBase as _ResponseBase  # type: ignore[attr-defined]
+if TYPE_CHECKING:
+    class _ResponseBase:
+        """What type checkers see of either base: its members, which C defines on CPython."""
+        code: int
+        status: str | None
+        headers: list | None
+        head_sent: bool
+        sent: int
+        start_response: Callable[..., Callable[[bytes], None]]
+elif FAST:
+    from .._core import ResponseBase as _ResponseBase
 else:
-    class _ResponseBase:   # type: ignore[no-redef]
+    class _ResponseBase:
         """The per-request state, as class defaults: per request, these cost less than slots."""
         code = 0
         status: str | None = None
