@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import errno
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .._core import ffi, lib
-
-if TYPE_CHECKING:
-    from .response import Response
 
 READ_CHUNK = 65536
 
@@ -43,13 +40,20 @@ class BodyError(OSError):
         self.status = status
 
 
+class Coded(Protocol):
+    """What the input needs of its response (spawning.wsgi.response.Response): the code that
+    names the request, 0 once the request is over."""
+
+    code: int
+
+
 class Input:
     """``wsgi.input``: read(n), read(), readline(n), readlines(), iteration, over Content-Length
     and chunked bodies. ``wsgi.input_terminated`` is true: read() ends at the body's end."""
 
     __slots__ = ("_buf", "_cbuf", "_eof", "_pp", "_resp", "_srv", "_waiter")
 
-    def __init__(self, srv: Any, resp: Response, waiter: Any) -> None:
+    def __init__(self, srv: Any, resp: Coded, waiter: Any) -> None:
         self._srv = srv
         self._resp = resp        # its code names the request; its req, for the slow paths
         self._waiter = waiter
