@@ -1,4 +1,5 @@
-"""Exceptions and exit codes shared by the command line, the controller and the workers.
+"""Exceptions and exit codes shared by the command line, the controller and the workers, and the
+one check of the C core's ``-errno`` results (``check``, ``errno_name``).
 
 Exit codes of the ``spawning`` command (documented in the README):
 
