@@ -117,6 +117,8 @@ class Handler:
     """One server's request handler (see the module docstring); ``handle`` is what the
     dispatchers call."""
 
+    __slots__ = ("Resp", "app", "base_envs", "fast", "forwarded", "log_line", "poll_ms", "srv", "waiter")
+
     def __init__(self, app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
                  access_log: AccessLog | None, poll_ms: int = -1,
                  forwarded: ProxyTrust | None = None) -> None:
