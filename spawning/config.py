@@ -146,7 +146,7 @@ def env_pair(text: str) -> str:
 
 def ip_list(text: str) -> str:
     """``--forwarded-allow-ips``: addresses and CIDR blocks, comma-separated, or ``*``."""
-    from .forwarded import parse_allow
+    from .wsgi.forwarded import parse_allow
 
     try:
         parse_allow(str(text))
@@ -162,7 +162,7 @@ def optional_str(text: str) -> str | None:
 def access_log_format(text: str) -> str | None:
     """``--access-log-format``: a named format or one of known atoms, checked now so that a typo
     is a usage error rather than a line of dashes."""
-    from .accesslog import check_format  # imports nothing heavy; keeps import order free
+    from .wsgi.accesslog import check_format  # imports nothing heavy; keeps import order free
 
     return check_format(text)
 

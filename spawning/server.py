@@ -24,9 +24,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import sockets, wsgi
+from . import sockets
 from ._core import ffi, lib
-from .forwarded import ProxyTrust
+from .errors import check, errno_name
+from .wsgi.accesslog import AccessLog
+from .wsgi.environ import base_environ
+from .wsgi.forwarded import ProxyTrust
+from .wsgi.handler import ThreadWaiter, make_handler
 
 log = logging.getLogger("spawning")
 
@@ -110,14 +114,14 @@ class Server:
         self._srv = ffi.gc(srv, lib.sp_server_free)
         self.base_envs = []
         for i, sock in enumerate(listeners):
-            wsgi.check(lib.sp_server_add_listener(srv, sock.fileno(), i), "listen")
+            check(lib.sp_server_add_listener(srv, sock.fileno(), i), "listen")
             try:
                 name = sock.getsockname()
             except OSError:
                 name = ("", 0)
-            self.base_envs.append(wsgi.base_environ(name, sock.family, config))
-        self.access_log = wsgi.AccessLog(config.get("access_log_file", "-"),
-                                         config.get("access_log_format"))
+            self.base_envs.append(base_environ(name, sock.family, config))
+        self.access_log = AccessLog(config.get("access_log_file", "-"),
+                                    config.get("access_log_format"))
         self._count_buf = ffi.new("sp_stats *")
         self._draining = False
         self._stopping = False
@@ -228,16 +232,16 @@ class Server:
         hub = green.Hub(self._srv, self._finished)
         waiter = green.GreenRequestWaiter(hub, _timeout(cfg.get("body_timeout"), 60.0),
                                           _timeout(cfg.get("send_timeout"), 60.0))
-        hub.handle = wsgi.make_handler(self.app, self._srv, self.base_envs, waiter, self.access_log,
-                                       forwarded=self.forwarded)
+        hub.handle = make_handler(self.app, self._srv, self.base_envs, waiter, self.access_log,
+                                  forwarded=self.forwarded)
         # The housekeeping tasks start once the hub runs.
         green.serve(hub, self.wakeup_fd(), self.hub_tasks)
 
     def _serve_threads(self) -> None:
         body_ms = _ms(self.config.get("body_timeout"), 60)
-        waiter = wsgi.ThreadWaiter(self._srv, body_ms if body_ms > 0 else -1)   # 0: off, no limit
-        handle = wsgi.make_handler(self.app, self._srv, self.base_envs, waiter, self.access_log,
-                                   threads=self.threads, poll_ms=POLL_MS, forwarded=self.forwarded)
+        waiter = ThreadWaiter(self._srv, body_ms if body_ms > 0 else -1)   # 0: off, no limit
+        handle = make_handler(self.app, self._srv, self.base_envs, waiter, self.access_log,
+                              threads=self.threads, poll_ms=POLL_MS, forwarded=self.forwarded)
         workers = [threading.Thread(target=self._thread_main, args=(handle,), name=f"spawning-{i}",
                                     daemon=True) for i in range(self.threads)]
         for t in workers:
@@ -279,7 +283,7 @@ class Server:
                     log.exception("internal error handling a request")
                     code = 0
             if code < 0 and code != -errno.EINTR:
-                log.error("event loop failed: %s", wsgi.errno_name(code))
+                log.error("event loop failed: %s", errno_name(code))
                 time.sleep(0.1)
             if finished():
                 self._done.set()

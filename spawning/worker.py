@@ -62,8 +62,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 from .errors import WORKER_BOOT_ERROR, AppLoadError
-from .health import Readiness
-from .health import middleware as health_middleware
+from .wsgi.health import Readiness
+from .wsgi.health import middleware as health_middleware
 
 log = logging.getLogger("spawning")
 

@@ -22,12 +22,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "spawning"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("leaves", ("spawning", "spawning._build", "spawning._core", "spawning.errors", "spawning.logs")),
     ("config", ("spawning.config",)),
-    ("wsgi", ("spawning.wsgi", "spawning.accesslog", "spawning.forwarded")),
+    ("wsgi", ("spawning.wsgi",)),
     ("green", ("spawning.green", "spawning.monkey")),
     ("server", ("spawning.server",)),
     ("process", ("spawning.process", "spawning.controller", "spawning.worker", "spawning.sockets",
                  "spawning.reloader", "spawning.coverage_support")),
-    ("status", ("spawning.status", "spawning.health")),
+    ("status", ("spawning.status",)),
     ("factories", ("spawning.factories", "spawning.wsgi_factory", "spawning.paste_factory",
                    "spawning.django_factory")),
     ("cli", ("spawning.cli", "spawning.__main__")),
@@ -38,9 +38,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 #: no longer occurs (delete it then), so this list can only shrink.
 KNOWN_UPWARD: dict[tuple[str, str], str] = {
     ("spawning.config", "spawning.sockets"): "config parses --bind with sockets.parse_address",
-    ("spawning.config", "spawning.forwarded"): "config validates --forwarded-allow-ips",
-    ("spawning.config", "spawning.accesslog"): "config validates --access-log-format",
-    ("spawning.worker", "spawning.health"): "the worker wraps the app in the /healthz middleware",
+    ("spawning.config", "spawning.wsgi.forwarded"): "config validates --forwarded-allow-ips",
+    ("spawning.config", "spawning.wsgi.accesslog"): "config validates --access-log-format",
     ("spawning.server", "spawning.sockets"): "the server reads the PROXY listener mask and shuts "
                                              "its listeners down with sockets' helpers",
     ("spawning.factories.paste", "spawning.cli"): "egg:Spawning without an ini file serves the "

@@ -364,7 +364,7 @@ def test_explicit_settings_win_over_a_paste_ini(tmp_path: Path):
 
 
 def test_status_page_names_env_variables_without_their_values(spawn):
-    from spawning.status import fetch
+    from spawning.status.command import fetch
 
     status_port = free_port()
     server = spawn("settings_probe.application", "-s", "1", "--status-port", str(status_port),

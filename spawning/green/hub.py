@@ -262,7 +262,7 @@ class Hub:
         greenlets matters: a new one costs Python a fresh frame stack (an mmap and a munmap).
 
         Once a request is over, handle() takes the batch's next code itself (``green``, see
-        wsgi.make_handler) and runs it here and now, as the hub would have by switching to an
+        spawning.wsgi.handler.make_handler) and runs it here and now, as the hub would have by switching to an
         idle greenlet, minus the two switches; first it resets what the request left behind. The
         hub's loop over the batch takes from the same deque, and wake-ups go through the ready
         queue, so a greenlet resumes either from that loop or between batches, when the deque
