@@ -31,9 +31,17 @@
 #include <limits.h>
 #include <string.h>
 
-#if defined(__SSE4_2__) && !defined(SP_NO_SIMD)
-#include <nmmintrin.h>
-#define SP_USE_SSE42 1
+/* The SIMD scans use only each architecture's baseline: SSE2 on x86-64 (every x86-64 CPU, so
+ * every wheel runs it, and so does valgrind) and NEON (Advanced SIMD) on arm64. -DSP_NO_SIMD
+ * builds the scalar fallback alone, which the C tests build and run too. */
+#if !defined(SP_NO_SIMD) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#define SP_SIMD_SSE2 1
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#define SP_SIMD_NEON 1
+#endif
 #endif
 
 #define CR '\r'
@@ -104,27 +112,13 @@ static int eq_lower(const char *s, size_t n, const char *lit, size_t lit_len)
 
 #define EQ_LIT(s, n, lit) eq_lower((s), (n), (lit), sizeof(lit) - 1)
 
-/* ---- Scanning: SSE4.2 fast path, scalar fallback. ----------------------------------------------
- * Both return the first byte in [p, end) outside the class, or end. The SIMD loop handles whole
- * 16-byte blocks only (never reading past end) and leaves the tail to the scalar loop. */
-
-#ifdef SP_USE_SSE42
-#define SIMD_BLOCK 16
-/* ranges16: pairs of inclusive byte ranges to stop at, zero-padded to 16 bytes. */
-static inline const char *find_range(const char *p, const char *end, const char *ranges16,
-                                     int nranges_bytes)
-{
-    const __m128i ranges = _mm_loadu_si128((const __m128i *)(const void *)ranges16);
-    while (end - p >= SIMD_BLOCK) {
-        const __m128i block = _mm_loadu_si128((const __m128i *)(const void *)p);
-        int idx = _mm_cmpestri(ranges, nranges_bytes, block, SIMD_BLOCK,
-                               _SIDD_LEAST_SIGNIFICANT | _SIDD_CMP_RANGES | _SIDD_UBYTE_OPS);
-        if (idx != SIMD_BLOCK) return p + idx;
-        p += SIMD_BLOCK;
-    }
-    return p;
-}
-#endif
+/* ---- Scanning: SIMD fast paths, scalar fallback. ---------------------------------------------
+ * Each scan returns the first byte in [p, end) outside its class, or end. The SIMD loops look at
+ * 16 bytes at a time: they compare every byte with the class's bounds at once, turn the result
+ * into one bit per byte (movemask) and take the lowest set bit. They load 16 bytes only while 16
+ * bytes remain before end, so they never read outside [p, end); the tail (under 16 bytes) goes to
+ * the scalar loop. In the head parser `end` is the end of the blank line, so the last bytes of a
+ * line are usually still within a whole block. */
 
 static inline const char *scan_class(const char *p, const char *end, int cls)
 {
@@ -139,12 +133,93 @@ static inline const char *scan_class(const char *p, const char *end, int cls)
     return p;
 }
 
+#if defined(SP_SIMD_SSE2) || defined(SP_SIMD_NEON)
+#define SIMD_BLOCK 16
+
+#ifdef SP_SIMD_SSE2
+typedef __m128i vec;
+typedef unsigned vmask;   /* one bit per byte */
+static inline vec v_load(const char *p) { return _mm_loadu_si128((const __m128i *)(const void *)p); }
+static inline vec v_set(unsigned char c) { return _mm_set1_epi8((char)c); }
+static inline vec v_eq(vec a, vec b) { return _mm_cmpeq_epi8(a, b); }
+static inline vec v_or(vec a, vec b) { return _mm_or_si128(a, b); }
+static inline vec v_andnot(vec a, vec b) { return _mm_andnot_si128(a, b); }   /* ~a & b */
+static inline vec v_sub(vec a, vec b) { return _mm_sub_epi8(a, b); }
+/* Unsigned a <= b: SSE2 has no unsigned byte compare, but min(a, b) == a says the same. */
+static inline vec v_le(vec a, vec b) { return _mm_cmpeq_epi8(_mm_min_epu8(a, b), a); }
+static inline vmask v_bits(vec m) { return (vmask)_mm_movemask_epi8(m); }
+static inline size_t v_first(vmask m) { return (size_t)__builtin_ctz(m); }
+#else
+typedef uint8x16_t vec;
+typedef uint64_t vmask;   /* four bits per byte */
+static inline vec v_load(const char *p) { return vld1q_u8((const uint8_t *)(const void *)p); }
+static inline vec v_set(unsigned char c) { return vdupq_n_u8(c); }
+static inline vec v_eq(vec a, vec b) { return vceqq_u8(a, b); }
+static inline vec v_or(vec a, vec b) { return vorrq_u8(a, b); }
+static inline vec v_andnot(vec a, vec b) { return vbicq_u8(b, a); }   /* ~a & b */
+static inline vec v_sub(vec a, vec b) { return vsubq_u8(a, b); }
+static inline vec v_le(vec a, vec b) { return vcleq_u8(a, b); }
+/* NEON has no movemask: narrowing each 16-bit lane by 4 bits keeps a nibble per byte. */
+static inline vmask v_bits(vec m)
+{
+    return vget_lane_u64(vreinterpret_u64_u8(vshrn_n_u16(vreinterpretq_u16_u8(m), 4)), 0);
+}
+static inline size_t v_first(vmask m) { return (size_t)__builtin_ctzll(m) >> 2; }
+#endif
+
+/* Bytes that stop a field value: CTL except HTAB (0x00-0x08, 0x0a-0x1f), and DEL. */
+static inline vmask value_stops(vec x)
+{
+    vec ctl = v_le(x, v_set(0x1f));
+    vec tab = v_eq(x, v_set(HTAB));
+    return v_bits(v_or(v_andnot(tab, ctl), v_eq(x, v_set(0x7f))));
+}
+
+/* Bytes that stop a request-target: CTL and SP (0x00-0x20), '#', DEL. */
+static inline vmask target_stops(vec x)
+{
+    vec low = v_le(x, v_set(SP));
+    return v_bits(v_or(low, v_or(v_eq(x, v_set('#')), v_eq(x, v_set(0x7f)))));
+}
+
+/* Bytes other than letters, digits and '-': a superset of the non-token bytes, and all that a
+ * method or a usual field name holds. A stop here is only a candidate; the scalar class decides. */
+static inline vmask token_stops(vec x)
+{
+    vec alpha = v_sub(v_or(x, v_set(0x20)), v_set('a'));   /* 'A'-'Z' and 'a'-'z' to 0..25 */
+    vec digit = v_sub(x, v_set('0'));
+    vec ok = v_or(v_le(alpha, v_set(25)), v_or(v_le(digit, v_set(9)), v_eq(x, v_set('-'))));
+    return v_bits(v_eq(ok, v_set(0)));   /* the bytes not ok */
+}
+#endif
+
+/* Token bytes (RFC 9110 5.6.2): method and field names. */
+static inline const char *scan_token(const char *p, const char *end)
+{
+#if defined(SP_SIMD_SSE2) || defined(SP_SIMD_NEON)
+    while (end - p >= SIMD_BLOCK) {
+        vmask m = token_stops(v_load(p));
+        if (m) {
+            p += v_first(m);
+            if (!is_class(*p, C_TCHAR)) return p;
+            p++;   /* a token byte the block test does not cover ('.', '_', '!', ...) */
+            continue;
+        }
+        p += SIMD_BLOCK;
+    }
+#endif
+    return scan_class(p, end, C_TCHAR);
+}
+
 /* Request-target bytes: stops at CTL, SP, '#', DEL. */
 static inline const char *scan_target(const char *p, const char *end)
 {
-#ifdef SP_USE_SSE42
-    static const char stop[16] = "\x00\x20##\x7f\x7f";
-    p = find_range(p, end, stop, 6);
+#if defined(SP_SIMD_SSE2) || defined(SP_SIMD_NEON)
+    while (end - p >= SIMD_BLOCK) {
+        vmask m = target_stops(v_load(p));
+        if (m) return p + v_first(m);
+        p += SIMD_BLOCK;
+    }
 #endif
     return scan_class(p, end, C_TARGET);
 }
@@ -152,9 +227,12 @@ static inline const char *scan_target(const char *p, const char *end)
 /* Field value bytes: stops at a CTL other than HTAB, or DEL. */
 static inline const char *scan_value(const char *p, const char *end)
 {
-#ifdef SP_USE_SSE42
-    static const char stop[16] = "\x00\x08\x0a\x1f\x7f\x7f";
-    p = find_range(p, end, stop, 6);
+#if defined(SP_SIMD_SSE2) || defined(SP_SIMD_NEON)
+    while (end - p >= SIMD_BLOCK) {
+        vmask m = value_stops(v_load(p));
+        if (m) return p + v_first(m);
+        p += SIMD_BLOCK;
+    }
 #endif
     return scan_class(p, end, C_VALUE);
 }
@@ -365,10 +443,11 @@ int sp_parse_request(const char *buf, size_t len, size_t last_len, const sp_limi
                                              : ERR(HEADERS_TOO_LARGE);
     if (cr[1] != LF) return ERR(BAD_REQUEST);  /* bare CR */
 
-    const char *m_end = scan_class(p, cr, C_TCHAR);
+    /* The scans may run to end: the CR at cr stops both of them (a CTL, not a token byte). */
+    const char *m_end = scan_token(p, end);
     if (m_end == p || *m_end != SP) return ERR(BAD_REQUEST);
     const char *t = m_end + 1;
-    const char *t_end = scan_target(t, cr);
+    const char *t_end = scan_target(t, end);
     if (t_end == t || *t_end != SP) return ERR(BAD_REQUEST);  /* 3.2: one SP, no CTL/'#' */
     int minor = parse_version(t_end + 1, (size_t)(cr - (t_end + 1)));
     if (minor < 0) return minor;
@@ -386,7 +465,7 @@ int sp_parse_request(const char *buf, size_t len, size_t last_len, const sp_limi
         }
         /* RFC 9112 5.2 obs-fold, and 2.2 whitespace before the first field: rejected. */
         const char *name = q;
-        const char *n_end = scan_class(q, end, C_TCHAR);
+        const char *n_end = scan_token(q, end);
         const char *bad;
         if (n_end == name || *n_end != ':') {  /* 5.1: no whitespace before the colon */
             bad = n_end;

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Builds the parser fuzzer and runs it. Usage: tests/fuzz/run.sh [seconds] [extra libFuzzer args]
 # (default 60 s); FUZZ_TARGET=proxy runs the PROXY preamble fuzzer (fuzz_proxy.c) instead.
-# parser.c is linked twice -- the SSE4.2 build and a scalar build with renamed
-# symbols -- so every input is also a differential test of the two paths. Crashes land in
+# parser.c is linked twice -- the SIMD build (SSE2 / NEON, the baseline) and a scalar build with
+# renamed symbols -- so every input is also a differential test of the two paths. Crashes land in
 # tests/fuzz/artifacts/; new coverage goes to a scratch corpus, not the committed seeds.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -16,8 +16,6 @@ cd "$out"  # libFuzzer writes fuzz-N.log files into the working directory
 
 san="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all"
 common="-std=c99 -g -O1 -Wall -Wextra -Werror -I$root/csrc"
-simd=""
-case $(uname -m) in x86_64|amd64|i?86) simd="-msse4.2" ;; esac
 
 if [ "${FUZZ_TARGET:-parser}" = proxy ]; then
     # The PROXY protocol preamble (csrc/proxy.c): its own harness and seeds.
@@ -27,12 +25,12 @@ if [ "${FUZZ_TARGET:-parser}" = proxy ]; then
         -artifact_prefix="$here/artifacts/" "$@" "$out/corpus_proxy" "$here/corpus_proxy"
 fi
 
-$CC $common $san $simd -DSP_NO_SIMD \
+$CC $common $san -DSP_NO_SIMD \
     -Dsp_parse_request=sp_parse_request_scalar \
     -Dsp_request_framing=sp_request_framing_scalar \
     -Dsp_chunked_decode=sp_chunked_decode_scalar \
     -c "$root/csrc/parser.c" -o "$out/parser_scalar.o"
-$CC $common $san $simd -DSP_FUZZ_DIFFERENTIAL -o "$out/fuzz_parser" \
+$CC $common $san -DSP_FUZZ_DIFFERENTIAL -o "$out/fuzz_parser" \
     "$here/fuzz_parser.c" "$root/csrc/parser.c" "$root/csrc/env.c" "$out/parser_scalar.o"
 
 exec "$out/fuzz_parser" -max_total_time="$secs" -max_len=4096 -timeout=10 \
