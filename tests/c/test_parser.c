@@ -810,6 +810,119 @@ static const evec env_vectors[] = {
      "GET|/a|%zz|HTTP/1.1|/a?%zz"},
 };
 
+/* The header part of an environ block as the rules say, the plain way (an oracle for the packer's
+ * hash index and its eight-bytes-at-a-time keys): one entry per name in first-seen order, any
+ * case; repeats joined with ", " ("; " for Cookie); names with '_', and Proxy, dropped. */
+static int name_eq(const sp_header *a, const sp_header *b)
+{
+    if (a->name_len != b->name_len) return 0;
+    for (size_t i = 0; i < a->name_len; i++) {
+        char x = a->name[i], y = b->name[i];
+        if (x >= 'A' && x <= 'Z') x = (char)(x + 32);
+        if (y >= 'A' && y <= 'Z') y = (char)(y + 32);
+        if (x != y) return 0;
+    }
+    return 1;
+}
+
+static size_t oracle_fields(const sp_request_head *rh, char *o)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < rh->num_headers; i++) {
+        const sp_header *h = &rh->headers[i];
+        int seen = 0;
+        for (size_t j = 0; j < i && !seen; j++) seen = name_eq(&rh->headers[j], h);
+        if (seen || memchr(h->name, '_', h->name_len)) continue;
+        static const sp_header proxy = {"proxy", 5, "", 0}, cookie = {"cookie", 6, "", 0};
+        if (name_eq(h, &proxy)) continue;
+        n += (size_t)sprintf(o + n, "HTTP_");
+        for (size_t k = 0; k < h->name_len; k++) {
+            char c = h->name[k];
+            o[n++] = c == '-' ? '_' : (c >= 'a' && c <= 'z') ? (char)(c - 32) : c;
+        }
+        o[n++] = '\0';
+        for (size_t k = i, first = 1; k < rh->num_headers; k++) {
+            if (!name_eq(&rh->headers[k], h)) continue;
+            if (!first) n += (size_t)sprintf(o + n, name_eq(h, &cookie) ? "; " : ", ");
+            memcpy(o + n, rh->headers[k].value, rh->headers[k].value_len);
+            n += rh->headers[k].value_len;
+            first = 0;
+        }
+        o[n++] = '\0';
+    }
+    return n;
+}
+
+/* Packs in (a GET of / with fields only, none of them Host/Content-*) and compares the header
+ * part with the oracle's; nmax: the field limit to parse with. */
+static void check_env_fields(const char *in, size_t len, size_t nmax)
+{
+    static sp_header hdrs[400];
+    static char want[1 << 17];
+    sp_request_head rh;
+    sp_limits lim = {.max_headers = nmax};
+    int rc = parse_at(in, len, 0, &lim, &rh, hdrs, nmax);
+    CHECK(rc == (int)len, "parse rc %d", rc);
+    if (rc <= 0) return;
+    static const char fixed[] = "GET\0/\0\0HTTP/1.1\0/";   /* and its NUL */
+    memcpy(want, fixed, sizeof fixed);
+    size_t wl = sizeof fixed + oracle_fields(&rh, want + sizeof fixed);
+    char *out = g_out.map + g_out.data_cap - (wl + 64);
+    ssize_t n = sp_env_pack(&rh, out, wl + 64);
+    CHECK(n == (ssize_t)wl && memcmp(out, want, wl) == 0, "block differs (len %zd want %zu)", n, wl);
+    out = g_out.map + g_out.data_cap - wl;   /* exact room, against the guard page */
+    n = sp_env_pack(&rh, out, wl);
+    CHECK(n == (ssize_t)wl && memcmp(out, want, wl) == 0, "exact room: %zd want %zu", n, wl);
+    out = g_out.map + g_out.data_cap - (wl - 1);
+    CHECK(sp_env_pack(&rh, out, wl - 1) == -431, "one byte short");
+}
+
+static void test_env_fields(void)
+{
+    static char in[1 << 16];
+    static const char chars[] = "aZ-09bY-cX8d";
+    uint64_t rng = 0x2545f4914f6cdd1du;
+
+    current_case = "env keys of every name length, every case, '-' and '_' at every place";
+    for (size_t nl = 1; nl <= 40; nl++) {
+        for (size_t at = 0; at <= nl; at++) {
+            size_t n = (size_t)sprintf(in, "GET / HTTP/1.1\r\n");
+            for (size_t k = 0; k < nl; k++) in[n + k] = chars[(k + at) % (sizeof chars - 1)];
+            if (at < nl) in[n + at] = at % 2 ? '_' : '-';   /* '_': the field is dropped */
+            n += nl;
+            n += (size_t)sprintf(in + n, ": v%zu\r\nA-%zu: w\r\n\r\n", nl, at);
+            check_env_fields(in, n, 100);
+        }
+    }
+
+    current_case = "repeated names in any case joined, many fields, hash index";
+    static const char *names[] = {"accept", "X-Custom-Header-Long-Name", "cookie", "x-a", "AB",
+                                  "Sec-Fetch-Mode", "sec-fetch-site", "Sec-Fetch-Dest", "q_x",
+                                  "proxy", "Accept-Language", "Accept-Encoding", "abcdefgh",
+                                  "abcdefgi", "Z"};
+    const size_t nnames = sizeof names / sizeof names[0];
+    for (int round = 0; round < 200; round++) {
+        size_t nf = 1 + (size_t)round % 128;
+        size_t max = round % 2 ? 128 : 300;
+        if (round >= 190) nf = 257 + (size_t)(round - 190) * 4;   /* past the hash index: pairwise */
+        if (nf > max) max = nf;
+        size_t n = (size_t)sprintf(in, "GET / HTTP/1.1\r\n");
+        for (size_t f = 0; f < nf; f++) {
+            rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+            const char *nm = names[rng % (round < 100 ? 4 : nnames)];
+            for (size_t k = 0; nm[k]; k++) {
+                char c = nm[k];
+                if ((rng >> (8 + k % 40)) & 1) c = (c >= 'a' && c <= 'z') ? (char)(c - 32)
+                                                 : (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+                in[n++] = c;
+            }
+            n += (size_t)sprintf(in + n, ": %zu\r\n", f);
+        }
+        n += (size_t)sprintf(in + n, "\r\n");
+        check_env_fields(in, n, max);
+    }
+}
+
 static void test_env(void)
 {
     sp_header hdrs[MAX_HEADERS_TEST];
@@ -850,6 +963,8 @@ static void test_env(void)
             else CHECK(r == -431, "cap %zu: %zd", cap, r);
         }
     }
+
+    test_env_fields();
 
     current_case = "sp_decode_path on a bare path and a full target";
     {
