@@ -56,26 +56,27 @@
  *   C_TARGET bytes allowed in a request-target: VCHAR except '#' (RFC 9112 3.2: no fragment),
  *            plus obs-text, which real clients send raw in paths and is no framing hazard.
  *   C_VALUE  field-vchar, SP, HTAB, obs-text (RFC 9110 5.5). No CTL, no DEL.
- *   C_HEX    HEXDIG. */
-enum { C_TCHAR = 1, C_TARGET = 2, C_VALUE = 4, C_HEX = 8 };
+ *   C_HEX    HEXDIG.
+ *   C_AUTH   a reg-name's bytes (RFC 3986 3.2.2): unreserved, sub-delims and '%' of pct-encoded. */
+enum { C_TCHAR = 1, C_TARGET = 2, C_VALUE = 4, C_HEX = 8, C_AUTH = 16 };
 
 static const unsigned char char_class[256] = {
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0,                /* 0x00 */
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,                /* 0x10 */
-    4, 7, 6, 5, 7, 7, 7, 7, 6, 6, 7, 7, 6, 7, 7, 6,                /* 0x20 */
-    15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 6, 6, 6, 6, 6, 6,      /* 0x30 */
-    6, 15, 15, 15, 15, 15, 15, 7, 7, 7, 7, 7, 7, 7, 7, 7,          /* 0x40 */
-    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 6, 7, 7,                /* 0x50 */
-    7, 15, 15, 15, 15, 15, 15, 7, 7, 7, 7, 7, 7, 7, 7, 7,          /* 0x60 */
-    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 7, 6, 7, 0,                /* 0x70 */
-    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0x80 */
-    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0x90 */
-    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0xa0 */
-    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0xb0 */
-    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0xc0 */
-    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0xd0 */
-    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0xe0 */
-    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0xf0 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0,                 /* 0x00 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,                 /* 0x10 */
+    4, 23, 6, 5, 23, 23, 23, 23, 22, 22, 23, 23, 22, 23, 23, 6,     /* 0x20 */
+    31, 31, 31, 31, 31, 31, 31, 31, 31, 31, 6, 22, 6, 22, 6, 6,     /* 0x30 */
+    6, 31, 31, 31, 31, 31, 31, 23, 23, 23, 23, 23, 23, 23, 23, 23,  /* 0x40 */
+    23, 23, 23, 23, 23, 23, 23, 23, 23, 23, 23, 6, 6, 6, 7, 23,     /* 0x50 */
+    7, 31, 31, 31, 31, 31, 31, 23, 23, 23, 23, 23, 23, 23, 23, 23,  /* 0x60 */
+    23, 23, 23, 23, 23, 23, 23, 23, 23, 23, 23, 6, 7, 6, 23, 0,     /* 0x70 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                 /* 0x80 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                 /* 0x90 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                 /* 0xa0 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                 /* 0xb0 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                 /* 0xc0 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                 /* 0xd0 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                 /* 0xe0 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                 /* 0xf0 */
 };
 
 static inline int is_class(char c, int cls)
@@ -334,23 +335,16 @@ static int check_partial(const char *buf, size_t len, size_t start, size_t from,
  * allowed (RFC 9112 3.2: a target with no authority). Both Host and absolute-form targets. */
 static int authority_ok(const char *v, size_t n)
 {
-    static const char reg[] = "-._~%!$&'()*+,;=";
     size_t i = 0;
     if (n && v[0] == '[') {
         /* IPv6address or IPvFuture: a superset of their characters, inside one pair of brackets */
-        for (i = 1; i < n && v[i] != ']'; i++) {
-            char c = v[i];
-            int alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-            if (!alnum && c != ':' && !memchr(reg, c, sizeof reg - 1)) return 0;
-        }
+        for (i = 1; i < n && v[i] != ']'; i++)
+            if (!is_class(v[i], C_AUTH) && v[i] != ':') return 0;
         if (i == n || i == 1) return 0;   /* no closing bracket, or "[]" */
         i++;
     } else {
-        for (; i < n && v[i] != ':'; i++) {
-            char c = v[i];
-            int alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-            if (!alnum && !memchr(reg, c, sizeof reg - 1)) return 0;
-        }
+        for (; i < n && v[i] != ':'; i++)
+            if (!is_class(v[i], C_AUTH)) return 0;
     }
     if (i == n) return 1;
     if (v[i] != ':') return 0;
@@ -413,73 +407,70 @@ static int parse_version(const char *v, size_t n)
     return minor == '0' ? 0 : 1;
 }
 
-int sp_parse_request(const char *buf, size_t len, size_t last_len, const sp_limits *limits,
-                     sp_request_head *req)
+/* The strict pass over the lines of a head that starts at p: the request line and every field
+ * line, recorded in req. Two ways:
+ *   - complete: end is the end of the blank line that find_head_end found. Every line is known to
+ *     end before it, and the result is the answer: the head's length or -STATUS.
+ *   - optimistic (!complete): end is the end of the input, which has not been looked at yet. Only
+ *     a head whose every line is valid and within the limits gets its length back; anything else
+ *     (an incomplete head, any defect) gets 0, and the caller goes the complete way, which alone
+ *     decides what to answer. Such a head is what the complete way would accept: each of its lines
+ *     ends in CRLF with no LF and no CR before it, so the blank line found here is the first
+ *     "\r\n\r\n" after the empty lines skipped, the one find_head_end would find; and the
+ *     limits are the same ones.
+ * The bounds tests on end below never fail in the complete way (the blank line ends every line
+ * before end), so there they change nothing. */
+#define REFUSE(rc) return complete ? (rc) : 0
+
+static int parse_lines(const char *buf, const char *p, const char *end, const resolved_limits *lim,
+                       size_t capacity, sp_request_head *req, int complete)
 {
-    resolved_limits lim;
-    resolve_limits(limits, &lim);
-    size_t capacity = req->num_headers;
-    req->num_headers = 0;
-
-    /* RFC 9112 2.2: empty lines before the request line are ignored. */
-    size_t start = 0;
-    while (len - start >= 2 && buf[start] == CR && buf[start + 1] == LF) start += 2;
-    if (start > lim.head) return ERR(HEADERS_TOO_LARGE);
-
-    size_t from = last_len > 3 ? last_len - 3 : 0;
-    if (from < start) from = start;
-    if (from > len) from = len;
-    long head_end = find_head_end(buf, len, from);
-    if (head_end < 0) return (int)head_end;
-    if (head_end == 0) return check_partial(buf, len, start, from, &lim);
-
-    const char *p = buf + start, *end = buf + head_end;
-
     /* Request line. The blank line guarantees a CR before end; it must come within the limit. */
-    const char *cr = memchr(p, CR, min_size((size_t)(end - p), lim.line + 1));
-    if (!cr) return line_too_long(p, (size_t)(end - p));
-    if ((size_t)head_end > lim.head)  /* 414 if the line alone already crossed the limit */
-        return (size_t)(cr - buf) > lim.head ? line_too_long(p, (size_t)(cr - p))
-                                             : ERR(HEADERS_TOO_LARGE);
-    if (cr[1] != LF) return ERR(BAD_REQUEST);  /* bare CR */
+    const char *cr = memchr(p, CR, min_size((size_t)(end - p), lim->line + 1));
+    if (!cr) REFUSE(line_too_long(p, (size_t)(end - p)));
+    if (complete && (size_t)(end - buf) > lim->head)  /* 414 if the line alone already crossed it */
+        return (size_t)(cr - buf) > lim->head ? line_too_long(p, (size_t)(cr - p))
+                                              : ERR(HEADERS_TOO_LARGE);
+    if (end - cr < 2 || cr[1] != LF) REFUSE(ERR(BAD_REQUEST));  /* bare CR */
 
     /* The scans may run to end: the CR at cr stops both of them (a CTL, not a token byte). */
     const char *m_end = scan_token(p, end);
-    if (m_end == p || *m_end != SP) return ERR(BAD_REQUEST);
+    if (m_end == p || *m_end != SP) REFUSE(ERR(BAD_REQUEST));
     const char *t = m_end + 1;
     const char *t_end = scan_target(t, end);
-    if (t_end == t || *t_end != SP) return ERR(BAD_REQUEST);  /* 3.2: one SP, no CTL/'#' */
+    if (t_end == t || *t_end != SP) REFUSE(ERR(BAD_REQUEST));  /* 3.2: one SP, no CTL/'#' */
     int minor = parse_version(t_end + 1, (size_t)(cr - (t_end + 1)));
-    if (minor < 0) return minor;
+    if (minor < 0) REFUSE(minor);
     int rc = check_target_form(p, (size_t)(m_end - p), t, (size_t)(t_end - t));
-    if (rc < 0) return rc;
+    if (rc < 0) REFUSE(rc);
 
     /* Field lines. */
-    size_t max_fields = min_size(capacity, lim.headers), n = 0;
+    size_t max_fields = min_size(capacity, lim->headers), n = 0;
     const char *q = cr + 2;
     for (;;) {
+        if (end - q < 2) REFUSE(ERR(BAD_REQUEST));   /* optimistic: the input ends here */
         if (*q == CR) {
-            /* The blank line: the first "\r\n\r\n" is `end`, so this is it. */
-            if (q + 2 != end || q[1] != LF) return ERR(BAD_REQUEST);
+            /* The blank line: in the complete way, the first "\r\n\r\n" is `end`, so this is it. */
+            if (q[1] != LF || (complete && q + 2 != end)) REFUSE(ERR(BAD_REQUEST));
             break;
         }
         /* RFC 9112 5.2 obs-fold, and 2.2 whitespace before the first field: rejected. */
         const char *name = q;
         const char *n_end = scan_token(q, end);
         const char *bad;
-        if (n_end == name || *n_end != ':') {  /* 5.1: no whitespace before the colon */
+        if (n_end == name || n_end == end || *n_end != ':') {  /* 5.1: no whitespace before ':' */
             bad = n_end;
             goto field_error;
         }
         const char *v = n_end + 1;
-        while (is_ows(*v)) v++;
+        while (v < end && is_ows(*v)) v++;
         const char *v_end = scan_value(v, end);
-        if (*v_end != CR || v_end[1] != LF) {  /* CTL, bare CR or bare LF in the value */
+        if (end - v_end < 2 || *v_end != CR || v_end[1] != LF) {  /* CTL, bare CR or LF in the value */
             bad = v_end;
             goto field_error;
         }
-        if ((size_t)(v_end - name) > lim.field) return ERR(HEADERS_TOO_LARGE);
-        if (n == max_fields) return ERR(HEADERS_TOO_LARGE);
+        if ((size_t)(v_end - name) > lim->field) REFUSE(ERR(HEADERS_TOO_LARGE));
+        if (n == max_fields) REFUSE(ERR(HEADERS_TOO_LARGE));
         const char *trim = v_end;
         while (trim > v && is_ows(trim[-1])) trim--;
         req->headers[n].name = name;
@@ -493,8 +484,10 @@ int sp_parse_request(const char *buf, size_t len, size_t last_len, const sp_limi
     field_error:
         /* A malformed line that is also too long reports the length, as the incremental checks
          * would have while it was arriving. */
-        return (size_t)(bad - name) > lim.field ? ERR(HEADERS_TOO_LARGE) : ERR(BAD_REQUEST);
+        REFUSE((size_t)(bad - name) > lim->field ? ERR(HEADERS_TOO_LARGE) : ERR(BAD_REQUEST));
     }
+    size_t head_end = (size_t)(q + 2 - buf);
+    if (head_end > lim->head) REFUSE(ERR(HEADERS_TOO_LARGE));   /* optimistic only: checked above */
 
     req->method = p;
     req->method_len = (size_t)(m_end - p);
@@ -503,6 +496,40 @@ int sp_parse_request(const char *buf, size_t len, size_t last_len, const sp_limi
     req->minor_version = minor;
     req->num_headers = n;
     return (int)head_end;
+}
+
+#undef REFUSE
+
+int sp_parse_request(const char *buf, size_t len, size_t last_len, const sp_limits *limits,
+                     sp_request_head *req)
+{
+    resolved_limits lim;
+    resolve_limits(limits, &lim);
+    size_t capacity = req->num_headers;
+    req->num_headers = 0;
+
+    /* RFC 9112 2.2: empty lines before the request line are ignored. */
+    size_t start = 0;
+    while (len - start >= 2 && buf[start] == CR && buf[start + 1] == LF) start += 2;
+    if (start > lim.head) return ERR(HEADERS_TOO_LARGE);
+
+    /* A first look at the input (no earlier call saw part of it), the common case of a whole head
+     * in one read: one pass that finds the blank line by parsing up to it. Anything but a valid
+     * head goes the way below, which decides the answer; later calls for the same head (a slow
+     * sender) go that way at once, so their cost stays with the new bytes. */
+    if (last_len == 0) {
+        int rc = parse_lines(buf, buf + start, buf + len, &lim, capacity, req, 0);
+        if (rc > 0) return rc;
+        req->num_headers = 0;
+    }
+
+    size_t from = last_len > 3 ? last_len - 3 : 0;
+    if (from < start) from = start;
+    if (from > len) from = len;
+    long head_end = find_head_end(buf, len, from);
+    if (head_end < 0) return (int)head_end;
+    if (head_end == 0) return check_partial(buf, len, start, from, &lim);
+    return parse_lines(buf, buf + start, buf + head_end, &lim, capacity, req, 1);
 }
 
 /* ---- sp_request_framing ------------------------------------------------------------------------ */

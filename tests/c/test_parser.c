@@ -189,6 +189,14 @@ static const pvec parse_vectors[] = {
      47, "POST", "/", 1, 2, {{"Host", "a"}, {"Content-Length", "4"}}},
     {"incomplete head is PARTIAL", IN("GET / HTTP/1.1\r\nHost: a\r\n\r"), SP_PARTIAL},
     {"only empty lines is PARTIAL", IN("\r\n\r\n\r\n"), SP_PARTIAL},
+    /* A first parse tries one optimistic pass; any defect it meets leaves the answer to the
+     * complete way (find the blank line first), whose order of checks decides the status. */
+    {"bad version in an incomplete head is PARTIAL", IN("GET / HTTP/2.0\r\nHost: a\r\n"), SP_PARTIAL},
+    {"bare LF after a bad version is 400, not 505", IN("GET / HTTP/2.0\r\nX: a\nb\r\n\r\n"), -400},
+    {"bad byte in a field of an incomplete head is PARTIAL", IN("GET / HTTP/1.1\r\nX: a\x01\r\n"),
+     SP_PARTIAL},
+    {"valid head then a bare LF in the body bytes", IN("GET / HTTP/1.1\r\nHost: a\r\n\r\nx\ny"), 27,
+     "GET", "/", 1, 1, {{"Host", "a"}}},
     {"long value crossing SIMD blocks",
      IN("GET / HTTP/1.1\r\nX: 0123456789abcdef0123456789abcdef0123456789abcdef01234\r\n\r\n"), WHOLE,
      "GET", "/", 1, 1, {{"X", "0123456789abcdef0123456789abcdef0123456789abcdef01234"}}},
