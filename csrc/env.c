@@ -132,10 +132,22 @@ static inline void put_nul(packer *pk)
     pk->out[pk->pos++] = '\0';
 }
 
+/* s[0..n) and a NUL, with one test for room. */
+static inline void put_z(packer *pk, const char *s, size_t n)
+{
+    if (pk->cap - pk->pos <= n) {
+        overflow(pk);
+        return;
+    }
+    memcpy(pk->out + pk->pos, s, n);
+    pk->out[pk->pos + n] = '\0';
+    pk->pos += n + 1;
+}
+
 /* A fixed key with its NUL, then the value and its NUL. */
-#define PUT_ENTRY(pk, key, v, vn) (put((pk), key, sizeof key), put((pk), (v), (vn)), put_nul(pk))
+#define PUT_ENTRY(pk, key, v, vn) (put((pk), key, sizeof key), put_z((pk), (v), (vn)))
 /* A value alone, for the fixed entries that open the block. */
-#define PUT_VALUE(pk, v, vn) (put((pk), (v), (vn)), put_nul(pk))
+#define PUT_VALUE(pk, v, vn) put_z((pk), (v), (vn))
 
 /* ---- Field names, eight bytes at a time ---------------------------------------------------------
  * A name is read as 64-bit words (SWAR): whole words, then one last word that overlaps the one
@@ -406,8 +418,7 @@ ssize_t sp_env_pack(const sp_request_head *req, char *out, size_t cap)
         pk.out[pk.pos++] = '\0';
 
         if (absolute && kind == NAME_HOST) {
-            put(&pk, authority, authority_len);
-            put_nul(&pk);
+            put_z(&pk, authority, authority_len);
             absolute = 2;
             continue;
         }
@@ -415,13 +426,17 @@ ssize_t sp_env_pack(const sp_request_head *req, char *out, size_t cap)
             const char *v;
             size_t vn;
             first_list_element(&hs[i], &v, &vn);
-            put(&pk, v, vn);
-            put_nul(&pk);
+            put_z(&pk, v, vn);
+            continue;
+        }
+        size_t k = linked ? fl.next[i] : next_same_name(hs, nh, i);
+        if (!k) {   /* the usual case: the name once */
+            put_z(&pk, hs[i].value, hs[i].value_len);
             continue;
         }
         const char *sep = kind == NAME_COOKIE ? "; " : ", ";
         put(&pk, hs[i].value, hs[i].value_len);
-        for (size_t k = i;;) {
+        for (k = i;;) {
             k = linked ? fl.next[k] : next_same_name(hs, nh, k);
             if (!k) break;
             put(&pk, sep, 2);

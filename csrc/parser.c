@@ -463,6 +463,7 @@ static int parse_lines(const char *buf, const char *p, const char *end, const re
             goto field_error;
         }
         const char *v = n_end + 1;
+        if (v < end && *v == SP) v++;   /* the usual single SP first: a cheaper test */
         while (v < end && is_ows(*v)) v++;
         const char *v_end = scan_value(v, end);
         if (end - v_end < 2 || *v_end != CR || v_end[1] != LF) {  /* CTL, bare CR or LF in the value */

@@ -195,6 +195,9 @@ static const pvec parse_vectors[] = {
     {"bare LF after a bad version is 400, not 505", IN("GET / HTTP/2.0\r\nX: a\nb\r\n\r\n"), -400},
     {"bad byte in a field of an incomplete head is PARTIAL", IN("GET / HTTP/1.1\r\nX: a\x01\r\n"),
      SP_PARTIAL},
+    {"head cut right after a field's colon", IN("GET / HTTP/1.1\r\nHost:"), SP_PARTIAL},
+    {"head cut after the colon and a space", IN("GET / HTTP/1.1\r\nHost: "), SP_PARTIAL},
+    {"head cut at a field's CR", IN("GET / HTTP/1.1\r\nHost: a\r"), SP_PARTIAL},
     {"valid head then a bare LF in the body bytes", IN("GET / HTTP/1.1\r\nHost: a\r\n\r\nx\ny"), 27,
      "GET", "/", 1, 1, {{"Host", "a"}}},
     {"long value crossing SIMD blocks",
@@ -338,6 +341,16 @@ static int run_head(const char *in, size_t len, int want, const sp_limits *lim, 
     if (inc > 0) {
         CHECK(at == (size_t)inc, "incremental: success at prefix %zu, head is %d", at, inc);
         if (fields) check_fields(fields, &rh);
+    }
+
+    /* Every prefix as a first look (last_len 0: the one-pass way first), each right against the
+     * guard page: whatever the first answer the byte-by-byte feed got, a prefix cut before it is
+     * PARTIAL, and none is read past its end. */
+    if (len <= 4096) {
+        for (size_t k = 0; k < at; k++) {
+            int r = parse_at(in, k, 0, lim, &rh, hdrs, MAX_HEADERS_TEST);
+            CHECK(r == SP_PARTIAL, "first look at prefix %zu: rc %d", k, r);
+        }
     }
     return rc;
 }
