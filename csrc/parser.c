@@ -15,6 +15,11 @@
  *      request line and every field line. Each line is known to end before `end`, so the scans
  *      need no PARTIAL handling.
  *
+ * The common case, a whole head in the first read (last_len 0), skips phase 1: the strict pass
+ * runs first, up to the end of the input, and a head it finds wholly valid is the answer (the
+ * same one phases 1 and 2 would give: see parse_lines). Anything else it leaves to the two phases.
+ * The scans of the strict pass look at 16 bytes at a time with SSE2 or NEON (see "Scanning").
+ *
  * Outputs are pointers into the caller's buffer; nothing is allocated, nothing is global.
  *
  * When a head holds several defects, which status is reported may depend on how its bytes
