@@ -16,6 +16,8 @@ cd "$out"  # libFuzzer writes fuzz-N.log files into the working directory
 
 san="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all"
 common="-std=c99 -g -O1 -Wall -Wextra -Werror -I$root/csrc"
+simd=""
+# simd stays empty: the SIMD scans use SSE2 / NEON, the baseline of x86-64 and arm64, no flag
 
 if [ "${FUZZ_TARGET:-parser}" = proxy ]; then
     # The PROXY protocol preamble (csrc/proxy.c): its own harness and seeds.
@@ -25,12 +27,12 @@ if [ "${FUZZ_TARGET:-parser}" = proxy ]; then
         -artifact_prefix="$here/artifacts/" "$@" "$out/corpus_proxy" "$here/corpus_proxy"
 fi
 
-$CC $common $san -DSP_NO_SIMD \
+$CC $common $san $simd -DSP_NO_SIMD \
     -Dsp_parse_request=sp_parse_request_scalar \
     -Dsp_request_framing=sp_request_framing_scalar \
     -Dsp_chunked_decode=sp_chunked_decode_scalar \
     -c "$root/csrc/parser.c" -o "$out/parser_scalar.o"
-$CC $common $san -DSP_FUZZ_DIFFERENTIAL -o "$out/fuzz_parser" \
+$CC $common $san $simd -DSP_FUZZ_DIFFERENTIAL -o "$out/fuzz_parser" \
     "$here/fuzz_parser.c" "$root/csrc/parser.c" "$root/csrc/env.c" "$out/parser_scalar.o"
 
 exec "$out/fuzz_parser" -max_total_time="$secs" -max_len=4096 -timeout=10 \
