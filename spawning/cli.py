@@ -23,7 +23,7 @@ from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, AppLoadError, ConfigError
 
 #: name -> (``module:function(argv) -> int``, help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "status": ("spawning.status:main", "show the status of a running server (see --status-port)"),
+    "status": ("spawning.status.command:main", "show the status of a running server (see --status-port)"),
 }
 
 LOG_FORMAT = logs.TEXT_FORMAT

@@ -112,7 +112,7 @@ def env_pair(text: str) -> str:
 
 def ip_list(text: str) -> str:
     """``--forwarded-allow-ips``: addresses and CIDR blocks, comma-separated, or ``*``."""
-    from ..forwarded import parse_allow
+    from ..wsgi.forwarded import parse_allow
 
     try:
         parse_allow(str(text))
@@ -128,7 +128,7 @@ def optional_str(text: str) -> str | None:
 def access_log_format(text: str) -> str | None:
     """``--access-log-format``: a named format or one of known atoms, checked now so that a typo
     is a usage error rather than a line of dashes."""
-    from ..accesslog import check_format  # imports nothing heavy; keeps import order free
+    from ..wsgi.accesslog import check_format  # imports nothing heavy; keeps import order free
 
     return check_format(text)
 
@@ -225,7 +225,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("args", (), [], "the application as a dotted path (module.app or module:app), then "
            "middleware, each a dotted path to mw(app) -> app, applied in order", "Application",
            kind="positional", metavar="APP [MIDDLEWARE ...]"),
-    Option("factory", ("-f", "--factory"), "spawning.wsgi_factory.config_factory",
+    Option("factory", ("-f", "--factory"), "spawning.factories.wsgi.config_factory",
            "dotted path to config_factory(args) -> config; it names the app_factory each worker calls",
            "Application", metavar="DOTTED"),
     Option("threads", ("-t", "--threads"), 4,

@@ -127,7 +127,7 @@ FOREIGN_FLAGS = {
     "--worker-class": "--threads N (N threads a worker) or --threads 0 (green threads)",
     "--worker-connections": "--max-connections",
     "-D": "--daemonize",
-    "--paste": "--factory spawning.paste_factory.config_factory FILE.ini",
+    "--paste": "--factory spawning.factories.paste.config_factory FILE.ini",
     "--certfile": "a TLS-terminating proxy in front (spawning serves plain HTTP)",
     "--keyfile": "a TLS-terminating proxy in front (spawning serves plain HTTP)",
 }

@@ -53,7 +53,7 @@ through four methods only (``_fork_worker``, ``_send_signal``, ``_wait_any``, ``
 which tests/process/test_supervisor.py replaces with fakes. Why a worker is replaced is a
 ``RetireReason``; the counts by reason are ``Controller.restarts``.
 
-Workers talk to the controller over a socketpair each (see ``spawning.worker``): ``ready``,
+Workers talk to the controller over a socketpair each (see ``spawning.process.worker``): ``ready``,
 heartbeats with ``Server.stats()`` every second, ``boot_error``; the controller sends ``drain`` and
 ``stop``. ``--timeout`` is enforced here, from the heartbeats: a worker whose oldest in-flight
 request has run longer (thread mode), or that sent no heartbeat for that long (any mode: in green
@@ -70,7 +70,7 @@ Extension points for other components (the status service of ``--status-port``):
   workers after fork.
 - ``COMPONENTS`` lists (config key, ``module:attach``) pairs: when the key's value is truthy, the
   controller imports the module and calls ``attach(controller)`` after binding its sockets. The status
-  service plugs in as ``spawning.status:attach``. A factory may name more in
+  service plugs in as ``spawning.status.service:attach``. A factory may name more in
   ``config["components"]``.
 """
 
@@ -134,7 +134,7 @@ TICK = 0.5
 IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
 
 COMPONENTS: tuple[tuple[str, str], ...] = (
-    ("status_port", "spawning.status:attach"),
+    ("status_port", "spawning.status.service:attach"),
     ("coverage", "spawning.coverage_support:attach"),
 )
 

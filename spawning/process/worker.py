@@ -63,8 +63,8 @@ from typing import Any, NoReturn
 
 from ..config import Settings
 from ..errors import WORKER_BOOT_ERROR, AppLoadError, ConfigError
-from ..health import Readiness
-from ..health import middleware as health_middleware
+from ..wsgi.health import Readiness
+from ..wsgi.health import middleware as health_middleware
 
 log = logging.getLogger("spawning")
 
@@ -163,7 +163,7 @@ def load_app(config: dict[str, Any]) -> Any:
     failure raises ``AppLoadError`` with one line. A worker calls it after fork; the controller
     before forking with ``--preload``, and for ``--check-config``."""
     try:
-        return import_object(config.get("app_factory") or "spawning.wsgi_factory.app_factory")(config)
+        return import_object(config.get("app_factory") or "spawning.factories.wsgi.app_factory")(config)
     except AppLoadError:
         raise
     except Exception as exc:
