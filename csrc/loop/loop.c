@@ -34,7 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core.h"
+#include "loop.h"
 #include "backend.h"
 #include "sysio.h"
 
@@ -565,7 +565,6 @@ static void sweep(sp_server *s, int64_t now) {
 }
 
 /* Called by conn_close: a freed slot may let accepting resume. */
-void srv_slot_freed(sp_server *s);
 void srv_slot_freed(sp_server *s) {
     if (!s->accepting && !s->draining && !s->accept_resume_ms && s->nconns < s->cfg.max_connections)
         set_accepting(s, 1);

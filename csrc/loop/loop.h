@@ -1,4 +1,4 @@
-/* core.h -- private structures shared by server.c (the loop) and conn.c (the connection state
+/* loop.h -- private structures shared by the loop (loop.c) and the connection (conn/) state
  * machine). Not part of the API: Python sees only sp.h. */
 #ifndef SP_CORE_H
 #define SP_CORE_H
@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <stddef.h>
+#include <sys/socket.h>
 #include "sp.h"
 
 #define SP_HEADERS_MAX 128          /* parser array; the configured limit is enforced below it */
@@ -189,6 +190,7 @@ char *srv_buf_get(sp_server *s);
 void srv_buf_put(sp_server *s, char *buf);
 int srv_slot_take(sp_server *s, sp_conn *c);      /* 0 or -ENOMEM */
 void srv_slot_release(sp_server *s, sp_conn *c);
+void srv_slot_freed(sp_server *s);                 /* after a close: accepting may resume */
 sp_conn *srv_code_conn(sp_server *s, int64_t code);   /* the busy connection of a code, or NULL */
 const char *srv_date(sp_server *s);
 /* sp_poll with s->mu held (it is released while waiting in the backend); max > 0. */
