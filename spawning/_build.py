@@ -33,7 +33,9 @@ if sys.platform != "win32":
     extra += ["-fvisibility=hidden"]
 if os.environ.get("SPAWNING_SANITIZE"):
     # Through libc's wrappers, whose buffers ASan checks (csrc/sysio.h).
-    extra += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-DSP_LIBC_SYSCALLS"]
+    # SP_CHECK_STATES: an illegal connection state change aborts (csrc/conn/conn.h).
+    extra += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-DSP_LIBC_SYSCALLS",
+              "-DSP_CHECK_STATES"]
 # csrc/py/runner.c is written against the CPython API; elsewhere (and in a test build of the Python
 # path alone) wsgi.py runs every request itself. Also on free-threaded builds: the runner swaps
 # its spare response object and reads its members without a lock, which only the GIL makes safe.

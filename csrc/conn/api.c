@@ -19,7 +19,7 @@
 static int finish_locked(sp_server *s, sp_conn *c, int abort);
 
 /* Every sp_req_* entry point takes the request's code and looks it up under the lock
- * (srv_code_conn: slot, generation, busy), never a pointer Python kept: a code kept past its
+ * (conn_code: slot, generation, busy), never a pointer Python kept: a code kept past its
  * request (an app's stale write()) then finds nothing and gets -ESTALE, instead of reaching freed
  * memory or a connection that serves someone else now. */
 
@@ -39,7 +39,7 @@ static int start_locked(sp_server *s, sp_conn *c, const char *status, size_t sle
 int sp_req_start(sp_server *s, int64_t code, const char *status, size_t slen,
                  const char *headers, size_t hlen) {
     LOCK(s);
-    sp_conn *c = srv_code_conn(s, code);
+    sp_conn *c = conn_code(s, code);
     if (!c) { UNLOCK(s); return -ESTALE; }
     int rc = start_locked(s, c, status, slen, headers, hlen);
     UNLOCK(s);
@@ -90,7 +90,7 @@ static ssize_t body_write(sp_server *s, sp_conn *c, const char *buf, size_t len)
 
 ssize_t sp_req_write(sp_server *s, int64_t code, const char *buf, size_t len) {
     LOCK(s);
-    sp_conn *c = srv_code_conn(s, code);
+    sp_conn *c = conn_code(s, code);
     if (!c) { UNLOCK(s); return -ESTALE; }
     ssize_t rc = c->started ? body_write(s, c, buf, len) : -EINVAL;
     UNLOCK(s);
@@ -99,7 +99,7 @@ ssize_t sp_req_write(sp_server *s, int64_t code, const char *buf, size_t len) {
 
 ssize_t sp_req_flush(sp_server *s, int64_t code) {
     LOCK(s);
-    sp_conn *c = srv_code_conn(s, code);
+    sp_conn *c = conn_code(s, code);
     if (!c) { UNLOCK(s); return -ESTALE; }
     c->writable = 1;   /* asked after a wait for writability */
     ssize_t rc = conn_flush(s, c);
@@ -111,7 +111,7 @@ ssize_t sp_req_drain(sp_server *s, int64_t code, size_t low_water) {
     int timeout = s->cfg.send_timeout_ms > 0 ? s->cfg.send_timeout_ms : -1;
     for (;;) {
         LOCK(s);
-        sp_conn *c = srv_code_conn(s, code);
+        sp_conn *c = conn_code(s, code);
         if (!c) { UNLOCK(s); return -ESTALE; }
         ssize_t p = conn_flush(s, c);
         int fd = c->h.fd;
@@ -122,7 +122,7 @@ ssize_t sp_req_drain(sp_server *s, int64_t code, size_t low_water) {
         if (pr == 0) return -ETIMEDOUT;
         if (pr < 0 && errno != EINTR) return -errno;
         LOCK(s);
-        if ((c = srv_code_conn(s, code)) != NULL) c->writable = 1;
+        if ((c = conn_code(s, code)) != NULL) c->writable = 1;
         UNLOCK(s);
     }
 }
@@ -130,7 +130,7 @@ ssize_t sp_req_drain(sp_server *s, int64_t code, size_t low_water) {
 ssize_t sp_req_sendfile(sp_server *s, int64_t code, int fd, int64_t offset, size_t count) {
     ssize_t rc;
     LOCK(s);
-    sp_conn *c = srv_code_conn(s, code);
+    sp_conn *c = conn_code(s, code);
     if (!c) { UNLOCK(s); return -ESTALE; }
 #ifdef __linux__
     if (c->dead) { rc = -EPIPE; goto out; }
@@ -216,7 +216,7 @@ static int respond(sp_server *s, sp_conn *c, const char *status, size_t slen,
 int sp_req_respond(sp_server *s, int64_t code, const char *status, size_t slen,
                    const char *headers, size_t hlen, const char *body, size_t blen) {
     LOCK(s);
-    sp_conn *c = srv_code_conn(s, code);
+    sp_conn *c = conn_code(s, code);
     if (!c) { UNLOCK(s); return -ESTALE; }
     int rc = respond(s, c, status, slen, headers, hlen, body, blen);
     UNLOCK(s);
@@ -225,7 +225,7 @@ int sp_req_respond(sp_server *s, int64_t code, const char *status, size_t slen,
 
 sp_request *sp_code_req(sp_server *s, int64_t code) {
     LOCK(s);
-    sp_conn *c = srv_code_conn(s, code);
+    sp_conn *c = conn_code(s, code);
     UNLOCK(s);
     return c ? &c->req : NULL;
 }
@@ -236,7 +236,7 @@ static int code_respond_locked(sp_server *s, int64_t code, const char *head, siz
     const char *nul = memchr(head, '\0', hlen);
     size_t slen = nul ? (size_t)(nul - head) : hlen;
     const char *headers = nul ? nul + 1 : head + hlen;
-    sp_conn *c = srv_code_conn(s, code);
+    sp_conn *c = conn_code(s, code);
     return c ? respond(s, c, head, slen, headers, hlen - slen - (nul ? 1 : 0), body, blen) : -ESTALE;
 }
 
@@ -262,10 +262,10 @@ int64_t sp_code_answer(sp_server *s, int64_t code, const char *head, size_t hlen
     /* Only a queued request: with none, the caller's sp_poll_one() polls, as this would, but
      * it may wait (without the GIL). A poll that found nothing here would be a wasted call. */
     if (!s->nready) { UNLOCK(s); return 0; }
-    int64_t next = srv_take_next_locked(s);
+    int64_t next = loop_take_next_locked(s);
     if (!next) {
         sp_event ev;
-        int n = srv_poll_locked(s, &ev, 1, 0);
+        int n = loop_poll_locked(s, &ev, 1, 0);
         next = n > 0 && ev.kind == SP_EV_REQUEST ? ev.code : 0;
     }
     UNLOCK(s);
@@ -298,22 +298,22 @@ static int finish_locked(sp_server *s, sp_conn *c, int abort) {
     s->st.requests++;
     if (c->dead || abort) {
         rc = c->dead ? -EPIPE : 0;
-        c->state = C_HEAD;   /* not C_BUSY any more: conn_close may free it */
+        conn_set_state(c, C_HEAD);   /* not C_BUSY any more: conn_close may free it */
         conn_close(s, c);
         goto out;
     }
     if (c->chunked_out) {
         struct iovec iov = { "0\r\n\r\n", 5 };
-        if (conn_sendv(s, c, &iov, 1) < 0) { c->state = C_HEAD; conn_close(s, c); rc = -EPIPE; goto out; }
+        if (conn_sendv(s, c, &iov, 1) < 0) { conn_set_state(c, C_HEAD); conn_close(s, c); rc = -EPIPE; goto out; }
     } else if (pending(c) && !c->corked) {
         /* The response's last bytes leave now. A head with no body after it (an empty
          * iterable, HEAD, 204, 304) was only formatted by sp_req_start: with an edge-triggered
          * backend no write event would ever come for it, and the client would wait forever. */
-        if (conn_flush(s, c) < 0) { c->state = C_HEAD; conn_close(s, c); rc = -EPIPE; goto out; }
+        if (conn_flush(s, c) < 0) { conn_set_state(c, C_HEAD); conn_close(s, c); rc = -EPIPE; goto out; }
     }
     if (c->resp_left > 0) c->keep_alive = 0;   /* the app sent less than its Content-Length */
     if (!conn_skip_body(s, c)) c->keep_alive = 0;   /* unread body still on the wire */
-    c->state = C_HEAD;
+    conn_set_state(c, C_HEAD);
     c->started = 0;
     c->req.serial++;
     if (!c->keep_alive) {
@@ -343,10 +343,10 @@ static int finish_locked(sp_server *s, sp_conn *c, int abort) {
             conn_read_head(s, c);   /* may close c */
         } else if (p == 0) {
             if (c->pos == c->in_len) conn_release_in(s, c);
-            srv_conn_interest(s, c);   /* level-triggered backends: reading again */
+            conn_interest(s, c);   /* level-triggered backends: reading again */
         }
     } else {
-        srv_conn_interest(s, c);
+        conn_interest(s, c);
     }
 out:
     return rc;
@@ -354,7 +354,7 @@ out:
 
 int sp_req_finish(sp_server *s, int64_t code, int abort) {
     LOCK(s);
-    sp_conn *c = srv_code_conn(s, code);
+    sp_conn *c = conn_code(s, code);
     if (!c) { UNLOCK(s); return -ESTALE; }
     int rc = finish_locked(s, c, abort);
     UNLOCK(s);
@@ -363,12 +363,12 @@ int sp_req_finish(sp_server *s, int64_t code, int abort) {
 
 int sp_req_wait(sp_server *s, int64_t code, int mask, int64_t token) {
     LOCK(s);
-    sp_conn *c = srv_code_conn(s, code);
+    sp_conn *c = conn_code(s, code);
     if (!c) { UNLOCK(s); return -ESTALE; }
     int rc = 0;
     if (c->dead || c->peer_closed || ((mask & SP_READ) && c->readable) || ((mask & SP_WRITE) && c->writable)) {
         c->wait_mask = 0;
-        rc = srv_fd_event(s, c->h.fd, mask, token);   /* can progress (or fail) now */
+        rc = loop_fd_event(s, c->h.fd, mask, token);   /* can progress (or fail) now */
     } else {
         c->wait_mask = mask;
         c->wait_token = token;

@@ -43,7 +43,7 @@ static ssize_t send_continue(sp_server *s, sp_conn *c) {
 
 static int in_make_room(sp_server *s, sp_conn *c) {
     if (!c->in) {
-        c->in = srv_buf_get(s);
+        c->in = conn_buf_get(s);
         if (!c->in) return -ENOMEM;
         c->in_cap = SP_IN_CHUNK;
         c->in_len = c->pos = 0;
@@ -159,7 +159,7 @@ static ssize_t peek_locked(sp_conn *c, const char **data, size_t n) {
 
 ssize_t sp_code_peek(sp_server *s, int64_t code, const char **data, size_t n) {
     LOCK(s);
-    sp_conn *c = srv_code_conn(s, code);
+    sp_conn *c = conn_code(s, code);
     ssize_t rc = c ? peek_locked(c, data, n) : -ESTALE;
     UNLOCK(s);
     return rc;
@@ -167,7 +167,7 @@ ssize_t sp_code_peek(sp_server *s, int64_t code, const char **data, size_t n) {
 
 ssize_t sp_req_read(sp_server *s, int64_t code, char *buf, size_t n) {
     LOCK(s);
-    sp_conn *c = srv_code_conn(s, code);
+    sp_conn *c = conn_code(s, code);
     if (!c) { UNLOCK(s); return -ESTALE; }
     ssize_t rc = body_read(s, c, buf, n);
     UNLOCK(s);
@@ -177,7 +177,7 @@ ssize_t sp_req_read(sp_server *s, int64_t code, char *buf, size_t n) {
 ssize_t sp_req_read_wait(sp_server *s, int64_t code, char *buf, size_t n, int timeout_ms) {
     for (;;) {
         LOCK(s);
-        sp_conn *c = srv_code_conn(s, code);
+        sp_conn *c = conn_code(s, code);
         if (!c) { UNLOCK(s); return -ESTALE; }
         ssize_t rc = body_read(s, c, buf, n);
         int fd = c->h.fd;

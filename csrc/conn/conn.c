@@ -1,13 +1,27 @@
-/* conn.c -- the connection state machine: reading and parsing heads, request bodies, responses,
- * keep-alive, pipelining, lingering close.
+/* conn.c -- the connection state machine: a connection's life, its events and timeouts, errors and
+ * the lingering close. The rest of the connection part: input.c (heads in), output.c (the output
+ * queue, corking), head.c (response heads), body.c (request bodies), api.c (what Python calls),
+ * server.c (the server, slots, the ready queue); conn.h declares what they share.
  *
  * Theory of operation
  * -------------------
- *   C_HEAD ---head parsed---> C_READY (queued) ---sp_poll hands it out---> C_BUSY (the app runs)
- *     ^                                                                       |
- *     +------------- sp_req_finish(): keep-alive, next pipelined head --------+
- *   any state --bad input / timeout--> error response, then C_LINGER (half-closed, discarding
- *     input until EOF or SP_LINGER_MS, so the client reads our answer instead of a reset).
+ * Every state and every move between them (conn.h's CONN_NEXT is this list as data, and
+ * conn_set_state() refuses any other move; tests/test_layers_c.py checks the two agree):
+ *
+ *   C_NEW    --conn_new(): accepted---------------------------------------> C_HEAD
+ *   C_HEAD   --head parsed, a small body still arriving (try_parse)-------> C_BODY
+ *   C_HEAD   --head parsed (try_parse): queued-----------------------------> C_READY
+ *   C_BODY   --the small body is in (conn_read_head): queued---------------> C_READY
+ *   C_READY  --sp_poll hands it out (conn_take)----------------------------> C_BUSY
+ *   C_BUSY   --sp_req_finish(): keep-alive, the next pipelined head-------> C_HEAD
+ *   C_HEAD   --bad input, 408, or EOF while a response is still queued----> C_LINGER
+ *   C_BODY   --bad input, 408------------------------------------------------> C_LINGER
+ *
+ * C_LINGER is half-closed, discarding input until EOF, SP_LINGER_MS or SP_LINGER_DISCARD, so that
+ * the client reads our answer instead of a reset; it has no way out but conn_close(). conn_close()
+ * ends a connection from any state except C_BUSY, which only sp_req_finish() ends (it moves it to
+ * C_HEAD first). A connection that finishes with Connection: close goes C_BUSY -> C_HEAD ->
+ * C_LINGER, or is closed at once when the client sends nothing more.
  *
  * One request per connection is parsed at a time: the next pipelined head waits in the buffer
  * until the current response is finished, so responses leave in request order by construction
@@ -36,18 +50,35 @@
 #include "conn.h"
 #include "loop/sysio.h"
 
+/* Why the release build lets an illegal move happen: every caller goes on using c as the state it
+ * asked for implies, so closing c here would free it under the caller (a use-after-free, worse
+ * than the bug reported), and refusing would strand it in a state no code path serves (its fd
+ * held until a timeout that state may not have). The checked builds, which the tests run, stop
+ * at the first one instead. */
+void conn_bad_state(const sp_conn *c, int to) {
+#ifdef SP_CHECK_STATES
+    fprintf(stderr, "spawning: connection state %d -> %d is not in CONN_NEXT (csrc/conn/conn.h)\n", c->state, to);
+    abort();
+#else
+    static int said;
+    if (!__atomic_exchange_n(&said, 1, __ATOMIC_RELAXED))
+        fprintf(stderr, "spawning: connection state %d -> %d is not in CONN_NEXT (csrc/conn/conn.h); "
+                "reported once\n", c->state, to);
+#endif
+}
+
 /* ---- lifecycle ---------------------------------------------------------------------------------- */
 
 sp_conn *conn_new(sp_server *s, int fd, int listener, const struct sockaddr *sa, int salen) {
     (void)salen;
     sp_conn *c = calloc(1, sizeof(*c));
     if (!c) return NULL;
-    if (srv_slot_take(s, c) < 0) { free(c); return NULL; }
+    if (conn_slot_take(s, c) < 0) { free(c); return NULL; }
     c->gen = s->conn_gen++ & SP_CODE_GEN_MASK;
     c->h.kind = K_CONN;
     c->h.fd = fd;
     c->srv = s;
-    c->state = C_HEAD;
+    conn_set_state(c, C_HEAD);
     c->writable = 1;
     c->req.fd = fd;
     c->req.listener = listener;
@@ -80,7 +111,7 @@ sp_conn *conn_new(sp_server *s, int fd, int listener, const struct sockaddr *sa,
 }
 
 void conn_release_in(sp_server *s, sp_conn *c) {
-    if (c->in && c->in_cap == SP_IN_CHUNK) srv_buf_put(s, c->in); else free(c->in);
+    if (c->in && c->in_cap == SP_IN_CHUNK) conn_buf_put(s, c->in); else free(c->in);
     c->in = NULL;
     c->in_cap = c->in_len = c->pos = 0;
 }
@@ -102,8 +133,8 @@ void conn_close(sp_server *s, sp_conn *c) {
     conn_uncork_forget(s, c);
     if (c->prev) c->prev->next = c->next; else s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
-    srv_conn_forget(s, c);
-    srv_slot_release(s, c);
+    loop_forget(s, c->h.fd);
+    conn_slot_release(s, c);
     close(c->h.fd);
     conn_release_in(s, c);
     free(c->out);
@@ -122,7 +153,7 @@ void conn_close(sp_server *s, sp_conn *c) {
         free(c);
     }
     s->nconns--;
-    srv_slot_freed(s);
+    loop_conn_closed(s);
     if (s->draining && s->nconns == 0) sp_server_wakeup(s);   /* the worker may exit now */
 }
 
@@ -134,7 +165,7 @@ void conn_kill(sp_server *s, sp_conn *c) {
         c->deadline_ms = 0;
         if (c->wait_mask) {   /* wake the green thread waiting on it: it will see the error */
             c->wait_mask = 0;
-            srv_fd_event(s, c->h.fd, SP_READ | SP_WRITE, c->wait_token);
+            loop_fd_event(s, c->h.fd, SP_READ | SP_WRITE, c->wait_token);
         }
         return;
     }
@@ -160,12 +191,12 @@ static const char *reason(int status) {
 }
 
 void conn_linger(sp_server *s, sp_conn *c) {
-    c->state = C_LINGER;
+    conn_set_state(c, C_LINGER);
     /* While the response is still going out, the send timeout governs (see conn_timeout). */
     c->deadline_ms = sp_now_ms() + SP_LINGER_MS;
     c->body_left = SP_LINGER_DISCARD;   /* reused as the discard budget */
     if (!pending(c)) shutdown(c->h.fd, SHUT_WR);
-    srv_conn_interest(s, c);
+    conn_interest(s, c);
 }
 
 /* Answers with an error status of our own and closes gracefully. Not for C_BUSY connections. */
@@ -175,7 +206,7 @@ void conn_error(sp_server *s, sp_conn *c, int status) {
     int n = snprintf(buf, sizeof(buf),
                      "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %zu\r\n"
                      "Connection: close\r\n%s%.*s\r\n%s\n",
-                     status, why, strlen(why) + 1, srv_date(s), (int)s->server_line_len, s->server_line, why);
+                     status, why, strlen(why) + 1, conn_date(s), (int)s->server_line_len, s->server_line, why);
     s->st.rejected++;
     s->st.status_class[status / 100]++;
     unqueue(s, c);
@@ -202,14 +233,15 @@ static void linger_read(sp_server *s, sp_conn *c) {
     }
 }
 
-void conn_on_event(sp_server *s, sp_conn *c, int mask) {
+void conn_on_event(sp_server *s, sp_handle *h, int mask) {
+    sp_conn *c = (sp_conn *)h;   /* the handle is its first member */
     if (mask & BE_ERROR) c->peer_closed = 1;
     if (mask & BE_EOF) c->eof_seen = 1;
     if (mask & BE_WRITE) {
         c->writable = 1;
         if ((c->wait_mask & SP_WRITE) && c->state == C_BUSY) {
             c->wait_mask = 0;
-            srv_fd_event(s, c->h.fd, SP_WRITE, c->wait_token);
+            loop_fd_event(s, c->h.fd, SP_WRITE, c->wait_token);
         }
         if (pending(c)) {
             int was_close = c->state == C_LINGER;
@@ -246,7 +278,7 @@ void conn_on_event(sp_server *s, sp_conn *c, int mask) {
         case C_READY:
             if (c->wait_mask & SP_READ) {
                 c->wait_mask = 0;
-                srv_fd_event(s, c->h.fd, SP_READ, c->wait_token);
+                loop_fd_event(s, c->h.fd, SP_READ, c->wait_token);
             }
             if (c->body_done && !c->peer_closed) {
                 /* Only a peek: a client that hung up while its long-poll waits is noticed. */

@@ -158,7 +158,7 @@ static ssize_t end_head(sp_server *s, sp_conn *c, char *dst, size_t n, size_t ca
 #define PUT(p, l) do { size_t _l = (l); if (n + _l > cap) return -ENOSPC; memcpy(dst + n, (p), _l); n += _l; } while (0)
     if (ah->close || s->draining || c->close_after) c->keep_alive = 0;
     if (!ah->has_date) {
-        const char *date = srv_date(s);   /* first: it sets date_len */
+        const char *date = conn_date(s);   /* first: it sets date_len */
         PUT(date, s->date_len);
     }
     if (!ah->has_server && s->server_line_len) PUT(s->server_line, s->server_line_len);

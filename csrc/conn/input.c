@@ -122,12 +122,12 @@ int conn_try_parse(sp_server *s, sp_conn *c) {
     c->head_started_ms = 0;
     if (c->req.body == 1 && !c->expect_continue && c->body_left <= SP_PREBUFFER_MAX &&
         (int64_t)(c->in_len - c->pos) < c->body_left) {
-        c->state = C_BODY;   /* conn_read_head() reads the rest, then queues it */
+        conn_set_state(c, C_BODY);   /* conn_read_head() reads the rest, then queues it */
         c->deadline_ms = deadline_after(sp_now_ms(), s->cfg.body_timeout_ms);
-        srv_conn_interest(s, c);
+        conn_interest(s, c);
         return 0;
     }
-    srv_enqueue(s, c);
+    conn_enqueue(s, c);
     /* Nothing left to read for this request: give the read buffer back now rather than pin it
      * while the app runs (a long-poll worker holding 10k requests would hold 10k buffers). */
     if (c->body_done && c->pos == c->in_len) conn_release_in(s, c);
@@ -167,7 +167,7 @@ void conn_read_head(sp_server *s, sp_conn *c) {
     size_t max_buf = lim->max_head_size + SP_IN_CHUNK;
     while (c->state == C_HEAD || c->state == C_BODY) {
         if (!c->in) {
-            c->in = srv_buf_get(s);
+            c->in = conn_buf_get(s);
             if (!c->in) { conn_close(s, c); return; }
             c->in_cap = SP_IN_CHUNK;
         }
@@ -183,7 +183,7 @@ void conn_read_head(sp_server *s, sp_conn *c) {
                 char *n = malloc((size_t)c->body_left);
                 if (!n) { conn_close(s, c); return; }
                 memcpy(n, c->in, c->in_len);
-                if (c->in_cap == SP_IN_CHUNK) srv_buf_put(s, c->in); else free(c->in);
+                if (c->in_cap == SP_IN_CHUNK) conn_buf_put(s, c->in); else free(c->in);
                 c->in = n;
                 c->in_cap = (size_t)c->body_left;
             }
@@ -198,7 +198,7 @@ void conn_read_head(sp_server *s, sp_conn *c) {
                 char *n;
                 if (c->in_cap == SP_IN_CHUNK) {   /* pool buffers are not realloc'd in place */
                     n = malloc(cap);
-                    if (n) { memcpy(n, c->in, c->in_len); srv_buf_put(s, c->in); }
+                    if (n) { memcpy(n, c->in, c->in_len); conn_buf_put(s, c->in); }
                 } else {
                     n = realloc(c->in, cap);
                 }
@@ -212,7 +212,7 @@ void conn_read_head(sp_server *s, sp_conn *c) {
         }
         if (!c->readable) {
             if (c->pos == c->in_len) conn_release_in(s, c);   /* idle: give the buffer back */
-            srv_conn_interest(s, c);
+            conn_interest(s, c);
             return;
         }
         size_t want = c->in_cap - c->in_len;
@@ -223,7 +223,7 @@ void conn_read_head(sp_server *s, sp_conn *c) {
         if (r > 0 && (size_t)r < want && !c->eof_seen) c->readable = 0;
         if (r > 0 && c->state == C_BODY) {
             c->in_len += (size_t)r;
-            if ((int64_t)(c->in_len - c->pos) >= c->body_left) { srv_enqueue(s, c); return; }
+            if ((int64_t)(c->in_len - c->pos) >= c->body_left) { conn_enqueue(s, c); return; }
             continue;
         }
         if (r > 0) {
@@ -246,7 +246,7 @@ void conn_read_head(sp_server *s, sp_conn *c) {
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             c->readable = 0;
             if (c->pos == c->in_len) conn_release_in(s, c);   /* idle: give the buffer back */
-            srv_conn_interest(s, c);
+            conn_interest(s, c);
             return;
         }
         /* EOF or error. A half-received head gets no answer: the client has gone. A response

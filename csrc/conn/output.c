@@ -79,7 +79,7 @@ ssize_t conn_flush_at(sp_server *s, sp_conn *c, int64_t now_ms) {
         c->out_off = c->out_len = 0;
         if (c->out_cap > 4 * SP_OUT_MIN) { free(c->out); c->out = NULL; c->out_cap = 0; }
     }
-    srv_conn_interest(s, c);
+    conn_interest(s, c);
     return (ssize_t)pending(c);
 }
 

@@ -1,7 +1,13 @@
-/* loop.h -- private structures shared by the loop (loop.c) and the connection (conn/) state
- * machine). Not part of the API: Python sees only sp.h. */
-#ifndef SP_CORE_H
-#define SP_CORE_H
+/* loop.h -- the loop part's internal header: the server struct, and what the connections above it
+ * (csrc/conn/) may call of the loop. Not part of the API: Python sees only sp.h.
+ *
+ * The loop is the lower layer: it calls no function of conn/ by name, only the sp_conn_ops table
+ * that sp_server_new gives it (loop.c, "Layers"). The server struct holds the connections' fields
+ * too, so that the server stays one allocation; the loop treats them as opaque (sp_conn is an
+ * incomplete type here) except the counters it reads to plan a poll turn (nconns, nready, ncork,
+ * cork_since_us, graveyard), which conn/ keeps. */
+#ifndef SP_LOOP_H
+#define SP_LOOP_H
 
 #include <pthread.h>
 #include <stdint.h>
@@ -9,12 +15,6 @@
 #include <sys/socket.h>
 #include "sp.h"
 
-#define SP_HEADERS_MAX 128          /* parser array; the configured limit is enforced below it */
-#define SP_IN_CHUNK (16384 + 4096)  /* read buffer: one allocation, and one recv, serve a head of
-                                       up to 4 KiB with a prebuffered body (SP_PREBUFFER_MAX) */
-#define SP_POOL_MAX 256             /* idle read buffers kept for reuse per server */
-#define SP_LINGER_MS 2000           /* lingering close after an error: let the client read it */
-#define SP_LINGER_DISCARD (256 * 1024)
 #define SP_SWEEP_MS 250             /* timeout sweep period: timeouts are exact to this */
 #define SP_HANDOFF_US 1000          /* thread mode: work waits this long before a second thread
                                        takes it, so a fast app keeps one thread and no GIL fight */
@@ -25,79 +25,24 @@
                                        that keeps re-queuing itself (pipelining) must not starve
                                        the others' I/O */
 #define SP_CORK_MAX 32              /* small responses held back to leave in one burst (see */
-#define SP_CORK_US 200              /* conn.c, "Corking"): at most this many, at most this long */
-#define SP_CORK_BYTES 16384         /* responses up to this size (head + body) are held */
-#define SP_REPEAT_MAX 1024           /* request heads up to this are remembered per connection
-                                       so that a repeat skips parsing (conn.c, remember_head) */
-#define SP_PREBUFFER_MAX 16384      /* Content-Length bodies up to this are read before the app
-                                       runs (as uWSGI's post-buffering): a client trickling a
-                                       form post then holds a connection, not an app thread */
+#define SP_CORK_US 200              /* conn/output.c, "Corking"): at most this many, this long */
+
+/* Whether the backend loop.c compiles (it picks one from the same macros) is edge-triggered
+ * (backend.h): the connections then register read|write once and keep readiness in flags. */
+#if defined(SP_FORCE_POLL)
+#define LOOP_EDGE 0
+#elif defined(SP_FORCE_KQUEUE) || defined(__linux__) || defined(__APPLE__) || defined(__FreeBSD__) || \
+    defined(__OpenBSD__) || defined(__NetBSD__) || defined(__DragonFly__)
+#define LOOP_EDGE 1
+#else
+#define LOOP_EDGE 0
+#endif
 
 enum { K_LISTENER = 1, K_CONN, K_WATCH, K_WAKE };
 
 typedef struct sp_handle { int kind; int fd; } sp_handle;
 
-/* Connection states (see conn.c's theory of operation). */
-enum {
-    C_HEAD = 1,     /* waiting for (the rest of) a request head */
-    C_BODY,         /* head parsed, a small body still arriving: the loop reads it first */
-    C_READY,        /* head parsed (and a small body read), queued for Python */
-    C_BUSY,         /* Python owns it: the app runs */
-    C_LINGER,       /* error answered; half-closed, discarding input until EOF or deadline */
-};
-
-typedef struct sp_conn {
-    sp_handle h;                     /* first: epoll's data.ptr points here */
-    sp_request req;                  /* Python's handle: &conn->req */
-    sp_server *srv;
-    int state;
-    struct sp_conn *prev, *next;     /* all connections (sweep list) */
-    struct sp_conn *qnext;           /* ready queue */
-    int64_t busy_since_us;           /* when Python took it (--timeout, status, duration histogram) */
-    int64_t wait_token;              /* green mode: sp_req_wait() */
-    int wait_mask;
-    int64_t deadline_ms;             /* current timeout, 0 for none */
-    int64_t head_started_ms;         /* first byte of the current head */
-
-    /* input */
-    char *in; size_t in_cap, in_len, pos;
-    size_t last_len;                 /* head bytes already known incomplete */
-    char *envbuf; size_t env_cap;
-    char *rep; size_t rep_len, rep_cap;   /* the last head, if repeated (conn.c, remember_head) */
-    sp_framing rep_f;
-    unsigned rep_head:1, rep_minor:1;
-
-    /* request body */
-    int64_t body_left;               /* Content-Length bytes not yet given to the app */
-    int64_t body_total;              /* chunked: decoded bytes so far, against max_body_size */
-    sp_chunked chunk;
-    size_t dec_avail;                /* chunked: decoded bytes at in[pos..] */
-    int body_done;
-    int expect_continue, continue_sent;
-
-    /* output */
-    char *out; size_t out_cap, out_len, out_off;
-    int started;                     /* head formatted */
-    int chunked_out;                 /* framing our body with chunks */
-    int no_body;                     /* HEAD, 1xx, 204, 304 */
-    int64_t resp_left;               /* app's Content-Length still to send, -1 unknown */
-    int status;
-
-    /* flags */
-    unsigned http11:1, readable:1, writable:1, peer_closed:1, eof_seen:1, dead:1, keep_alive:1, close_after:1, queued:1, corked:1,
-             client_close:1;         /* the request itself was the last (Connection: close, or 1.0) */
-    int64_t send_progress_ms;        /* last time output drained some bytes */
-    char remote[48];                 /* "a.b.c.d\0": the REMOTE_ADDR value */
-    size_t remote_len;
-    char port[8];                    /* the REMOTE_PORT value */
-    size_t port_len;
-    unsigned port_num;               /* the same as a number (0 for Unix sockets): in the code */
-    unsigned char proxy_wait;        /* a PROXY preamble must come first (sp_config.proxy_listeners) */
-    int slot;                        /* index in srv->slots while open: the code's handle */
-    unsigned gen;                    /* generation in request codes (SP_CODE_GEN_MASK bits) */
-    unsigned char repeat;            /* this head is the previous one's bytes (try_parse) */
-    unsigned char keeps;             /* the last full code carried SP_CODE_KEEP (request_code) */
-} sp_conn;
+typedef struct sp_conn sp_conn;        /* conn/conn.h */
 
 typedef struct sp_watch_ent { sp_handle h; int64_t token; int mask; int registered; } sp_watch_ent;
 
@@ -110,7 +55,26 @@ typedef struct sp_listener {
 
 struct be_state;
 
-#define SP_HEAD_CACHE_MAX 1024      /* app header lists up to this are remembered (conn.c) */
+/* What the loop asks of the connections (conn/server.c fills it): the one way the loop reaches up. */
+typedef struct sp_conn_ops {
+    /* A connection accepted on listener index `listener`: the handle to register, or NULL (the
+     * loop closes fd). */
+    sp_handle *(*accept)(sp_server *s, int fd, int listener, const struct sockaddr *sa, int salen);
+    /* Readiness (BE_* mask) of a K_CONN handle; may close it. */
+    void (*event)(sp_server *s, sp_handle *h, int mask);
+    /* Closes a connection the loop could not register. */
+    void (*close)(sp_server *s, sp_handle *h);
+    /* Every connection whose deadline is due at now_ms gets its timeout. */
+    void (*sweep)(sp_server *s, int64_t now_ms);
+    /* Hands out up to max queued requests (s->nready > 0) as SP_EV_REQUEST events: the count. */
+    int (*take)(sp_server *s, sp_event *out, int max, int64_t now_us);
+    /* Sends every held-back response (s->ncork > 0). */
+    void (*flush)(sp_server *s);
+    /* Frees what was closed while a poll was in flight (s->graveyard), once it is dispatched. */
+    void (*reap)(sp_server *s);
+} sp_conn_ops;
+
+#define SP_HEAD_CACHE_MAX 1024      /* app header lists up to this are remembered (conn/head.c) */
 /* What the app's header list comes to: its lines as we send them, and what they say. */
 typedef struct app_headers {
     size_t len;                      /* bytes of "Name: value\r\n" lines */
@@ -129,6 +93,7 @@ struct sp_server {
     pthread_cond_t cv;
     sp_config cfg;
     struct be_state *be;
+    const sp_conn_ops *ops;          /* the connections above (conn/server.c) */
     sp_handle wake;                  /* read end of the wakeup pipe */
     int wake_w;
     sp_listener *listeners; int nlisteners;
@@ -155,7 +120,7 @@ struct sp_server {
 
     /* leader/follower */
     int polling, waiters, untimed_waiters, busy;
-    int watching;                    /* a follower times the hand-off (server.c) */
+    int watching;                    /* a follower times the hand-off (loop.c) */
     int64_t vacated_us;
     int64_t now_us;                  /* the loop clock: read by each poll turn and each finished
                                         request, for stamps that tolerate that lag (queueing,
@@ -164,12 +129,12 @@ struct sp_server {
     unsigned wake_gen;
 
     int64_t next_sweep_ms;
-    char date[40];                   /* "Date: ...\r\n" cached per second (srv_date) */
+    char date[40];                   /* "Date: ...\r\n" cached per second (conn_date) */
     size_t date_len;
     int64_t date_sec;
     char server_line[128]; size_t server_line_len;
 
-    sp_head_cache head_cache;        /* the last app header list that validated (conn.c) */
+    sp_head_cache head_cache;        /* the last app header list that validated (conn/head.c) */
 
     sp_conn **slots; int slots_cap;  /* open connections by slot (request codes name them) */
     unsigned conn_gen;               /* the next connection's generation */
@@ -178,31 +143,32 @@ struct sp_server {
 };
 
 /* time */
+/* The monotonic clock in milliseconds. */
 int64_t sp_now_ms(void);
+/* The monotonic clock in microseconds. */
 int64_t sp_now_us(void);
 
-/* server.c, for conn.c */
-void srv_conn_interest(sp_server *s, sp_conn *c);
-void srv_conn_forget(sp_server *s, sp_conn *c);   /* before close(fd) */
-void srv_enqueue(sp_server *s, sp_conn *c);
-int srv_fd_event(sp_server *s, int fd, int mask, int64_t token);
-char *srv_buf_get(sp_server *s);
-void srv_buf_put(sp_server *s, char *buf);
-int srv_slot_take(sp_server *s, sp_conn *c);      /* 0 or -ENOMEM */
-void srv_slot_release(sp_server *s, sp_conn *c);
-void srv_slot_freed(sp_server *s);                 /* after a close: accepting may resume */
-sp_conn *srv_code_conn(sp_server *s, int64_t code);   /* the busy connection of a code, or NULL */
-const char *srv_date(sp_server *s);
-/* sp_poll with s->mu held (it is released while waiting in the backend); max > 0. */
-int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms);
-int64_t srv_take_next_locked(sp_server *s);   /* the common case of a 1-request poll; 0: poll */
+/* ---- loop.c, for conn/ ------------------------------------------------------------------------- */
 
-/* conn.c, for server.c */
-sp_conn *conn_new(sp_server *s, int fd, int listener, const struct sockaddr *sa, int salen);
-void conn_on_event(sp_server *s, sp_conn *c, int mask);
-void conn_close(sp_server *s, sp_conn *c);
-void conn_timeout(sp_server *s, sp_conn *c, int64_t now);
-void conn_drain(sp_server *s, sp_conn *c);
-void conn_uncork_all(sp_server *s);
+/* Sets up the loop's part of s (s->cfg set): mutex, backend, wake pipe; 0 or -errno (then
+ * nothing is left to free). */
+int loop_init(sp_server *s, const sp_conn_ops *ops);
+/* Frees the loop's part of s, after every connection is closed. */
+void loop_fini(sp_server *s);
+/* Level-triggered backends only (LOOP_EDGE 0): the BE_* events now wanted for a connection's handle. */
+void loop_interest(sp_server *s, sp_handle *h, int mask);
+/* Deregisters fd before the connection closes it. */
+void loop_forget(sp_server *s, int fd);
+/* Queues an SP_EV_FD event for Python (green-mode waits): 0 or -ENOMEM. */
+int loop_fd_event(sp_server *s, int fd, int mask, int64_t token);
+/* A connection closed: accepting resumes if it had stopped at max_connections. */
+void loop_conn_closed(sp_server *s);
+/* Stops accepting for good (s->draining); the caller drains the connections. */
+void loop_stop_accepting(sp_server *s);
+/* sp_poll with s->mu held (it is released while waiting in the backend); max > 0. */
+int loop_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms);
+/* The common case of a 1-request poll, with s->mu held: the next queued request's code, or 0
+ * (then call loop_poll_locked). */
+int64_t loop_take_next_locked(sp_server *s);
 
 #endif
