@@ -12,12 +12,9 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(os.path.dirname(HERE), "csrc")
 # The core's parts, bottom layer first (csrc/http/: parsing; loop/: the event loop, which includes
-# its one backend itself; conn/: connections), then the CPython part (csrc/py/: the request
-# runner, behind csrc/py/runner.h). Every .c of a part, so a file added to one is built.
-PARTS = ["http", "loop", "conn", "py"]
-SOURCES = [os.path.relpath(f, CSRC).replace(os.sep, "/")
-           for part in PARTS for f in sorted(glob.glob(os.path.join(CSRC, part, "*.c")))
-           if not os.path.basename(f).startswith("be_")]
+# its one backend; conn/: the connections, as one unit that includes the part's files: see
+# csrc/conn/unit.c), then the CPython part (csrc/py/: the request runner, behind py/runner.h).
+SOURCES = ["http/parser.c", "http/env.c", "http/proxy.c", "loop/loop.c", "conn/unit.c", "py/runner.c"]
 
 # cffi compiles against the stable ABI except on debug and free-threaded builds; we do the same.
 LIMITED_API = not (hasattr(sys, "gettotalrefcount") or sysconfig.get_config_var("Py_GIL_DISABLED"))
@@ -93,8 +90,9 @@ ffibuilder.set_source(
     sources=[os.path.relpath(os.path.join(CSRC, s)) for s in SOURCES]
     + ([os.path.relpath(os.path.join(SHIM, "kqueue_shim.c"))] if shim else []),
     include_dirs=[os.path.relpath(CSRC)] + ([os.path.relpath(SHIM)] if shim else []),
-    # Headers too: a change to core.h alone must rebuild every object that includes it.
-    depends=sorted(os.path.relpath(h) for h in glob.glob(os.path.join(CSRC, "**", "*.h"), recursive=True)),
+    # Headers and included .c files too (conn/unit.c's, the backends): a change to one of them
+    # alone must rebuild every object that includes it.
+    depends=sorted(os.path.relpath(f) for f in glob.glob(os.path.join(CSRC, "**", "*.[ch]"), recursive=True)),
     extra_compile_args=extra,
     # The stable ABI of 3.10, the wheel's tag (setup.py), rather than cffi's default of 3.2's:
     # csrc/py/runner.c uses METH_FASTCALL and PyObject_CallNoArgs.

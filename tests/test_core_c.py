@@ -16,9 +16,13 @@ from test_parser_c import _compiler
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 def _build_sources() -> list[str]:
-    """spawning/_build.py's SOURCES (paths under csrc/), as the extension build lists them."""
-    from spawning._build import SOURCES as sources
-    return list(sources)
+    """spawning/_build.py's SOURCES, read without running the cffi build script."""
+    import ast
+    tree = ast.parse((ROOT / "spawning" / "_build.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "SOURCES" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    raise AssertionError("spawning/_build.py has no SOURCES list")
 
 
 # The core's own sources, as the extension builds them (spawning/_build.py), less the CPython

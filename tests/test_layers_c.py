@@ -24,7 +24,7 @@ LAYERS = ["", "http", "loop", "conn", "py"]
 def _strip(text: str) -> str:
     """C source without comments and string or character literals (their length kept)."""
     return re.sub(r'/\*.*?\*/|//[^\n]*|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'',
-                  lambda m: re.sub(r"[^\n]", " ", m.group(0)), text, flags=re.S)
+                  lambda m: re.sub(r"[^\n]", " ", m.group(0)), text, flags=re.DOTALL)
 
 
 def _part(rel: str) -> str:
@@ -42,7 +42,7 @@ def _includes(sources: dict[str, str]) -> list[tuple[str, str]]:
     does: next to the includer first, then from csrc/ (the one -I)."""
     edges = []
     for rel, text in sources.items():
-        for name in re.findall(r'^\s*#\s*include\s+"([^"]+)"', text, flags=re.M):
+        for name in re.findall(r'^\s*#\s*include\s+"([^"]+)"', text, flags=re.MULTILINE):
             here = (Path(rel).parent / name).as_posix()
             target = here if here in sources else name if name in sources else None
             if target is not None:
@@ -51,7 +51,7 @@ def _includes(sources: dict[str, str]) -> list[tuple[str, str]]:
 
 
 DEF_RE = re.compile(r"^(?!static\b)(?:[A-Za-z_]\w*[\s*]+)+([A-Za-z_]\w*)\(([^;{}()]|\([^()]*\))*\)\s*\{",
-                    flags=re.M)
+                    flags=re.MULTILINE)
 
 
 def _calls(sources: dict[str, str]) -> list[tuple[str, str, str]]:
@@ -120,7 +120,8 @@ def test_the_loop_names_no_connection_function() -> None:
     """The cycle this layout removed: loop.c called conn_on_event, conn_new, conn_close..."""
     loop = _strip((CSRC / "loop" / "loop.c").read_text())
     assert not re.findall(r"\bconn_\w+\s*\(", loop)
-    assert "conn/" not in "".join(re.findall(r'#\s*include\s+"([^"]+)"', (CSRC / "loop" / "loop.c").read_text()))
+    included = re.findall(r'#\s*include\s+"([^"]+)"', (CSRC / "loop" / "loop.c").read_text())
+    assert not [name for name in included if "conn" in name], included
 
 
 def test_the_check_sees_an_upward_call_an_upward_include_and_a_cycle() -> None:
@@ -142,12 +143,12 @@ def test_the_check_sees_an_upward_call_an_upward_include_and_a_cycle() -> None:
 def _diagram_moves() -> set[tuple[str, str]]:
     text = (CSRC / "conn" / "conn.c").read_text()
     theory = text[:text.index("*/")]
-    return set(re.findall(r"^\s*\*\s+(C_[A-Z]+)\s+--.*?-->\s*(C_[A-Z]+)\s*$", theory, flags=re.M))
+    return set(re.findall(r"^\s*\*\s+(C_[A-Z]+)\s+--.*?-->\s*(C_[A-Z]+)\s*$", theory, flags=re.MULTILINE))
 
 
 def _table_moves() -> set[tuple[str, str]]:
     header = (CSRC / "conn" / "conn.h").read_text()
-    table = re.search(r"CONN_NEXT\[C_NSTATES\] = \{(.*?)\};", header, flags=re.S)
+    table = re.search(r"CONN_NEXT\[C_NSTATES\] = \{(.*?)\};", header, flags=re.DOTALL)
     assert table, "conn.h has no CONN_NEXT table"
     moves = set()
     for src, dsts in re.findall(r"\[(C_[A-Z]+)\]\s*=\s*([^,\n]+(?:\|[^,\n]+)*),", table.group(1)):
@@ -158,9 +159,9 @@ def _table_moves() -> set[tuple[str, str]]:
 
 def _states() -> list[str]:
     header = (CSRC / "conn" / "conn.h").read_text()
-    enum = re.search(r"enum \{\s*(C_NEW.*?)\};", header, flags=re.S)
+    enum = re.search(r"enum \{\s*(C_NEW.*?)\};", header, flags=re.DOTALL)
     assert enum
-    return [s for s in re.findall(r"^\s*(C_[A-Z]+)\b", enum.group(1), flags=re.M) if s != "C_NSTATES"]
+    return [s for s in re.findall(r"^\s*(C_[A-Z]+)\b", enum.group(1), flags=re.MULTILINE) if s != "C_NSTATES"]
 
 
 def test_state_diagram_matches_the_table() -> None:
@@ -175,7 +176,8 @@ def test_the_diagram_shows_every_state() -> None:
     assert "C_BODY" in drawn
 
 
-@pytest.mark.parametrize("rel", sorted(r for r in _sources() if r.endswith(".c") and _part(r) in ("loop", "conn")))
+@pytest.mark.parametrize("rel", sorted(r for r in _sources()
+                                        if r.endswith(".c") and _part(r) in ("loop", "conn")))
 def test_state_changes_only_through_conn_set_state(rel: str) -> None:
     """No `c->state = ...` outside conn_set_state (other structs' `state`, as the chunked
     decoder's in http/parser.c, are not the connection's)."""
@@ -186,3 +188,24 @@ def test_conn_set_state_is_the_one_assignment() -> None:
     header = _strip((CSRC / "conn" / "conn.h").read_text())
     assert len(re.findall(r"->state\s*=[^=]", header)) == 1
     assert re.search(r"static inline void conn_set_state\(", header)
+
+
+def test_every_c_file_is_built() -> None:
+    """Each .c file is in spawning/_build.py's SOURCES or included by one that is (loop.c includes
+    its backends, conn/unit.c the connection part's files): a file added and forgotten fails here
+    instead of being silently left out of the build."""
+    from test_core_c import _build_sources
+
+    sources = _sources()
+    built = set(_build_sources())
+    assert built <= set(sources), built - set(sources)
+    includes = _includes(sources)
+    todo = list(built)
+    while todo:
+        rel = todo.pop()
+        for a, b in includes:
+            if a == rel and b not in built:
+                built.add(b)
+                todo.append(b)
+    assert {rel for rel in sources if rel.endswith(".c")} <= built, \
+        {rel for rel in sources if rel.endswith(".c")} - built
