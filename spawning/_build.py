@@ -29,7 +29,7 @@ extra = ["-std=gnu99", "-O3", "-Wall", "-Wextra"]
 if sys.platform != "win32":
     extra += ["-fvisibility=hidden"]
 if os.environ.get("SPAWNING_SANITIZE"):
-    # Through libc's wrappers, whose buffers ASan checks (csrc/sysio.h).
+    # Through libc's wrappers, whose buffers ASan checks (csrc/loop/sysio.h).
     # SP_CHECK_STATES: an illegal connection state change aborts (csrc/conn/conn.h).
     extra += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-DSP_LIBC_SYSCALLS",
               "-DSP_CHECK_STATES"]

@@ -33,7 +33,7 @@ CFLAGS = ["-std=gnu99", "-g", "-O1", "-Wall", "-Wextra", "-Werror", "-fsanitize=
           "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-DSP_CHECK_STATES", f"-I{CSRC}"]
 
 
-# native: the direct system calls of csrc/sysio.h; poll: libc's, whose buffers ASan checks.
+# native: the direct system calls of csrc/loop/sysio.h; poll: libc's, whose buffers ASan checks.
 @pytest.mark.parametrize("flags", [[], ["-DSP_FORCE_POLL", "-DSP_LIBC_SYSCALLS"]], ids=["native", "poll"])
 def test_server_core_under_sanitizers(tmp_path: Path, flags: list[str]) -> None:
     cc = _compiler()
