@@ -1,5 +1,7 @@
-/* conn.h -- the connection part's internal header: what its files (conn.c, input.c, output.c,
- * head.c, body.c, api.c) call of one another. Not part of the API: Python sees only sp.h. */
+/* conn.h -- the connection part's internal header: the connection, its states and the moves
+ * allowed between them, and what the part's files (server.c, conn.c, input.c, output.c, head.c,
+ * body.c, api.c; built as one unit, unit.c) call of one another. It sits on the loop's header
+ * (loop/loop.h), never the other way round. Not part of the API: Python sees only sp.h. */
 #ifndef SP_CONN_H
 #define SP_CONN_H
 
@@ -35,8 +37,8 @@
 /* Connection states: conn.c's theory of operation draws them; CONN_NEXT below allows the moves. */
 enum {
     C_NEW = 0,      /* allocated (calloc), not yet set up */
-    C_HEAD,     /* waiting for (the rest of) a request head */
-    C_BODY,         /* head parsed, a small body still arriving: the loop reads it first */
+    C_HEAD,         /* waiting for (the rest of) a request head */
+    C_BODY,         /* head parsed, a small body still arriving: read before Python gets it */
     C_READY,        /* head parsed (and a small body read), queued for Python */
     C_BUSY,         /* Python owns it: the app runs */
     C_LINGER,       /* error answered; half-closed, discarding input until EOF or deadline */
