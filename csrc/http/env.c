@@ -9,6 +9,7 @@
 #include "sp.h"
 #include "sp_limits.h"
 
+#include <stdint.h>
 #include <string.h>
 
 #define ERR(status) (-(SP_HTTP_##status))
@@ -16,11 +17,6 @@
 static inline char ascii_lower(char c)
 {
     return (c >= 'A' && c <= 'Z') ? (char)(c + ('a' - 'A')) : c;
-}
-
-static inline char ascii_upper(char c)
-{
-    return (c >= 'a' && c <= 'z') ? (char)(c - ('a' - 'A')) : c;
 }
 
 static int eq_nocase(const char *a, size_t an, const char *b, size_t bn)
@@ -107,14 +103,20 @@ ssize_t sp_decode_path(const char *target, size_t len, char *out)
 typedef struct packer {
     char *out;
     size_t cap, pos;
-    int full;  /* something did not fit */
+    int full;  /* something did not fit; cap is then pos, so nothing more is written */
 } packer;
+
+static inline void overflow(packer *pk)
+{
+    pk->full = 1;
+    pk->cap = pk->pos;
+}
 
 /* Inline so that fixed-size copies (keys, separators) compile to plain stores. */
 static inline void put(packer *pk, const char *s, size_t n)
 {
-    if (pk->full || pk->cap - pk->pos < n) {
-        pk->full = 1;
+    if (pk->cap - pk->pos < n) {
+        overflow(pk);
         return;
     }
     memcpy(pk->out + pk->pos, s, n);
@@ -123,43 +125,161 @@ static inline void put(packer *pk, const char *s, size_t n)
 
 static inline void put_nul(packer *pk)
 {
-    if (pk->full || pk->pos == pk->cap) {
-        pk->full = 1;
+    if (pk->pos == pk->cap) {
+        overflow(pk);
         return;
     }
     pk->out[pk->pos++] = '\0';
 }
 
-/* A fixed key with its NUL, then the value and its NUL. */
-#define PUT_ENTRY(pk, key, v, vn) (put((pk), key, sizeof key), put((pk), (v), (vn)), put_nul(pk))
-/* A value alone, for the fixed entries that open the block. */
-#define PUT_VALUE(pk, v, vn) (put((pk), (v), (vn)), put_nul(pk))
-
-/* Header names that never reach the application. */
-static int dropped_name(const char *name, size_t n)
+/* s[0..n) and a NUL, with one test for room. */
+static inline void put_z(packer *pk, const char *s, size_t n)
 {
-    /* '_' would make "X_Auth" and "X-Auth" the same HTTP_X_AUTH key: a proxy that strips or
-     * vouches for one spelling would be bypassed with the other (header spoofing). */
-    if (memchr(name, '_', n)) return 1;
-    /* httpoxy (CVE-2016-5385): HTTP_PROXY in the environment is mistaken for a proxy setting. */
-    if (EQ_LIT(name, n, "proxy")) return 1;
-    return 0;
-}
-
-/* The environ key for a header name: CONTENT_TYPE and CONTENT_LENGTH without the HTTP_ prefix
- * (PEP 3333), HTTP_<NAME> uppercased with '-' as '_' for the rest. */
-static void put_key(packer *pk, const char *name, size_t n)
-{
-    if (!EQ_LIT(name, n, "content-type") && !EQ_LIT(name, n, "content-length"))
-        put(pk, "HTTP_", sizeof "HTTP_" - 1);
-    if (pk->full || pk->cap - pk->pos < n) {
-        pk->full = 1;
+    if (pk->cap - pk->pos <= n) {
+        overflow(pk);
         return;
     }
-    char *o = pk->out + pk->pos;
-    for (size_t i = 0; i < n; i++) o[i] = name[i] == '-' ? '_' : ascii_upper(name[i]);
-    pk->pos += n;
-    put_nul(pk);
+    memcpy(pk->out + pk->pos, s, n);
+    pk->out[pk->pos + n] = '\0';
+    pk->pos += n + 1;
+}
+
+/* A fixed key with its NUL, then the value and its NUL. */
+#define PUT_ENTRY(pk, key, v, vn) (put((pk), key, sizeof key), put_z((pk), (v), (vn)))
+/* A value alone, for the fixed entries that open the block. */
+#define PUT_VALUE(pk, v, vn) put_z((pk), (v), (vn))
+
+/* ---- Field names, eight bytes at a time ---------------------------------------------------------
+ * A name is read as 64-bit words (SWAR): whole words, then one last word that overlaps the one
+ * before it, all within [name, name + n); names under 8 bytes take two overlapping 4-byte words,
+ * and under 4 bytes go byte by byte. The byte tests below are exact for every byte value: no
+ * carry or borrow crosses from one byte into the next. */
+
+#define ONES 0x0101010101010101ull
+#define HIGHS (0x80 * ONES)
+#define LOWS7 (0x7f * ONES)
+
+static inline uint64_t load8(const char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static inline uint64_t load4(const char *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static inline void store8(char *p, uint64_t v)
+{
+    memcpy(p, &v, 8);
+}
+
+static inline void store4(char *p, uint64_t v)
+{
+    uint32_t w = (uint32_t)v;
+    memcpy(p, &w, 4);
+}
+
+/* 0x80 in every byte of w that is zero, 0 elsewhere. */
+static inline uint64_t zero_bytes(uint64_t w)
+{
+    return ~(((w & LOWS7) + LOWS7) | w) & HIGHS;
+}
+
+/* The environ key's bytes for w: 'a'-'z' upper-cased, '-' as '_', other bytes as they are.
+ * Byte order does not matter: every byte is mapped on its own. */
+static inline uint64_t key_word(uint64_t w)
+{
+    uint64_t w7 = w & LOWS7;
+    /* 0x80 where a byte is 0x61..0x7a: its low 7 bits + 0x1f reach 0x80 and + 0x05 do not, and
+     * its own high bit is clear. */
+    uint64_t lower = (w7 + (0x80 - 'a') * ONES) & ~(w7 + (0x80 - 'z' - 1) * ONES) & ~w & HIGHS;
+    w -= lower >> 2;                                        /* 0x20 off each lower-case letter */
+    uint64_t dash = zero_bytes(w ^ ('-' * ONES));
+    return w + (dash >> 7) * ('_' - '-');                   /* 0x2d + 0x32 = 0x5f, no carry */
+}
+
+/* Nonzero when a byte of w is '_'. */
+static inline uint64_t has_underscore(uint64_t w)
+{
+    return zero_bytes(w ^ ('_' * ONES));
+}
+
+static inline char key_char(char c)
+{
+    if (c == '-') return '_';
+    return (c >= 'a' && c <= 'z') ? (char)(c - ('a' - 'A')) : c;
+}
+
+/* Writes the environ key's bytes for name[0..n) to o[0..n). Returns nonzero when the name holds
+ * '_': such a name is dropped, since "X_Auth" and "X-Auth" would make the same HTTP_X_AUTH key and
+ * a proxy that strips or vouches for one spelling would be bypassed with the other (header
+ * spoofing). */
+static int key_chars(char *o, const char *name, size_t n)
+{
+    uint64_t under = 0;
+    if (n >= 8) {
+        size_t i = 0;
+        for (; i + 8 < n; i += 8) {
+            uint64_t w = load8(name + i);
+            under |= has_underscore(w);
+            store8(o + i, key_word(w));
+        }
+        uint64_t w = load8(name + n - 8);   /* the last word, overlapping the one before */
+        under |= has_underscore(w);
+        store8(o + n - 8, key_word(w));
+    } else if (n >= 4) {
+        uint64_t a = load4(name), b = load4(name + n - 4);
+        under = has_underscore(a | 0xFFFFFFFF00000000ull) | has_underscore(b | 0xFFFFFFFF00000000ull);
+        store4(o, key_word(a));
+        store4(o + n - 4, key_word(b));
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            under |= name[i] == '_';
+            o[i] = key_char(name[i]);
+        }
+    }
+    return under != 0;
+}
+
+/* A hash of the name that ignores ASCII case (0x20 set in every byte: only letters differ in
+ * it among token bytes, and any other byte it merges is told apart by eq_nocase). */
+static inline uint32_t name_hash(const char *s, size_t n)
+{
+    const uint64_t k = 0x9E3779B97F4A7C15ull, fold = 0x20 * ONES;
+    uint64_t h = (uint64_t)n * k;
+    if (n >= 8) {
+        size_t i = 0;
+        for (; i + 8 < n; i += 8) h = (h ^ (load8(s + i) | fold)) * k;
+        h = (h ^ (load8(s + n - 8) | fold)) * k;
+    } else if (n >= 4) {
+        h = (h ^ ((load4(s) | load4(s + n - 4) << 32) | fold)) * k;
+    } else if (n) {
+        uint64_t v = (uint64_t)(unsigned char)s[0] | (uint64_t)(unsigned char)s[n / 2] << 8 |
+                     (uint64_t)(unsigned char)s[n - 1] << 16;
+        h = (h ^ (v | fold)) * k;
+    }
+    return (uint32_t)(h >> 32);
+}
+
+/* How a distinct name is packed. */
+enum { NAME_PLAIN, NAME_DROP, NAME_CONTENT_TYPE, NAME_CONTENT_LENGTH, NAME_HOST, NAME_COOKIE };
+
+static int name_kind(const char *name, size_t n)
+{
+    switch (n) {
+    case 4: return EQ_LIT(name, n, "host") ? NAME_HOST : NAME_PLAIN;
+    /* httpoxy (CVE-2016-5385): HTTP_PROXY in the environment is mistaken for a proxy setting. */
+    case 5: return EQ_LIT(name, n, "proxy") ? NAME_DROP : NAME_PLAIN;
+    case 6: return EQ_LIT(name, n, "cookie") ? NAME_COOKIE : NAME_PLAIN;
+    case 12: return EQ_LIT(name, n, "content-type") ? NAME_CONTENT_TYPE : NAME_PLAIN;
+    case 14: return EQ_LIT(name, n, "content-length") ? NAME_CONTENT_LENGTH : NAME_PLAIN;
+    default: return NAME_PLAIN;
+    }
 }
 
 /* Content-Length's value as the app should see it: the first element (sp_request_framing has
@@ -172,6 +292,64 @@ static void first_list_element(const sp_header *h, const char **v, size_t *vn)
     while (e > s && (e[-1] == ' ' || e[-1] == '\t')) e--;
     *v = s;
     *vn = (size_t)(e - s);
+}
+
+/* Where the later fields of a name are: next[i] is the index of the next field with field i's
+ * name, 0 for none (field 0 is never a later one). Linked by the hash index, or, past
+ * ENV_LINKED fields (more than the server's parser ever returns), by comparing names pairwise. */
+#define ENV_LINKED 256
+#define ENV_SLOTS (2 * ENV_LINKED)   /* a power of two, at most half full */
+
+typedef struct field_links {
+    uint16_t next[ENV_LINKED];
+    unsigned char later[ENV_LINKED];   /* 1: a repeat, packed with the name's first field */
+} field_links;
+
+static void link_fields(const sp_header *hs, size_t nh, field_links *fl)
+{
+    struct slot {
+        uint16_t first1;   /* 1 + the name's first field; 0: empty */
+        uint16_t last;     /* the name's last field so far */
+    } slots[ENV_SLOTS];
+    size_t mask = 15;
+    while (mask + 1 < 2 * nh) mask = mask * 2 + 1;
+    memset(slots, 0, (mask + 1) * sizeof slots[0]);
+    for (size_t i = 0; i < nh; i++) {
+        const char *name = hs[i].name;
+        size_t n = hs[i].name_len;
+        fl->next[i] = 0;
+        fl->later[i] = 0;
+        for (size_t at = name_hash(name, n) & mask;; at = (at + 1) & mask) {
+            struct slot *sl = &slots[at];
+            if (!sl->first1) {
+                sl->first1 = (uint16_t)(i + 1);
+                sl->last = (uint16_t)i;
+                break;
+            }
+            const sp_header *f = &hs[sl->first1 - 1];
+            if (eq_nocase(f->name, f->name_len, name, n)) {
+                fl->next[sl->last] = (uint16_t)i;
+                sl->last = (uint16_t)i;
+                fl->later[i] = 1;
+                break;
+            }
+        }
+    }
+}
+
+/* The index of the next field after i with field i's name, or 0 (the pairwise way). */
+static size_t next_same_name(const sp_header *hs, size_t nh, size_t i)
+{
+    for (size_t k = i + 1; k < nh; k++)
+        if (eq_nocase(hs[k].name, hs[k].name_len, hs[i].name, hs[i].name_len)) return k;
+    return 0;
+}
+
+static int is_later_field(const sp_header *hs, size_t i)
+{
+    for (size_t j = 0; j < i; j++)
+        if (eq_nocase(hs[j].name, hs[j].name_len, hs[i].name, hs[i].name_len)) return 1;
+    return 0;
 }
 
 ssize_t sp_env_pack(const sp_request_head *req, char *out, size_t cap)
@@ -212,39 +390,56 @@ ssize_t sp_env_pack(const sp_request_head *req, char *out, size_t cap)
     PUT_VALUE(&pk, t, tn);
 
     /* One entry per distinct name, in first-seen order; repeats are joined (RFC 9110 5.3), with
-     * "; " for Cookie (RFC 6265 5.4). Quadratic in the field count, which the parser bounds
-     * (100 by default); for the usual dozen fields it beats any hashing. */
+     * "; " for Cookie (RFC 6265 5.4). The repeats of a name are found through a hash index of the
+     * names, built in one pass: linear in the field count. */
     const sp_header *hs = req->headers;
     size_t nh = req->num_headers;
+    field_links fl;
+    int linked = nh <= ENV_LINKED;
+    if (linked) link_fields(hs, nh, &fl);
     for (size_t i = 0; i < nh && !pk.full; i++) {
+        if (linked ? fl.later[i] : is_later_field(hs, i)) continue;   /* packed with its first */
         const char *name = hs[i].name;
         size_t nn = hs[i].name_len;
-        if (dropped_name(name, nn)) continue;
-        size_t j;
-        for (j = 0; j < i; j++)
-            if (eq_nocase(hs[j].name, hs[j].name_len, name, nn)) break;
-        if (j < i) continue;  /* already emitted with the first occurrence */
+        int kind = name_kind(name, nn);
+        if (kind == NAME_DROP) continue;
 
-        put_key(&pk, name, nn);
-        if (absolute && EQ_LIT(name, nn, "host")) {
-            put(&pk, authority, authority_len);
-            put_nul(&pk);
+        /* The key: CONTENT_TYPE and CONTENT_LENGTH without the HTTP_ prefix (PEP 3333),
+         * HTTP_<NAME> for the rest; then its NUL. */
+        size_t prefix = (kind == NAME_CONTENT_TYPE || kind == NAME_CONTENT_LENGTH) ? 0 : 5;
+        if (pk.cap - pk.pos < prefix + nn + 1) {
+            if (memchr(name, '_', nn)) continue;   /* dropped: it needs no room */
+            overflow(&pk);
+            break;
+        }
+        if (key_chars(pk.out + pk.pos + prefix, name, nn)) continue;   /* '_': dropped, with its repeats */
+        if (prefix) memcpy(pk.out + pk.pos, "HTTP_", 5);
+        pk.pos += prefix + nn;
+        pk.out[pk.pos++] = '\0';
+
+        if (absolute && kind == NAME_HOST) {
+            put_z(&pk, authority, authority_len);
             absolute = 2;
             continue;
         }
-        if (EQ_LIT(name, nn, "content-length")) {
+        if (kind == NAME_CONTENT_LENGTH) {
             const char *v;
             size_t vn;
             first_list_element(&hs[i], &v, &vn);
-            put(&pk, v, vn);
-            put_nul(&pk);
+            put_z(&pk, v, vn);
             continue;
         }
-        int cookie = EQ_LIT(name, nn, "cookie");
+        size_t k = linked ? fl.next[i] : next_same_name(hs, nh, i);
+        if (!k) {   /* the usual case: the name once */
+            put_z(&pk, hs[i].value, hs[i].value_len);
+            continue;
+        }
+        const char *sep = kind == NAME_COOKIE ? "; " : ", ";
         put(&pk, hs[i].value, hs[i].value_len);
-        for (size_t k = i + 1; k < nh; k++) {
-            if (!eq_nocase(hs[k].name, hs[k].name_len, name, nn)) continue;
-            put(&pk, cookie ? "; " : ", ", 2);
+        for (k = i;;) {
+            k = linked ? fl.next[k] : next_same_name(hs, nh, k);
+            if (!k) break;
+            put(&pk, sep, 2);
             put(&pk, hs[k].value, hs[k].value_len);
         }
         put_nul(&pk);

@@ -15,6 +15,11 @@
  *      request line and every field line. Each line is known to end before `end`, so the scans
  *      need no PARTIAL handling.
  *
+ * The common case, a whole head in the first read (last_len 0), skips phase 1: the strict pass
+ * runs first, up to the end of the input, and a head it finds wholly valid is the answer (the
+ * same one phases 1 and 2 would give: see parse_lines). Anything else it leaves to the two phases.
+ * The scans of the strict pass look at 16 bytes at a time with SSE2 or NEON (see "Scanning").
+ *
  * Outputs are pointers into the caller's buffer; nothing is allocated, nothing is global.
  *
  * When a head holds several defects, which status is reported may depend on how its bytes
@@ -31,9 +36,17 @@
 #include <limits.h>
 #include <string.h>
 
-#if defined(__SSE4_2__) && !defined(SP_NO_SIMD)
-#include <nmmintrin.h>
-#define SP_USE_SSE42 1
+/* The SIMD scans use only each architecture's baseline: SSE2 on x86-64 (every x86-64 CPU, so
+ * every wheel runs it, and so does valgrind) and NEON (Advanced SIMD) on arm64. -DSP_NO_SIMD
+ * builds the scalar fallback alone, which the C tests build and run too. */
+#if !defined(SP_NO_SIMD) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#define SP_SIMD_SSE2 1
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#define SP_SIMD_NEON 1
+#endif
 #endif
 
 #define CR '\r'
@@ -48,26 +61,27 @@
  *   C_TARGET bytes allowed in a request-target: VCHAR except '#' (RFC 9112 3.2: no fragment),
  *            plus obs-text, which real clients send raw in paths and is no framing hazard.
  *   C_VALUE  field-vchar, SP, HTAB, obs-text (RFC 9110 5.5). No CTL, no DEL.
- *   C_HEX    HEXDIG. */
-enum { C_TCHAR = 1, C_TARGET = 2, C_VALUE = 4, C_HEX = 8 };
+ *   C_HEX    HEXDIG.
+ *   C_AUTH   a reg-name's bytes (RFC 3986 3.2.2): unreserved, sub-delims and '%' of pct-encoded. */
+enum { C_TCHAR = 1, C_TARGET = 2, C_VALUE = 4, C_HEX = 8, C_AUTH = 16 };
 
 static const unsigned char char_class[256] = {
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0,                /* 0x00 */
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,                /* 0x10 */
-    4, 7, 6, 5, 7, 7, 7, 7, 6, 6, 7, 7, 6, 7, 7, 6,                /* 0x20 */
-    15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 6, 6, 6, 6, 6, 6,      /* 0x30 */
-    6, 15, 15, 15, 15, 15, 15, 7, 7, 7, 7, 7, 7, 7, 7, 7,          /* 0x40 */
-    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 6, 7, 7,                /* 0x50 */
-    7, 15, 15, 15, 15, 15, 15, 7, 7, 7, 7, 7, 7, 7, 7, 7,          /* 0x60 */
-    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 7, 6, 7, 0,                /* 0x70 */
-    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0x80 */
-    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0x90 */
-    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0xa0 */
-    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0xb0 */
-    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0xc0 */
-    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0xd0 */
-    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0xe0 */
-    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                /* 0xf0 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0,                 /* 0x00 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,                 /* 0x10 */
+    4, 23, 6, 5, 23, 23, 23, 23, 22, 22, 23, 23, 22, 23, 23, 6,     /* 0x20 */
+    31, 31, 31, 31, 31, 31, 31, 31, 31, 31, 6, 22, 6, 22, 6, 6,     /* 0x30 */
+    6, 31, 31, 31, 31, 31, 31, 23, 23, 23, 23, 23, 23, 23, 23, 23,  /* 0x40 */
+    23, 23, 23, 23, 23, 23, 23, 23, 23, 23, 23, 6, 6, 6, 7, 23,     /* 0x50 */
+    7, 31, 31, 31, 31, 31, 31, 23, 23, 23, 23, 23, 23, 23, 23, 23,  /* 0x60 */
+    23, 23, 23, 23, 23, 23, 23, 23, 23, 23, 23, 6, 7, 6, 23, 0,     /* 0x70 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                 /* 0x80 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                 /* 0x90 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                 /* 0xa0 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                 /* 0xb0 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                 /* 0xc0 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                 /* 0xd0 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                 /* 0xe0 */
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,                 /* 0xf0 */
 };
 
 static inline int is_class(char c, int cls)
@@ -104,27 +118,13 @@ static int eq_lower(const char *s, size_t n, const char *lit, size_t lit_len)
 
 #define EQ_LIT(s, n, lit) eq_lower((s), (n), (lit), sizeof(lit) - 1)
 
-/* ---- Scanning: SSE4.2 fast path, scalar fallback. ----------------------------------------------
- * Both return the first byte in [p, end) outside the class, or end. The SIMD loop handles whole
- * 16-byte blocks only (never reading past end) and leaves the tail to the scalar loop. */
-
-#ifdef SP_USE_SSE42
-#define SIMD_BLOCK 16
-/* ranges16: pairs of inclusive byte ranges to stop at, zero-padded to 16 bytes. */
-static inline const char *find_range(const char *p, const char *end, const char *ranges16,
-                                     int nranges_bytes)
-{
-    const __m128i ranges = _mm_loadu_si128((const __m128i *)(const void *)ranges16);
-    while (end - p >= SIMD_BLOCK) {
-        const __m128i block = _mm_loadu_si128((const __m128i *)(const void *)p);
-        int idx = _mm_cmpestri(ranges, nranges_bytes, block, SIMD_BLOCK,
-                               _SIDD_LEAST_SIGNIFICANT | _SIDD_CMP_RANGES | _SIDD_UBYTE_OPS);
-        if (idx != SIMD_BLOCK) return p + idx;
-        p += SIMD_BLOCK;
-    }
-    return p;
-}
-#endif
+/* ---- Scanning: SIMD fast paths, scalar fallback. ---------------------------------------------
+ * Each scan returns the first byte in [p, end) outside its class, or end. The SIMD loops look at
+ * 16 bytes at a time: they compare every byte with the class's bounds at once, turn the result
+ * into one bit per byte (movemask) and take the lowest set bit. They load 16 bytes only while 16
+ * bytes remain before end, so they never read outside [p, end); the tail (under 16 bytes) goes to
+ * the scalar loop. In the head parser `end` is the end of the blank line, so the last bytes of a
+ * line are usually still within a whole block. */
 
 static inline const char *scan_class(const char *p, const char *end, int cls)
 {
@@ -139,12 +139,93 @@ static inline const char *scan_class(const char *p, const char *end, int cls)
     return p;
 }
 
+#if defined(SP_SIMD_SSE2) || defined(SP_SIMD_NEON)
+#define SIMD_BLOCK 16
+
+#ifdef SP_SIMD_SSE2
+typedef __m128i vec;
+typedef unsigned vmask;   /* one bit per byte */
+static inline vec v_load(const char *p) { return _mm_loadu_si128((const __m128i *)(const void *)p); }
+static inline vec v_set(unsigned char c) { return _mm_set1_epi8((char)c); }
+static inline vec v_eq(vec a, vec b) { return _mm_cmpeq_epi8(a, b); }
+static inline vec v_or(vec a, vec b) { return _mm_or_si128(a, b); }
+static inline vec v_andnot(vec a, vec b) { return _mm_andnot_si128(a, b); }   /* ~a & b */
+static inline vec v_sub(vec a, vec b) { return _mm_sub_epi8(a, b); }
+/* Unsigned a <= b: SSE2 has no unsigned byte compare, but min(a, b) == a says the same. */
+static inline vec v_le(vec a, vec b) { return _mm_cmpeq_epi8(_mm_min_epu8(a, b), a); }
+static inline vmask v_bits(vec m) { return (vmask)_mm_movemask_epi8(m); }
+static inline size_t v_first(vmask m) { return (size_t)__builtin_ctz(m); }
+#else
+typedef uint8x16_t vec;
+typedef uint64_t vmask;   /* four bits per byte */
+static inline vec v_load(const char *p) { return vld1q_u8((const uint8_t *)(const void *)p); }
+static inline vec v_set(unsigned char c) { return vdupq_n_u8(c); }
+static inline vec v_eq(vec a, vec b) { return vceqq_u8(a, b); }
+static inline vec v_or(vec a, vec b) { return vorrq_u8(a, b); }
+static inline vec v_andnot(vec a, vec b) { return vbicq_u8(b, a); }   /* ~a & b */
+static inline vec v_sub(vec a, vec b) { return vsubq_u8(a, b); }
+static inline vec v_le(vec a, vec b) { return vcleq_u8(a, b); }
+/* NEON has no movemask: narrowing each 16-bit lane by 4 bits keeps a nibble per byte. */
+static inline vmask v_bits(vec m)
+{
+    return vget_lane_u64(vreinterpret_u64_u8(vshrn_n_u16(vreinterpretq_u16_u8(m), 4)), 0);
+}
+static inline size_t v_first(vmask m) { return (size_t)__builtin_ctzll(m) >> 2; }
+#endif
+
+/* Bytes that stop a field value: CTL except HTAB (0x00-0x08, 0x0a-0x1f), and DEL. */
+static inline vmask value_stops(vec x)
+{
+    vec ctl = v_le(x, v_set(0x1f));
+    vec tab = v_eq(x, v_set(HTAB));
+    return v_bits(v_or(v_andnot(tab, ctl), v_eq(x, v_set(0x7f))));
+}
+
+/* Bytes that stop a request-target: CTL and SP (0x00-0x20), '#', DEL. */
+static inline vmask target_stops(vec x)
+{
+    vec low = v_le(x, v_set(SP));
+    return v_bits(v_or(low, v_or(v_eq(x, v_set('#')), v_eq(x, v_set(0x7f)))));
+}
+
+/* Bytes other than letters, digits and '-': a superset of the non-token bytes, and all that a
+ * method or a usual field name holds. A stop here is only a candidate; the scalar class decides. */
+static inline vmask token_stops(vec x)
+{
+    vec alpha = v_sub(v_or(x, v_set(0x20)), v_set('a'));   /* 'A'-'Z' and 'a'-'z' to 0..25 */
+    vec digit = v_sub(x, v_set('0'));
+    vec ok = v_or(v_le(alpha, v_set(25)), v_or(v_le(digit, v_set(9)), v_eq(x, v_set('-'))));
+    return v_bits(v_eq(ok, v_set(0)));   /* the bytes not ok */
+}
+#endif
+
+/* Token bytes (RFC 9110 5.6.2): method and field names. */
+static inline const char *scan_token(const char *p, const char *end)
+{
+#if defined(SP_SIMD_SSE2) || defined(SP_SIMD_NEON)
+    while (end - p >= SIMD_BLOCK) {
+        vmask m = token_stops(v_load(p));
+        if (m) {
+            p += v_first(m);
+            if (!is_class(*p, C_TCHAR)) return p;
+            p++;   /* a token byte the block test does not cover ('.', '_', '!', ...) */
+            continue;
+        }
+        p += SIMD_BLOCK;
+    }
+#endif
+    return scan_class(p, end, C_TCHAR);
+}
+
 /* Request-target bytes: stops at CTL, SP, '#', DEL. */
 static inline const char *scan_target(const char *p, const char *end)
 {
-#ifdef SP_USE_SSE42
-    static const char stop[16] = "\x00\x20##\x7f\x7f";
-    p = find_range(p, end, stop, 6);
+#if defined(SP_SIMD_SSE2) || defined(SP_SIMD_NEON)
+    while (end - p >= SIMD_BLOCK) {
+        vmask m = target_stops(v_load(p));
+        if (m) return p + v_first(m);
+        p += SIMD_BLOCK;
+    }
 #endif
     return scan_class(p, end, C_TARGET);
 }
@@ -152,9 +233,12 @@ static inline const char *scan_target(const char *p, const char *end)
 /* Field value bytes: stops at a CTL other than HTAB, or DEL. */
 static inline const char *scan_value(const char *p, const char *end)
 {
-#ifdef SP_USE_SSE42
-    static const char stop[16] = "\x00\x08\x0a\x1f\x7f\x7f";
-    p = find_range(p, end, stop, 6);
+#if defined(SP_SIMD_SSE2) || defined(SP_SIMD_NEON)
+    while (end - p >= SIMD_BLOCK) {
+        vmask m = value_stops(v_load(p));
+        if (m) return p + v_first(m);
+        p += SIMD_BLOCK;
+    }
 #endif
     return scan_class(p, end, C_VALUE);
 }
@@ -256,23 +340,16 @@ static int check_partial(const char *buf, size_t len, size_t start, size_t from,
  * allowed (RFC 9112 3.2: a target with no authority). Both Host and absolute-form targets. */
 static int authority_ok(const char *v, size_t n)
 {
-    static const char reg[] = "-._~%!$&'()*+,;=";
     size_t i = 0;
     if (n && v[0] == '[') {
         /* IPv6address or IPvFuture: a superset of their characters, inside one pair of brackets */
-        for (i = 1; i < n && v[i] != ']'; i++) {
-            char c = v[i];
-            int alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-            if (!alnum && c != ':' && !memchr(reg, c, sizeof reg - 1)) return 0;
-        }
+        for (i = 1; i < n && v[i] != ']'; i++)
+            if (!is_class(v[i], C_AUTH) && v[i] != ':') return 0;
         if (i == n || i == 1) return 0;   /* no closing bracket, or "[]" */
         i++;
     } else {
-        for (; i < n && v[i] != ':'; i++) {
-            char c = v[i];
-            int alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-            if (!alnum && !memchr(reg, c, sizeof reg - 1)) return 0;
-        }
+        for (; i < n && v[i] != ':'; i++)
+            if (!is_class(v[i], C_AUTH)) return 0;
     }
     if (i == n) return 1;
     if (v[i] != ':') return 0;
@@ -335,72 +412,71 @@ static int parse_version(const char *v, size_t n)
     return minor == '0' ? 0 : 1;
 }
 
-int sp_parse_request(const char *buf, size_t len, size_t last_len, const sp_limits *limits,
-                     sp_request_head *req)
+/* The strict pass over the lines of a head that starts at p: the request line and every field
+ * line, recorded in req. Two ways:
+ *   - complete: end is the end of the blank line that find_head_end found. Every line is known to
+ *     end before it, and the result is the answer: the head's length or -STATUS.
+ *   - optimistic (!complete): end is the end of the input, which has not been looked at yet. Only
+ *     a head whose every line is valid and within the limits gets its length back; anything else
+ *     (an incomplete head, any defect) gets 0, and the caller goes the complete way, which alone
+ *     decides what to answer. Such a head is what the complete way would accept: each of its lines
+ *     ends in CRLF with no LF and no CR before it, so the blank line found here is the first
+ *     "\r\n\r\n" after the empty lines skipped, the one find_head_end would find; and the
+ *     limits are the same ones.
+ * The bounds tests on end below never fail in the complete way (the blank line ends every line
+ * before end), so there they change nothing. */
+#define REFUSE(rc) return complete ? (rc) : 0
+
+static int parse_lines(const char *buf, const char *p, const char *end, const resolved_limits *lim,
+                       size_t capacity, sp_request_head *req, int complete)
 {
-    resolved_limits lim;
-    resolve_limits(limits, &lim);
-    size_t capacity = req->num_headers;
-    req->num_headers = 0;
-
-    /* RFC 9112 2.2: empty lines before the request line are ignored. */
-    size_t start = 0;
-    while (len - start >= 2 && buf[start] == CR && buf[start + 1] == LF) start += 2;
-    if (start > lim.head) return ERR(HEADERS_TOO_LARGE);
-
-    size_t from = last_len > 3 ? last_len - 3 : 0;
-    if (from < start) from = start;
-    if (from > len) from = len;
-    long head_end = find_head_end(buf, len, from);
-    if (head_end < 0) return (int)head_end;
-    if (head_end == 0) return check_partial(buf, len, start, from, &lim);
-
-    const char *p = buf + start, *end = buf + head_end;
-
     /* Request line. The blank line guarantees a CR before end; it must come within the limit. */
-    const char *cr = memchr(p, CR, min_size((size_t)(end - p), lim.line + 1));
-    if (!cr) return line_too_long(p, (size_t)(end - p));
-    if ((size_t)head_end > lim.head)  /* 414 if the line alone already crossed the limit */
-        return (size_t)(cr - buf) > lim.head ? line_too_long(p, (size_t)(cr - p))
-                                             : ERR(HEADERS_TOO_LARGE);
-    if (cr[1] != LF) return ERR(BAD_REQUEST);  /* bare CR */
+    const char *cr = memchr(p, CR, min_size((size_t)(end - p), lim->line + 1));
+    if (!cr) REFUSE(line_too_long(p, (size_t)(end - p)));
+    if (complete && (size_t)(end - buf) > lim->head)  /* 414 if the line alone already crossed it */
+        return (size_t)(cr - buf) > lim->head ? line_too_long(p, (size_t)(cr - p))
+                                              : ERR(HEADERS_TOO_LARGE);
+    if (end - cr < 2 || cr[1] != LF) REFUSE(ERR(BAD_REQUEST));  /* bare CR */
 
-    const char *m_end = scan_class(p, cr, C_TCHAR);
-    if (m_end == p || *m_end != SP) return ERR(BAD_REQUEST);
+    /* The scans may run to end: the CR at cr stops both of them (a CTL, not a token byte). */
+    const char *m_end = scan_token(p, end);
+    if (m_end == p || *m_end != SP) REFUSE(ERR(BAD_REQUEST));
     const char *t = m_end + 1;
-    const char *t_end = scan_target(t, cr);
-    if (t_end == t || *t_end != SP) return ERR(BAD_REQUEST);  /* 3.2: one SP, no CTL/'#' */
+    const char *t_end = scan_target(t, end);
+    if (t_end == t || *t_end != SP) REFUSE(ERR(BAD_REQUEST));  /* 3.2: one SP, no CTL/'#' */
     int minor = parse_version(t_end + 1, (size_t)(cr - (t_end + 1)));
-    if (minor < 0) return minor;
+    if (minor < 0) REFUSE(minor);
     int rc = check_target_form(p, (size_t)(m_end - p), t, (size_t)(t_end - t));
-    if (rc < 0) return rc;
+    if (rc < 0) REFUSE(rc);
 
     /* Field lines. */
-    size_t max_fields = min_size(capacity, lim.headers), n = 0;
+    size_t max_fields = min_size(capacity, lim->headers), n = 0;
     const char *q = cr + 2;
     for (;;) {
+        if (end - q < 2) REFUSE(ERR(BAD_REQUEST));   /* optimistic: the input ends here */
         if (*q == CR) {
-            /* The blank line: the first "\r\n\r\n" is `end`, so this is it. */
-            if (q + 2 != end || q[1] != LF) return ERR(BAD_REQUEST);
+            /* The blank line: in the complete way, the first "\r\n\r\n" is `end`, so this is it. */
+            if (q[1] != LF || (complete && q + 2 != end)) REFUSE(ERR(BAD_REQUEST));
             break;
         }
         /* RFC 9112 5.2 obs-fold, and 2.2 whitespace before the first field: rejected. */
         const char *name = q;
-        const char *n_end = scan_class(q, end, C_TCHAR);
+        const char *n_end = scan_token(q, end);
         const char *bad;
-        if (n_end == name || *n_end != ':') {  /* 5.1: no whitespace before the colon */
+        if (n_end == name || n_end == end || *n_end != ':') {  /* 5.1: no whitespace before ':' */
             bad = n_end;
             goto field_error;
         }
         const char *v = n_end + 1;
-        while (is_ows(*v)) v++;
+        if (v < end && *v == SP) v++;   /* the usual single SP first: a cheaper test */
+        while (v < end && is_ows(*v)) v++;
         const char *v_end = scan_value(v, end);
-        if (*v_end != CR || v_end[1] != LF) {  /* CTL, bare CR or bare LF in the value */
+        if (end - v_end < 2 || *v_end != CR || v_end[1] != LF) {  /* CTL, bare CR or LF in the value */
             bad = v_end;
             goto field_error;
         }
-        if ((size_t)(v_end - name) > lim.field) return ERR(HEADERS_TOO_LARGE);
-        if (n == max_fields) return ERR(HEADERS_TOO_LARGE);
+        if ((size_t)(v_end - name) > lim->field) REFUSE(ERR(HEADERS_TOO_LARGE));
+        if (n == max_fields) REFUSE(ERR(HEADERS_TOO_LARGE));
         const char *trim = v_end;
         while (trim > v && is_ows(trim[-1])) trim--;
         req->headers[n].name = name;
@@ -414,8 +490,10 @@ int sp_parse_request(const char *buf, size_t len, size_t last_len, const sp_limi
     field_error:
         /* A malformed line that is also too long reports the length, as the incremental checks
          * would have while it was arriving. */
-        return (size_t)(bad - name) > lim.field ? ERR(HEADERS_TOO_LARGE) : ERR(BAD_REQUEST);
+        REFUSE((size_t)(bad - name) > lim->field ? ERR(HEADERS_TOO_LARGE) : ERR(BAD_REQUEST));
     }
+    size_t head_end = (size_t)(q + 2 - buf);
+    if (head_end > lim->head) REFUSE(ERR(HEADERS_TOO_LARGE));   /* optimistic only: checked above */
 
     req->method = p;
     req->method_len = (size_t)(m_end - p);
@@ -424,6 +502,40 @@ int sp_parse_request(const char *buf, size_t len, size_t last_len, const sp_limi
     req->minor_version = minor;
     req->num_headers = n;
     return (int)head_end;
+}
+
+#undef REFUSE
+
+int sp_parse_request(const char *buf, size_t len, size_t last_len, const sp_limits *limits,
+                     sp_request_head *req)
+{
+    resolved_limits lim;
+    resolve_limits(limits, &lim);
+    size_t capacity = req->num_headers;
+    req->num_headers = 0;
+
+    /* RFC 9112 2.2: empty lines before the request line are ignored. */
+    size_t start = 0;
+    while (len - start >= 2 && buf[start] == CR && buf[start + 1] == LF) start += 2;
+    if (start > lim.head) return ERR(HEADERS_TOO_LARGE);
+
+    /* A first look at the input (no earlier call saw part of it), the common case of a whole head
+     * in one read: one pass that finds the blank line by parsing up to it. Anything but a valid
+     * head goes the way below, which decides the answer; later calls for the same head (a slow
+     * sender) go that way at once, so their cost stays with the new bytes. */
+    if (last_len == 0) {
+        int rc = parse_lines(buf, buf + start, buf + len, &lim, capacity, req, 0);
+        if (rc > 0) return rc;
+        req->num_headers = 0;
+    }
+
+    size_t from = last_len > 3 ? last_len - 3 : 0;
+    if (from < start) from = start;
+    if (from > len) from = len;
+    long head_end = find_head_end(buf, len, from);
+    if (head_end < 0) return (int)head_end;
+    if (head_end == 0) return check_partial(buf, len, start, from, &lim);
+    return parse_lines(buf, buf + start, buf + head_end, &lim, capacity, req, 1);
 }
 
 /* ---- sp_request_framing ------------------------------------------------------------------------ */

@@ -10,7 +10,7 @@
  *   after a watcher armed for read|write fires for one direction, the other stays armed. That is
  *   harmless to the core: be_mod() always sets both filters to what the watcher now wants (adding
  *   the wanted ones, deleting the others), and a stale one-shot report only wakes nobody
- *   (green.py's _FdWatch.on_fd ignores a direction with no waiters).
+ *   (spawning/green/hub.py's _FdWatch.on_fd ignores a direction with no waiters).
  * - The two filters of one fd come back as separate kevents, not necessarily adjacent. be_poll()
  *   merges them into one fired entry per registered pointer. This is required, not cosmetic:
  *   conn_on_event() may free the connection, so a second entry for it would be a use after free.

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Builds the parser fuzzer and runs it. Usage: tests/fuzz/run.sh [seconds] [extra libFuzzer args]
 # (default 60 s); FUZZ_TARGET=proxy runs the PROXY preamble fuzzer (fuzz_proxy.c) instead.
-# parser.c is linked twice -- the SSE4.2 build and a scalar build with renamed
-# symbols -- so every input is also a differential test of the two paths. Crashes land in
+# parser.c is linked twice -- the SIMD build (SSE2 / NEON, the baseline) and a scalar build with
+# renamed symbols -- so every input is also a differential test of the two paths. Crashes land in
 # tests/fuzz/artifacts/; new coverage goes to a scratch corpus, not the committed seeds.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,7 +17,7 @@ cd "$out"  # libFuzzer writes fuzz-N.log files into the working directory
 san="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all"
 common="-std=c99 -g -O1 -Wall -Wextra -Werror -I$root/csrc -I$root/csrc/http"
 simd=""
-case $(uname -m) in x86_64|amd64|i?86) simd="-msse4.2" ;; esac
+# simd stays empty: the SIMD scans use SSE2 / NEON, the baseline of x86-64 and arm64, no flag
 
 if [ "${FUZZ_TARGET:-parser}" = proxy ]; then
     # The PROXY protocol preamble (csrc/http/proxy.c): its own harness and seeds.

@@ -19,7 +19,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, free_port, http_request
+from conftest import ROOT, free_port, http_request, wait_until
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:
@@ -93,15 +93,16 @@ def test_health_path_answers_without_the_app(spawn, threads, pyfast):
     assert _get(server.port, "/lb-health?probe=1") == (200, b"ok\n")
 
     server.signal(signal.SIGTERM)
-    deadline = time.monotonic() + 2
-    while True:
+    got: list[tuple[int, bytes]] = []
+
+    def kept_connection_unready() -> bool:
         conn.request("GET", "/lb-health")
         resp = conn.getresponse()
-        status, body = resp.status, resp.read()
-        if status == 503 or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert (status, body) == (503, b"shutting down\n"), "the kept connection (C path) says 503"
+        got[:] = [(resp.status, resp.read())]
+        return got[0][0] == 503
+
+    wait_until(kept_connection_unready, 2, interval=0.05, what="503 on the kept connection")
+    assert got[0] == (503, b"shutting down\n"), "the kept connection (C path) says 503"
     assert _get(server.port, "/lb-health") == (503, b"shutting down\n"), "a new one too"
     status, body = _get(server.port, "/still-served")
     assert status == 200 and json.loads(body)["PATH_INFO"] == "/still-served"

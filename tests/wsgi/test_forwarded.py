@@ -1,4 +1,4 @@
-"""Proxy headers (spawning/forwarded.py): X-Forwarded-For/-Proto/-Ssl/-Host/-Port and RFC 7239
+"""Proxy headers (spawning/wsgi/forwarded.py): X-Forwarded-For/-Proto/-Ssl/-Host/-Port and RFC 7239
 Forwarded, believed from --forwarded-allow-ips peers only.
 
 Through real servers and raw sockets, on both request paths: the C path (csrc/py/runner.c, the
@@ -14,9 +14,9 @@ import json
 import socket
 
 import pytest
-
 from spawning._core import lib
-from spawning.forwarded import ProxyTrust, parse_forwarded
+
+from spawning.wsgi.forwarded import ProxyTrust, parse_forwarded
 
 C_PATH_BUILT = lib.sp_py_setup() == 0
 # The value "" overrides a SPAWNING_NO_PYFAST the test run itself may have in its environment.
@@ -295,7 +295,7 @@ def test_django_is_secure_behind_a_tls_proxy(spawn, tmp_path):
         "    return JsonResponse({'secure': request.is_secure(), 'url': request.build_absolute_uri('/x'),\n"
         "                         'addr': request.META['REMOTE_ADDR']})\n\n"
         "urlpatterns = [path('', view)]\n")
-    django = "--factory=spawning.django_factory.config_factory"
+    django = "--factory=spawning.factories.django.config_factory"
     headers = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.50", "Host": "shop.example"}
     server = spawn(django, "-s", "1", "-t", "2", "proxysite.settings", cwd=tmp_path)
     status, _, body = server.get("/", headers=headers)

@@ -1,6 +1,7 @@
-"""The factory contract: ``--factory`` names ``config_factory(args) -> config``, which names
-``app_factory(config) -> app``; it runs in the controller and again in each worker, its config
-drives the server (processes included), and any failure is one line and exit 2."""
+"""spawning.factories.wsgi (the default factory) and the factory contract: ``--factory`` names
+``config_factory(args) -> config``, which names ``app_factory(config) -> app``; it runs in the
+controller and again in each worker, its config drives the server (processes included), and any
+failure is one line and exit 2."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import sys
 
 import pytest
 from conftest import APPS, ROOT, free_port
+
+from spawning.errors import ConfigError
 
 
 def test_custom_factory_from_a_module(spawn):
@@ -71,3 +74,18 @@ def test_log_level_debug_shows_the_traceback(factory):
     assert result.returncode == 2, result
     assert "Traceback" in result.stderr
     assert "custom_factory_broken.py" in result.stderr
+
+
+def test_factory_checks_syntax_without_importing():
+    from spawning.factories.wsgi import config_factory
+
+    cfg = config_factory({"args": ["not_imported_module_q.app", "other_mw_q.wrap"]})
+    assert cfg["app"] == "not_imported_module_q.app"
+    assert cfg["middleware"] == ["other_mw_q.wrap"]
+    assert cfg["app_factory"] == "spawning.factories.wsgi.app_factory"
+    assert "not_imported_module_q" not in sys.modules
+    for bad in (["justaname"], ["a.b c"], ["m:f(os.system('x'))"]):
+        with pytest.raises(ConfigError):
+            config_factory({"args": bad})
+    with pytest.raises(ConfigError, match="no application"):
+        config_factory({"args": []})

@@ -13,7 +13,7 @@ SIGTERM on (``--shutdown-delay`` keeps the worker serving meanwhile, so that the
 503 and stops sending before the drain), or when the worker itself was told to stop. A worker
 draining because of a reload keeps answering 200: the server as a whole is still serving.
 
-The status port answers ``/healthz`` and ``/readyz`` for the whole server (spawning.status).
+The status port answers ``/healthz`` and ``/readyz`` for the whole server (spawning.status.service).
 """
 
 from __future__ import annotations

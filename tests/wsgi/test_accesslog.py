@@ -1,9 +1,10 @@
-"""The access log (spawning/accesslog.py): gunicorn's atoms and JSON lines through real servers on
+"""The access log (spawning/wsgi/accesslog.py): gunicorn's atoms and JSON lines through real servers on
 both request paths (C's Runner and Python's handler), whole lines from many processes and threads,
 and a log that cannot be written (a closed pipe, a full disk) never stopping the server."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,10 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import APPS, ROOT, free_port, http_request, wait_http_status
+from conftest import APPS, ROOT, free_port, http_request, raw_exchange, wait_http_status, wait_until
 
-from spawning.accesslog import AccessLog, check_format
 from spawning.errors import ConfigError
+from spawning.wsgi.accesslog import AccessLog, check_format
 
 GUNICORN_COMBINED = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 EVERY_ATOM = (GUNICORN_COMBINED + " D=%(D)s L=%(L)s M=%(M)s T=%(T)s m=%(m)s U=%(U)s q=%(q)s "
@@ -30,11 +31,9 @@ PATHS = {"c": ({}, ()), "python": ({"SPAWNING_NO_PYFAST": "1"}, ()), "green": ({
 
 
 def wait_lines(path: Path, n: int, timeout: float = 5.0) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_bytes().count(b"\n") >= n:
-            break
-        time.sleep(0.05)
+    """The log's lines once it holds at least n."""
+    wait_until(lambda: path.exists() and path.read_bytes().count(b"\n") >= n, timeout,
+               interval=0.05, what=f"{n} lines in {path.name}")
     return path.read_text().splitlines()
 
 
@@ -227,14 +226,15 @@ def test_pipe_whose_reader_closes_never_stops_serving(spawn, tmp_path: Path) -> 
     try:
         server = spawn("hello.application", "-s", "1", access_log=str(fifo))
         _answers(server.port, 3)
-        deadline = time.monotonic() + 5
-        got = b""
-        while got.count(b"\n") < 3 and time.monotonic() < deadline:
-            try:
-                got += os.read(reader, 65536)
-            except BlockingIOError:
-                time.sleep(0.05)
-        assert got.count(b"\n") == 3 and b'"GET /after/2 HTTP/1.1" 200' in got
+        got = [b""]
+
+        def three_lines() -> bool:
+            with contextlib.suppress(BlockingIOError):
+                got[0] += os.read(reader, 65536)
+            return got[0].count(b"\n") >= 3
+
+        wait_until(three_lines, 5, interval=0.05, what="3 lines from the FIFO")
+        assert got[0].count(b"\n") == 3 and b'"GET /after/2 HTTP/1.1" 200' in got[0]
     finally:
         os.close(reader)
     _answers(server.port, 20)
@@ -259,9 +259,8 @@ def test_stdout_to_a_closed_pipe_never_stops_serving(tmp_path: Path) -> None:
         proc.stdout.close()           # the reader goes away
         _answers(port, 20)
         assert proc.poll() is None
-        deadline = time.monotonic() + 5
-        while "Broken pipe" not in err_path.read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: "Broken pipe" in err_path.read_text(), 5, interval=0.05,
+                   what="the broken pipe on the server's log")
         assert "line(s) dropped" in err_path.read_text()
     finally:
         if proc.poll() is None:
@@ -291,3 +290,24 @@ def test_rotated_file_is_opened_anew(tmp_path: Path) -> None:
     new = path.read_text()
     assert "/before" in old and "/after" not in old and "/after" in new
     assert ("/moved" in old) != ("/moved" in new)
+
+
+def test_access_log_lines(spawn, tmp_path: Path):
+    """Apache combined format, one line per request: quotes and backslashes in quoted fields
+    escaped as Apache does (a client must not forge fields), and no body size for HEAD."""
+    log_path = tmp_path / "access.log"
+    server = spawn("core_app.application", "-s", "1", access_log=str(log_path))
+    raw_exchange(server.port, b'GET /a?q="x" HTTP/1.1\r\nHost: x\r\nUser-Agent: evil" "x\\y\r\n'
+                 b'Referer: http://r/"q\r\nConnection: close\r\n\r\n')
+    raw_exchange(server.port, b"HEAD /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    raw_exchange(server.port, b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    lines = sorted(wait_lines(log_path, 3), key=lambda x: x.split('"')[1].split()[1])
+    assert len(lines) == 3, lines
+    pattern = (r'^127\.0\.0\.1 - - \[\d{2}/\w{3}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}\] '
+               r'"(GET|HEAD) (\S+) HTTP/1\.1" (\d{3}) (\d+|-) "((?:[^"\\]|\\.)*)" "((?:[^"\\]|\\.)*)"$')
+    fields = [re.match(pattern, line) for line in lines]
+    assert all(fields), lines
+    a, b, c = (m.groups() for m in fields)   # type: ignore[union-attr]
+    assert a[1] == '/a?q=\\"x\\"' and a[4] == 'http://r/\\"q' and a[5] == 'evil\\" \\"x\\\\y', a
+    assert b[0] == "HEAD" and b[3] == "-", b
+    assert c[2] == "200" and c[3] == str(len(b"hello /c\n")), c

@@ -2,7 +2,7 @@
 or JSON lines.
 
 Theory of operation. ``AccessLog.log(environ, status, sent, headers=None)`` is called by the
-thread that answered the request, right after it was answered (``spawning.wsgi``'s handler, or
+thread that answered the request, right after it was answered (``spawning.wsgi.handler``, or
 the C path's Runner in csrc/py/runner.c). The request's duration is the C core's own measure, read
 from a thread-local (``sp_last_duration_us``, set as the request is finished), so neither path
 has to carry a start time; it is read only by formats that show it.
@@ -25,8 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .errors import ConfigError
-from .logs import LineFile
+from ..errors import ConfigError
+from ..logs import LineFile
 
 __all__ = ["ATOMS", "AccessLog", "check_format"]
 
@@ -218,7 +218,7 @@ class AccessLog:
         if fmt in (None, "combined"):
             self.log = self._combined    # type: ignore[method-assign]
             return
-        from ._core import lib
+        from .._core import lib
         self._last_duration = lib.sp_last_duration_us
         if fmt == "json":
             self.log = self._json        # type: ignore[method-assign]

@@ -1,6 +1,6 @@
-"""PasteDeploy, for real: one ini file with a composite (urlmap), a pipeline and filters, served by
-``spawning --factory=spawning.paste_factory.config_factory``, by ``pserve`` and by
-``paste.deploy.loadserver`` through ``use = egg:Spawning``; and every bad input a user can type."""
+"""spawning.factories.paste, for real: one ini file with a composite (urlmap), a pipeline and
+filters, served by ``spawning --factory=spawning.factories.paste.config_factory``, by ``pserve`` and
+by ``paste.deploy.loadserver`` through ``use = egg:Spawning``; and every bad input a user can type."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import APPS, ROOT, foreign_env, free_port, http_request
+from conftest import APPS, ROOT, foreign_env, free_port, http_request, scaled, wait_until
 
 pytest.importorskip("paste.deploy")
 
-PASTE = "--factory=spawning.paste_factory.config_factory"
+PASTE = "--factory=spawning.factories.paste.config_factory"
 
 INI = """\
 [DEFAULT]
@@ -111,13 +111,13 @@ def installed_entry_point() -> None:
     if not eps:
         pytest.fail("the spawning distribution is not installed, so egg:Spawning cannot resolve: "
                     "run `pip install -e .` in the repository first")
-    assert eps[0].value == "spawning.paste_factory:server_runner"
-    module = importlib.import_module("spawning.paste_factory")
+    assert eps[0].value == "spawning.factories.paste:server_runner"
+    module = importlib.import_module("spawning.factories.paste")
     assert Path(module.__file__).resolve().is_relative_to(ROOT), \
         f"the installed spawning is not this tree ({module.__file__}): run `pip install -e .`"
 
 
-# ---- --factory=spawning.paste_factory.config_factory ------------------------------------------------
+# ---- --factory=spawning.factories.paste.config_factory ---------------------------------------------
 
 
 def test_factory_serves_composite_with_ini_settings(spawn, tmp_path):
@@ -149,8 +149,11 @@ def test_ini_change_reloads_under_reload_dev(spawn, tmp_path):
     server = spawn(PASTE, str(ini))
     assert get_json(server.port, "/")[2]["greeting"] == "root"
     ini.write_text(ini.read_text().replace("greeting = root", "greeting = reloaded"))
-    assert server.wait_until(lambda: get_json(server.port, "/")[2]["greeting"] == "reloaded", 10), \
-        server.stderr[-2000:]
+    try:
+        wait_until(lambda: get_json(server.port, "/")[2]["greeting"] == "reloaded", 10,
+                   what="the ini file's new greeting")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{server.stderr[-2000:]}") from None
 
 
 # ---- use = egg:Spawning: pserve and loadserver --------------------------------------------------------
@@ -178,7 +181,7 @@ class Launched:
         return self.stderr_path.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         self.notify.settimeout(0.1)
         while time.monotonic() < deadline:
             try:
@@ -187,7 +190,7 @@ class Launched:
             except TimeoutError:
                 if self.proc.poll() is not None:
                     raise AssertionError(f"exited {self.proc.returncode}: {self.stderr[-3000:]}")
-        raise AssertionError(f"not ready within {timeout} s: {self.stderr[-3000:]}")
+        raise AssertionError(f"not ready within {scaled(timeout)} s: {self.stderr[-3000:]}")
 
     def workers(self) -> set[int]:
         out = subprocess.run(["ps", "-o", "pid=,stat=", "--ppid", str(self.proc.pid)],
