@@ -18,11 +18,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 TESTS_C = ROOT / "tests" / "c"
-SOURCES = [TESTS_C / "test_parser.c", CSRC / "parser.c", CSRC / "env.c"]
+SOURCES = [TESTS_C / "test_parser.c", CSRC / "http" / "parser.c", CSRC / "http" / "env.c"]
 CFLAGS = [
     "-std=c99", "-g", "-O1", "-Wall", "-Wextra", "-Werror",
     "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
-    f"-I{CSRC}",
+    f"-I{CSRC}", f"-I{CSRC / 'http'}",
 ]
 MACHINE = platform.machine().lower()
 # The SIMD path each machine builds by default; elsewhere both builds are the scalar one.

@@ -75,4 +75,4 @@ def serve(hub: Hub, wakeup_fd: int, tasks: Iterable[Callable[[], Any]] = ()) -> 
     try:
         run_hub(hub, wakeup_fd)
     finally:
-        lib.sp_server_flush(hub.srv)   # responses held back for a burst (csrc/conn.c) go now
+        lib.sp_server_flush(hub.srv)   # responses held back for a burst (csrc/conn/output.c) go now

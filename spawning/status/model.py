@@ -28,7 +28,7 @@ SCHEMA_VERSION = 1
 #: Seconds over which requests per second are averaged.
 RATE_WINDOW = 5.0
 #: Upper bounds (seconds) of the duration histogram's buckets, as the C core counts them
-#: (csrc/server.c ``sp_duration_bounds_us``); a last bucket (+Inf) follows. Restated here so the
+#: (csrc/loop/loop.c ``sp_duration_bounds_us``); a last bucket (+Inf) follows. Restated here so the
 #: controller need not load the core; tests/status/test_model.py checks the two agree.
 DURATION_BOUNDS = (0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 NBUCKETS = len(DURATION_BOUNDS) + 1

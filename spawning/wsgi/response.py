@@ -2,7 +2,7 @@
 and the result sent (one crossing for a list of one bytes object, else streamed), its iterable's
 ``close()`` called in every case.
 
-C validates and formats the head (csrc/conn.c); this module packs it as ``"status\0name\0value..."``
+C validates and formats the head (csrc/conn/head.c); this module packs it as ``"status\0name\0value..."``
 and refuses what C would split wrongly (a NUL in the status, a name or a value). On CPython the
 per-request state (code, status, headers, head_sent, sent) lives in C members of ``ResponseBase``
 (csrc/py/runner.c), whose ``start_response`` does the common form itself; elsewhere the same state
@@ -253,7 +253,7 @@ class Response(_ResponseBase):
 
     def pack_head(self) -> bytes:
         """The response's status and headers as sp_code_answer() takes them, "status\0name\0
-        value..." (C validates and formats them: csrc/conn.c)."""
+        value..." (C validates and formats them: csrc/conn/head.c)."""
         if self.status is None:
             raise AssertionError("the app returned without calling start_response()")
         st = self.status_bytes()

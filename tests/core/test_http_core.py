@@ -170,7 +170,7 @@ def test_connection_close_request_closes_at_once(spawn):
 @pytest.mark.parametrize("threads", ["4", "0"])
 def test_clients_that_send_late_and_early_alternate(spawn, threads):
     """After a run of connections whose request comes only after the accept, the server stops
-    reading right after accepting (csrc/server.c, do_accept): their requests must still be
+    reading right after accepting (csrc/loop/loop.c, do_accept): their requests must still be
     read, and so must those of clients that send at once, when the traffic changes back."""
     # --defer-accept 0: deferred, a late sender's request is there by the accept (no miss).
     srv = spawn("-s", "1", "-t", threads, "--defer-accept", "0", "core_app.application")

@@ -1,4 +1,4 @@
-/* be_epoll.c -- Linux epoll backend, included by server.c. Edge-triggered for connections,
+/* be_epoll.c -- Linux epoll backend, included by loop.c. Edge-triggered for connections,
  * level-triggered (with EPOLLEXCLUSIVE) for shared listening sockets. */
 #include <sys/epoll.h>
 #include <sys/syscall.h>

@@ -1,4 +1,4 @@
-/* be_poll.c -- portable poll(2) fallback backend, included by server.c when neither epoll nor
+/* be_poll.c -- portable poll(2) fallback backend, included by loop.c when neither epoll nor
  * kqueue exists (or when built with -DSP_FORCE_POLL, which the tests use to exercise it).
  *
  * Level-triggered: the core calls be_mod() whenever the events it wants change. poll() runs on a

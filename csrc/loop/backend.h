@@ -1,6 +1,6 @@
 /* backend.h -- the contract every poll backend (be_epoll.c, be_kqueue.c, be_poll.c) fulfils.
  *
- * server.c includes exactly one backend .c file, chosen from platform macros, the way redis's ae.c
+ * loop.c includes exactly one backend .c file, chosen from platform macros, the way redis's ae.c
  * does. Each defines the same static functions over a `be_state`; the core never sees the OS API.
  *
  * Edge or level: BE_EDGE is 1 for backends that report a readiness change once (epoll EPOLLET,

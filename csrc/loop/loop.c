@@ -1,12 +1,24 @@
-/* server.c -- the event loop core: listeners, accept, the poll turn, timers, and the
- * leader/follower hand-off between threads.
+/* loop.c -- the event loop core: listeners, accept, the poll turn, timers, green-mode fd watchers,
+ * and the leader/follower hand-off between threads. It includes the one backend it runs
+ * (be_epoll.c, be_kqueue.c or be_poll.c, behind backend.h).
+ *
+ * Layers
+ * ------
+ * The loop knows sockets, not connections. It sits below the connection part (csrc/conn/), which
+ * calls it by name through loop.h (registration, wake-ups, fd events, the poll), and it reaches
+ * the connections only through the sp_conn_ops table sp_server_new hands it: accepted, ready,
+ * due (sweep), take the queued requests, flush the held-back responses, free the closed ones. So
+ * the dependency runs one way (tests/test_layers_c.py fails on a call or include the other way),
+ * a connection's state is the connection part's alone, and the loop compiles without conn.h: it
+ * cannot read a connection's fields. The price is an indirect call where a direct one was, a
+ * couple of instructions per event.
  *
  * Theory of operation
  * -------------------
  * One sp_server per worker process. Whoever calls sp_poll() and finds nobody polling becomes the
  * poller: it waits in the backend without the mutex (and, through cffi, without the GIL), then,
  * with the mutex, accepts, reads, parses and writes everything that became ready. Parsed requests
- * go to a FIFO ready queue; sp_poll() hands them out.
+ * go to a FIFO ready queue (conn/server.c); sp_poll() hands them out.
  *
  * Thread mode (several threads in sp_poll): a thread that takes work leaves the poller role
  * empty. Another thread takes over the role, or takes queued work, only once no thread has
@@ -34,7 +46,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core.h"
+#include "loop.h"
 #include "backend.h"
 #include "sysio.h"
 
@@ -48,6 +60,9 @@
 #include "be_kqueue.c"
 #else
 #include "be_poll.c"
+#endif
+#if BE_EDGE != LOOP_EDGE
+#error "loop.h's LOOP_EDGE disagrees with the backend chosen here"
 #endif
 
 #define SP_ACCEPT_BURST 64   /* accepts per listener event: fairness between listen and serve */
@@ -87,7 +102,7 @@ static int set_nonblock_cloexec(int fd) {
 
 /* Whether this process has forked since it started (or since it was forked itself): a child
  * forked without exec (an app's os.fork(), multiprocessing) holds copies of our sockets, so that
- * close() alone ends nothing for the client (srv_conn_forget). Set and cleared by pthread_atfork
+ * close() alone ends nothing for the client (loop_forget). Set and cleared by pthread_atfork
  * handlers, which run in the process that calls fork() and in the new child. */
 static volatile int forked;
 static void on_fork_parent(void) { forked = 1; }
@@ -100,22 +115,10 @@ static void watch_forks(void) {
         pthread_atfork(NULL, on_fork_parent, on_fork_child);
 }
 
-sp_server *sp_server_new(const sp_config *cfg) {
-    sp_server *s = calloc(1, sizeof(*s));
-    if (!s) { errno = ENOMEM; return NULL; }
+int loop_init(sp_server *s, const sp_conn_ops *ops) {
     watch_forks();
-    s->cfg = *cfg;
-    if (s->cfg.limits.max_headers > SP_HEADERS_MAX || s->cfg.limits.max_headers == 0)
-        s->cfg.limits.max_headers = SP_HEADERS_MAX;
-    if (s->cfg.max_connections <= 0 || s->cfg.max_connections > SP_SLOTS_MAX)
-        s->cfg.max_connections = SP_SLOTS_MAX;   /* request codes have room for this many */
+    s->ops = ops;
     s->now_us = sp_now_us();
-    s->server_line_len = 0;
-    if (cfg->server_header && cfg->server_header[0]) {
-        int n = snprintf(s->server_line, sizeof(s->server_line), "Server: %s\r\n", cfg->server_header);
-        if (n > 0 && (size_t)n < sizeof(s->server_line)) s->server_line_len = (size_t)n;
-    }
-    s->cfg.server_header = NULL;   /* not kept: Python owns that memory */
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     int rc = be_create(&s->be);
@@ -133,29 +136,18 @@ sp_server *sp_server_new(const sp_config *cfg) {
         goto fail;
     }
     s->accepting = 1;
-    return s;
+    return 0;
 fail:
     if (s->be) be_free(s->be);
+    s->be = NULL;
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
-    free(s);
-    errno = -rc;
-    return NULL;
+    return rc;
 }
 
-void sp_server_free(sp_server *s) {
-    if (!s) return;
-    s->polling = 0;
-    while (s->conns) conn_close(s, s->conns);
-    while (s->graveyard) { sp_conn *d = s->graveyard; s->graveyard = d->next; free(d); }
+void loop_fini(sp_server *s) {
     for (int i = 0; i < s->watch_cap; i++) free(s->watch[i]);
     free(s->watch);
-    for (int i = 0; i < s->npool; i++) free(s->pool[i]);
-    for (int i = 0; i < s->ncork_bufs; i++) free(s->cork_bufs[i]);
-    free(s->head_cache.out);
-    free(s->slots);
-    free(s->slot_free);
-    free(s->pool);
     free(s->listeners);
     free(s->fdq);
     close(s->wake.fd);
@@ -163,7 +155,6 @@ void sp_server_free(sp_server *s) {
     be_free(s->be);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
-    free(s);
 }
 
 int sp_server_add_listener(sp_server *s, int fd, int index) {
@@ -215,69 +206,14 @@ static void set_accepting(sp_server *s, int on) {
     }
 }
 
-static void drain_locked(sp_server *s) {
+void loop_stop_accepting(sp_server *s) {
     s->draining = 1;
     set_accepting(s, 0);
-    sp_conn *c = s->conns;
-    while (c) {
-        sp_conn *next = c->next;
-        conn_drain(s, c);
-        c = next;
-    }
-}
-
-int sp_server_drain(sp_server *s) {
-    pthread_mutex_lock(&s->mu);
-    drain_locked(s);
-    int n = s->nconns;
-    pthread_mutex_unlock(&s->mu);
-    sp_server_wakeup(s);
-    return n;
 }
 
 int sp_server_connections(sp_server *s) {
     pthread_mutex_lock(&s->mu);
     int n = s->nconns;
-    pthread_mutex_unlock(&s->mu);
-    return n;
-}
-
-void sp_server_stats(sp_server *s, sp_stats *out) {
-    pthread_mutex_lock(&s->mu);
-    *out = s->st;
-    out->connections = s->nconns;
-    int64_t oldest = 0, now = sp_now_ms();
-    for (sp_conn *c = s->conns; c; c = c->next)
-        if (c->state == C_BUSY && (oldest == 0 || c->busy_since_us / 1000 < oldest)) oldest = c->busy_since_us / 1000;
-    out->oldest_busy_ms = oldest ? now - oldest : 0;
-    pthread_mutex_unlock(&s->mu);
-}
-
-size_t sp_server_busy(sp_server *s, char *out, size_t cap) {
-    size_t n = 0;
-    pthread_mutex_lock(&s->mu);
-    int64_t now = sp_now_ms();
-    for (sp_conn *c = s->conns; c; c = c->next) {
-        if (c->state != C_BUSY || c->req.env == NULL) continue;
-        /* The env block opens with REMOTE_ADDR, REQUEST_METHOD and PATH_INFO, NUL-terminated. */
-        const char *addr = c->req.env, *end = addr + c->req.env_len;
-        const char *method = memchr(addr, 0, (size_t)(end - addr));
-        if (!method) continue;
-        method++;
-        const char *mend = memchr(method, 0, (size_t)(end - method));
-        if (!mend) continue;
-        const char *path = mend + 1;
-        const char *pend = memchr(path, 0, (size_t)(end - path));
-        if (!pend) continue;
-        char age[24];
-        int alen = snprintf(age, sizeof(age), "%lld", (long long)(now - c->busy_since_us / 1000));
-        size_t ml = (size_t)(mend - method), pl = (size_t)(pend - path);
-        size_t need = ml + pl + (size_t)alen + 3;
-        if (alen < 0 || n + need > cap) break;
-        memcpy(out + n, method, ml); n += ml; out[n++] = 0;
-        memcpy(out + n, path, pl); n += pl; out[n++] = 0;
-        memcpy(out + n, age, (size_t)alen); n += (size_t)alen; out[n++] = 0;
-    }
     pthread_mutex_unlock(&s->mu);
     return n;
 }
@@ -290,108 +226,9 @@ void sp_server_wakeup(sp_server *s) {
     (void)r;
 }
 
-/* ---- buffers and date ----------------------------------------------------------------------- */
-
-char *srv_buf_get(sp_server *s) {
-    if (s->npool) return s->pool[--s->npool];
-    return malloc(SP_IN_CHUNK);
-}
-
-void srv_buf_put(sp_server *s, char *buf) {
-    if (!buf) return;
-    if (s->npool < SP_POOL_MAX) {
-        if (!s->pool) s->pool = malloc(sizeof(char *) * SP_POOL_MAX);
-        if (s->pool) { s->pool[s->npool++] = buf; return; }
-    }
-    free(buf);
-}
-
-const char *srv_date(sp_server *s) {
-    time_t now = time(NULL);
-    if (now != s->date_sec) {
-        struct tm tm;
-        gmtime_r(&now, &tm);
-        s->date_len = strftime(s->date, sizeof(s->date), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
-        s->date_sec = now;
-    }
-    return s->date;
-}
-
-/* ---- slots and environ keys (for request codes, sp.h) ---------------------------------------------- */
-
-int srv_slot_take(sp_server *s, sp_conn *c) {
-    if (!s->nslot_free) {
-        int cap = s->slots_cap ? s->slots_cap * 2 : 256;
-        if (cap > SP_SLOTS_MAX) cap = SP_SLOTS_MAX;
-        if (cap <= s->slots_cap) return -ENOMEM;
-        sp_conn **sl = realloc(s->slots, sizeof(*sl) * (size_t)cap);
-        if (!sl) return -ENOMEM;
-        s->slots = sl;
-        int *fr = realloc(s->slot_free, sizeof(*fr) * (size_t)cap);
-        if (!fr) return -ENOMEM;
-        s->slot_free = fr;
-        for (int i = cap - 1; i >= s->slots_cap; i--) { sl[i] = NULL; fr[s->nslot_free++] = i; }
-        s->slots_cap = cap;
-    }
-    c->slot = s->slot_free[--s->nslot_free];
-    s->slots[c->slot] = c;
-    return 0;
-}
-
-void srv_slot_release(sp_server *s, sp_conn *c) {
-    if (c->slot < 0) return;
-    s->slots[c->slot] = NULL;
-    s->slot_free[s->nslot_free++] = c->slot;
-    c->slot = -1;
-}
-
-sp_conn *srv_code_conn(sp_server *s, int64_t code) {
-    int64_t slot;
-    unsigned gen;
-    int port = -1;
-    if (code <= 0) return NULL;
-    if (code & SP_CODE_FULL) {
-        slot = (code >> SP_CODE_SLOT_SHIFT) & SP_CODE_SLOT_MASK;
-        gen = (unsigned)(code >> SP_CODE_GEN_SHIFT) & SP_CODE_GEN_MASK;
-        port = (int)(code & 0xFFFF);
-    } else if ((code & ~(int64_t)SP_CODE_REPEAT_MASK) == SP_CODE_REPEAT) {
-        slot = code & SP_CODE_SLOT_MASK;
-        gen = (unsigned)(code >> SP_CODE_REPEAT_GEN_SHIFT) & SP_CODE_GEN_MASK;
-    } else {
-        return NULL;
-    }
-    if (slot >= s->slots_cap) return NULL;
-    sp_conn *c = s->slots[slot];
-    if (!c || c->state != C_BUSY || c->gen != gen || (port >= 0 && c->port_num != (unsigned)port))
-        return NULL;
-    return c;
-}
-
-/* The code of a request being handed out (sp.h, request codes). */
-static int64_t request_code(sp_server *s, sp_conn *c) {
-    (void)s;
-    /* The same head again on a connection whose last full code said a repeat may follow. */
-    if (c->repeat && c->keeps)
-        return SP_CODE_REPEAT | (int64_t)c->gen << SP_CODE_REPEAT_GEN_SHIFT | (int64_t)c->slot;
-    c->keeps = c->keep_alive && c->rep_len;   /* the head is remembered: a repeat can come */
-    return SP_CODE_FULL | (c->keeps ? SP_CODE_KEEP : 0) | (int64_t)c->gen << SP_CODE_GEN_SHIFT |
-           (int64_t)c->slot << SP_CODE_SLOT_SHIFT | (int64_t)c->port_num;
-}
-
 /* ---- queues ------------------------------------------------------------------------------------ */
 
-void srv_enqueue(sp_server *s, sp_conn *c) {
-    c->state = C_READY;
-    c->queued = 1;
-    c->qnext = NULL;
-    c->deadline_ms = 0;
-    if (s->q_tail) s->q_tail->qnext = c; else s->q_head = c;
-    s->q_tail = c;
-    s->nready++;
-    srv_conn_interest(s, c);   /* level-triggered backends: stop reading while Python has it */
-}
-
-int srv_fd_event(sp_server *s, int fd, int mask, int64_t token) {
+int loop_fd_event(sp_server *s, int fd, int mask, int64_t token) {
     if (s->fdq_len == s->fdq_cap) {
         int cap = s->fdq_cap ? s->fdq_cap * 2 : 64;
         sp_event *q = realloc(s->fdq, sizeof(*q) * (size_t)cap);
@@ -420,34 +257,12 @@ static int take_ready(sp_server *s, sp_event *out, int max, int64_t now_us, int 
         s->fdq_len -= k;
         n = k;
     }
-    while (n < max && s->q_head) {
-        sp_conn *c = s->q_head;
-        /* A follower takes queued work only from threads that took none for SP_HANDOFF_US
-         * (stuck in an app): a queue that a busy thread keeps working through is no reason to
-         * hand part of it to a second thread, which would only wait for the GIL (up to the
-         * interpreter's 5 ms switch interval: that made p99 latencies of 15-25 ms). */
-        if (follower && s->busy > 0 && now_us - s->vacated_us < SP_HANDOFF_US) break;
-        s->q_head = c->qnext;
-        if (!s->q_head) s->q_tail = NULL;
-        s->nready--;
-        c->queued = 0;
-        c->state = C_BUSY;
-        c->busy_since_us = now_us;
-        s->st.in_flight++;
-        if (s->cfg.max_requests && ++s->handed_out >= s->cfg.max_requests && !s->st.retiring) {
-            /* --max-requests: the limit is counted here, where requests go to the app, so that
-             * no more are taken in than the connections already open bring (each answered
-             * with Connection: close); the worker sees retiring and asks for a replacement. */
-            s->st.retiring = 1;
-            drain_locked(s);
-        }
-        memset(&out[n], 0, sizeof(out[n]));
-        out[n].kind = SP_EV_REQUEST;
-        out[n].fd = c->h.fd;
-        out[n].req = &c->req;
-        out[n].code = request_code(s, c);
-        n++;
-    }
+    /* A follower takes queued work only from threads that took none for SP_HANDOFF_US
+     * (stuck in an app): a queue that a busy thread keeps working through is no reason to
+     * hand part of it to a second thread, which would only wait for the GIL (up to the
+     * interpreter's 5 ms switch interval: that made p99 latencies of 15-25 ms). */
+    if (n < max && s->nready && !(follower && s->busy > 0 && now_us - s->vacated_us < SP_HANDOFF_US))
+        n += s->ops->take(s, out + n, max - n, now_us);
     return n;
 }
 
@@ -458,7 +273,7 @@ static int take_ready(sp_server *s, sp_event *out, int max, int64_t now_us, int 
 static int do_accept(sp_server *s, sp_listener *l, int early) {
     for (int i = 0; i < SP_ACCEPT_BURST; i++) {
         if (s->nconns >= s->cfg.max_connections) {
-            set_accepting(s, 0);   /* resumed by conn_close when a slot frees */
+            set_accepting(s, 0);   /* resumed by loop_conn_closed when a slot frees */
             return 0;
         }
         struct sockaddr_storage ss;
@@ -492,10 +307,10 @@ static int do_accept(sp_server *s, sp_listener *l, int early) {
         int one = 1;
         setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof(one));
 #endif
-        sp_conn *c = conn_new(s, fd, l->index, (struct sockaddr *)&ss, (int)sl);
-        if (!c) { close(fd); return 0; }
+        sp_handle *h = s->ops->accept(s, fd, l->index, (struct sockaddr *)&ss, (int)sl);
+        if (!h) { close(fd); return 0; }
         /* Edge-triggered: read|write once for good. Level-triggered: only what is wanted now. */
-        if (be_add(s->be, fd, BE_EDGE ? BE_READ | BE_WRITE : BE_READ, 0, &c->h) < 0) { conn_close(s, c); continue; }
+        if (be_add(s->be, fd, BE_EDGE ? BE_READ | BE_WRITE : BE_READ, 0, h) < 0) { s->ops->close(s, h); continue; }
         s->st.accepted++;
         /* A browser's request follows its handshake at once, usually before the accept: read it
          * now rather than after a poll turn. Clients that send only once connect() has returned
@@ -507,7 +322,7 @@ static int do_accept(sp_server *s, sp_listener *l, int early) {
          * the request has come before the accept and the early read finds it.) */
         if (early || s->early_misses < SP_EARLY_MISSES || s->st.accepted % SP_EARLY_PROBE == 0) {
             uint64_t reads = s->head_reads;
-            conn_on_event(s, c, BE_READ);      /* may close and free c */
+            s->ops->event(s, h, BE_READ);      /* may close and free the connection */
             s->early_misses = s->head_reads != reads ? 0 : s->early_misses + 1;
         }
     }
@@ -527,46 +342,31 @@ int sp_server_accept_pending(sp_server *s) {
     return n;
 }
 
-void srv_conn_forget(sp_server *s, sp_conn *c) {
+void loop_forget(sp_server *s, int fd) {
     /* Always, also with epoll: an app that forked holds a copy of the socket, which keeps the
      * registration alive after our close() (backend.h). */
-    be_del(s->be, c->h.fd);
+    be_del(s->be, fd);
     /* And the copy keeps the connection open: without a FIN its client would send its next
      * request into a socket no one reads, until the child exits. */
-    if (forked) shutdown(c->h.fd, SHUT_RDWR);
+    if (forked) shutdown(fd, SHUT_RDWR);
 }
 
-void srv_conn_interest(sp_server *s, sp_conn *c) {
-#if BE_EDGE
-    (void)s; (void)c;   /* registered once for read|write; readiness kept in flags */
-#else
-    if (c->dead) return;
-    int mask = 0;
-    if (c->state == C_HEAD || c->state == C_BODY || c->state == C_LINGER) mask |= BE_READ;
-    if (c->out_len > c->out_off) mask |= BE_WRITE;
-    be_mod(s->be, c->h.fd, mask, 0, &c->h);
+void loop_interest(sp_server *s, sp_handle *h, int mask) {
+    be_mod(s->be, h->fd, mask, 0, h);
     if (s->polling) sp_server_wakeup(s);
-#endif
 }
 
 /* ---- timers ------------------------------------------------------------------------------------ */
 
 static void sweep(sp_server *s, int64_t now) {
-    sp_conn *c = s->conns;
-    while (c) {
-        sp_conn *next = c->next;
-        if (c->deadline_ms && now >= c->deadline_ms) conn_timeout(s, c, now);
-        c = next;
-    }
+    if (s->nconns) s->ops->sweep(s, now);
     if (!s->accepting && !s->draining && s->accept_resume_ms && now >= s->accept_resume_ms) {
         s->accept_resume_ms = 0;
         if (s->nconns < s->cfg.max_connections) set_accepting(s, 1);
     }
 }
 
-/* Called by conn_close: a freed slot may let accepting resume. */
-void srv_slot_freed(sp_server *s);
-void srv_slot_freed(sp_server *s) {
+void loop_conn_closed(sp_server *s) {
     if (!s->accepting && !s->draining && !s->accept_resume_ms && s->nconns < s->cfg.max_connections)
         set_accepting(s, 1);
 }
@@ -644,13 +444,13 @@ static int dispatch(sp_server *s, be_fired *fired, int n) {
             if (s->accepting) do_accept(s, (sp_listener *)h, 0);
             break;
         case K_CONN:
-            conn_on_event(s, (sp_conn *)h, fired[i].mask);
+            s->ops->event(s, h, fired[i].mask);
             break;
         case K_WATCH: {
             sp_watch_ent *e = (sp_watch_ent *)h;
             int m = ((fired[i].mask & BE_READ) ? SP_READ : 0) | ((fired[i].mask & BE_WRITE) ? SP_WRITE : 0);
             if (fired[i].mask & BE_ERROR) m = SP_READ | SP_WRITE;
-            srv_fd_event(s, e->h.fd, m, e->token);
+            loop_fd_event(s, e->h.fd, m, e->token);
             break;
         }
         case K_WAKE:
@@ -726,12 +526,12 @@ int64_t sp_poll_one(sp_server *s, int timeout_ms) {
     return ev.kind == SP_EV_REQUEST ? ev.code : 0;
 }
 
-/* What srv_poll_locked(s, &ev, 1, 0) does for a thread that just finished a request while
+/* What loop_poll_locked(s, &ev, 1, 0) does for a thread that just finished a request while
  * requests are queued, in the common case only: no fd events, no held-back responses due out,
  * no poll due (a starving queue), so none of the loop's cases but the first applies. Returns the
- * request's code, or 0: the caller must call srv_poll_locked, which handles every case. The
- * thread stays busy (it was, and it takes work again), as srv_poll_locked would leave it. */
-int64_t srv_take_next_locked(sp_server *s) {
+ * request's code, or 0: the caller must call loop_poll_locked, which handles every case. The
+ * thread stays busy (it was, and it takes work again), as loop_poll_locked would leave it. */
+int64_t loop_take_next_locked(sp_server *s) {
     int64_t now = s->now_us;
     if (!s->nready || s->fdq_len || (s->ncork && now - s->cork_since_us >= SP_CORK_US) ||
         (!s->polling && now - s->last_poll_us >= SP_POLL_EVERY_US))
@@ -747,12 +547,12 @@ int64_t srv_take_next_locked(sp_server *s) {
 int sp_poll(sp_server *s, sp_event *out, int max, int timeout_ms) {
     if (max <= 0) return -EINVAL;
     pthread_mutex_lock(&s->mu);
-    int n = srv_poll_locked(s, out, max, timeout_ms);
+    int n = loop_poll_locked(s, out, max, timeout_ms);
     pthread_mutex_unlock(&s->mu);
     return n;
 }
 
-int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
+int loop_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
     be_fired fired[SP_FIRED_MAX];
     int n = 0;
 
@@ -766,8 +566,8 @@ int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
     for (int turn = 0;; turn++) {
         int64_t now = s->now_us = turn ? sp_now_us() : start;
         /* Held-back responses leave once this thread has no queued request to go on with, or
-         * have waited long enough (conn.c, "Corking"). */
-        if (s->ncork && (!s->nready || now - s->cork_since_us >= SP_CORK_US)) conn_uncork_all(s);
+         * have waited long enough (conn/output.c, "Corking"). */
+        if (s->ncork && (!s->nready || now - s->cork_since_us >= SP_CORK_US)) s->ops->flush(s);
         int starving = !s->polling && s->nready && now - s->last_poll_us >= SP_POLL_EVERY_US;
         if (!starving) {
             n = take_ready(s, out, max, now, was_follower);
@@ -791,18 +591,14 @@ int srv_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
                 if (wait_ms < 0 || sw < wait_ms) wait_ms = sw;
             }
             if (s->nready || s->fdq_len) wait_ms = 0;   /* work withheld for the hand-off */
-            if (s->ncork) conn_uncork_all(s);
+            if (s->ncork) s->ops->flush(s);
             pthread_mutex_unlock(&s->mu);
             int nf = be_poll(s->be, fired, SP_FIRED_MAX, wait_ms);
             pthread_mutex_lock(&s->mu);
             s->polling = 0;
             s->last_poll_us = s->now_us = sp_now_us();
             int woke = nf > 0 ? dispatch(s, fired, nf) : 0;
-            while (s->graveyard) {   /* closed by other threads while we polled: now unreferenced */
-                sp_conn *dead = s->graveyard;
-                s->graveyard = dead->next;
-                free(dead);
-            }
+            if (s->graveyard) s->ops->reap(s);   /* closed by other threads while we polled */
             int64_t t = s->now_us / 1000;
             if (t >= s->next_sweep_ms) { sweep(s, t); s->next_sweep_ms = t + SP_SWEEP_MS; }
             if (woke || nf == -EINTR) {

@@ -1,4 +1,4 @@
-/* be_kqueue.c -- kqueue backend for macOS and the BSDs, included by server.c. The same contract as
+/* be_kqueue.c -- kqueue backend for macOS and the BSDs, included by loop.c. The same contract as
  * be_epoll.c (see backend.h), mapped onto kqueue's one-filter-per-direction model:
  *
  * - Connections: EVFILT_READ and EVFILT_WRITE with EV_CLEAR, the edge-triggered mode (EPOLLET).
