@@ -124,15 +124,11 @@ def serve(argv: Sequence[str]) -> int:
 
 
 def run_server(options: dict[str, Any]) -> int:
-    """Runs a server from an options dict (``options.defaults()`` / ``sources.from_mapping`` shaped),
-    for callers that do not come through the command line, such as PasteDeploy's server runner.
-    Returns the exit code; ``Halt`` and ``ConfigError`` propagate."""
-    from .process.controller import Controller
-    from .process.worker import load_config
+    """Runs a server from an options dict: ``spawning.process.controller.run_server``, kept under
+    this name for callers that imported it from here."""
+    from .process.controller import run_server as run
 
-    settings = Settings.from_config(options)
-    setup_logging(settings.log_level, settings.error_log_file, settings.log_format)
-    return Controller(options, load_config(options)).run()
+    return run(options)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from typing import Any
 from ._core import ffi, lib
 from .config import Settings, addresses
 from .errors import check, errno_name
+from .listeners import stop_listening
 from .wsgi.accesslog import AccessLog
 from .wsgi.environ import base_environ
 from .wsgi.forwarded import ProxyTrust
@@ -134,8 +135,6 @@ class Server:
         connections. Takes every connection the kernel already completed into this worker,
         whether or not a thread is free (they are then answered in turn), and only then shuts
         the listening sockets down in every process (which would reset what their queues hold)."""
-        from .process.sockets import stop_listening
-
         lib.sp_server_accept_pending(self._srv)
         stop_listening(self.listeners)
 

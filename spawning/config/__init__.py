@@ -1,11 +1,11 @@
 """Configuration: the options table (``options``), the immutable ``Settings`` every layer reads
 (``settings``), where values come from (``sources``: the command line, ``SPAWNING_*`` environment
-variables, a ``--config`` TOML file, paste ini keys, ``--print-config``), and the listening
-addresses' syntax (``addresses``).
+variables, a ``--config`` TOML file, paste ini keys, ``--print-config``), and the syntax of the
+values that need more than a type: the listening addresses (``addresses``), the trusted proxies
+(``proxies``) and the access log's format (``accesslog_format``).
 
-Layer: above ``spawning.errors`` and ``spawning.logs``, below everything else. Two validators
-borrow a parser from a module above (``forwarded.parse_allow`` for ``--forwarded-allow-ips``,
-``accesslog.check_format`` for ``--access-log-format``), imported lazily.
+Layer: above ``spawning.errors`` and ``spawning.logs``, below everything else: the layers above
+read their options' syntax from here, never the other way round.
 """
 
 from .settings import Settings

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
+from .accesslog_format import check_format
 from .addresses import parse_address
+from .proxies import parse_allow
 
 # ---- value types: str -> value, ValueError/ConfigError with a reason on bad input ------------------
 
@@ -112,8 +114,6 @@ def env_pair(text: str) -> str:
 
 def ip_list(text: str) -> str:
     """``--forwarded-allow-ips``: addresses and CIDR blocks, comma-separated, or ``*``."""
-    from ..wsgi.forwarded import parse_allow
-
     try:
         parse_allow(str(text))
     except ValueError as exc:
@@ -128,8 +128,6 @@ def optional_str(text: str) -> str | None:
 def access_log_format(text: str) -> str | None:
     """``--access-log-format``: a named format or one of known atoms, checked now so that a typo
     is a usage error rather than a line of dashes."""
-    from ..wsgi.accesslog import check_format  # imports nothing heavy; keeps import order free
-
     return check_format(text)
 
 

@@ -372,13 +372,14 @@ def loaded_app_factory(config: dict[str, Any]) -> Callable[..., Any]:
 
 def _serve_loaded(wsgi_app: Callable[..., Any], settings: Mapping[str, Any]) -> None:
     global _loaded_app
-    from ..cli import run_server, setup_logging
+    from .. import logs
     from ..errors import Halt
+    from ..process.controller import run_server
 
     _loaded_app = wsgi_app
     options = config_sources.from_mapping(settings)
     options["factory"] = "spawning.factories.paste.loaded_config_factory"
-    setup_logging(options["log_level"])
+    logs.setup(options["log_level"])
     log.warning("egg:Spawning without an ini file: workers are forked from the application already "
                 "loaded, so a reload cannot pick up new code")
     try:

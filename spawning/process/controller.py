@@ -89,13 +89,15 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .. import logs
 from ..config import Settings
 from ..errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, WORKER_BOOT_ERROR, Halt
+from ..listeners import stop_listening
 from . import sockets as sockets_mod
 from .daemon import Pidfile, daemonize, drop_privileges, sd_notify
 from .handle import RetireReason, WorkerHandle, WorkerState, describe_status
 from .reloader import Reloader, invalidate_bytecode
-from .worker import Worker, import_object, set_process_title
+from .worker import Worker, import_object, load_config, set_process_title
 
 log = logging.getLogger("spawning")
 
@@ -533,7 +535,7 @@ class Controller:
 
     def _stop_listening(self) -> None:
         self._unlisten_at = None
-        sockets_mod.stop_listening(self.listeners)
+        stop_listening(self.listeners)
 
     # ---- workers ---------------------------------------------------------------------------------------
 
@@ -1054,3 +1056,11 @@ class Controller:
         if self._wake_w >= 0:
             signal.set_wakeup_fd(-1)
 
+
+def run_server(options: dict[str, Any]) -> int:
+    """Runs a server from an options dict (``options.defaults()`` / ``sources.from_mapping`` shaped),
+    for callers that do not come through the command line, such as PasteDeploy's server runner.
+    Returns the exit code; ``Halt`` and ``ConfigError`` propagate."""
+    settings = Settings.from_config(options)
+    logs.setup(settings.log_level, settings.error_log_file, settings.log_format)
+    return Controller(options, load_config(options)).run()

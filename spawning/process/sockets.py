@@ -1,5 +1,6 @@
 """Listening sockets: bind them once in the controller, describe them for logs (the addresses'
-syntax is ``spawning.config.addresses``).
+syntax is ``spawning.config.addresses``; ``stop_listening``, which the server needs too, is
+``spawning.listeners``).
 
 The controller binds every listening socket before it forks the first worker and keeps them open for
 its whole life; workers inherit them across ``fork()`` and accept on them. That is why a reload never
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config.addresses import Address, addresses_from_config
 from ..errors import EXIT_FAILURE, Halt
+from ..listeners import adopt
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -61,7 +63,7 @@ def systemd_sockets(environ: dict[str, str] | None = None, unset: bool = True) -
     for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
         os.set_inheritable(fd, False)
         socks.append(socket.socket(fileno=fd))
-        _ADOPTED.add(fd)
+        adopt(fd)
     return socks
 
 
@@ -87,28 +89,11 @@ def _remove_stale_unix_socket(path: str) -> None:
     raise Halt(EXIT_FAILURE, f"spawning: cannot bind unix:{path}: another server is listening there")
 
 
-# Descriptors handed to us (fd://, systemd): whoever passed them may serve on them after we stop.
-_ADOPTED: set[int] = set()
-
-
-def stop_listening(socks: list[socket.socket]) -> None:
-    """Makes the listening sockets we bound refuse new connections at once, in every process
-    that shares them (shutdown acts on the socket, not on one descriptor): a server shutting
-    down answers new clients with a refusal, which they may retry elsewhere, rather than queue
-    them for the whole drain and then reset them. Adopted sockets are left as they are."""
-    for sock in socks:
-        try:
-            if sock.fileno() >= 0 and sock.fileno() not in _ADOPTED:
-                sock.shutdown(socket.SHUT_RD)
-        except OSError:
-            pass    # not supported for listening sockets here (BSD, macOS): closing will do
-
-
 def _bind_one(address: Address, backlog: int, defer_accept: int) -> socket.socket:
     if address.kind == "fd":
         sock = socket.socket(fileno=address.fd)
         os.set_inheritable(address.fd, False)
-        _ADOPTED.add(address.fd)
+        adopt(address.fd)
         return sock
     if address.kind == "unix":
         _remove_stale_unix_socket(address.path)

@@ -25,44 +25,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ConfigError
+from ..config.accesslog_format import ATOM, ATOMS, check_atom, check_format
 from ..logs import LineFile
 
 __all__ = ["ATOMS", "AccessLog", "check_format"]
 
 log = logging.getLogger("spawning")
 
-#: Named formats ``--access-log-format`` accepts besides one made of atoms.
-NAMED = ("combined", "common", "json")
-
 #: Seconds between two warnings about dropped lines.
 WARN_EVERY = 60.0
 
-#: The atoms a format may use, as ``%(x)s``; ``%({name}i)s``, ``%({name}o)s`` and ``%({name}e)s``
-#: name a request header, a response header and an environ key.
-ATOMS = {
-    "h": "remote address",
-    "l": "'-' (identd is not asked)",
-    "u": "remote user (REMOTE_USER, else the Basic auth user name), '-' if none",
-    "t": "time the line is written, [day/month/year:hour:minute:second zone]",
-    "r": "request line (method, path with query as sent, protocol)",
-    "m": "request method",
-    "U": "path (PATH_INFO, decoded)",
-    "q": "query string",
-    "H": "protocol (HTTP/1.1)",
-    "s": "status code",
-    "B": "body bytes sent",
-    "b": "body bytes sent, '-' for none",
-    "f": "Referer header, '-' if none",
-    "a": "User-Agent header, '-' if none",
-    "T": "duration, whole seconds",
-    "M": "duration, milliseconds",
-    "D": "duration, microseconds",
-    "L": "duration, seconds with six decimals",
-    "p": "worker process id, as <pid>",
-}
-
-_ATOM = re.compile(r"%\((\{[^}]*\}[ioe]|[^)]*)\)s")
 # Characters a client could use to end a quoted field early or to start a line of its own.
 _UNSAFE = re.compile(r'["\\\x00-\x1f\x7f]')
 _ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
@@ -154,8 +126,8 @@ def _getter(atom: str) -> _Getter:
             return lambda e, s, b, o, d, lg: _safe(_response_header(o, lower) or "-")
         if kind == "e":
             return lambda e, s, b, o, d, lg: _safe(e.get(name, "-"))
-    raise ConfigError(f"unknown access log atom %({atom})s (known: "
-                      f"{', '.join(ATOMS)}, {{header}}i, {{header}}o, {{key}}e)")
+    check_atom(atom)    # raises: every atom it accepts has a function above
+    raise AssertionError(f"no function for the access log atom {atom!r}")
 
 
 def _compile(fmt: str) -> tuple[str, list[_Getter], bool]:
@@ -165,7 +137,7 @@ def _compile(fmt: str) -> tuple[str, list[_Getter], bool]:
     getters: list[_Getter] = []
     timed = False
     pos = 0
-    for m in _ATOM.finditer(fmt):
+    for m in ATOM.finditer(fmt):
         # Literal text: '%%' reads as '%' (as in a Python %-format); any other '%' as itself.
         parts.append(fmt[pos:m.start()].replace("%%", "\0").replace("%", "%%").replace("\0", "%%"))
         parts.append("%s")
@@ -177,20 +149,6 @@ def _compile(fmt: str) -> tuple[str, list[_Getter], bool]:
 
 
 COMMON = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s'
-
-
-def check_format(text: str | None) -> str | None:
-    """``--access-log-format``'s value, checked: a named format or one made of known atoms
-    (ConfigError otherwise)."""
-    if text is None or not str(text).strip():
-        return None
-    value = str(text)
-    if value.strip().lower() in NAMED:
-        return value.strip().lower()
-    if not _ATOM.search(value):
-        raise ConfigError(f"{value!r} is neither {', '.join(NAMED)} nor a format of %(x)s atoms")
-    _compile(value)
-    return value
 
 
 class AccessLog:

@@ -42,9 +42,10 @@ import logging
 import re
 from typing import Any
 
+from ..config.proxies import parse_allow
+
 log = logging.getLogger("spawning")
 
-DEFAULT_ALLOW = "127.0.0.1,::1"
 #: Peers whose trust is remembered (the handler calls ``apply`` once per env block, and blocks of
 #: one peer repeat); emptied when full.
 _TRUST_CACHE_MAX = 1024
@@ -57,27 +58,6 @@ _PAIR = re.compile(r'\s*(' + _TOKEN + r')\s*=\s*(' + _TOKEN + r'|"(?:[^"\\]|\\.)
 # A Host header value: a name, an IPv4 address or a bracketed IPv6 address, and an optional port.
 _HOST = re.compile(r"(?:[A-Za-z0-9\-._~%]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 _PORT = re.compile(r"[0-9]{1,5}")
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_allow(text: str | list[str] | None) -> tuple[bool, tuple[Network, ...]]:
-    """``(all, networks)`` from a comma list of addresses and CIDR blocks, or ``*``. Raises
-    ``ValueError`` with the bad entry."""
-    items: list[str] = []
-    if text is None:
-        text = DEFAULT_ALLOW
-    for part in ([text] if isinstance(text, str) else list(text)):
-        items += [p.strip() for p in str(part).split(",") if p.strip()]
-    if "*" in items:
-        return True, ()
-    nets = []
-    for item in items:
-        try:
-            nets.append(ipaddress.ip_network(item.strip("[]"), strict=False))
-        except ValueError:
-            raise ValueError(f"{item!r} is not an IP address or CIDR block") from None
-    return False, tuple(nets)
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
