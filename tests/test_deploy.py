@@ -33,7 +33,7 @@ import pytest
 from conftest import APPS, ROOT, free_port, http_request
 
 from spawning.config.sources import parse_args
-from spawning.process.controller import KILL_AFTER
+from spawning.process.shutdown import KILL_AFTER
 
 DEPLOY = ROOT / "examples" / "deploy"
 

@@ -18,21 +18,22 @@ Workers are grouped in *generations*. ``active_gen`` is the generation serving; 
 
 A reload (SIGHUP, a changed file under ``--reload=dev``, ``--max-memory``, ``--max-age``) starts a
 full new generation while the old one keeps serving. When every new worker has reported ``ready``
-the new generation becomes active and every older worker is told to drain: stop accepting, finish
-in-flight requests, and exit. A draining worker still alive after ``--graceful-timeout`` gets
-SIGTERM (which stops it at once), then SIGKILL ``KILL_AFTER`` seconds later; each step is logged. If
-any worker of the pending generation fails to boot (an import or syntax error in new code) the
-pending generation is abandoned and the active one keeps serving; the error is logged, and the next
-reload is a new attempt. A reload asked for while another is booting is remembered and started as
-soon as that one is done, so the code that ends up serving is never older than the last request.
+the new generation becomes active and every older worker is drained: it stops accepting, finishes
+its in-flight requests and exits, TERM and then KILL following if it overruns
+``--graceful-timeout`` (``spawning.process.shutdown``). If any worker of the pending generation
+fails to boot (an import or syntax error in new code) the pending generation is abandoned and the
+active one keeps serving; the error is logged, and the next reload is a new attempt. A reload asked
+for while another is booting is remembered and started as soon as that one is done, so the code
+that ends up serving is never older than the last request.
 
 Within the active generation the loop keeps ``processes`` workers alive: a worker that dies is
 replaced at once, unless workers keep failing (dying before they are ready or within
 ``CRASH_WINDOW`` of it), in which case replacements back off exponentially (``BACKOFF_BASE`` doubling
 per failure in the last minute, up to ``BACKOFF_MAX``). A worker to be recycled alone
-(``--max-requests``, ``--max-worker-memory``) is marked *retiring*: its replacement is started
-first and the retiring worker is drained once the replacement is ready, so capacity never dips.
-SIGTTIN/SIGTTOU change the target count by one the same way.
+(``--max-requests``, ``--max-worker-memory``; the checks are ``spawning.process.recycle``) is marked
+*retiring*: its replacement is started first and the retiring worker is drained once the
+replacement is ready, so capacity never dips. SIGTTIN/SIGTTOU change the target count by one the
+same way.
 
 If the first generation cannot boot, the controller prints the worker's one-line reason and exits
 with code 2: a server that has never served should not sit in a crash loop.
@@ -40,12 +41,10 @@ with code 2: a server that has never served should not sit in a crash loop.
 Signals (as gunicorn's arbiter does them): the handler only appends the signal to a queue (and
 Python's wakeup descriptor wakes the loop's selector); the loop dequeues it and dispatches through
 a table, ``Controller._signal_handlers`` (signal -> method). SIGHUP reloads, SIGTERM/SIGINT shut
-down gracefully (a second SIGINT makes it immediate; with ``--shutdown-delay`` a SIGTERM first
-makes the server unready, /readyz and ``--health-path`` answering 503, and serves on for that long,
-so that load balancers stop sending before the drain; the drain logs what it waits for every
-5 s), SIGQUIT shuts down immediately, SIGTTIN/SIGTTOU add/remove a worker, SIGCHLD reaps; other
-catchable signals that would otherwise kill the process (``IGNORED_SIGNALS``) are logged and
-ignored.
+down gracefully (a second SIGINT makes it immediate; ``--shutdown-delay`` and the drain's progress
+lines are ``spawning.process.shutdown``'s), SIGQUIT shuts down immediately, SIGTTIN/SIGTTOU
+add/remove a worker, SIGCHLD reaps; other catchable signals that would otherwise kill the process
+(``IGNORED_SIGNALS``) are logged and ignored.
 
 Decisions are testable without processes: every one reads the injected clock
 (``Controller(clock=...)``, ``time.monotonic`` by default) or takes ``now``, and the OS is reached
@@ -55,29 +54,23 @@ which tests/process/test_supervisor.py replaces with fakes. Why a worker is repl
 
 Workers talk to the controller over a socketpair each (see ``spawning.process.worker``): ``ready``,
 heartbeats with ``Server.stats()`` every second, ``boot_error``; the controller sends ``drain`` and
-``stop``. ``--timeout`` is enforced here, from the heartbeats: a worker whose oldest in-flight
+``stop``. ``--timeout`` is enforced from the heartbeats (``recycle``): a worker whose oldest in-flight
 request has run longer (thread mode), or that sent no heartbeat for that long (any mode: in green
 mode, where long-held comet requests are normal, only this rule applies; there the heartbeats come
 from the hub, so a hub that an app blocks falls silent), is killed and replaced.
 
-Extension points for other components (the status service of ``--status-port``):
+Other components (the status service of ``--status-port``) plug in through
+``spawning.process.components``: readers and timers in this loop, exit hooks, and
+``Controller.snapshot()`` / ``readiness()`` to read the state.
 
-- ``Controller.snapshot()`` returns a JSON-able dict of the controller and each worker.
-- ``Controller.add_reader(fd, callback)`` / ``remove_reader(fd)`` run ``callback()`` in the loop
-  whenever ``fd`` is readable; ``add_timer(interval, callback)`` runs ``callback()`` periodically;
-  ``at_exit(callback)`` runs at shutdown. Everything runs in the controller's one thread, so no
-  locking is needed; callbacks must not block. Descriptors given to ``add_reader`` are closed in
-  workers after fork.
-- ``COMPONENTS`` lists (config key, ``module:attach``) pairs: when the key's value is truthy, the
-  controller imports the module and calls ``attach(controller)`` after binding its sockets. The status
-  service plugs in as ``spawning.status.service:attach``. A factory may name more in
-  ``config["components"]``.
+The modules beside this one: ``shutdown`` (stopping, draining, TERM -> KILL), ``recycle`` (the
+recycling checks and ``--timeout``), ``components``, ``handle`` (the controller's record of one
+worker), ``worker`` (the worker process), ``sockets``, ``reloader`` and ``daemon``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import selectors
@@ -92,58 +85,29 @@ from typing import Any
 from .. import logs
 from ..config import Settings
 from ..errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, WORKER_BOOT_ERROR, Halt
-from ..listeners import stop_listening
+from . import recycle
 from . import sockets as sockets_mod
+from .components import ComponentHost
 from .daemon import Pidfile, daemonize, drop_privileges, sd_notify
 from .handle import RetireReason, WorkerHandle, WorkerState, describe_status
-from .reloader import Reloader, invalidate_bytecode
-from .worker import Worker, import_object, load_config, set_process_title
+from .reloader import Reloader
+from .shutdown import cleanup, drain, escalate, log_progress, on_sigterm, start_shutdown, unlisten
+from .worker import Worker, load_config, set_process_title
 
 log = logging.getLogger("spawning")
 
-#: Seconds between SIGTERM and SIGKILL for a worker that overran its graceful timeout, and between
-#: SIGQUIT and SIGKILL on an immediate shutdown.
-KILL_AFTER = 3.0
 #: Crash-loop back-off: first delay, cap, and the window in which failures are counted.
 BACKOFF_BASE = 0.25
 BACKOFF_MAX = 30.0
 BACKOFF_WINDOW = 60.0
 #: A worker that dies this soon after becoming ready counts as a crash (for the back-off).
 CRASH_WINDOW = 1.0
-#: Seconds a reload may take to boot, at least (``--timeout`` raises it).
-MIN_BOOT_TIMEOUT = 30.0
-#: Memory sampling periods: with a memory limit set, and without (for the status page).
-MEMORY_INTERVAL = 0.5
-MEMORY_INTERVAL_IDLE = 5.0
-#: ``--max-memory`` reloads follow each other without a pause while they work (fresh workers start
-#: under the limit: a pause would only let a fast leak run past it). Once fresh workers are over
-#: the limit from the start, reloading cannot help: the pause between reloads is this, doubling
-#: per such reload up to MEMORY_BACKOFF_MAX, so that such a baseline does not thrash.
-MEMORY_RELOAD_COOLDOWN = 5.0
-MEMORY_BACKOFF_MAX = 60.0
-#: A worker silent this long is wedged, whatever ``--timeout`` says (heartbeats come every second).
-MIN_SILENCE = 5.0
-#: Graceful shutdown: the workers take in the listen queue and shut the listeners down themselves
-#: (``Worker._final_drain``); the controller does it after this many seconds if none said so.
-UNLISTEN_WAIT = 1.0
-#: Seconds between two "waiting for N requests" lines of a graceful shutdown.
-PROGRESS_INTERVAL = 5.0
-#: ...and how long the first waits for the heartbeats asked for at the start of the shutdown.
-PROGRESS_FIRST = 0.2
 #: Longest loop wait.
 TICK = 0.5
 #: Signals that would kill the process by default: caught, logged and otherwise ignored.
 IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
 
-COMPONENTS: tuple[tuple[str, str], ...] = (
-    ("status_port", "spawning.status.service:attach"),
-    ("coverage", "spawning.coverage_support:attach"),
-)
-
-MB = 1 << 20
-
-
-class Controller:
+class Controller(ComponentHost):
     """Supervises the worker processes; see the module docstring."""
 
     def __init__(self, args: dict[str, Any], config: dict[str, Any],
@@ -209,10 +173,10 @@ class Controller:
         self._pidfile: Pidfile | None = Pidfile(settings.pidfile) if settings.pidfile else None
         self._unix_paths: list[str] = []
         self._last_memory_sample = 0.0
-        self._memory_reload_after = 0.0   # no --max-memory reload before this (see above)
+        self._memory_reload_after = 0.0   # no --max-memory reload before this (recycle)
         self._memory_backoff = 0.0
         self._warned_limits: set[str] = set()
-        self._unlisten_at: float | None = None   # see UNLISTEN_WAIT
+        self._unlisten_at: float | None = None   # see shutdown.UNLISTEN_WAIT
         self._active_target = self.num_workers   # see _start_generation
         self.preloaded_app: Any = None   # --preload: the app, imported before forking
         self.reloader: Reloader | None = None
@@ -220,24 +184,7 @@ class Controller:
             self.reloader = Reloader()
             self.reloader.add(os.path.abspath(p) for p in settings.watch)
 
-    # ---- public API for components (status service) ------------------------------------------------
-
-    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
-        """Runs ``callback()`` in the loop whenever ``fd`` is readable (see the module docstring)."""
-        self._readers[fd] = callback
-        self._selector.register(fd, selectors.EVENT_READ, callback)
-
-    def remove_reader(self, fd: int) -> None:
-        if self._readers.pop(fd, None) is not None:
-            self._selector.unregister(fd)
-
-    def add_timer(self, interval: float, callback: Callable[[], None]) -> None:
-        """Runs ``callback()`` in the loop about every ``interval`` seconds."""
-        self._timers.append([interval, self.clock() + interval, callback])
-
-    def at_exit(self, callback: Callable[[], None]) -> None:
-        """Runs ``callback()`` when the controller shuts down (before the sockets close)."""
-        self._exit_hooks.append(callback)
+    # ---- what components read (spawning.process.components) -----------------------------------------
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, why) for ``/readyz``: ready while a generation serves and no shutdown has begun
@@ -307,7 +254,7 @@ class Controller:
             self._start_generation("start")
             self._loop()
         finally:
-            self._cleanup()
+            cleanup(self)
         if self.exit_message:
             raise Halt(self.exit_code, self.exit_message)
         return self.exit_code
@@ -331,18 +278,6 @@ class Controller:
             raise Halt(EXIT_USAGE, f"spawning: {exc}") from None
         log.info("preloaded %s in the controller in %.2f s", self.settings.extra.get("app") or "the app",
                  self.clock() - started)
-
-    def _attach_components(self) -> None:
-        wanted = [(key, target) for key, target in COMPONENTS if getattr(self.settings, key)]
-        # A factory may add its own: config["components"] = ["module:attach", ...].
-        wanted += [("components", target) for target in self.settings.extra.get("components") or []]
-        for key, target in wanted:
-            try:
-                attach = import_object(target)
-            except (ImportError, AttributeError) as exc:
-                log.warning("--%s: %s is not available (%s)", key.replace("_", "-"), target, exc)
-                continue
-            attach(self)
 
     def _install_signals(self) -> None:
         self._wake_r, self._wake_w = os.pipe()
@@ -445,97 +380,15 @@ class Controller:
         self._start_generation(reason)
 
     def _on_sigterm(self) -> None:
-        """SIGTERM (from the loop), as orchestrators send it: with --shutdown-delay the server first
-        stops being ready (/readyz and --health-path answer 503) while it goes on accepting and
-        serving for that long, so that load balancers stop sending before anything is refused; then the
-        graceful shutdown. A second SIGTERM meanwhile starts the drain at once."""
-        why = "SIGTERM"
-        if self.delay_until is not None:
-            log.info("%s again: draining now", why)
-            self.shutdown(graceful=True, why=why)
-        elif self.shutdown_delay > 0 and self.stopping is None and self.booted:
-            self.delay_until = self.clock() + self.shutdown_delay
-            self._announce_unready()
-            sd_notify(f"STOPPING=1\nSTATUS=shutting down in {self.shutdown_delay:g} s")
-            log.info("%s: not ready any more; serving %g s more (--shutdown-delay), then draining",
-                     why, self.shutdown_delay)
-        else:
-            self.shutdown(graceful=True, why=why)
-
-    def _announce_unready(self) -> None:
-        """Tells every worker that the server shuts down (its --health-path answers 503), once."""
-        if self._unready:
-            return
-        self._unready = True
-        for w in list(self.workers.values()):
-            if w.state is not WorkerState.STARTING:
-                w.send({"t": "unready"})
-
-    def _log_progress(self, now: float) -> None:
-        """A graceful shutdown's progress, at its start and every PROGRESS_INTERVAL seconds while
-        workers remain: what they still hold (their last heartbeats) and the time left."""
-        workers = list(self.workers.values())
-        if not workers:
-            self._progress_at = None
-            return
-
-        def count(value: Any) -> int:
-            return int(value) if isinstance(value, (int, float)) else 0
-
-        requests = sum(count(w.stats.get("in_flight")) for w in workers)
-        connections = sum(count(w.stats.get("connections")) for w in workers)
-        deadlines = [w.drain_deadline for w in workers if w.drain_deadline is not None]
-        left = (f"up to {math.ceil(max(0.0, max(deadlines) - now))} s" if deadlines
-                else "with no time limit (--graceful-timeout 0)")
-        log.info("waiting for %d request%s (%d connection%s), %s", requests,
-                 "" if requests == 1 else "s", connections, "" if connections == 1 else "s", left)
-        self._progress_at = now + PROGRESS_INTERVAL
+        """SIGTERM (from the loop): a graceful shutdown, after ``--shutdown-delay`` if set
+        (``spawning.process.shutdown.on_sigterm``)."""
+        on_sigterm(self)
 
     def shutdown(self, graceful: bool = True, why: str = "") -> None:
-        """Stops every worker (draining them if ``graceful``) and then the controller."""
-        if self.stopping == "immediate" or (self.stopping == "graceful" and graceful):
-            return
-        self.stopping = "graceful" if graceful else "immediate"
-        self.delay_until = None
-        self._announce_unready()
-        if graceful:
-            # The first progress line in a moment, from fresh heartbeats: ask for them.
-            self._progress_at = self.clock() + PROGRESS_FIRST
-            for w in list(self.workers.values()):
-                if w.state is not WorkerState.STARTING:
-                    w.send({"t": "ping"})
-        sd_notify("STOPPING=1")
-        if self.exit_message is None:  # else the one line of the message says it all
-            log.info("%s: %s shutdown", why or "shutting down", self.stopping)
-        now = self.clock()
-        # New clients are refused, not held and then reset, but only once what the listen queue
-        # holds was taken in: the kernel accepted those connections, their requests are on the
-        # way. On a graceful stop a worker takes them (however busy its threads) and then shuts
-        # the listeners down, which empties the queue (Worker._final_drain); if no worker can,
-        # or none says it did within UNLISTEN_WAIT, the controller does it.
-        takers = graceful and any(w.state is not WorkerState.STARTING for w in self.workers.values())
-        if takers:
-            self._unlisten_at = now + UNLISTEN_WAIT
-        else:
-            self._stop_listening()
-        for w in list(self.workers.values()):
-            if w.state is WorkerState.STARTING:
-                # Serves nothing yet, so nothing to drain: a graceful stop need not wait for an
-                # app's import (it reads no drain message until it has booted).
-                w.state = WorkerState.DRAINING
-                w.drain_deadline = w.term_sent = w.kill_sent = now
-                self._signal(w, signal.SIGKILL)
-            elif graceful:
-                self._drain(w, why or "shutdown", final=True)
-            else:
-                w.state = WorkerState.DRAINING
-                w.drain_deadline = now
-                self._signal(w, signal.SIGQUIT)
-                w.term_sent = now
+        """Stops every worker (draining them if ``graceful``) and then the controller
+        (``spawning.process.shutdown``)."""
+        start_shutdown(self, graceful, why)
 
-    def _stop_listening(self) -> None:
-        self._unlisten_at = None
-        stop_listening(self.listeners)
 
     # ---- workers ---------------------------------------------------------------------------------------
 
@@ -641,14 +494,10 @@ class Controller:
                 w.stats = stats
             age = message.get("oldest_age")
             w.oldest_age = float(age) if isinstance(age, (int, float)) else None
-            if (w.max_requests and not w.retiring and w.state is WorkerState.READY
-                    and (w.stats.get("retiring") or int(w.stats.get("requests") or 0) >= w.max_requests)):
-                # The worker stopped taking requests at its limit and drains itself: its
-                # replacement starts now (_keep_count).
-                self._retire(w, RetireReason.MAX_REQUESTS, f"served {w.max_requests} requests (--max-requests)")
+            recycle.check_requests(self, w)
         elif kind == "unlistened":
             if self._unlisten_at is not None:
-                self._stop_listening()   # the worker did; this covers adopted sockets' peers too
+                unlisten(self)   # the worker did; this covers adopted sockets' peers too
         elif kind == "ready":
             self._on_ready(w)
         elif kind == "boot_error":
@@ -665,7 +514,7 @@ class Controller:
             w.send({"t": "unready"})
         log.debug("%r ready", w)
         if self.stopping:
-            self._drain(w, "shutting down")
+            drain(self, w, "shutting down")
             return
         if w.generation == self.pending_gen:
             peers = [x for x in self.workers.values() if x.generation == self.pending_gen]
@@ -699,7 +548,7 @@ class Controller:
             if w.generation != new and w.state is not WorkerState.DRAINING:
                 if self.booted and old is not None and w.generation == old:
                     self._count_restart(RetireReason.RELOAD)
-                self._drain(w, f"replaced by generation {new}")
+                drain(self, w, f"replaced by generation {new}")
         sd_notify(f"READY=1\nSTATUS=serving generation {new}")
         if self.reload_again:
             reason, self.reload_again = self.reload_again, None
@@ -723,31 +572,10 @@ class Controller:
                 w.state = WorkerState.DRAINING
                 w.drain_deadline = w.term_sent = w.kill_sent = self.clock()
             elif w.state is WorkerState.READY:
-                self._drain(w, "its generation failed to boot")
+                drain(self, w, "its generation failed to boot")
         if self.reload_again:
             reason, self.reload_again = self.reload_again, None
             self.reload(reason)
-
-    def _drain(self, w: WorkerHandle, why: str, final: bool = False) -> None:
-        """Tells w to finish its requests and exit; ``final``: the whole server stops, so it takes
-        in the listen queue first (Worker._final_drain), also when already draining."""
-        message = {"t": "drain", "final": True} if final else {"t": "drain"}
-        if w.state is WorkerState.DRAINING:
-            if final:
-                w.send(message)
-            return
-        log.debug("draining %r: %s", w, why)
-        w.state = WorkerState.DRAINING
-        w.drain_deadline = (self.clock() + self.graceful_timeout) if self.graceful_timeout > 0 \
-            else None
-        if not w.send(message):
-            self._signal(w, signal.SIGTERM)
-
-    def _retire(self, w: WorkerHandle, reason: RetireReason, why: str) -> None:
-        """Marks ``w`` for recycling: ``_keep_count`` starts its replacement, then drains it."""
-        w.retiring = why
-        self._count_restart(reason)
-        log.info("recycling %r: %s", w, why)
 
     def _signal(self, w: WorkerHandle, signum: int) -> None:
         self._send_signal(w.pid, signum)
@@ -758,12 +586,6 @@ class Controller:
             os.kill(pid, signum)
         except ProcessLookupError:
             pass
-
-    def _kill(self, w: WorkerHandle, why: str) -> None:
-        log.error("%r: %s; killing it", w, why)
-        w.killed_for = why
-        w.kill_sent = self.clock()
-        self._signal(w, signal.SIGKILL)
 
     def _count_restart(self, reason: RetireReason) -> None:
         self.restarts[reason.value] = self.restarts.get(reason.value, 0) + 1
@@ -850,25 +672,19 @@ class Controller:
     def _maintain(self, now: float) -> None:
         """The loop's periodic decisions at time ``now`` (the controller's clock): timers, drain
         deadlines, --timeout, boot limits, the worker count, memory, age and changed files."""
-        for timer in self._timers:
-            if now >= timer[1]:
-                timer[1] = now + timer[0]
-                try:
-                    timer[2]()
-                except Exception:
-                    log.exception("error in a controller timer")
-        self._escalate(now)
+        self._run_timers(now)
+        escalate(self, now)
         if self.delay_until is not None and now >= self.delay_until:
             self.shutdown(graceful=True, why=f"SIGTERM, --shutdown-delay {self.shutdown_delay:g} s over")
         if self._progress_at is not None and now >= self._progress_at:
-            self._log_progress(now)
+            log_progress(self, now)
         if self._unlisten_at is not None and now >= self._unlisten_at:
-            self._stop_listening()
+            unlisten(self)
         if self.stopping:
             return
-        self._check_timeouts(now)
+        recycle.check_timeouts(self, now)
         if self.pending_gen is not None:
-            boot_timeout = max(MIN_BOOT_TIMEOUT, self.timeout)
+            boot_timeout = max(recycle.MIN_BOOT_TIMEOUT, self.timeout)
             if now - self.pending_started > boot_timeout:
                 why = f"generation {self.pending_gen} did not boot within {boot_timeout:.0f} s"
                 if not self.booted:
@@ -882,48 +698,9 @@ class Controller:
                 self._abort_pending(why)
         if self.active_gen is not None:
             self._keep_count(now)
-        self._check_memory(now)
-        self._check_age(now)
-        self._check_files()
-
-    def _escalate(self, now: float) -> None:
-        """TERM, then KILL, workers that overrun their drain deadline; logs each step."""
-        for w in list(self.workers.values()):
-            if w.state is not WorkerState.DRAINING or w.drain_deadline is None or now < w.drain_deadline:
-                continue
-            if w.term_sent is None:
-                log.warning("%r still busy %.0f s after it was told to stop (--graceful-timeout); "
-                            "sending SIGTERM", w, self.graceful_timeout)
-                w.term_sent = now
-                self._signal(w, signal.SIGTERM)
-            elif w.kill_sent is None and now - w.term_sent >= KILL_AFTER:
-                # It could not name what it cuts (a green hub an app blocks reads no signal):
-                # the count at least, from its last heartbeat.
-                in_flight = w.stats.get("in_flight")
-                log.warning("%r did not exit %.0f s after SIGTERM; sending SIGKILL%s", w, KILL_AFTER,
-                            f" ({in_flight} request{'' if in_flight == 1 else 's'} in flight at its "
-                            "last heartbeat)" if isinstance(in_flight, int) and in_flight else "")
-                w.kill_sent = now
-                self._signal(w, signal.SIGKILL)
-
-    def _check_timeouts(self, now: float) -> None:
-        if self.timeout <= 0:
-            return
-        silence_limit = max(self.timeout, MIN_SILENCE)
-        boot_timeout = max(MIN_BOOT_TIMEOUT, self.timeout)
-        for w in list(self.workers.values()):
-            if w.state is WorkerState.STARTING and w.kill_sent is None and \
-                    now - w.started_mono > boot_timeout and w.generation != self.pending_gen:
-                self._kill(w, f"did not boot within {boot_timeout:.0f} s")
-            if w.state is not WorkerState.READY or w.kill_sent is not None:
-                continue
-            silence = now - w.last_seen
-            if silence > silence_limit:
-                self._kill(w, f"no heartbeat for {silence:.1f} s (--timeout {self.timeout:g})")
-            elif not self.green and w.oldest_age is not None:
-                age = w.oldest_age + silence
-                if age > self.timeout:
-                    self._kill(w, f"a request has run for {age:.1f} s (--timeout {self.timeout:g})")
+        recycle.check_memory(self, now)
+        recycle.check_age(self, now)
+        recycle.check_files(self)
 
     def _keep_count(self, now: float) -> None:
         active = self._gen_workers(self.active_gen)
@@ -949,113 +726,14 @@ class Controller:
         if excess > 0:
             ready.sort(key=lambda w: (not w.retiring, w.started_mono))
             for w in ready[:excess]:
-                self._drain(w, w.retiring or "fewer workers (SIGTTOU)")
+                drain(self, w, w.retiring or "fewer workers (SIGTTOU)")
 
     def _sample_memory(self) -> None:
-        try:
-            import psutil  # type: ignore[import-untyped]
-        except ImportError:
-            return
-        for w in list(self.workers.values()):
-            try:
-                info = psutil.Process(w.pid).memory_full_info()
-                w.memory, w.rss = info.uss, info.rss
-                if w.first_memory is None and w.state is WorkerState.READY:
-                    w.first_memory = info.uss
-            except (psutil.Error, OSError):
-                w.memory = w.rss = None
+        """The OS side of ``--max-memory`` and ``--max-worker-memory``: each worker's memory now."""
+        recycle.sample_memory(self)
 
-    def _check_memory(self, now: float) -> None:
-        limit_total = self.settings.max_memory * MB
-        limit_worker = self.settings.max_worker_memory * MB
-        interval = MEMORY_INTERVAL if (limit_total or limit_worker) else MEMORY_INTERVAL_IDLE
-        if now - self._last_memory_sample < interval:
-            return
-        self._last_memory_sample = now
-        self._sample_memory()
-        active = [w for w in self._gen_workers(self.active_gen) if w.state is WorkerState.READY]
-        if limit_worker:
-            for w in active:
-                if w.memory and w.memory > limit_worker and not w.retiring:
-                    if w.first_memory and w.first_memory > limit_worker:
-                        self._warn_limit_once("--max-worker-memory", limit_worker,
-                                              f"a worker used {w.first_memory / MB:.1f} MB")
-                    self._retire(w, RetireReason.MAX_WORKER_MEMORY,
-                                 f"uses {w.memory / MB:.1f} MB (--max-worker-memory {limit_worker / MB:g})")
-        if limit_total and self.pending_gen is None and now >= self._memory_reload_after:
-            total = sum(w.memory or 0 for w in active)
-            if total > limit_total:
-                baseline = sum(w.first_memory or 0 for w in active)
-                if baseline > limit_total:
-                    self._warn_limit_once("--max-memory", limit_total,
-                                          f"the workers used {baseline / MB:.1f} MB")
-                    self._memory_backoff = min(max(2 * self._memory_backoff,
-                                                   MEMORY_RELOAD_COOLDOWN), MEMORY_BACKOFF_MAX)
-                else:
-                    self._memory_backoff = 0.0
-                # Counted from now: the new generation's boot adds to it.
-                self._memory_reload_after = now + self._memory_backoff
-                self.reload(f"workers use {total / MB:.1f} MB (--max-memory {limit_total / MB:g})")
-
-    def _warn_limit_once(self, option: str, limit: float, what: str) -> None:
-        """A limit freshly started workers are already over (their first sample once ready):
-        recycling cannot meet it, and would go on for ever. Said once, as a warning, rather than
-        only as an INFO line per recycling."""
-        if option in self._warned_limits:
-            return
-        self._warned_limits.add(option)
-        log.warning("%s when first measured after booting, over %s %g MB: recycling cannot bring "
-                    "workers under that; raise the limit", what, option, limit / MB)
-
-    def _check_age(self, now: float) -> None:
-        max_age = self.settings.max_age
-        if max_age and self.pending_gen is None and self.gen_ready_at is not None \
-                and now - self.gen_ready_at >= max_age:
-            self.gen_ready_at = None  # one reload per generation (a failed one re-arms it)
-            self.reload(f"generation {self.active_gen} reached --max-age {max_age:g} s")
-
-    def _check_files(self) -> None:
-        if self.reloader is None:
-            return
-        changed = self.reloader.poll()
-        if not changed:
-            return
-        for path in changed:
-            invalidate_bytecode(path)
-        names = ", ".join(os.path.relpath(p) for p in changed[:3])
-        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
-        log.info("%s changed%s", names, more)
-        self.reload(f"{names}{more} changed")
 
     # ---- the end ---------------------------------------------------------------------------------------
-
-    def _cleanup(self) -> None:
-        for w in list(self.workers.values()):
-            self._signal(w, signal.SIGKILL)
-        for w in list(self.workers.values()):
-            try:
-                os.waitpid(w.pid, 0)
-            except ChildProcessError:
-                pass
-        for hook in self._exit_hooks:
-            try:
-                hook()
-            except Exception:
-                log.exception("error in an exit hook")
-        for sock in self.listeners:
-            sock.close()
-        for path in self._unix_paths:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-        if self.reloader is not None:
-            self.reloader.close()
-        if self._pidfile:
-            self._pidfile.unlink()
-        if self._wake_w >= 0:
-            signal.set_wakeup_fd(-1)
-
 
 def run_server(options: dict[str, Any]) -> int:
     """Runs a server from an options dict (``options.defaults()`` / ``sources.from_mapping`` shaped),

@@ -24,10 +24,10 @@ from spawning.process.controller import (
     BACKOFF_MAX,
     BACKOFF_WINDOW,
     CRASH_WINDOW,
-    KILL_AFTER,
     Controller,
 )
 from spawning.process.handle import RetireReason, WorkerHandle, WorkerState
+from spawning.process.shutdown import KILL_AFTER
 
 MB = 1 << 20
 
