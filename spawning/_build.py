@@ -48,9 +48,9 @@ if shim:
     extra += ["-DSP_FORCE_KQUEUE"]
 
 # Which calls keep the GIL. cffi releases it around every call, and takes the errno snapshot
-# that ffi.errno reads: on the hello-world path that was ~500 instructions and a dozen atomic
-# operations per request (the GIL's mutex and condition variable, cffi's thread-local state), a
-# quarter of the cost of the whole crossing. The functions named here never wait: they take the
+# that ffi.errno reads: on the hello-world path that was a good part of the cost of the whole
+# crossing (the GIL's mutex and condition variable, cffi's thread-local state; the figures are in
+# bench/README.md, "Why the code is as it is"). The functions named here never wait: they take the
 # server's mutex (held only for short, non-blocking work; no thread waits for the GIL while
 # holding it) and make non-blocking system calls, so keeping the GIL costs other threads nothing
 # they would not wait for anyway. Everything that can wait (sp_poll*, sp_req_read_wait,

@@ -473,7 +473,7 @@ static inline void set_vacated(sp_server *s, int64_t now_us) {
  * at the next check, naps again, without taking the mutex. A timed wait on the condition variable
  * would retake the mutex at every wake-up, under steady load held by the busy thread more often
  * than not (it sends with it held), which cost a futex hand-off and two context switches each
- * time, about 4% of a 64 KiB response's cost. Returns with the mutex held, when no work was taken
+ * time (the figure: bench/README.md, "Why the code is as it is"). Returns with the mutex held, when no work was taken
  * for a whole nap (the busy thread may be stuck: the caller looks), on sp_server_wakeup(), or at
  * the deadline (< 0: none). What a signal to the condition variable would tell it comes at most
  * one nap (SP_HANDOFF_US) late: only waking the sleeping waiters is urgent, and it sleeps

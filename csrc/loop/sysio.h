@@ -3,8 +3,8 @@
  * glibc's recv, send, writev and epoll_wait are pthread cancellation points: in a process with
  * more than one thread (every worker: thread mode, and the housekeeping thread in green mode) each
  * call switches the thread's cancellation type on and off around the syscall, two atomic
- * compare-and-swaps. Measured with perf on the hello-world benchmark that was ~85 ns a request,
- * about 1% of all the CPU a request costs. Nothing in this process cancels threads (CPython never
+ * compare-and-swaps, a measurable share of a hello-world request (bench/README.md, "Why the code
+ * is as it is"). Nothing in this process cancels threads (CPython never
  * does), so on Linux these go to the kernel through syscall(2), which is no cancellation point
  * (epoll_wait too: be_epoll.c).
  * Same contract as the libc functions: the result, or -1 with errno set. Elsewhere they are the

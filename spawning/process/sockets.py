@@ -117,8 +117,8 @@ def _bind_one(address: Address, backlog: int, defer_accept: int) -> socket.socke
             # An HTTP client speaks first: until its request arrives the connection waits in
             # the kernel (a silent one for at most defer_accept seconds, then it is handed
             # over and --header-timeout runs), and a worker wakes once per connection, for its
-            # accept and its request together, instead of twice. Connection: close under wrk:
-            # 0.86-0.90x -> 0.98-1.03x the best C peer's requests per CPU-second.
+            # accept and its request together, instead of twice (the gain under Connection:
+            # close: bench/README.md, "Why the code is as it is").
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, defer_accept)
         sock.bind(sockaddr)
         sock.listen(backlog)
