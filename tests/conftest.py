@@ -83,6 +83,14 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
         time.sleep(interval)
 
 
+def wait_started(path: Path, count: int = 1, timeout: float = 10.0) -> None:
+    """Waits until ``count`` requests have entered the app: the test apps that call
+    ``tests/apps/started.mark()`` append a line to ``$SPAWNING_TEST_STARTED`` (``path``) as a
+    request reaches them. What a test waits for when a request must be in flight."""
+    wait_until(lambda: path.exists() and len(path.read_text().splitlines()) >= count, timeout,
+               what=f"{count} request{'' if count == 1 else 's'} in the app")
+
+
 def foreign_env(**extra: str) -> dict[str, str]:
     """The environment for a tool that is not the server: without the sanitizer preload."""
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}

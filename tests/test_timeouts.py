@@ -13,9 +13,10 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from conftest import SpawningProcess, free_port, http_request, start_server
+from conftest import SpawningProcess, free_port, http_request, start_server, wait_started
 
 from spawning.status import command as status_mod
 
@@ -73,7 +74,7 @@ def test_header_timeout_0_a_slow_head_is_served(server: SpawningProcess) -> None
 def test_header_timeout_0_a_silent_connection_stays(server: SpawningProcess) -> None:
     """A new connection that says nothing is not closed by a default deadline either."""
     with connect(server.port) as sock:
-        time.sleep(1.5)
+        time.sleep(1.5)   # silent past the loop's sweeps: let time pass
         sock.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         status_line, _ = read_response(sock)
     assert status_line.startswith(b"HTTP/1.1 200"), status_line
@@ -87,7 +88,7 @@ def test_body_timeout_0_a_stalled_body_is_read(server: SpawningProcess, size: in
     with connect(server.port) as sock:
         sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                      b"Content-Length: %d\r\n\r\n" % size + payload[: size // 2])
-        time.sleep(2.0)
+        time.sleep(2.0)   # the body stalls half way: let time pass
         sock.sendall(payload[size // 2:])
         status_line, body = read_response(sock)
     assert status_line.startswith(b"HTTP/1.1 200"), status_line
@@ -121,7 +122,7 @@ def test_keepalive_timeout_0_an_idle_connection_stays(server: SpawningProcess) -
         sock.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
         status_line, _ = read_response(sock)
         assert status_line.startswith(b"HTTP/1.1 200")
-        time.sleep(1.5)
+        time.sleep(1.5)   # idle past the loop's sweeps: let time pass
         sock.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
         status_line, _ = read_response(sock)
         assert status_line.startswith(b"HTTP/1.1 200"), status_line
@@ -133,33 +134,38 @@ def test_timeout_0_a_long_request_is_not_killed(server: SpawningProcess) -> None
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
-def test_graceful_timeout_0_a_draining_worker_finishes_its_request(spawn, mode: str) -> None:
+def test_graceful_timeout_0_a_draining_worker_finishes_its_request(spawn, mode: str,
+                                                                   tmp_path: Path) -> None:
     """--graceful-timeout 0 killed a draining worker at once: now it means no limit."""
     import threading
 
-    server = spawn("limits_app.application", "-s", "1", *MODES[mode], "--graceful-timeout", "0")
+    started = tmp_path / "started"
+    server = spawn("limits_app.application", "-s", "1", *MODES[mode], "--graceful-timeout", "0",
+                   env={"SPAWNING_TEST_STARTED": str(started)})
     result: list[object] = []
     client = threading.Thread(target=lambda: result.append(
         http_request(server.port, "/slow?s=2", timeout=15)))
     client.start()
-    time.sleep(0.5)
+    wait_started(started)   # the request is in the app
     server.signal(signal.SIGHUP)   # a reload: the old worker drains
     client.join(20)
     assert result and result[0][0] == 200, (result, server.stderr[-2000:])
     assert "sending SIGTERM" not in server.stderr
 
 
-def test_stream_grace_0_a_draining_green_worker_does_not_end_requests(spawn) -> None:
+def test_stream_grace_0_a_draining_green_worker_does_not_end_requests(spawn, tmp_path: Path) -> None:
     """--stream-grace 0 threw GeneratorExit into every running request as soon as the worker
     started draining (a 503): 0 is off, so they run on under --graceful-timeout."""
     import threading
 
-    server = spawn("limits_app.application", "-s", "1", "-t", "0", "--stream-grace", "0")
+    started = tmp_path / "started"
+    server = spawn("limits_app.application", "-s", "1", "-t", "0", "--stream-grace", "0",
+                   env={"SPAWNING_TEST_STARTED": str(started)})
     result: list[object] = []
     client = threading.Thread(target=lambda: result.append(
         http_request(server.port, "/slow?s=2", timeout=15)))
     client.start()
-    time.sleep(0.5)
+    wait_started(started)   # the request is in the app
     server.signal(signal.SIGHUP)   # a reload: the old worker drains
     client.join(20)
     assert result and result[0][0] == 200, (result, server.stderr[-2000:])

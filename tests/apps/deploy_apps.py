@@ -7,6 +7,8 @@ import json
 import os
 import time
 
+from started import mark
+
 
 def echo(environ, start_response):
     """Says which path it saw and what a proxy told it, as JSON: a health path answered by the
@@ -21,6 +23,7 @@ def echo(environ, start_response):
 
 def slow(environ, start_response):
     """Sleeps ?s seconds (time.sleep: cooperative under --threads 0), then answers."""
+    mark()
     query = dict(p.partition("=")[::2] for p in environ.get("QUERY_STRING", "").split("&") if p)
     time.sleep(float(query.get("s", "1")))
     body = b"done\n"
@@ -41,6 +44,7 @@ def streams(environ, start_response):
     from spawning import green
 
     if environ["PATH_INFO"] == "/poll":
+        mark()
         try:
             green.sleep(60)
         except GeneratorExit:

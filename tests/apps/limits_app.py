@@ -10,6 +10,8 @@ import os
 import time
 from urllib.parse import parse_qs
 
+from started import mark
+
 
 def _arg(environ, name, default):
     return parse_qs(environ.get("QUERY_STRING", "")).get(name, [default])[0]
@@ -29,6 +31,7 @@ def application(environ, start_response):
     elif path == "/big":
         body = b"x" * int(_arg(environ, "n", "1048576"))
     elif path == "/slow":
+        mark()
         time.sleep(float(_arg(environ, "s", "1")))
         body = f"slept in {os.getpid()}".encode()
     else:

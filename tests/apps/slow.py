@@ -4,8 +4,11 @@ import os
 import time
 from urllib.parse import parse_qs
 
+from started import mark
+
 
 def application(environ, start_response):
+    mark()
     seconds = float(parse_qs(environ.get("QUERY_STRING", "")).get("s", ["3"])[0])
     time.sleep(seconds)
     body = f"slept {seconds} in {os.getpid()}\n".encode()

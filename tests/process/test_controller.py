@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PyLoad, http_request, run_load
+from conftest import PyLoad, http_request, run_load, scaled, wait_started, wait_until
 
 
 def _pid_of(body: bytes) -> int:
@@ -53,12 +53,13 @@ def test_killed_worker_is_replaced_within_a_second(spawn):
     assert server.wait_until(lambda: len(server.workers()) == 2 and victim not in server.workers(), 1.0)
     # ... and the replacement serves.
     assert server.wait_until(lambda: server.get("/")[0] == 200, 2.0)
-    assert time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 < scaled(3)
     assert "killed by SIGKILL; replacing it" in server.stderr
 
 
-def test_sigterm_lets_an_in_flight_request_finish(spawn):
-    server = spawn("slow.application", "-s", "2")
+def test_sigterm_lets_an_in_flight_request_finish(spawn, tmp_path: Path):
+    started = tmp_path / "started"
+    server = spawn("slow.application", "-s", "2", env={"SPAWNING_TEST_STARTED": str(started)})
     result: dict[str, object] = {}
 
     def client() -> None:
@@ -69,7 +70,7 @@ def test_sigterm_lets_an_in_flight_request_finish(spawn):
 
     thread = threading.Thread(target=client)
     thread.start()
-    time.sleep(0.5)  # the request is in flight
+    wait_started(started)   # the request is in flight
     t0 = time.monotonic()
     server.signal(signal.SIGTERM)
     # While it drains, a new client is refused at once (it may retry elsewhere), not held in the
@@ -91,16 +92,17 @@ def test_sigterm_lets_an_in_flight_request_finish(spawn):
     assert time.monotonic() - t0 >= 2.0
 
 
-def test_sigquit_stops_at_once(spawn):
-    server = spawn("slow.application", "-s", "2")
+def test_sigquit_stops_at_once(spawn, tmp_path: Path):
+    started = tmp_path / "started"
+    server = spawn("slow.application", "-s", "2", env={"SPAWNING_TEST_STARTED": str(started)})
     thread = threading.Thread(target=lambda: _swallow(lambda: http_request(server.port, "/?s=10",
                                                                               timeout=15)))
     thread.start()
-    time.sleep(0.3)
+    wait_started(started)
     t0 = time.monotonic()
     server.signal(signal.SIGQUIT)
     assert server.wait(10) == 0
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < scaled(5)
     thread.join(15)
 
 
@@ -157,7 +159,7 @@ def test_max_requests_recycles_close_to_the_limit(spawn):
     deadline = time.monotonic() + 3
     while "(--max-requests)" not in server.stderr and time.monotonic() < deadline:
         assert server.get("/")[0] == 200
-        time.sleep(0.1)
+        time.sleep(0.1)   # the slow pace the docstring names, not a wait for something
     served = re.search(r"served (\d+) requests \(--max-requests\)", server.stderr)
     assert served, server.stderr[-2000:]
     assert 30 <= int(served.group(1)) <= 33, served.group(0)
@@ -212,7 +214,9 @@ def test_ttin_and_ttou_change_the_worker_count(spawn):
     server.signal(signal.SIGTTIN)
     assert server.wait_until(lambda: len(server.workers()) == 3, 5)
     server.signal(signal.SIGTTOU)
-    time.sleep(0.3)  # signals of one kind do not queue: two at once may arrive as one
+    # Signals of one kind do not queue (two at once may arrive as one): the second is sent once
+    # the controller has handled the first.
+    wait_until(lambda: "SIGTTOU: 2 worker processes" in server.stderr, 5, what="the first SIGTTOU")
     server.signal(signal.SIGTTOU)
     assert server.wait_until(lambda: len(server.workers()) == 1, 5)
     assert server.get("/")[0] == 200
@@ -235,7 +239,8 @@ def test_ttin_during_a_reload_grows_only_the_new_generation(spawn):
     The serving one keeps its size (1 here), so 1 + 2 workers at most, then 2."""
     server = spawn("slow_boot.application", "-s", "1", env={"SLOW_BOOT_SECONDS": "1.5"})
     server.signal(signal.SIGHUP)
-    time.sleep(0.3)
+    wait_until(lambda: "reload (SIGHUP): starting generation 2" in server.stderr, 5,
+               what="the reload to start")
     server.signal(signal.SIGTTIN)
     most = 0
     deadline = time.monotonic() + 8
@@ -289,14 +294,16 @@ def test_snapshot_describes_controller_and_workers(tmp_path: Path):
     assert snap["config"]["processes"] == 4
 
 
-def test_drain_overrunning_graceful_timeout_is_escalated(spawn):
+def test_drain_overrunning_graceful_timeout_is_escalated(spawn, tmp_path: Path):
     """An old worker stuck in a request past --graceful-timeout gets SIGTERM, then SIGKILL."""
-    server = spawn("slow.application", "-s", "1", "--graceful-timeout", "1")
+    started = tmp_path / "started"
+    server = spawn("slow.application", "-s", "1", "--graceful-timeout", "1",
+                   env={"SPAWNING_TEST_STARTED": str(started)})
     old = server.workers()[0]
     thread = threading.Thread(target=lambda: _swallow(lambda: http_request(server.port, "/?s=30",
                                                                               timeout=20)))
     thread.start()
-    time.sleep(0.3)
+    wait_started(started)
     server.signal(signal.SIGHUP)
     assert server.wait_until(lambda: old not in server.workers(), 8), server.stderr[-2000:]
     assert "(--graceful-timeout); sending SIGTERM" in server.stderr

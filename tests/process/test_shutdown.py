@@ -15,10 +15,11 @@ import socket
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
 import pytest
-from conftest import rss_bound
+from conftest import rss_bound, wait_started, wait_until
 
 MODES = {"threads": ("-t", "2"), "green": ("-t", "0")}
 
@@ -37,15 +38,24 @@ def _read_all(sock: socket.socket, deadline: float) -> bytes:
     return data
 
 
+def _listening(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a socket listening on ``port`` (one shut down is CLOSE)."""
+    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+               for c in psutil.Process(pid).net_connections("tcp"))
+
+
 @pytest.mark.parametrize("mode", sorted(MODES))
-def test_sigterm_answers_every_request_waiting_in_the_listen_queue(spawn, mode: str) -> None:
+def test_sigterm_answers_every_request_waiting_in_the_listen_queue(spawn, mode: str,
+                                                                   tmp_path: Path) -> None:
     """More requests than threads, all sent before SIGTERM: each one is answered with a 200, and
     a connection made once the server has stopped listening is refused. (Thread mode reset those
     still in the listen queue: a worker accepts only while a thread is free to poll.)"""
     clients = 12
     # One worker, so that its two threads are all there are: while both run the app, nobody
     # polls, and the later connections wait in the kernel's queue.
-    server = spawn("limits_app.application", "-s", "1", *MODES[mode], "--graceful-timeout", "60")
+    started = tmp_path / "started"
+    server = spawn("limits_app.application", "-s", "1", *MODES[mode], "--graceful-timeout", "60",
+                   env={"SPAWNING_TEST_STARTED": str(started)})
     socks = []
 
     def send() -> None:
@@ -55,12 +65,14 @@ def test_sigterm_answers_every_request_waiting_in_the_listen_queue(spawn, mode: 
 
     for _ in range(2):   # as many as there are threads in thread mode: both run the app
         send()
-    time.sleep(0.3)
+    wait_started(started, 2)
     for _ in range(clients - 2):   # in thread mode these wait in the kernel: no thread polls
         send()
+    # Nothing to wait for: the connections are in the kernel's queue (thread mode) or being taken
+    # in (green mode), and SIGTERM must answer them either way; a moment lets green mode start.
     time.sleep(0.3)
     server.signal(signal.SIGTERM)
-    time.sleep(0.5)
+    wait_until(lambda: not _listening(server.pid, server.port), 10, what="the listeners to shut down")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
     deadline = time.monotonic() + 30
@@ -158,7 +170,7 @@ def test_max_memory_reloads_a_fast_leak_without_a_pause(spawn) -> None:
     threads = [threading.Thread(target=leak), threading.Thread(target=watch)]
     for t in threads:
         t.start()
-    time.sleep(12)
+    time.sleep(12)   # the leak runs this long: several --max-memory reloads' worth
     stop.set()
     for t in threads:
         t.join(10)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import http_request
+from conftest import http_request, scaled, wait_started
 
 PROGRESS = re.compile(r"waiting for (\d+) requests? \((\d+) connections?\), up to (\d+) s")
 
@@ -33,11 +33,13 @@ def _background(port: int, path: str, results: list, timeout: float = 30) -> thr
     return t
 
 
-def test_progress_lines_while_draining(spawn):
-    server = spawn("-s", "1", "-t", "4", "--graceful-timeout", "20", "deploy_apps.slow")
+def test_progress_lines_while_draining(spawn, tmp_path: Path):
+    started = tmp_path / "started"
+    server = spawn("-s", "1", "-t", "4", "--graceful-timeout", "20", "deploy_apps.slow",
+                   env={"SPAWNING_TEST_STARTED": str(started)})
     results: list = []
     threads = [_background(server.port, "/slow?s=7", results) for _ in range(2)]
-    time.sleep(0.5)
+    wait_started(started, 2)
     sent = time.monotonic()
     server.signal(signal.SIGTERM)
     assert server.wait_until(lambda: len(PROGRESS.findall(server.stderr)) >= 2, timeout=8), server.stderr
@@ -48,19 +50,20 @@ def test_progress_lines_while_draining(spawn):
         t.join(15)
     assert results == [(200, b"done\n")] * 2
     assert server.wait(10) == 0
-    assert time.monotonic() - sent < 10
+    assert time.monotonic() - sent < scaled(10)
     # The lines come once at the start and then every 5 s: not once a loop turn.
     assert len(PROGRESS.findall(server.stderr)) == 2
 
 
 @pytest.mark.parametrize("threads", ["4", "0"], ids=["threads", "green"])
-def test_graceful_timeout_names_the_cut_requests(spawn, threads):
+def test_graceful_timeout_names_the_cut_requests(spawn, threads, tmp_path: Path):
+    started = tmp_path / "started"
     server = spawn("-s", "1", "-t", threads, "--graceful-timeout", "1.5", "--stream-grace", "60",
-                   "deploy_apps.slow")
+                   "deploy_apps.slow", env={"SPAWNING_TEST_STARTED": str(started)})
     results: list = []
     t1 = _background(server.port, "/slow/one?s=30", results)
     t2 = _background(server.port, "/slow/%E2%9C%93%0A?s=30", results)   # a check mark, a newline
-    time.sleep(0.7)
+    wait_started(started, 2)
     server.signal(signal.SIGTERM)
     assert server.wait(15) == 0
     t1.join(5)
@@ -72,13 +75,15 @@ def test_graceful_timeout_names_the_cut_requests(spawn, threads):
     ages = {path: float(age) for path, age in re.findall(r"GET (\S+) \((\d+\.\d) s\)", line)}
     # Percent-decoded as PATH_INFO is; the newline escaped so that the log line stays one line.
     assert set(ages) == {"/slow/one", "/slow/✓\\n"}, line
-    assert all(2.0 <= age < 5 for age in ages.values()), line
+    assert all(2.0 <= age < scaled(5) for age in ages.values()), line
 
 
 def test_stream_grace_ends_sse_and_long_poll(spawn, tmp_path: Path):
     mark = tmp_path / "mark"
+    started = tmp_path / "started"
     server = spawn("-s", "1", "-t", "0", "--graceful-timeout", "30", "--stream-grace", "1",
-                   "deploy_apps.streams", env={"SPAWNING_TEST_MARK": str(mark)})
+                   "deploy_apps.streams", env={"SPAWNING_TEST_MARK": str(mark),
+                                               "SPAWNING_TEST_STARTED": str(started)})
     sse = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     sse.request("GET", "/sse")
     stream = sse.getresponse()
@@ -86,17 +91,17 @@ def test_stream_grace_ends_sse_and_long_poll(spawn, tmp_path: Path):
     assert stream.readline() == b"data: 0\n"
     polls: list = []
     poller = _background(server.port, "/poll", polls)
-    time.sleep(0.5)
+    wait_started(started)   # the long poll is in the app
     sent = time.monotonic()
     server.signal(signal.SIGTERM)
     rest = stream.read()          # to the end of the chunked stream: IncompleteRead if cut
     ended = time.monotonic() - sent
     assert rest.endswith(b"\n\n") and b"data: " in rest
-    assert 0.8 <= ended < 4, ended
+    assert 0.8 <= ended < scaled(4), ended
     poller.join(10)
     assert polls == [(503, b"the server is shutting down\n")]
     assert server.wait(10) == 0
-    assert time.monotonic() - sent < 6, "not held until --graceful-timeout"
+    assert time.monotonic() - sent < scaled(6), "not held until --graceful-timeout"
     assert sorted(mark.read_text().splitlines()) == ["poll GeneratorExit", "sse GeneratorExit"]
     assert "ending 2 requests still running after --stream-grace" in server.stderr
 
@@ -111,7 +116,7 @@ def test_examples_sse_clock_ends_with_the_grace(spawn):
     sent = time.monotonic()
     server.signal(signal.SIGTERM)
     resp.read()
-    assert time.monotonic() - sent < 4
+    assert time.monotonic() - sent < scaled(4)
     assert server.wait(10) == 0
 
 
