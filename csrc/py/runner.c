@@ -181,7 +181,8 @@ typedef struct {
     PyObject *resp_cls;   /* the handler's ResponseBase subclass */
     PyObject *log;        /* callable(environ, status, sent, headers) that never raises, or None */
     PyObject *spare;      /* a response object no one else holds, for the next request */
-    PyObject *base_envs;  /* list: each listener's constant environ (wsgi.base_environ) */
+    PyObject *base_envs;  /* list: each listener's constant environ (wsgi.base_environ), as
+                             roomy_base() makes it over: what every environ is copied from */
     PyObject *empty;      /* wsgi.input of a request without a body */
     PyObject *forwarded;  /* callable(environ) -> REMOTE_PORT or None, rewriting an environ from
                              a trusted proxy's headers (spawning.forwarded); None: no proxies */
@@ -235,6 +236,8 @@ static void runner_dealloc(Runner *self)
     Py_DECREF(tp);
 }
 
+static PyObject *roomy_base(PyObject *base, PyObject *empty);
+
 /* Runner(server_address, app, new_input, response_class, log, base_envs, empty_input,
  *        forwarded, stream_types, close_error): the handler's state (wsgi.py, make_handler) */
 static PyObject *runner_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
@@ -260,15 +263,26 @@ static PyObject *runner_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     if (self == NULL)
         return NULL;
     self->srv = (sp_server *)(uintptr_t)addr;
-    if ((self->conn_envs = PyDict_New()) == NULL || (self->body_envs = PyDict_New()) == NULL) {
+    if ((self->conn_envs = PyDict_New()) == NULL || (self->body_envs = PyDict_New()) == NULL
+            || (self->base_envs = PyList_New(PyList_Size(bases))) == NULL) {
         Py_DECREF(self);
         return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyList_Size(bases); i++) {
+        PyObject *b = PyList_GetItem(bases, i);
+        PyObject *roomy = PyDict_Check(b) ? roomy_base(b, empty) : NULL;
+        if (roomy == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "Runner(): base environs must be dicts");
+            Py_DECREF(self);
+            return NULL;
+        }
+        PyList_SetItem(self->base_envs, i, roomy);      /* steals */
     }
     Py_INCREF(app); self->app = app;
     Py_INCREF(new_input); self->new_input = new_input;
     Py_INCREF(cls); self->resp_cls = cls;
     Py_INCREF(log); self->log = log;
-    Py_INCREF(bases); self->base_envs = bases;
     Py_INCREF(empty); self->empty = empty;
     Py_INCREF(fwd); self->forwarded = fwd;
     Py_INCREF(stypes); self->stream_types = stypes;
@@ -434,8 +448,73 @@ static int env_set(PyObject *env, PyObject *key, const char *p, size_t n)
     return rc;
 }
 
-/* The whole environ of the request r (REMOTE_PORT and wsgi.input included when it has no body:
- * a body's wsgi.input is the caller's), or NULL with a Python error. */
+/* The keys every environ gets from its request: REMOTE_ADDR, SP_ENV_FIXED's, REMOTE_PORT, and
+ * wsgi.input (a body's, or the empty one), REMOTE_PORT last (roomy_base). */
+#define EVERY_KEYS 8
+static PyObject *every_keys[EVERY_KEYS];
+static PyObject *s_sizeof;           /* interned "__sizeof__" */
+
+/* 1 when one more key would grow the dict's table, 0 if not, -1 on a Python error: asked of a
+ * copy (PyDict_Copy of a compact str-keyed dict clones its table), by its __sizeof__. */
+static int would_grow(PyObject *d)
+{
+    PyObject *c = PyDict_Copy(d), *before = NULL, *after = NULL;
+    int r = -1;
+    if (c == NULL || (before = PyObject_CallMethodObjArgs(c, s_sizeof, NULL)) == NULL
+            || PyDict_SetItem(c, s_sizeof, Py_None) < 0
+            || (after = PyObject_CallMethodObjArgs(c, s_sizeof, NULL)) == NULL)
+        goto out;
+    r = PyObject_RichCompareBool(after, before, Py_GT);
+out:
+    Py_XDECREF(c);
+    Py_XDECREF(before);
+    Py_XDECREF(after);
+    return r;
+}
+
+/* What every environ of a listener is copied from: its constant environ (wsgi.base_environ) and
+ * the keys every request sets (every_keys: placeholders each request overwrites, and the empty
+ * wsgi.input, which stays for a request without a body), in a table with room for a browser's
+ * headers. A copy takes its original's table size (PyDict_Copy clones the table of a compact
+ * dict), so an environ made from this one does not grow its table as its headers go in, where
+ * one copied from the 12 constants grew it at its 22nd key (~1,200 instructions a browser's
+ * request). The limited API cannot presize a dict; a table grows, compacted, when a new key
+ * finds it full, to 3 times the keys it holds (CPython's rule since 3.7). So the last of the keys
+ * goes in only once the table is full: keys that are not the environ's (added, then deleted)
+ * fill it first. 20 keys then take a table of 64 with room for 22 more, and it holds no deleted
+ * entry, which a copy would carry. Where that fails (another growth rule), the result is as
+ * good as a copy of the constants. A new dict, or NULL with a Python error. */
+static PyObject *roomy_base(PyObject *base, PyObject *empty)
+{
+    PyObject *d = PyDict_New(), *filler = NULL;
+    if (d == NULL || PyDict_Update(d, base) < 0)
+        goto fail;
+    for (int i = 0; i < EVERY_KEYS - 1; i++)
+        if (PyDict_SetItem(d, every_keys[i], i == EVERY_KEYS - 2 ? empty : Py_None) < 0)
+            goto fail;
+    for (int i = 0; i < 64; i++) {    /* a table of 64 holds 42: bounded, whatever the rule */
+        int full = would_grow(d);
+        if (full < 0)
+            goto fail;
+        if (full)
+            break;
+        /* A key no environ holds (a new str, not interned), in and out again. */
+        if ((filler = PyUnicode_FromFormat("spawning.filler.%d", i)) == NULL
+                || PyDict_SetItem(d, filler, Py_None) < 0 || PyDict_DelItem(d, filler) < 0)
+            goto fail;
+        Py_CLEAR(filler);
+    }
+    if (PyDict_SetItem(d, every_keys[EVERY_KEYS - 1], Py_None) < 0)
+        goto fail;
+    return d;
+fail:
+    Py_XDECREF(filler);
+    Py_XDECREF(d);
+    return NULL;
+}
+
+/* The whole environ of the request r (a body's wsgi.input is the caller's to set: the
+ * copy's is the empty one), or NULL with a Python error. */
 static PyObject *env_from_block(Runner *self, const sp_request *r)
 {
     PyObject *base = PyList_GetItem(self->base_envs, r->listener);
@@ -475,8 +554,6 @@ static PyObject *env_from_block(Runner *self, const sp_request *r)
         p = vz + 1;
     }
     if (env_set(env, s_remote_port, p, (size_t)(end - p)) < 0)
-        goto fail;
-    if (!r->body && PyDict_SetItem(env, s_wsgi_input, self->empty) < 0)
         goto fail;
     if (proxied && self->forwarded != Py_None) {
         PyObject *port = PyObject_CallFunctionObjArgs(self->forwarded, env, NULL);
@@ -1054,7 +1131,13 @@ int sp_py_setup(void)
                                           "QUERY_STRING", "SERVER_PROTOCOL", "RAW_URI" };
     for (int i = 0; i < 6; i++)
         if (fixed_keys[i] == NULL && (fixed_keys[i] = PyUnicode_InternFromString(fixed[i])) == NULL)
-            return -ENOMEM;
+            goto fail;
+    if ((s_sizeof = PyUnicode_InternFromString("__sizeof__")) == NULL)
+        goto fail;
+    for (int i = 0; i < 6; i++)
+        every_keys[i] = fixed_keys[i];
+    every_keys[6] = s_wsgi_input;
+    every_keys[7] = s_remote_port;
     PyObject *rt = PyType_FromSpec(&resp_spec);
     PyObject *ru = rt ? PyType_FromSpec(&runner_spec) : NULL;
     if (s_start_response == NULL || s_slow_start == NULL || s_gr_context == NULL
