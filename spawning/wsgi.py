@@ -120,11 +120,11 @@ class Input:
 
     __slots__ = ("_buf", "_cbuf", "_eof", "_pp", "_resp", "_srv", "_waiter")
 
-    def __init__(self, srv: Any, resp: Response, waiter: Any) -> None:
+    def __init__(self, srv: Any, resp: Response, waiter: Any, head: bytes = b"") -> None:
         self._srv = srv
         self._resp = resp        # its code names the request; its req, for the slow paths
         self._waiter = waiter
-        self._buf = b""          # read ahead by readline
+        self._buf = head         # read ahead: by readline, or by C (csrc/py/runner.c, body_input)
         self._cbuf = None
         self._pp = None
         self._eof = False
@@ -177,6 +177,7 @@ class Input:
         """The request is over: later reads get b'' (C has let go of the request), and the read
         buffer goes back to the pool."""
         self._eof = True
+        self._buf = b""          # what readline read ahead too (as csrc/py/runner.c's Input)
         cbuf = self._cbuf
         if cbuf is not None:
             self._cbuf = None
@@ -575,8 +576,8 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
         return st + b"\0" + packed if packed else st
 
     if Runner is not None:
-        def new_input(resp: Response) -> Input:
-            return Input(srv, resp, waiter)
+        def new_input(resp: Response, head: bytes = b"") -> Input:
+            return Input(srv, resp, waiter, head)
 
         def close_error(exc: BaseException) -> None:
             log.error("error closing the WSGI app's iterable", exc_info=exc)
