@@ -385,6 +385,8 @@ static PyType_Spec inp_spec = {
 
 /* ---- Runner ----------------------------------------------------------------------------- */
 
+#define HEAD_OBJS 17    /* a status and 8 headers: what follows is packed every time */
+
 typedef struct {
     PyObject_HEAD
     sp_server *srv;
@@ -404,6 +406,9 @@ typedef struct {
     PyObject *stream_types;  /* results Python streams itself (wsgi.file_wrapper: sendfile) */
     PyObject *close_error;   /* callable(exception): logs an error from the result's close() */
     char *hbuf; size_t hcap; /* the packed head of the answer being made (the GIL guards it) */
+    PyObject *head_objs[HEAD_OBJS];  /* what hbuf was packed from: the status, then each header's */
+    int nhead_objs;                  /* name and value (references held), as far as kept */
+    size_t head_off[HEAD_OBJS];      /* where each one's bytes end in hbuf (pack_head) */
 } Runner;
 
 static int runner_traverse(Runner *self, visitproc visit, void *arg)
@@ -441,11 +446,14 @@ static int runner_clear(Runner *self)
     return 0;
 }
 
+static void forget_head(Runner *self, int idx);
+
 static void runner_dealloc(Runner *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     runner_clear(self);
+    forget_head(self, 0);
     free(self->hbuf);
     ((freefunc)PyType_GetSlot(tp, Py_tp_free))(self);
     Py_DECREF(tp);
@@ -637,6 +645,9 @@ typedef struct {
 static key_ent env_keys[KEY_SLOTS];   /* the GIL guards it (pyfast is not built free-threaded) */
 static PyObject *fixed_keys[6];       /* REMOTE_ADDR, then SP_ENV_FIXED's */
 static val_ent fixed_vals[6];         /* their last values */
+#define PORT_VALS 64                  /* a power of two */
+static val_ent port_vals[PORT_VALS];  /* REMOTE_PORT values by the port's last digits: a
+                                         keep-alive connection's requests share its port's str */
 
 /* Values that are credentials are never kept, so that no compare's timing says anything of one
  * request's secret to another (and they differ from user to user anyway). */
@@ -825,7 +836,9 @@ static PyObject *env_from_block(Runner *self, const sp_request *r)
             goto fail;
         p = vz + 1;
     }
-    if (env_set(env, s_remote_port, NULL, p, (size_t)(end - p)) < 0)
+    size_t pn = (size_t)(end - p);
+    unsigned slot = pn ? (unsigned)(p[pn - 1] + 10 * (pn > 1 ? p[pn - 2] : 0)) : 0;
+    if (env_set(env, s_remote_port, &port_vals[slot & (PORT_VALS - 1)], p, pn) < 0)
         goto fail;
     if (proxied && self->forwarded != Py_None) {
         PyObject *port = PyObject_CallFunctionObjArgs(self->forwarded, env, NULL);
@@ -960,38 +973,88 @@ static int put_str(Runner *self, size_t *pos, PyObject *s)
     return 1;
 }
 
+/* The objects of the head in hbuf from the idx-th on are forgotten (it is about to be
+ * overwritten from there). */
+static void forget_head(Runner *self, int idx)
+{
+    while (self->nhead_objs > idx)
+        Py_DECREF(self->head_objs[--self->nhead_objs]);
+}
+
+/* A header's name and value (borrowed), or 0 when it is not an exact tuple or list of two. */
+static int header_of(PyObject *h, PyObject **name, PyObject **value)
+{
+    if (PyTuple_CheckExact(h) && PyTuple_Size(h) == 2) {
+        *name = PyTuple_GetItem(h, 0);
+        *value = PyTuple_GetItem(h, 1);
+    } else if (PyList_CheckExact(h) && PyList_Size(h) == 2) {
+        *name = PyList_GetItem(h, 0);
+        *value = PyList_GetItem(h, 1);
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+/* Puts str o, the head's idx-th object (0 the status, then each name and value), into hbuf at
+ * *pos, after a NUL unless it is the status, and keeps it there for head_obj; as put_str. */
+static int head_put(Runner *self, int idx, PyObject *o, size_t *pos)
+{
+    forget_head(self, idx);
+    if (idx > 0)
+        self->hbuf[(*pos)++] = '\0';    /* put_str made room for one more byte each time */
+    int r = put_str(self, pos, o);
+    if (r > 0 && idx < HEAD_OBJS) {
+        Py_INCREF(o);
+        self->head_objs[idx] = o;
+        self->head_off[idx] = *pos;
+        self->nhead_objs = idx + 1;
+    }
+    return r;
+}
+
+/* head_put, unless *same (every object before o is the one hbuf was packed from) and o is the
+ * idx-th of those: then its bytes are in hbuf already. */
+static inline int head_obj(Runner *self, int idx, PyObject *o, size_t *pos, int *same)
+{
+    if (*same && idx < self->nhead_objs && self->head_objs[idx] == o) {
+        *pos = self->head_off[idx];
+        return 1;
+    }
+    *same = 0;
+    return head_put(self, idx, o, pos);
+}
+
 /* The response's head packed as sp_code_answer() takes it, "status\0name\0value...", in
- * self->hbuf: 1 with *len (and the status's length, *slen); 0 when Python must pack it (anything but a str status and a list of
- * (str, str) tuples or lists, all ASCII without NUL), -1 on a Python error. No Python code runs:
- * the exact types are asked for, so no app's __eq__ or __str__ is called. */
+ * self->hbuf: 1 with *len (and the status's length, *slen); 0 when Python must pack it
+ * (anything but a str status and a list of (str, str) tuples or lists, all ASCII without NUL),
+ * -1 on a Python error. No Python code runs: the exact types are asked for, so no app's __eq__
+ * or __str__ is called.
+ *
+ * An app commonly answers with the same str objects request after request (literals, module
+ * constants): as long as the status and the names and values, in order, are the very objects
+ * hbuf holds the head of (held, so no other object can take their address; strs are
+ * immutable), their bytes are there already, and packing starts at the first that differs (a
+ * hello world's whole head, a form handler's all but its Content-Length): no encoding, checks
+ * or copies for them (~800 instructions of a hello-world request). The one cache of response
+ * heads, and C's. */
 static int pack_head(Runner *self, Resp *resp, size_t *len, size_t *slen)
 {
     PyObject *st = resp->status, *hd = resp->headers;
     size_t pos = 0;
+    int same = 1;
     if (st == NULL || !PyUnicode_CheckExact(st) || hd == NULL || !PyList_CheckExact(hd))
         return 0;
-    int r = put_str(self, &pos, st);
+    int r = head_obj(self, 0, st, &pos, &same);
     *slen = pos;
     Py_ssize_t n = PyList_Size(hd);
     for (Py_ssize_t i = 0; r > 0 && i < n; i++) {
-        PyObject *h = PyList_GetItem(hd, i), *name, *value;
-        if (PyTuple_CheckExact(h) && PyTuple_Size(h) == 2) {
-            name = PyTuple_GetItem(h, 0);
-            value = PyTuple_GetItem(h, 1);
-        } else if (PyList_CheckExact(h) && PyList_Size(h) == 2) {
-            name = PyList_GetItem(h, 0);
-            value = PyList_GetItem(h, 1);
-        } else {
+        PyObject *name, *value;
+        if (!header_of(PyList_GetItem(hd, i), &name, &value)
+                || !PyUnicode_CheckExact(name) || !PyUnicode_CheckExact(value))
             return 0;
-        }
-        if (!PyUnicode_CheckExact(name) || !PyUnicode_CheckExact(value))
-            return 0;
-        /* put_str made room for one more byte each time: the NUL separators */
-        self->hbuf[pos++] = '\0';
-        if ((r = put_str(self, &pos, name)) <= 0)
-            break;
-        self->hbuf[pos++] = '\0';
-        r = put_str(self, &pos, value);
+        if ((r = head_obj(self, (int)(1 + 2 * i), name, &pos, &same)) > 0)
+            r = head_obj(self, (int)(2 + 2 * i), value, &pos, &same);
     }
     *len = pos;
     return r;
