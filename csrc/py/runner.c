@@ -7,18 +7,25 @@
  * handle()), which runs it and the ones after it, as long as each answer is one this file knows:
  *
  *   1. The environ, made from the block the core packed from the head (sp.h, sp_request.env):
- *      a copy of the listener's constant environ, interned keys from a small table, one latin-1
- *      str per value; a trusted proxy's headers then rewrite it (spawning.forwarded), only when
- *      the head carries one. The one cache of the path is here, and C's alone: a keep-alive
- *      client repeating its request byte for byte gets a copy of the environ its connection's
- *      first repeat got (request_env).
+ *      a copy of the listener's constant environ, already sized for a browser's headers
+ *      (roomy_base), interned keys from a small table, one latin-1 str per value, shared with
+ *      the last request whose value for that key had the same bytes (env_value); a trusted
+ *      proxy's headers then rewrite it (spawning.forwarded), only when the head carries one. A
+ *      keep-alive client repeating its request byte for byte gets a copy of the environ its
+ *      connection's first repeat got (request_env). A Content-Length body the loop already
+ *      holds is wsgi.input as a C Input (body_input); any other, wsgi.py's Input.
  *   2. The app, called with a ResponseBase's start_response (C members for the per-request
  *      state; wsgi.Response adds write() and the rest in Python).
  *   3. The answer: a list of one bytes object in one crossing (sp_code_answer: head, body and
  *      finish, and in thread mode the thread's next request); any other iterable but a
  *      wsgi.file_wrapper streamed chunk by chunk as the app yields it; close() called. The head
- *      is packed from exact str/list/tuple objects only, so no app code runs meanwhile; the
- *      core validates and formats it.
+ *      is packed from exact str/list/tuple objects only, so no app code runs meanwhile, reusing
+ *      the bytes of the leading objects that are the ones last packed (pack_head); the core
+ *      validates and formats it.
+ *
+ * The caches of the path are C's alone (wsgi.py keeps none). Besides the repeats' environs, they
+ * hold strs, which are immutable, matched value by value (bytes) or object by object (the
+ * head's), so they pay on heads that differ, as a browser's do.
  *   4. The access log's callable, then the next request: in thread mode a poll with the GIL
  *      released, in a request greenlet the hub's batch (greenlet-locals and contextvars reset
  *      first).
