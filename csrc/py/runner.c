@@ -405,8 +405,9 @@ typedef struct {
     PyObject *resp_cls;   /* the handler's ResponseBase subclass */
     PyObject *log;        /* callable(environ, status, sent, headers) that never raises, or None */
     PyObject *spare;      /* a response object no one else holds, for the next request */
-    PyObject *base_envs;  /* list: each listener's constant environ (wsgi.base_environ), as
-                             roomy_base() makes it over: what every environ is copied from */
+    PyObject *base_envs;  /* list: for each listener, what its environs are copied from: its
+                             constant environ (wsgi.base_environ) as base_env() makes it over, as
+                             a tuple (for a head of one field or none, for more) */
     PyObject *empty;      /* wsgi.input of a request without a body */
     PyObject *forwarded;  /* callable(environ) -> REMOTE_PORT or None, rewriting an environ from
                              a trusted proxy's headers (spawning.forwarded); None: no proxies */
@@ -466,7 +467,7 @@ static void runner_dealloc(Runner *self)
     Py_DECREF(tp);
 }
 
-static PyObject *roomy_base(PyObject *base, PyObject *empty);
+static PyObject *base_env(PyObject *base, PyObject *empty, int roomy);
 
 /* Runner(server_address, app, new_input, response_class, log, base_envs, empty_input,
  *        forwarded, stream_types, close_error): the handler's state (wsgi.py, make_handler) */
@@ -499,15 +500,16 @@ static PyObject *runner_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         return NULL;
     }
     for (Py_ssize_t i = 0; i < PyList_Size(bases); i++) {
-        PyObject *b = PyList_GetItem(bases, i);
-        PyObject *roomy = PyDict_Check(b) ? roomy_base(b, empty) : NULL;
-        if (roomy == NULL) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_TypeError, "Runner(): base environs must be dicts");
+        PyObject *b = PyList_GetItem(bases, i), *pair = NULL;
+        if (!PyDict_Check(b))
+            PyErr_SetString(PyExc_TypeError, "Runner(): base environs must be dicts");
+        else
+            pair = Py_BuildValue("(NN)", base_env(b, empty, 0), base_env(b, empty, 1));
+        if (pair == NULL) {
             Py_DECREF(self);
             return NULL;
         }
-        PyList_SetItem(self->base_envs, i, roomy);      /* steals */
+        PyList_SetItem(self->base_envs, i, pair);       /* steals */
     }
     Py_INCREF(app); self->app = app;
     Py_INCREF(new_input); self->new_input = new_input;
@@ -736,6 +738,12 @@ static int env_set(PyObject *env, PyObject *key, val_ent *c, const char *p, size
     return rc;
 }
 
+/* The first NUL in p[0..end), or NULL. */
+static inline const char *find_nul(const char *p, const char *end)
+{
+    return p < end ? memchr(p, 0, (size_t)(end - p)) : NULL;
+}
+
 /* The keys every environ gets from its request: REMOTE_ADDR, SP_ENV_FIXED's, REMOTE_PORT, and
  * wsgi.input (a body's, or the empty one), REMOTE_PORT last (roomy_base). */
 #define EVERY_KEYS 8
@@ -760,19 +768,22 @@ out:
     return r;
 }
 
-/* What every environ of a listener is copied from: its constant environ (wsgi.base_environ) and
- * the keys every request sets (every_keys: placeholders each request overwrites, and the empty
- * wsgi.input, which stays for a request without a body), in a table with room for a browser's
- * headers. A copy takes its original's table size (PyDict_Copy clones the table of a compact
- * dict), so an environ made from this one does not grow its table as its headers go in, where
- * one copied from the 12 constants grew it at its 22nd key (~1,200 instructions a browser's
- * request). The limited API cannot presize a dict; a table grows, compacted, when a new key
- * finds it full, to 3 times the keys it holds (CPython's rule since 3.7). So the last of the keys
- * goes in only once the table is full: keys that are not the environ's (added, then deleted)
- * fill it first. 20 keys then take a table of 64 with room for 22 more, and it holds no deleted
- * entry, which a copy would carry. Where that fails (another growth rule), the result is as
- * good as a copy of the constants. A new dict, or NULL with a Python error. */
-static PyObject *roomy_base(PyObject *base, PyObject *empty)
+/* What a listener's environs are copied from: its constant environ (wsgi.base_environ) and the
+ * keys every request sets (every_keys: placeholders each request overwrites, and the empty
+ * wsgi.input, which stays for a request without a body); if roomy, in a table with room for a
+ * browser's headers. A copy takes its original's table size (PyDict_Copy clones the table of a
+ * compact dict), so an environ made from the roomy one does not grow its table as its headers
+ * go in, where one copied from the 12 constants grew it at its 22nd key (~1,200 instructions a
+ * browser's request). The limited API cannot presize a dict; a table grows, compacted, when a
+ * new key finds it full, to 3 times the keys it holds (CPython's rule since 3.7). So the last of
+ * the keys goes in only once the table is full: keys that are not the environ's (added, then
+ * deleted) fill it first. 20 keys then take a table of 64 with room for 22 more, and it holds no
+ * deleted entry, which a copy would carry. Where that fails (another growth rule), the result is
+ * as good as a copy of the constants. The other, in the table of 32 the 20 keys take, holds one
+ * field more: a head of one field (a long-poll client's Host) or none keeps the smaller table it
+ * had before, so a request waiting in green mode takes no more memory. A new dict, or NULL with
+ * a Python error. */
+static PyObject *base_env(PyObject *base, PyObject *empty, int roomy)
 {
     PyObject *d = PyDict_New(), *filler = NULL;
     if (d == NULL || PyDict_Update(d, base) < 0)
@@ -780,7 +791,7 @@ static PyObject *roomy_base(PyObject *base, PyObject *empty)
     for (int i = 0; i < EVERY_KEYS - 1; i++)
         if (PyDict_SetItem(d, every_keys[i], i == EVERY_KEYS - 2 ? empty : Py_None) < 0)
             goto fail;
-    for (int i = 0; i < 64; i++) {    /* a table of 64 holds 42: bounded, whatever the rule */
+    for (int i = 0; roomy && i < 64; i++) {     /* a table of 64 holds 42: bounded, whatever the rule */
         int full = would_grow(d);
         if (full < 0)
             goto fail;
@@ -805,26 +816,34 @@ fail:
  * copy's is the empty one), or NULL with a Python error. */
 static PyObject *env_from_block(Runner *self, const sp_request *r)
 {
-    PyObject *base = PyList_GetItem(self->base_envs, r->listener);
-    PyObject *env = base != NULL ? PyDict_Copy(base) : NULL;
-    if (env == NULL)
-        return NULL;
-    const char *p = r->env, *end = r->env + r->env_len;
+    const char *p = r->env, *end = r->env + r->env_len, *ends[6];
+    PyObject *env = NULL;
     for (int i = 0; i < 6; i++) {
-        const char *z = memchr(p, 0, (size_t)(end - p));
-        if (z == NULL)
+        if ((ends[i] = find_nul(p, end)) == NULL)
             goto bad;
-        if (env_set(env, fixed_keys[i], &fixed_vals[i], p, (size_t)(z - p)) < 0)
+        p = ends[i] + 1;
+    }
+    /* Two fields or more (a key's NUL after the first field's value's): the roomy base. */
+    const char *q = find_nul(p, end);
+    if (q != NULL)
+        q = find_nul(q + 1, end);
+    int many = q != NULL && find_nul(q + 1, end) != NULL;
+    PyObject *bases = PyList_GetItem(self->base_envs, r->listener);
+    PyObject *base = bases != NULL ? PyTuple_GetItem(bases, many) : NULL;
+    if (base == NULL || (env = PyDict_Copy(base)) == NULL)
+        return NULL;
+    for (int i = 0; i < 6; i++) {
+        const char *v = i ? ends[i - 1] + 1 : r->env;
+        if (env_set(env, fixed_keys[i], &fixed_vals[i], v, (size_t)(ends[i] - v)) < 0)
             goto fail;
-        p = z + 1;
     }
     int proxied = 0;   /* a header a trusted proxy may have set (spawning.forwarded reads them) */
     for (;;) {   /* "KEY\0value\0" pairs, until what is left has no NUL: REMOTE_PORT */
-        const char *kz = memchr(p, 0, (size_t)(end - p));
+        const char *kz = find_nul(p, end);
         if (kz == NULL)
             break;
         const char *v = kz + 1;
-        const char *vz = memchr(v, 0, (size_t)(end - v));
+        const char *vz = find_nul(v, end);
         if (vz == NULL)
             goto bad;
         size_t kn = (size_t)(kz - p);
@@ -860,7 +879,7 @@ static PyObject *env_from_block(Runner *self, const sp_request *r)
 bad:
     PyErr_SetString(PyExc_RuntimeError, "spawning: malformed environ block");
 fail:
-    Py_DECREF(env);
+    Py_XDECREF(env);
     return NULL;
 }
 
