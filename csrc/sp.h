@@ -120,7 +120,7 @@ typedef struct sp_proxy_addr {
  * SP_PROXY_V1_MAX / SP_PROXY_V2_MAX. Garbage is refused at its first byte that cannot fit. */
 int sp_parse_proxy(const char *buf, size_t len, sp_proxy_addr *out);
 
-/* ---- Server (server.c, conn.c, loop backends) ------------------------------------------------- */
+/* ---- Server (csrc/loop/, csrc/conn/) --------------------------------------------------------- */
 
 typedef struct sp_server sp_server;
 
@@ -135,8 +135,8 @@ typedef struct sp_config {
     int keepalive;               /* 0: every response closes its connection */
     size_t max_chunk_ext;        /* chunk-extension limit; 0: SP_DEFAULT_MAX_CHUNK_EXT */
     const char *server_header;   /* "Server: ..." value, NULL or "" for none */
-    int cork;                    /* hold small keep-alive responses to send them in bursts (conn.c,
-                                    "Corking"). Off for a single app thread: nothing else would
+    int cork;                    /* hold small keep-alive responses to send them in bursts
+                                    (conn/output.c, "Corking"). Off for a single app thread: nothing else would
                                     flush them while that thread runs a slow request. */
     int chain;                   /* thread mode: sp_code_answer() also takes the next request */
     uint64_t proxy_listeners;    /* bit i: connections on listener i (0-63) start with a PROXY
@@ -280,7 +280,7 @@ int64_t sp_poll_one(sp_server *s, int timeout_ms);
 int sp_watch(sp_server *s, int fd, int mask, int64_t token);
 int sp_unwatch(sp_server *s, int fd);
 
-/* ---- Responding to a request (conn.c) ---------------------------------------------------------- *
+/* ---- Responding to a request (conn/api.c) ------------------------------------------------------ *
  *
  * Every sp_req_* function takes the request's code (above), never a pointer to it: it looks the
  * code up under the server's mutex and answers -ESTALE when the code names no request Python
@@ -314,7 +314,7 @@ ssize_t sp_req_drain(sp_server *s, int64_t code, size_t low_water);
  * bytes sent (maybe fewer), -EAGAIN when the socket is full, or -errno (-ENOSYS: caller falls back). */
 ssize_t sp_req_sendfile(sp_server *s, int64_t code, int fd, int64_t offset, size_t count);
 /* Start + write + finish in one crossing: the common case of a one-piece body. A small response on
- * a keep-alive connection may be held back briefly to leave in a burst with others (conn.c,
+ * a keep-alive connection may be held back briefly to leave in a burst with others (conn/output.c,
  * "Corking"); it is never held past the caller's next sp_poll() that finds no work. Returns -EINVAL
  * (invalid status/header: nothing was sent and the request is still the caller's, to answer 500),
  * else the request is finished: 0, or -errno when the client was gone. */
@@ -327,7 +327,7 @@ sp_request *sp_code_req(sp_server *s, int64_t code);
  * one buffer: head is "status\0headers" (the status holds no NUL: callers check). */
 int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,
                     const char *body, size_t blen);
-/* Sends every held-back response (conn.c, "Corking") now, as far as the sockets take them. */
+/* Sends every held-back response (conn/output.c, "Corking") now, as far as the sockets take them. */
 void sp_server_flush(sp_server *s);
 /* sp_code_respond(), then, when the server's config says chain (thread mode), the calling
  * thread's next request if one is queued (first polling without waiting if the queue has gone

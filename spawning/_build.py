@@ -2,6 +2,7 @@
 
 Kept tiny on purpose: the declarations live in _core_cdef.h, the code in csrc/.
 """
+import glob
 import os
 import sys
 import sysconfig
@@ -10,8 +11,10 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(os.path.dirname(HERE), "csrc")
-# The core, then its CPython part (csrc/py/: the request runner, behind csrc/py/runner.h).
-SOURCES = ["parser.c", "env.c", "proxy.c", "server.c", "conn.c", "py/runner.c"]
+# The core's parts, bottom layer first (csrc/http/: parsing; loop/: the event loop, which includes
+# its one backend; conn/: the connections, as one unit that includes the part's files: see
+# csrc/conn/unit.c), then the CPython part (csrc/py/: the request runner, behind py/runner.h).
+SOURCES = ["http/parser.c", "http/env.c", "http/proxy.c", "loop/loop.c", "conn/unit.c", "py/runner.c"]
 
 # cffi compiles against the stable ABI except on debug and free-threaded builds; we do the same.
 LIMITED_API = not (hasattr(sys, "gettotalrefcount") or sysconfig.get_config_var("Py_GIL_DISABLED"))
@@ -26,8 +29,10 @@ extra = ["-std=gnu99", "-O3", "-Wall", "-Wextra"]
 if sys.platform != "win32":
     extra += ["-fvisibility=hidden"]
 if os.environ.get("SPAWNING_SANITIZE"):
-    # Through libc's wrappers, whose buffers ASan checks (csrc/sysio.h).
-    extra += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-DSP_LIBC_SYSCALLS"]
+    # Through libc's wrappers, whose buffers ASan checks (csrc/loop/sysio.h).
+    # SP_CHECK_STATES: an illegal connection state change aborts (csrc/conn/conn.h).
+    extra += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-DSP_LIBC_SYSCALLS",
+              "-DSP_CHECK_STATES"]
 # csrc/py/runner.c is written against the CPython API; elsewhere (and in a test build of the Python
 # path alone) wsgi.py runs every request itself. Also on free-threaded builds: the runner swaps
 # its spare response object and reads its members without a lock, which only the GIL makes safe.
@@ -85,9 +90,9 @@ ffibuilder.set_source(
     sources=[os.path.relpath(os.path.join(CSRC, s)) for s in SOURCES]
     + ([os.path.relpath(os.path.join(SHIM, "kqueue_shim.c"))] if shim else []),
     include_dirs=[os.path.relpath(CSRC)] + ([os.path.relpath(SHIM)] if shim else []),
-    # Headers too: a change to core.h alone must rebuild every object that includes it.
-    depends=sorted(os.path.relpath(os.path.join(d, h)) for d in (CSRC, os.path.join(CSRC, "py"))
-                   for h in os.listdir(d) if h.endswith(".h")),
+    # Headers and included .c files too (conn/unit.c's, the backends): a change to one of them
+    # alone must rebuild every object that includes it.
+    depends=sorted(os.path.relpath(f) for f in glob.glob(os.path.join(CSRC, "**", "*.[ch]"), recursive=True)),
     extra_compile_args=extra,
     # The stable ABI of 3.10, the wheel's tag (setup.py), rather than cffi's default of 3.2's:
     # csrc/py/runner.c uses METH_FASTCALL and PyObject_CallNoArgs.

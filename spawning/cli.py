@@ -23,7 +23,7 @@ from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, Halt
 
 #: name -> (``module:function(argv) -> int``, help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "status": ("spawning.status:main", "show the status of a running server (see --status-port)"),
+    "status": ("spawning.status.command:main", "show the status of a running server (see --status-port)"),
 }
 
 LOG_FORMAT = logs.TEXT_FORMAT
@@ -39,7 +39,7 @@ def load_config(args: dict[str, Any]) -> dict[str, Any]:
     """Runs the configured ``config_factory`` on the parsed options (raises ConfigError)."""
     from .worker import import_object
 
-    factory_path = args.get("factory") or "spawning.wsgi_factory.config_factory"
+    factory_path = args.get("factory") or "spawning.factories.wsgi.config_factory"
     try:
         factory = import_object(factory_path)
     except Exception as exc:

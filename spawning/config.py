@@ -146,7 +146,7 @@ def env_pair(text: str) -> str:
 
 def ip_list(text: str) -> str:
     """``--forwarded-allow-ips``: addresses and CIDR blocks, comma-separated, or ``*``."""
-    from .forwarded import parse_allow
+    from .wsgi.forwarded import parse_allow
 
     try:
         parse_allow(str(text))
@@ -162,7 +162,7 @@ def optional_str(text: str) -> str | None:
 def access_log_format(text: str) -> str | None:
     """``--access-log-format``: a named format or one of known atoms, checked now so that a typo
     is a usage error rather than a line of dashes."""
-    from .accesslog import check_format  # imports nothing heavy; keeps import order free
+    from .wsgi.accesslog import check_format  # imports nothing heavy; keeps import order free
 
     return check_format(text)
 
@@ -259,7 +259,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("args", (), [], "the application as a dotted path (module.app or module:app), then "
            "middleware, each a dotted path to mw(app) -> app, applied in order", "Application",
            kind="positional", metavar="APP [MIDDLEWARE ...]"),
-    Option("factory", ("-f", "--factory"), "spawning.wsgi_factory.config_factory",
+    Option("factory", ("-f", "--factory"), "spawning.factories.wsgi.config_factory",
            "dotted path to config_factory(args) -> config; it names the app_factory each worker calls",
            "Application", metavar="DOTTED"),
     Option("threads", ("-t", "--threads"), 4,
@@ -561,7 +561,7 @@ FOREIGN_FLAGS = {
     "--worker-class": "--threads N (N threads a worker) or --threads 0 (green threads)",
     "--worker-connections": "--max-connections",
     "-D": "--daemonize",
-    "--paste": "--factory spawning.paste_factory.config_factory FILE.ini",
+    "--paste": "--factory spawning.factories.paste.config_factory FILE.ini",
     "--certfile": "a TLS-terminating proxy in front (spawning serves plain HTTP)",
     "--keyfile": "a TLS-terminating proxy in front (spawning serves plain HTTP)",
 }

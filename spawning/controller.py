@@ -62,7 +62,7 @@ Extension points for other components (the status service of ``--status-port``):
   workers after fork.
 - ``COMPONENTS`` lists (config key, ``module:attach``) pairs: when the key's value is truthy, the
   controller imports the module and calls ``attach(controller)`` after binding its sockets. The status
-  service plugs in as ``spawning.status:attach``. A factory may name more in
+  service plugs in as ``spawning.status.service:attach``. A factory may name more in
   ``config["components"]``.
 """
 
@@ -121,7 +121,7 @@ PROGRESS_FIRST = 0.2
 TICK = 0.5
 
 COMPONENTS: tuple[tuple[str, str], ...] = (
-    ("status_port", "spawning.status:attach"),
+    ("status_port", "spawning.status.service:attach"),
     ("coverage", "spawning.coverage_support:attach"),
 )
 

@@ -1,4 +1,5 @@
-"""Exceptions and exit codes shared by the command line, the controller and the workers.
+"""Exceptions and exit codes shared by the command line, the controller and the workers, and the
+one check of the C core's ``-errno`` results (``check``, ``errno_name``).
 
 Exit codes of the ``spawning`` command (documented in the README):
 
@@ -15,6 +16,9 @@ controller why; the controller never passes that code on as its own.
 """
 
 from __future__ import annotations
+
+import errno
+import os
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -56,3 +60,17 @@ class AppLoadError(Exception):
     def __init__(self, message: str, files: list[str] | None = None) -> None:
         super().__init__(message)
         self.files = files or []
+
+
+def check(rc: int, what: str = "spawning core") -> int:
+    """Raises OSError for a negative -errno result from C, returns rc otherwise."""
+    if rc < 0:
+        code = -rc
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+    return rc
+
+
+def errno_name(rc: int) -> str:
+    """'ECONNRESET (Connection reset by peer)' for a -errno result."""
+    code = -rc if rc < 0 else rc
+    return f"{errno.errorcode.get(code, code)} ({os.strerror(code)})"

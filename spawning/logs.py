@@ -57,7 +57,7 @@ class LineFile:
     in one ``write()`` (the rest after a short one, which only a line over a pipe's atomic size
     can suffer), and opened anew in place, under the same descriptor number, when log rotation
     moved or removed it. The one owner of these rules, for the server's log (LineHandler) and the
-    access log (spawning.accesslog)."""
+    access log (spawning.wsgi.accesslog)."""
 
     def __init__(self, path: str) -> None:
         self.path = path

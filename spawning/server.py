@@ -4,9 +4,12 @@
 
 - threads (``--threads N``, N >= 1): N threads each take one request at a time from the loop
   (``sp_poll_one``; a thread answering a request takes its next one in the same call) and run it. The C side arranges leader/follower so a fast app keeps a single thread busy with no
-  hand-offs (see csrc/server.c); a blocking app gets a second thread after about a millisecond.
+  hand-offs (see csrc/loop/loop.c); a blocking app gets a second thread after about a millisecond.
 - green (``--threads 0``): a hub greenlet drives the loop; each request runs in its own greenlet
   (spawning.green).
+
+This is the one place that puts the core, the WSGI handler (spawning.wsgi) and a dispatcher
+together: spawning.green gets the loop and the finish test from here and never sees the server.
 
 ``drain()`` and ``stop()`` are safe from any thread and from signal handlers' deferred work.
 """
@@ -21,9 +24,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import sockets, wsgi
+from . import sockets
 from ._core import ffi, lib
-from .forwarded import ProxyTrust
+from .errors import check, errno_name
+from .wsgi.accesslog import AccessLog
+from .wsgi.environ import base_environ
+from .wsgi.forwarded import ProxyTrust
+from .wsgi.handler import ThreadWaiter, make_handler
 
 log = logging.getLogger("spawning")
 
@@ -47,6 +54,12 @@ def _ms(seconds: float | None, default: float) -> int:
         seconds = default
     ms = float(seconds) * 1000
     return max(1, int(ms)) if ms > 0 else 0
+
+
+def _timeout(value: Any, default: float) -> float | None:
+    """A configured timeout in seconds: None (no limit) for 0, as everywhere else."""
+    seconds = default if value is None else float(value)
+    return seconds if seconds > 0 else None
 
 
 def make_core_config(config: dict) -> Any:
@@ -87,7 +100,7 @@ class Server:
         self.listeners = listeners
         self.threads = int(config.get("threads", 4))
         if self.threads == 0:   # the app is loaded now: refuse gevent/eventlet as a boot error
-            from . import green
+            from . import green  # only in green mode: thread mode never loads greenlet
             green.check_app_compat()
         self._core_cfg = make_core_config(config)
         # --no-server-header: an empty value is no header at all (csrc/sp.h).
@@ -101,14 +114,14 @@ class Server:
         self._srv = ffi.gc(srv, lib.sp_server_free)
         self.base_envs = []
         for i, sock in enumerate(listeners):
-            wsgi.check(lib.sp_server_add_listener(srv, sock.fileno(), i), "listen")
+            check(lib.sp_server_add_listener(srv, sock.fileno(), i), "listen")
             try:
                 name = sock.getsockname()
             except OSError:
                 name = ("", 0)
-            self.base_envs.append(wsgi.base_environ(name, sock.family, config))
-        self.access_log = wsgi.AccessLog(config.get("access_log_file", "-"),
-                                         config.get("access_log_format"))
+            self.base_envs.append(base_environ(name, sock.family, config))
+        self.access_log = AccessLog(config.get("access_log_file", "-"),
+                                    config.get("access_log_format"))
         self._count_buf = ffi.new("sp_stats *")
         self._draining = False
         self._stopping = False
@@ -208,16 +221,27 @@ class Server:
     def serve(self) -> None:
         """Runs the dispatcher until drained or stopped. Call from the main thread."""
         if self.threads == 0:
-            from . import green
-            green.serve(self)
+            self._serve_green()
         else:
             self._serve_threads()
 
+    def _serve_green(self) -> None:
+        from . import green
+
+        cfg = self.config
+        hub = green.Hub(self._srv, self._finished)
+        waiter = green.GreenRequestWaiter(hub, _timeout(cfg.get("body_timeout"), 60.0),
+                                          _timeout(cfg.get("send_timeout"), 60.0))
+        hub.handle = make_handler(self.app, self._srv, self.base_envs, waiter, self.access_log,
+                                  forwarded=self.forwarded)
+        # The housekeeping tasks start once the hub runs.
+        green.serve(hub, self.wakeup_fd(), self.hub_tasks)
+
     def _serve_threads(self) -> None:
         body_ms = _ms(self.config.get("body_timeout"), 60)
-        waiter = wsgi.ThreadWaiter(self._srv, body_ms if body_ms > 0 else -1)   # 0: off, no limit
-        handle = wsgi.make_handler(self.app, self._srv, self.base_envs, waiter, self.access_log,
-                                   threads=self.threads, poll_ms=POLL_MS, forwarded=self.forwarded)
+        waiter = ThreadWaiter(self._srv, body_ms if body_ms > 0 else -1)   # 0: off, no limit
+        handle = make_handler(self.app, self._srv, self.base_envs, waiter, self.access_log,
+                              threads=self.threads, poll_ms=POLL_MS, forwarded=self.forwarded)
         workers = [threading.Thread(target=self._thread_main, args=(handle,), name=f"spawning-{i}",
                                     daemon=True) for i in range(self.threads)]
         for t in workers:
@@ -239,7 +263,7 @@ class Server:
         try:
             self._thread_loop(handle)
         finally:
-            # Responses held back to leave in a burst (csrc/conn.c, "Corking") go now.
+            # Responses held back to leave in a burst (csrc/conn/output.c, "Corking") go now.
             lib.sp_server_flush(self._srv)
 
     def _thread_loop(self, handle: Callable) -> None:
@@ -259,7 +283,7 @@ class Server:
                     log.exception("internal error handling a request")
                     code = 0
             if code < 0 and code != -errno.EINTR:
-                log.error("event loop failed: %s", wsgi.errno_name(code))
+                log.error("event loop failed: %s", errno_name(code))
                 time.sleep(0.1)
             if finished():
                 self._done.set()

@@ -62,8 +62,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 from .errors import WORKER_BOOT_ERROR, AppLoadError
-from .health import Readiness
-from .health import middleware as health_middleware
+from .wsgi.health import Readiness
+from .wsgi.health import middleware as health_middleware
 
 log = logging.getLogger("spawning")
 
@@ -134,7 +134,7 @@ def load_app(config: dict[str, Any]) -> Any:
     failure raises ``AppLoadError`` with one line. A worker calls it after fork; the controller
     before forking with ``--preload``, and for ``--check-config``."""
     try:
-        return import_object(config.get("app_factory") or "spawning.wsgi_factory.app_factory")(config)
+        return import_object(config.get("app_factory") or "spawning.factories.wsgi.app_factory")(config)
     except AppLoadError:
         raise
     except Exception as exc:
@@ -231,7 +231,7 @@ class Worker:
 
     def _boot(self) -> Any:
         """Builds the config, the app and the server; returns the server or raises AppLoadError."""
-        factory_path = self.args.get("factory") or "spawning.wsgi_factory.config_factory"
+        factory_path = self.args.get("factory") or "spawning.factories.wsgi.config_factory"
         try:
             config_factory: Callable[[dict[str, Any]], dict[str, Any]] = import_object(factory_path)
         except Exception as exc:

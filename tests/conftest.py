@@ -125,6 +125,69 @@ def http_request(port: int, path: str = "/", method: str = "GET", timeout: float
         conn.close()
 
 
+def raw_exchange(port: int, data: bytes, timeout: float = 5.0, wait_close: bool = True) -> bytes:
+    """Sends data on a fresh connection and returns everything read until close (or timeout);
+    with ``wait_close`` false, only until the end of a response head."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                b = s.recv(65536)
+            except TimeoutError:
+                break
+            except ConnectionResetError:
+                break
+            if not b:
+                break
+            chunks.append(b)
+            if not wait_close and b"\r\n\r\n" in b"".join(chunks):
+                break
+        return b"".join(chunks)
+
+
+def http_get(port: int, path: str, method: str = "GET", body: bytes | None = None,
+             headers: dict | None = None,
+             conn: http.client.HTTPConnection | None = None) -> tuple[http.client.HTTPResponse, bytes]:
+    """One request, on ``conn`` (kept open) or a fresh connection: (the response, its body)."""
+    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request(method, path, body=body, headers=headers or {})
+    r = c.getresponse()
+    data = r.read()
+    if conn is None:
+        c.close()
+    return r, data
+
+
+def read_head(f) -> bytes:
+    """A response head from a socket's file, without its blank line."""
+    lines = []
+    while True:
+        line = f.readline()
+        assert line, "connection closed before the end of the head"
+        if line == b"\r\n":
+            return b"".join(lines)
+        lines.append(line)
+
+
+def run_clients(srv: Any, client: Callable[..., None], args: list, join_s: float) -> None:
+    """Runs client(*a) in a thread for each a in args, joins them, then stops the server."""
+    try:
+        threads = [threading.Thread(target=client, args=a) for a in args]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(join_s)
+    finally:
+        srv.stop()
+
+
+def workers_rss(server: Any) -> int:
+    """The resident memory of a server's workers, in bytes."""
+    return sum(psutil.Process(pid).memory_info().rss for pid in server.workers())
+
+
 def wait_http_status(port: int, timeout: float = 10.0) -> int:
     """Polls GET / until the server answers (returns the status) or timeout passes (returns 0)."""
     deadline = time.monotonic() + timeout

@@ -3,7 +3,7 @@ kept compiling on Linux.
 
 CI sets SPAWNING_EXPECT_BACKEND for each job (epoll on Linux, kqueue on macOS, poll and kqueue in
 the Linux jobs that build with SPAWNING_FORCE_POLL / SPAWNING_KQUEUE_SHIM), so a job that silently
-built the wrong backend fails here. On Linux, csrc/be_kqueue.c is also compiled, warnings as errors,
+built the wrong backend fails here. On Linux, csrc/loop/be_kqueue.c is also compiled, warnings as errors,
 against tests/c/kqueue_shim (an epoll-based stand-in for <sys/event.h>): the real kqueue is only
 exercised by the macOS job, and this keeps the file from rotting in between.
 """
@@ -42,7 +42,7 @@ def _cc() -> str | None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the shim is epoll-based")
-@pytest.mark.parametrize("unit", ["server.c", "../tests/c/kqueue_shim/kqueue_shim.c"])
+@pytest.mark.parametrize("unit", ["loop/loop.c", "../tests/c/kqueue_shim/kqueue_shim.c"])
 def test_kqueue_backend_compiles_cleanly_against_the_shim(unit: str, tmp_path: Path) -> None:
     cc = _cc()
     if cc is None:
@@ -51,6 +51,6 @@ def test_kqueue_backend_compiles_cleanly_against_the_shim(unit: str, tmp_path: P
            f"-I{CSRC}", f"-I{SHIM}", "-c", "-o", str(tmp_path / "unit.o"), str(CSRC / unit)]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, " ".join(cmd) + "\n" + proc.stderr
-    if unit == "server.c":
+    if unit == "loop/loop.c":
         syms = subprocess.run(["nm", str(tmp_path / "unit.o")], check=False, capture_output=True, text=True).stdout
         assert " U kevent" in syms and " U kqueue" in syms, syms   # be_kqueue.c, not be_epoll.c

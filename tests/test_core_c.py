@@ -30,10 +30,10 @@ def _build_sources() -> list[str]:
 SOURCES = [ROOT / "tests" / "c" / "test_server.c"] + [
     CSRC / f for f in _build_sources() if not f.startswith("py/")]
 CFLAGS = ["-std=gnu99", "-g", "-O1", "-Wall", "-Wextra", "-Werror", "-fsanitize=address,undefined",
-          "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", f"-I{CSRC}"]
+          "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-DSP_CHECK_STATES", f"-I{CSRC}"]
 
 
-# native: the direct system calls of csrc/sysio.h; poll: libc's, whose buffers ASan checks.
+# native: the direct system calls of csrc/loop/sysio.h; poll: libc's, whose buffers ASan checks.
 @pytest.mark.parametrize("flags", [[], ["-DSP_FORCE_POLL", "-DSP_LIBC_SYSCALLS"]], ids=["native", "poll"])
 def test_server_core_under_sanitizers(tmp_path: Path, flags: list[str]) -> None:
     cc = _compiler()

@@ -1,8 +1,9 @@
 """Django, for real: a project made by ``django-admin startproject`` served through
-``spawning.django_factory`` (and as ``mysite.wsgi:application``): the admin login page renders, a
-POST with a CSRF token round-trips, static files are not the server's job, bad input is one line;
-and a whole admin session (log in, 50 pages over one keep-alive connection, log out) as a browser
-has it, in thread and green mode."""
+``spawning.factories.django`` (and as ``mysite.wsgi:application``): the admin login page renders, a
+POST with a CSRF token round-trips, static files are not the server's job; and a whole admin
+session (log in, 50 pages over one keep-alive connection, log out) as a browser has it, in thread
+and green mode. The factory's own checks (bad settings, nothing imported before fork):
+tests/factories/test_django_factory.py."""
 
 from __future__ import annotations
 
@@ -15,24 +16,22 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from conftest import APPS, ROOT, Browser, free_port
+from conftest import Browser
 
 pytest.importorskip("django")
 
-DJANGO = "--factory=spawning.django_factory.config_factory"
+DJANGO = "--factory=spawning.factories.django.config_factory"
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """``django-admin startproject mysite`` with its database migrated (the admin login POST looks
-    the user up), plus a settings module that fails to import."""
+    the user up)."""
     root = tmp_path_factory.mktemp("django")
     subprocess.run([sys.executable, "-m", "django", "startproject", "mysite", str(root)],
                    check=True, timeout=60, capture_output=True)
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=root, check=True, timeout=60,
                    capture_output=True)
-    (root / "mysite" / "broken_settings.py").write_text(
-        "from mysite.settings import *  # noqa\nINSTALLED_APPS = INSTALLED_APPS + ['no_such_app_xyz']\n")
     return root
 
 
@@ -134,41 +133,3 @@ def test_admin_session_end_to_end(spawn, project, superuser, args):
 
     assert browser.connections == (1 if keepalive else browser.requests)
     browser.close()
-
-
-def run_spawning(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(APPS), str(ROOT), env.get("PYTHONPATH", "")])
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    return subprocess.run([sys.executable, "-m", "spawning", "-p", str(free_port()), "-l", "/dev/null",
-                           "-s", "2", *args], capture_output=True, text=True, timeout=30, check=False,
-                          env=env, cwd=str(cwd), stdin=subprocess.DEVNULL)
-
-
-@pytest.mark.parametrize("settings, fragments", [
-    ("nosuchsite.settings", ["unknown Django settings module 'nosuchsite.settings'",
-                             "no module named 'nosuchsite'"]),
-    ("mysite.nosettings", ["unknown Django settings module 'mysite.nosettings'",
-                           "no module named 'mysite.nosettings'"]),
-    ("mysite.broken_settings", ["cannot start Django with settings 'mysite.broken_settings'",
-                                "No module named 'no_such_app_xyz'"]),
-    ("not a module", ["bad Django settings module"]),
-])
-def test_bad_settings_are_one_line_exit_2(project, settings, fragments):
-    result = run_spawning(DJANGO, settings, cwd=project)
-    assert result.returncode == 2, result
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("spawning:")]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
-def test_controller_does_not_import_django_or_the_project(project):
-    """The settings module is found, not imported, before fork: workers import it fresh."""
-    code = ("import sys; from spawning.django_factory import config_factory; "
-            "c = config_factory({'args': ['mysite.settings']}); "
-            "print(c['app_factory'], 'django' in sys.modules, 'mysite' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True,
-                         timeout=30, check=True, env={**os.environ, "PYTHONPATH": str(project)}).stdout
-    assert out.split() == ["spawning.django_factory.app_factory", "False", "False"]

@@ -19,7 +19,7 @@ import pytest
 from conftest import Browser
 
 # (arguments, environment): thread and green mode, and thread mode on the Python path alone
-# (SPAWNING_NO_PYFAST=1: spawning/wsgi.py answers what csrc/py/runner.c would).
+# (SPAWNING_NO_PYFAST=1: spawning/wsgi/ answers what csrc/py/runner.c would).
 MODES = {"threads": (("-s", "2", "-t", "4"), {}), "green": (("-s", "1", "-t", "0"), {}),
          "threads-no-pyfast": (("-s", "1", "-t", "4"), {"SPAWNING_NO_PYFAST": "1"})}
 

@@ -36,7 +36,7 @@ def test_parser_fuzzer_finds_nothing_in_a_minute(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which(os.environ.get("CC", "clang")) is None, reason="needs clang (libFuzzer)")
 def test_proxy_preamble_fuzzer_finds_nothing(tmp_path: Path) -> None:
-    """The PROXY protocol parser (csrc/proxy.c) under the same regime, for a third of the time:
+    """The PROXY protocol parser (csrc/http/proxy.c) under the same regime, for a third of the time:
     it is small and takes over 100,000 inputs a second."""
     seconds = max(5, int(os.environ.get("SPAWNING_FUZZ_SECONDS", "60")) // 3)
     env = foreign_env(FUZZ_OUT=str(tmp_path), FUZZ_TARGET="proxy")

@@ -255,7 +255,7 @@ def test_status_whose_comparison_empties_the_body_list(spawn, threads, path):
 # ---- 2.4: the smaller ones, on the C path's Runner itself ----------------------------------------
 #
 # In-process: a real core server on a loopback listener, real client sockets, and csrc/py/runner.c's
-# Runner driven as spawning/wsgi.py drives it, with callables of the test's choosing where the
+# Runner driven as spawning/wsgi/handler.py drives it, with callables of the test's choosing where the
 # handler passes its own (the access log, a status).
 
 HEADERS = [("Content-Type", "text/plain")]
@@ -267,10 +267,10 @@ def core():
     whose answers take the next queued request (chain) and leave at once (no corking)."""
     from spawning._core import ffi, lib
 
-    from spawning import wsgi
     from spawning.server import make_core_config
+    from spawning.wsgi import handler
 
-    if wsgi.Runner is None:
+    if handler.Runner is None:
         pytest.skip("the C path (csrc/py/runner.c) is not built or not in use")
     cfg = make_core_config({"threads": 1})
     srv = ffi.gc(lib.sp_server_new(cfg), lib.sp_server_free)
@@ -301,19 +301,21 @@ def requests_queued(core, n: int) -> int:
 
 
 def runner(core, app, log=None, forwarded=None):
-    """A Runner as make_handler builds one."""
+    """A Runner as make_handler builds one (spawning.wsgi.handler.c_path)."""
     from spawning._core import ffi
 
-    from spawning import wsgi
+    from spawning.wsgi.handler import Runner
+    from spawning.wsgi.input import EMPTY_INPUT
+    from spawning.wsgi.response import FileWrapper, Response
 
     srv = core[0]
 
-    class Resp(wsgi.Response):
+    class Resp(Response):
         __slots__ = ()
 
-    return wsgi.Runner(int(ffi.cast("uintptr_t", srv)), app, lambda resp: None, Resp, log,
-                       [{}], wsgi.EMPTY_INPUT, forwarded, (wsgi.FileWrapper,),
-                       lambda exc: None)
+    return Runner(int(ffi.cast("uintptr_t", srv)), app, lambda resp: None, Resp, log,
+                  [{}], EMPTY_INPUT, forwarded, (FileWrapper,),
+                  lambda exc: None)
 
 
 def hello(environ, start_response):
@@ -330,12 +332,12 @@ def test_runner_traverses_its_type(core):
     """Instances of heap types hold their type: the GC must see that edge (Py_VISIT(Py_TYPE))."""
     import gc
 
-    from spawning import wsgi
+    from spawning.wsgi.response import Response
 
     r = runner(core, hello)
     assert type(r) in gc.get_referents(r)
 
-    class Resp(wsgi.Response):
+    class Resp(Response):
         __slots__ = ()
 
     resp = Resp()
@@ -360,9 +362,9 @@ def test_system_exit_in_the_access_log_goes_up_and_the_next_request_is_answered(
 
 
 def test_system_exit_in_the_access_log_on_the_python_path(core, monkeypatch):
-    """The same on the Python path (spawning/wsgi.py's handler, as PyPy runs it): SystemExit
+    """The same on the Python path (spawning/wsgi/handler.py, as PyPy runs it): SystemExit
     goes up, and the request the answer took gets its 500."""
-    from spawning import wsgi
+    from spawning.wsgi import handler
 
     class RaisingLog:
         enabled = True
@@ -370,9 +372,9 @@ def test_system_exit_in_the_access_log_on_the_python_path(core, monkeypatch):
         def log(self, *args):
             raise SystemExit(3)
 
-    monkeypatch.setattr(wsgi, "Runner", None)   # make_handler then builds the Python path
+    monkeypatch.setattr(handler, "Runner", None)   # make_handler then builds the Python path
     srv = core[0]
-    handle = wsgi.make_handler(hello, srv, [], wsgi.ThreadWaiter(srv, 1000), RaisingLog())
+    handle = handler.make_handler(hello, srv, [], handler.ThreadWaiter(srv, 1000), RaisingLog())
     code = requests_queued(core, 2)
     with pytest.raises(SystemExit):
         handle(code)

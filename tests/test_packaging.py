@@ -64,8 +64,13 @@ def test_wheel_has_the_compiled_core_and_metadata(dist: dict[str, Path]) -> None
     with zipfile.ZipFile(whl) as zf:
         names = set(zf.namelist())
         meta = Parser().parsestr(zf.read(f"spawning-{spawning.__version__}.dist-info/METADATA").decode())
+        entry_points = zf.read(f"spawning-{spawning.__version__}.dist-info/entry_points.txt").decode()
     assert [n for n in names if re.fullmatch(r"spawning/_core\.abi3\.(so|pyd)", n)], sorted(names)
     assert {"spawning/py.typed", "spawning/_core_cdef.h", "spawning/server.py"} <= names
+    # Every module of the tree, subpackages (spawning/green/, spawning/factories/...) included.
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "spawning").rglob("*.py")}
+    assert modules <= names, sorted(modules - names)
+    assert "main = spawning.factories.paste:server_runner" in entry_points, entry_points
     assert not [n for n in names if n.startswith(("csrc/", "tests/"))]
     assert meta["Version"] == spawning.__version__
     assert meta["License-Expression"] == "MIT"

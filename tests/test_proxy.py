@@ -1,4 +1,4 @@
-"""The PROXY protocol (csrc/proxy.c, wired into csrc/conn.c): ``--proxy-protocol`` and
+"""The PROXY protocol (csrc/http/proxy.c, wired into csrc/conn/input.c): ``--proxy-protocol`` and
 ``--bind proxy://ADDRESS``, through real sockets.
 
 A balancer's preamble (v1 text or v2 binary) opens the connection and names the client, which the
@@ -271,8 +271,8 @@ def test_c_vectors_under_asan(tmp_path):
     cc = _compiler()
     exe = tmp_path / "test_proxy"
     cmd = [cc, "-std=c99", "-g", "-O1", "-Wall", "-Wextra", "-Werror", "-fsanitize=address,undefined",
-           "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", f"-I{ROOT / 'csrc'}", "-o", str(exe),
-           str(ROOT / "tests" / "c" / "test_proxy.c"), str(ROOT / "csrc" / "proxy.c")]
+           "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'csrc' / 'http'}", "-o", str(exe),
+           str(ROOT / "tests" / "c" / "test_proxy.c"), str(ROOT / "csrc" / "http" / "proxy.c")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 and "sanitize" in proc.stderr and "cannot find" in proc.stderr:
         pytest.skip(f"{cc} has no sanitizer runtime")

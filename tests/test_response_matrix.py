@@ -21,7 +21,7 @@ response leaves the connection open for the next request, except that every 16th
 compares the raw bytes, Date aside.
 
 This is the test that a response with no body on the wire (an empty iterable, 204, 304, HEAD)
-never arrived under: its head was formatted but never flushed (csrc/conn.c, finish_locked). With
+never arrived under: its head was formatted but never flushed (csrc/conn/api.c, finish_locked). With
 that flush taken out, every server here loses responses. A failing run stays bounded: a client
 stops after MAX_LOST_PER_CLIENT responses it waited out.
 

@@ -354,17 +354,17 @@ def test_explicit_settings_win_over_a_paste_ini(tmp_path: Path):
                    "processes = 3\nthreads = 2\nbacklog = 99\nmax-requests = 10\n")
     conf = tmp_path / "c.toml"
     conf.write_text("max-requests = 20\n")
-    settings = printed(run_cli("--factory", "spawning.paste_factory.config_factory", str(ini),
+    settings = printed(run_cli("--factory", "spawning.factories.paste.config_factory", str(ini),
                                "--config", str(conf), "--threads", "5", "--print-config",
                                env={"SPAWNING_PROCESSES": "2"}))
     assert settings["processes"] == ("2", "environment SPAWNING_PROCESSES")
     assert settings["threads"] == ("5", "command line")
     assert settings["max_requests"] == ("20", f"file {conf}")
-    assert settings["backlog"] == ("99", "factory spawning.paste_factory.config_factory")
+    assert settings["backlog"] == ("99", "factory spawning.factories.paste.config_factory")
 
 
 def test_status_page_names_env_variables_without_their_values(spawn):
-    from spawning.status import fetch
+    from spawning.status.command import fetch
 
     status_port = free_port()
     server = spawn("settings_probe.application", "-s", "1", "--status-port", str(status_port),

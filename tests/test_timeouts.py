@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 from conftest import SpawningProcess, free_port, http_request, start_server
 
-from spawning import status as status_mod
+from spawning.status import command as status_mod
 
 ALL_OFF = ("--header-timeout", "0", "--body-timeout", "0", "--send-timeout", "0",
            "--keepalive-timeout", "0", "--timeout", "0", "--defer-accept", "0")

@@ -3,6 +3,8 @@
 metadata (the Pythons, platforms and jobs issue 8 asks for)."""
 from __future__ import annotations
 
+import ast
+import importlib
 import re
 import shutil
 import subprocess
@@ -21,7 +23,12 @@ else:
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = ROOT / ".github" / "workflows"
 FILES = [WORKFLOWS / "tests.yml", WORKFLOWS / "wheels.yml"]
-PYTHONS = ["3.10", "3.11", "3.12", "3.13", "3.14"]
+
+
+def pythons() -> list[str]:
+    """The Python versions the package claims, from pyproject.toml's classifiers."""
+    classifiers = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["classifiers"]
+    return [c.rsplit(" ", 1)[1] for c in classifiers if re.match(r"Programming Language :: Python :: 3\.\d+$", c)]
 
 
 def check_jsonschema(*files: Path) -> subprocess.CompletedProcess[str]:
@@ -53,38 +60,79 @@ def test_schema_check_rejects_a_broken_workflow(tmp_path: Path) -> None:
     assert proc.returncode != 0, proc.stdout
 
 
-def test_tests_workflow_covers_platforms_pythons_and_sanitizers() -> None:
-    wf = load(WORKFLOWS / "tests.yml")
-    jobs = wf["jobs"]
-    matrix = jobs["test"]["strategy"]["matrix"]
-    assert matrix["python"] == PYTHONS
+def test_tests_workflow_covers_platforms_and_every_python() -> None:
+    """Linux (x86_64 and arm64: epoll) and macOS (kqueue), on every Python the package claims."""
+    matrix = load(WORKFLOWS / "tests.yml")["jobs"]["test"]["strategy"]["matrix"]
+    assert matrix["python"] == pythons()
     oses = matrix["os"]
-    assert "ubuntu-24.04" in oses and "ubuntu-24.04-arm" in oses
+    assert any(o.startswith("ubuntu") and not o.endswith("-arm") for o in oses)
+    assert any(o.startswith("ubuntu") and o.endswith("-arm") for o in oses)
     assert any(o.startswith("macos") for o in oses)
-    text = steps_text(jobs["test"])
-    assert "wrk" in text and "curl" in text
-    assert 'pip install -e ".[test]"' in text and "pytest -q tests" in text
-    san = steps_text(jobs["sanitizers"])
-    assert "SPAWNING_SANITIZE" in san and "LD_PRELOAD" in san and "libasan" in san
-    assert "make -C tests/c check" in san
-    backends = {inc["backend"] for inc in jobs["other-backends"]["strategy"]["matrix"]["include"]}
-    assert backends == {"poll", "kqueue"}
 
 
-def test_tests_workflow_runs_the_whole_suite_on_the_python_path_and_sanitized() -> None:
-    """Issue 22: the suite, and so the response-shape matrix, runs on a build without the C
-    request path (csrc/pyfast.c) and against the sanitized core: a test selection in either job
-    would drop tests/test_response_matrix.py from it."""
+def test_every_build_switch_has_a_ci_job() -> None:
+    """Each SPAWNING_* variable the build script reads (the sanitizer build, the Python path alone,
+    the poll and kqueue backends) is set by some job of the tests workflow: a new switch without a
+    job fails here."""
+    switches = set(re.findall(r"environ\.get\(\"(SPAWNING_\w+)\"\)",
+                              (ROOT / "spawning" / "_build.py").read_text()))
+    assert switches, "no build switches found: has _build.py changed shape?"
+    # Outside comments: as a step's environment, a command's prefix or a matrix value.
+    text = "\n".join(ln.split("#", 1)[0] for ln in (WORKFLOWS / "tests.yml").read_text().splitlines())
+    missing = {s for s in switches if not re.search(rf"\b{s}\b", text)}
+    assert not missing, f"build switches no CI job sets: {sorted(missing)}"
+
+
+def test_every_job_runs_the_readme_test_command() -> None:
+    """Whatever a job sets up, the tests it runs are the README's (a selection would drop, say,
+    the response-shape matrix from the python-path or sanitizer job)."""
+    from test_readme import two_commands
+    command = two_commands()[1].split("&&")[-1].strip()
     jobs = load(WORKFLOWS / "tests.yml")["jobs"]
-    job = jobs["python-path"]
-    assert job["name"] == "python path (SPAWNING_NO_PYFAST=1)"
-    assert job["runs-on"] == "ubuntu-24.04"
-    assert any(step.get("with", {}).get("python-version") == "3.12" for step in job["steps"])
-    runs = [step.get("run", "") for step in job["steps"]]
-    assert 'SPAWNING_NO_PYFAST=1 python -m pip install -e ".[test]"' in runs
-    for name in ("python-path", "sanitizers"):
-        tests = [r for r in (step.get("run", "") for step in jobs[name]["steps"]) if "pytest" in r]
-        assert [r.strip().splitlines()[-1] for r in tests] == ["python -m pytest -q tests"], name
+    for name, job in jobs.items():
+        runs = [step.get("run", "") for step in job["steps"] if "pytest" in step.get("run", "")]
+        assert runs, f"job {name} runs no tests"
+        last = runs[-1].strip().splitlines()[-1]
+        assert last == command or (last.startswith(command + " --deselect ")), (name, last)
+
+
+def test_sanitizer_job_preloads_what_the_tests_detect() -> None:
+    """The suite learns it runs under ASan from LD_PRELOAD naming libasan (conftest.UNDER_ASAN):
+    the sanitizer job must preload it that way, after building with the switch _build.py reads."""
+    job = load(WORKFLOWS / "tests.yml")["jobs"]["sanitizers"]
+    text = steps_text(job)
+    assert "SPAWNING_SANITIZE" in text
+    assert re.search(r"LD_PRELOAD=.*libasan\.so", text)
+
+
+def test_make_targets_the_workflows_run_exist() -> None:
+    """`make -C DIR TARGET` in a workflow names a Makefile and a target it has."""
+    found = 0
+    for path in FILES:
+        for directory, target in re.findall(r"make -C (\S+) (\w+)", path.read_text()):
+            makefile = ROOT / directory / "Makefile"
+            assert makefile.is_file(), (path.name, directory)
+            assert re.search(rf"^{target}:", makefile.read_text(), re.MULTILINE), (path.name, target)
+            found += 1
+    assert found, "the sanitizer job runs the C tests through make"
+
+
+def test_python_snippets_in_workflows_name_real_things() -> None:
+    """Every `python -c` step imports modules that exist and reads attributes they have, so a
+    moved module cannot leave a workflow step that only fails on GitHub."""
+    snippets = [m for path in FILES for m in re.findall(r'python -c "([^"]+)"', path.read_text())]
+    assert snippets
+    for code in snippets:
+        tree = ast.parse(code)
+        names: dict[str, Any] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    names[alias.asname or alias.name] = importlib.import_module(alias.name)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                    and node.value.id in names:
+                assert hasattr(names[node.value.id], node.attr), (code, node.attr)
 
 
 def test_wheels_workflow_builds_tests_and_publishes_on_tags() -> None:
@@ -108,13 +156,10 @@ def test_cibuildwheel_config_matches_metadata() -> None:
     py = tomllib.loads((ROOT / "pyproject.toml").read_text())
     cibw = py["tool"]["cibuildwheel"]
     built = re.findall(r"cp3(\d+)-\*", cibw["build"])
-    assert [f"3.{m}" for m in built] == PYTHONS
+    assert [f"3.{m}" for m in built] == pythons()
     assert "cp31?t-*" in cibw["skip"]
     script = re.search(r"\{project\}/(\S+)", cibw["test-command"])
     assert script and (ROOT / script.group(1)).is_file()
-    classifiers = py["project"]["classifiers"]
-    assert [c.rsplit(" ", 1)[1] for c in classifiers if re.match(r"Programming Language :: Python :: 3\.\d+$", c)] \
-        == PYTHONS
-    assert py["project"]["requires-python"] == ">=3.10"
+    assert py["project"]["requires-python"] == ">=" + pythons()[0]
     assert py["project"]["dynamic"] == ["version"]
     assert py["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "spawning.__version__"}

@@ -13,7 +13,7 @@
  *      proxy's headers then rewrite it (spawning.forwarded), only when the head carries one. A
  *      keep-alive client repeating its request byte for byte gets a copy of the environ its
  *      connection's first repeat got (request_env). A Content-Length body the loop already
- *      holds is wsgi.input as a C Input (body_input); any other, wsgi.py's Input.
+ *      holds is wsgi.input as a C Input (body_input); any other, spawning/wsgi/input.py's.
  *   2. The app, called with a ResponseBase's start_response (C members for the per-request
  *      state; wsgi.Response adds write() and the rest in Python).
  *   3. The answer: a list of one bytes object in one crossing (sp_code_answer: head, body and
@@ -23,7 +23,7 @@
  *      the bytes of the leading objects that are the ones last packed (pack_head); the core
  *      validates and formats it.
  *
- * The caches of the path are C's alone (wsgi.py keeps none). Besides the repeats' environs, they
+ * The caches of the path are C's alone (spawning/wsgi/ keeps none). Besides the repeats' environs, they
  * hold strs, which are immutable, matched value by value (bytes) or object by object (the
  * head's), so they pay on heads that differ, as a browser's do.
  *   4. The access log's callable, then the next request: in thread mode a poll with the GIL
@@ -179,10 +179,10 @@ static PyType_Spec resp_spec = {
 /* ---- Input: wsgi.input of a body the loop already holds ----------------------------------
  *
  * A Content-Length body that came with its head (a form post) is taken whole when the request
- * starts (body_input) and read from memory, with the rules of wsgi.py's Input (read(n) is a
- * file's read: fewer than n bytes only at the end; readline(n), readlines(hint), iteration;
- * b'' once the request is over): no Python frame per call. Any other body is wsgi.py's Input,
- * which waits for bytes as the dispatcher does. */
+ * starts (body_input) and read from memory, with the rules of spawning/wsgi/input.py (read(n)
+ * is a file's read: fewer than n bytes only at the end; readline(n), readlines(hint),
+ * iteration; b'' once the request is over): no Python frame per call. Any other body is
+ * Python's Input, which waits for bytes as the dispatcher does. */
 
 typedef struct {
     PyObject_HEAD
@@ -238,8 +238,8 @@ static int one_arg(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, c
 }
 
 /* A size argument: -1 for none (not given, None, negative), else the number, clipped at
- * PY_SSIZE_T_MAX (a larger one reads everything, as in wsgi.py). 0, or -1 with a Python error
- * (not an integer: TypeError, as wsgi.py meets it). */
+ * PY_SSIZE_T_MAX (a larger one reads everything, as in Python's Input). 0, or -1 with a Python error
+ * (not an integer: TypeError, as Python's Input meets it). */
 static int arg_size(PyObject *arg, Py_ssize_t *size)
 {
     *size = -1;
@@ -303,7 +303,7 @@ static PyObject *inp_readline(Inp *self, PyObject *const *args, Py_ssize_t nargs
 }
 
 /* readlines(hint): lines until they hold hint bytes or more (hint > 0), else all of them. A hint
- * that is not an int is compared as wsgi.py compares it. */
+ * that is not an int is compared as Python's Input compares it. */
 static PyObject *inp_readlines(Inp *self, PyObject *const *args, Py_ssize_t nargs,
                                PyObject *kwnames)
 {
@@ -400,7 +400,7 @@ typedef struct {
     PyObject *app;
     PyObject *conn_envs;  /* dict: repeat code -> environ to copy, for bodyless requests... */
     PyObject *body_envs;  /* ...and for requests with a body (see request_env) */
-    PyObject *new_input;  /* callable(response[, head]) -> wsgi.py's wsgi.input for a body, head
+    PyObject *new_input;  /* callable(response[, head]) -> Python's wsgi.input for a body, head
                              the bytes of it taken already (body_input) */
     PyObject *resp_cls;   /* the handler's ResponseBase subclass */
     PyObject *log;        /* callable(environ, status, sent, headers) that never raises, or None */
@@ -1272,8 +1272,8 @@ static long long green_next(PyObject *green)
 
 /* wsgi.input for the request's body (a new reference, or NULL with a Python error): an Input
  * over all of it when the loop holds all of it (a Content-Length body that came with its head,
- * as a form post's does); else wsgi.py's, which reads and waits as the dispatcher does, given
- * the bytes taken here already. It may outlive the request: wsgi.py's keeps the response, which
+ * as a form post's does); else Python's Input, which reads and waits as the dispatcher does,
+ * given the bytes taken here already. It may outlive the request: Python's keeps the response, which
  * keeps the server. */
 static PyObject *body_input(Runner *self, long long code, Resp *resp)
 {

@@ -370,7 +370,7 @@ def hold(port: int, conns: int = 100, duration: float = 30.0, request: bool = Fa
     return {"opened": len(socks)}
 
 
-# Openings that are no PROXY preamble (csrc/proxy.c), for a listener that expects one: each must
+# Openings that are no PROXY preamble (csrc/http/proxy.c), for a listener that expects one: each must
 # be closed without a byte of answer.
 BAD_PREAMBLES: list[bytes] = [
     b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",

@@ -69,7 +69,7 @@ def test_max_connections_stops_accepting_without_failing(spawn):
 @pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
 def test_out_of_file_descriptors_pauses_accepting_and_recovers(spawn):
     """With its RLIMIT_NOFILE lowered to 64, a worker facing 300 connections hits EMFILE: it
-    pauses accepting (csrc/core.h SP_EMFILE_PAUSE_MS) instead of spinning on a listener that
+    pauses accepting (csrc/loop/loop.h SP_EMFILE_PAUSE_MS) instead of spinning on a listener that
     stays readable, does not crash, and serves normally once descriptors are free again."""
     raise_nofile()
     server = spawn("-s", "1", "-t", "4", "--header-timeout", "30", "--defer-accept", "0",

@@ -174,7 +174,7 @@ def worker_rss(server) -> int:
 def test_pipelined_flood_is_bounded(spawn):
     """Pipelining needs no limit of its own: one head is parsed at a time, the next ones wait in
     the connection's read buffer (16 KiB), and no further head is started while more than 64 KiB
-    of responses are unsent (csrc/conn.c SP_PIPELINE_OUT_MAX). So 30 clients that pipeline 256 KiB
+    of responses are unsent (csrc/conn/conn.h SP_PIPELINE_OUT_MAX). So 30 clients that pipeline 256 KiB
     of requests each and read nothing cost the worker bounded memory (measured: about 175 KiB
     per connection, mostly the output buffer, which doubles up to 128 KiB; the kernel's socket
     buffers hold more than that); then a client that reads gets every answer, in order."""

@@ -1,4 +1,4 @@
-"""Hostile clients on a PROXY-protocol listener (``--bind proxy://...``, csrc/proxy.c): slow
+"""Hostile clients on a PROXY-protocol listener (``--bind proxy://...``, csrc/http/proxy.c): slow
 preambles, floods of invalid ones, and the corpus of bad openings sent whole and byte by byte.
 The server listens on a plain port too, where the ordinary client (``Prober``) checks that it
 keeps answering quickly meanwhile (p99 < 100 ms, as the other attack tests).
@@ -18,7 +18,7 @@ from conftest import free_port, start_server
 from hostile import BAD_PREAMBLES, AttackProcess, Prober, raise_nofile
 
 P99_MS = 100.0
-SWEEP_S = 0.25   # csrc/core.h SP_SWEEP_MS
+SWEEP_S = 0.25   # csrc/loop/loop.h SP_SWEEP_MS
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from conftest import start_server
 from hostile import AttackProcess, Prober, exchange, raise_nofile, responses, status_of
 
 P99_MS = 100.0
-SWEEP_S = 0.25   # csrc/core.h SP_SWEEP_MS: timeouts are exact to this
+SWEEP_S = 0.25   # csrc/loop/loop.h SP_SWEEP_MS: timeouts are exact to this
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """An app that answers with what its environ says about the request, for the request-code tests
-(tests/test_http.py, test_request_codes_keep_environs_apart).
+(tests/wsgi/test_environ.py, test_request_codes_keep_environs_apart).
 
 SPAWNING_TEST_CONN_ENV_MAX shrinks the handler's map of connection environs (spawning.wsgi,
 CONN_ENV_MAX), so that it is emptied often and repeat codes must be looked up from their

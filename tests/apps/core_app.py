@@ -1,4 +1,5 @@
-"""One WSGI app with many endpoints, for the core HTTP/WSGI tests (tests/test_http.py).
+"""One WSGI app with many endpoints, for the core HTTP/WSGI tests (tests/wsgi/,
+tests/core/test_http_core.py).
 
 Endpoints under /v/ run wrapped in wsgiref.validate.validator with its warnings turned into
 errors, so any PEP 3333 violation on our side becomes a 500 the tests see.

@@ -1,4 +1,4 @@
-"""A custom factory, as a user would write one: the contract of ``spawning.wsgi_factory``.
+"""A custom factory, as a user would write one: the contract of ``spawning.factories.wsgi``.
 
 ``config_factory`` takes the positional words as ``greeting [processes]`` and returns the config,
 choosing the number of processes itself; ``app_factory`` builds the app in each worker.

@@ -1,4 +1,4 @@
-"""Applications for the health, shutdown and deployment tests (tests/test_health.py,
+"""Applications for the health, shutdown and deployment tests (tests/status/test_health.py,
 tests/test_shutdown_progress.py, tests/test_deploy.py)."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Apps for tests/test_green.py (run with --threads 0; monkey patching on unless said otherwise).
+"""Apps for tests/green/ (test_dispatch.py, test_monkey.py, test_hub.py), run with --threads 0;
+monkey patching on unless said otherwise.
 
 - sleep_app: time.sleep(0.01) (patched: cooperative) then answers.
 - fetch_app: fetches $GREEN_BACKEND with urllib.request and answers with what it got.

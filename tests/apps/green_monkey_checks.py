@@ -1,4 +1,4 @@
-"""Checks of spawning.monkey, run by tests/test_monkey.py in a fresh interpreter each
+"""Checks of spawning.green.monkey, run by tests/green/test_monkey.py in a fresh interpreter each
 (``python green_monkey_checks.py NAME``): patching is process-wide, so it never happens inside
 pytest's own process. Each check runs on a hub (``spawning.green.run``) unless it says otherwise,
 raises AssertionError on failure and prints ``ok NAME`` on success.
@@ -11,7 +11,9 @@ from __future__ import annotations
 import sys
 import time
 
-from spawning import green, monkey
+from spawning import green
+from spawning.green import monkey
+from spawning.green.hub import _real_sleep
 
 monkey.patch_all()
 
@@ -25,8 +27,6 @@ import ssl
 import subprocess
 import tempfile
 import threading
-
-_real_sleep = green._real_sleep
 
 
 class Ticker:

@@ -1,5 +1,5 @@
 """An app that keeps its start_response/write callables past their requests, strongly or weakly,
-and uses them in a later request (tests/test_http.py, test_kept_callables_never_reach_another_
+and uses them in a later request (tests/wsgi/test_response.py, test_kept_callables_never_reach_another_
 request): the server reuses response objects that nothing holds any more, and a kept callable
 must never write into a later request."""
 

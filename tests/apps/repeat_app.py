@@ -1,5 +1,5 @@
 """An app that answers a keep-alive client's identical requests each a different way (tests/
-test_http.py, test_repeated_requests_every_way): repeated requests run in C (csrc/py/runner.c)
+wsgi/test_handler.py, test_repeated_requests_every_way): repeated requests run in C (csrc/py/runner.c)
 until their answer is not the common one, and then go on in Python from just after the app call.
 What it does is chosen by a count of its calls: one client, one request at a time. The body of
 each answer is the count (6 digits), then the request's body."""

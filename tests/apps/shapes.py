@@ -11,7 +11,7 @@ with ``close()``, a file under ``wsgi.file_wrapper``) record the close as an emp
 every worker process of a server shares.
 
 ``GET /ping`` answers ``pong``; ``GET /path`` names the request path the worker runs (``c``:
-csrc/pyfast.c answers the common shapes, ``python``: spawning/wsgi.py does everything).
+csrc/pyfast.c answers the common shapes, ``python``: spawning/wsgi/ does everything).
 
 The test imports this module too, for ``SHAPES`` and the bodies it must expect.
 """
@@ -43,7 +43,7 @@ BIG64 = pattern(100 * 1024 + 7, 1)                          # over 64 KiB (the l
 BIG1M = pattern(1536 * 1024 + 3, 2)                         # over 1 MiB (backpressure)
 FILE_DATA = pattern(150 * 1024 + 11, 3)                     # a real file, sent with sendfile(2)
 MEM_DATA = pattern(70 * 1024 + 5, 4)                        # a BytesIO under file_wrapper
-SERVER_ERROR = b"Internal Server Error\n"                   # the server's own 500 (wsgi.py)
+SERVER_ERROR = b"Internal Server Error\n"                   # the server's own 500 (spawning/wsgi/response.py)
 
 _state: dict[str, str] = {}
 
@@ -206,8 +206,8 @@ CLOSES = {"closing_empty_cl0", "closing_body", "file_real", "file_bytesio"}
 
 
 def path_name() -> str:
-    from spawning import wsgi
-    return "c" if wsgi.FAST else "python"
+    from spawning.wsgi.response import FAST
+    return "c" if FAST else "python"
 
 
 def application(environ: dict, start_response: Callable) -> Any:

@@ -8,7 +8,7 @@ import json
 import os
 import socket
 
-from spawning.wsgi_factory import config_factory as default_factory
+from spawning.factories.wsgi import config_factory as default_factory
 
 
 def config_factory(args):

@@ -3,7 +3,8 @@
  * Every request vector runs whole and byte by byte (growing prefixes, last_len passed along, as
  * the server feeds a slow client), each input copied right against a PROT_NONE guard page so an
  * over-read faults at once (and ASan/UBSan watch the rest). Chunked vectors run whole, byte by
- * byte, and at every two-way split. Build twice: with -msse4.2 (fast path) and -DSP_NO_SIMD.
+ * byte, and at every two-way split. Build twice: as is (the SIMD scans: SSE2 on x86-64, NEON on
+ * arm64) and with -DSP_NO_SIMD (the scalar fallback).
  *
  * Exit status 0 when every check passes; failures are listed on stderr by case name.
  */
@@ -188,6 +189,17 @@ static const pvec parse_vectors[] = {
      47, "POST", "/", 1, 2, {{"Host", "a"}, {"Content-Length", "4"}}},
     {"incomplete head is PARTIAL", IN("GET / HTTP/1.1\r\nHost: a\r\n\r"), SP_PARTIAL},
     {"only empty lines is PARTIAL", IN("\r\n\r\n\r\n"), SP_PARTIAL},
+    /* A first parse tries one optimistic pass; any defect it meets leaves the answer to the
+     * complete way (find the blank line first), whose order of checks decides the status. */
+    {"bad version in an incomplete head is PARTIAL", IN("GET / HTTP/2.0\r\nHost: a\r\n"), SP_PARTIAL},
+    {"bare LF after a bad version is 400, not 505", IN("GET / HTTP/2.0\r\nX: a\nb\r\n\r\n"), -400},
+    {"bad byte in a field of an incomplete head is PARTIAL", IN("GET / HTTP/1.1\r\nX: a\x01\r\n"),
+     SP_PARTIAL},
+    {"head cut right after a field's colon", IN("GET / HTTP/1.1\r\nHost:"), SP_PARTIAL},
+    {"head cut after the colon and a space", IN("GET / HTTP/1.1\r\nHost: "), SP_PARTIAL},
+    {"head cut at a field's CR", IN("GET / HTTP/1.1\r\nHost: a\r"), SP_PARTIAL},
+    {"valid head then a bare LF in the body bytes", IN("GET / HTTP/1.1\r\nHost: a\r\n\r\nx\ny"), 27,
+     "GET", "/", 1, 1, {{"Host", "a"}}},
     {"long value crossing SIMD blocks",
      IN("GET / HTTP/1.1\r\nX: 0123456789abcdef0123456789abcdef0123456789abcdef01234\r\n\r\n"), WHOLE,
      "GET", "/", 1, 1, {{"X", "0123456789abcdef0123456789abcdef0123456789abcdef01234"}}},
@@ -329,6 +341,16 @@ static int run_head(const char *in, size_t len, int want, const sp_limits *lim, 
     if (inc > 0) {
         CHECK(at == (size_t)inc, "incremental: success at prefix %zu, head is %d", at, inc);
         if (fields) check_fields(fields, &rh);
+    }
+
+    /* Every prefix as a first look (last_len 0: the one-pass way first), each right against the
+     * guard page: whatever the first answer the byte-by-byte feed got, a prefix cut before it is
+     * PARTIAL, and none is read past its end. */
+    if (len <= 4096) {
+        for (size_t k = 0; k < at; k++) {
+            int r = parse_at(in, k, 0, lim, &rh, hdrs, MAX_HEADERS_TEST);
+            CHECK(r == SP_PARTIAL, "first look at prefix %zu: rc %d", k, r);
+        }
     }
     return rc;
 }
@@ -509,7 +531,7 @@ static void test_slowloris(void)
 static void test_simd_boundaries(void)
 {
     static const char bad_value[] = {'\0', '\x01', '\x08', '\x0b', '\x1f', '\x7f', '\r', '\n'};
-    static const char bad_target[] = {'\0', '\x01', '\t', '\x1f', '\x7f', '#'};
+    static const char bad_target[] = {'\0', '\x01', '\t', '\x1f', '\x7f', '#', '\r', '\n'};
     char in[256];
     sp_header hdrs[8];
     sp_request_head rh;
@@ -525,6 +547,35 @@ static void test_simd_boundaries(void)
         CHECK(rc == (int)n && rh.num_headers == 1 && rh.headers[0].value_len == vl, "len %zu rc %d",
               vl, rc);
     }
+    current_case = "allowed edge bytes at every offset of a value and a target";
+    {
+        /* The SIMD compares are unsigned: obs-text (0x80-0xff) must pass, as HTAB in values. */
+        static const char ok_value[] = {'\t', ' ', '\x7e', '\x80', '\x9f', '\xa0', '\xff', '#'};
+        static const char ok_target[] = {'\x21', '\x7e', '\x80', '\x9f', '\xff', '%', '?'};
+        for (size_t off = 0; off <= 48; off++) {
+            for (size_t b = 0; b < sizeof ok_value; b++) {
+                size_t n = (size_t)sprintf(in, "GET / HTTP/1.1\r\nX: ");
+                memset(in + n, 'v', 64);
+                in[n + off + 1] = ok_value[b];
+                n += 64;
+                n += (size_t)sprintf(in + n, "\r\n\r\n");
+                int rc = parse_at(in, n, 0, NULL, &rh, hdrs, 8);
+                CHECK(rc == (int)n && rh.num_headers == 1 && rh.headers[0].value_len == 64,
+                      "value byte 0x%02x at %zu: rc %d", (unsigned char)ok_value[b], off, rc);
+            }
+            for (size_t b = 0; b < sizeof ok_target; b++) {
+                size_t n = (size_t)sprintf(in, "GET ");
+                memset(in + n, 't', 64);
+                in[n] = '/';
+                in[n + off + 1] = ok_target[b];
+                n += 64;
+                n += (size_t)sprintf(in + n, " HTTP/1.1\r\nHost: a\r\n\r\n");
+                int rc = parse_at(in, n, 0, NULL, &rh, hdrs, 8);
+                CHECK(rc == (int)n && rh.target_len == 64, "target byte 0x%02x at %zu: rc %d",
+                      (unsigned char)ok_target[b], off, rc);
+            }
+        }
+    }
     current_case = "bad byte at every offset of a value";
     for (size_t b = 0; b < sizeof bad_value; b++) {
         for (size_t off = 0; off <= 48; off++) {
@@ -536,6 +587,56 @@ static void test_simd_boundaries(void)
             n += 4;
             run_head(in, n, -400, NULL, NULL);
         }
+    }
+    current_case = "bad byte at every offset of a field name";
+    {
+        /* Bytes no token holds, and token bytes the SIMD block test does not take at once (it
+         * takes letters, digits and '-'; the others are checked one by one). */
+        static const char bad_name[] = {'\0', ' ', '\t', '"', '(', '/', ';', '@', '[', '{', '\x7f',
+                                         '\x80', '\xff', '\r', '\n'};
+        static const char odd_token[] = "!#$%&'*+.^_`|~";
+        for (size_t off = 0; off <= 40; off++) {
+            for (size_t b = 0; b < sizeof bad_name; b++) {
+                size_t n = (size_t)sprintf(in, "GET / HTTP/1.1\r\n");
+                memset(in + n, 'N', 48);
+                in[n + off] = bad_name[b];
+                n += 48;
+                n += (size_t)sprintf(in + n, ": v\r\n\r\n");
+                run_head(in, n, -400, NULL, NULL);
+            }
+            for (size_t b = 0; b < sizeof odd_token - 1; b++) {
+                size_t n = (size_t)sprintf(in, "GET / HTTP/1.1\r\n");
+                size_t name_at = n;
+                memset(in + n, 'n', 48);
+                in[n + off] = odd_token[b];
+                in[n + 47 - off % 8] = odd_token[(b + 5) % (sizeof odd_token - 1)];
+                n += 48;
+                n += (size_t)sprintf(in + n, ": v\r\n\r\n");
+                int rc = parse_at(in, n, 0, NULL, &rh, hdrs, 8);
+                CHECK(rc == (int)n && rh.num_headers == 1 && rh.headers[0].name_len == 48 &&
+                          rh.headers[0].name == guard_place(&g_in, in, n) + name_at,
+                      "token byte %c at %zu: rc %d", odd_token[b], off, rc);
+            }
+        }
+    }
+    current_case = "bad byte at every offset of a method";
+    for (size_t off = 1; off <= 40; off++) {
+        static const char bad_method[] = {'\0', '\t', '"', '/', '\x7f', '\x80', '\r', '\n'};
+        for (size_t b = 0; b < sizeof bad_method; b++) {
+            size_t n = 0;
+            memset(in, 'M', 48);
+            in[off] = bad_method[b];
+            n += 48;
+            n += (size_t)sprintf(in + n, " / HTTP/1.1\r\nHost: a\r\n\r\n");
+            run_head(in, n, -400, NULL, NULL);
+        }
+        size_t n = 0;
+        memset(in, 'M', 48);
+        in[off] = '.';
+        n += 48;
+        n += (size_t)sprintf(in + n, " / HTTP/1.1\r\nHost: a\r\n\r\n");
+        int rc = parse_at(in, n, 0, NULL, &rh, hdrs, 8);
+        CHECK(rc == (int)n && rh.method_len == 48, "'.' at %zu: rc %d", off, rc);
     }
     current_case = "bad byte at every offset of a target";
     for (size_t b = 0; b < sizeof bad_target; b++) {
@@ -730,6 +831,119 @@ static const evec env_vectors[] = {
      "GET|/a|%zz|HTTP/1.1|/a?%zz"},
 };
 
+/* The header part of an environ block as the rules say, the plain way (an oracle for the packer's
+ * hash index and its eight-bytes-at-a-time keys): one entry per name in first-seen order, any
+ * case; repeats joined with ", " ("; " for Cookie); names with '_', and Proxy, dropped. */
+static int name_eq(const sp_header *a, const sp_header *b)
+{
+    if (a->name_len != b->name_len) return 0;
+    for (size_t i = 0; i < a->name_len; i++) {
+        char x = a->name[i], y = b->name[i];
+        if (x >= 'A' && x <= 'Z') x = (char)(x + 32);
+        if (y >= 'A' && y <= 'Z') y = (char)(y + 32);
+        if (x != y) return 0;
+    }
+    return 1;
+}
+
+static size_t oracle_fields(const sp_request_head *rh, char *o)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < rh->num_headers; i++) {
+        const sp_header *h = &rh->headers[i];
+        int seen = 0;
+        for (size_t j = 0; j < i && !seen; j++) seen = name_eq(&rh->headers[j], h);
+        if (seen || memchr(h->name, '_', h->name_len)) continue;
+        static const sp_header proxy = {"proxy", 5, "", 0}, cookie = {"cookie", 6, "", 0};
+        if (name_eq(h, &proxy)) continue;
+        n += (size_t)sprintf(o + n, "HTTP_");
+        for (size_t k = 0; k < h->name_len; k++) {
+            char c = h->name[k];
+            o[n++] = c == '-' ? '_' : (c >= 'a' && c <= 'z') ? (char)(c - 32) : c;
+        }
+        o[n++] = '\0';
+        for (size_t k = i, first = 1; k < rh->num_headers; k++) {
+            if (!name_eq(&rh->headers[k], h)) continue;
+            if (!first) n += (size_t)sprintf(o + n, name_eq(h, &cookie) ? "; " : ", ");
+            memcpy(o + n, rh->headers[k].value, rh->headers[k].value_len);
+            n += rh->headers[k].value_len;
+            first = 0;
+        }
+        o[n++] = '\0';
+    }
+    return n;
+}
+
+/* Packs in (a GET of / with fields only, none of them Host/Content-*) and compares the header
+ * part with the oracle's; nmax: the field limit to parse with. */
+static void check_env_fields(const char *in, size_t len, size_t nmax)
+{
+    static sp_header hdrs[400];
+    static char want[1 << 17];
+    sp_request_head rh;
+    sp_limits lim = {.max_headers = nmax};
+    int rc = parse_at(in, len, 0, &lim, &rh, hdrs, nmax);
+    CHECK(rc == (int)len, "parse rc %d", rc);
+    if (rc <= 0) return;
+    static const char fixed[] = "GET\0/\0\0HTTP/1.1\0/";   /* and its NUL */
+    memcpy(want, fixed, sizeof fixed);
+    size_t wl = sizeof fixed + oracle_fields(&rh, want + sizeof fixed);
+    char *out = g_out.map + g_out.data_cap - (wl + 64);
+    ssize_t n = sp_env_pack(&rh, out, wl + 64);
+    CHECK(n == (ssize_t)wl && memcmp(out, want, wl) == 0, "block differs (len %zd want %zu)", n, wl);
+    out = g_out.map + g_out.data_cap - wl;   /* exact room, against the guard page */
+    n = sp_env_pack(&rh, out, wl);
+    CHECK(n == (ssize_t)wl && memcmp(out, want, wl) == 0, "exact room: %zd want %zu", n, wl);
+    out = g_out.map + g_out.data_cap - (wl - 1);
+    CHECK(sp_env_pack(&rh, out, wl - 1) == -431, "one byte short");
+}
+
+static void test_env_fields(void)
+{
+    static char in[1 << 16];
+    static const char chars[] = "aZ-09bY-cX8d";
+    uint64_t rng = 0x2545f4914f6cdd1du;
+
+    current_case = "env keys of every name length, every case, '-' and '_' at every place";
+    for (size_t nl = 1; nl <= 40; nl++) {
+        for (size_t at = 0; at <= nl; at++) {
+            size_t n = (size_t)sprintf(in, "GET / HTTP/1.1\r\n");
+            for (size_t k = 0; k < nl; k++) in[n + k] = chars[(k + at) % (sizeof chars - 1)];
+            if (at < nl) in[n + at] = at % 2 ? '_' : '-';   /* '_': the field is dropped */
+            n += nl;
+            n += (size_t)sprintf(in + n, ": v%zu\r\nA-%zu: w\r\n\r\n", nl, at);
+            check_env_fields(in, n, 100);
+        }
+    }
+
+    current_case = "repeated names in any case joined, many fields, hash index";
+    static const char *names[] = {"accept", "X-Custom-Header-Long-Name", "cookie", "x-a", "AB",
+                                  "Sec-Fetch-Mode", "sec-fetch-site", "Sec-Fetch-Dest", "q_x",
+                                  "proxy", "Accept-Language", "Accept-Encoding", "abcdefgh",
+                                  "abcdefgi", "Z"};
+    const size_t nnames = sizeof names / sizeof names[0];
+    for (int round = 0; round < 200; round++) {
+        size_t nf = 1 + (size_t)round % 128;
+        size_t max = round % 2 ? 128 : 300;
+        if (round >= 190) nf = 257 + (size_t)(round - 190) * 4;   /* past the hash index: pairwise */
+        if (nf > max) max = nf;
+        size_t n = (size_t)sprintf(in, "GET / HTTP/1.1\r\n");
+        for (size_t f = 0; f < nf; f++) {
+            rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+            const char *nm = names[rng % (round < 100 ? 4 : nnames)];
+            for (size_t k = 0; nm[k]; k++) {
+                char c = nm[k];
+                if ((rng >> (8 + k % 40)) & 1) c = (c >= 'a' && c <= 'z') ? (char)(c - 32)
+                                                 : (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+                in[n++] = c;
+            }
+            n += (size_t)sprintf(in + n, ": %zu\r\n", f);
+        }
+        n += (size_t)sprintf(in + n, "\r\n");
+        check_env_fields(in, n, max);
+    }
+}
+
 static void test_env(void)
 {
     sp_header hdrs[MAX_HEADERS_TEST];
@@ -770,6 +984,8 @@ static void test_env(void)
             else CHECK(r == -431, "cap %zu: %zd", cap, r);
         }
     }
+
+    test_env_fields();
 
     current_case = "sp_decode_path on a bare path and a full target";
     {
@@ -1028,8 +1244,12 @@ int main(void)
     test_mutations();
     test_fuzz_regressions();
 
-#if defined(__SSE4_2__) && !defined(SP_NO_SIMD)
-    const char *path = "sse4.2";
+#if defined(SP_NO_SIMD) || !(defined(__GNUC__) || defined(__clang__))
+    const char *path = "scalar";
+#elif defined(__SSE2__)
+    const char *path = "sse2";
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+    const char *path = "neon";
 #else
     const char *path = "scalar";
 #endif

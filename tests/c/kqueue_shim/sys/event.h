@@ -1,5 +1,5 @@
 /* sys/event.h -- a test-only stand-in for the BSD kqueue API on Linux, implemented over epoll in
- * kqueue_shim.c. It exists so that csrc/be_kqueue.c compiles and runs on this project's Linux
+ * kqueue_shim.c. It exists so that csrc/loop/be_kqueue.c compiles and runs on this project's Linux
  * machines (Debian has no libkqueue); the real kqueue is exercised by the macOS CI job.
  *
  * Only what be_kqueue.c uses: EVFILT_READ and EVFILT_WRITE on sockets and pipes; EV_ADD,

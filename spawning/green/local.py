@@ -1,0 +1,64 @@
+"""``local``: ``threading.local`` whose attributes are per greenlet, hence per request in green mode."""
+
+from __future__ import annotations
+
+import _thread
+from typing import Any, TypeVar
+
+from greenlet import getcurrent  # type: ignore[import-untyped]
+
+_local_ids = iter(range(1, 1 << 62))
+_L = TypeVar("_L", bound="local")
+
+
+def _local_dict(self: local) -> dict:
+    """The calling greenlet's dict for this local (created, and __init__ run, on first use). Each
+    greenlet keeps its dicts in its own __dict__, so they die with it."""
+    key = object.__getattribute__(self, "_local__key")
+    gd = getcurrent().__dict__
+    d = gd.get(key)
+    if d is None:
+        d = gd[key] = {}
+        object.__setattr__(self, "__dict__", d)
+        cls = type(self)
+        if cls.__init__ is not object.__init__:
+            args, kw = object.__getattribute__(self, "_local__args")
+            cls.__init__(self, *args, **kw)
+    return d
+
+
+class local:
+    """``threading.local`` whose attributes are per greenlet (hence per request in green mode; each
+    OS thread's main greenlet keeps it per thread elsewhere)."""
+
+    __slots__ = ("__dict__", "__weakref__", "_local__args", "_local__key", "_local__lock")
+
+    def __new__(cls: type[_L], *args: Any, **kw: Any) -> _L:  # noqa: PYI019 (typing.Self needs 3.11)
+        if (args or kw) and cls.__init__ is object.__init__:
+            raise TypeError("Initialization arguments are not supported")
+        self = object.__new__(cls)
+        key = f"_spawning_local_{next(_local_ids)}"
+        object.__setattr__(self, "_local__key", key)
+        object.__setattr__(self, "_local__args", (args, kw))
+        object.__setattr__(self, "_local__lock", _thread.RLock())
+        getcurrent().__dict__[key] = object.__getattribute__(self, "__dict__")
+        return self
+
+    def __getattribute__(self, name: str) -> Any:
+        with object.__getattribute__(self, "_local__lock"):
+            object.__setattr__(self, "__dict__", _local_dict(self))
+            return object.__getattribute__(self, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "__dict__":
+            raise AttributeError(f"{type(self).__name__!r} object attribute '__dict__' is read-only")
+        with object.__getattribute__(self, "_local__lock"):
+            object.__setattr__(self, "__dict__", _local_dict(self))
+            object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name == "__dict__":
+            raise AttributeError(f"{type(self).__name__!r} object attribute '__dict__' is read-only")
+        with object.__getattribute__(self, "_local__lock"):
+            object.__setattr__(self, "__dict__", _local_dict(self))
+            object.__delattr__(self, name)

@@ -1,0 +1,144 @@
+"""spawning.green.hub: the loop, its timers and fd waits, run in this process (``green.run``: a hub
+of its own, no listener), and the reuse of request greenlets in a real green-mode server."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+
+import pytest
+from conftest import scaled
+
+from spawning import green
+
+
+def test_sleepers_wake_in_deadline_order() -> None:
+    woke: list[float] = []
+
+    def sleeper(seconds: float) -> None:
+        green.sleep(seconds)
+        woke.append(seconds)
+
+    def main() -> None:
+        threads = [green.spawn(sleeper, s) for s in (0.03, 0.01, 0.02)]
+        for t in threads:
+            t.join()
+
+    green.run(main)
+    assert woke == [0.01, 0.02, 0.03]
+
+
+def test_run_returns_the_result_and_knows_it_runs() -> None:
+    def main() -> tuple[bool, bool]:
+        return green.hub_running(), green.cooperative()
+
+    assert not green.hub_running() and not green.cooperative()
+    assert green.run(main) == (True, True)
+    assert not green.hub_running()
+
+
+def test_a_second_hub_in_one_process_is_refused() -> None:
+    def main() -> None:
+        green.run(lambda: None)
+
+    with pytest.raises(RuntimeError, match="already runs"):
+        green.run(main)
+
+
+def test_wait_read_parks_only_the_caller() -> None:
+    """A green thread waits on a socket (the C loop's sp_watch) while another keeps ticking and
+    then writes to it."""
+    a, b = socket.socketpair()
+    ticks = [0]
+
+    def reader() -> bytes:
+        green.wait_read(a.fileno(), timeout=scaled(5))
+        return a.recv(100)
+
+    def main() -> bytes:
+        t = green.spawn(reader)
+        for _ in range(10):
+            green.sleep(0.001)
+            ticks[0] += 1
+        b.sendall(b"ping")
+        return t.join(scaled(5))
+
+    try:
+        assert green.run(main) == b"ping"
+        assert ticks[0] == 10
+    finally:
+        a.close()
+        b.close()
+
+
+def test_wait_read_times_out() -> None:
+    a, b = socket.socketpair()
+    try:
+        with pytest.raises(TimeoutError):
+            green.run(green.wait_read, a.fileno(), 0.02)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_thread_wakes_the_hub() -> None:
+    """A real OS thread hands work to the hub (call_threadsafe, through the loop's wake pipe): an
+    Event it sets wakes the green thread that waits on it at once, not at the next timer."""
+    event = green.Event()
+
+    def main() -> float:
+        threading.Thread(target=lambda: (time.sleep(0.05), event.set())).start()
+        t0 = time.monotonic()
+        assert event.wait(scaled(5))
+        return time.monotonic() - t0
+
+    assert green.run(main) < scaled(1.0)   # the hub polls for at most 1 s when nothing is due
+
+
+def test_requests_leave_no_locals_or_context_behind(spawn):
+    """Request greenlets are reused: what one request stores in a thread-local or a ContextVar
+    must not be seen by the next request the same greenlet runs, whichever way the response
+    went (a one-element list, answered in one crossing, or an iterator, streamed)."""
+    server = spawn("-s", "1", "-t", "0", "green_apps.application")
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        for i in range(20):
+            conn.request("GET", f"/leftovers?r{i}" + ("-stream" if i % 3 == 1 else ""))
+            resp = conn.getresponse()
+            assert resp.status == 200
+            assert json.loads(resp.read()) == {"local": "unset", "var": "unset"}
+    finally:
+        conn.close()
+
+
+def test_batched_repeated_requests_leave_nothing_behind(spawn):
+    """The same, for the requests a greenlet takes from its hub's batch itself, which for a
+    connection's repeated requests happens in C (csrc/py/runner.c): many keep-alive clients at once,
+    each repeating its request byte for byte, so that polls bring several at a time."""
+    server = spawn("-s", "1", "-t", "0", "green_apps.application")
+    bad: list = []
+    done = [0]
+
+    def client(k: int) -> None:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            f = s.makefile("rb")
+            for _ in range(30):
+                s.sendall(f"GET /leftovers?c{k} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+                length = 0
+                while (line := f.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                seen = json.loads(f.read(length))
+                if seen != {"local": "unset", "var": "unset"}:
+                    bad.append(seen)
+                done[0] += 1
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert done[0] == 24 * 30 and not bad, (done[0], bad[:3])

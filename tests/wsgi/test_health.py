@@ -1,0 +1,195 @@
+"""Health endpoints and SIGTERM's --shutdown-delay, through real sockets.
+
+- the status port's ``/healthz`` (alive) and ``/readyz`` (serving, and not shutting down);
+- ``--health-path`` on the application port, answered without calling the app, on the C path
+  (csrc/py/runner.c runs a keep-alive connection's repeated requests) and on the Python path
+  (SPAWNING_NO_PYFAST=1), in thread and green mode;
+- ``--shutdown-delay``: after SIGTERM the server goes on accepting and serving for that long while
+  both answer 503, then drains and exits.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, free_port, http_request, wait_until
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    status, _, body = http_request(port, path, timeout=5)
+    return status, body
+
+
+def test_healthz_and_readyz_on_the_status_port(spawn):
+    status_port = free_port()
+    server = spawn("-s", "2", "--status-port", str(status_port), "--shutdown-delay", "2",
+                   "deploy_apps.echo")
+    assert _get(status_port, "/healthz") == (200, b"ok\n")
+    assert _get(status_port, "/readyz") == (200, b"ready\n")
+    conn = http.client.HTTPConnection("127.0.0.1", status_port, timeout=5)
+    conn.request("HEAD", "/readyz")
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.read() == b""
+    conn.close()
+
+    server.signal(signal.SIGTERM)
+    assert server.wait_until(lambda: _get(status_port, "/readyz")[0] == 503, timeout=2)
+    assert _get(status_port, "/readyz") == (503, b"shutting down\n")
+    assert _get(status_port, "/healthz") == (200, b"ok\n"), "alive while it drains"
+    doc = json.loads(http_request(status_port, "/status.json")[2])
+    assert doc["server"]["state"] == "delaying"
+    assert server.wait(10) == 0
+
+
+def test_readyz_waits_for_the_first_generation(spawn):
+    """Alive at once, ready only once the app is loaded: an orchestrator must not send traffic to
+    a server still importing its app."""
+    status_port = free_port()
+    server = spawn("-s", "1", "--status-port", str(status_port), "slow_boot.application",
+                   env={"SLOW_BOOT_SECONDS": "2"}, wait=False)
+    assert server.wait_until(lambda: _answers(status_port, "/healthz") == 200, timeout=10)
+    assert _get(status_port, "/readyz") == (503, b"starting\n")
+    assert server.wait_until(lambda: _answers(status_port, "/readyz") == 200, timeout=15)
+    assert _get(server.port, "/")[0] == 200
+
+
+def _answers(port: int, path: str) -> int:
+    try:
+        return _get(port, path)[0]
+    except OSError:
+        return 0
+
+
+@pytest.mark.parametrize("threads", ["4", "0"], ids=["threads", "green"])
+@pytest.mark.parametrize("pyfast", ["c", "python"])
+def test_health_path_answers_without_the_app(spawn, threads, pyfast):
+    """Repeated on one keep-alive connection (the C path takes those, unless SPAWNING_NO_PYFAST=1),
+    and on fresh connections; the app (which answers JSON naming the path) is never called for it.
+    After SIGTERM, with --shutdown-delay, the same connection gets 503 while other paths are still
+    served."""
+    env = {"SPAWNING_NO_PYFAST": "1"} if pyfast == "python" else {}
+    server = spawn("-s", "1", "-t", threads, "--health-path", "/lb-health", "--shutdown-delay", "3",
+                   "deploy_apps.echo", env=env)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    for _ in range(20):
+        conn.request("GET", "/lb-health")
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, b"ok\n")
+        assert resp.getheader("Cache-Control") == "no-store"
+    conn.request("HEAD", "/lb-health")
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.read() == b""
+    # Other paths, and the health path with a query, reach the app; a longer path is not it.
+    for path in ("/", "/lb-health/x", "/lb-healthz"):
+        status, body = _get(server.port, path)
+        assert status == 200 and json.loads(body)["PATH_INFO"] == path
+    assert _get(server.port, "/lb-health?probe=1") == (200, b"ok\n")
+
+    server.signal(signal.SIGTERM)
+    got: list[tuple[int, bytes]] = []
+
+    def kept_connection_unready() -> bool:
+        conn.request("GET", "/lb-health")
+        resp = conn.getresponse()
+        got[:] = [(resp.status, resp.read())]
+        return got[0][0] == 503
+
+    wait_until(kept_connection_unready, 2, interval=0.05, what="503 on the kept connection")
+    assert got[0] == (503, b"shutting down\n"), "the kept connection (C path) says 503"
+    assert _get(server.port, "/lb-health") == (503, b"shutting down\n"), "a new one too"
+    status, body = _get(server.port, "/still-served")
+    assert status == 200 and json.loads(body)["PATH_INFO"] == "/still-served"
+    conn.close()
+    assert server.wait(10) == 0
+
+
+def test_shutdown_delay_keeps_accepting_then_drains(spawn):
+    """For --shutdown-delay seconds after SIGTERM new connections are accepted and served; then the
+    server drains and exits: not at once, and not much later."""
+    delay = 2.0
+    server = spawn("-s", "2", "--shutdown-delay", str(delay), "deploy_apps.echo")
+    sent = time.monotonic()
+    server.signal(signal.SIGTERM)
+    served = 0
+    last_ok = sent
+    while time.monotonic() - sent < delay + 3:
+        try:
+            status, _ = _get(server.port, "/")
+        except OSError:
+            break               # refused: the drain has begun
+        assert status == 200
+        served += 1
+        last_ok = time.monotonic()
+        time.sleep(0.05)
+    assert served >= 10
+    assert last_ok - sent >= delay - 0.6, f"served only {last_ok - sent:.2f} s of the {delay} s"
+    assert server.wait(10) == 0
+    exited = time.monotonic() - sent
+    assert delay - 0.6 <= exited < delay + 3, exited
+    assert "--shutdown-delay" in server.stderr
+
+
+def test_second_sigterm_ends_the_delay(spawn):
+    server = spawn("-s", "1", "--shutdown-delay", "30", "deploy_apps.echo")
+    server.signal(signal.SIGTERM)
+    assert server.wait_until(lambda: "serving 30 s more" in server.stderr, timeout=3)
+    sent = time.monotonic()
+    server.signal(signal.SIGTERM)
+    assert server.wait(10) == 0
+    assert time.monotonic() - sent < 5
+    assert "SIGTERM again: draining now" in server.stderr
+
+
+def test_sigint_does_not_wait_for_the_delay(spawn):
+    """The delay is for orchestrators' SIGTERM; Ctrl-C at a terminal stops as before."""
+    server = spawn("-s", "1", "--shutdown-delay", "30", "deploy_apps.echo")
+    sent = time.monotonic()
+    server.signal(signal.SIGINT)
+    assert server.wait(10) == 0
+    assert time.monotonic() - sent < 5
+
+
+@pytest.mark.parametrize("value", ["health", "/a b", ""])
+def test_bad_health_path_is_one_line(value):
+    proc = subprocess.run([sys.executable, "-m", "spawning", "--health-path", value, "x.app"],
+                          check=False, capture_output=True, text=True, timeout=30, cwd=str(ROOT))
+    if value == "":
+        # Empty means none: then the app import fails instead, which is a different line.
+        assert "--health-path" not in proc.stderr
+        return
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--health-path" in lines[0], proc.stderr
+
+
+def test_shutdown_delay_when_every_process_gets_sigterm(spawn):
+    """As systemd's KillMode=control-group (or a platform that signals every process) does: the
+    workers hold --shutdown-delay too, unready and serving, rather than draining at once (which
+    would also read to the controller as a crash to replace)."""
+    delay = 2.5
+    server = spawn("-s", "2", "--health-path", "/hz", "--shutdown-delay", str(delay),
+                   "deploy_apps.echo")
+    workers = server.workers()
+    assert len(workers) == 2
+    sent = time.monotonic()
+    for pid in [server.pid, *workers]:
+        os.kill(pid, signal.SIGTERM)
+    served = 0
+    while time.monotonic() - sent < delay - 0.7:
+        status, body = _get(server.port, "/x")
+        assert status == 200 and json.loads(body)["PATH_INFO"] == "/x"
+        assert _get(server.port, "/hz")[0] == 503
+        served += 1
+        time.sleep(0.05)
+    assert served >= 5
+    assert sorted(server.workers()) == sorted(workers), "the same workers serve on"
+    assert server.wait(15) == 0
+    assert time.monotonic() - sent >= delay - 0.5
+    assert "replacing it" not in server.stderr, server.stderr
