@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import APPS, ROOT, free_port, http_request
+from conftest import APPS, ROOT, free_port, http_request, wait_until
 
 from spawning.config.sources import parse_args
 from spawning.process.shutdown import KILL_AFTER
@@ -202,7 +202,9 @@ def test_socket_activation_as_the_service_runs_it(tmp_path: Path):
         sent = time.monotonic()
         first.send_signal(signal.SIGTERM)
         _wait_http(status_port, "/readyz", want=503, timeout=3)
-        assert http_request(port, health)[::2] == (503, b"shutting down\n")
+        # The workers hear of it over their channels, a moment after the controller's /readyz.
+        wait_until(lambda: http_request(port, health)[::2] == (503, b"shutting down\n"), 2,
+                   what="the worker's health path to answer 503")
         assert first.wait(shutdown_delay + 15) == 0
         assert time.monotonic() - sent >= shutdown_delay - 0.5
         log = (tmp_path / "first.log").read_text()

@@ -7,18 +7,25 @@
  * handle()), which runs it and the ones after it, as long as each answer is one this file knows:
  *
  *   1. The environ, made from the block the core packed from the head (sp.h, sp_request.env):
- *      a copy of the listener's constant environ, interned keys from a small table, one latin-1
- *      str per value; a trusted proxy's headers then rewrite it (spawning.forwarded), only when
- *      the head carries one. The one cache of the path is here, and C's alone: a keep-alive
- *      client repeating its request byte for byte gets a copy of the environ its connection's
- *      first repeat got (request_env).
+ *      a copy of the listener's constant environ, already sized for a browser's headers
+ *      (roomy_base), interned keys from a small table, one latin-1 str per value, shared with
+ *      the last request whose value for that key had the same bytes (env_value); a trusted
+ *      proxy's headers then rewrite it (spawning.forwarded), only when the head carries one. A
+ *      keep-alive client repeating its request byte for byte gets a copy of the environ its
+ *      connection's first repeat got (request_env). A Content-Length body the loop already
+ *      holds is wsgi.input as a C Input (body_input); any other, spawning/wsgi/input.py's.
  *   2. The app, called with a ResponseBase's start_response (C members for the per-request
  *      state; wsgi.Response adds write() and the rest in Python).
  *   3. The answer: a list of one bytes object in one crossing (sp_code_answer: head, body and
  *      finish, and in thread mode the thread's next request); any other iterable but a
  *      wsgi.file_wrapper streamed chunk by chunk as the app yields it; close() called. The head
- *      is packed from exact str/list/tuple objects only, so no app code runs meanwhile; the
- *      core validates and formats it.
+ *      is packed from exact str/list/tuple objects only, so no app code runs meanwhile, reusing
+ *      the bytes of the leading objects that are the ones last packed (pack_head); the core
+ *      validates and formats it.
+ *
+ * The caches of the path are C's alone (spawning/wsgi/ keeps none). Besides the repeats' environs, they
+ * hold strs, which are immutable, matched value by value (bytes) or object by object (the
+ * head's), so they pay on heads that differ, as a browser's do.
  *   4. The access log's callable, then the next request: in thread mode a poll with the GIL
  *      released, in a request greenlet the hub's batch (greenlet-locals and contextvars reset
  *      first).
@@ -169,7 +176,223 @@ static PyType_Spec resp_spec = {
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, resp_slots,
 };
 
+/* ---- Input: wsgi.input of a body the loop already holds ----------------------------------
+ *
+ * A Content-Length body that came with its head (a form post) is taken whole when the request
+ * starts (body_input) and read from memory, with the rules of spawning/wsgi/input.py (read(n)
+ * is a file's read: fewer than n bytes only at the end; readline(n), readlines(hint),
+ * iteration; b'' once the request is over): no Python frame per call. Any other body is
+ * Python's Input, which waits for bytes as the dispatcher does. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *body;     /* bytes: the whole body; NULL once released (reads then get b'') */
+    Py_ssize_t pos;     /* bytes of it read */
+} Inp;
+
+static PyTypeObject *input_type;    /* Input */
+static allocfunc input_alloc;
+
+static void inp_dealloc(Inp *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    Py_XDECREF(self->body);
+    ((freefunc)PyType_GetSlot(tp, Py_tp_free))(self);
+    Py_DECREF(tp);      /* instances of heap types hold their type */
+}
+
+/* An Input over a copy of data[0..n), or NULL with a Python error. */
+static PyObject *inp_new(const char *data, Py_ssize_t n)
+{
+    Inp *self = (Inp *)input_alloc(input_type, 0);
+    if (self == NULL)
+        return NULL;
+    if ((self->body = PyBytes_FromStringAndSize(data, n)) == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+/* The one optional argument of read(size), readline(size), readlines(hint): positional or by
+ * keyword; *arg is NULL when not given. 0, or -1 with a Python error. */
+static int one_arg(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, const char *fn,
+                   const char *kw, PyObject **arg)
+{
+    Py_ssize_t nkw = kwnames != NULL ? PyTuple_Size(kwnames) : 0;
+    *arg = nargs > 0 ? args[0] : NULL;
+    if (nargs + nkw > 1) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most 1 argument (%zd given)", fn, nargs + nkw);
+        return -1;
+    }
+    if (nkw) {
+        PyObject *name = PyTuple_GetItem(kwnames, 0);
+        int same = name != NULL ? PyUnicode_CompareWithASCIIString(name, kw) == 0 : 0;
+        if (!same) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", fn, name);
+            return -1;
+        }
+        *arg = args[0];
+    }
+    return 0;
+}
+
+/* A size argument: -1 for none (not given, None, negative), else the number, clipped at
+ * PY_SSIZE_T_MAX (a larger one reads everything, as in Python's Input). 0, or -1 with a Python error
+ * (not an integer: TypeError, as Python's Input meets it). */
+static int arg_size(PyObject *arg, Py_ssize_t *size)
+{
+    *size = -1;
+    if (arg == NULL || arg == Py_None)
+        return 0;
+    Py_ssize_t n = PyNumber_AsSsize_t(arg, NULL);
+    if (n == -1 && PyErr_Occurred())
+        return -1;
+    *size = n < 0 ? -1 : n;
+    return 0;
+}
+
+/* The next n bytes of the body (fewer at its end), the body itself when that is all of it. */
+static PyObject *inp_take(Inp *self, Py_ssize_t n)
+{
+    if (self->body == NULL)
+        return PyBytes_FromStringAndSize(NULL, 0);
+    Py_ssize_t len = PyBytes_Size(self->body), left = len - self->pos;
+    if (n < 0 || n > left)
+        n = left;
+    if (n == len) {
+        self->pos = len;
+        Py_INCREF(self->body);
+        return self->body;
+    }
+    PyObject *r = PyBytes_FromStringAndSize(PyBytes_AsString(self->body) + self->pos, n);
+    if (r != NULL)
+        self->pos += n;
+    return r;
+}
+
+static PyObject *inp_read(Inp *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *arg;
+    Py_ssize_t size;
+    if (one_arg(args, nargs, kwnames, "read", "size", &arg) < 0 || arg_size(arg, &size) < 0)
+        return NULL;
+    return inp_take(self, size);
+}
+
+/* The next line, through its b'\n', or the first size bytes of it. */
+static PyObject *inp_line(Inp *self, Py_ssize_t size)
+{
+    if (self->body == NULL)
+        return PyBytes_FromStringAndSize(NULL, 0);
+    Py_ssize_t left = PyBytes_Size(self->body) - self->pos;
+    Py_ssize_t limit = size >= 0 && size < left ? size : left;
+    const char *b = PyBytes_AsString(self->body) + self->pos;
+    const char *nl = memchr(b, '\n', (size_t)limit);
+    return inp_take(self, nl != NULL ? nl - b + 1 : limit);
+}
+
+static PyObject *inp_readline(Inp *self, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames)
+{
+    PyObject *arg;
+    Py_ssize_t size;
+    if (one_arg(args, nargs, kwnames, "readline", "size", &arg) < 0 || arg_size(arg, &size) < 0)
+        return NULL;
+    return inp_line(self, size);
+}
+
+/* readlines(hint): lines until they hold hint bytes or more (hint > 0), else all of them. A hint
+ * that is not an int is compared as Python's Input compares it. */
+static PyObject *inp_readlines(Inp *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames)
+{
+    PyObject *hint, *lines;
+    if (one_arg(args, nargs, kwnames, "readlines", "hint", &hint) < 0 || (lines = PyList_New(0)) == NULL)
+        return NULL;
+    Py_ssize_t total = 0, h = -1;
+    int generic = hint != NULL && hint != Py_None && !PyLong_Check(hint);
+    if (!generic && hint != NULL && hint != Py_None) {
+        h = PyNumber_AsSsize_t(hint, NULL);
+        if (h == -1 && PyErr_Occurred())
+            goto fail;
+    }
+    for (;;) {
+        PyObject *line = inp_line(self, -1);
+        if (line == NULL)
+            goto fail;
+        Py_ssize_t n = PyBytes_Size(line);
+        int rc = n ? PyList_Append(lines, line) : 0;
+        Py_DECREF(line);
+        if (rc < 0)
+            goto fail;
+        if (!n)
+            return lines;
+        total += n;
+        if (generic) {      /* 0 < hint <= total */
+            PyObject *zero = PyLong_FromLong(0), *t = PyLong_FromSsize_t(total);
+            int a = zero && t ? PyObject_RichCompareBool(zero, hint, Py_LT) : -1;
+            int b = a > 0 ? PyObject_RichCompareBool(hint, t, Py_LE) : a;
+            Py_XDECREF(zero);
+            Py_XDECREF(t);
+            if (b < 0)
+                goto fail;
+            if (b)
+                return lines;
+        } else if (h > 0 && h <= total) {
+            return lines;
+        }
+    }
+fail:
+    Py_DECREF(lines);
+    return NULL;
+}
+
+static PyObject *inp_next(Inp *self)
+{
+    PyObject *line = inp_line(self, -1);
+    if (line != NULL && PyBytes_Size(line) == 0) {
+        Py_DECREF(line);
+        return NULL;        /* StopIteration */
+    }
+    return line;
+}
+
+/* release(): the request is over; later reads get b''. */
+static PyObject *inp_release(Inp *self, PyObject *Py_UNUSED(ignored))
+{
+    Py_CLEAR(self->body);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef inp_methods[] = {
+    {"read", (PyCFunction)(void (*)(void))inp_read, METH_FASTCALL | METH_KEYWORDS,
+     "read(size=-1): up to size bytes of the body, fewer only at its end; all of it by default."},
+    {"readline", (PyCFunction)(void (*)(void))inp_readline, METH_FASTCALL | METH_KEYWORDS,
+     "readline(size=-1): the next line, through its newline, or its first size bytes."},
+    {"readlines", (PyCFunction)(void (*)(void))inp_readlines, METH_FASTCALL | METH_KEYWORDS,
+     "readlines(hint=-1): the lines left, or as many as reach hint bytes."},
+    {"release", (PyCFunction)inp_release, METH_NOARGS,
+     "release(): the request is over; later reads get b''."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot inp_slots[] = {
+    {Py_tp_doc, (void *)"wsgi.input of a body read whole with its head (csrc/py/runner.c)."},
+    {Py_tp_dealloc, (void *)inp_dealloc},
+    {Py_tp_iter, (void *)PyObject_SelfIter},
+    {Py_tp_iternext, (void *)inp_next},
+    {Py_tp_methods, inp_methods},
+    {0, NULL},
+};
+
+static PyType_Spec inp_spec = {
+    "spawning._core.Input", sizeof(Inp), 0, Py_TPFLAGS_DEFAULT, inp_slots,
+};
+
 /* ---- Runner ----------------------------------------------------------------------------- */
+
+#define HEAD_OBJS 17    /* a status and 8 headers: what follows is packed every time */
 
 typedef struct {
     PyObject_HEAD
@@ -177,17 +400,23 @@ typedef struct {
     PyObject *app;
     PyObject *conn_envs;  /* dict: repeat code -> environ to copy, for bodyless requests... */
     PyObject *body_envs;  /* ...and for requests with a body (see request_env) */
-    PyObject *new_input;  /* callable(response) -> wsgi.input for a request with a body */
+    PyObject *new_input;  /* callable(response[, head]) -> Python's wsgi.input for a body, head
+                             the bytes of it taken already (body_input) */
     PyObject *resp_cls;   /* the handler's ResponseBase subclass */
     PyObject *log;        /* callable(environ, status, sent, headers) that never raises, or None */
     PyObject *spare;      /* a response object no one else holds, for the next request */
-    PyObject *base_envs;  /* list: each listener's constant environ (wsgi.base_environ) */
+    PyObject *base_envs;  /* list: for each listener, what its environs are copied from: its
+                             constant environ (wsgi.base_environ) as base_env() makes it over, as
+                             a tuple (for a head of one field or none, for more) */
     PyObject *empty;      /* wsgi.input of a request without a body */
     PyObject *forwarded;  /* callable(environ) -> REMOTE_PORT or None, rewriting an environ from
                              a trusted proxy's headers (spawning.forwarded); None: no proxies */
     PyObject *stream_types;  /* results Python streams itself (wsgi.file_wrapper: sendfile) */
     PyObject *close_error;   /* callable(exception): logs an error from the result's close() */
     char *hbuf; size_t hcap; /* the packed head of the answer being made (the GIL guards it) */
+    PyObject *head_objs[HEAD_OBJS];  /* what hbuf was packed from: the status, then each header's */
+    int nhead_objs;                  /* name and value (references held), as far as kept */
+    size_t head_off[HEAD_OBJS];      /* where each one's bytes end in hbuf (pack_head) */
 } Runner;
 
 static int runner_traverse(Runner *self, visitproc visit, void *arg)
@@ -225,15 +454,20 @@ static int runner_clear(Runner *self)
     return 0;
 }
 
+static void forget_head(Runner *self, int idx);
+
 static void runner_dealloc(Runner *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     runner_clear(self);
+    forget_head(self, 0);
     free(self->hbuf);
     ((freefunc)PyType_GetSlot(tp, Py_tp_free))(self);
     Py_DECREF(tp);
 }
+
+static PyObject *base_env(PyObject *base, PyObject *empty, int roomy);
 
 /* Runner(server_address, app, new_input, response_class, log, base_envs, empty_input,
  *        forwarded, stream_types, close_error): the handler's state (wsgi.py, make_handler) */
@@ -260,15 +494,27 @@ static PyObject *runner_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     if (self == NULL)
         return NULL;
     self->srv = (sp_server *)(uintptr_t)addr;
-    if ((self->conn_envs = PyDict_New()) == NULL || (self->body_envs = PyDict_New()) == NULL) {
+    if ((self->conn_envs = PyDict_New()) == NULL || (self->body_envs = PyDict_New()) == NULL
+            || (self->base_envs = PyList_New(PyList_Size(bases))) == NULL) {
         Py_DECREF(self);
         return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyList_Size(bases); i++) {
+        PyObject *b = PyList_GetItem(bases, i), *pair = NULL;
+        if (!PyDict_Check(b))
+            PyErr_SetString(PyExc_TypeError, "Runner(): base environs must be dicts");
+        else
+            pair = Py_BuildValue("(NN)", base_env(b, empty, 0), base_env(b, empty, 1));
+        if (pair == NULL) {
+            Py_DECREF(self);
+            return NULL;
+        }
+        PyList_SetItem(self->base_envs, i, pair);       /* steals */
     }
     Py_INCREF(app); self->app = app;
     Py_INCREF(new_input); self->new_input = new_input;
     Py_INCREF(cls); self->resp_cls = cls;
     Py_INCREF(log); self->log = log;
-    Py_INCREF(bases); self->base_envs = bases;
     Py_INCREF(empty); self->empty = empty;
     Py_INCREF(fwd); self->forwarded = fwd;
     Py_INCREF(stypes); self->stream_types = stypes;
@@ -391,42 +637,100 @@ static int forget(PyObject *dict, PyObject *key)
  * name the table has no room for is made for the request. */
 #define KEY_SLOTS 256            /* a power of two; header names a server sees are far fewer */
 #define KEY_MAX 47               /* longer names (rare, never hot) are not kept */
-typedef struct { unsigned len; char name[KEY_MAX + 1]; PyObject *key; } key_ent;
+#define VAL_MAX 160              /* longer values (rare, and rarely repeated) are not kept */
+
+/* A value str kept with the bytes it was made from: the next request's value for the same key,
+ * when its bytes are the same, is this str again (strs are immutable) instead of a new one.
+ * Most of a browser's fields repeat from request to request and from user to user (Host,
+ * Accept*, User-Agent, Sec-Fetch-*, the method, the protocol, the client's address): sharing
+ * their strs saves an allocation, a decode and a free each, ~200 instructions. A value that
+ * differs costs a compare that fails early and a copy of its bytes. */
+typedef struct { unsigned len; PyObject *val; char bytes[VAL_MAX]; } val_ent;
+typedef struct {
+    unsigned len; char name[KEY_MAX + 1]; PyObject *key;
+    val_ent *last;               /* the key's last value, or NULL: never kept for a secret's */
+    val_ent val;
+} key_ent;
 static key_ent env_keys[KEY_SLOTS];   /* the GIL guards it (pyfast is not built free-threaded) */
 static PyObject *fixed_keys[6];       /* REMOTE_ADDR, then SP_ENV_FIXED's */
+static val_ent fixed_vals[6];         /* their last values */
+#define PORT_VALS 64                  /* a power of two */
+static val_ent port_vals[PORT_VALS];  /* REMOTE_PORT values by the port's last digits: a
+                                         keep-alive connection's requests share its port's str */
 
-/* The interned str for the name p[0..n), borrowed from the table (or new: *owned is set), or
- * NULL with a Python error. */
-static PyObject *env_key(const char *p, size_t n, int *owned)
+/* Values that are credentials are never kept, so that no compare's timing says anything of one
+ * request's secret to another (and they differ from user to user anyway). */
+static int secret_name(const char *p, size_t n)
 {
-    *owned = 0;
-    if (n > KEY_MAX)
-        goto fresh;
-    uint32_t h = 2166136261u;    /* FNV-1a: names are short; no attacker gains from a clash
-                                    but a table slot, which the next name may take back */
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)p[i]) * 16777619u;
+    return (n == 11 && memcmp(p, "HTTP_COOKIE", 11) == 0)
+        || (n == 18 && memcmp(p, "HTTP_AUTHORIZATION", 18) == 0);
+}
+
+static inline uint64_t load8(const char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+/* The table's entry for the name p[0..n) (n <= KEY_MAX), made for it if it held another, or NULL
+ * with a Python error. */
+static key_ent *env_key(const char *p, size_t n)
+{
+    /* The length and the first and last 8 bytes tell the names a server sees apart (HTTP_
+     * names share their first bytes, not their last); a clash costs only a table slot, which
+     * the next name takes back, never a wrong key. A dozen instructions where a byte-wise hash
+     * took 4 a byte. */
+    uint64_t h = n;
+    if (n >= 8) {
+        h ^= load8(p) * 0x9E3779B97F4A7C15u ^ load8(p + n - 8) * 0xC2B2AE3D27D4EB4Fu;
+    } else {
+        for (size_t i = 0; i < n; i++)
+            h = h * 31 + (unsigned char)p[i];
+    }
+    h ^= h >> 33;
+    h *= 0xFF51AFD7ED558CCDu;
+    h ^= h >> 33;
     key_ent *e = &env_keys[h & (KEY_SLOTS - 1)];
     if (e->key != NULL && e->len == n && memcmp(e->name, p, n) == 0)
-        return e->key;
+        return e;
     PyObject *k = PyUnicode_FromStringAndSize(p, (Py_ssize_t)n);
     if (k == NULL)
         return NULL;
     PyUnicode_InternInPlace(&k);
     Py_XDECREF(e->key);
+    Py_CLEAR(e->val.val);
     e->key = k;                  /* the table's reference */
     e->len = (unsigned)n;
     memcpy(e->name, p, n);
-    return k;
-fresh:
-    *owned = 1;
-    return PyUnicode_DecodeLatin1(p, (Py_ssize_t)n, NULL);
+    e->last = secret_name(p, n) ? NULL : &e->val;
+    return e;
 }
 
-/* env[key] = value, value made from p[0..n) as latin-1; 0 or -1 with a Python error. */
-static int env_set(PyObject *env, PyObject *key, const char *p, size_t n)
+/* The str of the value p[0..n) as latin-1 (a new reference): c's when c (NULL: none) keeps the
+ * same bytes, else a new one, which c then keeps. NULL with a Python error. */
+static PyObject *env_value(val_ent *c, const char *p, size_t n)
 {
+    if (c != NULL && c->val != NULL && c->len == n && memcmp(c->bytes, p, n) == 0) {
+        Py_INCREF(c->val);
+        return c->val;
+    }
     PyObject *v = PyUnicode_DecodeLatin1(p, (Py_ssize_t)n, NULL);
+    if (v != NULL && c != NULL && n <= VAL_MAX) {
+        PyObject *old = c->val;
+        Py_INCREF(v);
+        c->val = v;
+        c->len = (unsigned)n;
+        memcpy(c->bytes, p, n);
+        Py_XDECREF(old);
+    }
+    return v;
+}
+
+/* env[key] = the value p[0..n) (env_value, c as there); 0 or -1 with a Python error. */
+static int env_set(PyObject *env, PyObject *key, val_ent *c, const char *p, size_t n)
+{
+    PyObject *v = env_value(c, p, n);
     if (v == NULL)
         return -1;
     int rc = PyDict_SetItem(env, key, v);
@@ -434,49 +738,133 @@ static int env_set(PyObject *env, PyObject *key, const char *p, size_t n)
     return rc;
 }
 
-/* The whole environ of the request r (REMOTE_PORT and wsgi.input included when it has no body:
- * a body's wsgi.input is the caller's), or NULL with a Python error. */
+/* The first NUL in p[0..end), or NULL. */
+static inline const char *find_nul(const char *p, const char *end)
+{
+    return p < end ? memchr(p, 0, (size_t)(end - p)) : NULL;
+}
+
+/* The keys every environ gets from its request: REMOTE_ADDR, SP_ENV_FIXED's, REMOTE_PORT, and
+ * wsgi.input (a body's, or the empty one), REMOTE_PORT last (roomy_base). */
+#define EVERY_KEYS 8
+static PyObject *every_keys[EVERY_KEYS];
+static PyObject *s_sizeof;           /* interned "__sizeof__" */
+
+/* 1 when one more key would grow the dict's table, 0 if not, -1 on a Python error: asked of a
+ * copy (PyDict_Copy of a compact str-keyed dict clones its table), by its __sizeof__. */
+static int would_grow(PyObject *d)
+{
+    PyObject *c = PyDict_Copy(d), *before = NULL, *after = NULL;
+    int r = -1;
+    if (c == NULL || (before = PyObject_CallMethodObjArgs(c, s_sizeof, NULL)) == NULL
+            || PyDict_SetItem(c, s_sizeof, Py_None) < 0
+            || (after = PyObject_CallMethodObjArgs(c, s_sizeof, NULL)) == NULL)
+        goto out;
+    r = PyObject_RichCompareBool(after, before, Py_GT);
+out:
+    Py_XDECREF(c);
+    Py_XDECREF(before);
+    Py_XDECREF(after);
+    return r;
+}
+
+/* What a listener's environs are copied from: its constant environ (wsgi.base_environ) and the
+ * keys every request sets (every_keys: placeholders each request overwrites, and the empty
+ * wsgi.input, which stays for a request without a body); if roomy, in a table with room for a
+ * browser's headers. A copy takes its original's table size (PyDict_Copy clones the table of a
+ * compact dict), so an environ made from the roomy one does not grow its table as its headers
+ * go in, where one copied from the 12 constants grew it at its 22nd key (~1,200 instructions a
+ * browser's request). The limited API cannot presize a dict; a table grows, compacted, when a
+ * new key finds it full, to 3 times the keys it holds (CPython's rule since 3.7). So the last of
+ * the keys goes in only once the table is full: keys that are not the environ's (added, then
+ * deleted) fill it first. 20 keys then take a table of 64 with room for 22 more, and it holds no
+ * deleted entry, which a copy would carry. Where that fails (another growth rule), the result is
+ * as good as a copy of the constants. The other, in the table of 32 the 20 keys take, holds one
+ * field more: a head of one field (a long-poll client's Host) or none keeps the smaller table it
+ * had before, so a request waiting in green mode takes no more memory. A new dict, or NULL with
+ * a Python error. */
+static PyObject *base_env(PyObject *base, PyObject *empty, int roomy)
+{
+    PyObject *d = PyDict_New(), *filler = NULL;
+    if (d == NULL || PyDict_Update(d, base) < 0)
+        goto fail;
+    for (int i = 0; i < EVERY_KEYS - 1; i++)
+        if (PyDict_SetItem(d, every_keys[i], i == EVERY_KEYS - 2 ? empty : Py_None) < 0)
+            goto fail;
+    for (int i = 0; roomy && i < 64; i++) {     /* a table of 64 holds 42: bounded, whatever the rule */
+        int full = would_grow(d);
+        if (full < 0)
+            goto fail;
+        if (full)
+            break;
+        /* A key no environ holds (a new str, not interned), in and out again. */
+        if ((filler = PyUnicode_FromFormat("spawning.filler.%d", i)) == NULL
+                || PyDict_SetItem(d, filler, Py_None) < 0 || PyDict_DelItem(d, filler) < 0)
+            goto fail;
+        Py_CLEAR(filler);
+    }
+    if (PyDict_SetItem(d, every_keys[EVERY_KEYS - 1], Py_None) < 0)
+        goto fail;
+    return d;
+fail:
+    Py_XDECREF(filler);
+    Py_XDECREF(d);
+    return NULL;
+}
+
+/* The whole environ of the request r (a body's wsgi.input is the caller's to set: the
+ * copy's is the empty one), or NULL with a Python error. */
 static PyObject *env_from_block(Runner *self, const sp_request *r)
 {
-    PyObject *base = PyList_GetItem(self->base_envs, r->listener);
-    PyObject *env = base != NULL ? PyDict_Copy(base) : NULL;
-    if (env == NULL)
-        return NULL;
-    const char *p = r->env, *end = r->env + r->env_len;
+    const char *p = r->env, *end = r->env + r->env_len, *ends[6];
+    PyObject *env = NULL;
     for (int i = 0; i < 6; i++) {
-        const char *z = memchr(p, 0, (size_t)(end - p));
-        if (z == NULL)
+        if ((ends[i] = find_nul(p, end)) == NULL)
             goto bad;
-        if (env_set(env, fixed_keys[i], p, (size_t)(z - p)) < 0)
+        p = ends[i] + 1;
+    }
+    /* Two fields or more (a key's NUL after the first field's value's): the roomy base. */
+    const char *q = find_nul(p, end);
+    if (q != NULL)
+        q = find_nul(q + 1, end);
+    int many = q != NULL && find_nul(q + 1, end) != NULL;
+    PyObject *bases = PyList_GetItem(self->base_envs, r->listener);
+    PyObject *base = bases != NULL ? PyTuple_GetItem(bases, many) : NULL;
+    if (base == NULL || (env = PyDict_Copy(base)) == NULL)
+        return NULL;
+    for (int i = 0; i < 6; i++) {
+        const char *v = i ? ends[i - 1] + 1 : r->env;
+        if (env_set(env, fixed_keys[i], &fixed_vals[i], v, (size_t)(ends[i] - v)) < 0)
             goto fail;
-        p = z + 1;
     }
     int proxied = 0;   /* a header a trusted proxy may have set (spawning.forwarded reads them) */
     for (;;) {   /* "KEY\0value\0" pairs, until what is left has no NUL: REMOTE_PORT */
-        const char *kz = memchr(p, 0, (size_t)(end - p));
+        const char *kz = find_nul(p, end);
         if (kz == NULL)
             break;
         const char *v = kz + 1;
-        const char *vz = memchr(v, 0, (size_t)(end - v));
+        const char *vz = find_nul(v, end);
         if (vz == NULL)
             goto bad;
         size_t kn = (size_t)(kz - p);
         if ((kn >= 16 && memcmp(p, "HTTP_X_FORWARDED", 16) == 0) || (kn == 14 && memcmp(p, "HTTP_FORWARDED", 14) == 0))
             proxied = 1;
-        int owned;
-        PyObject *k = env_key(p, kn, &owned);
-        if (k == NULL)
-            goto fail;
-        int rc = env_set(env, k, v, (size_t)(vz - v));
-        if (owned)
-            Py_DECREF(k);
+        int rc;
+        if (kn <= KEY_MAX) {
+            key_ent *e = env_key(p, kn);
+            rc = e != NULL ? env_set(env, e->key, e->last, v, (size_t)(vz - v)) : -1;
+        } else {
+            PyObject *k = PyUnicode_DecodeLatin1(p, (Py_ssize_t)kn, NULL);
+            rc = k != NULL ? env_set(env, k, NULL, v, (size_t)(vz - v)) : -1;
+            Py_XDECREF(k);
+        }
         if (rc < 0)
             goto fail;
         p = vz + 1;
     }
-    if (env_set(env, s_remote_port, p, (size_t)(end - p)) < 0)
-        goto fail;
-    if (!r->body && PyDict_SetItem(env, s_wsgi_input, self->empty) < 0)
+    size_t pn = (size_t)(end - p);
+    unsigned slot = pn ? (unsigned)(p[pn - 1] + 10 * (pn > 1 ? p[pn - 2] : 0)) : 0;
+    if (env_set(env, s_remote_port, &port_vals[slot & (PORT_VALS - 1)], p, pn) < 0)
         goto fail;
     if (proxied && self->forwarded != Py_None) {
         PyObject *port = PyObject_CallFunctionObjArgs(self->forwarded, env, NULL);
@@ -491,7 +879,7 @@ static PyObject *env_from_block(Runner *self, const sp_request *r)
 bad:
     PyErr_SetString(PyExc_RuntimeError, "spawning: malformed environ block");
 fail:
-    Py_DECREF(env);
+    Py_XDECREF(env);
     return NULL;
 }
 
@@ -611,38 +999,88 @@ static int put_str(Runner *self, size_t *pos, PyObject *s)
     return 1;
 }
 
+/* The objects of the head in hbuf from the idx-th on are forgotten (it is about to be
+ * overwritten from there). */
+static void forget_head(Runner *self, int idx)
+{
+    while (self->nhead_objs > idx)
+        Py_DECREF(self->head_objs[--self->nhead_objs]);
+}
+
+/* A header's name and value (borrowed), or 0 when it is not an exact tuple or list of two. */
+static int header_of(PyObject *h, PyObject **name, PyObject **value)
+{
+    if (PyTuple_CheckExact(h) && PyTuple_Size(h) == 2) {
+        *name = PyTuple_GetItem(h, 0);
+        *value = PyTuple_GetItem(h, 1);
+    } else if (PyList_CheckExact(h) && PyList_Size(h) == 2) {
+        *name = PyList_GetItem(h, 0);
+        *value = PyList_GetItem(h, 1);
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+/* Puts str o, the head's idx-th object (0 the status, then each name and value), into hbuf at
+ * *pos, after a NUL unless it is the status, and keeps it there for head_obj; as put_str. */
+static int head_put(Runner *self, int idx, PyObject *o, size_t *pos)
+{
+    forget_head(self, idx);
+    if (idx > 0)
+        self->hbuf[(*pos)++] = '\0';    /* put_str made room for one more byte each time */
+    int r = put_str(self, pos, o);
+    if (r > 0 && idx < HEAD_OBJS) {
+        Py_INCREF(o);
+        self->head_objs[idx] = o;
+        self->head_off[idx] = *pos;
+        self->nhead_objs = idx + 1;
+    }
+    return r;
+}
+
+/* head_put, unless *same (every object before o is the one hbuf was packed from) and o is the
+ * idx-th of those: then its bytes are in hbuf already. */
+static inline int head_obj(Runner *self, int idx, PyObject *o, size_t *pos, int *same)
+{
+    if (*same && idx < self->nhead_objs && self->head_objs[idx] == o) {
+        *pos = self->head_off[idx];
+        return 1;
+    }
+    *same = 0;
+    return head_put(self, idx, o, pos);
+}
+
 /* The response's head packed as sp_code_answer() takes it, "status\0name\0value...", in
- * self->hbuf: 1 with *len (and the status's length, *slen); 0 when Python must pack it (anything but a str status and a list of
- * (str, str) tuples or lists, all ASCII without NUL), -1 on a Python error. No Python code runs:
- * the exact types are asked for, so no app's __eq__ or __str__ is called. */
+ * self->hbuf: 1 with *len (and the status's length, *slen); 0 when Python must pack it
+ * (anything but a str status and a list of (str, str) tuples or lists, all ASCII without NUL),
+ * -1 on a Python error. No Python code runs: the exact types are asked for, so no app's __eq__
+ * or __str__ is called.
+ *
+ * An app commonly answers with the same str objects request after request (literals, module
+ * constants): as long as the status and the names and values, in order, are the very objects
+ * hbuf holds the head of (held, so no other object can take their address; strs are
+ * immutable), their bytes are there already, and packing starts at the first that differs (a
+ * hello world's whole head, a form handler's all but its Content-Length): no encoding, checks
+ * or copies for them (~800 instructions of a hello-world request). The one cache of response
+ * heads, and C's. */
 static int pack_head(Runner *self, Resp *resp, size_t *len, size_t *slen)
 {
     PyObject *st = resp->status, *hd = resp->headers;
     size_t pos = 0;
+    int same = 1;
     if (st == NULL || !PyUnicode_CheckExact(st) || hd == NULL || !PyList_CheckExact(hd))
         return 0;
-    int r = put_str(self, &pos, st);
+    int r = head_obj(self, 0, st, &pos, &same);
     *slen = pos;
     Py_ssize_t n = PyList_Size(hd);
     for (Py_ssize_t i = 0; r > 0 && i < n; i++) {
-        PyObject *h = PyList_GetItem(hd, i), *name, *value;
-        if (PyTuple_CheckExact(h) && PyTuple_Size(h) == 2) {
-            name = PyTuple_GetItem(h, 0);
-            value = PyTuple_GetItem(h, 1);
-        } else if (PyList_CheckExact(h) && PyList_Size(h) == 2) {
-            name = PyList_GetItem(h, 0);
-            value = PyList_GetItem(h, 1);
-        } else {
+        PyObject *name, *value;
+        if (!header_of(PyList_GetItem(hd, i), &name, &value)
+                || !PyUnicode_CheckExact(name) || !PyUnicode_CheckExact(value))
             return 0;
-        }
-        if (!PyUnicode_CheckExact(name) || !PyUnicode_CheckExact(value))
-            return 0;
-        /* put_str made room for one more byte each time: the NUL separators */
-        self->hbuf[pos++] = '\0';
-        if ((r = put_str(self, &pos, name)) <= 0)
-            break;
-        self->hbuf[pos++] = '\0';
-        r = put_str(self, &pos, value);
+        if ((r = head_obj(self, (int)(1 + 2 * i), name, &pos, &same)) > 0)
+            r = head_obj(self, (int)(2 + 2 * i), value, &pos, &same);
     }
     *len = pos;
     return r;
@@ -832,6 +1270,33 @@ static long long green_next(PyObject *green)
     return code;
 }
 
+/* wsgi.input for the request's body (a new reference, or NULL with a Python error): an Input
+ * over all of it when the loop holds all of it (a Content-Length body that came with its head,
+ * as a form post's does); else Python's Input, which reads and waits as the dispatcher does,
+ * given the bytes taken here already. It may outlive the request: Python's keeps the response, which
+ * keeps the server. */
+static PyObject *body_input(Runner *self, long long code, Resp *resp)
+{
+    sp_request *r = sp_code_req(self->srv, code);      /* read at once, never kept (sp.h) */
+    int64_t cl = r != NULL && r->body == 1 ? r->content_length : -1;
+    PyObject *head = NULL, *inp;
+    if (cl >= 0) {
+        const char *data;
+        ssize_t k = sp_code_peek(self->srv, code, &data, (size_t)cl);
+        if (k == cl)
+            return inp_new(data, (Py_ssize_t)k);
+        if (k > 0 && (head = PyBytes_FromStringAndSize(data, (Py_ssize_t)k)) == NULL)
+            return NULL;
+    }
+    if (head != NULL) {
+        inp = PyObject_CallFunctionObjArgs(self->new_input, (PyObject *)resp, head, NULL);
+        Py_DECREF(head);
+    } else {
+        inp = PyObject_CallFunctionObjArgs(self->new_input, (PyObject *)resp, NULL);
+    }
+    return inp;
+}
+
 /* run(code, poll_ms, green=None): see the theory of operation. Returns 0 when the last request
  * answered brought no next one and poll_ms < 0 (in a request greenlet, green: when its batch is
  * empty), else what sp_poll_one(poll_ms) then returned when it was not a request (0, -errno); a
@@ -905,8 +1370,8 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
             return hand_back(self->srv, code_obj, NULL, resp, NULL, 1, 0, NULL, NULL, NULL);
         }
         PyObject *inp = NULL;
-        if (has_body) {     /* it may outlive the request: its response keeps the server */
-            inp = PyObject_CallFunctionObjArgs(self->new_input, (PyObject *)resp, NULL);
+        if (has_body) {
+            inp = body_input(self, code, resp);
             if (inp == NULL || PyDict_SetItem(env, s_wsgi_input, inp) < 0)
                 return hand_back(self->srv, code_obj, env, resp, NULL, 1, 0, inp, NULL, NULL);
         }
@@ -968,7 +1433,9 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
             mine = 0;                       /* its code is 0: see below */
         }
         Py_DECREF(code_obj);
-        if (inp != NULL) {  /* later reads get b'' and its buffer goes back to the pool */
+        if (inp != NULL && Py_IS_TYPE(inp, input_type)) {
+            Py_CLEAR(((Inp *)inp)->body);       /* later reads get b'' */
+        } else if (inp != NULL) {   /* the same, and its buffer goes back to the pool */
             PyObject *r = PyObject_CallMethodObjArgs(inp, s_release, NULL);
             if (r == NULL)
                 defer_error(pending);
@@ -1054,7 +1521,22 @@ int sp_py_setup(void)
                                           "QUERY_STRING", "SERVER_PROTOCOL", "RAW_URI" };
     for (int i = 0; i < 6; i++)
         if (fixed_keys[i] == NULL && (fixed_keys[i] = PyUnicode_InternFromString(fixed[i])) == NULL)
-            return -ENOMEM;
+            goto fail;
+    if ((s_sizeof = PyUnicode_InternFromString("__sizeof__")) == NULL)
+        goto fail;
+    for (int i = 0; i < 6; i++)
+        every_keys[i] = fixed_keys[i];
+    every_keys[6] = s_wsgi_input;
+    every_keys[7] = s_remote_port;
+    if (input_type == NULL) {
+        PyObject *it = PyType_FromSpec(&inp_spec);
+        if (it == NULL || PyObject_SetAttrString(mod, "Input", it) < 0) {
+            Py_XDECREF(it);
+            goto fail;
+        }
+        input_type = (PyTypeObject *)it;    /* kept for the module's life */
+        input_alloc = (allocfunc)PyType_GetSlot(input_type, Py_tp_alloc);
+    }
     PyObject *rt = PyType_FromSpec(&resp_spec);
     PyObject *ru = rt ? PyType_FromSpec(&runner_spec) : NULL;
     if (s_start_response == NULL || s_slow_start == NULL || s_gr_context == NULL

@@ -95,8 +95,8 @@ def c_path(app: Callable, srv: Any, base_envs: list[dict], waiter: Any, resp_cla
     if Runner is None:
         return None
 
-    def new_input(resp: Response) -> Input:
-        return Input(srv, resp, waiter)
+    def new_input(resp: Response, head: bytes = b"") -> Input:
+        return Input(srv, resp, waiter, head)
 
     def close_error(exc: BaseException) -> None:
         log.error("error closing the WSGI app's iterable", exc_info=exc)
