@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import foreign_env
 
-RUN_SH = Path(__file__).resolve().parent / "fuzz" / "run.sh"
+RUN_SH = Path(__file__).resolve().parents[1] / "fuzz" / "run.sh"
 
 
 @pytest.mark.skipif(shutil.which(os.environ.get("CC", "clang")) is None, reason="needs clang (libFuzzer)")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
 TESTS_C = ROOT / "tests" / "c"
 SOURCES = [TESTS_C / "test_parser.c", CSRC / "http" / "parser.c", CSRC / "http" / "env.c"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_parser_c import _compiler
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
 def _build_sources() -> list[str]:
     """spawning/_build.py's SOURCES, read without running the cffi build script."""

@@ -19,7 +19,7 @@ import pytest
 
 from spawning.server import backend_name
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
 SHIM = ROOT / "tests" / "c" / "kqueue_shim"
 

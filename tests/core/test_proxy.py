@@ -24,7 +24,7 @@ from conftest import free_port
 from spawning._core import ffi, lib
 
 APP = "core_app.env_app"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 C_PATH_BUILT = lib.sp_py_setup() == 0
 PATHS = [
