@@ -34,7 +34,7 @@ if os.environ.get("SPAWNING_SANITIZE"):
     extra += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-DSP_LIBC_SYSCALLS",
               "-DSP_CHECK_STATES"]
 # csrc/py/runner.c is written against the CPython API; elsewhere (and in a test build of the Python
-# path alone) wsgi.py runs every request itself. Also on free-threaded builds: the runner swaps
+# path alone) spawning/wsgi/ runs every request itself. Also on free-threaded builds: the runner swaps
 # its spare response object and reads its members without a lock, which only the GIL makes safe.
 if (sys.implementation.name != "cpython" or os.environ.get("SPAWNING_NO_PYFAST")
         or sysconfig.get_config_var("Py_GIL_DISABLED")):

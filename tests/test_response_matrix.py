@@ -7,7 +7,7 @@ generators, an iterable with close(), one piece, many pieces with and without Co
 write(), wsgi.file_wrapper over a file and a BytesIO, generators that break, bodies over 64 KiB
 and over 1 MiB) x GET and HEAD x no delay and 5 ms before start_response (so that another thread
 or greenlet answers meanwhile). Twelve keep-alive clients walk a share of the cases each, over raw
-sockets, in ``-t 1``, ``-t 4``, ``-t 0`` and ``-s 2``, on the C path (csrc/pyfast.c) and on the
+sockets, in ``-t 1``, ``-t 4``, ``-t 0`` and ``-s 2``, on the C path (csrc/py/runner.c) and on the
 Python path (SPAWNING_NO_PYFAST=1 in the server's environment).
 
 Every response must arrive within DEADLINE seconds with exactly the bytes the app meant and the

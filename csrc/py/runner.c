@@ -3,14 +3,14 @@
  *
  * Theory of operation
  * -------------------
- * Every request a worker takes goes first to Runner.run(code, poll_ms, green) (wsgi.py's
- * handle()), which runs it and the ones after it, as long as each answer is one this file knows:
+ * Every request a worker takes goes first to Runner.run(code, poll_ms, green) (from handle() in
+ * spawning/wsgi/handler.py), which runs it and the ones after it, as long as each answer is one this file knows:
  *
  *   1. The environ, made from the block the core packed from the head (sp.h, sp_request.env):
  *      a copy of the listener's constant environ, already sized for a browser's headers
  *      (roomy_base), interned keys from a small table, one latin-1 str per value, shared with
  *      the last request whose value for that key had the same bytes (env_value); a trusted
- *      proxy's headers then rewrite it (spawning.forwarded), only when the head carries one. A
+ *      proxy's headers then rewrite it (spawning.wsgi.forwarded), only when the head carries one. A
  *      keep-alive client repeating its request byte for byte gets a copy of the environ its
  *      connection's first repeat got (request_env). A Content-Length body the loop already
  *      holds is wsgi.input as a C Input (body_input); any other, spawning/wsgi/input.py's.
@@ -31,7 +31,7 @@
  *      first).
  *
  * What this file does not finish goes to Python as a Handoff, the request as it stands (its
- * environ, response, result, the exception, what was taken of the iterator), and wsgi.py's
+ * environ, response, result, the exception, what was taken of the iterator), and spawning/wsgi/'s
  * general path, which is the whole behaviour (PyPy runs only it), goes on from there under the
  * same rules: both paths put the same bytes on the wire (tests/test_response_matrix.py).
  *
@@ -100,7 +100,7 @@ static void resp_dealloc(Resp *self)
 
 /* start_response(status, headers, exc_info=None). The common form is done here; any other (three
  * arguments, keywords) goes to the subclass's _start_response, which has the exc_info rules. The
- * types of status and headers are checked when the head is packed (wsgi.py), as there. */
+ * types of status and headers are checked when the head is packed (spawning/wsgi/response.py), as there. */
 static PyObject *resp_start_response(Resp *self, PyObject *const *args, Py_ssize_t nargs,
                                      PyObject *kwnames)
 {
@@ -410,7 +410,7 @@ typedef struct {
                              a tuple (for a head of one field or none, for more) */
     PyObject *empty;      /* wsgi.input of a request without a body */
     PyObject *forwarded;  /* callable(environ) -> REMOTE_PORT or None, rewriting an environ from
-                             a trusted proxy's headers (spawning.forwarded); None: no proxies */
+                             a trusted proxy's headers (spawning.wsgi.forwarded); None: no proxies */
     PyObject *stream_types;  /* results Python streams itself (wsgi.file_wrapper: sendfile) */
     PyObject *close_error;   /* callable(exception): logs an error from the result's close() */
     char *hbuf; size_t hcap; /* the packed head of the answer being made (the GIL guards it) */
@@ -470,7 +470,7 @@ static void runner_dealloc(Runner *self)
 static PyObject *base_env(PyObject *base, PyObject *empty, int roomy);
 
 /* Runner(server_address, app, new_input, response_class, log, base_envs, empty_input,
- *        forwarded, stream_types, close_error): the handler's state (wsgi.py, make_handler) */
+ *        forwarded, stream_types, close_error): the handler's state (spawning/wsgi/handler.py, make_handler) */
 static PyObject *runner_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 {
     unsigned long long addr;
@@ -837,7 +837,7 @@ static PyObject *env_from_block(Runner *self, const sp_request *r)
         if (env_set(env, fixed_keys[i], &fixed_vals[i], v, (size_t)(ends[i] - v)) < 0)
             goto fail;
     }
-    int proxied = 0;   /* a header a trusted proxy may have set (spawning.forwarded reads them) */
+    int proxied = 0;   /* a header a trusted proxy may have set (spawning.wsgi.forwarded reads them) */
     for (;;) {   /* "KEY\0value\0" pairs, until what is left has no NUL: REMOTE_PORT */
         const char *kz = find_nul(p, end);
         if (kz == NULL)

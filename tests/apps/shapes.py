@@ -11,7 +11,7 @@ with ``close()``, a file under ``wsgi.file_wrapper``) record the close as an emp
 every worker process of a server shares.
 
 ``GET /ping`` answers ``pong``; ``GET /path`` names the request path the worker runs (``c``:
-csrc/pyfast.c answers the common shapes, ``python``: spawning/wsgi/ does everything).
+csrc/py/runner.c answers the common shapes, ``python``: spawning/wsgi/ does everything).
 
 The test imports this module too, for ``SHAPES`` and the bodies it must expect.
 """

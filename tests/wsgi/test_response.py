@@ -55,7 +55,7 @@ def test_write_callable_kept_past_its_request_reaches_nobody(server):
 
 @pytest.mark.parametrize("threads", ["1", "4", "0"])
 def test_kept_callables_never_reach_another_request(threads: str):
-    """Response objects are reused once nothing holds them (spawning/wsgi.py): a write() or
+    """Response objects are reused once nothing holds them (spawning/wsgi/response.py): a write() or
     start_response an app keeps, even through a weak reference, must keep its response object
     out of reuse, so that using it later fails instead of writing into another request."""
     srv = start_server("-s", "1", "-t", threads, "recycle_app.application")
