@@ -1240,6 +1240,21 @@ static void close_result(Runner *self, PyObject *result, PyObject **pending)
     defer_error(pending);
 }
 
+/* A request code from a Python int, as PyLong_AsLongLong() reads it (-1 with a Python error),
+ * but without its byte-wise path: a code has 63 bits, three of CPython's digits, which
+ * PyLong_AsLongLong() converts through _PyLong_AsByteArray (~90 instructions a request in green
+ * mode, where codes come from the hub's batch), PyLong_AsLongLongAndOverflow() digit by digit. */
+static long long code_of(PyObject *o)
+{
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow) {
+        PyErr_SetString(PyExc_OverflowError, "int too big to convert");
+        return -1;
+    }
+    return v;
+}
+
 /* A request greenlet's next request from its hub's batch, as wsgi.py's handler takes it: first
  * what the last request left behind goes (greenlet-locals, in the greenlet's __dict__, and its
  * contextvars). green is (the greenlet, its __dict__, the batch deque, the deque's popleft).
@@ -1265,7 +1280,7 @@ static long long green_next(PyObject *green)
     PyObject *c = PyObject_CallNoArgs(take);
     if (c == NULL)
         return -1;
-    long long code = PyLong_AsLongLong(c);
+    long long code = code_of(c);
     Py_DECREF(c);
     return code;
 }
@@ -1325,7 +1340,7 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_TypeError, "run(): green is (greenlet, dict, deque, popleft)");
         return NULL;
     }
-    long long code = PyLong_AsLongLong(args[0]);
+    long long code = code_of(args[0]);
     if (code == -1 && PyErr_Occurred())
         return NULL;
     long poll_ms = PyLong_AsLong(args[1]);

@@ -175,7 +175,9 @@ class Handler:
                     handoff, r = r, None    # a Handoff: the request as C left it
                 elif r > 0:
                     code = r                # to run from the start, here
-                elif poll >= 0:             # no next request: as take_next would have said
+                elif poll >= 0 or cgreen is not None:
+                    # No next request: as take_next would have said (green: C took the batch's
+                    # codes and reset the greenlet's state, as _next_request would, till none was left)
                     return r
                 else:
                     code = 0
