@@ -28,7 +28,8 @@
  * head's), so they pay on heads that differ, as a browser's do.
  *   4. The access log's callable, then the next request: in thread mode a poll with the GIL
  *      released, in a request greenlet the hub's batch (greenlet-locals and contextvars reset
- *      first).
+ *      first) and, once it is empty, a wait in the hub's idle list until the hub switches in
+ *      the next batch's first code (green_park).
  *
  * What this file does not finish goes to Python as a Handoff, the request as it stands (its
  * environ, response, result, the exception, what was taken of the iterator), and wsgi.py's
