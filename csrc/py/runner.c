@@ -28,7 +28,8 @@
  * head's), so they pay on heads that differ, as a browser's do.
  *   4. The access log's callable, then the next request: in thread mode a poll with the GIL
  *      released, in a request greenlet the hub's batch (greenlet-locals and contextvars reset
- *      first).
+ *      first) and, once it is empty, a wait in the hub's idle list until the hub switches in
+ *      the next batch's first code (green_park).
  *
  * What this file does not finish goes to Python as a Handoff, the request as it stands (its
  * environ, response, result, the exception, what was taken of the iterator), and spawning/wsgi/'s
@@ -1240,10 +1241,36 @@ static void close_result(Runner *self, PyObject *result, PyObject **pending)
     defer_error(pending);
 }
 
+/* A request code from a Python int, as PyLong_AsLongLong() reads it (-1 with a Python error),
+ * but without its byte-wise path: a code has 63 bits, three of CPython's digits, which
+ * PyLong_AsLongLong() converts through _PyLong_AsByteArray (~90 instructions a request in green
+ * mode, where codes come from the hub's batch), PyLong_AsLongLongAndOverflow() digit by digit. */
+static long long code_of(PyObject *o)
+{
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow) {
+        PyErr_SetString(PyExc_OverflowError, "int too big to convert");
+        return -1;
+    }
+    return v;
+}
+
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SP_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define SP_ASAN 1
+#endif
+
 /* A request greenlet's next request from its hub's batch, as wsgi.py's handler takes it: first
  * what the last request left behind goes (greenlet-locals, in the greenlet's __dict__, and its
- * contextvars). green is (the greenlet, its __dict__, the batch deque, the deque's popleft).
- * Returns the code, 0 when the batch is empty, or -1 with a Python error. */
+ * contextvars). green is (the greenlet, its __dict__, the batch deque, the deque's popleft, the
+ * hub's idle list, the hub greenlet's switch, the idle list's limit, GreenletExit)
+ * (spawning/green/hub.py). Returns the code, 0 when the batch is empty, or -1 with a Python
+ * error. */
 static long long green_next(PyObject *green)
 {
     PyObject *me = PyTuple_GetItem(green, 0), *mine = PyTuple_GetItem(green, 1);
@@ -1265,7 +1292,45 @@ static long long green_next(PyObject *green)
     PyObject *c = PyObject_CallNoArgs(take);
     if (c == NULL)
         return -1;
-    long long code = PyLong_AsLongLong(c);
+    long long code = code_of(c);
+    Py_DECREF(c);
+    return code;
+}
+
+/* Once its batch is empty, a request greenlet waits here, in the hub's idle list, for the hub to
+ * switch to it with its next request's code, as the hub's _request_worker would have after
+ * run() returned, minus the Python frames of the way back and in again. Returns that code; 0
+ * when the idle list is full (the greenlet ends: hub.py); GREEN_ENDED when GreenletExit was
+ * thrown in while it waited (a kill(), or the greenlet collected): it ends, as it did when it
+ * waited in Python; or -1 with a Python error (anything else thrown in). */
+#define GREEN_ENDED (-2)
+#ifdef SP_ASAN
+/* The switch saves this frame with the greenlet's stack (see runner_run). */
+__attribute__((no_sanitize_address))
+#endif
+static long long green_park(PyObject *green)
+{
+    PyObject *me = PyTuple_GetItem(green, 0), *idle = PyTuple_GetItem(green, 4);
+    PyObject *park = PyTuple_GetItem(green, 5), *limit = PyTuple_GetItem(green, 6);
+    PyObject *ended = PyTuple_GetItem(green, 7);
+    if (ended == NULL)
+        return -1;
+    Py_ssize_t n = PyList_Size(idle), max = PyLong_AsSsize_t(limit);
+    if (n < 0 || (max == -1 && PyErr_Occurred()))
+        return -1;
+    if (n >= max)
+        return 0;
+    if (PyList_Append(idle, me) < 0)
+        return -1;
+    PyObject *c = PyObject_CallNoArgs(park);
+    if (c == NULL) {
+        if (PyErr_ExceptionMatches(ended)) {
+            PyErr_Clear();
+            return GREEN_ENDED;
+        }
+        return -1;
+    }
+    long long code = code_of(c);
     Py_DECREF(c);
     return code;
 }
@@ -1301,14 +1366,6 @@ static PyObject *body_input(Runner *self, long long code, Resp *resp)
  * answered brought no next one and poll_ms < 0 (in a request greenlet, green: when its batch is
  * empty), else what sp_poll_one(poll_ms) then returned when it was not a request (0, -errno); a
  * code Python must run; or the tuple of hand_back(). */
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define SP_ASAN 1
-#endif
-#endif
-#if defined(__SANITIZE_ADDRESS__)
-#define SP_ASAN 1
-#endif
 #ifdef SP_ASAN
 /* In a request greenlet this frame is on the C stack the app runs on, and greenlet saves and
  * restores such stacks with memcpy: under ASan the copy would read this frame's redzones. */
@@ -1321,11 +1378,12 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_TypeError, "run(code, poll_ms, green=None)");
         return NULL;
     }
-    if (green != NULL && (!PyTuple_Check(green) || PyTuple_Size(green) != 4)) {
-        PyErr_SetString(PyExc_TypeError, "run(): green is (greenlet, dict, deque, popleft)");
+    if (green != NULL && (!PyTuple_Check(green) || PyTuple_Size(green) != 8)) {
+        PyErr_SetString(PyExc_TypeError, "run(): green is (greenlet, dict, deque, popleft, idle, "
+                        "switch, idle limit, GreenletExit)");
         return NULL;
     }
-    long long code = PyLong_AsLongLong(args[0]);
+    long long code = code_of(args[0]);
     if (code == -1 && PyErr_Occurred())
         return NULL;
     long poll_ms = PyLong_AsLong(args[1]);
@@ -1458,6 +1516,8 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
         }
         if (nxt == 0 && green != NULL) {
             nxt = green_next(green);
+            if (nxt == 0)
+                nxt = green_park(green);
             if (nxt == -1 && PyErr_Occurred())
                 return NULL;    /* the request is answered: wsgi.py's caller logs a bug */
         } else if (nxt == 0 && poll_ms >= 0) {

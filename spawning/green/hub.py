@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from greenlet import getcurrent, greenlet  # type: ignore[import-untyped]
+from greenlet import GreenletExit, getcurrent, greenlet  # type: ignore[import-untyped]
 
 from .._core import ffi, lib
 from .waiter import _CLOSED, TIMEDOUT, Waiter
@@ -131,6 +131,10 @@ class Hub:
         # The codes of the current poll batch's requests not yet taken: the hub and the request
         # greenlets take from it in turn (see _request_worker).
         self.batch: deque = deque()
+        # One of each for every request greenlet's state tuple (_request_worker), which a
+        # waiting request holds: a bound method each would cost each one more memory.
+        self._take = self.batch.popleft
+        self._switch = self.glet.switch
         # Every request greenlet made (weakly: the idle pool's overflow dies), so that a drain can
         # find the ones still running (end_requests). Added to only when one is made: no cost
         # per request.
@@ -266,18 +270,24 @@ class Hub:
         idle greenlet, minus the two switches; first it resets what the request left behind. The
         hub's loop over the batch takes from the same deque, and wake-ups go through the ready
         queue, so a greenlet resumes either from that loop or between batches, when the deque
-        is empty."""
+        is empty. Once the deque is empty the greenlet joins the idle list and switches to the
+        hub: in C on CPython (handle() does not return), else below."""
         handle = self.handle
         idle = self.idle
         hub_glet = self.glet
         me = getcurrent()
         mine = me.__dict__   # one dict for the greenlet's life (spawning.green.local uses it)
         batch = self.batch
-        green = (me, mine, batch)
-        take = batch.popleft
+        take = self._take
+        # On CPython the C path (csrc/py/runner.c) also waits in the idle list itself once the
+        # batch is empty, and goes on with the code the hub switches in: no Python frame per
+        # batch on this side. handle() returns when that list is full, < 0 when GreenletExit came
+        # while it waited there (the greenlet ends, as below), or for a request Python ran.
+        green = (me, mine, batch, take, idle, self._switch, _IDLE_MAX, GreenletExit)
         while True:
             try:
-                handle(code, take, green)  # type: ignore[misc]
+                if handle(code, take, green) < 0:  # type: ignore[misc]
+                    return
             except BaseException:   # handle() answers app errors itself: this is a bug
                 log.exception("internal error handling a request")
                 mine.clear()

@@ -79,8 +79,11 @@ def make_handler(app: Callable, srv: Any, base_envs: list[dict], waiter: Any,
     ``handle`` then runs itself. Each time a request brings no next one, ``take_next()`` is
     asked for it (thread mode: a poll); ``handle`` returns what it gives when that is not a
     request code (0, or a poll's -errno), or 0 at once without ``take_next``. In a request
-    greenlet ``green`` is (the greenlet, its ``__dict__``, the hub's batch deque): its state is
-    reset and ``take_next`` (the deque's popleft) is asked only while the deque holds codes.
+    greenlet ``green`` is (the greenlet, its ``__dict__``, the hub's batch deque, its popleft,
+    the hub's idle list, the hub's switch, the idle list's limit, GreenletExit): its state is reset
+    and ``take_next`` (the deque's popleft) is asked only while the deque holds codes; once none is
+    left the C path waits in the idle list for the hub's next code itself, and ``handle`` returns
+    0 when that list is full, < 0 when the greenlet must end (GreenletExit came while it waited).
     ``threads``: how many OS threads call ``handle``; ``poll_ms``, thread mode's poll timeout
     (``take_next`` polls with it), which the C path (csrc/py/runner.c) then polls with itself.
     ``forwarded``: the trusted proxies whose headers rewrite an environ (spawning.wsgi.forwarded)."""
@@ -150,11 +153,8 @@ class Handler:
         (see make_handler); returns when there is none."""
         # One call for the thread's whole run of requests (in thread mode, each answer takes the
         # next request), and on CPython the C path runs most of them without coming back here.
-        if green is not None:
-            me, mine, batch = green
-            cgreen = (me, mine, batch, take_next) if take_next is not None else None
-        else:
-            cgreen = None
+        # A request greenlet's tuple is the C path's as it stands (spawning.green.hub).
+        cgreen = green if green is not None and take_next is not None else None
         # The C path polls itself where take_next would (thread mode), or takes the batch's next
         # code as below (green), else returns 0 for it.
         poll = self.poll_ms if take_next is not None and green is None else -1
@@ -175,7 +175,9 @@ class Handler:
                     handoff, r = r, None    # a Handoff: the request as C left it
                 elif r > 0:
                     code = r                # to run from the start, here
-                elif poll >= 0:             # no next request: as take_next would have said
+                elif poll >= 0 or cgreen is not None:
+                    # No next request: as take_next would have said (green: C took the batch's
+                    # codes and reset the greenlet's state, as _next_request would, till none was left)
                     return r
                 else:
                     code = 0
@@ -192,7 +194,7 @@ class Handler:
             # the hub would have by switching to an idle greenlet, minus two switches. What the
             # request left behind must not reach the next one: greenlet-locals (kept in the
             # greenlet's __dict__) and contextvars.
-            me, mine, batch = green
+            me, mine, batch = green[0], green[1], green[2]
             if mine:
                 mine.clear()
             if me.gr_context is not None:   # reading it costs less than setting it

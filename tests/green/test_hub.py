@@ -142,3 +142,57 @@ def test_batched_repeated_requests_leave_nothing_behind(spawn):
     for t in threads:
         t.join(30)
     assert done[0] == 24 * 30 and not bad, (done[0], bad[:3])
+
+
+def test_idle_request_greenlets_end_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """Request greenlets wait for their next request in the hub's idle list (on CPython, inside
+    the C path: csrc/py/runner.c, green_park). GreenletExit thrown in where one waits (a kill(),
+    or the greenlet collected once its hub is gone) must end it as a clean exit, not be logged as
+    an internal error of the request handler. A real green server in this process, real sockets."""
+    from greenlet import GreenletExit  # type: ignore[import-untyped]
+
+    from spawning.config import Settings
+    from spawning.server import Server
+
+    def hello(environ: dict, start_response) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
+        return [b"hi\n"]
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    srv = Server(hello, Settings(threads=0, processes=1), [sock])
+    idle: list = []
+    done = threading.Event()
+
+    def client() -> None:
+        try:
+            conns = [socket.create_connection(sock.getsockname(), timeout=10) for _ in range(8)]
+            for _ in range(5):
+                for c in conns:
+                    c.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                for c in conns:
+                    buf = b""
+                    while not buf.endswith(b"hi\n"):
+                        buf += c.recv(4096)
+            hub = green.hub._hub
+            idle.extend(hub.idle if hub is not None else ())
+            for c in conns:
+                c.close()
+        finally:
+            done.set()
+            srv.stop()
+
+    t = threading.Thread(target=client)
+    t.start()
+    with caplog.at_level("ERROR", logger="spawning"):
+        srv.serve()       # green mode: the hub runs in this thread until stop()
+        t.join(scaled(10))
+        assert done.is_set() and idle, "no request greenlet went idle"
+        assert all(g for g in idle)     # parked, not ended
+        for g in idle:                  # what collecting them does, made certain
+            g.throw(GreenletExit)
+        assert all(g.dead for g in idle)
+        idle.clear()
+    sock.close()
+    assert not [r for r in caplog.records if "internal error" in r.getMessage()]
