@@ -13,8 +13,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(os.path.dirname(HERE), "csrc")
 # The core's parts, bottom layer first (csrc/http/: parsing; loop/: the event loop, which includes
 # its one backend; conn/: the connections, as one unit that includes the part's files: see
-# csrc/conn/unit.c), then the CPython part (csrc/py/: the request runner, behind py/runner.h).
-SOURCES = ["http/parser.c", "http/env.c", "http/proxy.c", "loop/loop.c", "conn/unit.c", "py/runner.c"]
+# csrc/conn/unit.c), then the CPython part (csrc/py/: the request runner, behind py/runner.h, also
+# one unit: csrc/py/unit.c).
+SOURCES = ["http/parser.c", "http/env.c", "http/proxy.c", "loop/loop.c", "conn/unit.c", "py/unit.c"]
 
 # cffi compiles against the stable ABI except on debug and free-threaded builds; we do the same.
 LIMITED_API = not (hasattr(sys, "gettotalrefcount") or sysconfig.get_config_var("Py_GIL_DISABLED"))
@@ -33,7 +34,7 @@ if os.environ.get("SPAWNING_SANITIZE"):
     # SP_CHECK_STATES: an illegal connection state change aborts (csrc/conn/conn.h).
     extra += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-DSP_LIBC_SYSCALLS",
               "-DSP_CHECK_STATES"]
-# csrc/py/runner.c is written against the CPython API; elsewhere (and in a test build of the Python
+# csrc/py/ is written against the CPython API; elsewhere (and in a test build of the Python
 # path alone) spawning/wsgi/ runs every request itself. Also on free-threaded builds: the runner swaps
 # its spare response object and reads its members without a lock, which only the GIL makes safe.
 if (sys.implementation.name != "cpython" or os.environ.get("SPAWNING_NO_PYFAST")
@@ -95,7 +96,7 @@ ffibuilder.set_source(
     depends=sorted(os.path.relpath(f) for f in glob.glob(os.path.join(CSRC, "**", "*.[ch]"), recursive=True)),
     extra_compile_args=extra,
     # The stable ABI of 3.10, the wheel's tag (setup.py), rather than cffi's default of 3.2's:
-    # csrc/py/runner.c uses METH_FASTCALL and PyObject_CallNoArgs.
+    # csrc/py/ uses METH_FASTCALL and PyObject_CallNoArgs.
     define_macros=[("Py_LIMITED_API", "0x030A0000")] if LIMITED_API else [],
     extra_link_args=["-fsanitize=address,undefined"] if os.environ.get("SPAWNING_SANITIZE") else [],
     libraries=["pthread"] if sys.platform != "win32" else [],

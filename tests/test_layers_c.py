@@ -192,8 +192,8 @@ def test_conn_set_state_is_the_one_assignment() -> None:
 
 def test_every_c_file_is_built() -> None:
     """Each .c file is in spawning/_build.py's SOURCES or included by one that is (loop.c includes
-    its backends, conn/unit.c the connection part's files): a file added and forgotten fails here
-    instead of being silently left out of the build."""
+    its backends, conn/unit.c the connection part's files, py/unit.c the CPython part's): a file
+    added and forgotten fails here instead of being silently left out of the build."""
     from test_core_c import _build_sources
 
     sources = _sources()

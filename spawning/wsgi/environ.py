@@ -5,7 +5,7 @@ The block (``sp_request.env``, csrc/sp.h) holds REMOTE_ADDR, the fixed values (`
 ``KEY\\0value`` pairs for CONTENT_TYPE/LENGTH and HTTP_*, then REMOTE_PORT: one latin-1 decode, one
 split and one ``dict.update(zip(it, it))``, no Python loop per header. A trusted proxy's headers
 then rewrite it (spawning.wsgi.forwarded). This is the general path, with no cache: C keeps the one
-cache there is, of a connection's repeats (csrc/py/runner.c).
+cache there is, of a connection's repeats (csrc/py/environ.c).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ Host and port (``--forwarded-host``, off by default since a proxy that passes th
 rightmost ``X-Forwarded-Port`` sets ``SERVER_PORT``.
 
 All of it runs once the environ is made, and only for a request that carries one of these
-headers (spawning.wsgi.environ and the C path's environ, csrc/py/runner.c, which asks only then):
+headers (spawning.wsgi.environ and the C path's environ, csrc/py/environ.c, which asks only then):
 the others cost nothing more. Nothing here raises: what cannot be parsed is ignored.
 """
 

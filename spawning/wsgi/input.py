@@ -57,7 +57,7 @@ class Input:
         self._srv = srv
         self._resp = resp        # its code names the request; its req, for the slow paths
         self._waiter = waiter
-        self._buf = head         # read ahead: by readline, or by C (csrc/py/runner.c, body_input)
+        self._buf = head         # read ahead: by readline, or by C (csrc/py/input.c, body_input)
         self._cbuf = None
         self._pp = None
         self._eof = False
@@ -110,7 +110,7 @@ class Input:
         """The request is over: later reads get b'' (C has let go of the request), and the read
         buffer goes back to the pool."""
         self._eof = True
-        self._buf = b""          # what readline read ahead too (as csrc/py/runner.c's Input)
+        self._buf = b""          # what readline read ahead too (as csrc/py/input.c's Input)
         cbuf = self._cbuf
         if cbuf is not None:
             self._cbuf = None

@@ -5,7 +5,7 @@ and the result sent (one crossing for a list of one bytes object, else streamed)
 C validates and formats the head (csrc/conn/head.c); this module packs it as ``"status\0name\0value..."``
 and refuses what C would split wrongly (a NUL in the status, a name or a value). On CPython the
 per-request state (code, status, headers, head_sent, sent) lives in C members of ``ResponseBase``
-(csrc/py/runner.c), whose ``start_response`` does the common form itself; elsewhere the same state
+(csrc/py/response.c), whose ``start_response`` does the common form itself; elsewhere the same state
 is class defaults of a Python base (``FAST`` says which).
 """
 
@@ -60,7 +60,7 @@ class FileWrapper:
 
 
 def _start_response(self: Any, status: str, headers: list, exc_info: Any = None) -> Callable[[bytes], None]:
-    """PEP 3333's start_response, whole: ResponseBase (csrc/py/runner.c) does the common form, two
+    """PEP 3333's start_response, whole: ResponseBase (csrc/py/response.c) does the common form, two
     positional arguments, itself, and calls this for the others (exc_info)."""
     if exc_info:
         try:
@@ -77,10 +77,10 @@ def _start_response(self: Any, status: str, headers: list, exc_info: Any = None)
     return self     # the write() callable: __call__ (no bound method to make per request)
 
 
-# csrc/py/runner.c: on CPython, the common request runs in C (Runner, spawning.wsgi.handler) and a
-# response's per-request state lives in C members (ResponseBase). Elsewhere the same in Python: on
-# PyPy, in a build with SPAWNING_NO_PYFAST=1, and in any process started with SPAWNING_NO_PYFAST=1
-# in its environment (so that one build tests both paths).
+# csrc/py/: on CPython, the common request runs in C (Runner, runner.c; spawning.wsgi.handler) and
+# a response's per-request state lives in C members (ResponseBase, response.c). Elsewhere the same
+# in Python: on PyPy, in a build with SPAWNING_NO_PYFAST=1, and in any process started with
+# SPAWNING_NO_PYFAST=1 in its environment (so that one build tests both paths).
 FAST = not os.environ.get("SPAWNING_NO_PYFAST") and lib.sp_py_setup() == 0
 if TYPE_CHECKING:
     class _ResponseBase:
@@ -112,7 +112,7 @@ class Response(_ResponseBase):
     up each time: once the request is over it is 0, and C refuses it (-ESTALE) whatever the app
     kept, so a kept write() raises instead of reaching another request. The state (code,
     status, headers, head_sent, sent) comes from the base, C members on CPython
-    (csrc/py/runner.c)."""
+    (csrc/py/response.c)."""
 
     __slots__ = ()
     srv: Any = None     # the server, a plain pointer (make_handler sets these three)
@@ -267,7 +267,7 @@ class Response(_ResponseBase):
         """Sends the response the general way: sendfile, or the iterable chunk by chunk, each as
         it comes (PEP 3333: no block is held back while the app makes the next), the head with
         the first that is not empty; then finishes the request and closes the iterable. The C
-        path (csrc/py/runner.c, stream_c) does the same, and hands over what it does not: then
+        path (csrc/py/answer.c, stream_c) does the same, and hands over what it does not: then
         ``chunks`` are what is left of the iterable, ``exc`` what iterating it raised after
         them, ``queued`` the bytes C left queued past the high-water mark."""
         try:
@@ -302,7 +302,7 @@ class Response(_ResponseBase):
         """Sends the app's result: a list of one bytes object in one crossing (head, body and
         finish; in thread mode the next request too, whose code is returned), anything else
         through stream(). ``answered``: what C's sp_code_answer() returned for this response,
-        when the C path called it and failed. The C path (csrc/py/runner.c) keeps the same rules."""
+        when the C path called it and failed. The C path (csrc/py/answer.c) keeps the same rules."""
         if type(result) is list and len(result) == 1 \
                 and type(body := result[0]) is bytes and not self.head_sent:
             blen = len(body)

@@ -1,7 +1,7 @@
 """Answers heads made of the same str objects request after request, in the orders, lengths and
 mixes tests/test_response_heads.py asks for (?h=names of HEADS, comma-separated; &s=a status
 of STATUSES): the runner keeps the head it packed last and reuses the bytes of the objects that
-are the same (csrc/py/runner.c, pack_head)."""
+are the same (csrc/py/answer.c, pack_head)."""
 
 from __future__ import annotations
 

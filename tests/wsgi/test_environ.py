@@ -1,4 +1,4 @@
-"""The request's environ (spawning/wsgi/environ.py, and the C path's in csrc/py/runner.c): its
+"""The request's environ (spawning/wsgi/environ.py, and the C path's in csrc/py/environ.c): its
 values, made afresh for every request, each listener's and each connection's own, through real
 sockets against a real server (tests/apps/core_app.py)."""
 

@@ -1,7 +1,7 @@
 """wsgi.input on the C path reads as on the Python path (spawning/wsgi/input.py).
 
 A Content-Length body that arrives with its head is read whole when the request starts and served
-by a C type (csrc/py/runner.c, Input); a body the loop holds only part of goes to spawning/wsgi/input.py
+by a C type (csrc/py/input.c, Input); a body the loop holds only part of goes to spawning/wsgi/input.py
 with the part taken. Every call sequence here (read, readline, readlines with sizes of every
 kind, keywords, wrong arguments, iteration, reads after release()) is run on the same bodies
 against a server on the C path and one started with SPAWNING_NO_PYFAST=1: the answers must be

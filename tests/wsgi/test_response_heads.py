@@ -1,4 +1,4 @@
-"""Response heads made of the same str objects request after request (csrc/py/runner.c, pack_head
+"""Response heads made of the same str objects request after request (csrc/py/answer.c, pack_head
 keeps the head it packed last and reuses the bytes of the leading objects that are the same):
 every head in a random run of statuses, header orders, lengths (longer, shorter, more than the
 17 objects kept), lists as headers and values made per request comes out as the Python path

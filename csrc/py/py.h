@@ -1,0 +1,123 @@
+/* py.h -- the CPython part's internal header: the structs its files share (the response's, the
+ * held body's Input, the runner's), the objects sp_py_setup makes for all of them (interned strs,
+ * types), and what each file calls of another. The files (response.c, input.c, environ.c,
+ * answer.c, runner.c) are compiled as one unit, unit.c, in that order, and their functions stay
+ * static to it. Not part of the API: the binding sees only runner.h. */
+#ifndef SP_PY_H
+#define SP_PY_H
+
+#ifndef SP_NO_PYFAST
+#include <Python.h>     /* before any system header, as the CPython docs ask */
+#include <structmember.h>
+#endif
+
+#include "sp.h"
+#include "runner.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <string.h>
+
+#ifndef SP_NO_PYFAST
+
+/* ---- response.c: ResponseBase -------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    long long code;       /* the request's code; 0 once the response cannot reach it */
+    PyObject *status;     /* what start_response() got; NULL reads as None */
+    PyObject *headers;
+    Py_ssize_t sent;      /* body bytes sent, for the access log */
+    char head_sent;
+    PyObject *weakrefs;
+} Resp;
+
+static PyTypeObject *resp_type;     /* ResponseBase */
+static PyObject *s_start_response;  /* interned "start_response" */
+static PyObject *s_slow_start;      /* interned "_start_response" */
+static PyObject *s_gr_context;      /* interned "gr_context" */
+static PyObject *s_remote_port;     /* interned "REMOTE_PORT" */
+static PyObject *s_wsgi_input;      /* interned "wsgi.input" */
+static PyObject *s_release;         /* interned "release" */
+static PyObject *s_close;           /* interned "close" */
+
+/* ---- input.c: Input ------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *body;     /* bytes: the whole body; NULL once released (reads then get b'') */
+    Py_ssize_t pos;     /* bytes of it read */
+} Inp;
+
+static PyTypeObject *input_type;    /* Input */
+static allocfunc input_alloc;
+
+/* ---- runner.c: the Runner ------------------------------------------------------------------ */
+
+#define HEAD_OBJS 17    /* a status and 8 headers: what follows is packed every time */
+
+typedef struct {
+    PyObject_HEAD
+    sp_server *srv;
+    PyObject *app;
+    PyObject *conn_envs;  /* dict: repeat code -> environ to copy, for bodyless requests... */
+    PyObject *body_envs;  /* ...and for requests with a body (see request_env) */
+    PyObject *new_input;  /* callable(response[, head]) -> Python's wsgi.input for a body, head
+                             the bytes of it taken already (body_input) */
+    PyObject *resp_cls;   /* the handler's ResponseBase subclass */
+    PyObject *log;        /* callable(environ, status, sent, headers) that never raises, or None */
+    PyObject *spare;      /* a response object no one else holds, for the next request */
+    PyObject *base_envs;  /* list: for each listener, what its environs are copied from: its
+                             constant environ (wsgi.base_environ) as base_env() makes it over, as
+                             a tuple (for a head of one field or none, for more) */
+    PyObject *empty;      /* wsgi.input of a request without a body */
+    PyObject *forwarded;  /* callable(environ) -> REMOTE_PORT or None, rewriting an environ from
+                             a trusted proxy's headers (spawning.wsgi.forwarded); None: no proxies */
+    PyObject *stream_types;  /* results Python streams itself (wsgi.file_wrapper: sendfile) */
+    PyObject *close_error;   /* callable(exception): logs an error from the result's close() */
+    char *hbuf; size_t hcap; /* the packed head of the answer being made (the GIL guards it) */
+    PyObject *head_objs[HEAD_OBJS];  /* what hbuf was packed from: the status, then each header's */
+    int nhead_objs;                  /* name and value (references held), as far as kept */
+    size_t head_off[HEAD_OBJS];      /* where each one's bytes end in hbuf (pack_head) */
+} Runner;
+
+/* ---- what the files call of one another ---------------------------------------------------- */
+
+/* input.c: the request's wsgi.input, a C Input when the loop holds its whole body, else Python's
+ * (a new reference, or NULL with a Python error). */
+static PyObject *body_input(Runner *self, long long code, Resp *resp);
+
+/* environ.c: what a listener's environs are copied from, its constant environ with the keys every
+ * request sets, roomy enough for a browser's headers if roomy (a new dict, or NULL with a Python
+ * error). */
+static PyObject *base_env(PyObject *base, PyObject *empty, int roomy);
+/* environ.c: the environ for the request code (a new dict; NULL with a Python error, or without
+ * one when the request is over), *has_body saying whether a body comes. */
+static PyObject *request_env(Runner *self, long long code, PyObject *code_obj, int *has_body);
+
+/* answer.c: forgets the objects the head in hbuf was packed from, from the idx-th on. */
+static void forget_head(Runner *self, int idx);
+/* answer.c: the response's head packed into self->hbuf as sp_code_answer() takes it: 1 (with *len
+ * and *slen), 0 when Python must pack it, -1 on a Python error. */
+static int pack_head(Runner *self, Resp *resp, size_t *len, size_t *slen);
+/* answer.c: calls the access log's callable for a request C finished, errors deferred. */
+static void log_request(Runner *self, PyObject *env, Resp *resp, PyObject **pending);
+/* answer.c: streams the result as wsgi.py's stream() does: 0 when the request is finished, 1 when
+ * Python goes on with it from *taken and *rest. */
+static int stream_c(Runner *self, long long code, Resp *resp, PyObject *result,
+                    PyObject **taken, PyObject **rest, int *err, long long *queued);
+/* answer.c: calls the result's close() unless it is a list or tuple; its errors are logged or
+ * deferred. */
+static void close_result(Runner *self, PyObject *result, PyObject **pending);
+
+/* runner.c: after a call the end of a request makes, clears an Exception and keeps the first other
+ * BaseException in pending[3] for run() to raise. */
+static void defer_error(PyObject **pending);
+
+/* sp_py_setup (runner.c, last in the unit) also reads statics the other files keep to themselves:
+ * the type specs resp_spec (response.c) and inp_spec (input.c), and environ.c's key tables
+ * (fixed_keys, every_keys, s_sizeof), which it fills. */
+
+#endif
+
+#endif
