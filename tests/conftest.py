@@ -98,6 +98,16 @@ def foreign_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def build_sources() -> list[str]:
+    """spawning/_build.py's SOURCES (paths under csrc/), read without running the cffi build."""
+    import ast
+    tree = ast.parse((ROOT / "spawning" / "_build.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "SOURCES" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    raise AssertionError("spawning/_build.py has no SOURCES list")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:

@@ -194,10 +194,10 @@ def test_every_c_file_is_built() -> None:
     """Each .c file is in spawning/_build.py's SOURCES or included by one that is (loop.c includes
     its backends, conn/unit.c the connection part's files, py/unit.c the CPython part's): a file
     added and forgotten fails here instead of being silently left out of the build."""
-    from test_core_c import _build_sources
+    from conftest import build_sources
 
     sources = _sources()
-    built = set(_build_sources())
+    built = set(build_sources())
     assert built <= set(sources), built - set(sources)
     includes = _includes(sources)
     todo = list(built)

@@ -11,24 +11,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import build_sources
 from test_parser_c import _compiler
 
 ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
-def _build_sources() -> list[str]:
-    """spawning/_build.py's SOURCES, read without running the cffi build script."""
-    import ast
-    tree = ast.parse((ROOT / "spawning" / "_build.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "SOURCES" for t in node.targets):
-            return list(ast.literal_eval(node.value))
-    raise AssertionError("spawning/_build.py has no SOURCES list")
-
-
 # The core's own sources, as the extension builds them (spawning/_build.py), less the CPython
 # part (csrc/py/): a file added to the core is linked here too.
 SOURCES = [ROOT / "tests" / "c" / "test_server.c"] + [
-    CSRC / f for f in _build_sources() if not f.startswith("py/")]
+    CSRC / f for f in build_sources() if not f.startswith("py/")]
 CFLAGS = ["-std=gnu99", "-g", "-O1", "-Wall", "-Wextra", "-Werror", "-fsanitize=address,undefined",
           "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-DSP_CHECK_STATES", f"-I{CSRC}"]
 
