@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_port, read_response
 from spawning._core import ffi, lib
 
 APP = "core_app.env_app"
@@ -53,21 +53,14 @@ def tlv(kind: int, value: bytes) -> bytes:
 REQUEST = b"GET /p HTTP/1.1\r\nHost: app.test\r\n\r\n"
 
 
-def read_response(f) -> dict | None:
+def read_json(f) -> dict | None:
     """One response's JSON body, or None when the connection closed first."""
-    status = f.readline()
-    if not status:
+    try:
+        head, body = read_response(f)
+    except ConnectionError:
         return None
-    assert status.startswith(b"HTTP/1.1 200"), status
-    length = 0
-    while True:
-        line = f.readline()
-        if line in (b"\r\n", b""):
-            break
-        name, _, value = line.partition(b":")
-        if name.lower() == b"content-length":
-            length = int(value)
-    return json.loads(f.read(length))
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return json.loads(body)
 
 
 def talk(port: int, preamble: bytes, requests: int = 2, bytewise: bool = False) -> list[dict]:
@@ -87,7 +80,7 @@ def talk(port: int, preamble: bytes, requests: int = 2, bytewise: bool = False) 
         for i in range(requests):
             if i:
                 c.sendall(REQUEST)
-            env = read_response(f)
+            env = read_json(f)
             assert env is not None, "closed without an answer"
             out.append(env)
     return out
@@ -163,7 +156,7 @@ def test_without_a_valid_preamble_the_connection_is_closed(spawn):
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as c:
         c.sendall(b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\n" + REQUEST)
         f = c.makefile("rb")
-        assert read_response(f)["REMOTE_ADDR"] == "192.0.2.1"
+        assert read_json(f)["REMOTE_ADDR"] == "192.0.2.1"
         c.sendall(b"PROXY TCP4 192.0.2.66 192.0.2.2 1 2\r\n" + REQUEST)
         assert f.readline().startswith(b"HTTP/1.1 400")
     assert server.workers() == pids
@@ -216,12 +209,12 @@ def test_proxy_protocol_and_forwarded_headers_together(spawn, path_env):
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as c:
         c.sendall(b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\n"
                   b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n")
-        env = read_response(c.makefile("rb"))
+        env = read_json(c.makefile("rb"))
     assert env["REMOTE_ADDR"] == "192.0.2.1"
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as c:
         c.sendall(b"PROXY TCP4 127.0.0.1 192.0.2.2 1 2\r\n"
                   b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 198.51.100.3\r\n\r\n")
-        env = read_response(c.makefile("rb"))
+        env = read_json(c.makefile("rb"))
     assert env["REMOTE_ADDR"] == "198.51.100.3"
 
 

@@ -14,6 +14,7 @@ import json
 import socket
 
 import pytest
+from conftest import read_response
 from spawning._core import lib
 
 from spawning.wsgi.forwarded import ProxyTrust, parse_forwarded
@@ -38,17 +39,8 @@ def exchange(port: int, heads: list[bytes], timeout: float = 5.0) -> list[dict]:
             last = i == len(heads) - 1
             c.sendall(b"GET /e HTTP/1.1\r\nHost: app.test\r\n" + extra
                       + (b"Connection: close\r\n" if last else b"") + b"\r\n")
-            status = f.readline()
-            assert status.startswith(b"HTTP/1.1 200"), status
-            length = None
-            while True:
-                line = f.readline()
-                if line in (b"\r\n", b""):
-                    break
-                name, _, value = line.partition(b":")
-                if name.lower() == b"content-length":
-                    length = int(value)
-            body = f.read(length) if length is not None else f.read()
+            head, body = read_response(f)
+            assert head.startswith(b"HTTP/1.1 200"), head
             out.append(json.loads(body))
     return out
 
