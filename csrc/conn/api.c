@@ -366,12 +366,17 @@ int sp_req_wait(sp_server *s, int64_t code, int mask, int64_t token) {
     sp_conn *c = conn_code(s, code);
     if (!c) { UNLOCK(s); return -ESTALE; }
     int rc = 0;
+    int had = c->wait_mask;   /* a wait given up (its timeout) leaves its mask set */
     if (c->dead || c->peer_closed || ((mask & SP_READ) && c->readable) || ((mask & SP_WRITE) && c->writable)) {
         c->wait_mask = 0;
         rc = loop_fd_event(s, c->h.fd, mask, token);   /* can progress (or fail) now */
+        if (had) conn_interest(s, c);
     } else {
         c->wait_mask = mask;
         c->wait_token = token;
+        /* A level-triggered backend reports only the events conn_interest asks for, and a busy
+         * connection's read interest is otherwise off: without this the wait is never woken. */
+        if (had != mask) conn_interest(s, c);
     }
     UNLOCK(s);
     return rc;

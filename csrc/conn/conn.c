@@ -242,6 +242,7 @@ void conn_on_event(sp_server *s, sp_handle *h, int mask) {
         if ((c->wait_mask & SP_WRITE) && c->state == C_BUSY) {
             c->wait_mask = 0;
             loop_fd_event(s, c->h.fd, SP_WRITE, c->wait_token);
+            conn_interest(s, c);   /* level-triggered backends: the wait is over */
         }
         if (pending(c)) {
             int was_close = c->state == C_LINGER;
@@ -279,6 +280,7 @@ void conn_on_event(sp_server *s, sp_handle *h, int mask) {
             if (c->wait_mask & SP_READ) {
                 c->wait_mask = 0;
                 loop_fd_event(s, c->h.fd, SP_READ, c->wait_token);
+                conn_interest(s, c);   /* level-triggered backends: the wait is over */
             }
             if (c->body_done && !c->peer_closed) {
                 /* Only a peek: a client that hung up while its long-poll waits is noticed. */

@@ -136,15 +136,21 @@ static inline size_t pending(const sp_conn *c) { return c->out_len - c->out_off;
 static inline size_t pending_own(const sp_conn *c) { return c->out_len - c->out_off; }
 
 /* What the loop must hear of a connection's wanted events: nothing with an edge-triggered backend
- * (registered once for read|write); a level-triggered one must stop reporting what we ignore. */
+ * (registered once for read|write); a level-triggered one must stop reporting what we ignore.
+ * The one rule for the wanted events: read while the loop reads (a head, a small body, a
+ * lingering close) or while a green thread waits for body bytes (sp_req_wait: SP_READ in
+ * wait_mask); write while output is queued or a green thread waits for room. Whoever changes one
+ * of those inputs calls this after; a wait's wake-up clears wait_mask first, so that a readable
+ * socket the app has not read yet is not reported again and again. */
 static inline void conn_interest(sp_server *s, sp_conn *c) {
 #if LOOP_EDGE
     (void)s; (void)c;
 #else
     if (c->dead) return;
     int mask = 0;
-    if (c->state == C_HEAD || c->state == C_BODY || c->state == C_LINGER) mask |= BE_READ;
-    if (c->out_len > c->out_off) mask |= BE_WRITE;
+    if (c->state == C_HEAD || c->state == C_BODY || c->state == C_LINGER || (c->wait_mask & SP_READ))
+        mask |= BE_READ;
+    if (c->out_len > c->out_off || (c->wait_mask & SP_WRITE)) mask |= BE_WRITE;
     loop_interest(s, &c->h, mask);
 #endif
 }

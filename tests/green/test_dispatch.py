@@ -178,6 +178,63 @@ def test_request_body_in_pieces(spawn):
     assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"helloworld")
 
 
+def _chunked(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_request_body_stalls_past_the_prebuffer(spawn, framing: str):
+    """A body larger than the loop reads before the app runs (SP_PREBUFFER_MAX) that stalls half
+    way: the app's greenlet has read what came and parks on sp_req_wait for the rest. With the
+    poll backend a busy connection's read interest was off, so that wait was never woken and the
+    client never got its answer (the hang test_timeouts.py's green large-body case found)."""
+    server = spawn("-s", "1", "-t", "0", "core_app.application")
+    first, rest = b"a" * 40000, b"b" * 40000
+    if framing == "chunked":
+        head = b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        part1, part2 = head + _chunked(first), _chunked(rest) + b"0\r\n\r\n"
+    else:
+        head = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (len(first) + len(rest))
+        part1, part2 = head + first, rest
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(part1)
+        time.sleep(0.5)                               # the app has read `first` and waits
+        assert server.get("/hello/x")[0] == 200      # the parked request blocks no one
+        s.sendall(part2)
+        data = b""
+        while not _complete(data):
+            chunk = s.recv(65536)
+            assert chunk, data[:200]
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200"), data[:200]
+    assert data.partition(b"\r\n\r\n")[2] == first + rest
+
+
+def test_unread_body_does_not_spin_the_hub(spawn):
+    """While the app runs without reading its body, the bytes waiting in the socket wake no one:
+    a level-triggered backend (poll) must not watch a busy connection for reading unless its
+    greenlet waits for body bytes (csrc/conn/conn.h, conn_interest), or the hub would spin."""
+    server = spawn("-s", "1", "-t", "0", "core_app.application")
+    pid = worker_pid(server)
+    body = b"x" * 40000    # more than the loop reads before the app runs: left in the socket
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"POST /sleep?2 HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (len(body) + 1000)
+                  + body)
+        time.sleep(0.3)
+        before = psutil.Process(pid).cpu_times()
+        time.sleep(1.2)
+        after = psutil.Process(pid).cpu_times()
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            assert chunk, data
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200"), data[:200]
+    used = (after.user - before.user) + (after.system - before.system)
+    assert used < 0.5, f"the worker used {used:.2f} s of CPU in 1.2 s while its app slept"
+
+
 def test_cooperative_sleep_200_clients(spawn):
     """200 concurrent clients, each 5 requests to an app that sleeps 10 ms: about 5 sleeps of
     wall time, not 1000."""
