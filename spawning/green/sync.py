@@ -76,11 +76,18 @@ class Lock:
         self._waiters: deque = deque()
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        m = self._mutex
+        if timeout == -1:
+            # The common call, acquire() or `with lock`: neither check below can fail, and a
+            # free lock is taken at once (a framework takes several a request in green mode).
+            with m:
+                if not self._locked:
+                    self._locked = True
+                    return True
         if not blocking and timeout != -1:
             raise ValueError("can't specify a timeout for a non-blocking call")
         if timeout < 0 and timeout != -1:
             raise ValueError("timeout value must be a non-negative number")
-        m = self._mutex
         with m:
             if not self._locked:
                 self._locked = True
@@ -111,7 +118,14 @@ class Lock:
     __enter__ = acquire
 
     def __exit__(self, *exc: object) -> None:
-        self.release()
+        # release(), written out: one Python call fewer for every `with lock`.
+        with self._mutex:
+            if not self._locked:
+                raise RuntimeError("release unlocked lock")
+            if self._waiters:
+                self._waiters.popleft().wake_threadsafe(True)   # stays locked: handed over
+            else:
+                self._locked = False
 
     def __repr__(self) -> str:
         return f"<spawning.green.Lock {'locked' if self._locked else 'unlocked'}>"
@@ -133,7 +147,18 @@ class RLock:
         if self._owner is me:
             self._count += 1
             return True
-        if self._block.acquire(blocking, timeout):
+        block = self._block
+        if timeout == -1:
+            # Lock.acquire's own fast path, written out here (a call fewer: asgiref's Local
+            # takes an RLock on every attribute Django reads or sets); a lock that is held
+            # goes the general way below, which waits.
+            with block._mutex:
+                if not block._locked:
+                    block._locked = True
+                    self._owner = me
+                    self._count = 1
+                    return True
+        if block.acquire(blocking, timeout):
             self._owner = me
             self._count = 1
             return True
@@ -147,7 +172,15 @@ class RLock:
         self._count -= 1
         if not self._count:
             self._owner = None
-            self._block.release()
+            # self._block.release(), written out (see acquire).
+            block = self._block
+            with block._mutex:
+                if not block._locked:
+                    raise RuntimeError("release unlocked lock")
+                if block._waiters:
+                    block._waiters.popleft().wake_threadsafe(True)   # stays locked: handed over
+                else:
+                    block._locked = False
 
     def __exit__(self, *exc: object) -> None:
         self.release()
