@@ -6,7 +6,7 @@ once with a warm-up only and once with N more keep-alive requests, and prints th
 divided by N, plus the top functions. Kernel time (recv/writev on loopback) is not counted.
 
     python bench/instructions.py [--requests 2000] [--top 25] [--threads N] [--post BYTES] [--big] [--browser]
-                                 [--app closeiter|flask|django] [--inclusive]
+                                 [--app closeiter|flask|django] [--inclusive] [--gc-freeze]
 
 ``--post BYTES`` sends POST requests with a body of that size to an echo app (the benchmark's
 16 KiB POST is ``--post 16384``) instead of GET to hello world; ``--big`` GETs a 64 KiB response;
@@ -61,6 +61,10 @@ if {app!r}:
     import apps
     app = getattr(apps, {app!r})
 
+if {gc_freeze}:     # as the worker's --gc-freeze does, once the app is loaded
+    import gc
+    gc.collect()
+    gc.freeze()
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", 0))
@@ -127,12 +131,13 @@ APPS = {"closeiter": "closeiter", "flask": "flask_view", "django": "django_view"
 
 
 def run(n: int, workdir: str, threads: int = 1, post: int = 0, big: bool = False,
-        browser: bool = False, app: str = "", inclusive: bool = False) -> str:
+        browser: bool = False, app: str = "", inclusive: bool = False, gc_freeze: bool = False) -> str:
     portfile = os.path.join(workdir, f"port-{n}")
     script = os.path.join(workdir, "server.py")
     with open(script, "w") as f:
         f.write(SERVER.format(root=ROOT, portfile=portfile, threads=threads, post=post, big=big,
-                                bench=os.path.join(ROOT, "bench"), app=APPS.get(app, "")))
+                                bench=os.path.join(ROOT, "bench"), app=APPS.get(app, ""),
+                                gc_freeze=gc_freeze))
     out = os.path.join(workdir, f"cg-{n}.out")
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                              sys.executable, script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -181,11 +186,12 @@ def main() -> None:
                     help="a framework scenario's app (bench/apps.py), to browser-like heads")
     ap.add_argument("--inclusive", action="store_true",
                     help="rank functions by inclusive cost (what they and their callees spend)")
+    ap.add_argument("--gc-freeze", action="store_true", help="gc.freeze() before serving, as --gc-freeze")
     a = ap.parse_args()
     browser = a.browser or bool(a.app)
     with tempfile.TemporaryDirectory() as d:
-        t0, f0 = parse(run(0, d, a.threads, a.post, a.big, browser, a.app, a.inclusive))
-        t1, f1 = parse(run(a.requests, d, a.threads, a.post, a.big, browser, a.app, a.inclusive))
+        t0, f0 = parse(run(0, d, a.threads, a.post, a.big, browser, a.app, a.inclusive, a.gc_freeze))
+        t1, f1 = parse(run(a.requests, d, a.threads, a.post, a.big, browser, a.app, a.inclusive, a.gc_freeze))
     print(f"user-space instructions per request: {(t1 - t0) / a.requests:,.0f}")
     diff = {k: (v - f0.get(k, 0)) / a.requests for k, v in f1.items()}
     for name, v in sorted(diff.items(), key=lambda kv: -kv[1])[: a.top]:
