@@ -82,5 +82,6 @@ class local:
 
 
 # Every name local's class (and object) defines: reading or setting one may go through a
-# descriptor (__class__, the slots) or find a class attribute, so it takes the general way.
+# descriptor (__class__, the slots) or find a class attribute, so it takes the general way. Taken
+# once: nothing adds attributes to this class (subclasses, which may, always take the general way).
 _CLASS_NAMES = frozenset(name for klass in local.__mro__ for name in vars(klass))
