@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -143,12 +144,12 @@ def run(n: int, workdir: str, threads: int = 1, post: int = 0, big: bool = False
                              sys.executable, script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not os.path.exists(portfile) or not open(portfile).read():
+        while not _read(portfile):
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise SystemExit("the server under valgrind did not start")
             time.sleep(0.2)
         time.sleep(0.5)
-        port = int(open(portfile).read())
+        port = int(_read(portfile))
         drive(port, 300, post, browser=browser)   # warm-up: imports, caches, buffer pools
         if n:
             drive(port, n, post, browser=browser)
@@ -156,10 +157,18 @@ def run(n: int, workdir: str, threads: int = 1, post: int = 0, big: bool = False
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
     if os.environ.get("INSTRUCTIONS_KEEP"):   # a directory: keep callgrind's files to annotate again
-        import shutil
         shutil.copy(out, os.path.join(os.environ["INSTRUCTIONS_KEEP"], os.path.basename(out)))
     argv = ["callgrind_annotate"] + (["--inclusive=yes"] if inclusive else []) + [out]
-    return subprocess.run(argv, capture_output=True, text=True).stdout
+    return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+
+
+def _read(path: str) -> str:
+    """The file's text, or "" while it does not exist yet."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
 
 
 def parse(report: str) -> tuple[int, dict[str, int]]:
