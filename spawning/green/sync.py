@@ -119,14 +119,7 @@ class Lock:
     __enter__ = acquire
 
     def __exit__(self, *exc: object) -> None:
-        # release(), written out: one Python call fewer for every `with lock`.
-        with self._mutex:
-            if not self._held.locked():
-                raise RuntimeError("release unlocked lock")
-            if self._waiters:
-                self._waiters.popleft().wake_threadsafe(True)   # stays held: handed over
-            else:
-                self._held.release()
+        self.release()
 
     def __repr__(self) -> str:
         return f"<spawning.green.Lock {'locked' if self._held.locked() else 'unlocked'}>"
@@ -165,15 +158,7 @@ class RLock:
         self._count -= 1
         if not self._count:
             self._owner = None
-            # self._block.release(), written out (see acquire).
-            block = self._block
-            with block._mutex:
-                if not block._held.locked():
-                    raise RuntimeError("release unlocked lock")
-                if block._waiters:
-                    block._waiters.popleft().wake_threadsafe(True)   # stays held: handed over
-                else:
-                    block._held.release()
+            self._block.release()     # Lock.release owns the hand-over to a waiter
 
     def __exit__(self, *exc: object) -> None:
         self.release()
