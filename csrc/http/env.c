@@ -246,6 +246,35 @@ static int key_chars(char *o, const char *name, size_t n)
     return under != 0;
 }
 
+/* Names of 8 bytes or more are made keys 16 bytes at a time where SSE2 is the baseline (x86-64):
+ * ~15 instructions for what takes ~80 eight bytes at a time. -DSP_NO_SIMD keeps the SWAR way. */
+#if !defined(SP_NO_SIMD) && defined(__SSE2__) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <emmintrin.h>
+#define ENV_SSE2 1
+
+/* key_word for 16 bytes: 'a'-'z' upper-cased, '-' as '_'; *under gets a bit for each '_'. Signed
+ * compares: bytes 0x80-0xff are negative, so never taken for letters. */
+static inline __m128i key_vec(__m128i v, unsigned *under)
+{
+    __m128i lower = _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8('a' - 1)),
+                                  _mm_cmplt_epi8(v, _mm_set1_epi8('z' + 1)));
+    *under |= (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8('_')));
+    v = _mm_sub_epi8(v, _mm_and_si128(lower, _mm_set1_epi8(0x20)));
+    __m128i dash = _mm_cmpeq_epi8(v, _mm_set1_epi8('-'));
+    return _mm_add_epi8(v, _mm_and_si128(dash, _mm_set1_epi8('_' - '-')));
+}
+
+static inline __m128i load16(const char *p)
+{
+    return _mm_loadu_si128((const __m128i *)(const void *)p);
+}
+
+static inline void store16(char *p, __m128i v)
+{
+    _mm_storeu_si128((__m128i *)(void *)p, v);
+}
+#endif
+
 /* key_chars, and *hash set to a hash of the key's bytes as they are written: equal keys, equal
  * hashes. Between two names without '_' (the others are dropped) equal keys mean the same name in
  * any case, since only case and '-' -> '_' fold, and such names hold no '_' to fold with. */
@@ -253,6 +282,32 @@ static int key_chars_hash(char *o, const char *name, size_t n, uint64_t *hash)
 {
     const uint64_t k = 0x9E3779B97F4A7C15ull;
     uint64_t under = 0, h = (uint64_t)n * k;
+#ifdef ENV_SSE2
+    if (n >= 8) {
+        /* Whole 16-byte blocks, then the last 16 bytes (overlapping the block before), or for
+         * names under 16 bytes their first and last 8 in one register; only [name, name + n) is
+         * read and only [o, o + n) written. The hash reads the key words back from o. */
+        unsigned u = 0;
+        if (n >= 16) {
+            size_t i = 0;
+            for (; i + 16 < n; i += 16) {
+                store16(o + i, key_vec(load16(name + i), &u));
+                h = (h ^ load8(o + i)) * k;
+                h = (h ^ load8(o + i + 8)) * k;
+            }
+            store16(o + n - 16, key_vec(load16(name + n - 16), &u));
+            h = (h ^ load8(o + n - 16)) * k;
+        } else {
+            __m128i v = _mm_set_epi64x((long long)load8(name + n - 8), (long long)load8(name));
+            __m128i kv = key_vec(v, &u);
+            _mm_storel_epi64((__m128i *)(void *)o, kv);
+            _mm_storel_epi64((__m128i *)(void *)(o + n - 8), _mm_unpackhi_epi64(kv, kv));
+            h = (h ^ load8(o)) * k;
+        }
+        *hash = (h ^ load8(o + n - 8)) * k;
+        return u != 0;
+    }
+#endif
     if (n >= 8) {
         size_t i = 0;
         for (; i + 8 < n; i += 8) {
@@ -317,6 +372,20 @@ static int name_kind(const char *name, size_t n)
     case 6: return EQ_LIT(name, n, "cookie") ? NAME_COOKIE : NAME_PLAIN;
     case 12: return EQ_LIT(name, n, "content-type") ? NAME_CONTENT_TYPE : NAME_PLAIN;
     case 14: return EQ_LIT(name, n, "content-length") ? NAME_CONTENT_LENGTH : NAME_PLAIN;
+    default: return NAME_PLAIN;
+    }
+}
+
+/* name_kind for a name already made a key (upper case, '_' for '-'): whole-word compares. A name
+ * holding '_' is dropped before it is asked, so "CONTENT_TYPE" is only Content-Type's key. */
+static inline int key_kind(const char *key, size_t n)
+{
+    switch (n) {
+    case 4: return memcmp(key, "HOST", 4) == 0 ? NAME_HOST : NAME_PLAIN;
+    case 5: return memcmp(key, "PROXY", 5) == 0 ? NAME_DROP : NAME_PLAIN;
+    case 6: return memcmp(key, "COOKIE", 6) == 0 ? NAME_COOKIE : NAME_PLAIN;
+    case 12: return memcmp(key, "CONTENT_TYPE", 12) == 0 ? NAME_CONTENT_TYPE : NAME_PLAIN;
+    case 14: return memcmp(key, "CONTENT_LENGTH", 14) == 0 ? NAME_CONTENT_LENGTH : NAME_PLAIN;
     default: return NAME_PLAIN;
     }
 }
@@ -410,16 +479,24 @@ static int pack_fields_once(packer *pk, const sp_header *hs, size_t nh, const ch
     for (size_t i = 0; i < nh; i++) {
         const char *name = hs[i].name;
         size_t nn = hs[i].name_len;
-        int kind = name_kind(name, nn);
-        if (kind == NAME_DROP) continue;
-        size_t prefix = (kind == NAME_CONTENT_TYPE || kind == NAME_CONTENT_LENGTH) ? 0 : 5;
-        if (pk->cap - pk->pos < prefix + nn + 1) {
+        /* The key is made after "HTTP_"'s room, then told apart (key_kind); CONTENT_TYPE and
+         * CONTENT_LENGTH move to where the prefix would be. A block too small for the prefix
+         * then is packed again the general way, which knows the kind first. */
+        if (pk->cap - pk->pos < 5 + nn + 1) {
             if (memchr(name, '_', nn)) continue;   /* dropped: it needs no room */
             return 1;
         }
-        char *key = pk->out + pk->pos + prefix;
+        char *key = pk->out + pk->pos + 5;
         uint64_t h;
         if (key_chars_hash(key, name, nn, &h)) continue;   /* '_': dropped */
+        int kind = key_kind(key, nn);
+        if (kind == NAME_DROP) continue;
+        size_t prefix = 5;
+        if (kind == NAME_CONTENT_TYPE || kind == NAME_CONTENT_LENGTH) {
+            prefix = 0;
+            key -= 5;
+            memmove(key, key + 5, nn);
+        }
         for (size_t at = (size_t)(h >> 40) & mask;; at = (at + 1) & mask) {
             struct key_slot *sl = &slots[at];
             if (!sl->off1) {
