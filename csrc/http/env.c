@@ -248,7 +248,8 @@ static int key_chars(char *o, const char *name, size_t n)
 
 /* Names of 8 bytes or more are made keys 16 bytes at a time where SSE2 is the baseline (x86-64):
  * ~15 instructions for what takes ~80 eight bytes at a time. -DSP_NO_SIMD keeps the SWAR way. */
-#if !defined(SP_NO_SIMD) && defined(__SSE2__) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if !defined(SP_NO_SIMD) && defined(__SSE2__) && defined(__x86_64__) \
+    && (defined(__GNUC__) || defined(__clang__))
 #include <emmintrin.h>
 #define ENV_SSE2 1
 

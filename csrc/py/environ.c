@@ -173,7 +173,8 @@ static inline const char *nul_next(nul_scan *s)
         uint64_t m;
         size_t n;
         if (left >= 64) {
-            m = nul_bits16(p) | nul_bits16(p + 16) << 16 | nul_bits16(p + 32) << 32 | nul_bits16(p + 48) << 48;
+            m = nul_bits16(p) | nul_bits16(p + 16) << 16 | nul_bits16(p + 32) << 32
+                | nul_bits16(p + 48) << 48;
             n = 64;
         } else if (left >= 16) {
             m = nul_bits16(p);
