@@ -811,6 +811,15 @@ static const evec env_vectors[] = {
      "GET|/|q|HTTP/1.1|http://h?q|HTTP_HOST|h"},
     {"absolute-form authority replaces Host", IN("GET http://h/x HTTP/1.1\r\nX-A: 1\r\nHost: o\r\n\r\n"),
      0, "GET|/x||HTTP/1.1|http://h/x|HTTP_X_A|1|HTTP_HOST|h"},
+    {"absolute-form authority replaces Host, after a repeated name (packed the general way)",
+     IN("GET http://h/x HTTP/1.1\r\nX-A: 1\r\nx-a: 2\r\nHost: o\r\n\r\n"),
+     0, "GET|/x||HTTP/1.1|http://h/x|HTTP_X_A|1, 2|HTTP_HOST|h"},
+    {"a repeat after its '_' twin: the twin dropped, the dashed name kept once",
+     IN("GET / HTTP/1.1\r\nX-A: 1\r\nX_A: 2\r\nx-A: 3\r\n\r\n"),
+     0, "GET|/||HTTP/1.1|/|HTTP_X_A|1, 3"},
+    {"CONTENT_* keys in any case, with a Content-Length list, when no name repeats",
+     IN("POST / HTTP/1.1\r\ncontent-length: 5, 5\r\nCONTENT-TYPE: a\r\nX: 1\r\n\r\n"),
+     0, "POST|/||HTTP/1.1|/|CONTENT_LENGTH|5|CONTENT_TYPE|a|HTTP_X|1"},
     {"asterisk-form has empty PATH_INFO", IN("OPTIONS * HTTP/1.1\r\n\r\n"), 0,
      "OPTIONS|||HTTP/1.1|*"},
     {"authority-form has empty PATH_INFO", IN("CONNECT h:443 HTTP/1.1\r\n\r\n"), 0,
@@ -941,6 +950,45 @@ static void test_env_fields(void)
         }
         n += (size_t)sprintf(in + n, "\r\n");
         check_env_fields(in, n, max);
+    }
+
+    /* Heads whose names are all distinct are packed in one pass (pack_fields_once), the others
+     * again the general way from the first repeat found: distinct names in random order and
+     * case, with '_' twins of dashed names ("Q_X" is not "Q-X": one is dropped, the other kept),
+     * and now and then one repeat, first or last. */
+    current_case = "distinct names in any case, '_' twins, one repeat anywhere";
+    static const char *distinct[] = {"Host", "User-Agent", "Accept", "Accept-Language", "Accept-Encoding",
+                                     "Referer", "Cookie", "Sec-Fetch-Dest", "Sec-Fetch-Mode",
+                                     "Sec-Fetch-Site", "Sec-Fetch-User", "Upgrade-Insecure-Requests",
+                                     "X-Request-Id", "Q-X", "q_x", "X_Request-ID", "Proxy", "abcdefgh",
+                                     "abcdefgi", "Z", "zz", "a-b", "A_B", "Content-Length-X", "DNT",
+                                     "X-A-Very-Long-Field-Name-Of-Forty-Bytes!"};
+    const size_t ndistinct = sizeof distinct / sizeof distinct[0];
+    for (int round = 0; round < 400; round++) {
+        size_t order[sizeof distinct / sizeof distinct[0]];
+        for (size_t k = 0; k < ndistinct; k++) order[k] = k;
+        for (size_t k = ndistinct - 1; k > 0; k--) {   /* Fisher-Yates */
+            rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+            size_t j = (size_t)(rng % (k + 1)), t = order[k];
+            order[k] = order[j];
+            order[j] = t;
+        }
+        size_t nf = 1 + (size_t)round % ndistinct;
+        size_t n = (size_t)sprintf(in, "GET / HTTP/1.1\r\n");
+        for (size_t f = 0; f < nf + (round % 3 == 0); f++) {
+            /* every third round one more field: a repeat of the first or the last name */
+            const char *nm = distinct[order[f < nf ? f : (round % 2 ? 0 : nf - 1)]];
+            rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+            for (size_t k = 0; nm[k]; k++) {
+                char c = nm[k];
+                if ((rng >> (k % 60)) & 1) c = (c >= 'a' && c <= 'z') ? (char)(c - 32)
+                                           : (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+                in[n++] = c;
+            }
+            n += (size_t)sprintf(in + n, ": v%zu\r\n", f);
+        }
+        n += (size_t)sprintf(in + n, "\r\n");
+        check_env_fields(in, n, 100);
     }
 }
 
