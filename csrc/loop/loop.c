@@ -468,6 +468,17 @@ static inline void set_vacated(sp_server *s, int64_t now_us) {
     __atomic_store_n(&s->vacated_us, now_us, __ATOMIC_RELAXED);
 }
 
+/* Signals one untimed waiter to take the watch, unless nobody waits untimed, a follower watches
+ * already, or one was signalled and has not woken yet: it will look when it does, so a second
+ * signal would only wake a second waiter to find the watch taken and sleep again (a futex wake,
+ * two context switches and a turn on the mutex for nothing). With the mutex held. */
+static inline void call_watcher(sp_server *s) {
+    if (s->untimed_waiters && !s->watching && !s->watch_called) {
+        s->watch_called = 1;
+        pthread_cond_signal(&s->cv);
+    }
+}
+
 /* The watcher's wait, without the mutex: it naps until `until` and, as long as work was taken
  * meanwhile (vacated_us moved) and the busy thread's latest take is less than SP_HANDOFF_US old
  * at the next check, naps again, without taking the mutex. A timed wait on the condition variable
@@ -540,7 +551,7 @@ int64_t loop_take_next_locked(sp_server *s) {
     if (take_ready(s, &ev, 1, now, 0) != 1) return 0;
     if (tls_busy_srv != s) { s->busy++; tls_busy_srv = s; }
     set_vacated(s, now);
-    if (s->untimed_waiters && !s->watching) pthread_cond_signal(&s->cv);
+    call_watcher(s);
     return ev.code;
 }
 
@@ -629,6 +640,7 @@ int loop_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
             s->untimed_waiters++;
             if (deadline >= 0) timed_wait(s, deadline); else pthread_cond_wait(&s->cv, &s->mu);
             s->untimed_waiters--;
+            s->watch_called = 0;   /* whoever was called is awake, or this one: it looks next */
         } else {
             watching = s->watching = 1;
             int64_t until = (keep ? now : s->vacated_us) + SP_HANDOFF_US;
@@ -639,7 +651,7 @@ int loop_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
     }
     if (watching) {   /* another follower takes over the watch */
         s->watching = 0;
-        if (s->untimed_waiters) pthread_cond_signal(&s->cv);
+        call_watcher(s);
     }
     if (n > 0) {
         int took_request = 0;
@@ -651,7 +663,7 @@ int loop_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
             /* Waiters sleeping untimed must learn the poller role is free so that one of them
              * times the hand-off (queued work left over is theirs after the delay too), unless
              * one does already. */
-            if (s->untimed_waiters && !s->watching) pthread_cond_signal(&s->cv);
+            call_watcher(s);
         }
     }
     return n;
