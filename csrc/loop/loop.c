@@ -483,15 +483,16 @@ static inline void call_watcher(sp_server *s) {
 
 /* The watcher naps as a SCHED_BATCH thread (Linux): the wake-up of a batch thread does not preempt
  * the thread running on its CPU, so a nap's end waits for the running thread to block or its
- * time slice to end, instead of preempting it for a check that finds work was taken, twice a
- * millisecond's nap (switched out and back). A blocked app leaves its CPU idle, so its hand-off
+ * time slice to end, instead of preempting it (a switch out and one back, every millisecond)
+ * for a check that mostly finds work was taken. A blocked app leaves its CPU idle, so its hand-off
  * is no later; a CPU-bound one holds the GIL, which no other thread gets sooner anyway. Figures:
  * bench/README.md, "Why the code is as it is". Only a thread found running SCHED_OTHER is
  * switched (checked once per thread), and it is switched back before it polls, waits untimed
  * or returns. Returns on. */
 #if defined(__linux__) && defined(SCHED_BATCH)
 #if defined(__GNUC__)
-static __thread int tls_may_batch __attribute__((tls_model("initial-exec")));   /* 0 unknown, 1 yes, 2 no */
+/* 0: not checked yet, 1: this thread may switch, 2: it keeps its policy */
+static __thread int tls_may_batch __attribute__((tls_model("initial-exec")));
 #else
 static __thread int tls_may_batch;
 #endif
@@ -499,7 +500,8 @@ static int watch_batch(int on) {
     struct sched_param p = { 0 };
     if (!tls_may_batch) {
         int policy;
-        tls_may_batch = pthread_getschedparam(pthread_self(), &policy, &p) == 0 && policy == SCHED_OTHER ? 1 : 2;
+        int got = pthread_getschedparam(pthread_self(), &policy, &p) == 0;
+        tls_may_batch = got && policy == SCHED_OTHER ? 1 : 2;
         p.sched_priority = 0;
     }
     if (tls_may_batch == 1) pthread_setschedparam(pthread_self(), on ? SCHED_BATCH : SCHED_OTHER, &p);
