@@ -121,6 +121,8 @@ struct sp_server {
     /* leader/follower */
     int polling, waiters, untimed_waiters, busy;
     int watching;                    /* a follower times the hand-off (loop.c) */
+    int watch_called;                /* an untimed waiter was signalled to take the watch and
+                                        has not woken yet (loop.c, call_watcher) */
     int64_t vacated_us;
     int64_t now_us;                  /* the loop clock: read by each poll turn and each finished
                                         request, for stamps that tolerate that lag (queueing,
