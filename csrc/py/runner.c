@@ -3,7 +3,8 @@
  * in files of one concept each, which py.h ties together and unit.c compiles as one unit:
  * response.c (ResponseBase, start_response), input.c (Input, a held body's wsgi.input),
  * environ.c (the environ from the packed block), answer.c (head packing, answering, streaming,
- * close()) and this file (the Runner, its hand-off to Python, the run loop, sp_py_setup).
+ * close()), hub.c (the green hub's hot turn, GreenLoop) and this file (the Runner, its hand-off
+ * to Python, the run loop, sp_py_setup).
  *
  * Theory of operation
  * -------------------
@@ -290,6 +291,10 @@ static long long green_next(PyObject *green)
     Py_DECREF(ctx);
     if (set && PyObject_SetAttr(me, s_gr_context, Py_None) < 0)
         return -1;
+    if (Py_IS_TYPE(batch, greenloop_type)) {     /* the C hub's batch (hub.c): no objects */
+        GreenLoop *L = (GreenLoop *)batch;
+        return L->head < L->tail ? L->codes[L->head++] : 0;
+    }
     Py_ssize_t n = PyObject_Size(batch);
     if (n <= 0)
         return n < 0 ? -1 : 0;
@@ -586,6 +591,11 @@ int sp_py_setup(void)
         goto fail;
     }
     Py_DECREF(ru);
+    if (hub_setup(mod) < 0) {
+        Py_DECREF(rt);
+        Py_DECREF(mod);
+        goto fail;
+    }
     Py_DECREF(mod);
     resp_type = (PyTypeObject *)rt;     /* kept for the module's life */
     return 0;

@@ -43,7 +43,9 @@ from typing import Any
 
 from greenlet import GreenletExit, getcurrent, greenlet  # type: ignore[import-untyped]
 
+from .. import _core
 from .._core import ffi, lib
+from ..wsgi.response import FAST
 from .waiter import _CLOSED, TIMEDOUT, Waiter
 
 log = logging.getLogger("spawning")
@@ -126,11 +128,19 @@ class Hub:
         self.thread_calls: deque = deque()
         self.handle: Callable | None = None
         self.idle: list = []          # request greenlets waiting for their next request
-        self.events = ffi.new("sp_event[]", _BATCH)
-        self.codes = ffi.new("int64_t[]", _BATCH)   # request codes of the batch, 0 for fd events
+        # On CPython the hot turn is C's (csrc/py/hub.c: it polls and hands out batches of requests
+        # until Python has work, see _loop); elsewhere (PyPy, SPAWNING_NO_PYFAST=1) this loop polls.
+        self._cloop: Any = None
+        if FAST:
+            self._cloop = _core.GreenLoop(  # type: ignore[attr-defined]
+                int(ffi.cast("uintptr_t", srv)), srv, self.ready, self.thread_calls, self.idle,
+                self._spawn, finished, greenlet)
+        else:
+            self.events = ffi.new("sp_event[]", _BATCH)
+            self.codes = ffi.new("int64_t[]", _BATCH)   # request codes of the batch, 0 for fd events
         # The codes of the current poll batch's requests not yet taken: the hub and the request
-        # greenlets take from it in turn (see _request_worker).
-        self.batch: deque = deque()
+        # greenlets take from it in turn (see _request_worker). The C turn keeps them itself.
+        self.batch: Any = self._cloop if self._cloop is not None else deque()
         # One of each for every request greenlet's state tuple (_request_worker), which a
         # waiting request holds: a bound method each would cost each one more memory.
         self._take = self.batch.popleft
@@ -297,7 +307,18 @@ class Hub:
             idle.append(me)
             code = hub_glet.switch()
 
+    def _spawn(self, code: int) -> None:
+        """Runs the request ``code`` names in a new request greenlet (none idle); nothing without
+        a handler (run(): no listener)."""
+        if self.handle is not None:
+            g = greenlet(self._request_worker, self.glet)
+            self.request_glets.add(g)
+            g.switch(code)
+
     def _loop(self) -> None:
+        if self._cloop is not None:
+            self._loop_c()
+            return
         srv = ffi.cast("sp_server *", self.srv)   # a plain pointer passes faster; self.srv owns it
         events = self.events
         codes = self.codes
@@ -362,6 +383,45 @@ class Hub:
             if self.timers:
                 self._run_timers()
 
+    def _loop_c(self) -> None:
+        """_loop with its hot part in C (csrc/py/hub.c): ``turn`` polls and hands out batches of
+        requests as the loop above does, and comes back here only with work for Python: the
+        fd events of a batch (its requests then go out through ``dispatch``), the ready queue,
+        thread calls, a timer due, the finish test true, a wake-up or a timeout, an error. So
+        every rule below is the loop above's, in the same order."""
+        ready = self.ready
+        thread_calls = self.thread_calls
+        tokens = self.tokens
+        finished = self.finished
+        turn = self._cloop.turn
+        while True:
+            if ready:
+                self._run_ready()
+            while thread_calls:
+                fn, args = thread_calls.popleft()
+                try:
+                    fn(*args)
+                except BaseException:
+                    log.exception("error in a call handed to the hub")
+            if finished():
+                return
+            if _forked_child:
+                log.error("a process the app forked came back to the server's loop: it exits "
+                          "(the parent serves the connections)")
+                os._exit(1)
+            r = turn(self.timers)     # the list itself: _run_timers may have made a new one
+            if type(r) is list:       # fd events, then the batch's requests
+                for token, mask in r:
+                    obj = tokens.get(token)
+                    if obj is not None:
+                        obj.on_fd(self, mask)
+                self._cloop.dispatch()
+            elif r < 0 and r != -errno.EINTR:
+                log.error("event loop failed: %s", os.strerror(-r))
+                _real_sleep(0.05)
+            if self.timers:
+                self._run_timers()
+
 
     def end_requests_after(self, grace: float) -> None:
         """Hub thread: ``end_requests`` in ``grace`` seconds, once however often asked."""
@@ -396,6 +456,8 @@ _forked_child = False
 def _after_fork_in_child() -> None:
     global _hub, _forked_child
     if _hub is not None:
+        if _hub._cloop is not None:
+            _hub._cloop.interrupt()   # the C turn comes back to _loop_c, which exits
         _hub = None
         _forked_child = True
 
