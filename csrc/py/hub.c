@@ -20,10 +20,10 @@
  *   - the poll's error: -errno; a Python error (a switch that raised, a signal handler's):
  *     NULL, the batch's codes not yet handed out kept for the next dispatch().
  *
- * The first poll of a call waits at most what the hub's Python loop would have: 0 when the ready
- * queue or the thread calls hold anything, else until the first timer (timers[0].when, on
- * time.monotonic's clock) and at most HUB_MAX_POLL_MS, so that the finish test is looked at at
- * least that often.
+ * Each poll waits at most what the hub's Python loop would have: 0 when the ready queue or the
+ * thread calls hold anything, else until the first timer (timers[0].when, on time.monotonic's
+ * clock) and at most max_poll_ms (the hub's _MAX_POLL_MS), so that the finish test is looked at
+ * at least that often.
  *
  * The batch is this object's: the request greenlets take its next codes themselves once their
  * request is answered (runner.c, green_next; Python's handler through popleft() and len()), as
@@ -101,12 +101,12 @@ HUB_NO_ASAN static int gl_dispatch(GreenLoop *L)
 
 /* The poll's timeout from the timer heap (a list, the earliest first): 0 with *ms set, 1 when the
  * first timer is due now, -1 with a Python error. The hub's Python loop computes the same. */
-static int timers_wait(PyObject *timers, int *ms)
+static int timers_wait(PyObject *timers, int max_ms, int *ms)
 {
     Py_ssize_t n = PyList_Size(timers);
     if (n < 0)
         return -1;
-    *ms = HUB_MAX_POLL_MS;
+    *ms = max_ms;
     if (n == 0)
         return 0;
     PyObject *w = PyObject_GetAttr(PyList_GetItem(timers, 0), s_when);
@@ -122,7 +122,7 @@ static int timers_wait(PyObject *timers, int *ms)
     if (left <= 0)
         return 1;
     double t = left * 1000 + 0.999;
-    *ms = t < HUB_MAX_POLL_MS ? (int)t : HUB_MAX_POLL_MS;
+    *ms = t < max_ms ? (int)t : max_ms;
     return 0;
 }
 
@@ -164,7 +164,7 @@ HUB_NO_ASAN static PyObject *gl_turn(GreenLoop *L, PyObject *timers)
         }
         int ms = 0;
         if (!busy) {
-            int due = timers_wait(timers, &ms);
+            int due = timers_wait(timers, L->max_poll_ms, &ms);
             if (due < 0)
                 return NULL;
             if (due && !first)
@@ -263,22 +263,23 @@ static void gl_dealloc(GreenLoop *L)
     Py_DECREF(tp);
 }
 
-/* GreenLoop(server_address, owner, ready, thread_calls, idle, spawn, finished, greenlet_type):
- * owner keeps the server alive (the hub's cffi object); spawn(code) makes and starts a request
- * greenlet (None: no handler); the rest are the hub's (spawning/green/hub.py). */
+/* GreenLoop(server_address, owner, ready, thread_calls, idle, spawn, finished, greenlet_type,
+ *           max_poll_ms): owner keeps the server alive (the hub's cffi object); spawn(code) makes
+ * and starts a request greenlet (None: no handler); the rest are the hub's (spawning/green/hub.py). */
 static PyObject *gl_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 {
     unsigned long long addr;
     PyObject *owner, *ready, *calls, *idle, *spawn, *finished, *gtype;
+    int max_ms;
     if (kw != NULL && PyDict_Size(kw)) {
         PyErr_SetString(PyExc_TypeError, "GreenLoop() takes no keyword arguments");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "KOOOO!OOO!:GreenLoop", &addr, &owner, &ready, &calls,
-                          &PyList_Type, &idle, &spawn, &finished, &PyType_Type, &gtype))
+    if (!PyArg_ParseTuple(args, "KOOOO!OOO!i:GreenLoop", &addr, &owner, &ready, &calls,
+                          &PyList_Type, &idle, &spawn, &finished, &PyType_Type, &gtype, &max_ms))
         return NULL;
-    if (addr == 0) {
-        PyErr_SetString(PyExc_ValueError, "GreenLoop(): no server");
+    if (addr == 0 || max_ms < 0) {
+        PyErr_SetString(PyExc_ValueError, "GreenLoop(): no server, or max_poll_ms < 0");
         return NULL;
     }
     PyObject *sw = PyObject_GetAttr(gtype, s_switch);
@@ -291,6 +292,7 @@ static PyObject *gl_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     }
     L->srv = (sp_server *)(uintptr_t)addr;
     L->switch_fn = sw;
+    L->max_poll_ms = max_ms;
     PyObject **slots[] = { &L->owner, &L->ready, &L->thread_calls, &L->idle, &L->spawn,
                            &L->finished, &L->glet_type };
     PyObject *vals[] = { owner, ready, calls, idle, spawn, finished, gtype };

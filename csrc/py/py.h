@@ -1,8 +1,9 @@
 /* py.h -- the CPython part's internal header: the structs its files share (the response's, the
  * held body's Input, the runner's, the hub's GreenLoop), the objects sp_py_setup makes for all of
  * them (interned strs, types), and what each file calls of another. The files (response.c,
- * input.c, environ.c, answer.c, runner.c, hub.c) are compiled as one unit, unit.c, in that order, and their functions stay
- * static to it. Not part of the API: the binding sees only runner.h. */
+ * input.c, environ.c, answer.c, runner.c, hub.c) are compiled as one unit, unit.c, in that
+ * order, and their functions stay static to it. Not part of the API: the binding sees only
+ * runner.h. */
 #ifndef SP_PY_H
 #define SP_PY_H
 
@@ -84,7 +85,6 @@ typedef struct {
 /* ---- hub.c: GreenLoop ------------------------------------------------------------------------ */
 
 #define HUB_BATCH 256           /* events one poll returns at most (the hub's _BATCH) */
-#define HUB_MAX_POLL_MS 1000    /* the finish test is looked at least this often (_MAX_POLL_MS) */
 
 typedef struct {
     PyObject_HEAD
@@ -97,6 +97,7 @@ typedef struct {
     PyObject *finished;     /* callable() -> the hub's finish test */
     PyObject *glet_type;    /* greenlet.greenlet... */
     PyObject *switch_fn;    /* ...and its unbound switch */
+    int max_poll_ms;        /* the finish test is looked at least this often (_MAX_POLL_MS) */
     int interrupted;        /* interrupt() was called: turn() returns at once */
     int head, tail;         /* codes[head..tail): the batch's requests not yet taken */
     int64_t codes[HUB_BATCH];

@@ -134,7 +134,7 @@ class Hub:
         if FAST:
             self._cloop = _core.GreenLoop(  # type: ignore[attr-defined]
                 int(ffi.cast("uintptr_t", srv)), srv, self.ready, self.thread_calls, self.idle,
-                self._spawn, finished, greenlet)
+                self._spawn, finished, greenlet, _MAX_POLL_MS)
         else:
             self.events = ffi.new("sp_event[]", _BATCH)
             self.codes = ffi.new("int64_t[]", _BATCH)   # request codes of the batch, 0 for fd events
