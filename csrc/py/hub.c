@@ -4,7 +4,7 @@
  *
  * Theory of operation
  * -------------------
- * GreenLoop.turn(timers) polls the core (sp_poll_codes, the GIL released) and hands each request
+ * GreenLoop.turn() polls the core (sp_poll_codes, the GIL released) and hands each request
  * code of the batch to a greenlet: the last one of the hub's idle list (greenlet.switch(code)),
  * or, when none waits there, a new one that the hub's spawn(code) makes and starts. It goes on
  * polling and handing out batches while nothing else waits for Python, and returns as soon as
@@ -28,7 +28,18 @@
  * The batch is this object's: the request greenlets take its next codes themselves once their
  * request is answered (runner.c, green_next; Python's handler through popleft() and len()), as
  * they did from the hub's deque, so that a fast app runs a whole batch in one greenlet without
- * switching back here between requests. */
+ * switching back here between requests.
+ *
+ * And once its batch is empty, such a greenlet polls itself (gl_poll_here, from runner.c's
+ * green_park), under the same rules as turn(): when the poll brings only requests, it runs them
+ * where it is, which spares the switch to the hub and the hub's switch back to an idle
+ * greenlet (most often the same one) for every batch. Whatever the hub must see first (ready
+ * greenlets, thread calls, a timer due, the finish test true, interrupt(), a batch left with
+ * fd events, a poll that found nothing or failed, an error) makes it park in the idle list
+ * and switch to the hub instead, leaving what its poll found here (nfd, rc, the error) for
+ * the hub's turn() to hand over before anything else. Meanwhile the hub waits where it last
+ * switched to a greenlet; nothing else can run: there is one OS thread, and everything
+ * runnable would have made the greenlet park instead of polling. */
 #include "py.h"
 
 #ifndef SP_NO_PYFAST
@@ -53,6 +64,30 @@ static PyObject *fd_events(const sp_event *ev, int n)
     return out;
 }
 
+/* What a greenlet's poll left for the hub: 1 if anything (see GreenLoop's nfd), else 0. */
+static int gl_pending(GreenLoop *L)
+{
+    return L->exc_type != NULL || L->nfd || L->rc;
+}
+
+/* Hands over what gl_pending() saw, once: the error (NULL), the fd events (a list), the -errno. */
+static PyObject *gl_take_pending(GreenLoop *L)
+{
+    if (L->exc_type != NULL) {
+        PyErr_Restore(L->exc_type, L->exc_value, L->exc_tb);
+        L->exc_type = L->exc_value = L->exc_tb = NULL;
+        return NULL;
+    }
+    if (L->nfd) {
+        int n = L->nfd;
+        L->nfd = 0;
+        return fd_events(L->ev, n);
+    }
+    int rc = L->rc;
+    L->rc = 0;
+    return PyLong_FromLong(rc);
+}
+
 /* The hub greenlet's C stack holds gl_dispatch's and gl_turn's frames across its switches, and
  * greenlet saves and restores such stacks with memcpy: under ASan the copy would read their
  * redzones (as runner.c's runner_run and green_park). */
@@ -66,7 +101,7 @@ static PyObject *fd_events(const sp_event *ev, int n)
  * (the code being handed out is lost with the greenlet that raised, as in the Python loop). */
 HUB_NO_ASAN static int gl_dispatch(GreenLoop *L)
 {
-    while (L->head < L->tail) {
+    while (L->head < L->tail && !gl_pending(L)) {    /* fd events go first (sp.h) */
         int64_t code = L->codes[L->head++];
         PyObject *c = PyLong_FromLongLong(code);
         if (c == NULL) {
@@ -138,15 +173,15 @@ static int python_ready(GreenLoop *L)
     return 0;
 }
 
-/* turn(timers): see the theory of operation. */
-HUB_NO_ASAN static PyObject *gl_turn(GreenLoop *L, PyObject *timers)
+/* turn(): see the theory of operation. */
+HUB_NO_ASAN static PyObject *gl_turn(GreenLoop *L)
 {
-    if (!PyList_Check(timers)) {
-        PyErr_SetString(PyExc_TypeError, "turn(timers): timers is the hub's list");
-        return NULL;
-    }
+    if (gl_pending(L))
+        return gl_take_pending(L);
     if (gl_dispatch(L) < 0)                 /* what an error left of the last batch */
         return NULL;
+    if (gl_pending(L))                      /* found by a greenlet that ran meanwhile */
+        return gl_take_pending(L);
     for (int first = 1;; first = 0) {
         int busy = python_ready(L);
         if (busy < 0)
@@ -164,7 +199,7 @@ HUB_NO_ASAN static PyObject *gl_turn(GreenLoop *L, PyObject *timers)
         }
         int ms = 0;
         if (!busy) {
-            int due = timers_wait(timers, L->max_poll_ms, &ms);
+            int due = timers_wait(L->timers, L->max_poll_ms, &ms);
             if (due < 0)
                 return NULL;
             if (due && !first)
@@ -191,12 +226,60 @@ HUB_NO_ASAN static PyObject *gl_turn(GreenLoop *L, PyObject *timers)
             return fd_events(L->ev, i);
         if (gl_dispatch(L) < 0)
             return NULL;
+        if (gl_pending(L))
+            return gl_take_pending(L);
     }
 }
 
-HUB_NO_ASAN static PyObject *gl_turn_meth(GreenLoop *L, PyObject *timers)
+HUB_NO_ASAN static PyObject *gl_turn_meth(GreenLoop *L, PyObject *Py_UNUSED(ignored))
 {
-    return gl_turn(L, timers);
+    return gl_turn(L);
+}
+
+/* See the theory of operation: the rules are gl_turn's, in its order. */
+HUB_NO_ASAN static long long gl_poll_here(GreenLoop *L)
+{
+    if (L->head < L->tail || gl_pending(L) || L->interrupted)
+        return 0;
+    int busy = python_ready(L);
+    if (busy != 0)
+        goto error_or_park;
+    PyObject *f = PyObject_CallNoArgs(L->finished);
+    if (f == NULL)
+        goto error_or_park;
+    int done = PyObject_IsTrue(f);
+    Py_DECREF(f);
+    if (done != 0)
+        goto error_or_park;
+    int ms;
+    int due = timers_wait(L->timers, L->max_poll_ms, &ms);
+    if (due != 0)
+        goto error_or_park;
+    int n;
+    Py_BEGIN_ALLOW_THREADS
+    n = sp_poll_codes(L->srv, L->ev, L->codes, HUB_BATCH, ms);
+    Py_END_ALLOW_THREADS
+    int i = 0;
+    if (n > 0) {
+        while (i < n && !L->codes[i])
+            i++;
+        L->head = i;
+        L->tail = n;
+        L->nfd = i;
+    } else {
+        L->rc = n;              /* 0 too: nothing to hand over, the hub looks at everything */
+    }
+    /* A signal handler may have waited (switched to the hub, which handed the batch out): the
+     * batch is looked at again. */
+    if (PyErr_CheckSignals() < 0 || n <= 0 || i > 0 || L->head >= L->tail)
+        goto error_or_park;
+    return L->codes[L->head++];
+error_or_park:
+    /* A Python error here (a signal handler's, the finish test's) is the hub's: it raises it
+     * from turn(), as if its own loop had met it, rather than the request's handler. */
+    if (PyErr_Occurred())
+        PyErr_Fetch(&L->exc_type, &L->exc_value, &L->exc_tb);
+    return 0;
 }
 
 HUB_NO_ASAN static PyObject *gl_dispatch_meth(GreenLoop *L, PyObject *Py_UNUSED(ignored))
@@ -238,6 +321,10 @@ static int gl_traverse(GreenLoop *L, visitproc visit, void *arg)
     Py_VISIT(L->finished);
     Py_VISIT(L->glet_type);
     Py_VISIT(L->switch_fn);
+    Py_VISIT(L->timers);
+    Py_VISIT(L->exc_type);
+    Py_VISIT(L->exc_value);
+    Py_VISIT(L->exc_tb);
     return 0;
 }
 
@@ -251,6 +338,10 @@ static int gl_clear(GreenLoop *L)
     Py_CLEAR(L->finished);
     Py_CLEAR(L->glet_type);
     Py_CLEAR(L->switch_fn);
+    Py_CLEAR(L->timers);
+    Py_CLEAR(L->exc_type);
+    Py_CLEAR(L->exc_value);
+    Py_CLEAR(L->exc_tb);
     return 0;
 }
 
@@ -264,19 +355,21 @@ static void gl_dealloc(GreenLoop *L)
 }
 
 /* GreenLoop(server_address, owner, ready, thread_calls, idle, spawn, finished, greenlet_type,
- *           max_poll_ms): owner keeps the server alive (the hub's cffi object); spawn(code) makes
- * and starts a request greenlet (None: no handler); the rest are the hub's (spawning/green/hub.py). */
+ *           max_poll_ms, timers): owner keeps the server alive (the hub's cffi object); spawn(code)
+ * makes and starts a request greenlet (None: no handler); the rest are the hub's
+ * (spawning/green/hub.py; its timer heap stays the same list object). */
 static PyObject *gl_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 {
     unsigned long long addr;
-    PyObject *owner, *ready, *calls, *idle, *spawn, *finished, *gtype;
+    PyObject *owner, *ready, *calls, *idle, *spawn, *finished, *gtype, *timers;
     int max_ms;
     if (kw != NULL && PyDict_Size(kw)) {
         PyErr_SetString(PyExc_TypeError, "GreenLoop() takes no keyword arguments");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "KOOOO!OOO!i:GreenLoop", &addr, &owner, &ready, &calls,
-                          &PyList_Type, &idle, &spawn, &finished, &PyType_Type, &gtype, &max_ms))
+    if (!PyArg_ParseTuple(args, "KOOOO!OOO!iO!:GreenLoop", &addr, &owner, &ready, &calls,
+                          &PyList_Type, &idle, &spawn, &finished, &PyType_Type, &gtype, &max_ms,
+                          &PyList_Type, &timers))
         return NULL;
     if (addr == 0 || max_ms < 0) {
         PyErr_SetString(PyExc_ValueError, "GreenLoop(): no server, or max_poll_ms < 0");
@@ -294,9 +387,9 @@ static PyObject *gl_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     L->switch_fn = sw;
     L->max_poll_ms = max_ms;
     PyObject **slots[] = { &L->owner, &L->ready, &L->thread_calls, &L->idle, &L->spawn,
-                           &L->finished, &L->glet_type };
-    PyObject *vals[] = { owner, ready, calls, idle, spawn, finished, gtype };
-    for (int i = 0; i < 7; i++) {
+                           &L->finished, &L->glet_type, &L->timers };
+    PyObject *vals[] = { owner, ready, calls, idle, spawn, finished, gtype, timers };
+    for (int i = 0; i < 8; i++) {
         Py_INCREF(vals[i]);
         *slots[i] = vals[i];
     }
@@ -304,8 +397,8 @@ static PyObject *gl_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 }
 
 static PyMethodDef gl_methods[] = {
-    {"turn", (PyCFunction)(void (*)(void))gl_turn_meth, METH_O,
-     "turn(timers): polls and hands out request batches until Python has work (csrc/py/hub.c)."},
+    {"turn", (PyCFunction)(void (*)(void))gl_turn_meth, METH_NOARGS,
+     "turn(): polls and hands out request batches until Python has work (csrc/py/hub.c)."},
     {"dispatch", (PyCFunction)(void (*)(void))gl_dispatch_meth, METH_NOARGS,
      "dispatch(): hands out the batch's codes not yet taken."},
     {"popleft", (PyCFunction)(void (*)(void))gl_popleft, METH_NOARGS,

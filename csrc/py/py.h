@@ -97,9 +97,14 @@ typedef struct {
     PyObject *finished;     /* callable() -> the hub's finish test */
     PyObject *glet_type;    /* greenlet.greenlet... */
     PyObject *switch_fn;    /* ...and its unbound switch */
+    PyObject *timers;       /* the hub's timer heap (a list, the same object for the hub's life) */
     int max_poll_ms;        /* the finish test is looked at least this often (_MAX_POLL_MS) */
     int interrupted;        /* interrupt() was called: turn() returns at once */
     int head, tail;         /* codes[head..tail): the batch's requests not yet taken */
+    /* What a request greenlet's own poll (gl_poll_here) found for the hub, which turn() hands
+     * over before anything else: fd events ev[0..nfd), a poll's -errno, a Python error. */
+    int nfd, rc;
+    PyObject *exc_type, *exc_value, *exc_tb;
     int64_t codes[HUB_BATCH];
     sp_event ev[HUB_BATCH];
 } GreenLoop;
@@ -139,6 +144,9 @@ static void close_result(Runner *self, PyObject *result, PyObject **pending);
  * BaseException in pending[3] for run() to raise. */
 static void defer_error(PyObject **pending);
 
+/* hub.c: a request greenlet whose batch is empty polls in the hub's place, as the hub's turn
+ * would: the code of a request to run now, or 0 when the greenlet must park (the hub has work). */
+static long long gl_poll_here(GreenLoop *L);
 /* hub.c: makes GreenLoop and sets it on the module: 0, or -1 with a Python error. */
 static int hub_setup(PyObject *mod);
 

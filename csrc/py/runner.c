@@ -306,7 +306,9 @@ static long long green_next(PyObject *green)
     return code;
 }
 
-/* Once its batch is empty, a request greenlet waits here, in the hub's idle list, for the hub to
+/* Once its batch is empty, a request greenlet under the C hub first polls in the hub's place
+ * (hub.c, gl_poll_here: the next batch runs here, without two switches), and when the hub has
+ * work instead, or under the Python hub, waits here, in the hub's idle list, for the hub to
  * switch to it with its next request's code, as the hub's _request_worker would have after
  * run() returned, minus the Python frames of the way back and in again. Returns that code; 0
  * when the idle list is full (the greenlet ends: hub.py); GREEN_ENDED when GreenletExit was
@@ -329,6 +331,12 @@ static long long green_park(PyObject *green)
         return -1;
     if (n >= max)
         return 0;
+    PyObject *batch = PyTuple_GetItem(green, 2);
+    if (batch != NULL && Py_IS_TYPE(batch, greenloop_type)) {
+        long long code = gl_poll_here((GreenLoop *)batch);
+        if (code > 0)
+            return code;
+    }
     if (PyList_Append(idle, me) < 0)
         return -1;
     PyObject *c = PyObject_CallNoArgs(park);

@@ -134,7 +134,7 @@ class Hub:
         if FAST:
             self._cloop = _core.GreenLoop(  # type: ignore[attr-defined]
                 int(ffi.cast("uintptr_t", srv)), srv, self.ready, self.thread_calls, self.idle,
-                self._spawn, finished, greenlet, _MAX_POLL_MS)
+                self._spawn, finished, greenlet, _MAX_POLL_MS, self.timers)
         else:
             self.events = ffi.new("sp_event[]", _BATCH)
             self.codes = ffi.new("int64_t[]", _BATCH)   # request codes of the batch, 0 for fd events
@@ -266,8 +266,9 @@ class Hub:
             except BaseException:
                 log.exception("error in a timer callback")
         if self._cancelled > 512 and self._cancelled > len(timers) // 2:
-            # Cancelled timers are dropped lazily; rebuild once they are most of the heap.
-            self.timers = timers = [t for t in timers if not t.cancelled]
+            # Cancelled timers are dropped lazily; rebuild once they are most of the heap. In
+            # place: the C turn (csrc/py/hub.c) holds the list.
+            timers[:] = [t for t in timers if not t.cancelled]
             heapq.heapify(timers)
             self._cancelled = 0
 
@@ -409,7 +410,7 @@ class Hub:
                 log.error("a process the app forked came back to the server's loop: it exits "
                           "(the parent serves the connections)")
                 os._exit(1)
-            r = turn(self.timers)     # the list itself: _run_timers may have made a new one
+            r = turn()
             if type(r) is list:       # fd events, then the batch's requests
                 for token, mask in r:
                     obj = tokens.get(token)
