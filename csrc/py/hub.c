@@ -321,6 +321,7 @@ static int gl_traverse(GreenLoop *L, visitproc visit, void *arg)
     Py_VISIT(L->finished);
     Py_VISIT(L->glet_type);
     Py_VISIT(L->switch_fn);
+    Py_VISIT(L->ctx_descr);
     Py_VISIT(L->timers);
     Py_VISIT(L->exc_type);
     Py_VISIT(L->exc_value);
@@ -338,6 +339,8 @@ static int gl_clear(GreenLoop *L)
     Py_CLEAR(L->finished);
     Py_CLEAR(L->glet_type);
     Py_CLEAR(L->switch_fn);
+    L->ctx_get = NULL;
+    Py_CLEAR(L->ctx_descr);
     Py_CLEAR(L->timers);
     Py_CLEAR(L->exc_type);
     Py_CLEAR(L->exc_value);
@@ -385,6 +388,13 @@ static PyObject *gl_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     }
     L->srv = (sp_server *)(uintptr_t)addr;
     L->switch_fn = sw;
+    /* greenlet.gr_context on the type is its data descriptor (a getset): green_next calls its
+     * __get__ directly. Anything else (a greenlet without it) reads the attribute. */
+    L->ctx_descr = PyObject_GetAttr(gtype, s_gr_context);
+    if (L->ctx_descr == NULL)
+        PyErr_Clear();
+    else if (PyType_GetSlot(Py_TYPE(L->ctx_descr), Py_tp_descr_set) != NULL)
+        L->ctx_get = (descrgetfunc)PyType_GetSlot(Py_TYPE(L->ctx_descr), Py_tp_descr_get);
     L->max_poll_ms = max_ms;
     PyObject **slots[] = { &L->owner, &L->ready, &L->thread_calls, &L->idle, &L->spawn,
                            &L->finished, &L->glet_type, &L->timers };

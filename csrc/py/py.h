@@ -97,6 +97,8 @@ typedef struct {
     PyObject *finished;     /* callable() -> the hub's finish test */
     PyObject *glet_type;    /* greenlet.greenlet... */
     PyObject *switch_fn;    /* ...and its unbound switch */
+    PyObject *ctx_descr;    /* ...its gr_context descriptor, and that descriptor's __get__ (NULL if */
+    descrgetfunc ctx_get;   /* none: green_next reads the attribute the long way) */
     PyObject *timers;       /* the hub's timer heap (a list, the same object for the hub's life) */
     int max_poll_ms;        /* the finish test is looked at least this often (_MAX_POLL_MS) */
     int interrupted;        /* interrupt() was called: turn() returns at once */

@@ -284,17 +284,18 @@ static long long green_next(PyObject *green)
         return -1;
     if (PyDict_Size(mine) > 0)
         PyDict_Clear(mine);
-    PyObject *ctx = PyObject_GetAttr(me, s_gr_context);
+    /* A data descriptor's __get__ is what getattr() would call, minus the lookup (hub.c). */
+    GreenLoop *L = Py_IS_TYPE(batch, greenloop_type) ? (GreenLoop *)batch : NULL;
+    PyObject *ctx = L != NULL && L->ctx_get != NULL && (PyObject *)Py_TYPE(me) == L->glet_type
+                    ? L->ctx_get(L->ctx_descr, me, L->glet_type) : PyObject_GetAttr(me, s_gr_context);
     if (ctx == NULL)
         return -1;
     int set = ctx != Py_None;
     Py_DECREF(ctx);
     if (set && PyObject_SetAttr(me, s_gr_context, Py_None) < 0)
         return -1;
-    if (Py_IS_TYPE(batch, greenloop_type)) {     /* the C hub's batch (hub.c): no objects */
-        GreenLoop *L = (GreenLoop *)batch;
+    if (L != NULL)                                  /* the C hub's batch (hub.c): no objects */
         return L->head < L->tail ? L->codes[L->head++] : 0;
-    }
     Py_ssize_t n = PyObject_Size(batch);
     if (n <= 0)
         return n < 0 ? -1 : 0;

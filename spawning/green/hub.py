@@ -23,6 +23,12 @@ A wake-up from another OS thread reaches the hub through ``call_threadsafe`` (a 
 ``sp_server_wakeup``): that is how the primitives of spawning.green.sync work across greenlets and
 real threads.
 
+On CPython the hot part of a turn is C's (csrc/py/hub.c, ``GreenLoop``: ``_loop_c``): it polls and
+hands each batch's requests to greenlets until the loop has Python work (fd events, the ready queue,
+thread calls, a timer due, the finish test, a wake-up), and a request greenlet that runs out of
+requests polls in the hub's place under the same rules, so that a steady stream of requests runs
+without coming back here. PyPy and SPAWNING_NO_PYFAST=1 run ``_loop``, all of it in Python.
+
 One hub runs per process at most (``run_hub``); the module keeps it, and ``_coop_hub()`` tells the
 rest of the package whether the caller may park on it or must block its OS thread instead.
 """
@@ -282,7 +288,8 @@ class Hub:
         hub's loop over the batch takes from the same deque, and wake-ups go through the ready
         queue, so a greenlet resumes either from that loop or between batches, when the deque
         is empty. Once the deque is empty the greenlet joins the idle list and switches to the
-        hub: in C on CPython (handle() does not return), else below."""
+        hub: in C on CPython (handle() does not return), after polling in the hub's place when
+        the hub has nothing to do first (csrc/py/hub.c, gl_poll_here), else below."""
         handle = self.handle
         idle = self.idle
         hub_glet = self.glet
