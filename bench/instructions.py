@@ -6,10 +6,14 @@ once with a warm-up only and once with N more keep-alive requests, and prints th
 divided by N, plus the top functions. Kernel time (recv/writev on loopback) is not counted.
 
     python bench/instructions.py [--requests 2000] [--top 25] [--threads N] [--post BYTES] [--big] [--browser]
+                                 [--app closeiter|flask|django] [--inclusive] [--gc-freeze]
 
 ``--post BYTES`` sends POST requests with a body of that size to an echo app (the benchmark's
 16 KiB POST is ``--post 16384``) instead of GET to hello world; ``--big`` GETs a 64 KiB response;
 ``--browser`` sends browser-like heads that never repeat (the benchmark's ``browser`` scenario).
+``--app`` serves one of the framework scenarios' apps (bench/apps.py: ``closeiter``, the real
+Flask and Django views) to browser-like heads; ``--inclusive`` ranks functions by inclusive cost
+(callgrind_annotate --inclusive=yes), which splits the app's share from the server's.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,7 +54,18 @@ def big(environ, start_response):
 
 BIG = b"x" * 65536
 app = echo if {post} else big if {big} else hello
+if {app!r}:
+    if {threads} == 0:      # as the worker does: patched before the app is loaded
+        from spawning import monkey
+        monkey.patch_all()
+    sys.path.insert(0, {bench!r})
+    import apps
+    app = getattr(apps, {app!r})
 
+if {gc_freeze}:     # as the worker's --gc-freeze does, once the app is loaded
+    import gc
+    gc.collect()
+    gc.freeze()
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", 0))
@@ -112,30 +128,47 @@ def drive(port: int, n: int, post: int = 0, conns: int = 10, browser: bool = Fal
         s.close()
 
 
+APPS = {"closeiter": "closeiter", "flask": "flask_view", "django": "django_view"}
+
+
 def run(n: int, workdir: str, threads: int = 1, post: int = 0, big: bool = False,
-        browser: bool = False) -> str:
+        browser: bool = False, app: str = "", inclusive: bool = False, gc_freeze: bool = False) -> str:
     portfile = os.path.join(workdir, f"port-{n}")
     script = os.path.join(workdir, "server.py")
     with open(script, "w") as f:
-        f.write(SERVER.format(root=ROOT, portfile=portfile, threads=threads, post=post, big=big))
+        f.write(SERVER.format(root=ROOT, portfile=portfile, threads=threads, post=post, big=big,
+                                bench=os.path.join(ROOT, "bench"), app=APPS.get(app, ""),
+                                gc_freeze=gc_freeze))
     out = os.path.join(workdir, f"cg-{n}.out")
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                              sys.executable, script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not os.path.exists(portfile) or not open(portfile).read():
+        while not _read(portfile):
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise SystemExit("the server under valgrind did not start")
             time.sleep(0.2)
         time.sleep(0.5)
-        port = int(open(portfile).read())
+        port = int(_read(portfile))
         drive(port, 300, post, browser=browser)   # warm-up: imports, caches, buffer pools
         if n:
             drive(port, n, post, browser=browser)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
-    return subprocess.run(["callgrind_annotate", out], capture_output=True, text=True).stdout
+    if os.environ.get("INSTRUCTIONS_KEEP"):   # a directory: keep callgrind's files to annotate again
+        shutil.copy(out, os.path.join(os.environ["INSTRUCTIONS_KEEP"], os.path.basename(out)))
+    argv = ["callgrind_annotate"] + (["--inclusive=yes"] if inclusive else []) + [out]
+    return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+
+
+def _read(path: str) -> str:
+    """The file's text, or "" while it does not exist yet."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
 
 
 def parse(report: str) -> tuple[int, dict[str, int]]:
@@ -158,10 +191,16 @@ def main() -> None:
     ap.add_argument("--big", action="store_true", help="GET a 64 KiB response instead of hello world")
     ap.add_argument("--browser", action="store_true",
                     help="browser-like heads that never repeat (bench/browser.lua's) to hello world")
+    ap.add_argument("--app", choices=sorted(APPS), default="",
+                    help="a framework scenario's app (bench/apps.py), to browser-like heads")
+    ap.add_argument("--inclusive", action="store_true",
+                    help="rank functions by inclusive cost (what they and their callees spend)")
+    ap.add_argument("--gc-freeze", action="store_true", help="gc.freeze() before serving, as --gc-freeze")
     a = ap.parse_args()
+    browser = a.browser or bool(a.app)
     with tempfile.TemporaryDirectory() as d:
-        t0, f0 = parse(run(0, d, a.threads, a.post, a.big, a.browser))
-        t1, f1 = parse(run(a.requests, d, a.threads, a.post, a.big, a.browser))
+        t0, f0 = parse(run(0, d, a.threads, a.post, a.big, browser, a.app, a.inclusive, a.gc_freeze))
+        t1, f1 = parse(run(a.requests, d, a.threads, a.post, a.big, browser, a.app, a.inclusive, a.gc_freeze))
     print(f"user-space instructions per request: {(t1 - t0) / a.requests:,.0f}")
     diff = {k: (v - f0.get(k, 0)) / a.requests for k, v in f1.items()}
     for name, v in sorted(diff.items(), key=lambda kv: -kv[1])[: a.top]:

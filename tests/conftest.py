@@ -388,6 +388,15 @@ def spawn() -> Iterator[Callable[..., SpawningProcess]]:
         shutil.rmtree(proc.workdir, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def core_server() -> Iterator[SpawningProcess]:
+    """One server (1 process, 4 threads) serving tests/apps/core_app.py for the whole module:
+    tests/wsgi's environ, handler, input and response tests share one per file."""
+    proc = start_server("-s", "1", "-t", "4", "core_app.application")
+    yield proc
+    proc.stop()
+
+
 # ---- load ------------------------------------------------------------------------------------------
 
 

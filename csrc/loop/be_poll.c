@@ -11,6 +11,13 @@
 #define BE_EDGE 0
 #define BE_SEES_CHANGES_LIVE 0
 
+/* poll() reports a hang-up or an error (POLLHUP, POLLERR) whatever the events asked for, on
+ * every call: an fd whose interest is off (a connection the app holds, a spent one-shot watch)
+ * and whose peer reset it would make every poll() return at once, and the loop spin until the
+ * interest changes. Such an fd is reported once, as epoll reports it, then left out of poll()
+ * (this flag, private to this file) until be_mod() sets its interest again. */
+#define BE_HUP_SEEN 0x100
+
 struct be_state {
     pthread_mutex_t mu;
     struct pollfd *fds;       /* the registered set */
@@ -93,7 +100,8 @@ static int be_mod(be_state *b, int fd, int mask, int flags, void *ptr) {
     int i = b->index[fd];
     b->fds[i].events = be_poll_events(mask);
     b->ptrs[i] = ptr;
-    b->flags[i] = flags;
+    /* An fd asked about again is polled again; one still asked about nothing stays left out. */
+    b->flags[i] = flags | (mask ? 0 : b->flags[i] & BE_HUP_SEEN);
 out:
     pthread_mutex_unlock(&b->mu);
     return rc;
@@ -131,6 +139,9 @@ static int be_poll(be_state *b, be_fired *out, int max, int timeout_ms) {
     if (n) {
         memcpy(b->scratch, b->fds, sizeof(*b->fds) * (size_t)n);
         memcpy(b->scratch_ptrs, b->ptrs, sizeof(*b->ptrs) * (size_t)n);
+        for (int i = 0; i < n; i++)
+            if ((b->flags[i] & BE_HUP_SEEN) && b->fds[i].events == 0)
+                b->scratch[i].fd = -1;          /* poll() skips a negative fd */
     }
     pthread_mutex_unlock(&b->mu);
 
@@ -151,7 +162,12 @@ static int be_poll(be_state *b, be_fired *out, int max, int timeout_ms) {
         if (re & POLLIN) m |= BE_READ;
         if (re & POLLOUT) m |= BE_WRITE;
         if (re & (POLLERR | POLLHUP | POLLNVAL)) m |= BE_READ | BE_WRITE | BE_ERROR;
-        if (b->fds[j].events == 0) continue;   /* disarmed since the copy was taken */
+        if (b->fds[j].events == 0) {
+            /* Disarmed (or never armed) while poll() ran: only a hang-up or an error is news,
+             * and it is reported once (BE_HUP_SEEN). */
+            if (!(re & (POLLERR | POLLHUP)) || (b->flags[j] & BE_HUP_SEEN)) continue;
+            b->flags[j] |= BE_HUP_SEEN;
+        }
         out[k].ptr = b->ptrs[j];
         out[k].mask = m;
         k++;

@@ -243,6 +243,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("preload", ("--preload",), False, "import the application in the controller, before "
            "forking (workers share its memory; a reload then cannot pick up code changes: those "
            "need a full restart)", "Application", kind="flag"),
+    Option("gc_freeze", ("--gc-freeze",), False, "once the application is loaded, before serving, "
+           "collect garbage and move every object left to the collector's permanent generation "
+           "(gc.freeze()): full collections no longer walk the objects the application made while "
+           "loading, at the price of never collecting cyclic garbage among them; with --preload "
+           "the controller does it too, before forking, so that those pages stay shared",
+           "Application", kind="flag"),
     # Configuration
     Option("config", ("--config",), None, "read settings from this TOML file (the option names "
            "as keys); the command line and SPAWNING_* environment variables win over it",

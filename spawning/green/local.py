@@ -45,6 +45,17 @@ class local:
         return self
 
     def __getattribute__(self, name: str) -> Any:
+        # A plain local (no subclass, whose descriptors would have a say) read for a name that is
+        # no attribute of its class: the answer is the calling greenlet's dict's alone, so it is
+        # read there, without the lock and the swap of __dict__ (a lookup Django's connections
+        # make on every request in green mode). A miss raises what object.__getattribute__ would.
+        if type(self) is local and type(name) is str and name not in _CLASS_NAMES:
+            d = getcurrent().__dict__.get(object.__getattribute__(self, "_local__key"))
+            if d is not None:
+                try:
+                    return d[name]
+                except KeyError:
+                    raise AttributeError(f"'local' object has no attribute '{name}'") from None
         with object.__getattribute__(self, "_local__lock"):
             object.__setattr__(self, "__dict__", _local_dict(self))
             return object.__getattribute__(self, name)
@@ -52,6 +63,12 @@ class local:
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "__dict__":
             raise AttributeError(f"{type(self).__name__!r} object attribute '__dict__' is read-only")
+        # As in __getattribute__: such a name is the instance dict's, which is the greenlet's.
+        if type(self) is local and type(name) is str and name not in _CLASS_NAMES:
+            d = getcurrent().__dict__.get(object.__getattribute__(self, "_local__key"))
+            if d is not None:
+                d[name] = value
+                return
         with object.__getattribute__(self, "_local__lock"):
             object.__setattr__(self, "__dict__", _local_dict(self))
             object.__setattr__(self, name, value)
@@ -62,3 +79,9 @@ class local:
         with object.__getattribute__(self, "_local__lock"):
             object.__setattr__(self, "__dict__", _local_dict(self))
             object.__delattr__(self, name)
+
+
+# Every name local's class (and object) defines: reading or setting one may go through a
+# descriptor (__class__, the slots) or find a class attribute, so it takes the general way. Taken
+# once: nothing adds attributes to this class (subclasses, which may, always take the general way).
+_CLASS_NAMES = frozenset(name for klass in local.__mro__ for name in vars(klass))

@@ -66,24 +66,32 @@ def _discard(waiters: deque, w: Any) -> bool:
 
 class Lock:
     """``threading.Lock`` that suspends only the calling greenlet. FIFO: release() hands the lock to
-    the longest waiter."""
+    the longest waiter.
 
-    __slots__ = ("__weakref__", "_locked", "_mutex", "_waiters")
+    Whether it is held is a real lock's state (``_held``): taking a free lock is that lock's
+    non-blocking acquire, atomic between OS threads, so it needs neither the mutex nor a Python
+    ``with`` (a framework takes several locks a request in green mode). Everything that decides
+    between waiters (queueing, release, hand-over) happens under ``_mutex``, and a release keeps
+    ``_held`` taken when it hands the lock to a waiter, so a newcomer cannot overtake one."""
+
+    __slots__ = ("__weakref__", "_held", "_mutex", "_waiters")
 
     def __init__(self) -> None:
         self._mutex = _allocate_lock()
-        self._locked = False
+        self._held = _allocate_lock()
         self._waiters: deque = deque()
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        # The common call, acquire() or `with lock`: neither check below can fail.
+        if timeout == -1 and self._held.acquire(False):
+            return True
         if not blocking and timeout != -1:
             raise ValueError("can't specify a timeout for a non-blocking call")
         if timeout < 0 and timeout != -1:
             raise ValueError("timeout value must be a non-negative number")
         m = self._mutex
         with m:
-            if not self._locked:
-                self._locked = True
+            if self._held.acquire(False):
                 return True
             if not blocking:
                 return False
@@ -93,19 +101,19 @@ class Lock:
 
     def release(self) -> None:
         with self._mutex:
-            if not self._locked:
+            if not self._held.locked():
                 raise RuntimeError("release unlocked lock")
             if self._waiters:
-                self._waiters.popleft().wake_threadsafe(True)   # stays locked: handed over
+                self._waiters.popleft().wake_threadsafe(True)   # stays held: handed over
             else:
-                self._locked = False
+                self._held.release()
 
     def locked(self) -> bool:
-        return self._locked
+        return self._held.locked()
 
     def _at_fork_reinit(self) -> None:
         self._mutex = _allocate_lock()
-        self._locked = False
+        self._held = _allocate_lock()
         self._waiters = deque()
 
     __enter__ = acquire
@@ -114,7 +122,7 @@ class Lock:
         self.release()
 
     def __repr__(self) -> str:
-        return f"<spawning.green.Lock {'locked' if self._locked else 'unlocked'}>"
+        return f"<spawning.green.Lock {'locked' if self._held.locked() else 'unlocked'}>"
 
 
 class RLock:
@@ -133,7 +141,10 @@ class RLock:
         if self._owner is me:
             self._count += 1
             return True
-        if self._block.acquire(blocking, timeout):
+        block = self._block
+        # Lock.acquire's own fast path, written out here (a call fewer: asgiref's Local takes an
+        # RLock on every attribute Django reads or sets); a held lock goes the general way.
+        if (timeout == -1 and block._held.acquire(False)) or block.acquire(blocking, timeout):
             self._owner = me
             self._count = 1
             return True
@@ -147,7 +158,7 @@ class RLock:
         self._count -= 1
         if not self._count:
             self._owner = None
-            self._block.release()
+            self._block.release()     # Lock.release owns the hand-over to a waiter
 
     def __exit__(self, *exc: object) -> None:
         self.release()

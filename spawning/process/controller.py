@@ -264,7 +264,7 @@ class Controller(ComponentHost):
         its memory copy-on-write) instead of importing it. Reloads fork from it too, so they
         cannot pick up code changes: those need a full restart."""
         from ..errors import AppLoadError
-        from .worker import load_app
+        from .worker import freeze_heap, load_app
 
         if self.green and not self.settings.no_monkey_patch:
             log.warning("--preload with --threads 0: the app is imported before the worker patches "
@@ -278,6 +278,8 @@ class Controller(ComponentHost):
             raise Halt(EXIT_USAGE, f"spawning: {exc}") from None
         log.info("preloaded %s in the controller in %.2f s", self.settings.extra.get("app") or "the app",
                  self.clock() - started)
+        if self.settings.gc_freeze:
+            log.info("froze %d objects before forking (--gc-freeze)", freeze_heap())
 
     def _install_signals(self) -> None:
         self._wake_r, self._wake_w = os.pipe()

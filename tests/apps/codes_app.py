@@ -1,16 +1,5 @@
 """An app that answers with what its environ says about the request, for the request-code tests
-(tests/wsgi/test_environ.py, test_request_codes_keep_environs_apart).
-
-SPAWNING_TEST_CONN_ENV_MAX shrinks the handler's map of connection environs (spawning.wsgi,
-CONN_ENV_MAX), so that it is emptied often and repeat codes must be looked up from their
-requests: the path a large map takes only past thousands of connections."""
-
-import os
-
-from spawning import wsgi
-
-if os.environ.get("SPAWNING_TEST_CONN_ENV_MAX"):
-    wsgi.CONN_ENV_MAX = int(os.environ["SPAWNING_TEST_CONN_ENV_MAX"])
+(tests/wsgi/test_environ.py, test_request_codes_keep_environs_apart)."""
 
 
 def application(environ, start_response):

@@ -8,7 +8,7 @@ from spawning.config import options, sources
 from spawning.config.addresses import Address, parse_address
 from spawning.errors import ConfigError
 
-REQUIRED = ["args", "factory", "host", "port", "bind", "backlog", "defer_accept", "processes", "threads", "reload", "watch", "max_memory", "max_worker_memory", "max_age", "max_requests", "max_requests_jitter", "timeout", "graceful_timeout", "access_log_file", "access_log_format", "log_level", "no_keepalive", "keepalive_timeout", "header_timeout", "body_timeout", "send_timeout", "max_connections", "max_body_size", "limit_request_line", "limit_request_fields", "limit_request_field_size", "max_head_size", "pidfile", "user", "group", "daemonize", "stdout", "stderr", "status_port", "status_host", "coverage", "no_monkey_patch"]
+REQUIRED = ["args", "factory", "host", "port", "bind", "backlog", "defer_accept", "processes", "threads", "reload", "watch", "max_memory", "max_worker_memory", "max_age", "max_requests", "max_requests_jitter", "timeout", "graceful_timeout", "access_log_file", "access_log_format", "log_level", "no_keepalive", "keepalive_timeout", "header_timeout", "body_timeout", "send_timeout", "max_connections", "max_body_size", "limit_request_line", "limit_request_fields", "limit_request_field_size", "max_head_size", "pidfile", "user", "group", "daemonize", "stdout", "stderr", "status_port", "status_host", "coverage", "no_monkey_patch", "gc_freeze"]
 
 
 def test_table_has_every_setting_the_core_reads():

@@ -13,6 +13,7 @@ import os
 import resource
 import selectors
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -233,6 +234,30 @@ def test_unread_body_does_not_spin_the_hub(spawn):
     assert data.startswith(b"HTTP/1.1 200"), data[:200]
     used = (after.user - before.user) + (after.system - before.system)
     assert used < 0.5, f"the worker used {used:.2f} s of CPU in 1.2 s while its app slept"
+
+
+@pytest.mark.parametrize("threads", ["0", "1"])
+def test_reset_connection_does_not_spin_the_worker(spawn, threads: str):
+    """A client that resets its connection while the app holds it: poll() reports the error on
+    every call whatever the interest, so the poll backend reports it once and then leaves the fd
+    out until its interest is set again (csrc/loop/be_poll.c, BE_HUP_SEEN); without that the
+    worker spun for as long as the app ran. epoll and kqueue report it once by themselves."""
+    server = spawn("-s", "1", "-t", threads, "core_app.application")
+    pid = worker_pid(server)
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    s.sendall(b"GET /sleep?2 HTTP/1.1\r\nHost: t\r\n\r\n")
+    time.sleep(0.3)      # the app is asleep in the request
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()            # an RST, not a FIN
+    time.sleep(0.1)
+    before = psutil.Process(pid).cpu_times()
+    time.sleep(1.2)
+    after = psutil.Process(pid).cpu_times()
+    used = (after.user - before.user) + (after.system - before.system)
+    assert used < 0.5, f"the worker used {used:.2f} s of CPU in 1.2 s while its app slept"
+    # and it still serves, once the app is done with the dead connection
+    status, _, _ = http_request(server.port, "/sleep?0", timeout=10)
+    assert status == 200
 
 
 def test_cooperative_sleep_200_clients(spawn):

@@ -140,3 +140,39 @@ def test_without_a_hub_they_block_the_os_thread() -> None:
     threading.Thread(target=lambda: (time.sleep(0.01), lock.release(), event.set())).start()
     assert event.wait(scaled(2)) and lock.acquire(timeout=scaled(2))
     lock.release()
+
+
+def test_rlock_reentrant_owned_and_handed_over() -> None:
+    """An RLock's uncontended acquire and release are written out (spawning/green/sync.py): the
+    owner may take it again, another green thread waits until the last release and then owns it,
+    and a release by a green thread that does not own it raises."""
+    lock = green.RLock()
+    order: list[str] = []
+
+    def other() -> str:
+        try:
+            lock.release()
+            refused = "released"
+        except RuntimeError:
+            refused = "refused"
+        with lock:
+            order.append("other")
+        return refused
+
+    def main() -> tuple:
+        lock.acquire()
+        with lock:                      # reentrant
+            t = green.spawn(other)
+            green.sleep(0.01)           # other is queued on the lock now
+            order.append("main")
+        order.append("main still owns it")
+        lock.release()
+        refused = t.join()
+        return refused, lock.locked(), lock.acquire(blocking=False), lock._is_owned()
+
+    assert green.run(main) == ("refused", False, True, True)
+    assert order == ["main", "main still owns it", "other"]
+    with pytest.raises(RuntimeError):
+        green.RLock().release()
+    with pytest.raises(ValueError):
+        green.Lock().acquire(False, 1)

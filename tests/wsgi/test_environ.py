@@ -14,16 +14,8 @@ import pytest
 from conftest import http_get, raw_exchange, read_head, run_clients, start_server
 
 
-@pytest.fixture(scope="module")
-def server():
-    """One server (1 process, 4 threads) serving tests/apps/core_app.py for the whole module."""
-    proc = start_server("-s", "1", "-t", "4", "core_app.application")
-    yield proc
-    proc.stop()
-
-
-def test_environ(server):
-    r, data = http_get(server.port, "/v/env/a%20b/%C3%A9?x=1&y=%20", headers={
+def test_environ(core_server):
+    r, data = http_get(core_server.port, "/v/env/a%20b/%C3%A9?x=1&y=%20", headers={
         "X-Foo": "one", "Cookie": "a=1", "User-Agent": "tester"})
     assert r.status == 200
     env = json.loads(data)
@@ -35,8 +27,8 @@ def test_environ(server):
     assert env["REMOTE_ADDR"] == "127.0.0.1"
     assert int(env["REMOTE_PORT"]) > 0
     assert env["SERVER_NAME"] == "127.0.0.1"
-    assert env["SERVER_PORT"] == str(server.port)
-    assert env["HTTP_HOST"] == f"127.0.0.1:{server.port}"
+    assert env["SERVER_PORT"] == str(core_server.port)
+    assert env["HTTP_HOST"] == f"127.0.0.1:{core_server.port}"
     assert env["HTTP_X_FOO"] == "one"
     assert env["HTTP_USER_AGENT"] == "tester"
     assert env["wsgi.url_scheme"] == "http"
@@ -47,34 +39,34 @@ def test_environ(server):
     assert "CONTENT_LENGTH" not in env or env["CONTENT_LENGTH"] == ""
 
 
-def test_environ_is_fresh_for_every_request(server):
+def test_environ_is_fresh_for_every_request(core_server):
     """Identical requests share a cached environ template: what one app run does to its environ
     must not reach the next, and REMOTE_PORT is each connection's own."""
-    conns = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=10) for _ in range(2)]
+    conns = [http.client.HTTPConnection("127.0.0.1", core_server.port, timeout=10) for _ in range(2)]
     try:
         for _ in range(3):
             for conn in conns:
-                r, data = http_get(server.port, "/mutate?same=1", conn=conn)
+                r, data = http_get(core_server.port, "/mutate?same=1", conn=conn)
                 env = json.loads(data)
                 assert r.status == 200
                 assert "spawning.test.mark" not in env
                 assert env["PATH_INFO"] == "/mutate"
-                assert env["HTTP_HOST"] == f"127.0.0.1:{server.port}"
+                assert env["HTTP_HOST"] == f"127.0.0.1:{core_server.port}"
                 assert env["REMOTE_PORT"] == str(conn.sock.getsockname()[1])
     finally:
         for conn in conns:
             conn.close()
 
 
-def test_environ_cache_turns_over_without_mixing_requests(server):
+def test_environ_cache_turns_over_without_mixing_requests(core_server):
     """Environ templates are remembered by key ids from C, in bounded tables on both sides that
     are emptied when full: far more distinct heads than they hold, then earlier ones again, must
     each get their own environ."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", core_server.port, timeout=10)
     try:
         order = list(range(700)) + list(range(0, 700, 37)) + list(range(690, 700))
         for i in order:
-            r, data = http_get(server.port, f"/mutate?n={i}", conn=conn, headers={"X-N": str(i)})
+            r, data = http_get(core_server.port, f"/mutate?n={i}", conn=conn, headers={"X-N": str(i)})
             env = json.loads(data)
             assert r.status == 200
             assert env["QUERY_STRING"] == f"n={i}"
@@ -123,53 +115,52 @@ def test_environ_is_each_listeners_own(spawn, tmp_path: Path):
     srv.stop()
 
 
-def test_repeated_headers_are_joined_and_underscores_dropped(server):
+def test_repeated_headers_are_joined_and_underscores_dropped(core_server):
     req = (b"GET /env HTTP/1.1\r\nHost: x\r\nX-Dup: 1\r\nX-Dup: 2\r\nCookie: a=1\r\nCookie: b=2\r\n"
            b"X_Dup: spoofed\r\nConnection: close\r\n\r\n")
-    resp = raw_exchange(server.port, req)
+    resp = raw_exchange(core_server.port, req)
     env = json.loads(resp.split(b"\r\n\r\n", 1)[1])
     assert env["HTTP_X_DUP"] == "1, 2"
     assert env["HTTP_COOKIE"] == "a=1; b=2"
     assert "spoofed" not in json.dumps(env)
 
 
-def test_post_environ_and_echo(server):
-    r, data = http_get(server.port, "/env", method="POST", body=b"abc",
+def test_post_environ_and_echo(core_server):
+    r, data = http_get(core_server.port, "/env", method="POST", body=b"abc",
                        headers={"Content-Type": "text/plain"})
     env = json.loads(data)
     assert env["CONTENT_LENGTH"] == "3"
     assert env["CONTENT_TYPE"] == "text/plain"
     assert env["wsgi.input.type"] == "Input"
-    r, data = http_get(server.port, "/echo", method="POST", body=b"x" * 100_000)
+    r, data = http_get(core_server.port, "/echo", method="POST", body=b"x" * 100_000)
     assert r.status == 200 and data == b"x" * 100_000
 
 
-def test_absolute_form_target_overrides_host(server):
+def test_absolute_form_target_overrides_host(core_server):
     """RFC 9112 3.2.2: with an absolute-form target the server ignores Host and uses the
     target's authority; an empty path there is "/" (RFC 9110 4.2.3)."""
     for target, host, path in ((b"http://evil.example:8080/p?q=1", b"good.example", "/p"),
                                (b"http://y", b"z", "/")):
-        resp = raw_exchange(server.port, b"GET " + target + b" HTTP/1.1\r\nHost: " + host
+        resp = raw_exchange(core_server.port, b"GET " + target + b" HTTP/1.1\r\nHost: " + host
                             + b"\r\nConnection: close\r\n\r\n")
         assert resp.startswith(b"HTTP/1.1 200"), resp[:200]
         assert resp.endswith(f"hello {path}\n".encode()), resp
-    resp = raw_exchange(server.port, b"GET http://evil.example:8080/env?q=1 HTTP/1.0\r\n\r\n")
+    resp = raw_exchange(core_server.port, b"GET http://evil.example:8080/env?q=1 HTTP/1.0\r\n\r\n")
     env = json.loads(resp.partition(b"\r\n\r\n")[2])
     assert env["HTTP_HOST"] == "evil.example:8080"
     assert (env["PATH_INFO"], env["QUERY_STRING"]) == ("/env", "q=1")
 
 
 @pytest.mark.parametrize("threads", ["4", "0"])
-@pytest.mark.parametrize("env_max", ["16384", "3"])
-def test_request_codes_keep_environs_apart(threads: str, env_max: str):
+def test_request_codes_keep_environs_apart(threads: str):
     """Repeated heads on a keep-alive connection come with short repeat codes whose environ
-    Python keeps per connection (csrc/sp.h, request codes). Many connections, each repeating
+    the C runner keeps per connection (csrc/sp.h, request codes). Many connections, each repeating
     its own requests with changes now and then (path, query, a header, a body), reconnecting
     (slots are reused) and pipelining: every answer must describe its own request and its own
-    connection's port. With a map of 3 entries it is emptied all the time and repeat codes are
-    looked up from their requests."""
-    srv = start_server("-s", "1", "-t", threads, "codes_app.application",
-                       env={"SPAWNING_TEST_CONN_ENV_MAX": env_max})
+    connection's port. (The C runner's map of repeat environs is emptied past 16,384
+    connections, csrc/py/environ.c; a repeat whose environ went with it is made from its block:
+    that path is not reached here.)"""
+    srv = start_server("-s", "1", "-t", threads, "codes_app.application")
     bad: list = []
     count = [0]
 

@@ -11,28 +11,20 @@ import pytest
 from conftest import http_get, start_server
 
 
-@pytest.fixture(scope="module")
-def server():
-    """One server (1 process, 4 threads) serving tests/apps/core_app.py for the whole module."""
-    proc = start_server("-s", "1", "-t", "4", "core_app.application")
-    yield proc
-    proc.stop()
-
-
-def test_app_exception_is_500_without_traceback(server):
-    r, data = http_get(server.port, "/error")
+def test_app_exception_is_500_without_traceback(core_server):
+    r, data = http_get(core_server.port, "/error")
     assert r.status == 500
     assert b"secret-traceback-marker" not in data and b"Traceback" not in data
-    assert "secret-traceback-marker" in server.stderr   # logged for the operator
-    r, data = http_get(server.port, "/")
+    assert "secret-traceback-marker" in core_server.stderr   # logged for the operator
+    r, data = http_get(core_server.port, "/")
     assert r.status == 200
 
 
-def test_app_base_exception_is_500_and_serving_goes_on(server):
-    r, data = http_get(server.port, "/exit")
+def test_app_base_exception_is_500_and_serving_goes_on(core_server):
+    r, data = http_get(core_server.port, "/exit")
     assert r.status == 500 and b"exit-marker" not in data
     for _ in range(8):      # more requests than threads: none of them was lost to it
-        assert http_get(server.port, "/")[0].status == 200
+        assert http_get(core_server.port, "/")[0].status == 200
 
 
 @pytest.mark.parametrize("threads", ["1", "4", "0"])

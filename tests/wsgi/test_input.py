@@ -10,29 +10,21 @@ import socket
 import time
 
 import pytest
-from conftest import http_get, raw_exchange, rss_bound, start_server, workers_rss
+from conftest import http_get, raw_exchange, rss_bound, workers_rss
 
 
-@pytest.fixture(scope="module")
-def server():
-    """One server (1 process, 4 threads) serving tests/apps/core_app.py for the whole module."""
-    proc = start_server("-s", "1", "-t", "4", "core_app.application")
-    yield proc
-    proc.stop()
-
-
-def test_chunked_request_body(server):
+def test_chunked_request_body(core_server):
     req = (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
            b"5\r\nhello\r\n1;ext=1\r\n \r\n6\r\nworld!\r\n0\r\nTrailer: x\r\n\r\n")
-    resp = raw_exchange(server.port, req)
+    resp = raw_exchange(core_server.port, req)
     assert resp.startswith(b"HTTP/1.1 200")
     assert resp.endswith(b"\r\n\r\nhello world!")
 
 
-def test_chunked_request_byte_by_byte(server):
+def test_chunked_request_byte_by_byte(core_server):
     req = (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
            b"a\r\n0123456789\r\n0\r\n\r\n")
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+    with socket.create_connection(("127.0.0.1", core_server.port), timeout=5) as s:
         for b in req:
             s.send(bytes([b]))
         data = b""
@@ -42,7 +34,7 @@ def test_chunked_request_byte_by_byte(server):
 
 
 @pytest.mark.parametrize("framing", ["length", "chunked"])
-def test_read_n_returns_n_bytes_unless_the_body_ends(server, framing):
+def test_read_n_returns_n_bytes_unless_the_body_ends(core_server, framing):
     """wsgi.input.read(n) is a file's read: apps read(int(CONTENT_LENGTH)) once and take the
     result as the body, so it may come back short only at the body's end, however the body
     arrives (here in pieces, some after the app started reading)."""
@@ -56,7 +48,7 @@ def test_read_n_returns_n_bytes_unless_the_body_ends(server, framing):
                         for i in range(0, len(body), 7000)) + b"0\r\n\r\n"
     for n, want in ((len(body), f"{len(body)} 0"), (len(body) + 10, f"{len(body)} 0"),
                     (100_000, f"100000 {len(body) - 100_000}")):
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        with socket.create_connection(("127.0.0.1", core_server.port), timeout=10) as s:
             s.sendall(b"POST /readn?rest&n=%d HTTP/1.1\r\nHost: x\r\n%sConnection: close\r\n\r\n"
                       % (n, head) + wire[:1000])
             time.sleep(0.05)
@@ -70,7 +62,7 @@ def test_read_n_returns_n_bytes_unless_the_body_ends(server, framing):
         assert resp.partition(b"\r\n\r\n")[2].decode() == want, (n, resp[-100:])
 
 
-def test_unread_chunked_body_is_never_the_next_request(server):
+def test_unread_chunked_body_is_never_the_next_request(core_server):
     """Smuggling: the app reads 2 bytes of a chunked body whose data holds a request, and the
     decoder has already seen the last chunk. What the app left is body: dropped, not parsed as
     the next request on the connection (RFC 9112 7.1)."""
@@ -78,7 +70,7 @@ def test_unread_chunked_body_is_never_the_next_request(server):
     data = b"XX" + inner
     req = (b"POST /readn?n=2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
            + b"%x\r\n" % len(data) + data + b"\r\n0\r\n\r\n")
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+    with socket.create_connection(("127.0.0.1", core_server.port), timeout=5) as s:
         s.sendall(req + b"GET /after-unread HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         resp = b""
         while chunk := s.recv(65536):
@@ -86,21 +78,21 @@ def test_unread_chunked_body_is_never_the_next_request(server):
     assert resp.count(b"HTTP/1.1 ") == 2, resp
     assert b"\r\n\r\n2 -1HTTP/1.1 200" in resp, resp
     assert resp.endswith(b"hello /after-unread\n"), resp
-    r, seen = http_get(server.port, "/seen")
+    r, seen = http_get(core_server.port, "/seen")
     assert "/c-bad-unread-smuggled" not in json.loads(seen)
 
 
-def test_readline_readlines_iteration(server):
-    _, data = http_get(server.port, "/v/lines", method="POST", body=b"first\nabcdef\nx\ny")
+def test_readline_readlines_iteration(core_server):
+    _, data = http_get(core_server.port, "/v/lines", method="POST", body=b"first\nabcdef\nx\ny")
     assert json.loads(data) == {"first": "first\n", "limited": "abc", "rest": ["def\n", "x\n", "y"]}
     req = (b"POST /v/iter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
            b"3\r\na\nb\r\n3\r\n\nc\n\r\n0\r\n\r\n")
-    resp = raw_exchange(server.port, req)
+    resp = raw_exchange(core_server.port, req)
     assert json.loads(resp.split(b"\r\n\r\n", 1)[1]) == ["a\n", "b\n", "c\n"]
 
 
-def test_expect_100_continue(server):
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+def test_expect_100_continue(core_server):
+    with socket.create_connection(("127.0.0.1", core_server.port), timeout=5) as s:
         s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n"
                   b"Connection: close\r\n\r\n")
         interim = s.recv(4096)
@@ -112,10 +104,10 @@ def test_expect_100_continue(server):
     assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"hello")
 
 
-def test_no_100_continue_after_the_response_started(server):
+def test_no_100_continue_after_the_response_started(core_server):
     """An app that reads its body after starting the response: no interim 100 inside the body
     (RFC 9110 10.1.1); the client that waits for 100 gets the final response instead."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+    with socket.create_connection(("127.0.0.1", core_server.port), timeout=5) as s:
         s.sendall(b"POST /late-read HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
                   b"Content-Length: 5\r\nConnection: close\r\n\r\n")
         head = b""
@@ -143,11 +135,11 @@ def test_body_over_max_body_size_is_413(spawn):
 
 
 @rss_bound
-def test_100mb_upload_streams_with_bounded_memory(server):
+def test_100mb_upload_streams_with_bounded_memory(core_server):
     size = 100 * (1 << 20)
     piece = os.urandom(1 << 20)
     h = hashlib.sha256()
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+    with socket.create_connection(("127.0.0.1", core_server.port), timeout=30) as s:
         s.sendall(f"POST /v/hash HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n"
                   "Connection: close\r\n\r\n".encode())
         peak = 0
@@ -155,7 +147,7 @@ def test_100mb_upload_streams_with_bounded_memory(server):
             s.sendall(piece)
             h.update(piece)
             if i % 20 == 0:
-                peak = max(peak, workers_rss(server))
+                peak = max(peak, workers_rss(core_server))
         data = b""
         while chunk := s.recv(65536):
             data += chunk

@@ -25,28 +25,20 @@ from conftest import (
 )
 
 
-@pytest.fixture(scope="module")
-def server():
-    """One server (1 process, 4 threads) serving tests/apps/core_app.py for the whole module."""
-    proc = start_server("-s", "1", "-t", "4", "core_app.application")
-    yield proc
-    proc.stop()
-
-
-def test_write_callable(server):
-    _, data = http_get(server.port, "/v/write")
+def test_write_callable(core_server):
+    _, data = http_get(core_server.port, "/v/write")
     assert data == b"written directly then returned\n"
 
 
-def test_write_callable_kept_past_its_request_reaches_nobody(server):
+def test_write_callable_kept_past_its_request_reaches_nobody(core_server):
     """A write() an app keeps after its request ended (a PEP 3333 violation) raises when called
     later, even on the same keep-alive connection, whose next request must not receive it."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", core_server.port, timeout=10)
     try:
-        r, data = http_get(server.port, "/stash", conn=conn)
+        r, data = http_get(core_server.port, "/stash", conn=conn)
         assert (r.status, data) == (200, b"stashed")
         for _ in range(3):
-            r, data = http_get(server.port, "/stale", conn=conn)
+            r, data = http_get(core_server.port, "/stale", conn=conn)
             assert r.status == 200
             assert data == b"ClientDisconnected"
     finally:
@@ -90,10 +82,10 @@ def test_kept_callables_never_reach_another_request(threads: str):
     assert "Traceback" not in srv.stderr or "LEAK" not in srv.stderr
 
 
-def test_write_callable_on_head_is_quiet(server):
+def test_write_callable_on_head_is_quiet(core_server):
     """HEAD: what the app passes to write() is dropped, not an error, and the connection stays
     usable for the next request."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+    with socket.create_connection(("127.0.0.1", core_server.port), timeout=5) as s:
         s.sendall(b"HEAD /write HTTP/1.1\r\nHost: x\r\n\r\n"
                   b"GET /after-head HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         resp = b""
@@ -103,14 +95,14 @@ def test_write_callable_on_head_is_quiet(server):
     assert b"written" not in resp and resp.endswith(b"hello /after-head\n"), resp
 
 
-def test_response_headers_are_the_apps_current_ones(server):
+def test_response_headers_are_the_apps_current_ones(core_server):
     """Equal response heads are packed once and reused: an app that changes its header list in
     place between requests must still be answered with what the list holds now."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", core_server.port, timeout=10)
     try:
         counts = []
         for query in ("", "", "list-items", ""):
-            r, data = http_get(server.port, "/counter?" + query, conn=conn)
+            r, data = http_get(core_server.port, "/counter?" + query, conn=conn)
             assert r.status == 200 and data == b"counted"
             counts.append(int(r.getheader("X-Count")))
         assert counts == list(range(counts[0], counts[0] + 4))
@@ -144,20 +136,20 @@ def test_registered_heads_under_contention():
     assert "Traceback" not in srv.stderr, srv.stderr[-2000:]
 
 
-def test_nul_in_a_response_header_is_refused(server):
+def test_nul_in_a_response_header_is_refused(core_server):
     """C splits names from values at NUL: one inside a value must not start a header of the
     client's choosing (here through an app that puts a decoded %00 into Location)."""
-    resp = raw_exchange(server.port, b"GET /redirect?/next%00Set-Cookie%00session=x HTTP/1.1\r\nHost: x\r\n"
+    resp = raw_exchange(core_server.port, b"GET /redirect?/next%00Set-Cookie%00session=x HTTP/1.1\r\nHost: x\r\n"
                         b"Connection: close\r\n\r\n")
     assert resp.startswith(b"HTTP/1.1 500"), resp
     assert b"Set-Cookie" not in resp and b"session=x" not in resp
-    resp = raw_exchange(server.port, b"GET /redirect?/next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    resp = raw_exchange(core_server.port, b"GET /redirect?/next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert resp.startswith(b"HTTP/1.1 302") and b"\r\nLocation: /next\r\n" in resp, resp
 
 
 @pytest.mark.parametrize("variant", ["", "triple", "bytes"])
-def test_header_injection_refused(server, variant):
-    r, data = http_get(server.port, "/bad-header?" + variant)
+def test_header_injection_refused(core_server, variant):
+    r, data = http_get(core_server.port, "/bad-header?" + variant)
     assert r.status == 500
     assert r.getheader("Set-Cookie") is None and b"should not be sent" not in data
 
@@ -166,10 +158,10 @@ def test_header_injection_refused(server, variant):
                                            ("100 Continue", b"HTTP/1.1 500"),
                                            ("999 Weird", b"HTTP/1.1 500"),
                                            ("200", b"HTTP/1.1 200 \r\n")])
-def test_app_status_must_be_a_final_one(server, status, expect):
+def test_app_status_must_be_a_final_one(core_server, status, expect):
     """A 1xx from the app would leave the client waiting for the real answer (or take the next
     one for it); codes past 599 are no status; "200" alone still gets its SP (RFC 9112 4)."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+    with socket.create_connection(("127.0.0.1", core_server.port), timeout=5) as s:
         s.sendall(b"GET /rawstatus?" + status.replace(" ", "%20").encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
                   b"GET /after-status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         resp = b""
@@ -179,37 +171,37 @@ def test_app_status_must_be_a_final_one(server, status, expect):
     assert resp.count(b"HTTP/1.1 ") == 2 and resp.endswith(b"hello /after-status\n"), resp
 
 
-def test_non_bytes_body_is_a_clean_500(server):
+def test_non_bytes_body_is_a_clean_500(core_server):
     """The body's type is checked before the head goes, so a str body gets a plain 500."""
-    resp = raw_exchange(server.port, b"GET /strbody HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    resp = raw_exchange(core_server.port, b"GET /strbody HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert resp.startswith(b"HTTP/1.1 500"), resp
     assert b"not bytes" not in resp
 
 
-def test_chunked_response(server):
-    r, data = http_get(server.port, "/v/stream")
+def test_chunked_response(core_server):
+    r, data = http_get(core_server.port, "/v/stream")
     assert r.getheader("Transfer-Encoding") == "chunked"
     assert data == b"".join(f"chunk {i}\n".encode() for i in range(5))
 
 
-def test_head_and_bodiless_statuses(server):
-    r, data = http_get(server.port, "/v/env", method="HEAD")
+def test_head_and_bodiless_statuses(core_server):
+    r, data = http_get(core_server.port, "/v/env", method="HEAD")
     assert r.status == 200 and data == b""
-    resp = raw_exchange(server.port, b"HEAD /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    resp = raw_exchange(core_server.port, b"HEAD /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     head, _, body = resp.partition(b"\r\n\r\n")
     assert body == b"" and b"Content-Length: 13" in head
     for code in (204, 304):
-        resp = raw_exchange(server.port,
+        resp = raw_exchange(core_server.port,
                             f"GET /status/{code} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
         head, _, body = resp.partition(b"\r\n\r\n")
         assert head.startswith(f"HTTP/1.1 {code}".encode()) and body == b""
         assert b"Transfer-Encoding" not in head
 
 
-def test_no_content_length_on_204(server):
+def test_no_content_length_on_204(core_server):
     """RFC 9110 8.6: never a Content-Length on a 204, even the app's own; a 304 keeps the app's
     (it tells the selected representation's length). The connection stays usable."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+    with socket.create_connection(("127.0.0.1", core_server.port), timeout=10) as s:
         f = s.makefile("rb")
         for target, method in (("/status/204?cl", "GET"), ("/status/204?cl", "HEAD"),
                                ("/status/204", "HEAD")):
@@ -222,49 +214,49 @@ def test_no_content_length_on_204(server):
         assert f.read() == b""      # no body after either, and the server closed as asked
 
 
-def test_iteration_stops_at_content_length(server):
+def test_iteration_stops_at_content_length(core_server):
     """PEP 3333: the server stops iterating once Content-Length bytes are sent (an endless body
     used to keep a thread spinning after the client left), and still calls close()."""
-    before = json.loads(http_get(server.port, "/endless-count")[1])
-    resp = raw_exchange(server.port, b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5)
+    before = json.loads(http_get(core_server.port, "/endless-count")[1])
+    resp = raw_exchange(core_server.port, b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5)
     assert resp.startswith(b"HTTP/1.1 200") and resp.endswith(b"\r\n\r\nxxxxx"), resp
-    after = json.loads(http_get(server.port, "/endless-count")[1])
+    after = json.loads(http_get(core_server.port, "/endless-count")[1])
     assert after["iterations"] - before["iterations"] <= 3, (before, after)
     assert after["closed"] == before["closed"] + 1
 
 
-def test_close_is_always_called(server, tmp_path: Path):
+def test_close_is_always_called(core_server, tmp_path: Path):
     marker = tmp_path / "closed"
-    _, data = http_get(server.port, f"/v/close?marker={marker}")
+    _, data = http_get(core_server.port, f"/v/close?marker={marker}")
     assert data == b"closing body\n"
     wait_until(marker.exists, 3, interval=0.02, what="the iterable's close() marker")
     assert marker.read_text() == "closed"
 
 
-def test_file_wrapper_uses_sendfile(server):
+def test_file_wrapper_uses_sendfile(core_server):
     expected = hashlib.sha256(b"seed").digest() * (5_000_000 // 32)
-    r, data = http_get(server.port, "/file?size=5000000")
+    r, data = http_get(core_server.port, "/file?size=5000000")
     assert r.status == 200 and data == expected
     assert r.getheader("Content-Length") == "5000000"   # set from the file's size: sendfile path
-    r, data = http_get(server.port, "/v/file?size=5000000")  # validator hides the wrapper: iterated
+    r, data = http_get(core_server.port, "/v/file?size=5000000")  # validator hides the wrapper: iterated
     assert r.status == 200 and data == expected
 
 
-def test_error_after_headers_cuts_the_connection(server):
-    resp = raw_exchange(server.port, b"GET /error-after-start HTTP/1.1\r\nHost: x\r\n\r\n")
+def test_error_after_headers_cuts_the_connection(core_server):
+    resp = raw_exchange(core_server.port, b"GET /error-after-start HTTP/1.1\r\nHost: x\r\n\r\n")
     assert resp.startswith(b"HTTP/1.1 200")
     assert b"first part" in resp
     assert not resp.endswith(b"0\r\n\r\n")   # no terminal chunk: the client sees a truncated body
 
 
 @rss_bound
-def test_100mb_download_streams_with_bounded_memory(server):
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+def test_100mb_download_streams_with_bounded_memory(core_server):
+    with socket.create_connection(("127.0.0.1", core_server.port), timeout=30) as s:
         s.sendall(b"GET /big?mb=100 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         total = 0
         peak = 0
         time.sleep(0.5)   # a slow reader at first: backpressure must hold the app back
-        peak = workers_rss(server)
+        peak = workers_rss(core_server)
         buf = bytearray(1 << 20)
         view = memoryview(buf)
         while n := s.recv_into(view):
@@ -274,9 +266,9 @@ def test_100mb_download_streams_with_bounded_memory(server):
     assert peak < 120 * (1 << 20), f"worker RSS {peak / 2**20:.0f} MiB while sending 100 MiB"
 
 
-def test_slow_reader_gets_everything(server):
+def test_slow_reader_gets_everything(core_server):
     r = None
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+    conn = http.client.HTTPConnection("127.0.0.1", core_server.port, timeout=20)
     conn.request("GET", "/big?mb=8")
     r = conn.getresponse()
     got = 0
