@@ -1,8 +1,9 @@
 /* py.h -- the CPython part's internal header: the structs its files share (the response's, the
- * held body's Input, the runner's), the objects sp_py_setup makes for all of them (interned strs,
- * types), and what each file calls of another. The files (response.c, input.c, environ.c,
- * answer.c, runner.c) are compiled as one unit, unit.c, in that order, and their functions stay
- * static to it. Not part of the API: the binding sees only runner.h. */
+ * held body's Input, the runner's, the hub's GreenLoop), the objects sp_py_setup makes for all of
+ * them (interned strs, types), and what each file calls of another. The files (response.c,
+ * input.c, environ.c, answer.c, runner.c, hub.c) are compiled as one unit, unit.c, in that
+ * order, and their functions stay static to it. Not part of the API: the binding sees only
+ * runner.h. */
 #ifndef SP_PY_H
 #define SP_PY_H
 
@@ -81,6 +82,37 @@ typedef struct {
     size_t head_off[HEAD_OBJS];      /* where each one's bytes end in hbuf (pack_head) */
 } Runner;
 
+/* ---- hub.c: GreenLoop ------------------------------------------------------------------------ */
+
+#define HUB_BATCH 256           /* events one poll returns at most (the hub's _BATCH) */
+
+typedef struct {
+    PyObject_HEAD
+    sp_server *srv;
+    PyObject *owner;        /* keeps srv alive (the hub's cffi object) */
+    PyObject *ready;        /* the hub's ready queue and thread calls (deques) */
+    PyObject *thread_calls;
+    PyObject *idle;         /* list: the request greenlets waiting for a code */
+    PyObject *spawn;        /* callable(code): a new request greenlet runs it; None: no handler */
+    PyObject *finished;     /* callable() -> the hub's finish test */
+    PyObject *glet_type;    /* greenlet.greenlet... */
+    PyObject *switch_fn;    /* ...and its unbound switch */
+    PyObject *ctx_descr;    /* ...its gr_context descriptor, and that descriptor's __get__ (NULL if */
+    descrgetfunc ctx_get;   /* none: green_next reads the attribute the long way) */
+    PyObject *timers;       /* the hub's timer heap (a list, the same object for the hub's life) */
+    int max_poll_ms;        /* the finish test is looked at least this often (_MAX_POLL_MS) */
+    int interrupted;        /* interrupt() was called: turn() returns at once */
+    int head, tail;         /* codes[head..tail): the batch's requests not yet taken */
+    /* What a request greenlet's own poll (gl_poll_here) found for the hub, which turn() hands
+     * over before anything else: fd events ev[0..nfd), a poll's -errno, a Python error. */
+    int nfd, rc;
+    PyObject *exc_type, *exc_value, *exc_tb;
+    int64_t codes[HUB_BATCH];
+    sp_event ev[HUB_BATCH];
+} GreenLoop;
+
+static PyTypeObject *greenloop_type;    /* GreenLoop */
+
 /* ---- what the files call of one another ---------------------------------------------------- */
 
 /* input.c: the request's wsgi.input, a C Input when the loop holds its whole body, else Python's
@@ -113,6 +145,12 @@ static void close_result(Runner *self, PyObject *result, PyObject **pending);
 /* runner.c: after a call the end of a request makes, clears an Exception and keeps the first other
  * BaseException in pending[3] for run() to raise. */
 static void defer_error(PyObject **pending);
+
+/* hub.c: a request greenlet whose batch is empty polls in the hub's place, as the hub's turn
+ * would: the code of a request to run now, or 0 when the greenlet must park (the hub has work). */
+static long long gl_poll_here(GreenLoop *L);
+/* hub.c: makes GreenLoop and sets it on the module: 0, or -1 with a Python error. */
+static int hub_setup(PyObject *mod);
 
 /* sp_py_setup (runner.c, last in the unit) also reads statics the other files keep to themselves:
  * the type specs resp_spec (response.c) and inp_spec (input.c), and environ.c's key tables

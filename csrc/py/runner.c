@@ -3,7 +3,8 @@
  * in files of one concept each, which py.h ties together and unit.c compiles as one unit:
  * response.c (ResponseBase, start_response), input.c (Input, a held body's wsgi.input),
  * environ.c (the environ from the packed block), answer.c (head packing, answering, streaming,
- * close()) and this file (the Runner, its hand-off to Python, the run loop, sp_py_setup).
+ * close()), hub.c (the green hub's hot turn, GreenLoop) and this file (the Runner, its hand-off
+ * to Python, the run loop, sp_py_setup).
  *
  * Theory of operation
  * -------------------
@@ -283,13 +284,18 @@ static long long green_next(PyObject *green)
         return -1;
     if (PyDict_Size(mine) > 0)
         PyDict_Clear(mine);
-    PyObject *ctx = PyObject_GetAttr(me, s_gr_context);
+    /* A data descriptor's __get__ is what getattr() would call, minus the lookup (hub.c). */
+    GreenLoop *L = Py_IS_TYPE(batch, greenloop_type) ? (GreenLoop *)batch : NULL;
+    PyObject *ctx = L != NULL && L->ctx_get != NULL && (PyObject *)Py_TYPE(me) == L->glet_type
+                    ? L->ctx_get(L->ctx_descr, me, L->glet_type) : PyObject_GetAttr(me, s_gr_context);
     if (ctx == NULL)
         return -1;
     int set = ctx != Py_None;
     Py_DECREF(ctx);
     if (set && PyObject_SetAttr(me, s_gr_context, Py_None) < 0)
         return -1;
+    if (L != NULL)                                  /* the C hub's batch (hub.c): no objects */
+        return L->head < L->tail ? L->codes[L->head++] : 0;
     Py_ssize_t n = PyObject_Size(batch);
     if (n <= 0)
         return n < 0 ? -1 : 0;
@@ -301,7 +307,9 @@ static long long green_next(PyObject *green)
     return code;
 }
 
-/* Once its batch is empty, a request greenlet waits here, in the hub's idle list, for the hub to
+/* Once its batch is empty, a request greenlet under the C hub first polls in the hub's place
+ * (hub.c, gl_poll_here: the next batch runs here, without two switches), and when the hub has
+ * work instead, or under the Python hub, waits here, in the hub's idle list, for the hub to
  * switch to it with its next request's code, as the hub's _request_worker would have after
  * run() returned, minus the Python frames of the way back and in again. Returns that code; 0
  * when the idle list is full (the greenlet ends: hub.py); GREEN_ENDED when GreenletExit was
@@ -324,6 +332,12 @@ static long long green_park(PyObject *green)
         return -1;
     if (n >= max)
         return 0;
+    PyObject *batch = PyTuple_GetItem(green, 2);
+    if (batch != NULL && Py_IS_TYPE(batch, greenloop_type)) {
+        long long code = gl_poll_here((GreenLoop *)batch);
+        if (code > 0)
+            return code;
+    }
     if (PyList_Append(idle, me) < 0)
         return -1;
     PyObject *c = PyObject_CallNoArgs(park);
@@ -586,6 +600,11 @@ int sp_py_setup(void)
         goto fail;
     }
     Py_DECREF(ru);
+    if (hub_setup(mod) < 0) {
+        Py_DECREF(rt);
+        Py_DECREF(mod);
+        goto fail;
+    }
     Py_DECREF(mod);
     resp_type = (PyTypeObject *)rt;     /* kept for the module's life */
     return 0;

@@ -10,3 +10,4 @@
 #include "environ.c"
 #include "answer.c"
 #include "runner.c"
+#include "hub.c"

@@ -23,6 +23,12 @@ A wake-up from another OS thread reaches the hub through ``call_threadsafe`` (a 
 ``sp_server_wakeup``): that is how the primitives of spawning.green.sync work across greenlets and
 real threads.
 
+On CPython the hot part of a turn is C's (csrc/py/hub.c, ``GreenLoop``: ``_loop_c``): it polls and
+hands each batch's requests to greenlets until the loop has Python work (fd events, the ready queue,
+thread calls, a timer due, the finish test, a wake-up), and a request greenlet that runs out of
+requests polls in the hub's place under the same rules, so that a steady stream of requests runs
+without coming back here. PyPy and SPAWNING_NO_PYFAST=1 run ``_loop``, all of it in Python.
+
 One hub runs per process at most (``run_hub``); the module keeps it, and ``_coop_hub()`` tells the
 rest of the package whether the caller may park on it or must block its OS thread instead.
 """
@@ -43,7 +49,9 @@ from typing import Any
 
 from greenlet import GreenletExit, getcurrent, greenlet  # type: ignore[import-untyped]
 
+from .. import _core
 from .._core import ffi, lib
+from ..wsgi.response import FAST
 from .waiter import _CLOSED, TIMEDOUT, Waiter
 
 log = logging.getLogger("spawning")
@@ -126,11 +134,19 @@ class Hub:
         self.thread_calls: deque = deque()
         self.handle: Callable | None = None
         self.idle: list = []          # request greenlets waiting for their next request
-        self.events = ffi.new("sp_event[]", _BATCH)
-        self.codes = ffi.new("int64_t[]", _BATCH)   # request codes of the batch, 0 for fd events
+        # On CPython the hot turn is C's (csrc/py/hub.c: it polls and hands out batches of requests
+        # until Python has work, see _loop); elsewhere (PyPy, SPAWNING_NO_PYFAST=1) this loop polls.
+        self._cloop: Any = None
+        if FAST:
+            self._cloop = _core.GreenLoop(  # type: ignore[attr-defined]
+                int(ffi.cast("uintptr_t", srv)), srv, self.ready, self.thread_calls, self.idle,
+                self._spawn, finished, greenlet, _MAX_POLL_MS, self.timers)
+        else:
+            self.events = ffi.new("sp_event[]", _BATCH)
+            self.codes = ffi.new("int64_t[]", _BATCH)   # request codes of the batch, 0 for fd events
         # The codes of the current poll batch's requests not yet taken: the hub and the request
-        # greenlets take from it in turn (see _request_worker).
-        self.batch: deque = deque()
+        # greenlets take from it in turn (see _request_worker). The C turn keeps them itself.
+        self.batch: Any = self._cloop if self._cloop is not None else deque()
         # One of each for every request greenlet's state tuple (_request_worker), which a
         # waiting request holds: a bound method each would cost each one more memory.
         self._take = self.batch.popleft
@@ -256,8 +272,9 @@ class Hub:
             except BaseException:
                 log.exception("error in a timer callback")
         if self._cancelled > 512 and self._cancelled > len(timers) // 2:
-            # Cancelled timers are dropped lazily; rebuild once they are most of the heap.
-            self.timers = timers = [t for t in timers if not t.cancelled]
+            # Cancelled timers are dropped lazily; rebuild once they are most of the heap. In
+            # place: the C turn (csrc/py/hub.c) holds the list.
+            timers[:] = [t for t in timers if not t.cancelled]
             heapq.heapify(timers)
             self._cancelled = 0
 
@@ -271,7 +288,8 @@ class Hub:
         hub's loop over the batch takes from the same deque, and wake-ups go through the ready
         queue, so a greenlet resumes either from that loop or between batches, when the deque
         is empty. Once the deque is empty the greenlet joins the idle list and switches to the
-        hub: in C on CPython (handle() does not return), else below."""
+        hub: in C on CPython (handle() does not return), after polling in the hub's place when
+        the hub has nothing to do first (csrc/py/hub.c, gl_poll_here), else below."""
         handle = self.handle
         idle = self.idle
         hub_glet = self.glet
@@ -297,7 +315,18 @@ class Hub:
             idle.append(me)
             code = hub_glet.switch()
 
+    def _spawn(self, code: int) -> None:
+        """Runs the request ``code`` names in a new request greenlet (none idle); nothing without
+        a handler (run(): no listener)."""
+        if self.handle is not None:
+            g = greenlet(self._request_worker, self.glet)
+            self.request_glets.add(g)
+            g.switch(code)
+
     def _loop(self) -> None:
+        if self._cloop is not None:
+            self._loop_c()
+            return
         srv = ffi.cast("sp_server *", self.srv)   # a plain pointer passes faster; self.srv owns it
         events = self.events
         codes = self.codes
@@ -362,6 +391,45 @@ class Hub:
             if self.timers:
                 self._run_timers()
 
+    def _loop_c(self) -> None:
+        """_loop with its hot part in C (csrc/py/hub.c): ``turn`` polls and hands out batches of
+        requests as the loop above does, and comes back here only with work for Python: the
+        fd events of a batch (its requests then go out through ``dispatch``), the ready queue,
+        thread calls, a timer due, the finish test true, a wake-up or a timeout, an error. So
+        every rule below is the loop above's, in the same order."""
+        ready = self.ready
+        thread_calls = self.thread_calls
+        tokens = self.tokens
+        finished = self.finished
+        turn = self._cloop.turn
+        while True:
+            if ready:
+                self._run_ready()
+            while thread_calls:
+                fn, args = thread_calls.popleft()
+                try:
+                    fn(*args)
+                except BaseException:
+                    log.exception("error in a call handed to the hub")
+            if finished():
+                return
+            if _forked_child:
+                log.error("a process the app forked came back to the server's loop: it exits "
+                          "(the parent serves the connections)")
+                os._exit(1)
+            r = turn()
+            if type(r) is list:       # fd events, then the batch's requests
+                for token, mask in r:
+                    obj = tokens.get(token)
+                    if obj is not None:
+                        obj.on_fd(self, mask)
+                self._cloop.dispatch()
+            elif r < 0 and r != -errno.EINTR:
+                log.error("event loop failed: %s", os.strerror(-r))
+                _real_sleep(0.05)
+            if self.timers:
+                self._run_timers()
+
 
     def end_requests_after(self, grace: float) -> None:
         """Hub thread: ``end_requests`` in ``grace`` seconds, once however often asked."""
@@ -396,6 +464,8 @@ _forked_child = False
 def _after_fork_in_child() -> None:
     global _hub, _forked_child
     if _hub is not None:
+        if _hub._cloop is not None:
+            _hub._cloop.interrupt()   # the C turn comes back to _loop_c, which exits
         _hub = None
         _forked_child = True
 
