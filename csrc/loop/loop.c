@@ -39,8 +39,6 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <pthread.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -481,36 +479,6 @@ static inline void call_watcher(sp_server *s) {
     }
 }
 
-/* The watcher naps as a SCHED_BATCH thread (Linux): the wake-up of a batch thread does not preempt
- * the thread running on its CPU, so a nap's end waits for the running thread to block or its
- * time slice to end, instead of preempting it (a switch out and one back, every millisecond)
- * for a check that mostly finds work was taken. A blocked app leaves its CPU idle, so its hand-off
- * is no later; a CPU-bound one holds the GIL, which no other thread gets sooner anyway. Figures:
- * bench/README.md, "Why the code is as it is". Only a thread found running SCHED_OTHER is
- * switched (checked once per thread), and it is switched back before it polls, waits untimed
- * or returns. Returns on. */
-#if defined(__linux__) && defined(SCHED_BATCH)
-#if defined(__GNUC__)
-/* 0: not checked yet, 1: this thread may switch, 2: it keeps its policy */
-static __thread int tls_may_batch __attribute__((tls_model("initial-exec")));
-#else
-static __thread int tls_may_batch;
-#endif
-static int watch_batch(int on) {
-    struct sched_param p = { 0 };
-    if (!tls_may_batch) {
-        int policy;
-        int got = pthread_getschedparam(pthread_self(), &policy, &p) == 0;
-        tls_may_batch = got && policy == SCHED_OTHER ? 1 : 2;
-        p.sched_priority = 0;
-    }
-    if (tls_may_batch == 1) pthread_setschedparam(pthread_self(), on ? SCHED_BATCH : SCHED_OTHER, &p);
-    return on;
-}
-#else
-static int watch_batch(int on) { return on; }
-#endif
-
 /* The watcher's wait, without the mutex: it naps until `until` and, as long as work was taken
  * meanwhile (vacated_us moved) and the busy thread's latest take is less than SP_HANDOFF_US old
  * at the next check, naps again, without taking the mutex. A timed wait on the condition variable
@@ -606,7 +574,6 @@ int loop_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
     unsigned gen = s->wake_gen;
     int was_follower = 0;
     int watching = 0;   /* this thread is the one follower timing the hand-off */
-    int batch = 0;      /* it naps as SCHED_BATCH (watch_batch) */
     for (int turn = 0;; turn++) {
         int64_t now = s->now_us = turn ? sp_now_us() : start;
         /* Held-back responses leave once this thread has no queued request to go on with, or
@@ -625,7 +592,6 @@ int loop_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
         if (may_lead) {
             if (watching) { watching = 0; s->watching = 0; }   /* untimed followers: the poller
                                                                signals one when it takes work */
-            if (batch) batch = watch_batch(0);
             s->polling = 1;
             int64_t now_ms = now / 1000;
             if (!s->next_sweep_ms) s->next_sweep_ms = now_ms + SP_SWEEP_MS;
@@ -671,21 +637,18 @@ int loop_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
             /* A watcher that finds someone polling gives the watch up: the poller signals an
              * untimed waiter when it takes work only while nobody watches. */
             if (watching) { watching = 0; s->watching = 0; }
-            if (batch) batch = watch_batch(0);
             s->untimed_waiters++;
             if (deadline >= 0) timed_wait(s, deadline); else pthread_cond_wait(&s->cv, &s->mu);
             s->untimed_waiters--;
             s->watch_called = 0;   /* whoever was called is awake, or this one: it looks next */
         } else {
             watching = s->watching = 1;
-            if (!batch) batch = watch_batch(1);
             int64_t until = (keep ? now : s->vacated_us) + SP_HANDOFF_US;
             if (deadline >= 0 && deadline < until) until = deadline;
             watch_unlocked(s, until, gen, deadline);
         }
         s->waiters--;
     }
-    if (batch) watch_batch(0);
     if (watching) {   /* another follower takes over the watch */
         s->watching = 0;
         call_watcher(s);
