@@ -5,13 +5,14 @@ not. This runs one worker (1 thread, or --threads N / 0 for green) under ``valgr
 once with a warm-up only and once with N more keep-alive requests, and prints the difference
 divided by N, plus the top functions. Kernel time (recv/writev on loopback) is not counted.
 
-    python bench/instructions.py [--requests 2000] [--top 25] [--threads N] [--post BYTES] [--big] [--browser]
+    python bench/instructions.py [--requests 2000] [--top 25] [--threads N] [--post BYTES] [--big] [--browser] [--form]
                                  [--app closeiter|flask|django] [--inclusive] [--gc-freeze]
 
 ``--post BYTES`` sends POST requests with a body of that size to an echo app (the benchmark's
 16 KiB POST is ``--post 16384``) instead of GET to hello world; ``--big`` GETs a 64 KiB response;
 ``--browser`` sends browser-like heads that never repeat (the benchmark's ``browser`` scenario).
-``--app`` serves one of the framework scenarios' apps (bench/apps.py: ``closeiter``, the real
+``--form`` POSTs browser-like heads with a 2 KiB urlencoded body (the benchmark's ``form``
+scenario) to bench/apps.py's form app. ``--app`` serves one of the framework scenarios' apps (bench/apps.py: ``closeiter``, the real
 Flask and Django views) to browser-like heads; ``--inclusive`` ranks functions by inclusive cost
 (callgrind_annotate --inclusive=yes), which splits the app's share from the server's.
 """
@@ -97,10 +98,24 @@ def browser_request(i: int) -> bytes:
             f"X-Request-Id: {i * 2246822519 % 2**32:08x}-{i:012x}\r\n\r\n").encode()
 
 
+def form_request(i: int) -> bytes:
+    """browser_request's head as a form POST (bench/browser.lua with FORM = true): a 2 KiB
+    urlencoded body with the user's CSRF token first, which the head's request id and the
+    body's title keep from repeating."""
+    user = i % 1000
+    body = f"csrfmiddlewaretoken={user * 31337:032x}&title=Review+{i}&rating={i % 5}&text=".encode()
+    body += b"x" * (2048 - len(body))
+    head = browser_request(i).replace(b"GET ", b"POST ", 1)
+    head = re.sub(rb"\?[^ ]*", b"", head, count=1)     # wrk's form POST has no query
+    return head[:-2] + (b"Content-Type: application/x-www-form-urlencoded\r\n"
+                        b"Origin: http://bench.example\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+
+
 _counter = [0]
 
 
-def drive(port: int, n: int, post: int = 0, conns: int = 10, browser: bool = False) -> None:
+def drive(port: int, n: int, post: int = 0, conns: int = 10, browser: bool = False,
+          form: bool = False) -> None:
     socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(conns)]
     if post:
         req = (b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\n"
@@ -111,9 +126,9 @@ def drive(port: int, n: int, post: int = 0, conns: int = 10, browser: bool = Fal
     done = 0
     while done < n:
         for s in socks:
-            if browser:
+            if browser or form:
                 _counter[0] += 1
-                req = browser_request(_counter[0])
+                req = (form_request if form else browser_request)(_counter[0])
             s.sendall(req)
         for s in socks:
             buf = b""
@@ -128,7 +143,7 @@ def drive(port: int, n: int, post: int = 0, conns: int = 10, browser: bool = Fal
         s.close()
 
 
-APPS = {"closeiter": "closeiter", "flask": "flask_view", "django": "django_view"}
+APPS = {"closeiter": "closeiter", "flask": "flask_view", "django": "django_view", "form": "form"}
 
 
 def run(n: int, workdir: str, threads: int = 1, post: int = 0, big: bool = False,
@@ -150,9 +165,10 @@ def run(n: int, workdir: str, threads: int = 1, post: int = 0, big: bool = False
             time.sleep(0.2)
         time.sleep(0.5)
         port = int(_read(portfile))
-        drive(port, 300, post, browser=browser)   # warm-up: imports, caches, buffer pools
+        form = app == "form"
+        drive(port, 300, post, browser=browser, form=form)   # warm-up: imports, caches, buffer pools
         if n:
-            drive(port, n, post, browser=browser)
+            drive(port, n, post, browser=browser, form=form)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
@@ -191,13 +207,17 @@ def main() -> None:
     ap.add_argument("--big", action="store_true", help="GET a 64 KiB response instead of hello world")
     ap.add_argument("--browser", action="store_true",
                     help="browser-like heads that never repeat (bench/browser.lua's) to hello world")
+    ap.add_argument("--form", action="store_true",
+                    help="browser-like 2 KiB urlencoded form POSTs (FORM = true) to bench/apps.py's form app")
     ap.add_argument("--app", choices=sorted(APPS), default="",
                     help="a framework scenario's app (bench/apps.py), to browser-like heads")
     ap.add_argument("--inclusive", action="store_true",
                     help="rank functions by inclusive cost (what they and their callees spend)")
     ap.add_argument("--gc-freeze", action="store_true", help="gc.freeze() before serving, as --gc-freeze")
     a = ap.parse_args()
-    browser = a.browser or bool(a.app)
+    if a.form:
+        a.app = "form"
+    browser = a.browser or bool(a.app) and a.app != "form"
     with tempfile.TemporaryDirectory() as d:
         t0, f0 = parse(run(0, d, a.threads, a.post, a.big, browser, a.app, a.inclusive, a.gc_freeze))
         t1, f1 = parse(run(a.requests, d, a.threads, a.post, a.big, browser, a.app, a.inclusive, a.gc_freeze))

@@ -52,6 +52,7 @@ typedef struct {
 
 static PyTypeObject *input_type;    /* Input */
 static allocfunc input_alloc;
+static freefunc input_free;
 
 /* ---- runner.c: the Runner ------------------------------------------------------------------ */
 
@@ -68,6 +69,7 @@ typedef struct {
     PyObject *resp_cls;   /* the handler's ResponseBase subclass */
     PyObject *log;        /* callable(environ, status, sent, headers) that never raises, or None */
     PyObject *spare;      /* a response object no one else holds, for the next request */
+    PyObject *spare_inp;  /* an Input no one else holds (body NULL), for the next body */
     PyObject *base_envs;  /* list: for each listener, what its environs are copied from: its
                              constant environ (wsgi.base_environ) as base_env() makes it over, as
                              a tuple (for a head of one field or none, for more) */

@@ -63,6 +63,7 @@ static int runner_traverse(Runner *self, visitproc visit, void *arg)
     Py_VISIT(self->close_error);
     Py_VISIT(self->log);
     Py_VISIT(self->spare);
+    Py_VISIT(self->spare_inp);
     Py_VISIT(self->base_envs);
     Py_VISIT(self->empty);
     Py_VISIT(self->forwarded);
@@ -80,6 +81,7 @@ static int runner_clear(Runner *self)
     Py_CLEAR(self->close_error);
     Py_CLEAR(self->log);
     Py_CLEAR(self->spare);
+    Py_CLEAR(self->spare_inp);
     Py_CLEAR(self->base_envs);
     Py_CLEAR(self->empty);
     Py_CLEAR(self->forwarded);
@@ -493,7 +495,10 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
         log_request(self, env, resp, pending);
         Py_DECREF(env);
         Py_DECREF(result);
-        Py_XDECREF(inp);
+        if (inp != NULL && Py_REFCNT(inp) == 1 && self->spare_inp == NULL && Py_IS_TYPE(inp, input_type))
+            self->spare_inp = inp;      /* released above, held by no one: the next body's */
+        else
+            Py_XDECREF(inp);
         resp->code = 0;     /* answered: whoever may hold it now reaches nothing */
         if (mine && Py_REFCNT(resp) == 1 && self->spare == NULL)
             self->spare = (PyObject *)resp;
@@ -587,6 +592,7 @@ int sp_py_setup(void)
         }
         input_type = (PyTypeObject *)it;    /* kept for the module's life */
         input_alloc = (allocfunc)PyType_GetSlot(input_type, Py_tp_alloc);
+        input_free = (freefunc)PyType_GetSlot(input_type, Py_tp_free);
     }
     PyObject *rt = PyType_FromSpec(&resp_spec);
     PyObject *ru = rt ? PyType_FromSpec(&runner_spec) : NULL;

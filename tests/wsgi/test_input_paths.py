@@ -61,3 +61,18 @@ def test_c_input_reads_as_the_python_input(spawn, threads):
             assert py[0] == "spawning.wsgi.input.Input"
             if len(body) <= 4096:   # arrives with its head: read whole, by the C type
                 assert c[0] == "spawning._core.Input", (body[:20], ops)
+
+
+@pytest.mark.skipif(not FAST, reason="the C path is not built (PyPy, SPAWNING_NO_PYFAST)")
+@pytest.mark.parametrize("threads", ["1", "0"])
+def test_an_input_kept_past_its_request_stays_its_own(spawn, threads):
+    """The runner reuses an Input no one holds for the next body (csrc/py/input.c, inp_new): one
+    the app kept must stay released (b'') and never become a later request's wsgi.input. One
+    worker process, so that the later requests meet the app that kept it."""
+    c_path = spawn("input_app.application", "-t", threads, "-s", "1")
+    py_path = spawn("input_app.application", "-t", threads, "-s", "1", env={"SPAWNING_NO_PYFAST": "1"})
+    for port in (c_path.port, py_path.port):
+        assert ask(port, b"first", [["keep", [], {}], ["read", [2], {}]])[1:] == ["b'fi'"]
+        for _ in range(3):      # spares come and go: the kept one is never one of them
+            assert ask(port, b"second", [["kept", [], {}], ["read", [], {}]])[1:] == [
+                "(b'', False)", "b'second'"]
