@@ -631,49 +631,32 @@ int sp_request_framing(const sp_request_head *req, sp_framing *f)
     int chunked = 0, unknown = 0, te_seen = 0, hosts = 0, conn_close = 0, conn_keep = 0;
     int conn_upgrade = 0, upgrade_hdr = 0, expect = 0, rc;
 
-    /* Dispatched on the name's length first: a browser head carries 15-20 fields, none of
-     * which but these six needs more than one comparison of two lengths. */
     for (size_t i = 0; i < req->num_headers; i++) {
         const sp_header *h = &req->headers[i];
         const char *nm = h->name;
         size_t nl = h->name_len;
-        switch (nl) {
-        case 14:
-            if (EQ_LIT(nm, nl, "content-length") && (rc = framing_content_length(h, &cl)) < 0) return rc;
-            break;
-        case 17:
-            if (EQ_LIT(nm, nl, "transfer-encoding")) {
-                te_seen = 1;
-                if ((rc = framing_transfer_encoding(h, &chunked, &unknown)) < 0) return rc;
+        if (EQ_LIT(nm, nl, "content-length")) {
+            if ((rc = framing_content_length(h, &cl)) < 0) return rc;
+        } else if (EQ_LIT(nm, nl, "transfer-encoding")) {
+            te_seen = 1;
+            if ((rc = framing_transfer_encoding(h, &chunked, &unknown)) < 0) return rc;
+        } else if (EQ_LIT(nm, nl, "host")) {
+            hosts++;
+            if (!host_value_ok(h)) return ERR(BAD_REQUEST);
+        } else if (EQ_LIT(nm, nl, "connection")) {
+            list_iter it;
+            const char *e;
+            size_t n;
+            list_init(&it, h);
+            while (list_next(&it, &e, &n)) {
+                if (EQ_LIT(e, n, "close")) conn_close = 1;
+                else if (EQ_LIT(e, n, "keep-alive")) conn_keep = 1;
+                else if (EQ_LIT(e, n, "upgrade")) conn_upgrade = 1;
             }
-            break;
-        case 4:
-            if (EQ_LIT(nm, nl, "host")) {
-                hosts++;
-                if (!host_value_ok(h)) return ERR(BAD_REQUEST);
-            }
-            break;
-        case 10:
-            if (EQ_LIT(nm, nl, "connection")) {
-                list_iter it;
-                const char *e;
-                size_t n;
-                list_init(&it, h);
-                while (list_next(&it, &e, &n)) {
-                    if (EQ_LIT(e, n, "close")) conn_close = 1;
-                    else if (EQ_LIT(e, n, "keep-alive")) conn_keep = 1;
-                    else if (EQ_LIT(e, n, "upgrade")) conn_upgrade = 1;
-                }
-            }
-            break;
-        case 7:
-            if (EQ_LIT(nm, nl, "upgrade")) upgrade_hdr = 1;
-            break;
-        case 6:
-            if (EQ_LIT(nm, nl, "expect") && EQ_LIT(h->value, h->value_len, "100-continue")) expect = 1;
-            break;
-        default:
-            break;
+        } else if (EQ_LIT(nm, nl, "upgrade")) {
+            upgrade_hdr = 1;
+        } else if (EQ_LIT(nm, nl, "expect")) {
+            if (EQ_LIT(h->value, h->value_len, "100-continue")) expect = 1;
         }
     }
 
