@@ -258,6 +258,15 @@ class Hub:
             except BaseException:
                 log.exception("unhandled error in a green thread")
 
+    def _run_thread_calls(self) -> None:
+        calls = self.thread_calls
+        while calls:
+            fn, args = calls.popleft()
+            try:
+                fn(*args)
+            except BaseException:
+                log.exception("error in a call handed to the hub")
+
     def _run_timers(self) -> None:
         timers = self.timers
         now = _monotonic()
@@ -345,12 +354,8 @@ class Hub:
         while True:
             if ready:
                 self._run_ready()
-            while thread_calls:
-                fn, args = thread_calls.popleft()
-                try:
-                    fn(*args)
-                except BaseException:
-                    log.exception("error in a call handed to the hub")
+            if thread_calls:
+                self._run_thread_calls()
             if finished():
                 return
             if ready or thread_calls:
@@ -405,12 +410,8 @@ class Hub:
         while True:
             if ready:
                 self._run_ready()
-            while thread_calls:
-                fn, args = thread_calls.popleft()
-                try:
-                    fn(*args)
-                except BaseException:
-                    log.exception("error in a call handed to the hub")
+            if thread_calls:
+                self._run_thread_calls()
             if finished():
                 return
             if _forked_child:
