@@ -414,14 +414,22 @@ typedef struct field_links {
     unsigned char later[ENV_LINKED];   /* 1: a repeat, packed with the name's first field */
 } field_links;
 
+/* The mask of an open-addressing table of names for nh fields (ENV_SLOTS at most): a power of
+ * two, at least 16 and at least twice nh, so that probes stay short. */
+static inline size_t slot_mask(size_t nh)
+{
+    size_t mask = 15;
+    while (mask + 1 < 2 * nh) mask = mask * 2 + 1;
+    return mask;
+}
+
 static void link_fields(const sp_header *hs, size_t nh, field_links *fl)
 {
     struct slot {
         uint16_t first1;   /* 1 + the name's first field; 0: empty */
         uint16_t last;     /* the name's last field so far */
     } slots[ENV_SLOTS];
-    size_t mask = 15;
-    while (mask + 1 < 2 * nh) mask = mask * 2 + 1;
+    size_t mask = slot_mask(nh);
     memset(slots, 0, (mask + 1) * sizeof slots[0]);
     for (size_t i = 0; i < nh; i++) {
         const char *name = hs[i].name;
@@ -474,8 +482,7 @@ static int pack_fields_once(packer *pk, const sp_header *hs, size_t nh, const ch
         uint32_t off1;   /* 1 + where the key's name part is in out; 0: empty */
         uint32_t len;
     } slots[ENV_SLOTS];
-    size_t mask = 15;
-    while (mask + 1 < 2 * nh) mask = mask * 2 + 1;
+    size_t mask = slot_mask(nh);
     memset(slots, 0, (mask + 1) * sizeof slots[0]);
     for (size_t i = 0; i < nh; i++) {
         const char *name = hs[i].name;
