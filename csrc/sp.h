@@ -94,6 +94,52 @@ ssize_t sp_decode_path(const char *path, size_t len, char *out);
 #define SP_ENV_NFIXED 5
 ssize_t sp_env_pack(const sp_request_head *req, char *out, size_t cap);
 
+/* The environ's entries one at a time: the one owner of the rules sp_env_pack packs by (which
+ * fields become which keys, what is dropped, how repeats join, Host from an absolute-form
+ * target), for a reader that makes its environ from the head itself (the CPython runner).
+ * sp_env_begin reads the whole head once; the iterator then points into it (and into req), so
+ * the head must outlive it. No allocation. */
+#define SP_ENV_LINKED 256   /* repeats found by a hash index up to this many fields */
+#define SP_ENV_AGAIN 2      /* sp_env_next: the entries so far come again (below) */
+typedef struct sp_env_iter {
+    const char *path; size_t path_len;    /* PATH_INFO, not yet decoded (sp_env_path) */
+    const char *query; size_t query_len;  /* QUERY_STRING */
+    /* private */
+    const sp_request_head *req;
+    size_t i, mask;
+    const char *authority; size_t authority_len;
+    int absolute, mode;
+    uint32_t slot[2 * SP_ENV_LINKED];
+    uint16_t next[SP_ENV_LINKED];
+    unsigned char later[SP_ENV_LINKED];
+} sp_env_iter;
+
+typedef struct sp_env_field {
+    const char *name; size_t name_len;    /* the name as its first field sent it */
+    uint32_t hash;                        /* of the name, ASCII case ignored (0: made up) */
+    int cgi;                              /* 1: CONTENT_TYPE/CONTENT_LENGTH, no HTTP_ prefix */
+    const char *value; size_t value_len;  /* the value; when sep is set only its first piece,
+                                             and value_len is the joined value's (sp_env_join) */
+    const char *sep;                      /* NULL, or ", " / "; ": the name's fields are joined */
+    size_t first;                         /* private */
+} sp_env_field;
+
+/* Starts the entries of req's fields. */
+void sp_env_begin(sp_env_iter *it, const sp_request_head *req);
+/* The next entry into *f: 1, or 0 after the last; or SP_ENV_AGAIN (*f untouched) when a name
+ * turns out to repeat: every entry given so far is void and comes again from the first, its value
+ * joined with its repeats' (a reader that keeps entries by key may let the new ones replace
+ * them; a packer starts its fields over). */
+int sp_env_next(sp_env_iter *it, sp_env_field *f);
+/* Writes f's key ("HTTP_ACCEPT", "CONTENT_TYPE") to out (room for 5 + f->name_len); returns its
+ * length. */
+size_t sp_env_key(const sp_env_field *f, char *out);
+/* Writes f's joined value (f->sep set) to out: exactly f->value_len bytes. */
+void sp_env_join(const sp_env_iter *it, const sp_env_field *f, char *out);
+/* Decodes req's PATH_INFO into out[0..cap) (cap >= req->target_len is always room). Returns its
+ * length, -400 for a bad escape or %00, -431 when out is too small. */
+ssize_t sp_env_path(const sp_request_head *req, char *out, size_t cap);
+
 /* ---- PROXY protocol preamble (proxy.c): zero-copy, no allocation, pure. ------------------------ */
 
 /* The client address a load balancer's PROXY preamble gives (HAProxy's proxy-protocol.txt, v1 text

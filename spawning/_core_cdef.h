@@ -21,6 +21,18 @@ int sp_request_framing(const sp_request_head *req, sp_framing *f);
 int sp_chunked_decode(sp_chunked *d, char *buf, size_t len, size_t *out_len, size_t *consumed);
 ssize_t sp_decode_path(const char *path, size_t len, char *out);
 ssize_t sp_env_pack(const sp_request_head *req, char *out, size_t cap);
+#define SP_ENV_LINKED 256
+#define SP_ENV_AGAIN 2
+typedef struct sp_env_iter { const char *path; size_t path_len; const char *query; size_t query_len; ...; } sp_env_iter;
+typedef struct sp_env_field {
+    const char *name; size_t name_len; uint32_t hash; int cgi; const char *value; size_t value_len;
+    const char *sep; size_t first;
+} sp_env_field;
+void sp_env_begin(sp_env_iter *it, const sp_request_head *req);
+int sp_env_next(sp_env_iter *it, sp_env_field *f);
+size_t sp_env_key(const sp_env_field *f, char *out);
+void sp_env_join(const sp_env_iter *it, const sp_env_field *f, char *out);
+ssize_t sp_env_path(const sp_request_head *req, char *out, size_t cap);
 
 #define SP_PROXY_KEEP 0
 #define SP_PROXY_INET 4

@@ -14,6 +14,12 @@
 
 #define ERR(status) (-(SP_HTTP_##status))
 
+#if defined(__GNUC__) || defined(__clang__)
+#define ENV_INLINE inline __attribute__((always_inline))
+#else
+#define ENV_INLINE inline
+#endif
+
 static inline char ascii_lower(char c)
 {
     return (c >= 'A' && c <= 'Z') ? (char)(c + ('a' - 'A')) : c;
@@ -112,17 +118,6 @@ static inline void overflow(packer *pk)
     pk->cap = pk->pos;
 }
 
-/* Inline so that fixed-size copies (keys, separators) compile to plain stores. */
-static inline void put(packer *pk, const char *s, size_t n)
-{
-    if (pk->cap - pk->pos < n) {
-        overflow(pk);
-        return;
-    }
-    memcpy(pk->out + pk->pos, s, n);
-    pk->pos += n;
-}
-
 static inline void put_nul(packer *pk)
 {
     if (pk->pos == pk->cap) {
@@ -144,8 +139,6 @@ static inline void put_z(packer *pk, const char *s, size_t n)
     pk->pos += n + 1;
 }
 
-/* A fixed key with its NUL, then the value and its NUL. */
-#define PUT_ENTRY(pk, key, v, vn) (put((pk), key, sizeof key), put_z((pk), (v), (vn)))
 /* A value alone, for the fixed entries that open the block. */
 #define PUT_VALUE(pk, v, vn) put_z((pk), (v), (vn))
 
@@ -203,47 +196,10 @@ static inline uint64_t key_word(uint64_t w)
     return w + (dash >> 7) * ('_' - '-');                   /* 0x2d + 0x32 = 0x5f, no carry */
 }
 
-/* Nonzero when a byte of w is '_'. */
-static inline uint64_t has_underscore(uint64_t w)
-{
-    return zero_bytes(w ^ ('_' * ONES));
-}
-
 static inline char key_char(char c)
 {
     if (c == '-') return '_';
     return (c >= 'a' && c <= 'z') ? (char)(c - ('a' - 'A')) : c;
-}
-
-/* Writes the environ key's bytes for name[0..n) to o[0..n). Returns nonzero when the name holds
- * '_': such a name is dropped, since "X_Auth" and "X-Auth" would make the same HTTP_X_AUTH key and
- * a proxy that strips or vouches for one spelling would be bypassed with the other (header
- * spoofing). */
-static int key_chars(char *o, const char *name, size_t n)
-{
-    uint64_t under = 0;
-    if (n >= 8) {
-        size_t i = 0;
-        for (; i + 8 < n; i += 8) {
-            uint64_t w = load8(name + i);
-            under |= has_underscore(w);
-            store8(o + i, key_word(w));
-        }
-        uint64_t w = load8(name + n - 8);   /* the last word, overlapping the one before */
-        under |= has_underscore(w);
-        store8(o + n - 8, key_word(w));
-    } else if (n >= 4) {
-        uint64_t a = load4(name), b = load4(name + n - 4);
-        under = has_underscore(a | 0xFFFFFFFF00000000ull) | has_underscore(b | 0xFFFFFFFF00000000ull);
-        store4(o, key_word(a));
-        store4(o + n - 4, key_word(b));
-    } else {
-        for (size_t i = 0; i < n; i++) {
-            under |= name[i] == '_';
-            o[i] = key_char(name[i]);
-        }
-    }
-    return under != 0;
 }
 
 /* Names of 8 bytes or more are made keys 16 bytes at a time where SSE2 is the baseline (x86-64):
@@ -253,13 +209,12 @@ static int key_chars(char *o, const char *name, size_t n)
 #include <emmintrin.h>
 #define ENV_SSE2 1
 
-/* key_word for 16 bytes: 'a'-'z' upper-cased, '-' as '_'; *under gets a bit for each '_'. Signed
- * compares: bytes 0x80-0xff are negative, so never taken for letters. */
-static inline __m128i key_vec(__m128i v, unsigned *under)
+/* key_word for 16 bytes: 'a'-'z' upper-cased, '-' as '_'. Signed compares: bytes 0x80-0xff are
+ * negative, so never taken for letters. */
+static inline __m128i key_vec(__m128i v)
 {
     __m128i lower = _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8('a' - 1)),
                                   _mm_cmplt_epi8(v, _mm_set1_epi8('z' + 1)));
-    *under |= (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8('_')));
     v = _mm_sub_epi8(v, _mm_and_si128(lower, _mm_set1_epi8(0x20)));
     __m128i dash = _mm_cmpeq_epi8(v, _mm_set1_epi8('-'));
     return _mm_add_epi8(v, _mm_and_si128(dash, _mm_set1_epi8('_' - '-')));
@@ -276,117 +231,94 @@ static inline void store16(char *p, __m128i v)
 }
 #endif
 
-/* key_chars, and *hash set to a hash of the key's bytes as they are written: equal keys, equal
- * hashes. Between two names without '_' (the others are dropped) equal keys mean the same name in
- * any case, since only case and '-' -> '_' fold, and such names hold no '_' to fold with. */
-static int key_chars_hash(char *o, const char *name, size_t n, uint64_t *hash)
+/* Writes the environ key's bytes for name[0..n) to o[0..n): 'a'-'z' upper-cased, '-' as '_'.
+ * Only [name, name + n) is read and only [o, o + n) written. */
+static ENV_INLINE void key_chars(char *o, const char *name, size_t n)
 {
-    const uint64_t k = 0x9E3779B97F4A7C15ull;
-    uint64_t under = 0, h = (uint64_t)n * k;
 #ifdef ENV_SSE2
-    if (n >= 8) {
-        /* Whole 16-byte blocks, then the last 16 bytes (overlapping the block before), or for
-         * names under 16 bytes their first and last 8 in one register; only [name, name + n) is
-         * read and only [o, o + n) written. The hash reads the key words back from o. */
-        unsigned u = 0;
-        if (n >= 16) {
-            size_t i = 0;
-            for (; i + 16 < n; i += 16) {
-                store16(o + i, key_vec(load16(name + i), &u));
-                h = (h ^ load8(o + i)) * k;
-                h = (h ^ load8(o + i + 8)) * k;
-            }
-            store16(o + n - 16, key_vec(load16(name + n - 16), &u));
-            h = (h ^ load8(o + n - 16)) * k;
-        } else {
-            __m128i v = _mm_set_epi64x((long long)load8(name + n - 8), (long long)load8(name));
-            __m128i kv = key_vec(v, &u);
-            _mm_storel_epi64((__m128i *)(void *)o, kv);
-            _mm_storel_epi64((__m128i *)(void *)(o + n - 8), _mm_unpackhi_epi64(kv, kv));
-            h = (h ^ load8(o)) * k;
-        }
-        *hash = (h ^ load8(o + n - 8)) * k;
-        return u != 0;
+    if (n >= 16) {   /* whole 16-byte blocks, then the last 16 (overlapping the block before) */
+        for (size_t i = 0; i + 16 < n; i += 16) store16(o + i, key_vec(load16(name + i)));
+        store16(o + n - 16, key_vec(load16(name + n - 16)));
+        return;
+    }
+    if (n >= 8) {   /* the first and last 8 bytes in one register */
+        __m128i kv = key_vec(_mm_set_epi64x((long long)load8(name + n - 8), (long long)load8(name)));
+        _mm_storel_epi64((__m128i *)(void *)o, kv);
+        _mm_storel_epi64((__m128i *)(void *)(o + n - 8), _mm_unpackhi_epi64(kv, kv));
+        return;
     }
 #endif
     if (n >= 8) {
         size_t i = 0;
-        for (; i + 8 < n; i += 8) {
-            uint64_t w = load8(name + i), kw = key_word(w);
-            under |= has_underscore(w);
-            store8(o + i, kw);
-            h = (h ^ kw) * k;
-        }
-        uint64_t w = load8(name + n - 8), kw = key_word(w);   /* overlapping the one before */
-        under |= has_underscore(w);
-        store8(o + n - 8, kw);
-        h = (h ^ kw) * k;
+        for (; i + 8 < n; i += 8) store8(o + i, key_word(load8(name + i)));
+        store8(o + n - 8, key_word(load8(name + n - 8)));   /* the last word, overlapping */
     } else if (n >= 4) {
         uint64_t a = load4(name), b = load4(name + n - 4);
-        under = has_underscore(a | 0xFFFFFFFF00000000ull) | has_underscore(b | 0xFFFFFFFF00000000ull);
-        uint64_t ka = key_word(a) & 0xFFFFFFFFull, kb = key_word(b) & 0xFFFFFFFFull;
-        store4(o, ka);
-        store4(o + n - 4, kb);
-        h = (h ^ (ka | kb << 32)) * k;
+        store4(o, key_word(a));
+        store4(o + n - 4, key_word(b));
     } else {
-        uint64_t v = 0;
-        for (size_t i = 0; i < n; i++) {
-            under |= name[i] == '_';
-            o[i] = key_char(name[i]);
-            v = v << 8 | (unsigned char)o[i];
-        }
-        h = (h ^ v) * k;
+        for (size_t i = 0; i < n; i++) o[i] = key_char(name[i]);
     }
-    *hash = h;
-    return under != 0;
 }
 
 /* A hash of the name that ignores ASCII case (0x20 set in every byte: only letters differ in
- * it among token bytes, and any other byte it merges is told apart by eq_nocase). */
-static inline uint32_t name_hash(const char *s, size_t n)
+ * it among token bytes, and any other byte it merges is told apart by eq_nocase); *under is set
+ * nonzero when the name holds '_', from the same words. */
+static inline uint32_t name_scan(const char *s, size_t n, int *under)
 {
     const uint64_t k = 0x9E3779B97F4A7C15ull, fold = 0x20 * ONES;
-    uint64_t h = (uint64_t)n * k;
+    uint64_t h = (uint64_t)n * k, u = 0;
+    /* '_' is the one byte that fold makes 0x7f: 0x80 where a folded byte's low 7 bits are all
+     * set and its high bit is clear (no carry crosses bytes). */
+#define FOLDED_UNDER(fw) ((((fw) & LOWS7) + ONES) & ~(fw) & HIGHS)
     if (n >= 8) {
         size_t i = 0;
-        for (; i + 8 < n; i += 8) h = (h ^ (load8(s + i) | fold)) * k;
-        h = (h ^ (load8(s + n - 8) | fold)) * k;
+        for (; i + 8 < n; i += 8) {
+            uint64_t fw = load8(s + i) | fold;
+            u |= FOLDED_UNDER(fw);
+            h = (h ^ fw) * k;
+        }
+        uint64_t fw = load8(s + n - 8) | fold;
+        u |= FOLDED_UNDER(fw);
+        h = (h ^ fw) * k;
     } else if (n >= 4) {
-        h = (h ^ ((load4(s) | load4(s + n - 4) << 32) | fold)) * k;
+        uint64_t fw = (load4(s) | load4(s + n - 4) << 32) | fold;
+        u = FOLDED_UNDER(fw);
+        h = (h ^ fw) * k;
     } else if (n) {
         uint64_t v = (uint64_t)(unsigned char)s[0] | (uint64_t)(unsigned char)s[n / 2] << 8 |
                      (uint64_t)(unsigned char)s[n - 1] << 16;
+        u = s[0] == '_' || s[n / 2] == '_' || s[n - 1] == '_';
         h = (h ^ (v | fold)) * k;
     }
+#undef FOLDED_UNDER
+    *under = u != 0;
     return (uint32_t)(h >> 32);
 }
 
-/* How a distinct name is packed. */
+/* How a distinct name becomes an entry. */
 enum { NAME_PLAIN, NAME_DROP, NAME_CONTENT_TYPE, NAME_CONTENT_LENGTH, NAME_HOST, NAME_COOKIE };
 
-static int name_kind(const char *name, size_t n)
-{
-    switch (n) {
-    case 4: return EQ_LIT(name, n, "host") ? NAME_HOST : NAME_PLAIN;
-    /* httpoxy (CVE-2016-5385): HTTP_PROXY in the environment is mistaken for a proxy setting. */
-    case 5: return EQ_LIT(name, n, "proxy") ? NAME_DROP : NAME_PLAIN;
-    case 6: return EQ_LIT(name, n, "cookie") ? NAME_COOKIE : NAME_PLAIN;
-    case 12: return EQ_LIT(name, n, "content-type") ? NAME_CONTENT_TYPE : NAME_PLAIN;
-    case 14: return EQ_LIT(name, n, "content-length") ? NAME_CONTENT_LENGTH : NAME_PLAIN;
-    default: return NAME_PLAIN;
-    }
-}
+/* Compares by words with 0x20 set in every byte (name_scan's fold: among token bytes it makes
+ * only upper-case letters lower-case), so "Host" and "HOST" are "host". */
+#define FOLD4(p) (load4(p) | 0x20202020ull)
+#define FOLD8(p) (load8(p) | 0x2020202020202020ull)
+#define LIT4(lit) load4(lit)
+#define LIT8(lit) load8(lit)
 
-/* name_kind for a name already made a key (upper case, '_' for '-'): whole-word compares. A name
- * holding '_' is dropped before it is asked, so "CONTENT_TYPE" is only Content-Type's key. */
-static inline int key_kind(const char *key, size_t n)
+static inline int name_kind(const char *name, size_t n)
 {
     switch (n) {
-    case 4: return memcmp(key, "HOST", 4) == 0 ? NAME_HOST : NAME_PLAIN;
-    case 5: return memcmp(key, "PROXY", 5) == 0 ? NAME_DROP : NAME_PLAIN;
-    case 6: return memcmp(key, "COOKIE", 6) == 0 ? NAME_COOKIE : NAME_PLAIN;
-    case 12: return memcmp(key, "CONTENT_TYPE", 12) == 0 ? NAME_CONTENT_TYPE : NAME_PLAIN;
-    case 14: return memcmp(key, "CONTENT_LENGTH", 14) == 0 ? NAME_CONTENT_LENGTH : NAME_PLAIN;
+    case 4: return FOLD4(name) == LIT4("host") ? NAME_HOST : NAME_PLAIN;
+    /* httpoxy (CVE-2016-5385): HTTP_PROXY in the environment is mistaken for a proxy setting. */
+    case 5: return FOLD4(name) == LIT4("prox") && (name[4] | 0x20) == 'y' ? NAME_DROP : NAME_PLAIN;
+    case 6: return FOLD4(name) == LIT4("cook") && FOLD4(name + 2) == LIT4("okie") ? NAME_COOKIE : NAME_PLAIN;
+    case 12:
+        return FOLD8(name) == LIT8("content-") && FOLD4(name + 8) == LIT4("type") ? NAME_CONTENT_TYPE
+                                                                               : NAME_PLAIN;
+    case 14:
+        return FOLD8(name) == LIT8("content-") && FOLD8(name + 6) == LIT8("t-length") ? NAME_CONTENT_LENGTH
+                                                                                   : NAME_PLAIN;
     default: return NAME_PLAIN;
     }
 }
@@ -403,19 +335,18 @@ static void first_list_element(const sp_header *h, const char **v, size_t *vn)
     *vn = (size_t)(e - s);
 }
 
-/* Where the later fields of a name are: next[i] is the index of the next field with field i's
- * name, 0 for none (field 0 is never a later one). Linked by the hash index, or, past
- * ENV_LINKED fields (more than the server's parser ever returns), by comparing names pairwise. */
-#define ENV_LINKED 256
-#define ENV_SLOTS (2 * ENV_LINKED)   /* a power of two, at most half full */
+/* ---- The environ's entries, one at a time (sp_env_begin / sp_env_next) ------------------------
+ * One entry per distinct name, in first-seen order; repeats are joined (RFC 9110 5.3), with "; "
+ * for Cookie (RFC 6265 5.4). Most heads repeat no name, so the entries first go out as the names
+ * come, each name put in an open-addressing table of the names' hashes (it->slot) as it goes:
+ * a name found there is the first repeat, and the iterator starts over (SP_ENV_AGAIN) with every
+ * field linked to its name's next one (link_fields), so that the entries it gave come again,
+ * joined. Past SP_ENV_LINKED fields (more than the server's parser ever returns) names are
+ * compared pairwise instead. */
+enum { MODE_FIRST, MODE_LINKED, MODE_PAIRWISE };
 
-typedef struct field_links {
-    uint16_t next[ENV_LINKED];
-    unsigned char later[ENV_LINKED];   /* 1: a repeat, packed with the name's first field */
-} field_links;
-
-/* The mask of an open-addressing table of names for nh fields (ENV_SLOTS at most): a power of
- * two, at least 16 and at least twice nh, so that probes stay short. */
+/* The mask of a table of names for nh fields (2 * SP_ENV_LINKED slots at most): a power of two,
+ * at least 16 and at least twice nh, so that probes stay short. */
 static inline size_t slot_mask(size_t nh)
 {
     size_t mask = 15;
@@ -423,20 +354,23 @@ static inline size_t slot_mask(size_t nh)
     return mask;
 }
 
-static void link_fields(const sp_header *hs, size_t nh, field_links *fl)
+/* next[i]: the index of the next field with field i's name, 0 for none (field 0 is never a later
+ * one); later[i]: 1 for a repeat, which is packed with its name's first field. */
+static void link_fields(sp_env_iter *it, const sp_header *hs, size_t nh)
 {
     struct slot {
         uint16_t first1;   /* 1 + the name's first field; 0: empty */
         uint16_t last;     /* the name's last field so far */
-    } slots[ENV_SLOTS];
+    } slots[2 * SP_ENV_LINKED];
     size_t mask = slot_mask(nh);
     memset(slots, 0, (mask + 1) * sizeof slots[0]);
     for (size_t i = 0; i < nh; i++) {
         const char *name = hs[i].name;
         size_t n = hs[i].name_len;
-        fl->next[i] = 0;
-        fl->later[i] = 0;
-        for (size_t at = name_hash(name, n) & mask;; at = (at + 1) & mask) {
+        int under;
+        it->next[i] = 0;
+        it->later[i] = 0;
+        for (size_t at = name_scan(name, n, &under) & mask;; at = (at + 1) & mask) {
             struct slot *sl = &slots[at];
             if (!sl->first1) {
                 sl->first1 = (uint16_t)(i + 1);
@@ -445,9 +379,9 @@ static void link_fields(const sp_header *hs, size_t nh, field_links *fl)
             }
             const sp_header *f = &hs[sl->first1 - 1];
             if (eq_nocase(f->name, f->name_len, name, n)) {
-                fl->next[sl->last] = (uint16_t)i;
+                it->next[sl->last] = (uint16_t)i;
                 sl->last = (uint16_t)i;
-                fl->later[i] = 1;
+                it->later[i] = 1;
                 break;
             }
         }
@@ -469,171 +403,221 @@ static int is_later_field(const sp_header *hs, size_t i)
     return 0;
 }
 
-/* The fields' entries in one pass, for the usual head, whose names are all distinct: each key is
- * hashed as it is written and looked up among the keys written before it. Returns 0 when done, 1
- * when a name repeats (or the block is full): the caller then packs the fields again the general
- * way (sp_env_pack's loop), from where this began. So the hash index is built from the keys' words
- * already in hand, in the same pass, where the general way hashes every name once more to link
- * repeats first. nh <= ENV_LINKED. */
-static int pack_fields_once(packer *pk, const sp_header *hs, size_t nh, const char *authority,
-                            size_t authority_len, int *absolute)
+/* The field after i with its name, 0 for none; MODE_FIRST has seen no repeat (so none). */
+static inline size_t next_of(const sp_env_iter *it, size_t i)
 {
-    struct key_slot {
-        uint32_t off1;   /* 1 + where the key's name part is in out; 0: empty */
-        uint32_t len;
-    } slots[ENV_SLOTS];
-    size_t mask = slot_mask(nh);
-    memset(slots, 0, (mask + 1) * sizeof slots[0]);
-    for (size_t i = 0; i < nh; i++) {
-        const char *name = hs[i].name;
-        size_t nn = hs[i].name_len;
-        /* The key is made after "HTTP_"'s room, then told apart (key_kind); CONTENT_TYPE and
-         * CONTENT_LENGTH move to where the prefix would be. A block too small for the prefix
-         * then is packed again the general way, which knows the kind first. */
-        if (pk->cap - pk->pos < 5 + nn + 1) {
-            if (memchr(name, '_', nn)) continue;   /* dropped: it needs no room */
-            return 1;
-        }
-        char *key = pk->out + pk->pos + 5;
-        uint64_t h;
-        if (key_chars_hash(key, name, nn, &h)) continue;   /* '_': dropped */
-        int kind = key_kind(key, nn);
-        if (kind == NAME_DROP) continue;
-        size_t prefix = 5;
-        if (kind == NAME_CONTENT_TYPE || kind == NAME_CONTENT_LENGTH) {
-            prefix = 0;
-            key -= 5;
-            memmove(key, key + 5, nn);
-        }
-        for (size_t at = (size_t)(h >> 40) & mask;; at = (at + 1) & mask) {
-            struct key_slot *sl = &slots[at];
-            if (!sl->off1) {
-                sl->off1 = (uint32_t)(key - pk->out) + 1;
-                sl->len = (uint32_t)nn;
-                break;
-            }
-            if (sl->len == nn && memcmp(pk->out + sl->off1 - 1, key, nn) == 0) return 1;   /* a repeat */
-        }
-        if (prefix) memcpy(pk->out + pk->pos, "HTTP_", 5);
-        pk->pos += prefix + nn;
-        pk->out[pk->pos++] = '\0';
-        if (*absolute && kind == NAME_HOST) {
-            put_z(pk, authority, authority_len);
-            *absolute = 2;
-        } else if (kind == NAME_CONTENT_LENGTH) {
-            const char *v;
-            size_t vn;
-            first_list_element(&hs[i], &v, &vn);
-            put_z(pk, v, vn);
-        } else {
-            put_z(pk, hs[i].value, hs[i].value_len);
-        }
-        if (pk->full) return 1;
-    }
+    if (it->mode == MODE_LINKED) return it->next[i];
+    if (it->mode == MODE_PAIRWISE) return next_same_name(it->req->headers, it->req->num_headers, i);
     return 0;
 }
+
+/* The target's parts as the environ has them: PATH_INFO's bytes before decoding, and for an
+ * absolute-form target its authority (else NULL). */
+static void path_of(const sp_request_head *req, const char **path, size_t *path_len,
+                    const char **auth, size_t *auth_len)
+{
+    target_parts(req->target, req->target_len, path, path_len, auth, auth_len);
+    /* RFC 9112 3.2.2: for an absolute-form target the server uses its authority, not the Host
+     * field; and an empty path there is "/" (RFC 9110 4.2.3). */
+    if (*auth && *path_len == 0) {
+        *path = "/";
+        *path_len = 1;
+    }
+}
+
+void sp_env_begin(sp_env_iter *it, const sp_request_head *req)
+{
+    const char *t = req->target;
+    size_t tn = req->target_len, nh = req->num_headers;
+    it->req = req;
+    it->i = 0;
+    path_of(req, &it->path, &it->path_len, &it->authority, &it->authority_len);
+    it->absolute = it->authority != NULL;   /* 2 once its HTTP_HOST is given */
+    const char *q = memchr(t, '?', tn);
+    it->query = q ? q + 1 : "";
+    it->query_len = q ? (size_t)(t + tn - (q + 1)) : 0;
+    if (nh <= SP_ENV_LINKED) {
+        it->mode = MODE_FIRST;
+        it->mask = slot_mask(nh);
+        memset(it->slot, 0, (it->mask + 1) * sizeof it->slot[0]);
+    } else {
+        it->mode = MODE_PAIRWISE;
+    }
+}
+
+ssize_t sp_env_path(const sp_request_head *req, char *out, size_t cap)
+{
+    const char *p, *auth;
+    size_t n, auth_len;
+    path_of(req, &p, &n, &auth, &auth_len);
+    return decode(p, n, out, cap);
+}
+
+/* sp_env_next, inline in sp_env_pack. */
+static ENV_INLINE int env_next(sp_env_iter *it, sp_env_field *f)
+{
+    const sp_header *hs = it->req->headers;
+    size_t nh = it->req->num_headers, i = it->i;
+    int mode = it->mode, kind = NAME_PLAIN;
+    uint32_t hash = 0;
+    for (; i < nh; i++) {
+        const char *name = hs[i].name;
+        size_t nn = hs[i].name_len;
+        if (mode != MODE_FIRST && (mode == MODE_LINKED ? it->later[i] : is_later_field(hs, i)))
+            continue;   /* a repeat: its value goes with its name's first field's */
+        /* A name holding '_' is dropped, with its repeats (which hold it too), since "X_Auth" and
+         * "X-Auth" would make the same HTTP_X_AUTH key and a proxy that strips or vouches for one
+         * spelling would be bypassed with the other (header spoofing). */
+        int under;
+        hash = name_scan(name, nn, &under);
+        if (under) continue;
+        kind = name_kind(name, nn);
+        if (kind == NAME_DROP) continue;
+        if (mode == MODE_FIRST) {
+            /* A slot holds 1 + the field's index and, above it, the hash's top 16 bits: names
+             * that only share a slot (the Sec-Fetch-* of one length) are told apart without a
+             * compare. */
+            uint32_t tag = hash & 0xFFFF0000u;
+            size_t mask = it->mask;
+            for (size_t at = hash & mask;; at = (at + 1) & mask) {
+                uint32_t s = it->slot[at];
+                if (!s) {
+                    it->slot[at] = tag | (uint32_t)(i + 1);
+                    break;
+                }
+                if ((s & 0xFFFF0000u) != tag) continue;
+                s &= 0xFFFF;
+                if (eq_nocase(hs[s - 1].name, hs[s - 1].name_len, name, nn)) {
+                    /* The name repeats: the entries given so far come again, joined. */
+                    link_fields(it, hs, nh);
+                    it->mode = MODE_LINKED;
+                    it->i = 0;
+                    it->absolute = it->authority != NULL;
+                    return SP_ENV_AGAIN;
+                }
+            }
+        }
+        break;
+    }
+    if (i == nh) {
+        it->i = nh;
+        if (it->absolute != 1) return 0;
+        it->absolute = 2;   /* HTTP/1.0 without Host: the target's authority */
+        f->name = "Host";
+        f->name_len = 4;
+        f->hash = 0;
+        f->cgi = 0;
+        f->first = nh;
+        f->sep = NULL;
+        f->value = it->authority;
+        f->value_len = it->authority_len;
+        return 1;
+    }
+    it->i = i + 1;
+    f->name = hs[i].name;
+    f->name_len = hs[i].name_len;
+    f->hash = hash;
+    /* CONTENT_TYPE and CONTENT_LENGTH without the HTTP_ prefix (PEP 3333). */
+    f->cgi = kind == NAME_CONTENT_TYPE || kind == NAME_CONTENT_LENGTH;
+    f->first = i;
+    f->sep = NULL;
+    if (kind == NAME_PLAIN) {
+        f->value = hs[i].value;
+        f->value_len = hs[i].value_len;
+    } else if (kind == NAME_HOST && it->absolute) {
+        f->value = it->authority;
+        f->value_len = it->authority_len;
+        it->absolute = 2;
+        return 1;
+    } else if (kind == NAME_CONTENT_LENGTH) {
+        first_list_element(&hs[i], &f->value, &f->value_len);
+        return 1;
+    } else {
+        f->value = hs[i].value;
+        f->value_len = hs[i].value_len;
+    }
+    size_t k = mode == MODE_FIRST ? 0 : next_of(it, i);
+    if (k) {   /* joined: the whole length, for sp_env_join */
+        f->sep = kind == NAME_COOKIE ? "; " : ", ";
+        for (; k; k = next_of(it, k)) f->value_len += 2 + hs[k].value_len;
+    }
+    return 1;
+}
+
+int sp_env_next(sp_env_iter *it, sp_env_field *f)
+{
+    return env_next(it, f);
+}
+
+static ENV_INLINE size_t env_key(const sp_env_field *f, char *out)
+{
+    size_t prefix = f->cgi ? 0 : 5;
+    if (prefix) memcpy(out, "HTTP_", 5);
+    key_chars(out + prefix, f->name, f->name_len);
+    return prefix + f->name_len;
+}
+
+size_t sp_env_key(const sp_env_field *f, char *out)
+{
+    return env_key(f, out);
+}
+
+void sp_env_join(const sp_env_iter *it, const sp_env_field *f, char *out)
+{
+    const sp_header *hs = it->req->headers;
+    size_t k = f->first, o = 0;
+    memcpy(out, hs[k].value, hs[k].value_len);
+    o += hs[k].value_len;
+    while ((k = next_of(it, k)) != 0) {
+        memcpy(out + o, f->sep, 2);
+        memcpy(out + o + 2, hs[k].value, hs[k].value_len);
+        o += 2 + hs[k].value_len;
+    }
+}
+
+/* ---- sp_env_pack: the entries, packed ----------------------------------------------------------- */
 
 ssize_t sp_env_pack(const sp_request_head *req, char *out, size_t cap)
 {
     static const char http10[] = "HTTP/1.0", http11[] = "HTTP/1.1";
     packer pk = {out, cap, 0, 0};
-    const char *t = req->target;
-    size_t tn = req->target_len;
+    sp_env_iter it;
+    sp_env_begin(&it, req);
 
     /* The fixed entries are values only, in SP_ENV_FIXED order: Python zips them with constant
      * (hashed once) key strings instead of building and hashing five new keys per request. */
     PUT_VALUE(&pk, req->method, req->method_len);
-
-    /* PATH_INFO is decoded straight into out; it is never longer than the target. */
     if (pk.full) return ERR(HEADERS_TOO_LARGE);
-    const char *path;
-    size_t path_raw;
-    const char *authority;
-    size_t authority_len;
-    target_parts(t, tn, &path, &path_raw, &authority, &authority_len);
-    /* RFC 9112 3.2.2: for an absolute-form target the server uses its authority, not the Host
-     * field; and an empty path there is "/" (RFC 9110 4.2.3). */
-    int absolute = authority != NULL;   /* 2 once HTTP_HOST is emitted */
-    if (absolute && path_raw == 0) {
-        path = "/";
-        path_raw = 1;
-    }
-    ssize_t plen = decode(path, path_raw, out + pk.pos, pk.cap - pk.pos);
+    /* PATH_INFO is decoded straight into out; it is never longer than the target. */
+    ssize_t plen = decode(it.path, it.path_len, out + pk.pos, pk.cap - pk.pos);
     if (plen < 0) return plen;
     pk.pos += (size_t)plen;
     put_nul(&pk);
-
-    const char *q = memchr(t, '?', tn);
-    if (q) PUT_VALUE(&pk, q + 1, (size_t)(t + tn - (q + 1)));
-    else PUT_VALUE(&pk, "", 0);
+    PUT_VALUE(&pk, it.query, it.query_len);
     if (req->minor_version == 0) PUT_VALUE(&pk, http10, sizeof http10 - 1);
     else PUT_VALUE(&pk, http11, sizeof http11 - 1);
-    PUT_VALUE(&pk, t, tn);
+    PUT_VALUE(&pk, req->target, req->target_len);
 
-    /* One entry per distinct name, in first-seen order; repeats are joined (RFC 9110 5.3), with
-     * "; " for Cookie (RFC 6265 5.4). The repeats of a name are found through a hash index of the
-     * names, built in one pass: linear in the field count. */
-    const sp_header *hs = req->headers;
-    size_t nh = req->num_headers;
-    int linked = nh <= ENV_LINKED;
-    if (linked && !pk.full) {
-        packer at = pk;
-        int was = absolute;
-        if (pack_fields_once(&pk, hs, nh, authority, authority_len, &absolute) == 0)
-            nh = 0;   /* all packed: the general way below has nothing to do */
-        else
-            pk = at, absolute = was;   /* a repeated name: packed again below, the general way */
-    }
-    field_links fl;
-    if (linked && nh) link_fields(hs, nh, &fl);
-    for (size_t i = 0; i < nh && !pk.full; i++) {
-        if (linked ? fl.later[i] : is_later_field(hs, i)) continue;   /* packed with its first */
-        const char *name = hs[i].name;
-        size_t nn = hs[i].name_len;
-        int kind = name_kind(name, nn);
-        if (kind == NAME_DROP) continue;
-
-        /* The key: CONTENT_TYPE and CONTENT_LENGTH without the HTTP_ prefix (PEP 3333),
-         * HTTP_<NAME> for the rest; then its NUL. */
-        size_t prefix = (kind == NAME_CONTENT_TYPE || kind == NAME_CONTENT_LENGTH) ? 0 : 5;
-        if (pk.cap - pk.pos < prefix + nn + 1) {
-            if (memchr(name, '_', nn)) continue;   /* dropped: it needs no room */
+    size_t fields_at = pk.pos;
+    sp_env_field f;
+    int more;
+    while (!pk.full && (more = env_next(&it, &f)) != 0) {
+        if (more == SP_ENV_AGAIN) {   /* a name repeats: its entries again, joined */
+            pk.pos = fields_at;
+            continue;
+        }
+        size_t kn = (f.cgi ? 0 : 5) + f.name_len;
+        if (pk.cap - pk.pos <= kn + 1 + f.value_len) {   /* the key, the value and two NULs */
             overflow(&pk);
             break;
         }
-        if (key_chars(pk.out + pk.pos + prefix, name, nn)) continue;   /* '_': dropped, with its repeats */
-        if (prefix) memcpy(pk.out + pk.pos, "HTTP_", 5);
-        pk.pos += prefix + nn;
+        pk.pos += env_key(&f, pk.out + pk.pos);
         pk.out[pk.pos++] = '\0';
-
-        if (absolute && kind == NAME_HOST) {
-            put_z(&pk, authority, authority_len);
-            absolute = 2;
-            continue;
-        }
-        if (kind == NAME_CONTENT_LENGTH) {
-            const char *v;
-            size_t vn;
-            first_list_element(&hs[i], &v, &vn);
-            put_z(&pk, v, vn);
-            continue;
-        }
-        size_t k = linked ? fl.next[i] : next_same_name(hs, nh, i);
-        if (!k) {   /* the usual case: the name once */
-            put_z(&pk, hs[i].value, hs[i].value_len);
-            continue;
-        }
-        const char *sep = kind == NAME_COOKIE ? "; " : ", ";
-        put(&pk, hs[i].value, hs[i].value_len);
-        for (k = i;;) {
-            k = linked ? fl.next[k] : next_same_name(hs, nh, k);
-            if (!k) break;
-            put(&pk, sep, 2);
-            put(&pk, hs[k].value, hs[k].value_len);
-        }
-        put_nul(&pk);
+        if (f.sep) sp_env_join(&it, &f, pk.out + pk.pos);
+        else memcpy(pk.out + pk.pos, f.value, f.value_len);
+        pk.pos += f.value_len;
+        pk.out[pk.pos++] = '\0';
     }
-    if (absolute == 1) PUT_ENTRY(&pk, "HTTP_HOST", authority, authority_len);   /* 1.0, no Host */
     if (pk.full) return ERR(HEADERS_TOO_LARGE);
     return (ssize_t)pk.pos;
 }
