@@ -131,6 +131,9 @@ void sp_env_begin(sp_env_iter *it, const sp_request_head *req);
  * joined with its repeats' (a reader that keeps entries by key may let the new ones replace
  * them; a packer starts its fields over). */
 int sp_env_next(sp_env_iter *it, sp_env_field *f);
+/* Every entry (what sp_env_next gives, repeats resolved) into out, which has room for
+ * req->num_headers + 1; returns their count. */
+size_t sp_env_all(sp_env_iter *it, sp_env_field *out);
 /* Writes f's key ("HTTP_ACCEPT", "CONTENT_TYPE") to out (room for 5 + f->name_len); returns its
  * length. */
 size_t sp_env_key(const sp_env_field *f, char *out);
@@ -202,8 +205,9 @@ typedef struct sp_request {
     const char *env;             /* "REMOTE_ADDR value\0", sp_env_pack()'s block, then the REMOTE_PORT
                                     value (env_len stops before its NUL). The port comes last so
                                     that everything before the final NUL is the same for requests
-                                    repeated on any connection from one address: that part (and
-                                    the listener) is the environ key of request codes. */
+                                    repeated on any connection from one address. Packed on the
+                                    first sp_code_env() for the request: NULL until then (the C
+                                    runner reads sp_code_head() instead and never asks). */
     size_t env_len;
     int fd;                      /* the connection's socket (for wait_read/wait_write in green mode) */
     int listener;                /* index given to sp_server_add_listener() */
@@ -370,8 +374,25 @@ ssize_t sp_req_sendfile(sp_server *s, int64_t code, int fd, int64_t offset, size
 int sp_req_respond(sp_server *s, int64_t code, const char *status, size_t slen,
                    const char *headers, size_t hlen, const char *body, size_t blen);
 /* The request a code names, NULL if it names none that Python holds now. Read it at once: the
- * pointer is not to be kept (another call may finish the request and free it). */
+ * pointer is not to be kept (another call may finish the request and free it). Its env may be
+ * NULL: sp_code_env() packs it. */
 sp_request *sp_code_req(sp_server *s, int64_t code);
+/* sp_code_req() with the request's env block packed (on the first ask for a head: the Python
+ * path's environ is made from it). NULL also when there was no memory to pack it. */
+sp_request *sp_code_env(sp_server *s, int64_t code);
+/* What the core keeps of a request's head, for a reader that makes its environ from it with
+ * sp_env_begin() (the CPython runner) instead of the packed block: the parse's results pointing
+ * into a copy of the head's bytes, which the connection keeps (not the read buffer, which goes
+ * back to the pool or moves under a body). Valid, like the request, until it is finished. */
+typedef struct sp_head {
+    sp_request_head req;                 /* headers[] and every pointer: into the copy */
+    const char *path; size_t path_len;   /* PATH_INFO, decoded (sp_env_path) */
+    const char *addr; size_t addr_len;   /* REMOTE_ADDR's value */
+    const char *port; size_t port_len;   /* REMOTE_PORT's value */
+} sp_head;
+/* sp_code_req(), and *head the request's head. NULL (and *head untouched) if the code names no
+ * request Python holds now. */
+sp_request *sp_code_head(sp_server *s, int64_t code, const sp_head **head);
 /* sp_req_respond() for the request a code names (-ESTALE if none), with status and headers in
  * one buffer: head is "status\0headers" (the status holds no NUL: callers check). */
 int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,

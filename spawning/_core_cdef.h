@@ -30,6 +30,7 @@ typedef struct sp_env_field {
 } sp_env_field;
 void sp_env_begin(sp_env_iter *it, const sp_request_head *req);
 int sp_env_next(sp_env_iter *it, sp_env_field *f);
+size_t sp_env_all(sp_env_iter *it, sp_env_field *out);
 size_t sp_env_key(const sp_env_field *f, char *out);
 void sp_env_join(const sp_env_iter *it, const sp_env_field *f, char *out);
 ssize_t sp_env_path(const sp_request_head *req, char *out, size_t cap);
@@ -104,6 +105,12 @@ int sp_req_finish(sp_server *s, int64_t code, int abort);
 ssize_t sp_req_read(sp_server *s, int64_t code, char *buf, size_t n);
 ssize_t sp_code_peek(sp_server *s, int64_t code, const char **data, size_t n);
 sp_request *sp_code_req(sp_server *s, int64_t code);
+sp_request *sp_code_env(sp_server *s, int64_t code);
+typedef struct sp_head {
+    sp_request_head req; const char *path; size_t path_len; const char *addr; size_t addr_len;
+    const char *port; size_t port_len;
+} sp_head;
+sp_request *sp_code_head(sp_server *s, int64_t code, const sp_head **head);
 int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen, const char *body, size_t blen);
 void sp_server_flush(sp_server *s);
 int64_t sp_code_answer(sp_server *s, int64_t code, const char *head, size_t hlen, const char *body, size_t blen);

@@ -230,6 +230,23 @@ sp_request *sp_code_req(sp_server *s, int64_t code) {
     return c ? &c->req : NULL;
 }
 
+sp_request *sp_code_env(sp_server *s, int64_t code) {
+    LOCK(s);
+    sp_conn *c = conn_code(s, code);
+    if (c && conn_env_block(c) < 0) c = NULL;
+    UNLOCK(s);
+    return c ? &c->req : NULL;
+}
+
+sp_request *sp_code_head(sp_server *s, int64_t code, const sp_head **head) {
+    LOCK(s);
+    sp_conn *c = conn_code(s, code);
+    UNLOCK(s);
+    if (!c) return NULL;
+    *head = (const sp_head *)(const void *)c->envbuf;
+    return &c->req;
+}
+
 /* sp_code_respond with s->mu held. head: "status\0headers" (headers as sp_req_start takes them). */
 static int code_respond_locked(sp_server *s, int64_t code, const char *head, size_t hlen,
                                const char *body, size_t blen) {

@@ -201,6 +201,9 @@ void conn_error(sp_server *s, sp_conn *c, int status);
 /* Parses a complete head at in[pos..]: 1 (queued for Python), 0 (needs more bytes, or C_BODY
  * reads a small body first), -1 (answered with an error; c may be closed). */
 int conn_try_parse(sp_server *s, sp_conn *c);
+/* Packs the request's env block (sp_request.env) from envbuf's copy of its head, if not packed
+ * yet; with s->mu held. 0, or -ENOMEM (the copy is untouched). */
+int conn_env_block(sp_conn *c);
 /* Reads what the socket has and parses, for C_HEAD and C_BODY connections; may close c. */
 void conn_read_head(sp_server *s, sp_conn *c);
 

@@ -14,29 +14,103 @@
 
 /* ---- reading and parsing heads --------------------------------------------------------------- */
 
-static int env_build(sp_conn *c, const sp_request_head *rh, size_t head_len) {
-    size_t need = c->remote_len + c->port_len + 1 + head_len * 2 + rh->num_headers * 8 + 256;
+/* envbuf, from a parse to the request's finish (sp_head's contract, sp.h):
+ *
+ *   sp_head | sp_header[num_headers] | the head's bytes | PATH_INFO decoded | (the env block)
+ *
+ * The head is copied because the read buffer does not last as long as the request: it goes back
+ * to the pool once a request without a body is queued, and a body moves the bytes before it. The
+ * block (sp_request.env) is packed from the copy only when asked (conn_env_block): the C runner
+ * never asks, the Python path always does. A repeated head (c->repeat) skips all this: the last
+ * head's copy, and its block if one was packed, describe it. */
+static int env_build(sp_conn *c, const sp_request_head *rh, const char *head, size_t head_len) {
+    size_t nh = rh->num_headers;
+    size_t copy_at = sizeof(sp_head) + nh * sizeof(sp_header), path_at = copy_at + head_len;
+    size_t need = path_at + rh->target_len + 1;   /* PATH_INFO is never longer than the target */
+    if (c->env_cap < need) {
+        char *e = realloc(c->envbuf, need);
+        if (!e) return -500;
+        c->envbuf = e;
+        c->env_cap = need;
+    }
+    sp_head *h = (sp_head *)(void *)c->envbuf;
+    sp_header *hs = (sp_header *)(void *)(c->envbuf + sizeof(sp_head));
+    char *copy = c->envbuf + copy_at;
+    memcpy(copy, head, head_len);
+    for (size_t i = 0; i < nh; i++) {
+        const sp_header *f = &rh->headers[i];
+        hs[i].name = copy + (f->name - head);
+        hs[i].name_len = f->name_len;
+        hs[i].value = copy + (f->value - head);
+        hs[i].value_len = f->value_len;
+    }
+    h->req.method = copy + (rh->method - head);
+    h->req.method_len = rh->method_len;
+    h->req.target = copy + (rh->target - head);
+    h->req.target_len = rh->target_len;
+    h->req.minor_version = rh->minor_version;
+    h->req.headers = hs;
+    h->req.num_headers = nh;
+    ssize_t pn = sp_env_path(rh, c->envbuf + path_at, rh->target_len + 1);
+    if (pn < 0) return (int)pn;   /* -400: a bad escape or %00 */
+    h->path = c->envbuf + path_at;
+    h->path_len = (size_t)pn;
+    h->addr = c->remote;
+    h->addr_len = c->remote_len - 1;
+    h->port = c->port;
+    h->port_len = c->port_len;
+    c->req.env = NULL;   /* packed when asked */
+    c->req.env_len = 0;
+    return 0;
+}
+
+/* The pointers of envbuf's sp_head into envbuf itself, after envbuf moved from old. */
+static void head_moved(sp_conn *c, uintptr_t old) {
+    sp_head *h = (sp_head *)(void *)c->envbuf;
+#define MOVED(p) ((p) = c->envbuf + ((uintptr_t)(p) - old))
+    MOVED(h->req.method);
+    MOVED(h->req.target);
+    MOVED(h->path);
+    h->req.headers = (sp_header *)(void *)(c->envbuf + sizeof(sp_head));
+    for (size_t i = 0; i < h->req.num_headers; i++) {
+        MOVED(h->req.headers[i].name);
+        MOVED(h->req.headers[i].value);
+    }
+#undef MOVED
+}
+
+int conn_env_block(sp_conn *c) {
+    if (c->req.env) return 0;
+    if (!c->envbuf) return -EINVAL;
+    sp_head *h = (sp_head *)(void *)c->envbuf;
+    size_t at = (size_t)(h->path - c->envbuf) + h->req.target_len + 1;
+    size_t head_len = (size_t)(h->path - (char *)(h->req.headers + h->req.num_headers));
+    size_t need = at + c->remote_len + c->port_len + 1 + head_len * 2 + h->req.num_headers * 8 + 256;
     for (int tries = 0; tries < 2; tries++) {
         if (c->env_cap < need) {
+            uintptr_t old = (uintptr_t)c->envbuf;
             char *e = realloc(c->envbuf, need);
-            if (!e) return -500;
+            if (!e) return -ENOMEM;
             c->envbuf = e;
             c->env_cap = need;
+            head_moved(c, old);
+            h = (sp_head *)(void *)c->envbuf;
         }
-        memcpy(c->envbuf, c->remote, c->remote_len);
-        size_t room = c->env_cap - c->remote_len - c->port_len - 1;
-        ssize_t n = sp_env_pack(rh, c->envbuf + c->remote_len, room);
+        char *b = c->envbuf + at;
+        memcpy(b, c->remote, c->remote_len);
+        size_t room = c->env_cap - at - c->remote_len - c->port_len - 1;
+        ssize_t n = sp_env_pack(&h->req, b + c->remote_len, room);
         if (n >= 0) {
             size_t len = c->remote_len + (size_t)n;
-            memcpy(c->envbuf + len, c->port, c->port_len + 1);   /* NUL-terminated for C readers */
-            c->req.env = c->envbuf;
+            memcpy(b + len, c->port, c->port_len + 1);   /* NUL-terminated for C readers */
+            c->req.env = b;
             c->req.env_len = len + c->port_len;
             return 0;
         }
-        if (n != -431) return (int)n;
+        if (n != -431) return (int)n;   /* never: the parse's sp_env_path took the same path */
         need *= 2;
     }
-    return -431;
+    return -ENOMEM;
 }
 
 /* The head of the connection's last request, kept so that a keep-alive client repeating it (the
@@ -94,7 +168,7 @@ int conn_try_parse(sp_server *s, sp_conn *c) {
         int fr = sp_request_framing(&rh, &f);
         if (fr < 0) { conn_error(s, c, -fr); return -1; }
         if (s->cfg.max_body_size >= 0 && f.content_length > s->cfg.max_body_size) { conn_error(s, c, 413); return -1; }
-        int er = env_build(c, &rh, (size_t)rc);
+        int er = env_build(c, &rh, c->in + c->pos, (size_t)rc);
         if (er < 0) { conn_error(s, c, -er); return -1; }
         is_head = rh.method_len == 4 && memcmp(rh.method, "HEAD", 4) == 0;
         minor = rh.minor_version;

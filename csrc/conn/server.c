@@ -259,20 +259,14 @@ size_t sp_server_busy(sp_server *s, char *out, size_t cap) {
     pthread_mutex_lock(&s->mu);
     int64_t now = sp_now_ms();
     for (sp_conn *c = s->conns; c; c = c->next) {
-        if (c->state != C_BUSY || c->req.env == NULL) continue;
-        /* The env block opens with REMOTE_ADDR, REQUEST_METHOD and PATH_INFO, NUL-terminated. */
-        const char *addr = c->req.env, *end = addr + c->req.env_len;
-        const char *method = memchr(addr, 0, (size_t)(end - addr));
-        if (!method) continue;
-        method++;
-        const char *mend = memchr(method, 0, (size_t)(end - method));
-        if (!mend) continue;
-        const char *path = mend + 1;
-        const char *pend = memchr(path, 0, (size_t)(end - path));
-        if (!pend) continue;
+        if (c->state != C_BUSY || c->envbuf == NULL) continue;
+        /* The request's head (sp_head, in envbuf from its parse on: input.c, env_build); read
+         * here, never packed into a block, since the app's thread may be reading the head. */
+        const sp_head *h = (const sp_head *)(const void *)c->envbuf;
+        const char *method = h->req.method, *path = h->path;
+        size_t ml = h->req.method_len, pl = h->path_len;
         char age[24];
         int alen = snprintf(age, sizeof(age), "%lld", (long long)(now - c->busy_since_us / 1000));
-        size_t ml = (size_t)(mend - method), pl = (size_t)(pend - path);
         size_t need = ml + pl + (size_t)alen + 3;
         if (alen < 0 || n + need > cap) break;
         memcpy(out + n, method, ml); n += ml; out[n++] = 0;

@@ -262,38 +262,35 @@ static ENV_INLINE void key_chars(char *o, const char *name, size_t n)
 }
 
 /* A hash of the name that ignores ASCII case (0x20 set in every byte: only letters differ in
- * it among token bytes, and any other byte it merges is told apart by eq_nocase); *under is set
- * nonzero when the name holds '_', from the same words. */
+ * it among token bytes, and any other byte it merges is told apart by eq_nocase), from its length
+ * and its first and last 8 bytes: the names a server sees differ there (Sec-Fetch-Dest and
+ * Sec-Fetch-Mode), and a clash costs only a compare. *under is set nonzero when the name holds
+ * '_', which takes every word. */
 static inline uint32_t name_scan(const char *s, size_t n, int *under)
 {
-    const uint64_t k = 0x9E3779B97F4A7C15ull, fold = 0x20 * ONES;
-    uint64_t h = (uint64_t)n * k, u = 0;
+    const uint64_t fold = 0x20 * ONES;
+    uint64_t a, b, u;
     /* '_' is the one byte that fold makes 0x7f: 0x80 where a folded byte's low 7 bits are all
      * set and its high bit is clear (no carry crosses bytes). */
 #define FOLDED_UNDER(fw) ((((fw) & LOWS7) + ONES) & ~(fw) & HIGHS)
     if (n >= 8) {
-        size_t i = 0;
-        for (; i + 8 < n; i += 8) {
-            uint64_t fw = load8(s + i) | fold;
-            u |= FOLDED_UNDER(fw);
-            h = (h ^ fw) * k;
-        }
-        uint64_t fw = load8(s + n - 8) | fold;
-        u |= FOLDED_UNDER(fw);
-        h = (h ^ fw) * k;
+        a = load8(s) | fold;
+        b = load8(s + n - 8) | fold;
+        u = FOLDED_UNDER(a) | FOLDED_UNDER(b);
+        for (size_t i = 8; i + 8 < n; i += 8) u |= FOLDED_UNDER(load8(s + i) | fold);
     } else if (n >= 4) {
-        uint64_t fw = (load4(s) | load4(s + n - 4) << 32) | fold;
-        u = FOLDED_UNDER(fw);
-        h = (h ^ fw) * k;
-    } else if (n) {
-        uint64_t v = (uint64_t)(unsigned char)s[0] | (uint64_t)(unsigned char)s[n / 2] << 8 |
-                     (uint64_t)(unsigned char)s[n - 1] << 16;
-        u = s[0] == '_' || s[n / 2] == '_' || s[n - 1] == '_';
-        h = (h ^ (v | fold)) * k;
+        a = load4(s) | fold;
+        b = load4(s + n - 4) | fold;
+        u = FOLDED_UNDER(a | b << 32);
+    } else {
+        a = n ? (uint64_t)(unsigned char)s[0] | (uint64_t)(unsigned char)s[n / 2] << 8 |
+                (uint64_t)(unsigned char)s[n - 1] << 16 : 0;
+        b = a |= fold;
+        u = n && (s[0] == '_' || s[n / 2] == '_' || s[n - 1] == '_');
     }
 #undef FOLDED_UNDER
     *under = u != 0;
-    return (uint32_t)(h >> 32);
+    return (uint32_t)(((a ^ n) * 0x9E3779B97F4A7C15ull ^ b) * 0xC2B2AE3D27D4EB4Full >> 32);
 }
 
 /* How a distinct name becomes an entry. */
@@ -542,6 +539,17 @@ static ENV_INLINE int env_next(sp_env_iter *it, sp_env_field *f)
         for (; k; k = next_of(it, k)) f->value_len += 2 + hs[k].value_len;
     }
     return 1;
+}
+
+size_t sp_env_all(sp_env_iter *it, sp_env_field *out)
+{
+    size_t n = 0;
+    int more;
+    while ((more = env_next(it, &out[n])) != 0) {
+        if (more == SP_ENV_AGAIN) n = 0;   /* a name repeats: all again, joined */
+        else n++;
+    }
+    return n;
 }
 
 int sp_env_next(sp_env_iter *it, sp_env_field *f)

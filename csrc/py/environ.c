@@ -1,18 +1,20 @@
-/* environ.c -- the environ of a request, made from the block the core packed from its head, and
- * kept for a connection's repeats (the CPython part; see runner.c's theory of operation). */
+/* environ.c -- the environ of a request, made from the head the core kept of it, and kept for a
+ * connection's repeats (the CPython part; see runner.c's theory of operation). */
 #include "py.h"
 
 #ifndef SP_NO_PYFAST
 
-/* ---- environ from a request's packed block --------------------------------------------------
+/* ---- environ from a request's head ------------------------------------------------------------
  *
  * A request whose head the handler's maps do not know (every request of a browser: its cookie,
- * path, Referer differ each time) gets its environ made here, from the block C packed when it
- * parsed the head (sp.h, sp_request.env: REMOTE_ADDR, the SP_ENV_FIXED values, "KEY\0value"
- * pairs, then REMOTE_PORT): a copy of the listener's constant environ, then one latin-1 str per
- * value (PEP 3333's "bytes as latin-1"). Keys are the same few dozen names request after
- * request, so each is made once and kept in a small table of interned strs, by its bytes; a
- * name the table has no room for is made for the request. */
+ * path, Referer differ each time) gets its environ made here, from the head C kept when it
+ * parsed it (sp.h, sp_head: the parsed fields over a copy of the head's bytes), walked with
+ * env.c's iterator (sp_env_next), which owns the rules of which fields make which keys: a copy
+ * of the listener's constant environ, then one latin-1 str per value (PEP 3333's "bytes as
+ * latin-1"). Keys are the same few dozen names request after request, so each is made once and
+ * kept in a small table of interned strs, found by the field's name as sent (the iterator's
+ * case-blind hash of it), so that no HTTP_ key is written per request; a name the table has no
+ * room for is made for the request. */
 #define KEY_SLOTS 256            /* a power of two; header names a server sees are far fewer */
 #define KEY_MAX 47               /* longer names (rare, never hot) are not kept */
 #define VAL_MAX 160              /* longer values (rare, and rarely repeated) are not kept */
@@ -71,33 +73,25 @@ static inline int same_middle(const char *a, const char *b, size_t n)
     return load8(a + n - 8) == load8(b + n - 8);
 }
 
-/* The table's entry for the name p[0..n) (n <= KEY_MAX), made for it if it held another, or NULL
- * with a Python error. */
-static key_ent *env_key(const char *p, size_t n)
+/* The table's entry for the field f's name (f->name_len + 5 <= KEY_MAX), its key made for it if
+ * the entry held another name, or NULL with a Python error. Entries are by the name's bytes as
+ * sent: a client that spells a name in another case takes the slot over (the same key str, since
+ * strs are interned), never a wrong key. */
+static key_ent *head_key(const sp_env_field *f)
 {
-    /* The length and the first and last 8 bytes tell the names a server sees apart (HTTP_
-     * names share their first bytes, not their last); a clash costs only a table slot, which
-     * the next name takes back, never a wrong key. A dozen instructions where a byte-wise hash
-     * took 4 a byte. */
-    uint64_t h = n;
-    if (n >= 8) {
-        h ^= load8(p) * 0x9E3779B97F4A7C15u ^ load8(p + n - 8) * 0xC2B2AE3D27D4EB4Fu;
-    } else {
-        for (size_t i = 0; i < n; i++)
-            h = h * 31 + (unsigned char)p[i];
-    }
-    h ^= h >> 33;
-    h *= 0xFF51AFD7ED558CCDu;
-    h ^= h >> 33;
-    key_ent *e = &env_keys[h & (KEY_SLOTS - 1)];
-    /* Names of 8 to 16 bytes (most keys) are told by their first and last 8 bytes, loaded
-     * already for the hash, without a memcmp call. */
+    const char *p = f->name;
+    size_t n = f->name_len;
+    key_ent *e = &env_keys[(f->hash ^ f->hash >> 16) & (KEY_SLOTS - 1)];
+    /* Names of 8 to 16 bytes (most) are told by their first and last 8 bytes, without a memcmp
+     * call. */
     if (e->key != NULL && e->len == n
             && (n >= 8 ? load8(e->name) == load8(p) && load8(e->name + n - 8) == load8(p + n - 8)
                          && (n <= 16 || same_middle(e->name, p, n))
                        : memcmp(e->name, p, n) == 0))
         return e;
-    PyObject *k = PyUnicode_FromStringAndSize(p, (Py_ssize_t)n);
+    char kb[KEY_MAX + 1];
+    size_t kn = sp_env_key(f, kb);
+    PyObject *k = PyUnicode_FromStringAndSize(kb, (Py_ssize_t)kn);
     if (k == NULL)
         return NULL;
     PyUnicode_InternInPlace(&k);
@@ -106,8 +100,8 @@ static key_ent *env_key(const char *p, size_t n)
     e->key = k;                  /* the table's reference */
     e->len = (unsigned)n;
     memcpy(e->name, p, n);
-    e->last = secret_name(p, n) ? NULL : &e->val;
-    e->proxied = forwarded_name(p, n);
+    e->last = secret_name(kb, kn) ? NULL : &e->val;
+    e->proxied = forwarded_name(kb, kn);
     return e;
 }
 
@@ -149,82 +143,6 @@ static ENV_INLINE int env_set(PyObject *env, PyObject *key, val_ent *c, const ch
     int rc = PyDict_SetItem(env, key, v);
     Py_DECREF(v);
     return rc;
-}
-
-/* The first NUL in p[0..end), or NULL. */
-static inline const char *find_nul(const char *p, const char *end)
-{
-    return p < end ? memchr(p, 0, (size_t)(end - p)) : NULL;
-}
-
-/* The NULs of a block, in order: a block holds ~40 short strings, and a memchr call for each cost
- * ~28 instructions where one pass over the block, 64 bytes at a time, finds them all for ~10 a
- * NUL (SSE2, the x86-64 baseline; elsewhere memchr, one call a NUL). Reads only [p, end). */
-#if !defined(SP_NO_SIMD) && defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
-#include <emmintrin.h>
-#define NUL_SCAN_SSE2 1
-#endif
-
-typedef struct {
-    const char *at;     /* where mask's bit 0 is */
-    const char *next;   /* the first byte not scanned yet */
-    const char *end;
-    uint64_t mask;      /* NULs found in [at, next) and not yet returned */
-} nul_scan;
-
-static inline void nul_scan_init(nul_scan *s, const char *p, const char *end)
-{
-    s->at = s->next = p;
-    s->end = end;
-    s->mask = 0;
-}
-
-#ifdef NUL_SCAN_SSE2
-/* A bit for each NUL of p[0..16). */
-static inline uint64_t nul_bits16(const char *p)
-{
-    __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
-    return (uint64_t)(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_setzero_si128()));
-}
-#endif
-
-/* The next NUL, or NULL past the last one. */
-static inline const char *nul_next(nul_scan *s)
-{
-#ifdef NUL_SCAN_SSE2
-    while (s->mask == 0) {
-        const char *p = s->next;
-        size_t left = (size_t)(s->end - p);
-        if (left == 0)
-            return NULL;
-        uint64_t m;
-        size_t n;
-        if (left >= 64) {
-            m = nul_bits16(p) | nul_bits16(p + 16) << 16 | nul_bits16(p + 32) << 32
-                | nul_bits16(p + 48) << 48;
-            n = 64;
-        } else if (left >= 16) {
-            m = nul_bits16(p);
-            n = 16;
-        } else {   /* the tail, under 16 bytes: byte by byte, never past end */
-            m = 0;
-            for (size_t i = 0; i < left; i++)
-                m |= (uint64_t)(p[i] == 0) << i;
-            n = left;
-        }
-        s->at = p;
-        s->next = p + n;
-        s->mask = m;
-    }
-    const char *z = s->at + __builtin_ctzll(s->mask);
-    s->mask &= s->mask - 1;
-    return z;
-#else
-    const char *z = find_nul(s->next, s->end);
-    if (z != NULL)
-        s->next = z + 1;
-    return z;
-#endif
 }
 
 /* The keys every environ gets from its request: REMOTE_ADDR, SP_ENV_FIXED's, REMOTE_PORT, and
@@ -295,59 +213,91 @@ fail:
     return NULL;
 }
 
-/* The whole environ of the request r (a body's wsgi.input is the caller's to set: the
- * copy's is the empty one), or NULL with a Python error. */
-static PyObject *env_from_block(Runner *self, const sp_request *r)
+#define FEW_FIELDS 48   /* entries on the stack; heads with more fields take the heap */
+
+/* The whole environ of the request r, whose head is h (a body's wsgi.input is the caller's to
+ * set: the copy's is the empty one), or NULL with a Python error. */
+static PyObject *env_from_head(Runner *self, const sp_request *r, const sp_head *h)
 {
-    const char *p = r->env, *end = r->env + r->env_len, *ends[6];
+    static const char http10[] = "HTTP/1.0", http11[] = "HTTP/1.1";
+    const sp_request_head *rh = &h->req;
     PyObject *env = NULL;
-    nul_scan ns;
-    nul_scan_init(&ns, p, end);
-    for (int i = 0; i < 6; i++) {
-        if ((ends[i] = nul_next(&ns)) == NULL)
-            goto bad;
-    }
-    p = ends[5] + 1;
-    /* Two fields or more (a key's NUL after the first field's value's): the roomy base. */
-    nul_scan peek = ns;
-    int many = nul_next(&peek) != NULL && nul_next(&peek) != NULL && nul_next(&peek) != NULL;
+    char *big = NULL;   /* a joined value or a long key that does not fit buf */
+    char buf[1024];
+    sp_env_field few[FEW_FIELDS], *fs = few;
+    sp_env_iter it;
+    sp_env_begin(&it, rh);
+    /* Two fields or more: the roomy base. */
     PyObject *bases = PyList_GetItem(self->base_envs, r->listener);
-    PyObject *base = bases != NULL ? PyTuple_GetItem(bases, many) : NULL;
+    PyObject *base = bases != NULL ? PyTuple_GetItem(bases, rh->num_headers >= 2) : NULL;
     if (base == NULL || (env = PyDict_Copy(base)) == NULL)
         return NULL;
-    for (int i = 0; i < 6; i++) {
-        const char *v = i ? ends[i - 1] + 1 : r->env;
-        if (env_set(env, fixed_keys[i], &fixed_vals[i], v, (size_t)(ends[i] - v)) < 0)
-            goto fail;
-    }
+    /* REMOTE_ADDR, then SP_ENV_FIXED's: REQUEST_METHOD PATH_INFO QUERY_STRING SERVER_PROTOCOL
+     * RAW_URI. */
+    if (env_set(env, fixed_keys[0], &fixed_vals[0], h->addr, h->addr_len) < 0
+            || env_set(env, fixed_keys[1], &fixed_vals[1], rh->method, rh->method_len) < 0
+            || env_set(env, fixed_keys[2], &fixed_vals[2], h->path, h->path_len) < 0
+            || env_set(env, fixed_keys[3], &fixed_vals[3], it.query, it.query_len) < 0
+            || (rh->minor_version == 0
+                ? env_set(env, fixed_keys[4], &fixed_vals[4], http10, sizeof http10 - 1)
+                : env_set(env, fixed_keys[4], &fixed_vals[4], http11, sizeof http11 - 1)) < 0
+            || env_set(env, fixed_keys[5], &fixed_vals[5], rh->target, rh->target_len) < 0)
+        goto fail;
     int proxied = 0;   /* a header a trusted proxy may have set (spawning.wsgi.forwarded reads them) */
-    for (;;) {   /* "KEY\0value\0" pairs, until what is left has no NUL: REMOTE_PORT */
-        const char *kz = nul_next(&ns);
-        if (kz == NULL)
-            break;
-        const char *v = kz + 1;
-        const char *vz = nul_next(&ns);
-        if (vz == NULL)
-            goto bad;
-        size_t kn = (size_t)(kz - p);
+    if (rh->num_headers >= FEW_FIELDS && (fs = PyMem_Malloc((rh->num_headers + 1) * sizeof *fs)) == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    size_t nf = sp_env_all(&it, fs);   /* one call for all the fields' entries */
+    for (size_t i = 0; i < nf; i++) {
+        sp_env_field f = fs[i];
+        const char *v = f.value;
+        if (f.sep != NULL) {   /* the name's fields, joined */
+            char *out = buf;
+            if (f.value_len > sizeof buf) {
+                if ((big = PyMem_Malloc(f.value_len)) == NULL) {
+                    PyErr_NoMemory();
+                    goto fail;
+                }
+                out = big;
+            }
+            sp_env_join(&it, &f, out);
+            v = out;
+        }
         int rc;
-        if (kn <= KEY_MAX) {
-            key_ent *e = env_key(p, kn);
+        if (f.name_len + 5 <= KEY_MAX) {
+            key_ent *e = head_key(&f);
             if (e == NULL)
                 goto fail;
             proxied |= e->proxied;   /* told once, when the name's entry was made */
-            rc = env_set(env, e->key, e->last, v, (size_t)(vz - v));
-        } else {
-            proxied |= forwarded_name(p, kn);
-            PyObject *k = PyUnicode_DecodeLatin1(p, (Py_ssize_t)kn, NULL);
-            rc = k != NULL ? env_set(env, k, NULL, v, (size_t)(vz - v)) : -1;
+            rc = env_set(env, e->key, e->last, v, f.value_len);
+        } else {   /* a long name: its key made for the request, into what v does not use */
+            char *kb = f.sep == NULL && f.name_len + 5 <= sizeof buf ? buf : PyMem_Malloc(f.name_len + 5);
+            if (kb == NULL) {
+                PyErr_NoMemory();
+                goto fail;
+            }
+            size_t kn = sp_env_key(&f, kb);
+            proxied |= forwarded_name(kb, kn);
+            PyObject *k = PyUnicode_DecodeLatin1(kb, (Py_ssize_t)kn, NULL);
+            if (kb != buf)
+                PyMem_Free(kb);
+            rc = k != NULL ? env_set(env, k, NULL, v, f.value_len) : -1;
             Py_XDECREF(k);
+        }
+        if (big != NULL) {
+            PyMem_Free(big);
+            big = NULL;
         }
         if (rc < 0)
             goto fail;
-        p = vz + 1;
     }
-    size_t pn = (size_t)(end - p);
+    if (fs != few) {
+        PyMem_Free(fs);
+        fs = few;
+    }
+    const char *p = h->port;
+    size_t pn = h->port_len;
     unsigned slot = pn ? (unsigned)(p[pn - 1] + 10 * (pn > 1 ? p[pn - 2] : 0)) : 0;
     if (env_set(env, s_remote_port, &port_vals[slot & (PORT_VALS - 1)], p, pn) < 0)
         goto fail;
@@ -361,9 +311,10 @@ static PyObject *env_from_block(Runner *self, const sp_request *r)
             goto fail;
     }
     return env;
-bad:
-    PyErr_SetString(PyExc_RuntimeError, "spawning: malformed environ block");
 fail:
+    PyMem_Free(big);
+    if (fs != few)
+        PyMem_Free(fs);
     Py_XDECREF(env);
     return NULL;
 }
@@ -400,12 +351,14 @@ static PyObject *request_env(Runner *self, long long code, PyObject *code_obj, i
             return PyDict_Copy(kept);
         if (PyErr_Occurred())
             return NULL;
-        /* a repeat whose environ was dropped with the map: made from its block below */
+        /* a repeat whose environ was dropped with the map: made from its head below (the
+         * last head's copy: a repeat's bytes are the same) */
     }
-    sp_request *r = sp_code_req(self->srv, code);
+    const sp_head *h = NULL;
+    sp_request *r = sp_code_head(self->srv, code, &h);
     if (r == NULL)
         return NULL;
-    PyObject *env = env_from_block(self, r);
+    PyObject *env = env_from_head(self, r, h);
     if (env == NULL)
         return NULL;
     *has_body = r->body != 0;

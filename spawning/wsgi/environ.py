@@ -36,7 +36,7 @@ def request_environ(srv: Any, code: int, base_envs: list[dict],
     from its packed block over its listener's ``base_envs`` entry, and whether a body comes (if
     not, ``wsgi.input`` is the shared empty input already). Raises ClientDisconnected when the
     request is over."""
-    req = lib.sp_code_req(srv, code)
+    req = lib.sp_code_env(srv, code)   # the block packed from the head (csrc/sp.h)
     if req == ffi.NULL:
         raise ClientDisconnected(errno.ESTALE, "the request is over")
     key, _, port = ffi.unpack(req.env, req.env_len).rpartition(b"\0")

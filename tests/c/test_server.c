@@ -225,6 +225,10 @@ static void answer_lent(int64_t code) {
 }
 
 static void answer(sp_request *r, int64_t code) {
+    /* The env block is packed when asked for (sp.h, sp_request.env): a new head's has none
+     * before (a repeated head's is the last one's). */
+    CHECK((r->env == NULL || r->serial > 0) && sp_code_env(srv, code) == r && r->env != NULL,
+          "env packed when asked");
     const char *path = env_get(r, 2);
     static const char hdrs[] = "Content-Type\0text/plain";
     /* Small responses must not wait for the client's ACK (Nagle): set per connection, or
