@@ -265,7 +265,7 @@ static ENV_INLINE void key_chars(char *o, const char *name, size_t n)
  * it among token bytes, and any other byte it merges is told apart by eq_nocase), from its length
  * and its first and last 8 bytes: the names a server sees differ there (Sec-Fetch-Dest and
  * Sec-Fetch-Mode), and a clash costs only a compare. *under is set nonzero when the name holds
- * '_', which takes every word. */
+ * '_', which takes every word (and for DEL, which a token never holds). */
 static inline uint32_t name_scan(const char *s, size_t n, int *under)
 {
     const uint64_t fold = 0x20 * ONES;
@@ -276,7 +276,13 @@ static inline uint32_t name_scan(const char *s, size_t n, int *under)
     if (n >= 8) {
         a = load8(s) | fold;
         b = load8(s + n - 8) | fold;
+#ifdef ENV_SSE2
+        /* Both words in one register, one compare for 16 bytes. */
+        u = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_set_epi64x((long long)b, (long long)a),
+                                                       _mm_set1_epi8(0x7f)));
+#else
         u = FOLDED_UNDER(a) | FOLDED_UNDER(b);
+#endif
         for (size_t i = 8; i + 8 < n; i += 8) u |= FOLDED_UNDER(load8(s + i) | fold);
     } else if (n >= 4) {
         a = load4(s) | fold;

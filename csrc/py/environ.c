@@ -250,39 +250,39 @@ static PyObject *env_from_head(Runner *self, const sp_request *r, const sp_head 
     }
     size_t nf = sp_env_all(&it, fs);   /* one call for all the fields' entries */
     for (size_t i = 0; i < nf; i++) {
-        sp_env_field f = fs[i];
-        const char *v = f.value;
-        if (f.sep != NULL) {   /* the name's fields, joined */
+        const sp_env_field *f = &fs[i];
+        const char *v = f->value;
+        if (f->sep != NULL) {   /* the name's fields, joined */
             char *out = buf;
-            if (f.value_len > sizeof buf) {
-                if ((big = PyMem_Malloc(f.value_len)) == NULL) {
+            if (f->value_len > sizeof buf) {
+                if ((big = PyMem_Malloc(f->value_len)) == NULL) {
                     PyErr_NoMemory();
                     goto fail;
                 }
                 out = big;
             }
-            sp_env_join(&it, &f, out);
+            sp_env_join(&it, f, out);
             v = out;
         }
         int rc;
-        if (f.name_len + 5 <= KEY_MAX) {
-            key_ent *e = head_key(&f);
+        if (f->name_len + 5 <= KEY_MAX) {
+            key_ent *e = head_key(f);
             if (e == NULL)
                 goto fail;
             proxied |= e->proxied;   /* told once, when the name's entry was made */
-            rc = env_set(env, e->key, e->last, v, f.value_len);
+            rc = env_set(env, e->key, e->last, v, f->value_len);
         } else {   /* a long name: its key made for the request, into what v does not use */
-            char *kb = f.sep == NULL && f.name_len + 5 <= sizeof buf ? buf : PyMem_Malloc(f.name_len + 5);
+            char *kb = f->sep == NULL && f->name_len + 5 <= sizeof buf ? buf : PyMem_Malloc(f->name_len + 5);
             if (kb == NULL) {
                 PyErr_NoMemory();
                 goto fail;
             }
-            size_t kn = sp_env_key(&f, kb);
+            size_t kn = sp_env_key(f, kb);
             proxied |= forwarded_name(kb, kn);
             PyObject *k = PyUnicode_DecodeLatin1(kb, (Py_ssize_t)kn, NULL);
             if (kb != buf)
                 PyMem_Free(kb);
-            rc = k != NULL ? env_set(env, k, NULL, v, f.value_len) : -1;
+            rc = k != NULL ? env_set(env, k, NULL, v, f->value_len) : -1;
             Py_XDECREF(k);
         }
         if (big != NULL) {

@@ -2,7 +2,7 @@
  * 3.10, as the rest of the module) instead of in Python. Its contract is runner.h. The part is
  * in files of one concept each, which py.h ties together and unit.c compiles as one unit:
  * response.c (ResponseBase, start_response), input.c (Input, a held body's wsgi.input),
- * environ.c (the environ from the packed block), answer.c (head packing, answering, streaming,
+ * environ.c (the environ from the request's head), answer.c (head packing, answering, streaming,
  * close()), hub.c (the green hub's hot turn, GreenLoop) and this file (the Runner, its hand-off
  * to Python, the run loop, sp_py_setup).
  *
@@ -11,8 +11,8 @@
  * Every request a worker takes goes first to Runner.run(code, poll_ms, green) (from handle() in
  * spawning/wsgi/handler.py), which runs it and the ones after it, as long as each answer is one this part knows:
  *
- *   1. The environ (environ.c), made from the block the core packed from the head (sp.h,
- *      sp_request.env): a copy of the listener's constant environ, already sized for a
+ *   1. The environ (environ.c), made from the head the core kept of the request (sp.h,
+ *      sp_head), walked with env.c's iterator: a copy of the listener's constant environ, already sized for a
  *      browser's headers (roomy_base), interned keys from a small table, one latin-1 str per
  *      value, shared with the last request whose value for that key had the same bytes
  *      (env_value); a trusted proxy's headers then rewrite it (spawning.wsgi.forwarded), only

@@ -192,3 +192,36 @@ def test_request_codes_keep_environs_apart(threads: str):
     run_clients(srv, client, [(k,) for k in range(24)], 60)
     assert count[0] == 24 * 4 * 40 and not bad, (count[0], bad[:3])
     assert "Traceback" not in srv.stderr, srv.stderr[-2000:]
+
+
+def test_environ_of_awkward_heads(core_server):
+    """The C runner walks env.c's iterator over the head's copy where the Python path reads the
+    packed block (SPAWNING_NO_PYFAST=1 runs this test that way): both must give these. A name
+    that repeats after many fields (the iterator starts over, joined), a joined value too long
+    for the runner's stack buffer, a name too long for its key table, more fields than its
+    stack array, '_' names and Proxy dropped with their repeats, names in any case."""
+    many = b"".join(b"X-F-%d: v%d\r\n" % (i, i) for i in range(60))
+    long_name = b"X-" + b"L" * 60
+    big = b"c" * 900
+    req = (b"GET /env HTTP/1.1\r\nHost: x\r\nx-case: a\r\n" + many
+           + b"Cookie: " + big + b"\r\n" + long_name + b": long\r\nX_Under: 1\r\nProxy: p\r\n"
+           + b"COOKIE: " + big + b"\r\nX-CASE: b\r\nx_under: 2\r\nPROXY: q\r\nConnection: close\r\n\r\n")
+    env = json.loads(raw_exchange(core_server.port, req).split(b"\r\n\r\n", 1)[1])
+    assert env["HTTP_X_CASE"] == "a, b"
+    assert env["HTTP_COOKIE"] == (big + b"; " + big).decode()
+    assert env["HTTP_" + long_name.decode().upper().replace("-", "_")] == "long"
+    assert [env[f"HTTP_X_F_{i}"] for i in range(60)] == [f"v{i}" for i in range(60)]
+    assert "HTTP_PROXY" not in env and "HTTP_X_UNDER" not in env
+    assert not any(k.lower().startswith("http_x_under") or k == "X_UNDER" for k in env)
+
+    # HTTP/1.0 with an absolute-form target and no Host: the target's authority is HTTP_HOST.
+    resp = raw_exchange(core_server.port, b"GET http://example.org:8080/env?q=1 HTTP/1.0\r\n\r\n")
+    env = json.loads(resp.split(b"\r\n\r\n", 1)[1])
+    assert env["HTTP_HOST"] == "example.org:8080"
+    assert env["PATH_INFO"] == "/env" and env["QUERY_STRING"] == "q=1"
+
+    # One name in two spellings on one connection's requests: each its own value.
+    for spelling, value in ((b"accept", b"x"), (b"ACCEPT", b"y"), (b"Accept", b"z")):
+        resp = raw_exchange(core_server.port, b"GET /env HTTP/1.1\r\nHost: x\r\n" + spelling + b": "
+                            + value + b"\r\nConnection: close\r\n\r\n")
+        assert json.loads(resp.split(b"\r\n\r\n", 1)[1])["HTTP_ACCEPT"] == value.decode()
