@@ -205,9 +205,10 @@ typedef struct sp_request {
     const char *env;             /* "REMOTE_ADDR value\0", sp_env_pack()'s block, then the REMOTE_PORT
                                     value (env_len stops before its NUL). The port comes last so
                                     that everything before the final NUL is the same for requests
-                                    repeated on any connection from one address. Packed on the
-                                    first sp_code_env() for the request: NULL until then (the C
-                                    runner reads sp_code_head() instead and never asks). */
+                                    repeated on any connection from one address: that part (and
+                                    the listener) is the environ key of request codes. Packed on
+                                    the first sp_code_env() for the request: NULL until then (the
+                                    C runner reads sp_code_head() instead and never asks). */
     size_t env_len;
     int fd;                      /* the connection's socket (for wait_read/wait_write in green mode) */
     int listener;                /* index given to sp_server_add_listener() */
