@@ -11,3 +11,4 @@
 #include "answer.c"
 #include "runner.c"
 #include "hub.c"
+#include "glock.c"
