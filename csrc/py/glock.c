@@ -36,8 +36,6 @@
  * PyGreenlet_GetCurrent is used, found by its index there. Taken the first time a lock is made:
  * spawning.green.sync imports greenlet before it makes one. */
 #define GREENLET_GETCURRENT_NUM 4
-typedef PyObject *(*getcurrent_fn)(void);
-static getcurrent_fn gl_getcurrent;
 
 static PyObject *s_acquire_slow;    /* interned "_acquire_slow" */
 static PyObject *s_release_slow;    /* interned "_release_slow" */

@@ -12,3 +12,4 @@
 #include "runner.c"
 #include "hub.c"
 #include "glock.c"
+#include "glocal.c"
