@@ -8,7 +8,7 @@ else is the functions below, which C calls, as the Python base does elsewhere.""
 from __future__ import annotations
 
 import _thread
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from greenlet import getcurrent  # type: ignore[import-untyped]
 
@@ -80,7 +80,10 @@ class _PyLocalBase:
         return _getattr_slow(self, name)  # type: ignore[arg-type]
 
 
-_LocalBase: Any = _core.LocalBase if FAST else _PyLocalBase  # type: ignore[attr-defined]
+if TYPE_CHECKING:     # the C base has the Python one's attributes
+    _LocalBase = _PyLocalBase
+else:
+    _LocalBase = _core.LocalBase if FAST else _PyLocalBase
 
 
 class local(_LocalBase):
@@ -121,4 +124,4 @@ class local(_LocalBase):
 _CLASS_NAMES = frozenset(name for klass in local.__mro__ for name in vars(klass))
 
 if FAST:
-    _core.LocalBase._bind(local, _CLASS_NAMES, _getattr_slow)  # type: ignore[attr-defined]
+    _core.LocalBase._bind(local, _CLASS_NAMES, _getattr_slow)

@@ -17,7 +17,7 @@ import queue as _queue_mod
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from greenlet import getcurrent  # type: ignore[import-untyped]
 
@@ -72,6 +72,9 @@ class _PyLockBase:
     free lock is that lock's non-blocking acquire, atomic between OS threads, without the mutex."""
 
     __slots__ = ("__weakref__", "_held", "_mutex", "_waiters")
+    _held: Any
+    _mutex: Any
+    _waiters: deque
 
     def __init__(self) -> None:
         self._held = _allocate_lock()
@@ -82,8 +85,8 @@ class _PyLockBase:
             return True
         return self._acquire_slow(blocking, timeout)  # type: ignore[attr-defined]
 
-    def release(self) -> None:
-        self._release_slow()  # type: ignore[attr-defined]
+    # release() is Lock's _release_slow itself (Lock sets it): without C's test, a lock is freed
+    # under the mutex only.
 
     def locked(self) -> bool:
         return self._held.locked()
@@ -100,13 +103,16 @@ class _PyLockBase:
     __enter__ = acquire
 
     def __exit__(self, *exc: object) -> None:
-        self.release()
+        self.release()  # type: ignore[attr-defined]
 
 
 class _PyRLockBase:
     """RLock's uncontended paths where csrc/py/glock.c's RLockBase is not built."""
 
     __slots__ = ("__weakref__", "_block", "_count", "_owner")
+    _block: Lock
+    _count: int
+    _owner: Any
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         me = getcurrent()
@@ -141,8 +147,12 @@ class _PyRLockBase:
 # On CPython the uncontended paths are C's (csrc/py/glock.c), which owns no rule of its own: it
 # takes a free lock, frees one no one waits for and counts an RLock's owner, and calls the methods
 # below for everything else.
-_LockBase: Any = _core.LockBase if FAST else _PyLockBase  # type: ignore[attr-defined]
-_RLockBase: Any = _core.RLockBase if FAST else _PyRLockBase  # type: ignore[attr-defined]
+if TYPE_CHECKING:     # the C bases have the Python ones' attributes and methods
+    _LockBase = _PyLockBase
+    _RLockBase = _PyRLockBase
+else:
+    _LockBase = _core.LockBase if FAST else _PyLockBase
+    _RLockBase = _core.RLockBase if FAST else _PyRLockBase
 
 
 class Lock(_LockBase):
@@ -191,6 +201,9 @@ class Lock(_LockBase):
                 self._waiters.popleft().wake_threadsafe(True)   # stays held: handed over
             else:
                 self._drop()
+
+    if not FAST:
+        release = _release_slow
 
     def _at_fork_reinit(self) -> None:
         self._mutex = _allocate_lock()
