@@ -1,8 +1,8 @@
 /* py.h -- the CPython part's internal header: the structs its files share (the response's, the
  * held body's Input, the runner's, the hub's GreenLoop), the objects sp_py_setup makes for all of
  * them (interned strs, types), and what each file calls of another. The files (response.c,
- * input.c, environ.c, answer.c, runner.c, hub.c) are compiled as one unit, unit.c, in that
- * order, and their functions stay static to it. Not part of the API: the binding sees only
+ * input.c, environ.c, answer.c, runner.c, hub.c, glock.c, glocal.c) are compiled as one unit, unit.c, in
+ * that order, and their functions stay static to it. Not part of the API: the binding sees only
  * runner.h. */
 #ifndef SP_PY_H
 #define SP_PY_H
@@ -153,6 +153,17 @@ static void defer_error(PyObject **pending);
 static long long gl_poll_here(GreenLoop *L);
 /* hub.c: makes GreenLoop and sets it on the module: 0, or -1 with a Python error. */
 static int hub_setup(PyObject *mod);
+/* glock.c: makes LockBase and RLockBase (the green locks' C paths) and sets them on the module:
+ * 0, or -1 with a Python error. */
+static int glock_setup(PyObject *mod);
+/* glock.c: greenlet's PyGreenlet_GetCurrent (a new reference, or NULL with a Python error), once
+ * need_getcurrent() has returned 0 (else -1 with a Python error: no greenlet). */
+typedef PyObject *(*getcurrent_fn)(void);
+static getcurrent_fn gl_getcurrent;
+static int need_getcurrent(void);
+/* glocal.c: makes LocalBase (green local's C paths) and sets it on the module: 0, or -1 with a
+ * Python error. */
+static int glocal_setup(PyObject *mod);
 
 /* sp_py_setup (runner.c, last in the unit) also reads statics the other files keep to themselves:
  * the type specs resp_spec (response.c) and inp_spec (input.c), and environ.c's key tables

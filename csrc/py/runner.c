@@ -3,8 +3,9 @@
  * in files of one concept each, which py.h ties together and unit.c compiles as one unit:
  * response.c (ResponseBase, start_response), input.c (Input, a held body's wsgi.input),
  * environ.c (the environ from the request's head), answer.c (head packing, answering, streaming,
- * close()), hub.c (the green hub's hot turn, GreenLoop) and this file (the Runner, its hand-off
- * to Python, the run loop, sp_py_setup).
+ * close()), hub.c (the green hub's hot turn, GreenLoop), glock.c and glocal.c (the green locks'
+ * uncontended paths, green local's plain reads) and this file (the Runner, its
+ * hand-off to Python, the run loop, sp_py_setup).
  *
  * Theory of operation
  * -------------------
@@ -606,7 +607,7 @@ int sp_py_setup(void)
         goto fail;
     }
     Py_DECREF(ru);
-    if (hub_setup(mod) < 0) {
+    if (hub_setup(mod) < 0 || glock_setup(mod) < 0 || glocal_setup(mod) < 0) {
         Py_DECREF(rt);
         Py_DECREF(mod);
         goto fail;

@@ -11,3 +11,5 @@
 #include "answer.c"
 #include "runner.c"
 #include "hub.c"
+#include "glock.c"
+#include "glocal.c"

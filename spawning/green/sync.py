@@ -17,10 +17,12 @@ import queue as _queue_mod
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from greenlet import getcurrent  # type: ignore[import-untyped]
 
+from .. import _core
+from ..wsgi.response import FAST
 from .hub import _coop_hub
 from .waiter import Waiter, _ThreadWaiter
 
@@ -64,91 +66,66 @@ def _discard(waiters: deque, w: Any) -> bool:
         return False
 
 
-class Lock:
-    """``threading.Lock`` that suspends only the calling greenlet. FIFO: release() hands the lock to
-    the longest waiter.
-
-    Whether it is held is a real lock's state (``_held``): taking a free lock is that lock's
-    non-blocking acquire, atomic between OS threads, so it needs neither the mutex nor a Python
-    ``with`` (a framework takes several locks a request in green mode). Everything that decides
-    between waiters (queueing, release, hand-over) happens under ``_mutex``, and a release keeps
-    ``_held`` taken when it hands the lock to a waiter, so a newcomer cannot overtake one."""
+class _PyLockBase:
+    """Lock's uncontended paths where csrc/py/glock.c's LockBase is not built (PyPy,
+    SPAWNING_NO_PYFAST=1): whether it is held is a real lock's state (``_held``), so that taking a
+    free lock is that lock's non-blocking acquire, atomic between OS threads, without the mutex."""
 
     __slots__ = ("__weakref__", "_held", "_mutex", "_waiters")
+    _held: Any
+    _mutex: Any
+    _waiters: deque
 
     def __init__(self) -> None:
-        self._mutex = _allocate_lock()
         self._held = _allocate_lock()
-        self._waiters: deque = deque()
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        # The common call, acquire() or `with lock`: neither check below can fail.
+        # The common call, acquire() or `with lock`: neither of _acquire_slow's checks can fail.
         if timeout == -1 and self._held.acquire(False):
             return True
-        if not blocking and timeout != -1:
-            raise ValueError("can't specify a timeout for a non-blocking call")
-        if timeout < 0 and timeout != -1:
-            raise ValueError("timeout value must be a non-negative number")
-        m = self._mutex
-        with m:
-            if self._held.acquire(False):
-                return True
-            if not blocking:
-                return False
-            w = _new_waiter()
-            self._waiters.append(w)
-        return _wait_queued(m, self._waiters, w, None if timeout == -1 else timeout, self.release)
+        return self._acquire_slow(blocking, timeout)  # type: ignore[attr-defined]
 
-    def release(self) -> None:
-        with self._mutex:
-            if not self._held.locked():
-                raise RuntimeError("release unlocked lock")
-            if self._waiters:
-                self._waiters.popleft().wake_threadsafe(True)   # stays held: handed over
-            else:
-                self._held.release()
+    # release() is Lock's _release_slow itself (Lock sets it): without C's test, a lock is freed
+    # under the mutex only.
 
     def locked(self) -> bool:
         return self._held.locked()
 
-    def _at_fork_reinit(self) -> None:
-        self._mutex = _allocate_lock()
+    def _take(self) -> bool:
+        return self._held.acquire(False)
+
+    def _drop(self) -> None:
+        self._held.release()
+
+    def _free(self) -> None:
         self._held = _allocate_lock()
-        self._waiters = deque()
 
     __enter__ = acquire
 
     def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    def __repr__(self) -> str:
-        return f"<spawning.green.Lock {'locked' if self._held.locked() else 'unlocked'}>"
+        self.release()  # type: ignore[attr-defined]
 
 
-class RLock:
-    """``threading.RLock``; the owner is the greenlet (each OS thread has its own main greenlet, so
-    this is per-thread too when greenlets are not involved)."""
+class _PyRLockBase:
+    """RLock's uncontended paths where csrc/py/glock.c's RLockBase is not built."""
 
     __slots__ = ("__weakref__", "_block", "_count", "_owner")
-
-    def __init__(self) -> None:
-        self._block = Lock()
-        self._owner: Any = None
-        self._count = 0
+    _block: Lock
+    _count: int
+    _owner: Any
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         me = getcurrent()
         if self._owner is me:
             self._count += 1
             return True
-        block = self._block
         # Lock.acquire's own fast path, written out here (a call fewer: asgiref's Local takes an
         # RLock on every attribute Django reads or sets); a held lock goes the general way.
-        if (timeout == -1 and block._held.acquire(False)) or block.acquire(blocking, timeout):
+        if timeout == -1 and self._block._held.acquire(False):
             self._owner = me
             self._count = 1
             return True
-        return False
+        return self._acquire_slow(blocking, timeout)  # type: ignore[attr-defined]
 
     __enter__ = acquire
 
@@ -163,11 +140,101 @@ class RLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def locked(self) -> bool:
-        return self._block.locked()
-
     def _is_owned(self) -> bool:
         return self._owner is getcurrent()
+
+
+# On CPython the uncontended paths are C's (csrc/py/glock.c), which owns no rule of its own: it
+# takes a free lock, frees one no one waits for and counts an RLock's owner, and calls the methods
+# below for everything else.
+if TYPE_CHECKING:     # the C bases have the Python ones' attributes and methods
+    _LockBase = _PyLockBase
+    _RLockBase = _PyRLockBase
+else:
+    _LockBase = _core.LockBase if FAST else _PyLockBase
+    _RLockBase = _core.RLockBase if FAST else _PyRLockBase
+
+
+class Lock(_LockBase):
+    """``threading.Lock`` that suspends only the calling greenlet. FIFO: release() hands the lock to
+    the longest waiter.
+
+    Taking a free lock and freeing one no one waits for are the base's (_LockBase: C's, or a
+    real lock's non-blocking acquire), atomic between OS threads without the mutex (a framework
+    takes several locks a request in green mode). Everything that decides between waiters
+    (queueing, release with waiters, hand-over) happens here under ``_mutex``, and a release keeps
+    the lock held when it hands it to a waiter, so a newcomer cannot overtake one."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._mutex = _allocate_lock()
+        self._waiters: deque = deque()
+
+    def _acquire_slow(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not blocking and timeout != -1:
+            raise ValueError("can't specify a timeout for a non-blocking call")
+        if timeout < 0 and timeout != -1:
+            raise ValueError("timeout value must be a non-negative number")
+        m = self._mutex
+        with m:
+            if self._take():
+                return True
+            if not blocking:
+                return False
+            w = _new_waiter()
+            self._waiters.append(w)
+            # C's release frees a lock no one waits for without the mutex: one that came between
+            # the take above and the append left the lock free for this second try. Had anyone
+            # waited then, the lock would have been handed over, not freed: w is the only waiter.
+            if self._take():
+                self._waiters.remove(w)
+                return True
+        return _wait_queued(m, self._waiters, w, None if timeout == -1 else timeout, self.release)
+
+    def _release_slow(self) -> None:
+        with self._mutex:
+            if not self.locked():
+                raise RuntimeError("release unlocked lock")
+            if self._waiters:
+                self._waiters.popleft().wake_threadsafe(True)   # stays held: handed over
+            else:
+                self._drop()
+
+    if not FAST:
+        release = _release_slow
+
+    def _at_fork_reinit(self) -> None:
+        self._mutex = _allocate_lock()
+        self._waiters = deque()
+        self._free()
+
+    def __repr__(self) -> str:
+        return f"<spawning.green.Lock {'locked' if self.locked() else 'unlocked'}>"
+
+
+class RLock(_RLockBase):
+    """``threading.RLock``; the owner is the greenlet (each OS thread has its own main greenlet, so
+    this is per-thread too when greenlets are not involved). The owner's acquire and release, and a
+    free lock's, are the base's (_RLockBase); the rest is here."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        self._block = Lock()
+        self._owner: Any = None
+        self._count = 0
+
+    def _acquire_slow(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self._block.acquire(blocking, timeout):
+            self._owner = getcurrent()
+            self._count = 1
+            return True
+        return False
+
+    def locked(self) -> bool:
+        return self._block.locked()
 
     def _release_save(self) -> tuple:
         if self._owner is not getcurrent():

@@ -74,3 +74,38 @@ def test_a_plain_local_s_dict_is_the_green_thread_s() -> None:
         return other, dict(vars(store)), store.b
 
     assert green.run(main) == (({"a": 1}, True, 1), {"b": 2}, 2)
+
+
+class WithClassAttributes(green.local):
+    kind = "class attribute"
+
+    @property
+    def doubled(self) -> int:
+        return self.value * 2
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.value}"
+
+
+def test_a_subclass_s_class_attributes_and_deletion() -> None:
+    """A subclass's reads take the general way (csrc/py/glocal.c reads a plain local's only): its
+    properties, methods and class attributes work per green thread; deletion is per green thread
+    too, and a deleted name reads as missing."""
+    store = WithClassAttributes()
+    plain = green.local()
+
+    def visitor() -> tuple:
+        store.value = 5
+        plain.x = "theirs"
+        del plain.x
+        return store.doubled, store.describe(), store.kind, hasattr(plain, "x")
+
+    def main() -> tuple:
+        store.value = 1
+        plain.x = "mine"
+        other = green.spawn(visitor).join()
+        del store.value
+        return other, hasattr(store, "value"), store.kind, plain.x, type(plain).__name__
+
+    assert green.run(main) == ((10, "class attribute 5", "class attribute", False), False,
+                               "class attribute", "mine", "local")
