@@ -197,6 +197,16 @@ static inline vmask token_stops(vec x)
     vec ok = v_or(v_le(alpha, v_set(25)), v_or(v_le(digit, v_set(9)), v_eq(x, v_set('-'))));
     return v_bits(v_eq(ok, v_set(0)));   /* the bytes not ok */
 }
+
+/* Bytes >= 0x80 (obs-text). */
+static inline vmask high_bytes(vec x)
+{
+#ifdef SP_SIMD_SSE2
+    return v_bits(x);   /* movemask takes each byte's top bit */
+#else
+    return v_bits(v_le(v_set(0x80), x));
+#endif
+}
 #endif
 
 /* Token bytes (RFC 9110 5.6.2): method and field names. */
@@ -217,30 +227,94 @@ static inline const char *scan_token(const char *p, const char *end)
     return scan_class(p, end, C_TCHAR);
 }
 
+/* What the target and value scans saw, for sp_request_head.ascii (see head_ascii): the bytes of
+ * every block they loaded OR'ed together (one instruction a block), the target's blocks' '%'
+ * tests likewise, and the bytes the scalar loops took. A block may reach past the byte that
+ * stopped its scan: into the next line (whose bytes a valid head holds >= 0x80 only in a value,
+ * scanned anyway), or past the head's end in the optimistic pass, which head_ascii settles. */
+typedef struct scan_seen {
+#if defined(SP_SIMD_SSE2) || defined(SP_SIMD_NEON)
+    vec bytes;
+    vec pct;
+#endif
+    unsigned tail;   /* the scalar loops' bytes OR'ed; SEEN_PCT: the target's scalar part ran */
+} scan_seen;
+
+#define SEEN_PCT 0x100
+
+/* scan_class's loop for the target and value scans, noting its bytes in *seen. */
+static inline const char *scan_class_seen(const char *p, const char *end, int cls, scan_seen *seen)
+{
+    unsigned h = 0;
+    for (; p < end && is_class(*p, cls); p++) h |= (unsigned char)*p;
+    seen->tail |= h;
+    return p;
+}
+
 /* Request-target bytes: stops at CTL, SP, '#', DEL. */
-static inline const char *scan_target(const char *p, const char *end)
+static inline const char *scan_target(const char *p, const char *end, scan_seen *seen)
 {
 #if defined(SP_SIMD_SSE2) || defined(SP_SIMD_NEON)
     while (end - p >= SIMD_BLOCK) {
-        vmask m = target_stops(v_load(p));
+        vec x = v_load(p);
+        vmask m = target_stops(x);
+        seen->bytes = v_or(seen->bytes, x);
+        seen->pct = v_or(seen->pct, v_eq(x, v_set('%')));
         if (m) return p + v_first(m);
         p += SIMD_BLOCK;
     }
 #endif
-    return scan_class(p, end, C_TARGET);
+    const char *e = scan_class_seen(p, end, C_TARGET, seen);
+    if (e != p) seen->tail |= SEEN_PCT;   /* rare (a short input): head_ascii looks for '%' */
+    return e;
 }
 
 /* Field value bytes: stops at a CTL other than HTAB, or DEL. */
-static inline const char *scan_value(const char *p, const char *end)
+static inline const char *scan_value(const char *p, const char *end, scan_seen *seen)
 {
 #if defined(SP_SIMD_SSE2) || defined(SP_SIMD_NEON)
     while (end - p >= SIMD_BLOCK) {
-        vmask m = value_stops(v_load(p));
+        vec x = v_load(p);
+        vmask m = value_stops(x);
+        seen->bytes = v_or(seen->bytes, x);
         if (m) return p + v_first(m);
         p += SIMD_BLOCK;
     }
 #endif
-    return scan_class(p, end, C_VALUE);
+    return scan_class_seen(p, end, C_VALUE, seen);
+}
+
+/* Whether the path of the target t[0..n) (up to its '?'; for an absolute-form target, with its
+ * scheme and authority, a superset) holds an escape that decodes to a byte >= 0x80: "%8".."%F"
+ * followed by anything (a bad escape is refused later by the decoder, with 400). PATH_INFO is
+ * the path decoded (sp_decode_path), so such an escape makes it non-ASCII in an ASCII head. */
+static int path_escapes_high(const char *t, size_t n)
+{
+    for (size_t i = 0; i + 1 < n && t[i] != '?'; i++)
+        if (t[i] == '%' && ((t[i + 1] >= '8' && t[i + 1] <= '9') || (unsigned)((t[i + 1] | 0x20) - 'a') < 6u))
+            return 1;
+    return 0;
+}
+
+/* sp_request_head.ascii for the valid head [head, head_end) with target t[0..tn), from what its
+ * scans saw. In a valid head only the target and field values may hold bytes >= 0x80 (methods
+ * and names are tokens), so when the scans' blocks held none, neither does the head; when they
+ * did (a latin-1 head, or a block that reached past the head's end into a body), the head's own
+ * bytes decide, looked at again: rare, and exact. */
+static inline int head_ascii(scan_seen seen, const char *head, const char *head_end,
+                             const char *t, size_t tn)
+{
+    unsigned high = seen.tail & 0x80, pct = seen.tail & SEEN_PCT;
+#if defined(SP_SIMD_SSE2) || defined(SP_SIMD_NEON)
+    high |= high_bytes(seen.bytes) != 0;
+    pct |= v_bits(seen.pct) != 0;
+#endif
+    if (high) {
+        unsigned h = 0;
+        for (const char *p = head; p < head_end; p++) h |= (unsigned char)*p;
+        if (h & 0x80) return 0;
+    }
+    return !(pct && path_escapes_high(t, tn));
 }
 
 /* ---- sp_parse_request -------------------------------------------------------------------------- */
@@ -442,7 +516,9 @@ static int parse_lines(const char *buf, const char *p, const char *end, const re
     const char *m_end = scan_token(p, end);
     if (m_end == p || *m_end != SP) REFUSE(ERR(BAD_REQUEST));
     const char *t = m_end + 1;
-    const char *t_end = scan_target(t, end);
+    scan_seen seen;
+    memset(&seen, 0, sizeof seen);
+    const char *t_end = scan_target(t, end, &seen);
     if (t_end == t || *t_end != SP) REFUSE(ERR(BAD_REQUEST));  /* 3.2: one SP, no CTL/'#' */
     int minor = parse_version(t_end + 1, (size_t)(cr - (t_end + 1)));
     if (minor < 0) REFUSE(minor);
@@ -470,7 +546,7 @@ static int parse_lines(const char *buf, const char *p, const char *end, const re
         const char *v = n_end + 1;
         if (v < end && *v == SP) v++;   /* the usual single SP first: a cheaper test */
         while (v < end && is_ows(*v)) v++;
-        const char *v_end = scan_value(v, end);
+        const char *v_end = scan_value(v, end, &seen);
         if (end - v_end < 2 || *v_end != CR || v_end[1] != LF) {  /* CTL, bare CR or LF in the value */
             bad = v_end;
             goto field_error;
@@ -501,6 +577,7 @@ static int parse_lines(const char *buf, const char *p, const char *end, const re
     req->target_len = (size_t)(t_end - t);
     req->minor_version = minor;
     req->num_headers = n;
+    req->ascii = head_ascii(seen, p, buf + head_end, t, (size_t)(t_end - t));
     return (int)head_end;
 }
 
