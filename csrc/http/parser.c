@@ -617,7 +617,8 @@ static int parse_lines(const char *buf, const char *p, const char *end, const re
         }
         if ((size_t)(v_end - name) > lim->field) REFUSE(ERR(HEADERS_TOO_LARGE));
         if (n == max_fields) REFUSE(ERR(HEADERS_TOO_LARGE));
-        while (v < v_end && (unsigned char)*v <= SP) v++;
+        if (*v == SP && (unsigned char)v[1] > SP) v++;   /* the usual single SP (v_end's CR ends it) */
+        else while (v < v_end && (unsigned char)*v <= SP) v++;
         const char *trim = v_end;
         while (trim > v && (unsigned char)trim[-1] <= SP) trim--;
         req->headers[n].name = name;
