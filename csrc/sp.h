@@ -40,10 +40,6 @@ typedef struct sp_request_head {
     const char *method; size_t method_len;
     const char *target; size_t target_len;   /* the raw request-target */
     int minor_version;                       /* HTTP/1.minor_version: 0 or 1 */
-    int ascii;                               /* out: 1 when no value the environ block is made of
-                                                holds a byte >= 0x80: none in the target or a
-                                                field value, and no escape in the target's path
-                                                that decodes to one (PATH_INFO); 0 when one may */
     sp_header *headers;                      /* caller-provided array ... */
     size_t num_headers;                      /* in: capacity of headers[]; out: fields found */
 } sp_request_head;
@@ -168,11 +164,6 @@ typedef struct sp_request {
     int listener;                /* index given to sp_server_add_listener() */
     int body;                    /* 0 none, 1 Content-Length, 2 chunked */
     int head;                    /* 1 for HEAD: no body is sent whatever the app returns */
-    int ascii;                   /* 1 when every byte of env is ASCII (< 0x80): the parser's
-                                    sp_request_head.ascii for the head env was packed from (kept
-                                    with the block for a repeated head), REMOTE_ADDR and
-                                    REMOTE_PORT being ASCII always; so each value's str may be
-                                    made without a scan for latin-1 bytes. 0: they may hold some */
     int64_t content_length;      /* -1 if not given */
     uint64_t serial;             /* requests served on this connection before this one */
 } sp_request;

@@ -11,7 +11,7 @@ typedef struct sp_header { const char *name; size_t name_len; const char *value;
 typedef struct sp_limits { size_t max_request_line; size_t max_field_size; size_t max_head_size; size_t max_headers; } sp_limits;
 typedef struct sp_request_head {
     const char *method; size_t method_len; const char *target; size_t target_len;
-    int minor_version; int ascii; sp_header *headers; size_t num_headers;
+    int minor_version; sp_header *headers; size_t num_headers;
 } sp_request_head;
 typedef struct sp_framing { int64_t content_length; int chunked; int keep_alive; int expect_continue; int upgrade; } sp_framing;
 typedef struct sp_chunked { uint64_t remaining; int state; size_t line_len; uint64_t size_acc; size_t max_ext; size_t trailer_bytes; ...; } sp_chunked;
@@ -42,7 +42,7 @@ typedef struct sp_config {
     uint64_t max_requests;
 } sp_config;
 typedef struct sp_request {
-    const char *env; size_t env_len; int fd; int listener; int body; int head; int ascii;
+    const char *env; size_t env_len; int fd; int listener; int body; int head;
     int64_t content_length; uint64_t serial;
 } sp_request;
 typedef struct sp_event { int kind; int fd; int mask; sp_request *req; int64_t token; int64_t code; } sp_event;

@@ -50,11 +50,11 @@ struct sp_conn {
     sp_request req;                  /* Python's handle: &conn->req */
     sp_server *srv;
     int state;
-    int wait_mask;                   /* green mode: sp_req_wait() (here, it fills state's padding) */
     struct sp_conn *prev, *next;     /* all connections (sweep list) */
     struct sp_conn *qnext;           /* ready queue */
     int64_t busy_since_us;           /* when Python took it (--timeout, status, duration histogram) */
     int64_t wait_token;              /* green mode: sp_req_wait() */
+    int wait_mask;
     int64_t deadline_ms;             /* current timeout, 0 for none */
     int64_t head_started_ms;         /* first byte of the current head */
 

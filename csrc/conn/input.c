@@ -96,7 +96,6 @@ int conn_try_parse(sp_server *s, sp_conn *c) {
         if (s->cfg.max_body_size >= 0 && f.content_length > s->cfg.max_body_size) { conn_error(s, c, 413); return -1; }
         int er = env_build(c, &rh, (size_t)rc);
         if (er < 0) { conn_error(s, c, -er); return -1; }
-        c->req.ascii = rh.ascii;   /* describes envbuf's block, which a repeat reuses */
         is_head = rh.method_len == 4 && memcmp(rh.method, "HEAD", 4) == 0;
         minor = rh.minor_version;
         remember_head(c, c->in + c->pos, (size_t)rc, &f, is_head, minor);

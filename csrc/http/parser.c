@@ -241,15 +241,6 @@ static inline vmask token_stops(vec x)
     return v_bits(ok) ^ VMASK_ALL;   /* the bytes not ok */
 }
 
-/* Bytes >= 0x80 (obs-text). */
-static inline vmask high_bytes(vec x)
-{
-#ifdef SP_SIMD_SSE2
-    return v_bits(x);   /* movemask takes each byte's top bit */
-#else
-    return v_bits(v_le(v_set(0x80), x));
-#endif
-}
 #endif
 
 /* Token bytes (RFC 9110 5.6.2): method and field names. */
@@ -270,66 +261,32 @@ static inline const char *scan_token(const char *p, const char *end)
     return scan_class(p, end, C_TCHAR);
 }
 
-/* What the target and value scans saw, for sp_request_head.ascii (see head_ascii): the bytes of
- * every block they loaded OR'ed together (one instruction a block), the target's blocks' '%'
- * tests likewise, and the bytes the scalar loops took. A block may reach past the byte that
- * stopped its scan: into the next line (whose bytes a valid head holds >= 0x80 only in a value,
- * scanned anyway), or past the head's end in the optimistic pass, which head_ascii settles. */
-typedef struct scan_seen {
-#if defined(SP_SIMD_SSE2) || defined(SP_SIMD_NEON)
-    vec bytes;
-    vec pct;
-#endif
-    unsigned tail;   /* the scalar loops' bytes OR'ed; SEEN_PCT: the target's scalar part ran */
-} scan_seen;
-
-#define SEEN_PCT 0x100
-
-/* scan_class's loop for the target and value scans, noting its bytes in *seen. */
-static inline const char *scan_class_seen(const char *p, const char *end, int cls, scan_seen *seen)
-{
-    unsigned h = 0;
-    for (; p < end && is_class(*p, cls); p++) h |= (unsigned char)*p;
-    seen->tail |= h;
-    return p;
-}
-
 /* Request-target bytes: stops at CTL, SP, '#', DEL. */
-static inline const char *scan_target(const char *p, const char *end, scan_seen *seen)
+static inline const char *scan_target(const char *p, const char *end)
 {
 #if defined(SP_SIMD_SSE2) || defined(SP_SIMD_NEON)
     while (end - p >= SIMD_BLOCK) {
-        vec x = v_load(p);
-        vmask m = target_stops(x);
-        seen->bytes = v_or(seen->bytes, x);
-        seen->pct = v_or(seen->pct, v_eq(x, v_set('%')));
+        vmask m = target_stops(v_load(p));
         if (m) return p + v_first(m);
         p += SIMD_BLOCK;
     }
 #endif
-    const char *e = scan_class_seen(p, end, C_TARGET, seen);
-    if (e != p) seen->tail |= SEEN_PCT;   /* rare (a short input): head_ascii looks for '%' */
-    return e;
+    return scan_class(p, end, C_TARGET);
 }
 
-/* Field value bytes: stops at a CTL other than HTAB, or DEL. */
-/* lo (<= p) is where the input starts: the last block of a scan that ends within 16 bytes of
+/* Field value bytes: stops at a CTL other than HTAB, or DEL. lo (<= p) is where the input starts: the last block of a scan that ends within 16 bytes of
  * end is the one that ends at end, when there are 16 bytes from lo (the head's last value, in
  * the common pass, ends there), its bits for bytes before p dropped. */
-static inline const char *scan_value(const char *lo, const char *p, const char *end, scan_seen *seen)
+static inline const char *scan_value(const char *lo, const char *p, const char *end)
 {
 #if defined(SP_SIMD_SSE2) || defined(SP_SIMD_NEON)
     for (;;) {
         vmask m;
         size_t left = (size_t)(end - p);
         if (left >= SIMD_BLOCK) {
-            vec x = v_load(p);
-            m = value_stops(x);
-            seen->bytes = v_or(seen->bytes, x);
+            m = value_stops(v_load(p));
         } else if (left && end - lo >= SIMD_BLOCK) {
-            vec x = v_load(end - SIMD_BLOCK);
-            m = v_drop(value_stops(x), SIMD_BLOCK - left);
-            seen->bytes = v_or(seen->bytes, x);   /* bytes before p too: head_ascii settles it */
+            m = v_drop(value_stops(v_load(end - SIMD_BLOCK)), SIMD_BLOCK - left);
             if (!m) return end;
         } else {
             break;
@@ -345,40 +302,7 @@ static inline const char *scan_value(const char *lo, const char *p, const char *
 #else
     (void)lo;
 #endif
-    return scan_class_seen(p, end, C_VALUE, seen);
-}
-
-/* Whether the path of the target t[0..n) (up to its '?'; for an absolute-form target, with its
- * scheme and authority, a superset) holds an escape that decodes to a byte >= 0x80: "%8".."%F"
- * followed by anything (a bad escape is refused later by the decoder, with 400). PATH_INFO is
- * the path decoded (sp_decode_path), so such an escape makes it non-ASCII in an ASCII head. */
-static int path_escapes_high(const char *t, size_t n)
-{
-    for (size_t i = 0; i + 1 < n && t[i] != '?'; i++)
-        if (t[i] == '%' && ((t[i + 1] >= '8' && t[i + 1] <= '9') || (unsigned)((t[i + 1] | 0x20) - 'a') < 6u))
-            return 1;
-    return 0;
-}
-
-/* sp_request_head.ascii for the valid head [head, head_end) with target t[0..tn), from what its
- * scans saw. In a valid head only the target and field values may hold bytes >= 0x80 (methods
- * and names are tokens), so when the scans' blocks held none, neither does the head; when they
- * did (a latin-1 head, or a block that reached past the head's end into a body), the head's own
- * bytes decide, looked at again: rare, and exact. */
-static inline int head_ascii(scan_seen seen, const char *head, const char *head_end,
-                             const char *t, size_t tn)
-{
-    unsigned high = seen.tail & 0x80, pct = seen.tail & SEEN_PCT;
-#if defined(SP_SIMD_SSE2) || defined(SP_SIMD_NEON)
-    high |= high_bytes(seen.bytes) != 0;
-    pct |= v_bits(seen.pct) != 0;
-#endif
-    if (high) {
-        unsigned h = 0;
-        for (const char *p = head; p < head_end; p++) h |= (unsigned char)*p;
-        if (h & 0x80) return 0;
-    }
-    return !(pct && path_escapes_high(t, tn));
+    return scan_class(p, end, C_VALUE);
 }
 
 /* ---- sp_parse_request -------------------------------------------------------------------------- */
@@ -580,9 +504,7 @@ static int parse_lines(const char *buf, const char *p, const char *end, const re
     const char *m_end = scan_token(p, end);
     if (m_end == p || *m_end != SP) REFUSE(ERR(BAD_REQUEST));
     const char *t = m_end + 1;
-    scan_seen seen;
-    memset(&seen, 0, sizeof seen);
-    const char *t_end = scan_target(t, end, &seen);
+    const char *t_end = scan_target(t, end);
     if (t_end == t || *t_end != SP) REFUSE(ERR(BAD_REQUEST));  /* 3.2: one SP, no CTL/'#' */
     int minor = parse_version(t_end + 1, (size_t)(cr - (t_end + 1)));
     if (minor < 0) REFUSE(minor);
@@ -610,7 +532,7 @@ static int parse_lines(const char *buf, const char *p, const char *end, const re
         /* The value's scan takes its OWS too (SP and HTAB are value bytes): then the only bytes
          * <= SP in [v, v_end) are OWS, and one compare a byte trims them at either end. */
         const char *v = n_end + 1;
-        const char *v_end = scan_value(buf, v, end, &seen);
+        const char *v_end = scan_value(buf, v, end);
         if (end - v_end < 2 || !is_crlf(v_end)) {  /* CTL, bare CR or LF in the value */
             bad = v_end;
             goto field_error;
@@ -643,7 +565,6 @@ static int parse_lines(const char *buf, const char *p, const char *end, const re
     req->target_len = (size_t)(t_end - t);
     req->minor_version = minor;
     req->num_headers = n;
-    req->ascii = head_ascii(seen, p, buf + head_end, t, (size_t)(t_end - t));
     return (int)head_end;
 }
 

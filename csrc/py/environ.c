@@ -111,98 +111,6 @@ static key_ent *env_key(const char *p, size_t n)
     return e;
 }
 
-/* ---- ASCII values without the scan ---------------------------------------------------------
- * PyUnicode_DecodeLatin1 reads every byte of a value for one >= 0x80 (to choose the str's kind)
- * before it copies them: ~2.8 instructions a byte, ~700 a browser's request for the values that
- * differ each time. The parser already knows whether the head held such a byte (sp_request.ascii);
- * when it did not, a value's str is made as CPython makes an ASCII str itself: PyUnicode_New(n,
- * 127), then the bytes copied in. The same str, byte for byte and by type (compact ASCII), as
- * DecodeLatin1 makes of ASCII bytes.
- *
- * PyUnicode_New is not in the limited API this module is built against (abi3), though every
- * CPython since 3.3 exports it: there it is declared weak (an ELF weak reference, so a CPython
- * without it still loads the module, and the way is off), and a new str's bytes are written
- * where PyUnicode_AsUTF8AndSize finds them in a compact ASCII str (its own data, at one offset
- * in every such str). ascii_way() checks that once, on strs it makes; if anything is amiss,
- * DecodeLatin1 is used for every value. */
-#if defined(Py_LIMITED_API) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__))
-extern PyObject *PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
-    __attribute__((weak, visibility("default")));
-#define ASCII_NEW_WEAK 1
-#endif
-
-#if !defined(Py_LIMITED_API) || defined(ASCII_NEW_WEAK)
-static ptrdiff_t ascii_off;   /* limited API: where a compact ASCII str's bytes are in it */
-
-/* An ASCII str of n bytes whose bytes the caller writes at *data before anyone sees it; NULL
- * with a Python error. Only once ascii_way() said 1. */
-static inline PyObject *ascii_new(Py_ssize_t n, char **data)
-{
-    PyObject *v = PyUnicode_New(n, 127);
-    if (v != NULL) {
-#ifdef Py_LIMITED_API
-        *data = (char *)v + ascii_off;
-#else
-        *data = (char *)PyUnicode_1BYTE_DATA(v);
-#endif
-    }
-    return v;
-}
-
-/* 1 when ascii_new works here (a compact ASCII str: its bytes inside the object, at the same
- * place in every one, and it equals what DecodeLatin1 makes), 0 if not; tried once, on two strs
- * it makes (the GIL guards it). */
-static int ascii_way(void)
-{
-    static int way = -1;
-    if (way >= 0)
-        return way;
-    way = 0;
-#ifdef ASCII_NEW_WEAK
-    if (PyUnicode_New == NULL)
-        return way;
-#endif
-    static const char probe[] = "spawning: a str made as ASCII, as CPython makes one";
-    int ok = 1;
-    for (Py_ssize_t n = 5; ok && n <= (Py_ssize_t)sizeof probe - 1; n += 40) {
-        PyObject *v = PyUnicode_New(n, 127), *ref = PyUnicode_DecodeLatin1(probe, n, NULL);
-        const char *d = v != NULL ? PyUnicode_AsUTF8AndSize(v, NULL) : NULL;
-        ptrdiff_t off = d != NULL ? d - (const char *)v : 0;
-        ok = ref != NULL && off > 0 && off < 256 && (n == 5 || off == ascii_off);
-        if (ok) {
-            ascii_off = off;
-            memcpy((char *)v + off, probe, (size_t)n);
-            ok = PyUnicode_Compare(v, ref) == 0 && PyUnicode_GetLength(v) == n;
-        }
-        Py_XDECREF(v);
-        Py_XDECREF(ref);
-    }
-    PyErr_Clear();
-    way = ok;
-    return way;
-}
-#define ASCII_WAY 1
-#endif
-
-/* The str of p[0..n) as latin-1 (a new reference; NULL with a Python error), ascii when the
- * bytes are known to be ASCII. */
-static inline PyObject *latin1_str(const char *p, size_t n, int ascii)
-{
-#ifdef ASCII_WAY
-    /* 0 and 1 bytes: DecodeLatin1 gives CPython's shared strs, without a scan worth saving */
-    if (ascii && n > 1 && ascii_way()) {
-        char *data;
-        PyObject *v = ascii_new((Py_ssize_t)n, &data);
-        if (v != NULL)
-            memcpy(data, p, n);
-        return v;
-    }
-#else
-    (void)ascii;
-#endif
-    return PyUnicode_DecodeLatin1(p, (Py_ssize_t)n, NULL);
-}
-
 #if defined(__GNUC__) || defined(__clang__)
 #define ENV_INLINE inline __attribute__((always_inline))
 #define ENV_NOINLINE __attribute__((noinline))
@@ -214,9 +122,9 @@ static inline PyObject *latin1_str(const char *p, size_t n, int ascii)
 /* env_value's new str for p[0..n), which c (NULL: none) then keeps; NULL with a Python error.
  * Out of line: most values are c's (see env_value), and this part's registers made every call
  * pay a prologue and an epilogue (~15 instructions, ~25 calls a browser's request). */
-static ENV_NOINLINE PyObject *env_value_new(val_ent *c, const char *p, size_t n, int ascii)
+static ENV_NOINLINE PyObject *env_value_new(val_ent *c, const char *p, size_t n)
 {
-    PyObject *v = latin1_str(p, n, ascii);
+    PyObject *v = PyUnicode_DecodeLatin1(p, (Py_ssize_t)n, NULL);
     if (v != NULL && c != NULL && n <= VAL_MAX) {
         PyObject *old = c->val;
         Py_INCREF(v);
@@ -229,9 +137,9 @@ static ENV_NOINLINE PyObject *env_value_new(val_ent *c, const char *p, size_t n,
 }
 
 /* The str of the value p[0..n) as latin-1 (a new reference): c's when c (NULL: none) keeps the
- * same bytes, else a new one, which c then keeps; ascii as latin1_str's. NULL with a Python
- * error. Inlined into env_set: the common case, c's str, is a compare and an incref. */
-static ENV_INLINE PyObject *env_value(val_ent *c, const char *p, size_t n, int ascii)
+ * same bytes, else a new one, which c then keeps. NULL with a Python error. Inlined into
+ * env_set: the common case, c's str, is a compare and an incref. */
+static ENV_INLINE PyObject *env_value(val_ent *c, const char *p, size_t n)
 {
     /* The last 8 bytes first: values that differ from request to request (a path, a query, an
      * id) nearly always differ there, and are told apart without a memcmp call. */
@@ -240,15 +148,14 @@ static ENV_INLINE PyObject *env_value(val_ent *c, const char *p, size_t n, int a
         Py_INCREF(c->val);
         return c->val;
     }
-    return env_value_new(c, p, n, ascii);
+    return env_value_new(c, p, n);
 }
 
 /* env[key] = the value p[0..n) (env_value, c as there); 0 or -1 with a Python error. Inlined:
  * it runs ~20 times a request, and its call's prologue and epilogue cost ~19 instructions each. */
-static ENV_INLINE int env_set(PyObject *env, PyObject *key, val_ent *c, const char *p, size_t n,
-                              int ascii)
+static ENV_INLINE int env_set(PyObject *env, PyObject *key, val_ent *c, const char *p, size_t n)
 {
-    PyObject *v = env_value(c, p, n, ascii);
+    PyObject *v = env_value(c, p, n);
     if (v == NULL)
         return -1;
     int rc = PyDict_SetItem(env, key, v);
@@ -422,7 +329,7 @@ static PyObject *env_from_block(Runner *self, const sp_request *r)
         return NULL;
     for (int i = 0; i < 6; i++) {
         const char *v = i ? ends[i - 1] + 1 : r->env;
-        if (env_set(env, fixed_keys[i], &fixed_vals[i], v, (size_t)(ends[i] - v), r->ascii) < 0)
+        if (env_set(env, fixed_keys[i], &fixed_vals[i], v, (size_t)(ends[i] - v)) < 0)
             goto fail;
     }
     int proxied = 0;   /* a header a trusted proxy may have set (spawning.wsgi.forwarded reads them) */
@@ -441,11 +348,11 @@ static PyObject *env_from_block(Runner *self, const sp_request *r)
             if (e == NULL)
                 goto fail;
             proxied |= e->proxied;   /* told once, when the name's entry was made */
-            rc = env_set(env, e->key, e->last, v, (size_t)(vz - v), r->ascii);
+            rc = env_set(env, e->key, e->last, v, (size_t)(vz - v));
         } else {
             proxied |= forwarded_name(p, kn);
             PyObject *k = PyUnicode_DecodeLatin1(p, (Py_ssize_t)kn, NULL);
-            rc = k != NULL ? env_set(env, k, NULL, v, (size_t)(vz - v), r->ascii) : -1;
+            rc = k != NULL ? env_set(env, k, NULL, v, (size_t)(vz - v)) : -1;
             Py_XDECREF(k);
         }
         if (rc < 0)
@@ -454,7 +361,7 @@ static PyObject *env_from_block(Runner *self, const sp_request *r)
     }
     size_t pn = (size_t)(end - p);
     unsigned slot = pn ? (unsigned)(p[pn - 1] + 10 * (pn > 1 ? p[pn - 2] : 0)) : 0;
-    if (env_set(env, s_remote_port, &port_vals[slot & (PORT_VALS - 1)], p, pn, r->ascii) < 0)
+    if (env_set(env, s_remote_port, &port_vals[slot & (PORT_VALS - 1)], p, pn) < 0)
         goto fail;
     if (proxied && self->forwarded != Py_None) {
         PyObject *port = PyObject_CallFunctionObjArgs(self->forwarded, env, NULL);

@@ -528,66 +528,6 @@ static void test_slowloris(void)
 }
 
 /* Every offset of a bad byte relative to the 16-byte SIMD blocks, in values and targets. */
-/* sp_request_head.ascii: 0 exactly when the target or a value holds a byte >= 0x80, or the
- * target's path an escape that decodes to one; whatever follows the head (a body, the next
- * request) has no say. Every offset of a 64-byte value and target (across SIMD blocks and the
- * scalar tail), whole and byte by byte. */
-static void test_ascii_flag(void)
-{
-    static const unsigned char bytes[] = {'A', 0x7e, 0x80, 0xc3, 0xff};
-    char in[512];
-    sp_header hdrs[8];
-    sp_request_head rh;
-    size_t at;
-
-    current_case = "ascii: a byte in a value or the target, at every offset";
-    for (int where = 0; where < 2; where++) {
-        for (size_t off = 0; off < 64; off++) {
-            for (size_t b = 0; b < sizeof bytes; b++) {
-                char target[65], value[65];
-                memset(target, 't', 64);
-                memset(value, 'v', 64);
-                target[0] = '/';
-                target[64] = value[64] = '\0';
-                if (where == 0) target[off ? off : 1] = (char)bytes[b];
-                else value[off] = (char)bytes[b];
-                int n = sprintf(in, "GET %s HTTP/1.1\r\nHost: a\r\nX: %s\r\n\r\n", target, value);
-                int want = bytes[b] < 0x80;
-                int rc = parse_at(in, (size_t)n, 0, NULL, &rh, hdrs, 8);
-                CHECK(rc == n && rh.ascii == want, "%s off %zu byte %02x: rc %d ascii %d",
-                      where ? "value" : "target", off, bytes[b], rc, rh.ascii);
-                memset(&rh, 0, sizeof rh);
-                rc = parse_incremental(in, (size_t)n, NULL, &at, &rh, hdrs, 8);
-                CHECK(rc == n && rh.ascii == want, "incremental %s off %zu byte %02x: ascii %d",
-                      where ? "value" : "target", off, bytes[b], rh.ascii);
-            }
-        }
-    }
-
-    current_case = "ascii: bytes >= 0x80 after the head are not its own";
-    for (size_t vl = 0; vl < 40; vl++) {
-        int n = sprintf(in, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 32\r\nX: %.*s\r\n\r\n",
-                        (int)vl, "0123456789012345678901234567890123456789");
-        int head = n;
-        memset(in + n, '\xe9', 32);
-        n += 32;
-        int rc = parse_at(in, (size_t)n, 0, NULL, &rh, hdrs, 8);
-        CHECK(rc == head && rh.ascii == 1, "value %zu: rc %d ascii %d", vl, rc, rh.ascii);
-    }
-
-    current_case = "ascii: escapes in the path";
-    static const struct { const char *target; int want; } esc[] = {
-        {"/a%20b/%7E%41%7f", 1}, {"/caf%C3%A9", 0}, {"/%e9", 0}, {"/%80", 0}, {"/%8", 0},
-        {"/%Ff", 0}, {"/%9", 0}, {"/a?q=%C3%A9", 1}, {"/a%2F?q=%FF", 1}, {"/%", 1},
-        {"http://h/%c3%a9", 0}, {"http://h/?%c3", 1}, {"/%7%", 1},
-    };
-    for (size_t i = 0; i < sizeof esc / sizeof esc[0]; i++) {
-        int n = sprintf(in, "GET %s HTTP/1.1\r\nHost: a\r\n\r\n", esc[i].target);
-        int rc = parse_at(in, (size_t)n, 0, NULL, &rh, hdrs, 8);
-        CHECK(rc == n && rh.ascii == esc[i].want, "%s: rc %d ascii %d", esc[i].target, rc, rh.ascii);
-    }
-}
-
 static void test_simd_boundaries(void)
 {
     static const char bad_value[] = {'\0', '\x01', '\x08', '\x0b', '\x1f', '\x7f', '\r', '\n'};
@@ -1346,7 +1286,6 @@ int main(void)
     test_default_limits();
     test_slowloris();
     test_simd_boundaries();
-    test_ascii_flag();
     test_framing();
     test_env();
     test_chunked();

@@ -1,12 +1,11 @@
 """Latin-1 bytes in a head reach the app as the right str on both paths (PEP 3333: the bytes as
-latin-1), whichever way the C path made it: the parser notes whether a head holds a byte >= 0x80
-(sp_request_head.ascii, csrc/sp.h), and for a head without one csrc/py/environ.c makes each value
-as an ASCII str without scanning it. A matrix: where the byte is (a raw path byte, a path escape
+latin-1), however the C path made it (the value strs it keeps from one request to the next, the
+repeat shortcut, fields joined). A matrix: where the byte is (a raw path byte, a path escape
 decoded into PATH_INFO, the query, a cookie, another field, a repeated field joined), against an
 ASCII head, on one keep-alive connection (the same head twice: the second comes by the repeat
-shortcut, with the flag of the first), in thread and green mode, on the C and the Python path.
-tests/apps/latin1_app.py answers with each value's ``isascii()`` and its UTF-8 bytes, which
-tell a latin-1 str from an ASCII-flagged one holding the same bytes (equality would not)."""
+shortcut), in thread and green mode, on the C and the Python path. tests/apps/latin1_app.py
+answers with each value's ``isascii()`` and its UTF-8 bytes, which tell a latin-1 str from an
+ASCII-flagged one holding the same bytes (equality would not)."""
 
 from __future__ import annotations
 
