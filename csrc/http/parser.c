@@ -274,9 +274,10 @@ static inline const char *scan_target(const char *p, const char *end)
     return scan_class(p, end, C_TARGET);
 }
 
-/* Field value bytes: stops at a CTL other than HTAB, or DEL. lo (<= p) is where the input starts: the last block of a scan that ends within 16 bytes of
- * end is the one that ends at end, when there are 16 bytes from lo (the head's last value, in
- * the common pass, ends there), its bits for bytes before p dropped. */
+/* Field value bytes: stops at a CTL other than HTAB, or DEL. lo (<= p) is where the input
+ * starts: the last block of a scan that ends within 16 bytes of end is the one that ends at end,
+ * when there are 16 bytes from lo (the head's last value, in the common pass, ends there), its
+ * bits for bytes before p dropped. */
 static inline const char *scan_value(const char *lo, const char *p, const char *end)
 {
 #if defined(SP_SIMD_SSE2) || defined(SP_SIMD_NEON)
