@@ -60,7 +60,8 @@ typedef struct sp_framing {
     int upgrade;              /* Connection: upgrade with an Upgrade header (we do not switch) */
 } sp_framing;
 
-/* Validates the framing headers of a parsed head and fills *f. Returns 0 or -STATUS (-400 for CL
+/* Validates the framing headers of a head sp_parse_request parsed (its names are tokens: they are
+ * compared by words, parser.c's NAME_IS) and fills *f. Returns 0 or -STATUS (-400 for CL
  * with TE, conflicting CL, TE on 1.0, missing/duplicate Host on 1.1; -501 for an unknown coding). */
 int sp_request_framing(const sp_request_head *req, sp_framing *f);
 

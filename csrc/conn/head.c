@@ -126,6 +126,14 @@ static int format_app_headers(const char *h, size_t hlen, char *out, size_t cap,
 /* Validates status ("NNN" or "NNN reason", a final status) and writes "HTTP/1.1 status\r\n" to
  * dst. Returns the length and sets *code, or -EINVAL, or -ENOSPC if cap is too small. */
 static ssize_t format_status_line(char *dst, size_t cap, const char *status, size_t slen, int *code) {
+    /* The status nearly every response has, as one compare and one copy of its whole line
+     * (~10 instructions where the checks below take ~45). */
+    static const char ok_line[] = "HTTP/1.1 200 OK\r\n";
+    if (slen == 6 && memcmp(status, ok_line + 9, 6) == 0 && slen + 13 <= cap) {   /* cap: as below */
+        memcpy(dst, ok_line, sizeof ok_line - 1);
+        *code = 200;
+        return (ssize_t)(sizeof ok_line - 1);
+    }
     if (slen < 3 || slen > 512) return -EINVAL;
     for (int i = 0; i < 3; i++) if (status[i] < '0' || status[i] > '9') return -EINVAL;
     if (slen > 3 && status[3] != ' ') return -EINVAL;

@@ -94,6 +94,13 @@ static inline int is_ows(char c)
     return c == SP || c == HTAB;
 }
 
+/* p[0..2) is CR LF (two bytes known to be there): one 16-bit compare. */
+static inline int is_crlf(const char *p)
+{
+    static const char crlf[2] = {CR, LF};
+    return memcmp(p, crlf, 2) == 0;
+}
+
 static inline int hex_value(char c)
 {
     if (c >= '0' && c <= '9') return c - '0';
@@ -117,6 +124,36 @@ static int eq_lower(const char *s, size_t n, const char *lit, size_t lit_len)
 }
 
 #define EQ_LIT(s, n, lit) eq_lower((s), (n), (lit), sizeof(lit) - 1)
+
+static inline uint64_t load8(const char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static inline uint32_t load4(const char *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* A token s[0..n) against a lowercase literal of letters and '-' as long (n >= 4), ignoring
+ * case, by words (the last one overlapping the one before): OR-ing 0x20 into a byte folds its
+ * case and maps no other token byte onto a letter or '-' (only CR, no token byte, onto '-'). */
+static inline int token_is(const char *s, const char *lit, size_t n)
+{
+    if (n >= 8) {
+        for (size_t i = 0; i + 8 < n; i += 8)
+            if ((load8(s + i) | 0x2020202020202020ull) != load8(lit + i)) return 0;
+        return (load8(s + n - 8) | 0x2020202020202020ull) == load8(lit + n - 8);
+    }
+    return (load4(s) | 0x20202020u) == load4(lit) && (load4(s + n - 4) | 0x20202020u) == load4(lit + n - 4);
+}
+
+/* The field name nm (a token, of length nl) is lit, ignoring case. */
+#define NAME_IS(nm, nl, lit) (sizeof(lit) - 1 == (nl) && token_is((nm), (lit), sizeof(lit) - 1))
 
 /* ---- Scanning: SIMD fast paths, scalar fallback. ---------------------------------------------
  * Each scan returns the first byte in [p, end) outside its class, or end. The SIMD loops look at
@@ -149,12 +186,14 @@ static inline vec v_load(const char *p) { return _mm_loadu_si128((const __m128i 
 static inline vec v_set(unsigned char c) { return _mm_set1_epi8((char)c); }
 static inline vec v_eq(vec a, vec b) { return _mm_cmpeq_epi8(a, b); }
 static inline vec v_or(vec a, vec b) { return _mm_or_si128(a, b); }
-static inline vec v_andnot(vec a, vec b) { return _mm_andnot_si128(a, b); }   /* ~a & b */
-static inline vec v_sub(vec a, vec b) { return _mm_sub_epi8(a, b); }
+static inline vec v_add(vec a, vec b) { return _mm_add_epi8(a, b); }
+static inline vec v_slt(vec a, vec b) { return _mm_cmplt_epi8(a, b); }   /* signed a < b */
+#define VMASK_ALL 0xFFFFu
 /* Unsigned a <= b: SSE2 has no unsigned byte compare, but min(a, b) == a says the same. */
 static inline vec v_le(vec a, vec b) { return _mm_cmpeq_epi8(_mm_min_epu8(a, b), a); }
 static inline vmask v_bits(vec m) { return (vmask)_mm_movemask_epi8(m); }
 static inline size_t v_first(vmask m) { return (size_t)__builtin_ctz(m); }
+static inline vmask v_drop(vmask m, size_t k) { return m >> k; }   /* the first k bytes' bits off */
 #else
 typedef uint8x16_t vec;
 typedef uint64_t vmask;   /* four bits per byte */
@@ -162,8 +201,9 @@ static inline vec v_load(const char *p) { return vld1q_u8((const uint8_t *)(cons
 static inline vec v_set(unsigned char c) { return vdupq_n_u8(c); }
 static inline vec v_eq(vec a, vec b) { return vceqq_u8(a, b); }
 static inline vec v_or(vec a, vec b) { return vorrq_u8(a, b); }
-static inline vec v_andnot(vec a, vec b) { return vbicq_u8(b, a); }   /* ~a & b */
-static inline vec v_sub(vec a, vec b) { return vsubq_u8(a, b); }
+static inline vec v_add(vec a, vec b) { return vaddq_u8(a, b); }
+static inline vec v_slt(vec a, vec b) { return vcltq_s8(vreinterpretq_s8_u8(a), vreinterpretq_s8_u8(b)); }
+#define VMASK_ALL (~(vmask)0)
 static inline vec v_le(vec a, vec b) { return vcleq_u8(a, b); }
 /* NEON has no movemask: narrowing each 16-bit lane by 4 bits keeps a nibble per byte. */
 static inline vmask v_bits(vec m)
@@ -171,14 +211,14 @@ static inline vmask v_bits(vec m)
     return vget_lane_u64(vreinterpret_u64_u8(vshrn_n_u16(vreinterpretq_u16_u8(m), 4)), 0);
 }
 static inline size_t v_first(vmask m) { return (size_t)__builtin_ctzll(m) >> 2; }
+static inline vmask v_drop(vmask m, size_t k) { return m >> (4 * k); }   /* k < 16 */
 #endif
 
-/* Bytes that stop a field value: CTL except HTAB (0x00-0x08, 0x0a-0x1f), and DEL. */
+/* Bytes that stop a field value: CTL (0x00-0x1f) and DEL. HTAB, a value byte, stops it too, as a
+ * candidate the scan steps over: rare in values, and two operations a block less. */
 static inline vmask value_stops(vec x)
 {
-    vec ctl = v_le(x, v_set(0x1f));
-    vec tab = v_eq(x, v_set(HTAB));
-    return v_bits(v_or(v_andnot(tab, ctl), v_eq(x, v_set(0x7f))));
+    return v_bits(v_or(v_le(x, v_set(0x1f)), v_eq(x, v_set(0x7f))));
 }
 
 /* Bytes that stop a request-target: CTL and SP (0x00-0x20), '#', DEL. */
@@ -192,11 +232,15 @@ static inline vmask target_stops(vec x)
  * method or a usual field name holds. A stop here is only a candidate; the scalar class decides. */
 static inline vmask token_stops(vec x)
 {
-    vec alpha = v_sub(v_or(x, v_set(0x20)), v_set('a'));   /* 'A'-'Z' and 'a'-'z' to 0..25 */
-    vec digit = v_sub(x, v_set('0'));
-    vec ok = v_or(v_le(alpha, v_set(25)), v_or(v_le(digit, v_set(9)), v_eq(x, v_set('-'))));
-    return v_bits(v_eq(ok, v_set(0)));   /* the bytes not ok */
+    /* Each range as one signed compare: moved to start at -128 ('A'-'Z' and 'a'-'z' to
+     * -128..-103, '0'-'9' to -128..-119), it is what is below its end. */
+    vec alpha = v_add(v_or(x, v_set(0x20)), v_set(0x80 - 'a'));
+    vec digit = v_add(x, v_set(0x80 - '0'));
+    vec ok = v_or(v_slt(alpha, v_set(0x80 + 26)), v_or(v_slt(digit, v_set(0x80 + 10)),
+                                                       v_eq(x, v_set('-'))));
+    return v_bits(ok) ^ VMASK_ALL;   /* the bytes not ok */
 }
+
 #endif
 
 /* Token bytes (RFC 9110 5.6.2): method and field names. */
@@ -230,15 +274,34 @@ static inline const char *scan_target(const char *p, const char *end)
     return scan_class(p, end, C_TARGET);
 }
 
-/* Field value bytes: stops at a CTL other than HTAB, or DEL. */
-static inline const char *scan_value(const char *p, const char *end)
+/* Field value bytes: stops at a CTL other than HTAB, or DEL. lo (<= p) is where the input
+ * starts: the last block of a scan that ends within 16 bytes of end is the one that ends at end,
+ * when there are 16 bytes from lo (the head's last value, in the common pass, ends there), its
+ * bits for bytes before p dropped. */
+static inline const char *scan_value(const char *lo, const char *p, const char *end)
 {
 #if defined(SP_SIMD_SSE2) || defined(SP_SIMD_NEON)
-    while (end - p >= SIMD_BLOCK) {
-        vmask m = value_stops(v_load(p));
-        if (m) return p + v_first(m);
+    for (;;) {
+        vmask m;
+        size_t left = (size_t)(end - p);
+        if (left >= SIMD_BLOCK) {
+            m = value_stops(v_load(p));
+        } else if (left && end - lo >= SIMD_BLOCK) {
+            m = v_drop(value_stops(v_load(end - SIMD_BLOCK)), SIMD_BLOCK - left);
+            if (!m) return end;
+        } else {
+            break;
+        }
+        if (m) {
+            p += v_first(m);
+            if (*p != HTAB) return p;
+            p++;   /* a value byte: the scan goes on after it */
+            continue;
+        }
         p += SIMD_BLOCK;
     }
+#else
+    (void)lo;
 #endif
     return scan_class(p, end, C_VALUE);
 }
@@ -348,8 +411,8 @@ static int authority_ok(const char *v, size_t n)
         if (i == n || i == 1) return 0;   /* no closing bracket, or "[]" */
         i++;
     } else {
-        for (; i < n && v[i] != ':'; i++)
-            if (!is_class(v[i], C_AUTH)) return 0;
+        /* ':' is no C_AUTH byte: the loop stops at it, or at a byte that makes it no host */
+        while (i < n && is_class(v[i], C_AUTH)) i++;
     }
     if (i == n) return 1;
     if (v[i] != ':') return 0;
@@ -467,18 +530,20 @@ static int parse_lines(const char *buf, const char *p, const char *end, const re
             bad = n_end;
             goto field_error;
         }
+        /* The value's scan takes its OWS too (SP and HTAB are value bytes): then the only bytes
+         * <= SP in [v, v_end) are OWS, and one compare a byte trims them at either end. */
         const char *v = n_end + 1;
-        if (v < end && *v == SP) v++;   /* the usual single SP first: a cheaper test */
-        while (v < end && is_ows(*v)) v++;
-        const char *v_end = scan_value(v, end);
-        if (end - v_end < 2 || *v_end != CR || v_end[1] != LF) {  /* CTL, bare CR or LF in the value */
+        const char *v_end = scan_value(buf, v, end);
+        if (end - v_end < 2 || !is_crlf(v_end)) {  /* CTL, bare CR or LF in the value */
             bad = v_end;
             goto field_error;
         }
         if ((size_t)(v_end - name) > lim->field) REFUSE(ERR(HEADERS_TOO_LARGE));
         if (n == max_fields) REFUSE(ERR(HEADERS_TOO_LARGE));
+        if (*v == SP && (unsigned char)v[1] > SP) v++;   /* the usual single SP (v_end's CR ends it) */
+        else while (v < v_end && (unsigned char)*v <= SP) v++;
         const char *trim = v_end;
-        while (trim > v && is_ows(trim[-1])) trim--;
+        while (trim > v && (unsigned char)trim[-1] <= SP) trim--;
         req->headers[n].name = name;
         req->headers[n].name_len = (size_t)(n_end - name);
         req->headers[n].value = v;
@@ -635,28 +700,45 @@ int sp_request_framing(const sp_request_head *req, sp_framing *f)
         const sp_header *h = &req->headers[i];
         const char *nm = h->name;
         size_t nl = h->name_len;
-        if (EQ_LIT(nm, nl, "content-length")) {
-            if ((rc = framing_content_length(h, &cl)) < 0) return rc;
-        } else if (EQ_LIT(nm, nl, "transfer-encoding")) {
-            te_seen = 1;
-            if ((rc = framing_transfer_encoding(h, &chunked, &unknown)) < 0) return rc;
-        } else if (EQ_LIT(nm, nl, "host")) {
-            hosts++;
-            if (!host_value_ok(h)) return ERR(BAD_REQUEST);
-        } else if (EQ_LIT(nm, nl, "connection")) {
-            list_iter it;
-            const char *e;
-            size_t n;
-            list_init(&it, h);
-            while (list_next(&it, &e, &n)) {
-                if (EQ_LIT(e, n, "close")) conn_close = 1;
-                else if (EQ_LIT(e, n, "keep-alive")) conn_keep = 1;
-                else if (EQ_LIT(e, n, "upgrade")) conn_upgrade = 1;
+        /* The length first, one jump: most of a browser's fields are none of these. */
+        switch (nl) {
+        case 14:
+            if (NAME_IS(nm, nl, "content-length") && (rc = framing_content_length(h, &cl)) < 0)
+                return rc;
+            break;
+        case 17:
+            if (NAME_IS(nm, nl, "transfer-encoding")) {
+                te_seen = 1;
+                if ((rc = framing_transfer_encoding(h, &chunked, &unknown)) < 0) return rc;
             }
-        } else if (EQ_LIT(nm, nl, "upgrade")) {
-            upgrade_hdr = 1;
-        } else if (EQ_LIT(nm, nl, "expect")) {
-            if (EQ_LIT(h->value, h->value_len, "100-continue")) expect = 1;
+            break;
+        case 4:
+            if (NAME_IS(nm, nl, "host")) {
+                hosts++;
+                if (!host_value_ok(h)) return ERR(BAD_REQUEST);
+            }
+            break;
+        case 10:
+            if (NAME_IS(nm, nl, "connection")) {
+                list_iter it;
+                const char *e;
+                size_t n;
+                list_init(&it, h);
+                while (list_next(&it, &e, &n)) {
+                    if (EQ_LIT(e, n, "close")) conn_close = 1;
+                    else if (EQ_LIT(e, n, "keep-alive")) conn_keep = 1;
+                    else if (EQ_LIT(e, n, "upgrade")) conn_upgrade = 1;
+                }
+            }
+            break;
+        case 7:
+            if (NAME_IS(nm, nl, "upgrade")) upgrade_hdr = 1;
+            break;
+        case 6:
+            if (NAME_IS(nm, nl, "expect") && EQ_LIT(h->value, h->value_len, "100-continue")) expect = 1;
+            break;
+        default:
+            break;
         }
     }
 

@@ -113,17 +113,19 @@ static key_ent *head_key(const sp_env_field *f)
     return e;
 }
 
-/* The str of the value p[0..n) as latin-1 (a new reference): c's when c (NULL: none) keeps the
- * same bytes, else a new one, which c then keeps. NULL with a Python error. */
-static PyObject *env_value(val_ent *c, const char *p, size_t n)
+#if defined(__GNUC__) || defined(__clang__)
+#define ENV_INLINE inline __attribute__((always_inline))
+#define ENV_NOINLINE __attribute__((noinline))
+#else
+#define ENV_INLINE inline
+#define ENV_NOINLINE
+#endif
+
+/* env_value's new str for p[0..n), which c (NULL: none) then keeps; NULL with a Python error.
+ * Out of line: most values are c's (see env_value), and this part's registers made every call
+ * pay a prologue and an epilogue (~15 instructions, ~25 calls a browser's request). */
+static ENV_NOINLINE PyObject *env_value_new(val_ent *c, const char *p, size_t n)
 {
-    /* The last 8 bytes first: values that differ from request to request (a path, a query, an
-     * id) nearly always differ there, and are told apart without a memcmp call. */
-    if (c != NULL && c->val != NULL && c->len == n
-            && (n < 8 || load8(c->bytes + n - 8) == load8(p + n - 8)) && memcmp(c->bytes, p, n) == 0) {
-        Py_INCREF(c->val);
-        return c->val;
-    }
     PyObject *v = PyUnicode_DecodeLatin1(p, (Py_ssize_t)n, NULL);
     if (v != NULL && c != NULL && n <= VAL_MAX) {
         PyObject *old = c->val;
@@ -136,13 +138,23 @@ static PyObject *env_value(val_ent *c, const char *p, size_t n)
     return v;
 }
 
+/* The str of the value p[0..n) as latin-1 (a new reference): c's when c (NULL: none) keeps the
+ * same bytes, else a new one, which c then keeps. NULL with a Python error. Inlined into
+ * env_set: the common case, c's str, is a compare and an incref. */
+static ENV_INLINE PyObject *env_value(val_ent *c, const char *p, size_t n)
+{
+    /* The last 8 bytes first: values that differ from request to request (a path, a query, an
+     * id) nearly always differ there, and are told apart without a memcmp call. */
+    if (c != NULL && c->val != NULL && c->len == n
+            && (n < 8 || load8(c->bytes + n - 8) == load8(p + n - 8)) && memcmp(c->bytes, p, n) == 0) {
+        Py_INCREF(c->val);
+        return c->val;
+    }
+    return env_value_new(c, p, n);
+}
+
 /* env[key] = the value p[0..n) (env_value, c as there); 0 or -1 with a Python error. Inlined:
  * it runs ~20 times a request, and its call's prologue and epilogue cost ~19 instructions each. */
-#if defined(__GNUC__) || defined(__clang__)
-#define ENV_INLINE inline __attribute__((always_inline))
-#else
-#define ENV_INLINE inline
-#endif
 static ENV_INLINE int env_set(PyObject *env, PyObject *key, val_ent *c, const char *p, size_t n)
 {
     PyObject *v = env_value(c, p, n);
