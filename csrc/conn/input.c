@@ -23,6 +23,37 @@
  * block (sp_request.env) is packed from the copy only when asked (conn_env_block): the C runner
  * never asks, the Python path always does. A repeated head (c->repeat) skips all this: the last
  * head's copy, and its block if one was packed, describe it. */
+/* hs[i] = from[i] with its pointers moved by delta (into the head's copy), i < nh. By 16-byte
+ * halves {pointer, length} where SSE2 is the baseline (x86-64): a load, an add and a store each,
+ * ~8 instructions a field where the member by member way took ~13 (~13 fields a browser's head). */
+#if !defined(SP_NO_SIMD) && defined(__SSE2__) && defined(__x86_64__)
+#include <emmintrin.h>
+#include <stddef.h>
+_Static_assert(sizeof(sp_header) == 32 && offsetof(sp_header, name_len) == 8
+               && offsetof(sp_header, value) == 16 && offsetof(sp_header, value_len) == 24,
+               "copy_fields moves sp_header as two {pointer, length} halves");
+static inline void copy_fields(sp_header *hs, const sp_header *from, size_t nh, uintptr_t delta) {
+    const __m128i d = _mm_set_epi64x(0, (long long)delta);   /* the pointer moves, the length not */
+    const char *src = (const char *)from;
+    char *dst = (char *)hs;
+    for (size_t i = 0; i < nh; i++) {   /* a field a turn: its name's half, its value's */
+        __m128i name = _mm_loadu_si128((const __m128i *)(const void *)(src + 32 * i));
+        __m128i value = _mm_loadu_si128((const __m128i *)(const void *)(src + 32 * i + 16));
+        _mm_storeu_si128((__m128i *)(void *)(dst + 32 * i), _mm_add_epi64(name, d));
+        _mm_storeu_si128((__m128i *)(void *)(dst + 32 * i + 16), _mm_add_epi64(value, d));
+    }
+}
+#else
+static inline void copy_fields(sp_header *hs, const sp_header *from, size_t nh, uintptr_t delta) {
+    for (size_t i = 0; i < nh; i++) {
+        hs[i].name = (const char *)((uintptr_t)from[i].name + delta);
+        hs[i].name_len = from[i].name_len;
+        hs[i].value = (const char *)((uintptr_t)from[i].value + delta);
+        hs[i].value_len = from[i].value_len;
+    }
+}
+#endif
+
 static int env_build(sp_conn *c, const sp_request_head *rh, const char *head, size_t head_len) {
     size_t nh = rh->num_headers;
     size_t copy_at = sizeof(sp_head) + nh * sizeof(sp_header), path_at = copy_at + head_len;
@@ -37,13 +68,7 @@ static int env_build(sp_conn *c, const sp_request_head *rh, const char *head, si
     sp_header *hs = (sp_header *)(void *)(c->envbuf + sizeof(sp_head));
     char *copy = c->envbuf + copy_at;
     memcpy(copy, head, head_len);
-    for (size_t i = 0; i < nh; i++) {
-        const sp_header *f = &rh->headers[i];
-        hs[i].name = copy + (f->name - head);
-        hs[i].name_len = f->name_len;
-        hs[i].value = copy + (f->value - head);
-        hs[i].value_len = f->value_len;
-    }
+    copy_fields(hs, rh->headers, nh, (uintptr_t)copy - (uintptr_t)head);
     h->req.method = copy + (rh->method - head);
     h->req.method_len = rh->method_len;
     h->req.target = copy + (rh->target - head);

@@ -277,13 +277,20 @@ static inline uint32_t name_scan(const char *s, size_t n, int *under)
         a = load8(s) | fold;
         b = load8(s + n - 8) | fold;
 #ifdef ENV_SSE2
-        /* Both words in one register, one compare for 16 bytes. */
-        u = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_set_epi64x((long long)b, (long long)a),
-                                                       _mm_set1_epi8(0x7f)));
+        /* Both words in one register, one compare for 16 bytes; a longer name by 16-byte blocks
+         * (the last overlapping), with no word loop for the names of 9 to 16 bytes. */
+        const __m128i vfold = _mm_set1_epi8(0x20), unders = _mm_set1_epi8(0x7f);
+        __m128i hit = _mm_cmpeq_epi8(_mm_set_epi64x((long long)b, (long long)a), unders);
+        if (n > 16) {
+            for (size_t i = 8; i + 16 < n; i += 16)
+                hit = _mm_or_si128(hit, _mm_cmpeq_epi8(_mm_or_si128(load16(s + i), vfold), unders));
+            hit = _mm_or_si128(hit, _mm_cmpeq_epi8(_mm_or_si128(load16(s + n - 16), vfold), unders));
+        }
+        u = (unsigned)_mm_movemask_epi8(hit);
 #else
         u = FOLDED_UNDER(a) | FOLDED_UNDER(b);
-#endif
         for (size_t i = 8; i + 8 < n; i += 8) u |= FOLDED_UNDER(load8(s + i) | fold);
+#endif
     } else if (n >= 4) {
         a = load4(s) | fold;
         b = load4(s + n - 4) | fold;
