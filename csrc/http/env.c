@@ -8,6 +8,7 @@
  */
 #include "sp.h"
 #include "sp_limits.h"
+#include "unaligned.h"
 
 #include <stdint.h>
 #include <string.h>
@@ -151,20 +152,6 @@ static inline void put_z(packer *pk, const char *s, size_t n)
 #define ONES 0x0101010101010101ull
 #define HIGHS (0x80 * ONES)
 #define LOWS7 (0x7f * ONES)
-
-static inline uint64_t load8(const char *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return v;
-}
-
-static inline uint64_t load4(const char *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
 
 static inline void store8(char *p, uint64_t v)
 {

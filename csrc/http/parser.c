@@ -32,6 +32,7 @@
  */
 #include "sp.h"
 #include "sp_limits.h"
+#include "unaligned.h"
 
 #include <limits.h>
 #include <string.h>
@@ -124,20 +125,6 @@ static int eq_lower(const char *s, size_t n, const char *lit, size_t lit_len)
 }
 
 #define EQ_LIT(s, n, lit) eq_lower((s), (n), (lit), sizeof(lit) - 1)
-
-static inline uint64_t load8(const char *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return v;
-}
-
-static inline uint32_t load4(const char *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
 
 /* A token s[0..n) against a lowercase literal of letters and '-' as long (n >= 4), ignoring
  * case, by words (the last one overlapping the one before): OR-ing 0x20 into a byte folds its

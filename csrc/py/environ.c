@@ -1,6 +1,7 @@
 /* environ.c -- the environ of a request, made from the head the core kept of it, and kept for a
  * connection's repeats (the CPython part; see runner.c's theory of operation). */
 #include "py.h"
+#include "http/unaligned.h"
 
 #if !defined(SP_NO_SIMD) && defined(__SSE2__) && defined(__x86_64__)
 #include <emmintrin.h>
@@ -51,19 +52,6 @@ static int secret_name(const char *p, size_t n)
         || (n == 18 && memcmp(p, "HTTP_AUTHORIZATION", 18) == 0);
 }
 
-static inline uint64_t load8(const char *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return v;
-}
-
-static inline uint32_t load4(const char *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
 
 /* A key spawning.wsgi.forwarded reads (X-Forwarded-*, Forwarded): the environ then goes to it. */
 static int forwarded_name(const char *p, size_t n)
