@@ -146,7 +146,7 @@ static PyMemberDef glocal_members[] = {
 };
 
 static PyType_Slot glocal_slots[] = {
-    {Py_tp_doc, (void *)"spawning.green.local's plain reads and writes (csrc/py/glocal.c)."},
+    {Py_tp_doc, (void *)"spawning.green.local's plain attribute reads (csrc/py/glocal.c)."},
     {Py_tp_new, (void *)glocal_new},
     {Py_tp_dealloc, (void *)glocal_dealloc},
     {Py_tp_traverse, (void *)glocal_traverse},
