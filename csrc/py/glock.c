@@ -122,6 +122,8 @@ static PyObject *lock_release_impl(GLock *l)
 
 /* ---- LockBase ------------------------------------------------------------------------------ */
 
+/* tp_new of both types: a fresh instance, once greenlet's C API is in hand (an RLock's owner is
+ * the current greenlet). */
 static PyObject *glock_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
 {
     (void)args;
@@ -239,15 +241,6 @@ static PyType_Spec glock_spec = {
 
 /* ---- RLockBase ----------------------------------------------------------------------------- */
 
-static PyObject *grlock_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
-{
-    (void)args;
-    (void)kwargs;
-    if (need_getcurrent() < 0)
-        return NULL;
-    return ((allocfunc)PyType_GetSlot(tp, Py_tp_alloc))(tp, 0);
-}
-
 static int grlock_traverse(GRLock *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
@@ -349,7 +342,7 @@ static PyMemberDef grlock_members[] = {
 
 static PyType_Slot grlock_slots[] = {
     {Py_tp_doc, (void *)"spawning.green.RLock's uncontended paths (csrc/py/glock.c)."},
-    {Py_tp_new, (void *)grlock_new},
+    {Py_tp_new, (void *)glock_new},
     {Py_tp_dealloc, (void *)grlock_dealloc},
     {Py_tp_traverse, (void *)grlock_traverse},
     {Py_tp_clear, (void *)grlock_clear},
