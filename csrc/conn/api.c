@@ -165,8 +165,7 @@ out:
 }
 
 /* Sends head[0..n), formatted by end_head, and the body, then finishes the request. Called and
- * returns with s->mu held; c is busy. may_lend: the caller keeps body alive as sp.h's "Lent
- * bodies" says. */
+ * returns with s->mu held; c is busy. */
 static int respond_send(sp_server *s, sp_conn *c, char *head, size_t n, const char *body,
                         size_t blen) {
     int rc = 0;
@@ -354,7 +353,7 @@ static int finish_locked(sp_server *s, sp_conn *c, int abort) {
     c->deadline_ms = s->draining ? now / 1000 + SP_DRAIN_IDLE_MS
                                  : deadline_after(now / 1000, s->cfg.keepalive_timeout_ms);
     /* Pipelining: the next head may already be buffered; start it unless output is backed up. */
-    if (pending_own(c) <= SP_PIPELINE_OUT_MAX) {
+    if (pending(c) <= SP_PIPELINE_OUT_MAX) {
         int p = conn_try_parse(s, c);
         if (p == 0 && c->readable) {
             conn_read_head(s, c);   /* may close c */

@@ -269,7 +269,7 @@ void conn_on_event(sp_server *s, sp_handle *h, int mask) {
         switch (c->state) {
         case C_HEAD:
         case C_BODY:
-            if (pending_own(c) > SP_PIPELINE_OUT_MAX) return;   /* backpressure: read later */
+            if (pending(c) > SP_PIPELINE_OUT_MAX) return;   /* backpressure: read later */
             conn_read_head(s, c);
             break;
         case C_LINGER:

@@ -132,8 +132,6 @@ static inline int64_t deadline_after(int64_t from_ms, int timeout_ms) {
 
 /* Bytes still to send. */
 static inline size_t pending(const sp_conn *c) { return c->out_len - c->out_off; }
-/* The part in our own memory: what backpressure counts (a lent body leaves with the next burst). */
-static inline size_t pending_own(const sp_conn *c) { return c->out_len - c->out_off; }
 
 /* What the loop must hear of a connection's wanted events: nothing with an edge-triggered backend
  * (registered once for read|write); a level-triggered one must stop reporting what we ignore.

@@ -287,6 +287,16 @@ def seen_app(environ, start_response):
     return _text(start_response, json.dumps(SEEN).encode())
 
 
+PIECE = b"p" * (16 << 10)
+
+
+def piece_app(environ, start_response):
+    """16 KiB for every request, and nothing recorded: a flood of small requests that this answers
+    fills the socket's buffers fast, and the worker's growth is the server's (SEEN, which
+    ``application`` appends to, grows by one str a request on the Python path)."""
+    return _text(start_response, PIECE)
+
+
 def hello_app(environ, start_response):
     return _text(start_response, f"hello {environ['PATH_INFO']}\n".encode())
 
