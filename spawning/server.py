@@ -235,10 +235,12 @@ class Server:
         hub = green.Hub(self._srv, self._finished)
         # _finished() is false until stop() or drain() sets its flags (they are its only writers,
         # and each then calls _watch_finish): till then the hub's C turn need not call it before
-        # every poll (green.Hub.watch_finish).
+        # every poll (green.Hub.watch_finish). Off first, then the flags looked at: a stop() from
+        # another thread meanwhile turns it on again either there or here.
         self._hub = hub
-        if not (self._stopping or self._draining):
-            hub.watch_finish(False)
+        hub.watch_finish(False)
+        if self._stopping or self._draining:
+            hub.watch_finish(True)
         waiter = green.GreenRequestWaiter(hub, _timeout(self.settings.body_timeout),
                                           _timeout(self.settings.send_timeout))
         hub.handle = make_handler(self.app, self._srv, self.base_envs, waiter, self.access_log,
