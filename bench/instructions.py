@@ -7,6 +7,7 @@ divided by N, plus the top functions. Kernel time (recv/writev on loopback) is n
 
     python bench/instructions.py [--requests 2000] [--top 25] [--threads N] [--post BYTES] [--big] [--browser] [--form]
                                  [--app closeiter|flask|django] [--inclusive] [--gc-freeze]
+                                 [--conns 10] [--cache-sim [--sort D1mr]]
 
 ``--post BYTES`` sends POST requests with a body of that size to an echo app (the benchmark's
 16 KiB POST is ``--post 16384``) instead of GET to hello world; ``--big`` GETs a 64 KiB response;
@@ -15,6 +16,13 @@ divided by N, plus the top functions. Kernel time (recv/writev on loopback) is n
 scenario) to bench/apps.py's form app. ``--app`` serves one of the framework scenarios' apps (bench/apps.py: ``closeiter``, the real
 Flask and Django views) to browser-like heads; ``--inclusive`` ranks functions by inclusive cost
 (callgrind_annotate --inclusive=yes), which splits the app's share from the server's.
+``--conns`` sets how many keep-alive connections the driver keeps busy at once (10; wrk's runs use
+50-100), which sets how many requests one poll brings. ``--cache-sim`` has callgrind simulate the
+caches and branch predictors too (``--cache-sim=yes --branch-sim=yes``, the host's L1 and
+last-level geometry) and reports per request, next to the instructions, L1 data read and write
+misses (D1mr, D1mw), last-level data misses (DLmr, DLmw) and mispredicted conditional and
+indirect branches (Bcm, Bim): what instruction counts do not show (``--sort`` ranks the functions
+by one of them). Its run takes about twice as long.
 """
 
 from __future__ import annotations
@@ -147,7 +155,8 @@ APPS = {"closeiter": "closeiter", "flask": "flask_view", "django": "django_view"
 
 
 def run(n: int, workdir: str, threads: int = 1, post: int = 0, big: bool = False,
-        browser: bool = False, app: str = "", inclusive: bool = False, gc_freeze: bool = False) -> str:
+        browser: bool = False, app: str = "", inclusive: bool = False, gc_freeze: bool = False,
+        conns: int = 10, cache_sim: bool = False) -> str:
     portfile = os.path.join(workdir, f"port-{n}")
     script = os.path.join(workdir, "server.py")
     with open(script, "w") as f:
@@ -155,7 +164,8 @@ def run(n: int, workdir: str, threads: int = 1, post: int = 0, big: bool = False
                                 bench=os.path.join(ROOT, "bench"), app=APPS.get(app, ""),
                                 gc_freeze=gc_freeze))
     out = os.path.join(workdir, f"cg-{n}.out")
-    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+    sim = ["--cache-sim=yes", "--branch-sim=yes"] if cache_sim else []
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", *sim, f"--callgrind-out-file={out}",
                              sys.executable, script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -166,15 +176,17 @@ def run(n: int, workdir: str, threads: int = 1, post: int = 0, big: bool = False
         time.sleep(0.5)
         port = int(_read(portfile))
         form = app == "form"
-        drive(port, 300, post, browser=browser, form=form)   # warm-up: imports, caches, buffer pools
+        drive(port, 300, post, conns, browser, form)   # warm-up: imports, caches, buffer pools
         if n:
-            drive(port, n, post, browser=browser, form=form)
+            drive(port, n, post, conns, browser, form)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
     if os.environ.get("INSTRUCTIONS_KEEP"):   # a directory: keep callgrind's files to annotate again
         shutil.copy(out, os.path.join(os.environ["INSTRUCTIONS_KEEP"], os.path.basename(out)))
     argv = ["callgrind_annotate"] + (["--inclusive=yes"] if inclusive else []) + [out]
+    if cache_sim:
+        argv[1:1] = ["--auto=no", "--show=" + ",".join(EVENTS)]  # functions only, no source lines
     return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
 
 
@@ -197,6 +209,46 @@ def parse(report: str) -> tuple[int, dict[str, int]]:
     return total, funcs
 
 
+EVENTS = ("Ir", "D1mr", "D1mw", "DLmr", "DLmw", "Bcm", "Bim")     # what --cache-sim reports, in order
+# One event's column in callgrind_annotate's table: a count with its share, or "." for none.
+_COLUMN = r"(?:([\d,]+)(?: \(\s*[\d.]+%\))?|\.)\s+"
+
+
+def parse_events(report: str) -> tuple[list[int], dict[str, list[int]]]:
+    """parse() for a report with every event of EVENTS shown: the totals and each function's
+    counts, one per event."""
+    row = re.compile(r"\s*" + _COLUMN * len(EVENTS) + r"(\S.*)$")
+    totals: list[int] = []
+    funcs: dict[str, list[int]] = {}
+    for line in report.splitlines():
+        m = row.match(line)
+        if not m or not re.match(r"\s*[\d,]", line):
+            continue
+        counts = [int((c or "0").replace(",", "")) for c in m.groups()[:-1]]
+        name = m.group(len(EVENTS) + 1)
+        if name.startswith("PROGRAM TOTALS"):
+            totals = counts
+        elif not name.startswith("=>"):
+            funcs[name] = counts
+    return totals, funcs
+
+
+def main_cache_sim(a: argparse.Namespace, browser: bool) -> None:
+    """main() for --cache-sim: per request, each event's total and the top functions."""
+    opts = (a.threads, a.post, a.big, browser, a.app, a.inclusive, a.gc_freeze, a.conns, True)
+    with tempfile.TemporaryDirectory() as d:
+        t0, f0 = parse_events(run(0, d, *opts))
+        t1, f1 = parse_events(run(a.requests, d, *opts))
+    per = [(y - x) / a.requests for x, y in zip(t0, t1)]
+    print("per request: " + ", ".join(f"{e} {v:,.{0 if e == 'Ir' else 2}f}" for e, v in zip(EVENTS, per)))
+    zero = [0] * len(EVENTS)
+    diff = {k: [(y - x) / a.requests for x, y in zip(f0.get(k, zero), v)] for k, v in f1.items()}
+    col = EVENTS.index(a.sort)
+    print("".join(f"{e:>10}" for e in EVENTS))
+    for name, v in sorted(diff.items(), key=lambda kv: -kv[1][col])[: a.top]:
+        print(f"{v[0]:10,.0f}" + "".join(f"{x:10.2f}" for x in v[1:]) + f"  {name[-100:]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=2000)
@@ -214,13 +266,21 @@ def main() -> None:
     ap.add_argument("--inclusive", action="store_true",
                     help="rank functions by inclusive cost (what they and their callees spend)")
     ap.add_argument("--gc-freeze", action="store_true", help="gc.freeze() before serving, as --gc-freeze")
+    ap.add_argument("--conns", type=int, default=10, help="keep-alive connections the driver keeps busy")
+    ap.add_argument("--cache-sim", action="store_true",
+                    help="simulate caches and branch predictors: data misses, mispredicts per request")
+    ap.add_argument("--sort", choices=EVENTS, default="Ir", help="with --cache-sim: rank functions by it")
     a = ap.parse_args()
     if a.form:
         a.app = "form"
     browser = a.browser or bool(a.app) and a.app != "form"
+    if a.cache_sim:
+        main_cache_sim(a, browser)
+        return
+    opts = (a.threads, a.post, a.big, browser, a.app, a.inclusive, a.gc_freeze, a.conns)
     with tempfile.TemporaryDirectory() as d:
-        t0, f0 = parse(run(0, d, a.threads, a.post, a.big, browser, a.app, a.inclusive, a.gc_freeze))
-        t1, f1 = parse(run(a.requests, d, a.threads, a.post, a.big, browser, a.app, a.inclusive, a.gc_freeze))
+        t0, f0 = parse(run(0, d, *opts))
+        t1, f1 = parse(run(a.requests, d, *opts))
     print(f"user-space instructions per request: {(t1 - t0) / a.requests:,.0f}")
     diff = {k: (v - f0.get(k, 0)) / a.requests for k, v in f1.items()}
     for name, v in sorted(diff.items(), key=lambda kv: -kv[1])[: a.top]:

@@ -122,6 +122,7 @@ class Server:
         self._count_buf = ffi.new("sp_stats *")
         self._draining = False
         self._stopping = False
+        self._hub: Any = None     # green mode's hub, once it serves (see _serve_green)
         self._done = threading.Event()
         self.started = time.time()
         # With --threads 0: callables serve() runs as green threads on the hub (the worker's
@@ -141,6 +142,7 @@ class Server:
     def drain(self) -> None:
         """Stops accepting; in-flight requests finish; serve() returns once no connection is left."""
         self._draining = True
+        self._watch_finish()
         lib.sp_server_drain(self._srv)
         lib.sp_server_wakeup(self._srv)
         grace = self.settings.stream_grace
@@ -153,6 +155,7 @@ class Server:
     def stop(self) -> None:
         """serve() returns as soon as possible (in-flight requests are abandoned)."""
         self._stopping = True
+        self._watch_finish()
         lib.sp_server_wakeup(self._srv)
         self._done.set()
 
@@ -213,6 +216,12 @@ class Server:
     def _finished(self) -> bool:
         return self._stopping or (self._draining and lib.sp_server_connections(self._srv) == 0)
 
+    def _watch_finish(self) -> None:
+        """_finished() may be true from now on: green mode's hub looks at it again (see below)."""
+        hub = self._hub
+        if hub is not None:
+            hub.watch_finish(True)
+
     def serve(self) -> None:
         """Runs the dispatcher until drained or stopped. Call from the main thread."""
         if self.threads == 0:
@@ -224,6 +233,14 @@ class Server:
         from . import green
 
         hub = green.Hub(self._srv, self._finished)
+        # _finished() is false until stop() or drain() sets its flags (they are its only writers,
+        # and each then calls _watch_finish): till then the hub's C turn need not call it before
+        # every poll (green.Hub.watch_finish). Off first, then the flags looked at: a stop() from
+        # another thread meanwhile turns it on again either there or here.
+        self._hub = hub
+        hub.watch_finish(False)
+        if self._stopping or self._draining:
+            hub.watch_finish(True)
         waiter = green.GreenRequestWaiter(hub, _timeout(self.settings.body_timeout),
                                           _timeout(self.settings.send_timeout))
         hub.handle = make_handler(self.app, self._srv, self.base_envs, waiter, self.access_log,

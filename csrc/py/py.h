@@ -104,6 +104,7 @@ typedef struct {
     PyObject *timers;       /* the hub's timer heap (a list, the same object for the hub's life) */
     int max_poll_ms;        /* the finish test is looked at least this often (_MAX_POLL_MS) */
     int interrupted;        /* interrupt() was called: turn() returns at once */
+    int finish_idle;        /* watch_finish(False): finished() is false until watch_finish(True) */
     int head, tail;         /* codes[head..tail): the batch's requests not yet taken */
     /* What a request greenlet's own poll (gl_poll_here) found for the hub, which turn() hands
      * over before anything else: fd events ev[0..nfd), a poll's -errno, a Python error. */

@@ -273,36 +273,57 @@ static long long code_of(PyObject *o)
 #define SP_ASAN 1
 #endif
 
+/* A request greenlet's state tuple, green (spawning/green/hub.py): (the greenlet, its __dict__,
+ * the batch deque, the deque's popleft, the hub's idle list, the hub greenlet's switch, the idle
+ * list's limit, GreenletExit), its items read once per run() (borrowed: the caller holds the
+ * tuple, which cannot change, for the whole call) rather than once per request (PyTuple_GetItem
+ * is a call in the stable ABI: ~45 instructions a request). */
+typedef struct {
+    PyObject *me, *mine, *batch, *take, *idle, *park, *limit, *ended;
+    GreenLoop *L;           /* batch when it is the C hub's GreenLoop (hub.c), else NULL */
+} Green;
+
+/* Fills g from green, checked as run() takes it: 0, or -1 with a Python error. */
+static int green_unpack(PyObject *green, Green *g)
+{
+    if (!PyTuple_Check(green) || PyTuple_Size(green) != 8) {
+        PyErr_SetString(PyExc_TypeError, "run(): green is (greenlet, dict, deque, popleft, idle, "
+                        "switch, idle limit, GreenletExit)");
+        return -1;
+    }
+    PyObject **items[8] = { &g->me, &g->mine, &g->batch, &g->take, &g->idle, &g->park, &g->limit,
+                            &g->ended };
+    for (int i = 0; i < 8; i++)
+        if ((*items[i] = PyTuple_GetItem(green, i)) == NULL)
+            return -1;
+    g->L = Py_IS_TYPE(g->batch, greenloop_type) ? (GreenLoop *)g->batch : NULL;
+    return 0;
+}
+
 /* A request greenlet's next request from its hub's batch, as wsgi.py's handler takes it: first
  * what the last request left behind goes (greenlet-locals, in the greenlet's __dict__, and its
- * contextvars). green is (the greenlet, its __dict__, the batch deque, the deque's popleft, the
- * hub's idle list, the hub greenlet's switch, the idle list's limit, GreenletExit)
- * (spawning/green/hub.py). Returns the code, 0 when the batch is empty, or -1 with a Python
- * error. */
-static long long green_next(PyObject *green)
+ * contextvars). Returns the code, 0 when the batch is empty, or -1 with a Python error. */
+static long long green_next(const Green *g)
 {
-    PyObject *me = PyTuple_GetItem(green, 0), *mine = PyTuple_GetItem(green, 1);
-    PyObject *batch = PyTuple_GetItem(green, 2), *take = PyTuple_GetItem(green, 3);
-    if (take == NULL)
-        return -1;
-    if (PyDict_Size(mine) > 0)
-        PyDict_Clear(mine);
+    if (PyDict_Size(g->mine) > 0)
+        PyDict_Clear(g->mine);
     /* A data descriptor's __get__ is what getattr() would call, minus the lookup (hub.c). */
-    GreenLoop *L = Py_IS_TYPE(batch, greenloop_type) ? (GreenLoop *)batch : NULL;
-    PyObject *ctx = L != NULL && L->ctx_get != NULL && (PyObject *)Py_TYPE(me) == L->glet_type
-                    ? L->ctx_get(L->ctx_descr, me, L->glet_type) : PyObject_GetAttr(me, s_gr_context);
+    GreenLoop *L = g->L;
+    PyObject *ctx = L != NULL && L->ctx_get != NULL && (PyObject *)Py_TYPE(g->me) == L->glet_type
+                    ? L->ctx_get(L->ctx_descr, g->me, L->glet_type)
+                    : PyObject_GetAttr(g->me, s_gr_context);
     if (ctx == NULL)
         return -1;
     int set = ctx != Py_None;
     Py_DECREF(ctx);
-    if (set && PyObject_SetAttr(me, s_gr_context, Py_None) < 0)
+    if (set && PyObject_SetAttr(g->me, s_gr_context, Py_None) < 0)
         return -1;
     if (L != NULL)                                  /* the C hub's batch (hub.c): no objects */
         return L->head < L->tail ? L->codes[L->head++] : 0;
-    Py_ssize_t n = PyObject_Size(batch);
+    Py_ssize_t n = PyObject_Size(g->batch);
     if (n <= 0)
         return n < 0 ? -1 : 0;
-    PyObject *c = PyObject_CallNoArgs(take);
+    PyObject *c = PyObject_CallNoArgs(g->take);
     if (c == NULL)
         return -1;
     long long code = code_of(c);
@@ -323,29 +344,23 @@ static long long green_next(PyObject *green)
 /* The switch saves this frame with the greenlet's stack (see runner_run). */
 __attribute__((no_sanitize_address))
 #endif
-static long long green_park(PyObject *green)
+static long long green_park(const Green *g)
 {
-    PyObject *me = PyTuple_GetItem(green, 0), *idle = PyTuple_GetItem(green, 4);
-    PyObject *park = PyTuple_GetItem(green, 5), *limit = PyTuple_GetItem(green, 6);
-    PyObject *ended = PyTuple_GetItem(green, 7);
-    if (ended == NULL)
-        return -1;
-    Py_ssize_t n = PyList_Size(idle), max = PyLong_AsSsize_t(limit);
+    Py_ssize_t n = PyList_Size(g->idle), max = PyLong_AsSsize_t(g->limit);
     if (n < 0 || (max == -1 && PyErr_Occurred()))
         return -1;
     if (n >= max)
         return 0;
-    PyObject *batch = PyTuple_GetItem(green, 2);
-    if (batch != NULL && Py_IS_TYPE(batch, greenloop_type)) {
-        long long code = gl_poll_here((GreenLoop *)batch);
+    if (g->L != NULL) {
+        long long code = gl_poll_here(g->L);
         if (code > 0)
             return code;
     }
-    if (PyList_Append(idle, me) < 0)
+    if (PyList_Append(g->idle, g->me) < 0)
         return -1;
-    PyObject *c = PyObject_CallNoArgs(park);
+    PyObject *c = PyObject_CallNoArgs(g->park);
     if (c == NULL) {
-        if (PyErr_ExceptionMatches(ended)) {
+        if (PyErr_ExceptionMatches(g->ended)) {
             PyErr_Clear();
             return GREEN_ENDED;
         }
@@ -367,15 +382,15 @@ __attribute__((no_sanitize_address))
 #endif
 static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *green = nargs == 3 && args[2] != Py_None ? args[2] : NULL;
     if (nargs != 2 && nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "run(code, poll_ms, green=None)");
         return NULL;
     }
-    if (green != NULL && (!PyTuple_Check(green) || PyTuple_Size(green) != 8)) {
-        PyErr_SetString(PyExc_TypeError, "run(): green is (greenlet, dict, deque, popleft, idle, "
-                        "switch, idle limit, GreenletExit)");
-        return NULL;
+    Green gs, *green = NULL;
+    if (nargs == 3 && args[2] != Py_None) {
+        if (green_unpack(args[2], &gs) < 0)
+            return NULL;
+        green = &gs;
     }
     long long code = code_of(args[0]);
     if (code == -1 && PyErr_Occurred())

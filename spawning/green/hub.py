@@ -432,6 +432,15 @@ class Hub:
                 self._run_timers()
 
 
+    def watch_finish(self, on: bool) -> None:
+        """Any thread: whether the C turn (csrc/py/hub.c) calls the finish test before each poll,
+        as this loop does each turn (the default). Off is for an owner whose test stays false
+        until that owner turns this on again (spawning.server: until stop() or drain()), and
+        spares a Python call a poll, which is most of a poll's cost when each brings one request.
+        This loop itself still calls it each time turn() comes back."""
+        if self._cloop is not None:
+            self._cloop.watch_finish(on)
+
     def end_requests_after(self, grace: float) -> None:
         """Hub thread: ``end_requests`` in ``grace`` seconds, once however often asked."""
         if self._ending is None:

@@ -270,3 +270,61 @@ def test_timers_and_thread_calls_run_while_requests_flow(what: str) -> None:
         assert len(during) >= 20, (len(during), load)
     else:
         assert len([x for x in calls if load["start"] <= x <= load["end"]]) >= 10, (len(calls), load)
+
+
+def test_stop_from_a_request_ends_the_hub_while_requests_flow() -> None:
+    """The hub's C turn does not call the server's finish test before each poll until stop() or
+    drain() says it may be true (green.Hub.watch_finish, spawning.server): a stop() made where
+    the C turn goes on by itself (here in a request, as an app or a signal handler may) must
+    still end serve() while requests keep coming, rather than when the traffic pauses. A real
+    green server in this process; clients in a thread, real sockets."""
+    from spawning.config import Settings
+    from spawning.server import Server
+
+    stopped: list[float] = []
+
+    def app(environ: dict, start_response) -> list[bytes]:
+        if environ["PATH_INFO"] == "/stop" and not stopped:
+            stopped.append(time.monotonic())
+            srv.stop()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
+        return [b"hi\n"]
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    srv = Server(app, Settings(threads=0, processes=1, access_log_file="/dev/null"), [sock])
+    served = threading.Event()
+
+    def client() -> None:
+        conns = [socket.create_connection(sock.getsockname(), timeout=2) for _ in range(8)]
+        deadline = time.monotonic() + scaled(8)
+        sent = 0
+        try:
+            while not served.is_set() and time.monotonic() < deadline:
+                for i, c in enumerate(conns):
+                    path = "/stop" if i == 0 and sent > 200 else "/"
+                    c.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode() * 4)
+                for c in conns:
+                    buf = b""
+                    while buf.count(b"hi\n") < 4:
+                        more = c.recv(65536)
+                        if not more:
+                            return
+                        buf += more
+                sent += 4 * len(conns)
+        except OSError:     # the stopped server closed the connections
+            pass
+        finally:
+            for c in conns:
+                c.close()
+
+    t = threading.Thread(target=client)
+    t.start()
+    srv.serve()
+    ended = time.monotonic()
+    served.set()
+    t.join(scaled(10))
+    sock.close()
+    assert stopped, "the stop request never ran"
+    assert ended - stopped[0] < scaled(1.0), ended - stopped[0]
