@@ -11,10 +11,13 @@
  * the same bytes on the wire (tests/test_response_matrix.py compares them): a list of one bytes
  * object goes in one crossing (sp_code_answer), with its Content-Length; any other iterable but
  * a wsgi.file_wrapper streams, each chunk sent as the app yields it (PEP 3333: no block is held
- * back while the app makes the next), the head with the first that is not empty; the iterable's
- * close() is called in every case. Whatever else comes (a chunk that is not bytes, an error, a
- * client that reads too slowly for the next chunk to be queued) goes back to Python with what is
- * left of the iterator, and Python goes on from there. */
+ * back while the app makes the next), the head with the first that is not empty; once the bytes
+ * sent reach the Content-Length the head declares, the iterable is not asked for more (PEP 3333:
+ * the core says so, sp_req_write's SP_WRITE_COMPLETE); the iterable's close() is called in every
+ * case. An iterable whose first chunk is its whole declared body (a framework's response object)
+ * goes in one crossing as the list does (answer_whole). Whatever else comes (a chunk that is not
+ * bytes, an error, a client that reads too slowly for the next chunk to be queued) goes back to
+ * Python with what is left of the iterator, and Python goes on from there. */
 #define HIGH_WATER (256 * 1024)   /* wsgi.py's: queued bytes past which the app waits */
 
 /* A new list of the n objects given (references stolen), or NULL with a Python error (then
@@ -185,16 +188,61 @@ static int start_head(Runner *self, long long code, Resp *resp)
     return 1;
 }
 
+/* The first non-empty chunk of an iterable, the head not sent yet: when it is the whole body
+ * the head's Content-Length declares, head and chunk go in one crossing as a list of one bytes
+ * does (the core checks the length, sp_code_answer_whole, and refuses any other without touching
+ * the request), and the iterable is not asked for more (PEP 3333). 1: the request is over
+ * (answered, or the client was gone), *nxt the thread's next request (sp_code_answer) and *mine
+ * as runner_run's; 0: not that case, nothing was done: the chunk streams; -1: a Python error
+ * that must go up (pack_head's, not an Exception). */
+static int answer_whole(Runner *self, long long code, Resp *resp, PyObject *chunk, Py_ssize_t n,
+                        long long *nxt, int *mine)
+{
+    size_t hlen, slen;
+    int ph = pack_head(self, resp, &hlen, &slen);
+    if (ph <= 0) {
+        if (ph < 0 && !PyErr_ExceptionMatches(PyExc_Exception))
+            return -1;
+        PyErr_Clear();
+        return 0;               /* start_head meets the same, and Python says what it is */
+    }
+    /* As runner_run's list answer: a response the app kept (its start_response or write(), even
+     * weakly) must reach nothing once the request is answered, for the connection's next
+     * request may have the same code; one held by nothing else may serve the next request. */
+    int m = Py_REFCNT(resp) == 1 && resp->weakrefs == NULL;
+    if (!m)
+        resp->code = 0;
+    long long r = sp_code_answer_whole(self->srv, code, self->hbuf, hlen, PyBytes_AsString(chunk),
+                                       (size_t)n);
+    if (r == -ERANGE || r == -EINVAL || r == -EALREADY) {
+        resp->code = code;      /* still ours, nothing sent: it streams (or Python answers 500) */
+        return 0;
+    }
+    resp->code = 0;
+    resp->head_sent = 1;
+    *mine = m;
+    if (r >= 0) {
+        resp->sent = n;
+        *nxt = r;
+    }
+    return 1;                   /* r < 0: the client was gone, and the request is over all the same */
+}
+
 /* Streams the result as wsgi.py's stream() does. 0: the request is finished (answered, or cut
- * for a client that went away). 1: Python goes on with it, *taken (a list: chunks not sent yet)
- * and *rest (the iterator), either may be NULL; with *err the Python error set now came from
- * the iterable; *queued > 0 when the client must read before more is queued. */
+ * for a client that went away), *nxt the thread's next request when one came with the answer and
+ * *mine whether the response may serve the next request (answer_whole). 1: Python goes on with
+ * it, *taken (a list: chunks not sent yet) and *rest (the iterator), either may be NULL; with
+ * *err the Python error set now came from the iterable; *queued > 0 when the client must read
+ * before more is queued. */
 static int stream_c(Runner *self, long long code, Resp *resp, PyObject *result,
-                    PyObject **taken, PyObject **rest, int *err, long long *queued)
+                    PyObject **taken, PyObject **rest, int *err, long long *queued,
+                    long long *nxt, int *mine)
 {
     *taken = *rest = NULL;
     *err = 0;
     *queued = 0;
+    *nxt = 0;
+    *mine = 0;
     PyObject *it = PyObject_GetIter(result);
     if (it == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_Exception)) {
@@ -225,7 +273,17 @@ static int stream_c(Runner *self, long long code, Resp *resp, PyObject *result,
             Py_DECREF(chunk);
             continue;
         }
-        int st = resp->head_sent ? 1 : start_head(self, code, resp);
+        int st = 1;
+        if (!resp->head_sent) {
+            st = answer_whole(self, code, resp, chunk, n, nxt, mine);
+            if (st > 0) {
+                Py_DECREF(chunk);
+                Py_DECREF(it);
+                return 0;
+            }
+            if (st == 0)
+                st = start_head(self, code, resp);
+        }
         if (st <= 0) {
             *rest = it;
             *taken = list_of(1, chunk, NULL);
@@ -234,8 +292,12 @@ static int stream_c(Runner *self, long long code, Resp *resp, PyObject *result,
         }
         ssize_t w = sp_req_write(self->srv, code, PyBytes_AsString(chunk), (size_t)n);
         Py_DECREF(chunk);
-        if (w == -EMSGSIZE)
+        if (w == SP_WRITE_COMPLETE) {
+            resp->sent += n;
             break;              /* its Content-Length is all sent: iterating stops (PEP 3333) */
+        }
+        if (w == -EMSGSIZE)
+            break;              /* no body may go (HEAD, 204, 304; or write() sent it all) */
         if (w < 0) {            /* the client is gone: as wsgi.py's ClientDisconnected */
             Py_DECREF(it);
             resp->code = 0;

@@ -136,10 +136,13 @@ static void forget_head(Runner *self, int idx);
 static int pack_head(Runner *self, Resp *resp, size_t *len, size_t *slen);
 /* answer.c: calls the access log's callable for a request C finished, errors deferred. */
 static void log_request(Runner *self, PyObject *env, Resp *resp, PyObject **pending);
-/* answer.c: streams the result as wsgi.py's stream() does: 0 when the request is finished, 1 when
- * Python goes on with it from *taken and *rest. */
+/* answer.c: streams the result as wsgi.py's stream() does (a first chunk that is the whole
+ * declared body in one crossing): 0 when the request is finished (*nxt: the next request an
+ * answer took, *mine: the response may serve it), 1 when Python goes on with it from *taken and
+ * *rest. */
 static int stream_c(Runner *self, long long code, Resp *resp, PyObject *result,
-                    PyObject **taken, PyObject **rest, int *err, long long *queued);
+                    PyObject **taken, PyObject **rest, int *err, long long *queued,
+                    long long *nxt, int *mine);
 /* answer.c: calls the result's close() unless it is a list or tuple; its errors are logged or
  * deferred. */
 static void close_result(Runner *self, PyObject *result, PyObject **pending);

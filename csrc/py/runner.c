@@ -478,11 +478,10 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
             PyObject *taken, *rest;
             int err;
             long long queued;
-            if (stream_c(self, code, resp, result, &taken, &rest, &err, &queued))
+            if (stream_c(self, code, resp, result, &taken, &rest, &err, &queued, &nxt, &mine))
                 return hand_back(self->srv, code_obj, env, resp, result, err, queued, inp, taken,
                                  rest);
-            close_result(self, result, pending);
-            mine = 0;                       /* its code is 0: see below */
+            close_result(self, result, pending);    /* after the answer, as PEP 3333 has it */
         }
         Py_DECREF(code_obj);
         if (inp != NULL && Py_IS_TYPE(inp, input_type)) {
