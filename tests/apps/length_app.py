@@ -5,7 +5,8 @@ the server stop iterating once the bytes sent reach it, then call close().
 app declares) as an iterable with ``close()``, whose iterator records ``resumed`` under TOKEN if
 the server asks it for more after its last piece, and whose ``close()`` records ``close`` each
 time it is called. ``c=gen`` answers the same as a bare generator, which records ``resumed`` the
-same way and ``closed`` when close() ends it at its last piece. ``GET /events?t=TOKEN`` answers
+same way and ``closed`` when close() ends it at its last piece. ``&big=1`` adds a header of 10 KB (a head too big for the core's one-crossing path, which then
+streams it) and ``&lower=1`` declares the length as ``content-length``. ``GET /events?t=TOKEN`` answers
 what TOKEN's requests recorded, comma-separated. The server runs one process (``-s 1``): the
 record is this module's memory.
 
@@ -88,7 +89,11 @@ def application(environ: dict, start_response: Callable) -> Any:
         except Exception as e:  # noqa: BLE001  which one is what the test asserts
             _record(token, type(e).__name__)
     pieces, length = CASES[q.get("c", "exact")]
-    write = start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(length))])
+    headers = [("Content-Type", "text/plain"),
+               ("content-length" if q.get("lower") else "Content-Length", str(length))]
+    if q.get("big"):
+        headers.append(("X-Big", "b" * 10_000))
+    write = start_response("200 OK", headers)
     if q.get("keep") == "write":
         _kept.append(("write", write))
     elif q.get("keep") == "sr":
