@@ -355,11 +355,16 @@ int sp_req_wait(sp_server *s, int64_t code, int mask, int64_t token);
 int sp_req_start(sp_server *s, int64_t code, const char *status, size_t slen,
                  const char *headers, size_t hlen);
 /* Queues body bytes (chunk-framed if needed) and writes what the socket takes without blocking.
- * Returns the bytes still queued (the caller waits for writability when over its high-water mark),
- * -EMSGSIZE when no more body may go (its Content-Length is all sent, or the response has no body:
- * HEAD, 204, 304; bytes past the length are cut and the connection closes after the response),
- * or -EPIPE / -ECONNRESET when the client is gone. */
+ * Returns the bytes still queued (the caller waits for writability when over its high-water mark);
+ * SP_WRITE_COMPLETE when these bytes complete the Content-Length the head declares (bytes past it
+ * are cut and the connection closes after the response): the body is whole, and the caller stops
+ * asking the app for more (PEP 3333) and finishes, leaving what is still queued to the loop, as
+ * with a one-crossing answer; -EMSGSIZE when no more body may go and none of these bytes went
+ * (the Content-Length was all sent before, or the response has no body: HEAD, 204, 304); or
+ * -EPIPE / -ECONNRESET when the client is gone. The core is the one owner of "the body is whole". */
 ssize_t sp_req_write(sp_server *s, int64_t code, const char *buf, size_t len);
+/* sp_req_write()'s "the body is complete": not an -errno (ENOENT is never one of its results). */
+#define SP_WRITE_COMPLETE (-2)
 /* Writes queued bytes without blocking; returns the bytes still queued or -errno. */
 ssize_t sp_req_flush(sp_server *s, int64_t code);
 /* Blocks (thread mode) until at most low_water bytes stay queued. Returns the bytes queued,
@@ -411,6 +416,13 @@ void sp_server_flush(sp_server *s);
  * chain: the caller polls). The body is copied or sent before it returns. */
 int64_t sp_code_answer(sp_server *s, int64_t code, const char *head, size_t hlen,
                        const char *body, size_t blen);
+/* sp_code_answer() for the first piece of a body that may have more (an iterable's first chunk):
+ * it answers only when the head declares a Content-Length and body is exactly that long, so that
+ * the body is whole; else (no Content-Length, another length, or a head too big for the one-crossing
+ * path) it returns -ERANGE having done nothing (the request is still the caller's, its response
+ * not started), and the caller streams the body instead. Otherwise as sp_code_answer(). */
+int64_t sp_code_answer_whole(sp_server *s, int64_t code, const char *head, size_t hlen,
+                             const char *body, size_t blen);
 /* Ends the response (terminal chunk if chunked). The connection goes on to its next pipelined
  * request or back to the loop; the code names nothing afterwards. abort != 0 closes the connection (an app
  * failure after the head went out). Returns 0 or -errno (the connection was lost; still released). */

@@ -59,7 +59,8 @@ if shim:
 # errors are their -errno results. The wrappers cffi generates follow this preamble and use the
 # two macros by name; __func__ is the wrapper's name, and the compiler folds the comparisons.
 KEEP_GIL = (
-    "sp_code_answer", "sp_code_req", "sp_code_env", "sp_code_head", "sp_code_peek", "sp_code_respond",
+    "sp_code_answer", "sp_code_answer_whole", "sp_code_req", "sp_code_env", "sp_code_head",
+    "sp_code_peek", "sp_code_respond",
     "sp_req_start", "sp_req_respond", "sp_req_write", "sp_req_flush", "sp_req_read",
     "sp_req_wait", "sp_req_finish", "sp_watch", "sp_unwatch",
     "sp_server_connections", "sp_server_stats", "sp_server_wakeup", "sp_parse_request",

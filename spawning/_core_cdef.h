@@ -1,6 +1,7 @@
 /* The cffi declarations of csrc/sp.h (cffi's parser takes no preprocessor includes, so the API is
  * restated here; tests/test_core.py checks the two stay in step). */
 #define SP_PARTIAL -1
+#define SP_WRITE_COMPLETE -2
 #define SP_EV_REQUEST 1
 #define SP_EV_FD 2
 #define SP_EV_WAKEUP 3
@@ -114,5 +115,6 @@ sp_request *sp_code_head(sp_server *s, int64_t code, const sp_head **head);
 int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen, const char *body, size_t blen);
 void sp_server_flush(sp_server *s);
 int64_t sp_code_answer(sp_server *s, int64_t code, const char *head, size_t hlen, const char *body, size_t blen);
+int64_t sp_code_answer_whole(sp_server *s, int64_t code, const char *head, size_t hlen, const char *body, size_t blen);
 int sp_py_setup(void);
 ssize_t sp_req_read_wait(sp_server *s, int64_t code, char *buf, size_t n, int timeout_ms);

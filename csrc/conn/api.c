@@ -30,7 +30,7 @@ static int start_locked(sp_server *s, sp_conn *c, const char *status, size_t sle
     if (c->started) return -EALREADY;
     for (size_t cap = 1024;; cap *= 2) {
         if (conn_out_reserve(c, cap) < 0) return -ENOMEM;
-        ssize_t n = conn_format_head(s, c, c->out + c->out_len, c->out_cap - c->out_len, status, slen, headers, hlen, -1);
+        ssize_t n = conn_format_head(s, c, c->out + c->out_len, c->out_cap - c->out_len, status, slen, headers, hlen, -1, 0);
         if (n >= 0) { c->out_len += (size_t)n; return 0; }
         if (n != -ENOSPC || cap > (1u << 24)) return n == -ENOSPC ? -EINVAL : (int)n;
     }
@@ -46,7 +46,7 @@ int sp_req_start(sp_server *s, int64_t code, const char *status, size_t slen,
     return rc;
 }
 
-/* Queues body bytes; with the lock held. */
+/* Queues body bytes; with the lock held. Returns as sp_req_write. */
 static ssize_t body_write(sp_server *s, sp_conn *c, const char *buf, size_t len) {
     if (c->dead) return -EPIPE;
     if (!len) return conn_flush(s, c);
@@ -83,9 +83,12 @@ static ssize_t body_write(sp_server *s, sp_conn *c, const char *buf, size_t len)
         int64_t now = s->now_us;
         if (s->ncork && now - s->cork_since_us >= SP_CORK_US) conn_uncork_all(s);
         if (conn_cork_append(s, c, iov, n, now) < 0) { conn_kill(s, c); return -ENOMEM; }
-        return (ssize_t)pending(c);
+        return SP_WRITE_COMPLETE;
     }
-    return conn_sendv(s, c, iov, n);
+    ssize_t w = conn_sendv(s, c, iov, n);
+    /* The last bytes its Content-Length allows: the caller stops iterating (PEP 3333) and
+     * finishes; what is still queued goes out from the loop, as a respond() answer's does. */
+    return w >= 0 && c->resp_left == 0 ? SP_WRITE_COMPLETE : w;
 }
 
 ssize_t sp_req_write(sp_server *s, int64_t code, const char *buf, size_t len) {
@@ -189,19 +192,24 @@ static int respond_send(sp_server *s, sp_conn *c, char *head, size_t n, const ch
 }
 
 /* The one-crossing response (sp_req_respond). Called and returns with s->mu held; c is busy.
- * -EINVAL and -EALREADY leave the request unfinished. */
+ * -EINVAL and -EALREADY leave the request unfinished, and so does -ERANGE (whole: the body is
+ * not exactly the head's Content-Length, or the head is too big to tell here), which touches
+ * nothing. */
 static int respond(sp_server *s, sp_conn *c, const char *status, size_t slen,
-                   const char *headers, size_t hlen, const char *body, size_t blen) {
+                   const char *headers, size_t hlen, const char *body, size_t blen, int whole) {
     char head[SP_HEAD_STACK];
     if (c->dead) { finish_locked(s, c, 0); return -EPIPE; }
     if (c->started) return -EALREADY;
-    ssize_t n = conn_format_head(s, c, head, sizeof(head), status, slen, headers, hlen, (int64_t)blen);
+    ssize_t n = conn_format_head(s, c, head, sizeof(head), status, slen, headers, hlen, (int64_t)blen,
+                                 whole);
+    if (n == -ENOSPC && whole) return -ERANGE;   /* the caller streams it: sp_req_start copes */
     if (n == -ENOSPC) {   /* a huge head: take the general path */
         int rc = start_locked(s, c, status, slen, headers, hlen);
         if (rc != -EINVAL) {
             if (rc == 0) {
                 ssize_t w = body_write(s, c, body, blen);
-                if (w < 0 && w != -EMSGSIZE) rc = (int)w;   /* EMSGSIZE: a bodiless response */
+                if (w < 0 && w != -EMSGSIZE && w != SP_WRITE_COMPLETE)
+                    rc = (int)w;   /* EMSGSIZE: a bodiless response; COMPLETE: its length sent */
             }
             int f = finish_locked(s, c, 0);
             if (!rc) rc = f;
@@ -217,7 +225,7 @@ int sp_req_respond(sp_server *s, int64_t code, const char *status, size_t slen,
     LOCK(s);
     sp_conn *c = conn_code(s, code);
     if (!c) { UNLOCK(s); return -ESTALE; }
-    int rc = respond(s, c, status, slen, headers, hlen, body, blen);
+    int rc = respond(s, c, status, slen, headers, hlen, body, blen, 0);
     UNLOCK(s);
     return rc;
 }
@@ -248,12 +256,13 @@ sp_request *sp_code_head(sp_server *s, int64_t code, const sp_head **head) {
 
 /* sp_code_respond with s->mu held. head: "status\0headers" (headers as sp_req_start takes them). */
 static int code_respond_locked(sp_server *s, int64_t code, const char *head, size_t hlen,
-                               const char *body, size_t blen) {
+                               const char *body, size_t blen, int whole) {
     const char *nul = memchr(head, '\0', hlen);
     size_t slen = nul ? (size_t)(nul - head) : hlen;
     const char *headers = nul ? nul + 1 : head + hlen;
     sp_conn *c = conn_code(s, code);
-    return c ? respond(s, c, head, slen, headers, hlen - slen - (nul ? 1 : 0), body, blen) : -ESTALE;
+    return c ? respond(s, c, head, slen, headers, hlen - slen - (nul ? 1 : 0), body, blen, whole)
+             : -ESTALE;
 }
 
 void sp_server_flush(sp_server *s) {
@@ -265,16 +274,20 @@ void sp_server_flush(sp_server *s) {
 int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,
                     const char *body, size_t blen) {
     LOCK(s);
-    int rc = code_respond_locked(s, code, head, hlen, body, blen);
+    int rc = code_respond_locked(s, code, head, hlen, body, blen, 0);
     UNLOCK(s);
     return rc;
 }
 
-int64_t sp_code_answer(sp_server *s, int64_t code, const char *head, size_t hlen,
-                       const char *body, size_t blen) {
+/* sp_code_answer(), and with whole sp_code_answer_whole(). */
+static int64_t code_answer(sp_server *s, int64_t code, const char *head, size_t hlen,
+                           const char *body, size_t blen, int whole) {
     LOCK(s);   /* one lock for both halves: the answer and the next request */
-    int rc = code_respond_locked(s, code, head, hlen, body, blen);
-    if (!s->cfg.chain || rc == -ESTALE || rc == -EALREADY || rc == -EINVAL) { UNLOCK(s); return rc; }
+    int rc = code_respond_locked(s, code, head, hlen, body, blen, whole);
+    if (!s->cfg.chain || rc == -ESTALE || rc == -EALREADY || rc == -EINVAL || rc == -ERANGE) {
+        UNLOCK(s);
+        return rc;
+    }
     /* Only a queued request: with none, the caller's sp_poll_one() polls, as this would, but
      * it may wait (without the GIL). A poll that found nothing here would be a wasted call. */
     if (!s->nready) { UNLOCK(s); return 0; }
@@ -286,6 +299,16 @@ int64_t sp_code_answer(sp_server *s, int64_t code, const char *head, size_t hlen
     }
     UNLOCK(s);
     return next;
+}
+
+int64_t sp_code_answer(sp_server *s, int64_t code, const char *head, size_t hlen,
+                       const char *body, size_t blen) {
+    return code_answer(s, code, head, hlen, body, blen, 0);
+}
+
+int64_t sp_code_answer_whole(sp_server *s, int64_t code, const char *head, size_t hlen,
+                             const char *body, size_t blen) {
+    return code_answer(s, code, head, hlen, body, blen, 1);
 }
 
 

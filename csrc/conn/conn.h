@@ -230,9 +230,11 @@ void conn_uncork_all(sp_server *s);
 /* Writes v in base 10 or 16 at dst (room for 20 digits): the length. */
 size_t conn_fmt_u64(char *dst, uint64_t v, unsigned base);
 /* Formats the whole response head into dst and sets c's response state from it (blen >= 0: the
- * whole body is known): the length, -EINVAL (bad status or header) or -ENOSPC (cap too small). */
+ * whole body is known): the length, -EINVAL (bad status or header) or -ENOSPC (cap too small).
+ * With whole, blen must be the Content-Length the headers declare: else -ERANGE, and c is left
+ * untouched (checked before any of its state is set). */
 ssize_t conn_format_head(sp_server *s, sp_conn *c, char *dst, size_t cap, const char *status,
-                         size_t slen, const char *h, size_t hlen, int64_t blen);
+                         size_t slen, const char *h, size_t hlen, int64_t blen, int whole);
 
 /* ---- body.c: request bodies ---------------------------------------------------------------- */
 

@@ -200,13 +200,15 @@ static ssize_t end_head(sp_server *s, sp_conn *c, char *dst, size_t n, size_t ca
 }
 
 /* Formats the response head into dst. blen >= 0: the whole body is known (respond fast path).
- * Returns the length, -EINVAL for an invalid status/header, -ENOSPC if cap is too small.
+ * Returns the length, -EINVAL for an invalid status/header, -ENOSPC if cap is too small, -ERANGE
+ * with whole when the app's Content-Length is not blen (before end_head touches c: the caller
+ * may still stream the response).
  *
  * Apps answer most requests with the same header list, so the last list that validated is kept
  * (input and output, per server, under the lock) and an identical one costs a memcmp and a
  * memcpy instead of a scan of every byte. */
 ssize_t conn_format_head(sp_server *s, sp_conn *c, char *dst, size_t cap, const char *status,
-                           size_t slen, const char *h, size_t hlen, int64_t blen) {
+                           size_t slen, const char *h, size_t hlen, int64_t blen, int whole) {
     int code;
     ssize_t sl = format_status_line(dst, cap, status, slen, &code);
     if (sl < 0) return sl;
@@ -233,6 +235,7 @@ ssize_t conn_format_head(sp_server *s, sp_conn *c, char *dst, size_t cap, const 
             }
         }
     }
+    if (whole && ah.content_length != blen) return -ERANGE;
     return end_head(s, c, dst, n + ah.len, cap, code, &ah, blen);
 }
 

@@ -2,6 +2,7 @@
  * in one crossing, other iterables streamed, close(), the access log (the CPython part; see
  * runner.c's theory of operation). */
 #include "py.h"
+#include "http/unaligned.h"
 
 #ifndef SP_NO_PYFAST
 
@@ -11,10 +12,13 @@
  * the same bytes on the wire (tests/test_response_matrix.py compares them): a list of one bytes
  * object goes in one crossing (sp_code_answer), with its Content-Length; any other iterable but
  * a wsgi.file_wrapper streams, each chunk sent as the app yields it (PEP 3333: no block is held
- * back while the app makes the next), the head with the first that is not empty; the iterable's
- * close() is called in every case. Whatever else comes (a chunk that is not bytes, an error, a
- * client that reads too slowly for the next chunk to be queued) goes back to Python with what is
- * left of the iterator, and Python goes on from there. */
+ * back while the app makes the next), the head with the first that is not empty; once the bytes
+ * sent reach the Content-Length the head declares, the iterable is not asked for more (PEP 3333:
+ * the core says so, sp_req_write's SP_WRITE_COMPLETE); the iterable's close() is called in every
+ * case. An iterable whose first chunk is its whole declared body (a framework's response object)
+ * goes in one crossing as the list does (answer_whole). Whatever else comes (a chunk that is not
+ * bytes, an error, a client that reads too slowly for the next chunk to be queued) goes back to
+ * Python with what is left of the iterator, and Python goes on from there. */
 #define HIGH_WATER (256 * 1024)   /* wsgi.py's: queued bytes past which the app waits */
 
 /* A new list of the n objects given (references stolen), or NULL with a Python error (then
@@ -113,8 +117,35 @@ static inline int head_obj(Runner *self, int idx, PyObject *o, size_t *pos, int 
     return head_put(self, idx, o, pos);
 }
 
+/* The length a Content-Length value of n bytes at v says, or -1 when it says none (not 1 to 18
+ * digits). A hint only: the core reads the header again, with every rule (csrc/conn/head.c). */
+static int64_t length_of(const char *v, size_t n)
+{
+    int64_t x = 0;
+    if (n == 0 || n > 18)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        x = x * 10 + (v[i] - '0');
+    }
+    return x;
+}
+
+/* Whether the n bytes at h name Content-Length, in any case: two overlapping words, OR-ed with
+ * 0x20 in every byte, which folds case and leaves '-' as it is. */
+static inline int is_content_length(const char *h, size_t n)
+{
+    static const char lc[] = "content-length";
+    return n == 14 && (load8(h) | 0x2020202020202020ULL) == load8(lc)
+           && (load8(h + 6) | 0x2020202020202020ULL) == load8(lc + 6);
+}
+
 /* The response's head packed as sp_code_answer() takes it, "status\0name\0value...", in
- * self->hbuf: 1 with *len (and the status's length, *slen); 0 when Python must pack it
+ * self->hbuf: 1 with *len (and the status's length, *slen), and, unless declared is NULL,
+ * *declared the length its first Content-Length header says (-1: none), read from the bytes
+ * just packed as a hint of whether an iterable's first chunk may be its whole body
+ * (answer_whole; the core decides); 0 when Python must pack it
  * (anything but a str status and a list of (str, str) tuples or lists, all ASCII without NUL),
  * -1 on a Python error. No Python code runs: the exact types are asked for, so no app's __eq__
  * or __str__ is called.
@@ -126,11 +157,12 @@ static inline int head_obj(Runner *self, int idx, PyObject *o, size_t *pos, int 
  * hello world's whole head, a form handler's all but its Content-Length): no encoding, checks
  * or copies for them (~800 instructions of a hello-world request). The one cache of response
  * heads, and C's. */
-static int pack_head(Runner *self, Resp *resp, size_t *len, size_t *slen)
+static int pack_head(Runner *self, Resp *resp, size_t *len, size_t *slen, int64_t *declared)
 {
     PyObject *st = resp->status, *hd = resp->headers;
     size_t pos = 0;
     int same = 1;
+    int64_t decl = declared != NULL ? -1 : 0;     /* 0: not asked, nothing to look for */
     if (st == NULL || !PyUnicode_CheckExact(st) || hd == NULL || !PyList_CheckExact(hd))
         return 0;
     int r = head_obj(self, 0, st, &pos, &same);
@@ -141,9 +173,17 @@ static int pack_head(Runner *self, Resp *resp, size_t *len, size_t *slen)
         if (!header_of(PyList_GetItem(hd, i), &name, &value)
                 || !PyUnicode_CheckExact(name) || !PyUnicode_CheckExact(value))
             return 0;
-        if ((r = head_obj(self, (int)(1 + 2 * i), name, &pos, &same)) > 0)
-            r = head_obj(self, (int)(2 + 2 * i), value, &pos, &same);
+        size_t at = pos + 1;    /* each name and value follows a NUL (head_put) */
+        if ((r = head_obj(self, (int)(1 + 2 * i), name, &pos, &same)) <= 0)
+            break;
+        int cl = decl < 0 && is_content_length(self->hbuf + at, pos - at);
+        at = pos + 1;
+        r = head_obj(self, (int)(2 + 2 * i), value, &pos, &same);
+        if (cl && r > 0)
+            decl = length_of(self->hbuf + at, pos - at);
     }
+    if (declared != NULL)
+        *declared = decl;
     *len = pos;
     return r;
 }
@@ -165,19 +205,21 @@ static void log_request(Runner *self, PyObject *env, Resp *resp, PyObject **pend
     Py_XDECREF(r);
 }
 
-/* Starts the response's head as Response.send_head() does: 1, or 0 when Python must (the head
- * is Python's to pack, or C refused it, or the client is gone: Python meets the same and says
- * so), -1 on a Python error (not an Exception: it goes up). */
-static int start_head(Runner *self, long long code, Resp *resp)
+/* pack_head's result as start_head answers it: 1 when packed, 0 when Python must pack it (its
+ * error cleared), -1 on a Python error that is not an Exception (it goes up). */
+static int packed(int ph)
 {
-    size_t hlen, slen;
-    int ph = pack_head(self, resp, &hlen, &slen);
-    if (ph <= 0) {
-        if (ph < 0 && !PyErr_ExceptionMatches(PyExc_Exception))
-            return -1;
-        PyErr_Clear();
-        return 0;
-    }
+    if (ph > 0)
+        return 1;
+    if (ph < 0 && !PyErr_ExceptionMatches(PyExc_Exception))
+        return -1;
+    PyErr_Clear();
+    return 0;
+}
+
+/* Starts the head pack_head left in hbuf (hlen bytes, the status slen): as start_head. */
+static int start_packed(Runner *self, long long code, Resp *resp, size_t hlen, size_t slen)
+{
     size_t off = slen + (hlen > slen ? 1 : 0);
     if (sp_req_start(self->srv, code, self->hbuf, slen, self->hbuf + off, hlen - off) < 0)
         return 0;
@@ -185,16 +227,73 @@ static int start_head(Runner *self, long long code, Resp *resp)
     return 1;
 }
 
+/* Starts the response's head as Response.send_head() does: 1, or 0 when Python must (the head
+ * is Python's to pack, or C refused it, or the client is gone: Python meets the same and says
+ * so), -1 on a Python error (not an Exception: it goes up). */
+static int start_head(Runner *self, long long code, Resp *resp)
+{
+    size_t hlen, slen;
+    int ph = packed(pack_head(self, resp, &hlen, &slen, NULL));
+    return ph > 0 ? start_packed(self, code, resp, hlen, slen) : ph;
+}
+
+/* The first non-empty chunk of an iterable, the head not sent yet: when it is the whole body
+ * the head's Content-Length declares, head and chunk go in one crossing as a list of one bytes
+ * does (the core checks the length, sp_code_answer_whole, and refuses any other without touching
+ * the request), and the iterable is not asked for more (PEP 3333); else the head starts, as
+ * start_head, from the head packed once. 2: the request is over (answered, or the client was
+ * gone), *nxt the thread's next request (sp_code_answer) and *mine as runner_run's; else as
+ * start_head (1: started, the chunk streams). */
+static int answer_whole(Runner *self, long long code, Resp *resp, PyObject *chunk, Py_ssize_t n,
+                        long long *nxt, int *mine)
+{
+    size_t hlen, slen;
+    int64_t declared;
+    int ph = packed(pack_head(self, resp, &hlen, &slen, &declared));
+    if (ph <= 0)
+        return ph;
+    /* Not the whole body by the head's own word: it streams, without a crossing to be told so
+     * (a body without Content-Length, or in pieces, costs what it did). */
+    if (declared != (int64_t)n)
+        return start_packed(self, code, resp, hlen, slen);
+    /* As runner_run's list answer: a response the app kept (its start_response or write(), even
+     * weakly) must reach nothing once the request is answered, for the connection's next
+     * request may have the same code; one held by nothing else may serve the next request. */
+    int m = Py_REFCNT(resp) == 1 && resp->weakrefs == NULL;
+    if (!m)
+        resp->code = 0;
+    long long r = sp_code_answer_whole(self->srv, code, self->hbuf, hlen, PyBytes_AsString(chunk),
+                                       (size_t)n);
+    if (r == -ERANGE || r == -EINVAL || r == -EALREADY) {
+        resp->code = code;      /* still ours, nothing sent: it streams (a second Content-Length
+                                 * the hint missed, a head too big), or Python answers 500 */
+        return r == -ERANGE ? start_packed(self, code, resp, hlen, slen) : 0;
+    }
+    resp->code = 0;
+    resp->head_sent = 1;
+    *mine = m;
+    if (r >= 0) {
+        resp->sent = n;
+        *nxt = r;
+    }
+    return 2;                   /* r < 0: the client was gone, and the request is over all the same */
+}
+
 /* Streams the result as wsgi.py's stream() does. 0: the request is finished (answered, or cut
- * for a client that went away). 1: Python goes on with it, *taken (a list: chunks not sent yet)
- * and *rest (the iterator), either may be NULL; with *err the Python error set now came from
- * the iterable; *queued > 0 when the client must read before more is queued. */
+ * for a client that went away), *nxt the thread's next request when one came with the answer and
+ * *mine whether the response may serve the next request (answer_whole). 1: Python goes on with
+ * it, *taken (a list: chunks not sent yet) and *rest (the iterator), either may be NULL; with
+ * *err the Python error set now came from the iterable; *queued > 0 when the client must read
+ * before more is queued. */
 static int stream_c(Runner *self, long long code, Resp *resp, PyObject *result,
-                    PyObject **taken, PyObject **rest, int *err, long long *queued)
+                    PyObject **taken, PyObject **rest, int *err, long long *queued,
+                    long long *nxt, int *mine)
 {
     *taken = *rest = NULL;
     *err = 0;
     *queued = 0;
+    *nxt = 0;
+    *mine = 0;
     PyObject *it = PyObject_GetIter(result);
     if (it == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_Exception)) {
@@ -225,7 +324,12 @@ static int stream_c(Runner *self, long long code, Resp *resp, PyObject *result,
             Py_DECREF(chunk);
             continue;
         }
-        int st = resp->head_sent ? 1 : start_head(self, code, resp);
+        int st = resp->head_sent ? 1 : answer_whole(self, code, resp, chunk, n, nxt, mine);
+        if (st == 2) {
+            Py_DECREF(chunk);
+            Py_DECREF(it);
+            return 0;
+        }
         if (st <= 0) {
             *rest = it;
             *taken = list_of(1, chunk, NULL);
@@ -234,8 +338,12 @@ static int stream_c(Runner *self, long long code, Resp *resp, PyObject *result,
         }
         ssize_t w = sp_req_write(self->srv, code, PyBytes_AsString(chunk), (size_t)n);
         Py_DECREF(chunk);
-        if (w == -EMSGSIZE)
+        if (w == SP_WRITE_COMPLETE) {
+            resp->sent += n;
             break;              /* its Content-Length is all sent: iterating stops (PEP 3333) */
+        }
+        if (w == -EMSGSIZE)
+            break;              /* no body may go (HEAD, 204, 304; or write() sent it all) */
         if (w < 0) {            /* the client is gone: as wsgi.py's ClientDisconnected */
             Py_DECREF(it);
             resp->code = 0;

@@ -132,15 +132,19 @@ static PyObject *request_env(Runner *self, long long code, PyObject *code_obj, i
 
 /* answer.c: forgets the objects the head in hbuf was packed from, from the idx-th on. */
 static void forget_head(Runner *self, int idx);
-/* answer.c: the response's head packed into self->hbuf as sp_code_answer() takes it: 1 (with *len
- * and *slen), 0 when Python must pack it, -1 on a Python error. */
-static int pack_head(Runner *self, Resp *resp, size_t *len, size_t *slen);
+/* answer.c: the response's head packed into self->hbuf as sp_code_answer() takes it: 1 (with *len,
+ * *slen and *declared, its Content-Length or -1), 0 when Python must pack it, -1 on a Python
+ * error. */
+static int pack_head(Runner *self, Resp *resp, size_t *len, size_t *slen, int64_t *declared);
 /* answer.c: calls the access log's callable for a request C finished, errors deferred. */
 static void log_request(Runner *self, PyObject *env, Resp *resp, PyObject **pending);
-/* answer.c: streams the result as wsgi.py's stream() does: 0 when the request is finished, 1 when
- * Python goes on with it from *taken and *rest. */
+/* answer.c: streams the result as wsgi.py's stream() does (a first chunk that is the whole
+ * declared body in one crossing): 0 when the request is finished (*nxt: the next request an
+ * answer took, *mine: the response may serve it), 1 when Python goes on with it from *taken and
+ * *rest. */
 static int stream_c(Runner *self, long long code, Resp *resp, PyObject *result,
-                    PyObject **taken, PyObject **rest, int *err, long long *queued);
+                    PyObject **taken, PyObject **rest, int *err, long long *queued,
+                    long long *nxt, int *mine);
 /* answer.c: calls the result's close() unless it is a list or tuple; its errors are logged or
  * deferred. */
 static void close_result(Runner *self, PyObject *result, PyObject **pending);

@@ -249,6 +249,26 @@ static PyObject *hand_back(sp_server *srv, PyObject *code, PyObject *env, Resp *
     return h;
 }
 
+/* Whether Python streams the result itself (a wsgi.file_wrapper, for sendfile): 1 when its type
+ * is one of stream_types or a subclass, as wsgi.py's stream() asks (by the type, which is what
+ * makes it one: isinstance() would also look __class__ up on each of the other results, every
+ * framework response, ~250 instructions, so that an object could pass for one); -1 with a Python
+ * error when stream_types is not a tuple of types and isinstance() raised. */
+static int streamed_by_python(Runner *self, PyObject *result)
+{
+    PyObject *types = self->stream_types;
+    if (!PyTuple_Check(types))
+        return PyObject_IsInstance(result, types);
+    for (Py_ssize_t i = 0; i < PyTuple_Size(types); i++) {
+        PyObject *t = PyTuple_GetItem(types, i);
+        if (!PyType_Check(t))
+            return PyObject_IsInstance(result, types);
+        if (PyType_IsSubtype(Py_TYPE(result), (PyTypeObject *)t))
+            return 1;
+    }
+    return 0;
+}
+
 /* A request code from a Python int, as PyLong_AsLongLong() reads it (-1 with a Python error),
  * but without its byte-wise path: a code has 63 bits, three of CPython's digits, which
  * PyLong_AsLongLong() converts through _PyLong_AsByteArray (~90 instructions a request in green
@@ -461,7 +481,7 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
         int mine;
         if (!resp->head_sent && Py_IS_TYPE(result, &PyList_Type) && PyList_Size(result) == 1
                 && Py_IS_TYPE(body = PyList_GetItem(result, 0), &PyBytes_Type)) {
-            int ph = pack_head(self, resp, &hlen, &slen);
+            int ph = pack_head(self, resp, &hlen, &slen, NULL);   /* the core sets its length */
             if (ph <= 0) {          /* Python packs it, or says what is wrong with it */
                 if (ph < 0 && !PyErr_ExceptionMatches(PyExc_Exception)) {
                     Py_DECREF(result);      /* a KeyboardInterrupt goes to Python's handler */
@@ -486,18 +506,17 @@ static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t narg
                 return hand_back(self->srv, code_obj, env, resp, result, 0, nxt, inp, NULL, NULL);
             }
             resp->sent = blen;
-        } else if (PyObject_IsInstance(result, self->stream_types) != 0) {
+        } else if (streamed_by_python(self, result) != 0) {
             PyErr_Clear();                  /* sendfile, or an error Python meets again */
             return hand_back(self->srv, code_obj, env, resp, result, 0, 0, inp, NULL, NULL);
         } else {
             PyObject *taken, *rest;
             int err;
             long long queued;
-            if (stream_c(self, code, resp, result, &taken, &rest, &err, &queued))
+            if (stream_c(self, code, resp, result, &taken, &rest, &err, &queued, &nxt, &mine))
                 return hand_back(self->srv, code_obj, env, resp, result, err, queued, inp, taken,
                                  rest);
-            close_result(self, result, pending);
-            mine = 0;                       /* its code is 0: see below */
+            close_result(self, result, pending);    /* after the answer, as PEP 3333 has it */
         }
         Py_DECREF(code_obj);
         if (inp != NULL && Py_IS_TYPE(inp, input_type)) {

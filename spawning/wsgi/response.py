@@ -28,6 +28,9 @@ HIGH_WATER = 256 * 1024   # queued response bytes before the app is made to wait
 LOW_WATER = 64 * 1024
 
 _chain = chain.from_iterable
+# sp_req_write()'s "these bytes complete the declared Content-Length" (csrc/sp.h): the core is the
+# one owner of that count, and says so with the write that reaches it.
+COMPLETE = lib.SP_WRITE_COMPLETE
 
 INTERNAL_ERROR = b"Internal Server Error\n"
 SHUTTING_DOWN = b"the server is shutting down\n"
@@ -159,7 +162,9 @@ class Response(_ResponseBase):
             raise ClientDisconnected(-rc, "client disconnected")
         self.head_sent = True
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> bool:
+        """Sends data (the head first if it has not gone). Returns True when data completed the
+        Content-Length the head declares: PEP 3333 has the server stop iterating there."""
         if type(data) is not bytes:   # before the head goes: a wrong type still gets its 500
             if isinstance(data, (bytearray, memoryview)):
                 data = bytes(data)
@@ -169,8 +174,13 @@ class Response(_ResponseBase):
             self.send_head()
         n = len(data)
         if not n:
-            return
+            return False
         rc = lib.sp_req_write(self.srv, self.code, data, n)
+        if rc == COMPLETE:
+            # What is still queued goes out from the loop, as a one-crossing answer's does: the
+            # app makes no more, so there is nothing to hold it back for.
+            self.sent += n
+            return True
         if rc == -errno.EMSGSIZE:
             raise ResponseComplete("the app wrote past its Content-Length")
         if rc == -errno.ESTALE:
@@ -182,6 +192,7 @@ class Response(_ResponseBase):
             if rc == -errno.ETIMEDOUT:
                 raise ClientDisconnected(errno.ETIMEDOUT, "client stopped reading the response")
             raise ClientDisconnected(-rc, "client disconnected")
+        return False
 
     def __call__(self, data: bytes) -> None:
         """The write() callable the app gets: past its Content-Length it raises (PEP 3333), but
@@ -271,7 +282,9 @@ class Response(_ResponseBase):
         ``chunks`` are what is left of the iterable, ``exc`` what iterating it raised after
         them, ``queued`` the bytes C left queued past the high-water mark."""
         try:
-            if chunks is None and isinstance(result, FileWrapper) and self.sendfile(result):
+            # A file_wrapper by its type, as the C path asks (csrc/py/runner.c, streamed_by_python):
+            # isinstance() would let any object with a __class__ of FileWrapper pass for one.
+            if chunks is None and issubclass(type(result), FileWrapper) and self.sendfile(result):
                 pass
             else:
                 if queued > HIGH_WATER:
@@ -280,13 +293,17 @@ class Response(_ResponseBase):
                         raise ClientDisconnected(-rc, "client stopped reading the response")
                 write = self.write
                 try:
+                    # PEP 3333: once the bytes sent reach the Content-Length, the iterable is not
+                    # asked for more (write() says when: the core counts them), nor resumed
+                    # for an exception it would raise after its last piece.
                     for chunk in (result if chunks is None else chunks):
-                        if chunk:
-                            write(chunk)
-                    if exc is not None:
-                        raise exc
+                        if chunk and write(chunk):
+                            break
+                    else:
+                        if exc is not None:
+                            raise exc
                 except ResponseComplete:
-                    pass    # PEP 3333: stop iterating once the length is sent
+                    pass    # no body may go (HEAD, 204, 304), or write() sent it all: stop too
                 if not self.head_sent:
                     self.send_head()     # empty body: the head still goes out
             lib.sp_req_finish(self.srv, self.take(), 0)

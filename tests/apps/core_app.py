@@ -258,7 +258,10 @@ def file_app(environ, start_response):
         os.replace(path + ".tmp", path)
     f = open(path, "rb")  # noqa: SIM115 -- closed by the server through the wrapper
     start_response("200 OK", [("Content-Type", "application/octet-stream")])
-    return environ["wsgi.file_wrapper"](f, 65536)
+    wrapper = environ["wsgi.file_wrapper"]
+    if "sub=1" in environ.get("QUERY_STRING", ""):   # a subclass of it is one too
+        wrapper = type("SubWrapper", (wrapper,), {})
+    return wrapper(f, 65536)
 
 
 class _Closing:

@@ -240,6 +240,9 @@ def test_file_wrapper_uses_sendfile(core_server):
     assert r.getheader("Content-Length") == "5000000"   # set from the file's size: sendfile path
     r, data = http_get(core_server.port, "/v/file?size=5000000")  # validator hides the wrapper: iterated
     assert r.status == 200 and data == expected
+    r, data = http_get(core_server.port, "/file?sub=1&size=5000000")   # a subclass: sendfile too
+    assert r.status == 200 and data == expected
+    assert r.getheader("Content-Length") == "5000000"
 
 
 def test_error_after_headers_cuts_the_connection(core_server):
