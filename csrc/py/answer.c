@@ -189,7 +189,7 @@ static int pack_head(Runner *self, Resp *resp, size_t *len, size_t *slen, int64_
 }
 
 /* The logging of a request C finished: the access log's callable, errors deferred. */
-static void log_request(Runner *self, PyObject *env, Resp *resp, PyObject **pending)
+SP_GREEN_FRAME static void log_request(Runner *self, PyObject *env, Resp *resp, PyObject **pending)
 {
     if (self->log == Py_None || pending[0] != NULL)   /* as wsgi.py: no line after those */
         return;
@@ -285,7 +285,7 @@ static int answer_whole(Runner *self, long long code, Resp *resp, PyObject *chun
  * it, *taken (a list: chunks not sent yet) and *rest (the iterator), either may be NULL; with
  * *err the Python error set now came from the iterable; *queued > 0 when the client must read
  * before more is queued. */
-static int stream_c(Runner *self, long long code, Resp *resp, PyObject *result,
+SP_GREEN_FRAME static int stream_c(Runner *self, long long code, Resp *resp, PyObject *result,
                     PyObject **taken, PyObject **rest, int *err, long long *queued,
                     long long *nxt, int *mine)
 {
@@ -373,7 +373,7 @@ static int stream_c(Runner *self, long long code, Resp *resp, PyObject *result,
 
 /* Calls the result's close(), as PEP 3333 asks, unless it is a list or tuple: an Exception from it
  * goes to the close_error callable (logged), any other to pending (defer_error). */
-static void close_result(Runner *self, PyObject *result, PyObject **pending)
+SP_GREEN_FRAME static void close_result(Runner *self, PyObject *result, PyObject **pending)
 {
     if (PyList_CheckExact(result) || PyTuple_CheckExact(result))
         return;

@@ -71,7 +71,7 @@ static int need_getcurrent(void)
 }
 
 /* Calls the method name of self with args and kwargs (a tuple, a dict or NULL): the slow paths. */
-static PyObject *call_slow(PyObject *self, PyObject *name, PyObject *args, PyObject *kwargs)
+SP_GREEN_FRAME static PyObject *call_slow(PyObject *self, PyObject *name, PyObject *args, PyObject *kwargs)
 {
     PyObject *meth = PyObject_GetAttr(self, name);
     if (meth == NULL)
@@ -160,7 +160,7 @@ static void glock_dealloc(GLock *self)
 }
 
 /* acquire(blocking=True, timeout=-1), also __enter__. */
-static PyObject *glock_acquire(GLock *self, PyObject *args, PyObject *kwargs)
+SP_GREEN_FRAME static PyObject *glock_acquire(GLock *self, PyObject *args, PyObject *kwargs)
 {
     if (lock_take_fast(self, args, kwargs))
         Py_RETURN_TRUE;
@@ -268,7 +268,7 @@ static void grlock_dealloc(GRLock *self)
 }
 
 /* acquire(blocking=True, timeout=-1), also __enter__. */
-static PyObject *grlock_acquire(GRLock *self, PyObject *args, PyObject *kwargs)
+SP_GREEN_FRAME static PyObject *grlock_acquire(GRLock *self, PyObject *args, PyObject *kwargs)
 {
     PyObject *me = gl_getcurrent();
     if (me == NULL)

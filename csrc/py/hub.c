@@ -89,18 +89,9 @@ static PyObject *gl_take_pending(GreenLoop *L)
     return PyLong_FromLong(rc);
 }
 
-/* The hub greenlet's C stack holds gl_dispatch's and gl_turn's frames across its switches, and
- * greenlet saves and restores such stacks with memcpy: under ASan the copy would read their
- * redzones (as runner.c's runner_run and green_park). */
-#ifdef SP_ASAN
-#define HUB_NO_ASAN __attribute__((no_sanitize_address))
-#else
-#define HUB_NO_ASAN
-#endif
-
 /* Hands out the batch's codes not yet taken, one greenlet each: 0, or -1 with a Python error
  * (the code being handed out is lost with the greenlet that raised, as in the Python loop). */
-HUB_NO_ASAN static int gl_dispatch(GreenLoop *L)
+SP_GREEN_FRAME static int gl_dispatch(GreenLoop *L)
 {
     while (L->head < L->tail && !gl_pending(L)) {    /* fd events go first (sp.h) */
         int64_t code = L->codes[L->head++];
@@ -177,7 +168,7 @@ static int python_ready(GreenLoop *L)
 /* The finish test: 1 when true, 0, or -1 with a Python error. Not called while its owner says it
  * stays false (watch_finish(False)): a Python call before every poll, ~600 instructions, which
  * is a request's whole cost of it when each poll brings one request. */
-HUB_NO_ASAN static int gl_finished(GreenLoop *L)
+SP_GREEN_FRAME static int gl_finished(GreenLoop *L)
 {
     if (L->finish_idle)
         return 0;
@@ -190,7 +181,7 @@ HUB_NO_ASAN static int gl_finished(GreenLoop *L)
 }
 
 /* turn(): see the theory of operation. */
-HUB_NO_ASAN static PyObject *gl_turn(GreenLoop *L)
+SP_GREEN_FRAME static PyObject *gl_turn(GreenLoop *L)
 {
     if (gl_pending(L))
         return gl_take_pending(L);
@@ -243,13 +234,13 @@ HUB_NO_ASAN static PyObject *gl_turn(GreenLoop *L)
     }
 }
 
-HUB_NO_ASAN static PyObject *gl_turn_meth(GreenLoop *L, PyObject *Py_UNUSED(ignored))
+SP_GREEN_FRAME static PyObject *gl_turn_meth(GreenLoop *L, PyObject *Py_UNUSED(ignored))
 {
     return gl_turn(L);
 }
 
 /* See the theory of operation: the rules are gl_turn's, in its order. */
-HUB_NO_ASAN static long long gl_poll_here(GreenLoop *L)
+SP_GREEN_FRAME static long long gl_poll_here(GreenLoop *L)
 {
     if (L->head < L->tail || gl_pending(L) || L->interrupted)
         return 0;
@@ -289,7 +280,7 @@ error_or_park:
     return 0;
 }
 
-HUB_NO_ASAN static PyObject *gl_dispatch_meth(GreenLoop *L, PyObject *Py_UNUSED(ignored))
+SP_GREEN_FRAME static PyObject *gl_dispatch_meth(GreenLoop *L, PyObject *Py_UNUSED(ignored))
 {
     if (gl_dispatch(L) < 0)
         return NULL;

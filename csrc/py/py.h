@@ -21,6 +21,26 @@
 
 #ifndef SP_NO_PYFAST
 
+/* A function whose frame can be on a greenlet's C stack when that greenlet switches: it calls
+ * Python code that may wait (the app, its iterable, close(), the access log, a park or a poll
+ * that switches). greenlet saves and restores such stacks with memcpy, which under ASan reads
+ * the frame's redzones and is reported; these frames go unsanitized instead. Marked whether or
+ * not the compiler inlines it today: a function that grows stops being inlined into its (marked)
+ * caller, and its own frame then needs the mark (answer.c's stream_c did). */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SP_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define SP_ASAN 1
+#endif
+#ifdef SP_ASAN
+#define SP_GREEN_FRAME __attribute__((no_sanitize_address))
+#else
+#define SP_GREEN_FRAME
+#endif
+
 /* ---- response.c: ResponseBase -------------------------------------------------------------- */
 
 typedef struct {

@@ -284,15 +284,6 @@ static long long code_of(PyObject *o)
     return v;
 }
 
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define SP_ASAN 1
-#endif
-#endif
-#if defined(__SANITIZE_ADDRESS__)
-#define SP_ASAN 1
-#endif
-
 /* A request greenlet's state tuple, green (spawning/green/hub.py): (the greenlet, its __dict__,
  * the batch deque, the deque's popleft, the hub's idle list, the hub greenlet's switch, the idle
  * list's limit, GreenletExit), its items read once per run() (borrowed: the caller holds the
@@ -360,11 +351,7 @@ static long long green_next(const Green *g)
  * thrown in while it waited (a kill(), or the greenlet collected): it ends, as it did when it
  * waited in Python; or -1 with a Python error (anything else thrown in). */
 #define GREEN_ENDED (-2)
-#ifdef SP_ASAN
-/* The switch saves this frame with the greenlet's stack (see runner_run). */
-__attribute__((no_sanitize_address))
-#endif
-static long long green_park(const Green *g)
+SP_GREEN_FRAME static long long green_park(const Green *g)
 {
     Py_ssize_t n = PyList_Size(g->idle), max = PyLong_AsSsize_t(g->limit);
     if (n < 0 || (max == -1 && PyErr_Occurred()))
@@ -395,12 +382,7 @@ static long long green_park(const Green *g)
  * answered brought no next one and poll_ms < 0 (in a request greenlet, green: when its batch is
  * empty), else what sp_poll_one(poll_ms) then returned when it was not a request (0, -errno); a
  * code Python must run; or the tuple of hand_back(). */
-#ifdef SP_ASAN
-/* In a request greenlet this frame is on the C stack the app runs on, and greenlet saves and
- * restores such stacks with memcpy: under ASan the copy would read this frame's redzones. */
-__attribute__((no_sanitize_address))
-#endif
-static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t nargs)
+SP_GREEN_FRAME static PyObject *runner_run(Runner *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2 && nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "run(code, poll_ms, green=None)");
