@@ -240,13 +240,14 @@ def test_shutdown_delay_when_every_process_gets_sigterm(spawn):
     assert "replacing it" not in server.stderr, server.stderr
 
 
-def test_workers_signalled_before_the_controller_serve_until_its_drain(spawn):
+@pytest.mark.parametrize("threads", ["4", "0"], ids=["threads", "green"])
+def test_workers_signalled_before_the_controller_serve_until_its_drain(spawn, threads):
     """A process manager that signals one process after another: the workers' own delays end before
     the controller's. They serve on until its final drain (which takes in the listen queue first),
     rather than exit while the controller still counts them as serving, which it read as crashes
     and replaced."""
     delay, lag = 2.0, 0.8
-    server = spawn("-s", "2", "--shutdown-delay", str(delay), "deploy_apps.echo")
+    server = spawn("-s", "2", "-t", threads, "--shutdown-delay", str(delay), "deploy_apps.echo")
     workers = server.workers()
     assert len(workers) == 2
     for pid in workers:
