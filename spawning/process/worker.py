@@ -29,9 +29,11 @@ The channel is one end of a ``socketpair`` carrying line-delimited JSON objects,
   the worker may still serve through ``--shutdown-delay``).
 
 Signals: SIGTERM and SIGINT drain (SIGTERM after ``--shutdown-delay``, as the controller does, for
-process managers that signal every process), SIGQUIT stops at once; a second SIGTERM/SIGINT while draining
-stops at once (that is the controller's "TERM" step when a drain overruns ``--graceful-timeout``);
-a worker that stops so logs the requests it cuts (method, path, age), read from the core.
+process managers that signal every process; if the controller said ``unready`` meanwhile, its final
+drain ends the delay, not the worker's own clock), SIGQUIT stops at once; a second SIGTERM/SIGINT
+while draining stops at once (that is the controller's "TERM" step when a drain overruns
+``--graceful-timeout``); a worker that stops so logs the requests it cuts (method, path, age), read
+from the core.
 SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1/2 and SIGWINCH are ignored: they are the controller's. Handlers do
 nothing but enqueue: Python's wakeup descriptor writes the signal number into a pipe, and the
 housekeeping, which also reads the channel, acts on it by calling the thread-safe
@@ -229,6 +231,8 @@ class Worker:
         # What --health-path answers: 503 once the server as a whole is shutting down.
         self.readiness = Readiness()
         self._delaying = False     # a SIGTERM of its own started --shutdown-delay
+        # The controller said the server shuts down ("unready"): it ends with its final drain.
+        self._controller_stops = False
         self._fd_pauses_logged = 0     # accept pauses (out of descriptors) already logged
         self._fd_logged_at = -FD_LOG_EVERY
 
@@ -497,6 +501,13 @@ class Worker:
         deadline = _monotonic() + delay
         while not self.draining and (left := deadline - _monotonic()) > 0:
             _select([], [], [], min(left, 0.5))
+        if self._controller_stops:
+            # The controller got the SIGTERM too (a whole process group was signalled): its own
+            # delay, counted from its own signal, ends in the final drain, which first takes in
+            # the listen queue. Draining here first, a few milliseconds earlier on a loaded
+            # machine, would exit while the controller still counts this worker as serving (it
+            # read that as a crash and forked a replacement) and leave the queue to no one.
+            return
         self._drain(f"{why}, --shutdown-delay over")
 
     def _on_command(self, message: dict[str, Any]) -> None:
@@ -510,6 +521,7 @@ class Worker:
             self._stop()
         elif kind == "unready":     # the server shuts down (--shutdown-delay may keep it serving)
             self.readiness.serving = False
+            self._controller_stops = True
         elif kind == "ping":
             self._heartbeat()
         elif kind == "cov_save" and self.coverage is not None:

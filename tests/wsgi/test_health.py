@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 
+import psutil  # type: ignore[import-untyped]
 import pytest
 from conftest import ROOT, free_port, http_request, wait_until
 
@@ -169,27 +170,97 @@ def test_bad_health_path_is_one_line(value):
     assert len(lines) == 1 and "--health-path" in lines[0], proc.stderr
 
 
+def _connection_to_each_worker(port: int, workers: list[int],
+                               tries: int = 100) -> dict[int, http.client.HTTPConnection]:
+    """A kept connection held by each worker ({pid: connection}): new connections go to whichever
+    worker accepts them, so a probe of one worker's state needs a connection that worker holds."""
+    held: dict[int, http.client.HTTPConnection] = {}
+    spare = []
+    for _ in range(tries):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/x")
+        conn.getresponse().read()       # accepted and served: a worker holds it now
+        local = conn.sock.getsockname()[1]
+        owner = next((pid for pid in workers
+                      if any(c.raddr and c.raddr.port == local
+                             for c in psutil.Process(pid).net_connections("tcp"))), None)
+        if owner is not None and owner not in held:
+            held[owner] = conn
+        else:
+            spare.append(conn)          # kept open meanwhile, as a browser's would be
+        if len(held) == len(workers):
+            break
+    for conn in spare:
+        conn.close()
+    assert len(held) == len(workers), f"no connection reached every worker in {tries} tries"
+    return held
+
+
+def _kept_get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
 def test_shutdown_delay_when_every_process_gets_sigterm(spawn):
     """As systemd's KillMode=control-group (or a platform that signals every process) does: the
     workers hold --shutdown-delay too, unready and serving, rather than draining at once (which
-    would also read to the controller as a crash to replace)."""
+    would also read to the controller as a crash to replace), and the controller's final drain ends
+    it (a worker's own clock, started a little earlier on a loaded machine, does not)."""
     delay = 2.5
     server = spawn("-s", "2", "--health-path", "/hz", "--shutdown-delay", str(delay),
                    "deploy_apps.echo")
     workers = server.workers()
     assert len(workers) == 2
+    held = _connection_to_each_worker(server.port, workers)
     sent = time.monotonic()
     for pid in [server.pid, *workers]:
         os.kill(pid, signal.SIGTERM)
+    # kill() returns before the process it signals has run its handler: on a loaded machine a probe
+    # sent at once can reach a worker that has not run since. Each worker turns unready promptly,
+    # well within the delay (a few ms here, under load), and stays so.
+    for pid, conn in held.items():
+        wait_until(lambda conn=conn: _kept_get(conn, "/hz")[0] == 503, 1.0,
+                   what=f"worker {pid}'s health path to answer 503")
     served = 0
     while time.monotonic() - sent < delay - 0.7:
         status, body = _get(server.port, "/x")
         assert status == 200 and json.loads(body)["PATH_INFO"] == "/x"
         assert _get(server.port, "/hz")[0] == 503
+        for pid, conn in held.items():
+            assert _kept_get(conn, "/hz") == (503, b"shutting down\n"), f"worker {pid} is ready again"
         served += 1
         time.sleep(0.05)
     assert served >= 5
+    for conn in held.values():
+        conn.close()
     assert sorted(server.workers()) == sorted(workers), "the same workers serve on"
+    assert server.wait(15) == 0
+    assert time.monotonic() - sent >= delay - 0.5
+    assert "replacing it" not in server.stderr, server.stderr
+
+
+@pytest.mark.parametrize("threads", ["4", "0"], ids=["threads", "green"])
+def test_workers_signalled_before_the_controller_serve_until_its_drain(spawn, threads):
+    """A process manager that signals one process after another: the workers' own delays end before
+    the controller's. They serve on until its final drain (which takes in the listen queue first),
+    rather than exit while the controller still counts them as serving, which it read as crashes
+    and replaced."""
+    delay, lag = 2.0, 0.8
+    server = spawn("-s", "2", "-t", threads, "--shutdown-delay", str(delay), "deploy_apps.echo")
+    workers = server.workers()
+    assert len(workers) == 2
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(lag)                     # the manager's pace between the processes it signals
+    sent = time.monotonic()
+    server.signal(signal.SIGTERM)
+    # Past the workers' own delay (lag before the end of the controller's), the same workers serve.
+    while time.monotonic() - sent < delay - 0.3:
+        status, body = _get(server.port, "/x")
+        assert status == 200 and json.loads(body)["PATH_INFO"] == "/x"
+        time.sleep(0.05)
+    assert sorted(server.workers()) == sorted(workers), server.stderr
     assert server.wait(15) == 0
     assert time.monotonic() - sent >= delay - 0.5
     assert "replacing it" not in server.stderr, server.stderr
