@@ -77,7 +77,7 @@ static ssize_t body_write(sp_server *s, sp_conn *c, const char *buf, size_t len)
     iov[n].iov_base = (void *)buf; iov[n++].iov_len = len;
     if (c->chunked_out) { iov[n].iov_base = "\r\n"; iov[n++].iov_len = 2; }
     if (c->resp_left == 0 && s->cfg.cork && c->keep_alive && c->body_done && !c->dead
-            && pending(c) + len <= SP_CORK_BYTES) {
+            && pending(c) + len <= SP_CORK_BYTES && conn_cork_worth(s)) {
         /* The last bytes its Content-Length allows: the response is complete, as a respond()
          * answer is, and small: held back to leave in a burst as those are ("Corking"). */
         int64_t now = s->now_us;
@@ -179,7 +179,8 @@ static int respond_send(sp_server *s, sp_conn *c, char *head, size_t n, const ch
         c->resp_left -= (int64_t)blen;
     }
     int niov = iov[1].iov_len ? 2 : 1;
-    if (s->cfg.cork && c->keep_alive && c->body_done && n + iov[1].iov_len <= SP_CORK_BYTES) {
+    if (s->cfg.cork && c->keep_alive && c->body_done && n + iov[1].iov_len <= SP_CORK_BYTES
+            && conn_cork_worth(s)) {
         int64_t now = s->now_us;   /* lags by at most the app run that just ended */
         if (s->ncork && now - s->cork_since_us >= SP_CORK_US) conn_uncork_all(s);
         if (conn_cork_append(s, c, iov, niov, now) < 0) { conn_kill(s, c); rc = -ENOMEM; }

@@ -291,6 +291,7 @@ static long long code_of(PyObject *o)
  * is a call in the stable ABI: ~45 instructions a request). */
 typedef struct {
     PyObject *me, *mine, *batch, *take, *idle, *park, *limit, *ended;
+    Py_ssize_t max_idle;    /* limit, read once too: green_park runs after every batch */
     GreenLoop *L;           /* batch when it is the C hub's GreenLoop (hub.c), else NULL */
 } Green;
 
@@ -307,6 +308,9 @@ static int green_unpack(PyObject *green, Green *g)
     for (int i = 0; i < 8; i++)
         if ((*items[i] = PyTuple_GetItem(green, i)) == NULL)
             return -1;
+    g->max_idle = PyLong_AsSsize_t(g->limit);
+    if (g->max_idle == -1 && PyErr_Occurred())
+        return -1;
     g->L = Py_IS_TYPE(g->batch, greenloop_type) ? (GreenLoop *)g->batch : NULL;
     return 0;
 }
@@ -353,10 +357,10 @@ static long long green_next(const Green *g)
 #define GREEN_ENDED (-2)
 SP_GREEN_FRAME static long long green_park(const Green *g)
 {
-    Py_ssize_t n = PyList_Size(g->idle), max = PyLong_AsSsize_t(g->limit);
-    if (n < 0 || (max == -1 && PyErr_Occurred()))
+    Py_ssize_t n = PyList_Size(g->idle);
+    if (n < 0)
         return -1;
-    if (n >= max)
+    if (n >= g->max_idle)
         return 0;
     if (g->L != NULL) {
         long long code = gl_poll_here(g->L);
