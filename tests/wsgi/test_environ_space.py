@@ -86,8 +86,9 @@ PROXY_VALUES = {
 }
 
 
-def random_value(rng: random.Random, name: str, seen: dict[str, bytes]) -> bytes:
-    """A value for name; seen maps the names of earlier heads (lower-cased) to their last value."""
+def random_value(rng: random.Random, name: str, seen: dict[str, bytes], small: bool) -> bytes:
+    """A value for name; seen maps the names of earlier heads (lower-cased) to their last value;
+    small: at most 33 bytes of its own."""
     pick = rng.random()
     if name.lower() in PROXY_VALUES and pick < 0.6:
         return rng.choice(PROXY_VALUES[name.lower()])
@@ -104,8 +105,8 @@ def random_value(rng: random.Random, name: str, seen: dict[str, bytes]) -> bytes
         return bytes(v)
     if pick < 0.5:
         return rng.choice(POOL_VALUES)
-    n = rng.choice([0, 1, 2, 3, 4, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100, 160, 161, 500, 1023, 1024,
-                    1025, 3000])
+    n = rng.choice([0, 1, 2, 3, 4, 7, 8, 9, 15, 16, 17, 31, 32, 33] + ([] if small else [
+        100, 160, 161, 500, 1023, 1024, 1025, 3000]))
     obs = rng.random() < 0.2
     inner = VCHAR + b" \t" + (OBS if obs else b"")
     edge = VCHAR + (OBS if obs else b"")
@@ -187,7 +188,10 @@ def random_head(rng: random.Random, seen: dict[str, bytes]) -> bytes:
                                         b"multipart/form-data; boundary=xyz", b""])))
     else:
         encoded = b""
-    want = rng.choice([0, 1, 2, 3, 5, 8, 12, 20, 30, 47, 48, 49, 60, 80, MAX_FIELDS])
+    # Half the heads small, as a browser's are: the core remembers a connection's last head up to
+    # 1 KiB (SP_REPEAT_MAX) and answers its repeat with a repeat code, whose environ the runner keeps.
+    small = rng.random() < 0.5
+    want = rng.choice([0, 1, 2, 3, 5, 8, 12] if small else [20, 30, 47, 48, 49, 60, 80, MAX_FIELDS])
     has_host = minor == 1 or rng.random() < 0.6
     budget = MAX_FIELDS - len(framing) - has_host - (minor == 0)   # 1.0: Connection: keep-alive
     names: list[str] = []
@@ -211,7 +215,7 @@ def random_head(rng: random.Random, seen: dict[str, bytes]) -> bytes:
         if name.lower() in ("content-length", "transfer-encoding", "host", "connection", "te",
                             "expect", "upgrade"):
             name = "X-Was-" + name
-        value = random_value(rng, name, seen)
+        value = random_value(rng, name, seen, small)
         seen[name.lower()] = value
         names.append(name)
         fields.append((name.encode(), value))
@@ -245,7 +249,7 @@ def space(sent: list[bytes]) -> dict[str, int]:
     tally = dict.fromkeys(("HTTP/1.0", "absolute-form", "asterisk", "%2F", "obs-text target",
                            "repeat", "cookie repeat", "'_' name", "name past KEY_MAX", "obs-text value",
                            "empty value", "HTAB", "48+ fields", "100 fields", "value past 1024",
-                           "joined past 1024", "chunked", "Content-Length list", "X-Forwarded-For"), 0)
+                           "joined past 1024", "chunked", "Content-Length list", "X-Forwarded-For", "head within SP_REPEAT_MAX"), 0)
     for raw in sent:
         head = raw.partition(b"\r\n\r\n")[0]
         line, *fields = head.split(b"\r\n")
@@ -268,7 +272,7 @@ def space(sent: list[bytes]) -> dict[str, int]:
             "joined past 1024": any(k > 1024 and names.count(n) > 1 for n, k in lengths.items()),
             "chunked": b"chunked" in head.lower(), "Content-Length list": any(
                 n == b"content-length" and b"," in v for n, v in pairs),
-            "X-Forwarded-For": b"x-forwarded-for" in names,
+            "X-Forwarded-For": b"x-forwarded-for" in names, "head within SP_REPEAT_MAX": len(head) + 4 <= 1024,
         }
         for k, hit in hits.items():
             tally[k] += hit
