@@ -8,8 +8,9 @@ table treats apart, repeats anywhere, empty and padded values, obs-text, many fi
 and values, bodies by Content-Length or chunked) and sends each to four real servers (thread and
 green mode, each on both paths), two or three times in a row on one connection (the runner
 reuses the last request's value strs, and keeps a repeat's environ: a stale one would show in the
-repeat) and after a different head. Every
-answer must be the same. SPAWNING_ENV_SEED=N replays another seed (a failure prints its seed)."""
+repeat) and after a different head. Every answer must be the same, and what env.c's iterator
+owns (which both share) must be what the rules say (expected(), written from RFC 9110/9112 and
+PEP 3333). SPAWNING_ENV_SEED=N replays another seed (a failure prints its seed)."""
 
 from __future__ import annotations
 
@@ -387,8 +388,71 @@ def test_environ_space(servers: dict) -> None:
         for other in ("thread-py", "green-c", "green-py"):
             assert dumps[other] == dumps["thread-c"], (f"{replay}: head {i}: {other} != thread-c",
                                                        head[:2000], diff(dumps["thread-c"], dumps[other]))
+        # Both makers share env.c's iterator, so the rules it owns are checked against the rules.
+        want = expected(head)
+        got = rule_keys(dumps["thread-c"])
+        if "HTTP_HOST" not in want:
+            got.pop("HTTP_HOST", None)
+        assert got == want, (f"{replay}: head {i}: the environ breaks a rule", head[:2000], diff(want, got))
     print(f"{len(sent)} heads x 2-3 x {len(MODES)} servers in {time.monotonic() - started:.1f} s, {replay}:",
           reached)
+
+
+PROXY_NAMES = {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-ssl", b"x-forwarded-host",
+               b"x-forwarded-port", b"forwarded"}
+
+
+def expected(raw: bytes) -> dict[str, str]:
+    """What the rules make of a head, written from them and not from either maker: PEP 3333's
+    keys; PATH_INFO the target's path %-decoded (RFC 3986 2.1), as latin-1; for an absolute-form
+    target its path ("/" if empty, RFC 9110 4.2.3) and its authority as HTTP_HOST (RFC 9112
+    3.2.2); a field's value without its OWS (RFC 9110 5.5); a name's fields joined with ", "
+    (RFC 9110 5.3), "; " for Cookie (RFC 6265 5.4); Content-Length's first element; no name
+    holding '_' and no Proxy (docs/options.md, httpoxy). HTTP_HOST is left out when a trusted
+    proxy's header may have set it (--forwarded-host)."""
+    head = raw.partition(b"\r\n\r\n")[0]
+    line, *lines = head.split(b"\r\n")
+    method, target, version = line.split(b" ")
+    path, _, query = target.partition(b"?")
+    authority = None
+    if path[:1] not in (b"/", b"*"):
+        rest = target.partition(b"://")[2]
+        end = min([i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0], default=len(rest))
+        authority, path = rest[:end], rest[end:].partition(b"?")[0] or b"/"
+    elif path == b"*":
+        path = b""
+    decoded = bytearray()
+    parts = path.split(b"%")
+    decoded += parts[0]
+    for part in parts[1:]:
+        decoded += bytes([int(part[:2], 16)]) + part[2:]
+    env = {"REQUEST_METHOD": method.decode("latin-1"), "PATH_INFO": decoded.decode("latin-1"),
+           "QUERY_STRING": query.decode("latin-1"), "SERVER_PROTOCOL": version.decode(),
+           "RAW_URI": target.decode("latin-1")}
+    fields: dict[bytes, list[bytes]] = {}
+    for f in lines:
+        name, _, value = f.partition(b":")
+        fields.setdefault(name.lower(), []).append(value.strip(b" \t"))
+    for name, values in fields.items():
+        if b"_" in name or name == b"proxy":
+            continue
+        value = (b"; " if name == b"cookie" else b", ").join(values)
+        if name == b"content-length":
+            value = value.split(b",")[0].strip(b" \t")
+        key = name.decode().upper().replace("-", "_")
+        env[key if name in (b"content-type", b"content-length") else "HTTP_" + key] = value.decode("latin-1")
+    if authority is not None:
+        env["HTTP_HOST"] = authority.decode("latin-1")
+    if PROXY_NAMES & fields.keys():
+        env.pop("HTTP_HOST", None)
+    return env
+
+
+def rule_keys(dump: dict) -> dict:
+    """The dump's keys that expected() gives, HTTP_HOST when it gives it."""
+    return {k: v for k, v in dump.items()
+            if k.startswith(("HTTP_", "CONTENT_")) or k in ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING",
+                                                            "SERVER_PROTOCOL", "RAW_URI")}
 
 
 def diff(a: dict, b: dict) -> dict:
