@@ -371,6 +371,7 @@ def test_environ_space(servers: dict) -> None:
         t.join(120)
     replay = f"seed {SEED} (SPAWNING_ENV_SEED={SEED} replays it)"
     assert not errors, f"{replay}: {errors}"
+    assert results.keys() == MODES.keys(), f"{replay}: no answers within 120 s from {MODES.keys() - results.keys()}"
     for mode, srv in servers.items():
         assert "Traceback" not in srv.stderr, f"{replay}: {mode}: {srv.stderr[-3000:]}"
     for i, head in enumerate(sent):
