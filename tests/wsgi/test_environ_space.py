@@ -14,6 +14,7 @@ PEP 3333). SPAWNING_ENV_SEED=N replays another seed (a failure prints its seed).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -300,6 +301,20 @@ def servers() -> Iterator[dict]:
             srv.stop()
 
 
+def body_of(msg: bytes) -> bytes:
+    """The body a message sends (chunked as random_head writes it: no extensions, no trailers)."""
+    head, _, rest = msg.partition(b"\r\n\r\n")
+    if b"chunked" not in head.lower():
+        return rest
+    body = b""
+    while True:
+        size, _, rest = rest.partition(b"\r\n")
+        n = int(size, 16)
+        if n == 0:
+            return body
+        body, rest = body + rest[:n], rest[n + 2:]
+
+
 def run_heads(port: int, sent: list[bytes], rng: random.Random) -> list[list[tuple[bytes, dict]]]:
     """Each head two or three times in a row on one connection (pipelined now and then; the core
     gives a repeat a repeat code, and the runner makes the first repeat's environ and copies it
@@ -316,9 +331,13 @@ def run_heads(port: int, sent: list[bytes], rng: random.Random) -> list[list[tup
         s = socket.create_connection(("127.0.0.1", port), timeout=20)
         f = s.makefile("rb")
 
-    def answer() -> tuple[bytes, dict]:
+    def answer(msg: bytes) -> tuple[bytes, dict]:
         head, body = read_response(f)
         dump = json.loads(body)
+        # The body the app read must be the one this message sent: "sent" if so.
+        sent_body = body_of(msg)
+        if dump["spawning.test.body"] == [len(sent_body), hashlib.sha1(sent_body).hexdigest()]:
+            dump["spawning.test.body"] = "sent"
         for k, v in (("SERVER_PORT", str(port)), ("REMOTE_PORT", str(s.getsockname()[1]))):
             if dump.get(k) == v:
                 dump[k] = "<own>"
@@ -330,18 +349,26 @@ def run_heads(port: int, sent: list[bytes], rng: random.Random) -> list[list[tup
                 connect()
             times = 3 if rng.random() < 0.3 else 2
             last_apart = rng.random() < 0.05
+            # The same head, and a Content-Length body the same or of the same length but not the
+            # same bytes: the repeat's kept environ must not bring the last body with it.
+            head_part, _, body = head.partition(b"\r\n\r\n")
+            msgs = [head]
+            rotate = len(body) > 1 and b"chunked" not in head_part.lower() and rng.random() < 0.5
+            for k in range(1, times):
+                turn = rng.randrange(1, len(body)) if rotate else 0
+                msgs.append(head_part + b"\r\n\r\n" + body[turn:] + body[:turn])
             if rng.random() < 0.3:
-                s.sendall(head * (times - last_apart))
-                answers = [answer() for _ in range(times - last_apart)]
+                s.sendall(b"".join(msgs[:times - last_apart]))
+                answers = [answer(msg) for msg in msgs[:times - last_apart]]
             else:
                 answers = []
-                for _ in range(times - last_apart):
-                    s.sendall(head)
-                    answers.append(answer())
+                for msg in msgs[:times - last_apart]:
+                    s.sendall(msg)
+                    answers.append(answer(msg))
             if last_apart:
                 connect()
-                s.sendall(head)
-                answers.append(answer())
+                s.sendall(msgs[-1])
+                answers.append(answer(msgs[-1]))
             out.append(answers)
     finally:
         if s is not None:
@@ -379,6 +406,7 @@ def test_environ_space(servers: dict) -> None:
         for mode in MODES:
             (status, a), *again = results[mode][i]
             assert status == b"HTTP/1.1 200 OK", (replay, i, mode, status, head[:2000])
+            assert a["spawning.test.body"] == "sent", (replay, i, mode, a["spawning.test.body"], head[:2000])
             for k, (status, b) in enumerate(again, 2):
                 assert (status, b) == (b"HTTP/1.1 200 OK", a), (
                     f"{replay}: head {i} on {mode} answered differently on its send {k}", head[:2000],
