@@ -212,7 +212,9 @@ def random_head(rng: random.Random, seen: dict[str, bytes]) -> bytes:
         elif pick < 0.65:
             name = mixed_case(rng, rng.choice(KNOWN[1:]))
             if name.lower() in ("content-length", "content-type") and rng.random() < 0.7:
-                name = mixed_case(rng, "X-" + name)      # framing stays the body's
+                # Mostly renamed: Content-Length stays the body's (renamed below, always), and a
+                # Content-Type beside the body's is joined with it now and then, not every time.
+                name = mixed_case(rng, "X-" + name)
         else:
             name = random_name(rng)
         if name.lower() in ("content-length", "transfer-encoding", "host", "connection", "te",
