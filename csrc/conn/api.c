@@ -289,9 +289,9 @@ static int64_t code_answer(sp_server *s, int64_t code, const char *head, size_t 
         UNLOCK(s);
         return rc;
     }
-    /* Only a queued request: with none, the caller's sp_poll_one() polls, as this would, but
-     * it may wait (without the GIL). A poll that found nothing here would be a wasted call. */
-    if (!s->nready) { UNLOCK(s); return 0; }
+    /* Only a queued request, and only this thread's turn (loop_may_chain_locked): otherwise
+     * the caller's sp_poll_one() polls, as this would, without the GIL. */
+    if (!loop_may_chain_locked(s)) { UNLOCK(s); return 0; }
     int64_t next = loop_take_next_locked(s);
     if (!next) {
         sp_event ev;
