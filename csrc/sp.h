@@ -417,10 +417,11 @@ void sp_server_flush(sp_server *s);
 int64_t sp_code_answer(sp_server *s, int64_t code, const char *head, size_t hlen,
                        const char *body, size_t blen);
 /* sp_code_answer() for the first piece of a body that may have more (an iterable's first chunk):
- * it answers only when the head declares a Content-Length and body is exactly that long, so that
- * the body is whole; else (no Content-Length, another length, or a head too big for the one-crossing
- * path) it returns -ERANGE having done nothing (the request is still the caller's, its response
- * not started), and the caller streams the body instead. Otherwise as sp_code_answer(). */
+ * it answers when the head declares a Content-Length and body is exactly that long, so that the
+ * body is whole; else (no Content-Length, another length, or a head too big for the one-crossing
+ * path) it sends no body byte, starts the response as sp_req_start() does and returns
+ * -EINPROGRESS: the request is still the caller's, which writes the body (sp_req_write), this
+ * piece first. Otherwise as sp_code_answer(). */
 int64_t sp_code_answer_whole(sp_server *s, int64_t code, const char *head, size_t hlen,
                              const char *body, size_t blen);
 /* Ends the response (terminal chunk if chunked). The connection goes on to its next pipelined

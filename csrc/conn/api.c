@@ -193,9 +193,9 @@ static int respond_send(sp_server *s, sp_conn *c, char *head, size_t n, const ch
 }
 
 /* The one-crossing response (sp_req_respond). Called and returns with s->mu held; c is busy.
- * -EINVAL and -EALREADY leave the request unfinished, and so does -ERANGE (whole: the body is
- * not exactly the head's Content-Length, or the head is too big to tell here), which touches
- * nothing. */
+ * -EINVAL and -EALREADY leave the request unfinished. With whole, a body that is not
+ * exactly the head's Content-Length (or a head too big to tell here) is not sent: the head
+ * starts alone, as sp_req_start, and -EINPROGRESS says so (the caller writes the body). */
 static int respond(sp_server *s, sp_conn *c, const char *status, size_t slen,
                    const char *headers, size_t hlen, const char *body, size_t blen, int whole) {
     char head[SP_HEAD_STACK];
@@ -203,7 +203,11 @@ static int respond(sp_server *s, sp_conn *c, const char *status, size_t slen,
     if (c->started) return -EALREADY;
     ssize_t n = conn_format_head(s, c, head, sizeof(head), status, slen, headers, hlen, (int64_t)blen,
                                  whole);
-    if (n == -ENOSPC && whole) return -ERANGE;   /* the caller streams it: sp_req_start copes */
+    if (whole && (n == -ERANGE || n == -ENOSPC)) {   /* not whole: the caller streams the body */
+        int rc = start_locked(s, c, status, slen, headers, hlen);
+        if (rc == -ENOMEM) finish_locked(s, c, 1);   /* over, as respond_send's -ENOMEM is */
+        return rc ? rc : -EINPROGRESS;
+    }
     if (n == -ENOSPC) {   /* a huge head: take the general path */
         int rc = start_locked(s, c, status, slen, headers, hlen);
         if (rc != -EINVAL) {
@@ -285,7 +289,7 @@ static int64_t code_answer(sp_server *s, int64_t code, const char *head, size_t 
                            const char *body, size_t blen, int whole) {
     LOCK(s);   /* one lock for both halves: the answer and the next request */
     int rc = code_respond_locked(s, code, head, hlen, body, blen, whole);
-    if (!s->cfg.chain || rc == -ESTALE || rc == -EALREADY || rc == -EINVAL || rc == -ERANGE) {
+    if (!s->cfg.chain || rc == -ESTALE || rc == -EALREADY || rc == -EINVAL || rc == -EINPROGRESS) {
         UNLOCK(s);
         return rc;
     }

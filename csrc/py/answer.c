@@ -2,7 +2,6 @@
  * in one crossing, other iterables streamed, close(), the access log (the CPython part; see
  * runner.c's theory of operation). */
 #include "py.h"
-#include "http/unaligned.h"
 
 #ifndef SP_NO_PYFAST
 
@@ -117,35 +116,8 @@ static inline int head_obj(Runner *self, int idx, PyObject *o, size_t *pos, int 
     return head_put(self, idx, o, pos);
 }
 
-/* The length a Content-Length value of n bytes at v says, or -1 when it says none (not 1 to 18
- * digits). A hint only: the core reads the header again, with every rule (csrc/conn/head.c). */
-static int64_t length_of(const char *v, size_t n)
-{
-    int64_t x = 0;
-    if (n == 0 || n > 18)
-        return -1;
-    for (size_t i = 0; i < n; i++) {
-        if (v[i] < '0' || v[i] > '9')
-            return -1;
-        x = x * 10 + (v[i] - '0');
-    }
-    return x;
-}
-
-/* Whether the n bytes at h name Content-Length, in any case: two overlapping words, OR-ed with
- * 0x20 in every byte, which folds case and leaves '-' as it is. */
-static inline int is_content_length(const char *h, size_t n)
-{
-    static const char lc[] = "content-length";
-    return n == 14 && (load8(h) | 0x2020202020202020ULL) == load8(lc)
-           && (load8(h + 6) | 0x2020202020202020ULL) == load8(lc + 6);
-}
-
 /* The response's head packed as sp_code_answer() takes it, "status\0name\0value...", in
- * self->hbuf: 1 with *len (and the status's length, *slen), and, unless declared is NULL,
- * *declared the length its first Content-Length header says (-1: none), read from the bytes
- * just packed as a hint of whether an iterable's first chunk may be its whole body
- * (answer_whole; the core decides); 0 when Python must pack it
+ * self->hbuf: 1 with *len (and the status's length, *slen); 0 when Python must pack it
  * (anything but a str status and a list of (str, str) tuples or lists, all ASCII without NUL),
  * -1 on a Python error. No Python code runs: the exact types are asked for, so no app's __eq__
  * or __str__ is called.
@@ -157,12 +129,11 @@ static inline int is_content_length(const char *h, size_t n)
  * hello world's whole head, a form handler's all but its Content-Length): no encoding, checks
  * or copies for them (~800 instructions of a hello-world request). The one cache of response
  * heads, and C's. */
-static int pack_head(Runner *self, Resp *resp, size_t *len, size_t *slen, int64_t *declared)
+static int pack_head(Runner *self, Resp *resp, size_t *len, size_t *slen)
 {
     PyObject *st = resp->status, *hd = resp->headers;
     size_t pos = 0;
     int same = 1;
-    int64_t decl = declared != NULL ? -1 : 0;     /* 0: not asked, nothing to look for */
     if (st == NULL || !PyUnicode_CheckExact(st) || hd == NULL || !PyList_CheckExact(hd))
         return 0;
     int r = head_obj(self, 0, st, &pos, &same);
@@ -173,17 +144,9 @@ static int pack_head(Runner *self, Resp *resp, size_t *len, size_t *slen, int64_
         if (!header_of(PyList_GetItem(hd, i), &name, &value)
                 || !PyUnicode_CheckExact(name) || !PyUnicode_CheckExact(value))
             return 0;
-        size_t at = pos + 1;    /* each name and value follows a NUL (head_put) */
-        if ((r = head_obj(self, (int)(1 + 2 * i), name, &pos, &same)) <= 0)
-            break;
-        int cl = decl < 0 && is_content_length(self->hbuf + at, pos - at);
-        at = pos + 1;
-        r = head_obj(self, (int)(2 + 2 * i), value, &pos, &same);
-        if (cl && r > 0)
-            decl = length_of(self->hbuf + at, pos - at);
+        if ((r = head_obj(self, (int)(1 + 2 * i), name, &pos, &same)) > 0)
+            r = head_obj(self, (int)(2 + 2 * i), value, &pos, &same);
     }
-    if (declared != NULL)
-        *declared = decl;
     *len = pos;
     return r;
 }
@@ -233,29 +196,24 @@ static int start_packed(Runner *self, long long code, Resp *resp, size_t hlen, s
 static int start_head(Runner *self, long long code, Resp *resp)
 {
     size_t hlen, slen;
-    int ph = packed(pack_head(self, resp, &hlen, &slen, NULL));
+    int ph = packed(pack_head(self, resp, &hlen, &slen));
     return ph > 0 ? start_packed(self, code, resp, hlen, slen) : ph;
 }
 
-/* The first non-empty chunk of an iterable, the head not sent yet: when it is the whole body
- * the head's Content-Length declares, head and chunk go in one crossing as a list of one bytes
- * does (the core checks the length, sp_code_answer_whole, and refuses any other without touching
- * the request), and the iterable is not asked for more (PEP 3333); else the head starts, as
- * start_head, from the head packed once. 2: the request is over (answered, or the client was
- * gone), *nxt the thread's next request (sp_code_answer) and *mine as runner_run's; else as
- * start_head (1: started, the chunk streams). */
+/* The first non-empty chunk of an iterable, the head not sent yet, in one crossing: when it is
+ * the whole body the head's Content-Length declares, head and chunk go as a list of one bytes
+ * does and the iterable is not asked for more (PEP 3333); else the core starts the head alone
+ * (sp_code_answer_whole: the core is the one reader of the Content-Length) and the chunk streams.
+ * 2: the request is over (answered, or the client was gone), *nxt the thread's next request
+ * (sp_code_answer) and *mine as runner_run's; else as start_head (1: started, the chunk
+ * streams). */
 static int answer_whole(Runner *self, long long code, Resp *resp, PyObject *chunk, Py_ssize_t n,
                         long long *nxt, int *mine)
 {
     size_t hlen, slen;
-    int64_t declared;
-    int ph = packed(pack_head(self, resp, &hlen, &slen, &declared));
+    int ph = packed(pack_head(self, resp, &hlen, &slen));
     if (ph <= 0)
         return ph;
-    /* Not the whole body by the head's own word: it streams, without a crossing to be told so
-     * (a body without Content-Length, or in pieces, costs what it did). */
-    if (declared != (int64_t)n)
-        return start_packed(self, code, resp, hlen, slen);
     /* As runner_run's list answer: a response the app kept (its start_response or write(), even
      * weakly) must reach nothing once the request is answered, for the connection's next
      * request may have the same code; one held by nothing else may serve the next request. */
@@ -264,10 +222,11 @@ static int answer_whole(Runner *self, long long code, Resp *resp, PyObject *chun
         resp->code = 0;
     long long r = sp_code_answer_whole(self->srv, code, self->hbuf, hlen, PyBytes_AsString(chunk),
                                        (size_t)n);
-    if (r == -ERANGE || r == -EINVAL || r == -EALREADY) {
-        resp->code = code;      /* still ours, nothing sent: it streams (a second Content-Length
-                                 * the hint missed, a head too big), or Python answers 500 */
-        return r == -ERANGE ? start_packed(self, code, resp, hlen, slen) : 0;
+    if (r == -EINPROGRESS || r == -EINVAL || r == -EALREADY) {
+        resp->code = code;      /* still ours: the head started and the chunk streams, or
+                                 * nothing was sent and Python answers (500) */
+        resp->head_sent = r == -EINPROGRESS;
+        return r == -EINPROGRESS;
     }
     resp->code = 0;
     resp->head_sent = 1;

@@ -152,10 +152,9 @@ static PyObject *request_env(Runner *self, long long code, PyObject *code_obj, i
 
 /* answer.c: forgets the objects the head in hbuf was packed from, from the idx-th on. */
 static void forget_head(Runner *self, int idx);
-/* answer.c: the response's head packed into self->hbuf as sp_code_answer() takes it: 1 (with *len,
- * *slen and *declared, its Content-Length or -1), 0 when Python must pack it, -1 on a Python
- * error. */
-static int pack_head(Runner *self, Resp *resp, size_t *len, size_t *slen, int64_t *declared);
+/* answer.c: the response's head packed into self->hbuf as sp_code_answer() takes it: 1 (with *len
+ * and *slen), 0 when Python must pack it, -1 on a Python error. */
+static int pack_head(Runner *self, Resp *resp, size_t *len, size_t *slen);
 /* answer.c: calls the access log's callable for a request C finished, errors deferred. */
 static void log_request(Runner *self, PyObject *env, Resp *resp, PyObject **pending);
 /* answer.c: streams the result as wsgi.py's stream() does (a first chunk that is the whole

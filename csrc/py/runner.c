@@ -467,7 +467,7 @@ SP_GREEN_FRAME static PyObject *runner_run(Runner *self, PyObject *const *args, 
         int mine;
         if (!resp->head_sent && Py_IS_TYPE(result, &PyList_Type) && PyList_Size(result) == 1
                 && Py_IS_TYPE(body = PyList_GetItem(result, 0), &PyBytes_Type)) {
-            int ph = pack_head(self, resp, &hlen, &slen, NULL);   /* the core sets its length */
+            int ph = pack_head(self, resp, &hlen, &slen);
             if (ph <= 0) {          /* Python packs it, or says what is wrong with it */
                 if (ph < 0 && !PyErr_ExceptionMatches(PyExc_Exception)) {
                     Py_DECREF(result);      /* a KeyboardInterrupt goes to Python's handler */
