@@ -191,23 +191,23 @@ PEERS = [
 
 # BENCH_BASELINE=DIR adds spawning as built in another checkout (e.g. a worktree of an earlier
 # commit, its core compiled in place), in both modes, to measure a change before and after in
-# the same run.
-_BASELINE = os.environ.get("BENCH_BASELINE")
-
-
-def _baseline(threads: int):
+# the same run. BENCH_EXTRA=NAME:DIR:THREADS[,...] adds more such builds, one mode each (variants
+# of a change, or another --threads), under the names given.
+def _spawning_at(checkout: str, threads: int):
     def cmd(app, port, tmp):
-        return ["env", f"PYTHONPATH={_BASELINE}{os.pathsep}{HERE}", PY, "-m", "spawning",
+        return ["env", f"PYTHONPATH={checkout}{os.pathsep}{HERE}", PY, "-m", "spawning",
                 "--processes", "1", "--threads", str(threads), "-i", "127.0.0.1", "-p", str(port),
                 "--backlog", "4096", "-l", "/dev/null", f"apps.{app}"]
     return cmd
 
 
-if _BASELINE:
-    PEERS += [Peer("baseline", _baseline(4), module="spawning", note=f"{_BASELINE}, -t 4",
-                   scenarios=MAIN_SCENARIOS_BASE | REALISTIC),
-              Peer("baseline-green", _baseline(0), module="spawning", note=f"{_BASELINE}, -t 0",
-                   scenarios=MAIN_SCENARIOS_BASE | REALISTIC)]
+_BASELINE = os.environ.get("BENCH_BASELINE")
+_OTHER_BUILDS = [(f"baseline{'-green' if t == 0 else ''}", _BASELINE, t) for t in (4, 0)] if _BASELINE else []
+for _spec in filter(None, os.environ.get("BENCH_EXTRA", "").split(",")):
+    _name, _dir, _threads = _spec.rsplit(":", 2)
+    _OTHER_BUILDS.append((_name, _dir, int(_threads)))
+PEERS += [Peer(name, _spawning_at(d, t), module="spawning", note=f"{d}, -t {t}",
+               scenarios=MAIN_SCENARIOS_BASE | REALISTIC) for name, d, t in _OTHER_BUILDS]
 
 # The peers the performance goal compares against.
 REFERENCE = ("bjoern", "fastwsgi", "fastpysgi", "freastal")

@@ -626,7 +626,8 @@ python bench/run.py --only spawning,bjoern --scenario hello,64k --interleave 4  
   costs around it, for every server side by side (`--app django|flask|closeiter`).
 - `BENCH_BASELINE=DIR` adds `baseline` and `baseline-green`: spawning from another checkout (a
   worktree of an earlier commit, its core compiled in place), to measure a change before and
-  after in one run.
+  after in one run; `BENCH_EXTRA=NAME:DIR:THREADS[,...]` adds more such builds under the names
+  given, one mode each (variants of a change, another `--threads`).
 - `peers.py`: how each server is installed and started with one process on a port.
 - `run.py`: starts each server pinned to CPU 0 (`taskset -c 0`, its own process group), checks one
   real response, warms up, then runs `taskset -c 1 wrk -t1 -c100 -d2s --latency` (a Lua script

@@ -4,7 +4,7 @@
 
 - threads (``--threads N``, N >= 1): N threads each take one request at a time from the loop
   (``sp_poll_one``; a thread answering a request takes its next one in the same call) and run it. The C side arranges leader/follower so a fast app keeps a single thread busy with no
-  hand-offs (see csrc/loop/loop.c); a blocking app gets a second thread after about a millisecond.
+  hand-offs (see csrc/loop/loop.c); a blocking app gets a second thread after a few milliseconds.
 - green (``--threads 0``): a hub greenlet drives the loop; each request runs in its own greenlet
   (spawning.green).
 

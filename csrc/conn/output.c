@@ -94,7 +94,8 @@ ssize_t conn_flush_at(sp_server *s, sp_conn *c, int64_t now_ms) {
  * part of a small send on a busy server. Sent back to back, only the first of a burst wakes the
  * client; the others find it awake. The price is latency: a response waits at most SP_CORK_US
  * plus the run of one more request on the same thread (another thread takes the poller role,
- * which flushes, after SP_HANDOFF_US).
+ * which flushes, once that request is SP_HANDOFF_US old and the watcher next looks: loop.c,
+ * watch_unlocked).
  *
  * Without chain (green mode: one thread), a response that would start a burst no other can join
  * goes at once instead (conn_cork_worth): nothing else is held back, no request is queued and no

@@ -23,14 +23,15 @@
  * Thread mode (several threads in sp_poll): a thread that takes work leaves the poller role
  * empty. Another thread takes over the role, or takes queued work, only once no thread has
  * taken work for SP_HANDOFF_US, unless no thread is busy. So a fast app keeps running on one
- * thread with no wake-ups and no GIL contention (however long the queue it works through), while
- * a slow or blocking app delays other requests by at most ~1 ms before a second thread steps in.
- * One waiting thread, the watcher, times that hand-off; the others sleep untimed on a condition
- * variable. Under steady load the watcher keeps its watch, checking back every SP_HANDOFF_US
- * without the mutex for as long as work is being taken (watch_unlocked); once no work was taken
- * for SP_WATCH_KEEP_US it sleeps untimed too, and a poller that takes work with nobody watching
- * signals one waiter to take the watch. So an idle pool costs nothing and a busy one about one
- * wake-up per ms, which touches no lock the busy thread holds.
+ * thread with no GIL contention (however long the queue it works through), while a slow or
+ * blocking app delays other requests by a few ms at most before a second thread steps in. One
+ * waiting thread, the watcher, times that hand-off; the others sleep untimed on a condition
+ * variable. Under steady load the watcher keeps its watch, checking back without the mutex for
+ * as long as work is being taken, every SP_HANDOFF_US at first and less often while the busy
+ * thread keeps up (watch_unlocked); once no work was taken for SP_WATCH_KEEP_US it sleeps untimed
+ * too, and a poller that takes work with nobody watching signals one waiter to take the watch.
+ * So an idle pool costs nothing and a busy one a wake-up every few ms, which touches no lock the
+ * busy thread holds.
  *
  * Green mode: one thread, so the queue and the poll turn are all there is.
  */
@@ -119,6 +120,7 @@ int loop_init(sp_server *s, const sp_conn_ops *ops) {
     watch_forks();
     s->ops = ops;
     s->now_us = sp_now_us();
+    s->watch_nap_us = SP_HANDOFF_US;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     int rc = be_create(&s->be);
@@ -479,18 +481,30 @@ static inline void call_watcher(sp_server *s) {
     }
 }
 
-/* The watcher's wait, without the mutex: it naps until `until` and, as long as work was taken
- * meanwhile (vacated_us moved) and the busy thread's latest take is less than SP_HANDOFF_US old
- * at the next check, naps again, without taking the mutex. A timed wait on the condition variable
- * would retake the mutex at every wake-up, under steady load held by the busy thread more often
- * than not (it sends with it held), which cost a futex hand-off and two context switches each
- * time (the figure: bench/README.md, "Why the code is as it is"). Returns with the mutex held, when no work was taken
- * for a whole nap (the busy thread may be stuck: the caller looks), on sp_server_wakeup(), or at
- * the deadline (< 0: none). What a signal to the condition variable would tell it comes at most
- * one nap (SP_HANDOFF_US) late: only waking the sleeping waiters is urgent, and it sleeps
- * on the condition variable. */
+/* The watcher's wait, without the mutex: it naps until `until`, then, as long as the busy thread
+ * took work less than SP_HANDOFF_US ago, naps again, without taking the mutex. A timed wait on
+ * the condition variable would retake the mutex at every wake-up, under steady load held by the
+ * busy thread more often than not (it sends with it held), which cost a futex hand-off and two
+ * context switches each time (the figure: bench/README.md, "Why the code is as it is").
+ *
+ * Each nap that finds the busy thread taking work doubles the next one, up to
+ * SP_WATCH_NAP_MAX_US; one that finds it stuck sets it back to SP_HANDOFF_US, for this watcher
+ * and the next (s->watch_nap_us). A wake-up a millisecond cost a Django or Flask request in
+ * thread mode ~5% of its CPU time on a virtual machine (two context switches and a timer
+ * interrupt each time, and the interpreter's caches and predictors cold after them; bench/README.md):
+ * a fast app now pays for one every 8 ms. The price: the first request to stall after a run of
+ * fast ones is seen after at most SP_WATCH_NAP_MAX_US + SP_HANDOFF_US instead of
+ * 2 * SP_HANDOFF_US (the queue behind it waits that long for a second thread); an app that stalls
+ * often (blocking I/O) keeps the watcher at SP_HANDOFF_US. A stall with the GIL held (a long
+ * computation, a garbage collection) gains nothing from a second thread before CPython's switch
+ * interval, 5 ms, anyway.
+ *
+ * Returns with the mutex held: when the busy thread took no work for SP_HANDOFF_US (stuck, or
+ * nothing to take: the caller looks), on sp_server_wakeup(), or at the deadline (< 0: none).
+ * What a signal to the condition variable would tell it comes at most one nap late: only waking
+ * the sleeping waiters is urgent, and it sleeps on the condition variable. */
 static void watch_unlocked(sp_server *s, int64_t until, unsigned gen, int64_t deadline) {
-    int64_t seen = s->vacated_us;
+    int64_t nap = s->watch_nap_us;
     pthread_mutex_unlock(&s->mu);
     for (;;) {
         int64_t now = sp_now_us();
@@ -502,13 +516,16 @@ static void watch_unlocked(sp_server *s, int64_t until, unsigned gen, int64_t de
         }
         if (__atomic_load_n(&s->wake_gen, __ATOMIC_RELAXED) != gen) break;
         if (deadline >= 0 && now >= deadline) break;
-        int64_t v = __atomic_load_n(&s->vacated_us, __ATOMIC_RELAXED);
-        if (v == seen) break;
-        seen = v;
-        until = v + SP_HANDOFF_US;
-        if (until <= now) break;
+        if (now - __atomic_load_n(&s->vacated_us, __ATOMIC_RELAXED) >= SP_HANDOFF_US) {
+            nap = SP_HANDOFF_US;
+            break;
+        }
+        if (nap < SP_WATCH_NAP_MAX_US) nap = nap * 2 < SP_WATCH_NAP_MAX_US ? nap * 2 : SP_WATCH_NAP_MAX_US;
+        until = now + nap;
+        if (deadline >= 0 && deadline < until) until = deadline;
     }
     pthread_mutex_lock(&s->mu);
+    s->watch_nap_us = nap;
 }
 
 static void timed_wait(sp_server *s, int64_t until_us) {
@@ -636,12 +653,12 @@ int loop_poll_locked(sp_server *s, sp_event *out, int max, int timeout_ms) {
         }
         if (timeout_ms == 0) break;   /* never waits: sp_code_answer's callers keep the GIL */
         /* Someone polls, or the role was just vacated by a thread running the app. One follower
-         * times the hand-off; the others sleep until signalled, so an idle pool costs one
-         * wake-up per SP_HANDOFF_US, not one per thread. */
+         * times the hand-off; the others sleep until signalled, so a busy pool costs one
+         * wake-up a nap, not one per thread. */
         was_follower = 1;
         s->waiters++;
         /* Under steady load the poller takes work every few microseconds: a watcher that finds
-         * it polling keeps the watch (checking back every SP_HANDOFF_US) rather than sleep
+         * it polling keeps the watch (checking back between naps) rather than sleep
          * untimed and cost the poller a signal, and itself a wake-up, on every turn. */
         int keep = s->polling && (watching || !s->watching) && now - s->vacated_us < SP_WATCH_KEEP_US;
         if (!keep && (s->polling || (s->watching && !watching))) {

@@ -20,6 +20,8 @@
                                        takes it, so a fast app keeps one thread and no GIL fight */
 #define SP_WATCH_KEEP_US 10000     /* thread mode: a follower keeps timing the hand-off through
                                        the poller's turns while work was taken this recently */
+#define SP_WATCH_NAP_MAX_US 8000   /* thread mode: the watcher's nap, SP_HANDOFF_US at first,
+                                       doubles up to this while the busy thread keeps taking work */
 #define SP_EMFILE_PAUSE_MS 100      /* accept pause after running out of descriptors */
 #define SP_POLL_EVERY_US 1000       /* while work is queued, still poll this often: a connection
                                        that keeps re-queuing itself (pipelining) must not starve
@@ -124,6 +126,7 @@ struct sp_server {
     int watch_called;                /* an untimed waiter was signalled to take the watch and
                                         has not woken yet (loop.c, call_watcher) */
     int64_t vacated_us;
+    int64_t watch_nap_us;            /* the watcher's nap (watch_unlocked) */
     int64_t now_us;                  /* the loop clock: read by each poll turn and each finished
                                         request, for stamps that tolerate that lag (queueing,
                                         head start, corking) and cost no clock read */

@@ -90,6 +90,14 @@ def sleep_app(environ, start_response):
     return _text(start_response, b"slept\n")
 
 
+def spin_app(environ, start_response):
+    """Computes for QUERY_STRING seconds (default 0.3 ms), holding the GIL: a busy app."""
+    end = time.perf_counter() + float(environ["QUERY_STRING"] or 0.0003)
+    while time.perf_counter() < end:
+        pass
+    return _text(start_response, b"spun\n")
+
+
 def echo_app(environ, start_response):
     data = environ["wsgi.input"].read()
     start_response("200 OK", [("Content-Type", "application/octet-stream"),
@@ -312,7 +320,8 @@ ROUTES = {
     "exit": exit_app, "error-after-start": error_after_start_app, "bad-header": bad_header_app,
     "status": status_app,
     "file": file_app, "close": close_app, "seen": seen_app, "mutate": mutate_app,
-    "counter": counter_app, "unique": unique_app, "sleep": sleep_app, "stash": stash_app,
+    "counter": counter_app, "unique": unique_app, "sleep": sleep_app, "spin": spin_app,
+    "stash": stash_app,
     "stale": stale_app,
 }
 VALIDATED = {name: validator(app) for name, app in ROUTES.items()}

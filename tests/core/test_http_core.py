@@ -9,6 +9,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 
 import pytest
@@ -129,6 +130,53 @@ def test_blocking_requests_each_get_a_thread(spawn):
         assert slow < scaled(1.8), f"three 1 s requests took {slow:.2f} s: they did not run side by side"
     finally:
         for c in conns:
+            c.close()
+
+
+def test_a_stall_after_a_run_of_fast_requests_is_handed_off(spawn):
+    """While the busy thread keeps taking work the watcher naps longer and longer, up to a cap of a
+    few ms (csrc/loop/loop.c, watch_unlocked), so the first request to stall after a long run of
+    fast ones is seen later than the next. It must still be seen in milliseconds: after a second of
+    pipelined requests computing 0.3 ms each, which keep one thread taking work without a pause, a
+    request sleeping 1 s with the GIL released, and a fast one sent just after it, which a second
+    thread must answer long before the sleeper is done. (With no cap the nap reaches ~1 s and
+    this fails.)"""
+    server = spawn("-s", "1", "-t", "4", "core_app.application")
+    hello = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+    load = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(3)]
+    sleeper = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    fast = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    stop = threading.Event()
+    answered = []
+
+    def pipeline() -> None:   # 10 requests a connection at a time, until told to stop
+        spin = b"GET /spin HTTP/1.1\r\nHost: x\r\n\r\n"
+        while not stop.is_set():
+            for c in load:
+                c.sendall(spin * 10)
+            for c in load:
+                data = b""
+                while data.count(b"spun\n") < 10:
+                    data += c.recv(65536)
+            answered.append(30)
+
+    loader = threading.Thread(target=pipeline, daemon=True)
+    loader.start()
+    try:
+        time.sleep(1.0)
+        assert sum(answered) > 1000, sum(answered)   # the busy thread took work all along
+        sleeper.sendall(b"GET /sleep?1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.02)
+        t0 = time.monotonic()
+        fast.sendall(hello)
+        assert fast.recv(4096).endswith(b"hello /hello\n")
+        took = time.monotonic() - t0
+        assert took < scaled(0.3), f"the fast request waited {took:.3f} s behind the sleeping one"
+        assert sleeper.recv(4096).endswith(b"slept\n")
+    finally:
+        stop.set()
+        loader.join(timeout=10)
+        for c in load + [sleeper, fast]:
             c.close()
 
 
