@@ -490,9 +490,8 @@ static inline void call_watcher(sp_server *s) {
  * Each nap that finds the busy thread taking work doubles the next one, up to
  * SP_WATCH_NAP_MAX_US; one that finds it stuck sets it back to SP_HANDOFF_US, for this watcher
  * and the next (s->watch_nap_us). A wake-up a millisecond cost a Django or Flask request in
- * thread mode ~5% of its CPU time on a virtual machine (two context switches and a timer
- * interrupt each time, and the interpreter's caches and predictors cold after them; bench/README.md):
- * a fast app now pays for one every 8 ms. The price: the first request to stall after a run of
+ * thread mode ~4% of its CPU time on a virtual machine, far more than the few microseconds each
+ * nap runs (bench/README.md, "Why the code is as it is"): a fast app now pays for one every 8 ms. The price: the first request to stall after a run of
  * fast ones is seen after at most SP_WATCH_NAP_MAX_US + SP_HANDOFF_US instead of
  * 2 * SP_HANDOFF_US (the queue behind it waits that long for a second thread); an app that stalls
  * often (blocking I/O) keeps the watcher at SP_HANDOFF_US. A stall with the GIL held (a long

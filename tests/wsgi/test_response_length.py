@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from conftest import APPS, SpawningProcess, start_server
+from conftest import APPS, SpawningProcess, read_response, start_server
 
 sys.path.insert(0, str(APPS))
 from length_app import BODY, CASES  # the app's own definitions
@@ -51,20 +51,6 @@ def _token() -> str:
     return f"k{next(_tokens)}"
 
 
-def _read(f, method: str = "GET") -> tuple[bytes, bytes]:
-    """(head, body) of one response: the body as far as its Content-Length or the close."""
-    head = b""
-    while not head.endswith(b"\r\n\r\n"):
-        line = f.readline()
-        if not line:
-            raise ConnectionError(f"closed after {head!r}")
-        head += line
-    if method == "HEAD":
-        return head, b""
-    fields = {k.lower(): v for k, _, v in (h.partition(b": ") for h in head.split(b"\r\n")[1:])}
-    return head, f.read(int(fields[b"content-length"]))
-
-
 def _closed(s: socket.socket) -> bool:
     """Whether the server closes the connection (EOF within 5 s) rather than keeping it."""
     s.settimeout(5)
@@ -78,7 +64,7 @@ def _get(port: int, target: str) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % target.encode())
         f = s.makefile("rb")
-        return _read(f)[1]
+        return read_response(f, whole=False)[1]
 
 
 def _events(port: int, token: str) -> list[str]:
@@ -113,12 +99,12 @@ def test_iteration_stops_at_the_declared_length(server: SpawningProcess, case: s
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         s.sendall(_request(f"/b?c={case}&t={token}" + ("&gen=1" if gen else "") + variant))
         f = s.makefile("rb")
-        head, got = _read(f)
+        head, got = read_response(f, whole=False)
         assert head.startswith(b"HTTP/1.1 200 OK\r\n")
         assert got == body
         if keeps:
             s.sendall(_request("/events?t=none"))      # still open: answered on it
-            assert _read(f)[0].startswith(b"HTTP/1.1 200 OK\r\n")
+            assert read_response(f, whole=False)[0].startswith(b"HTTP/1.1 200 OK\r\n")
         else:
             assert _closed(s)
     if gen:
@@ -135,9 +121,9 @@ def test_head_request_stops_too(server: SpawningProcess, case: str) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         s.sendall(_request(f"/b?c={case}&t={token}", "HEAD") + _request("/events?t=none"))
         f = s.makefile("rb")
-        head, _ = _read(f, "HEAD")
+        head, _ = read_response(f, "HEAD", whole=False)
         assert b"Content-Length: %d\r\n" % len(BODY) in head
-        assert _read(f)[0].startswith(b"HTTP/1.1 200 OK\r\n")   # nothing of the body came
+        assert read_response(f, whole=False)[0].startswith(b"HTTP/1.1 200 OK\r\n")   # nothing of the body came
     assert _events(server.port, token) == ["close"]
 
 
@@ -157,15 +143,15 @@ def test_kept_callables_reach_nothing(server: SpawningProcess, keep: str, raised
         heads = []
         if pipelined:
             s.sendall(b"".join(reqs))
-            heads = [_read(f), _read(f)]
+            heads = [read_response(f, whole=False), read_response(f, whole=False)]
         else:
             for r in reqs:
                 s.sendall(r)
-                heads.append(_read(f))
+                heads.append(read_response(f, whole=False))
         for head, body in heads:
             assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == BODY
         s.sendall(_request("/events?t=none"))
-        assert _read(f)[0].startswith(b"HTTP/1.1 200 OK\r\n")   # nothing stray on the wire
+        assert read_response(f, whole=False)[0].startswith(b"HTTP/1.1 200 OK\r\n")   # nothing stray on the wire
     assert _events(server.port, first) == ["close"]
     assert _events(server.port, second) == [raised, "close"]
 
@@ -182,7 +168,7 @@ def test_pipelined_behind_whole_first_pieces(server: SpawningProcess) -> None:
                            for c, t, g in zip(cases, tokens, gens)))
         f = s.makefile("rb")
         for _ in cases:
-            head, body = _read(f)
+            head, body = read_response(f, whole=False)
             assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == BODY
         assert _closed(s)    # the last one was cut
     for t, g in zip(tokens, gens):
