@@ -144,6 +144,18 @@ def test_batched_repeated_requests_leave_nothing_behind(spawn):
     assert done[0] == 24 * 30 and not bad, (done[0], bad[:3])
 
 
+def _green_server(app, **options):
+    """A green-mode spawning Server for app in this process, on a fresh loopback listener:
+    (server, listening socket). serve() runs it; stop() ends it. options: more Settings."""
+    from spawning.config import Settings
+    from spawning.server import Server
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    return Server(app, Settings(threads=0, processes=1, **options), [sock]), sock
+
+
 def test_idle_request_greenlets_end_quietly(caplog: pytest.LogCaptureFixture) -> None:
     """Request greenlets wait for their next request in the hub's idle list (on CPython, inside
     the C path: csrc/py/runner.c, green_park). GreenletExit thrown in where one waits (a kill(),
@@ -151,17 +163,11 @@ def test_idle_request_greenlets_end_quietly(caplog: pytest.LogCaptureFixture) ->
     an internal error of the request handler. A real green server in this process, real sockets."""
     from greenlet import GreenletExit  # type: ignore[import-untyped]
 
-    from spawning.config import Settings
-    from spawning.server import Server
-
     def hello(environ: dict, start_response) -> list[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
         return [b"hi\n"]
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    srv = Server(hello, Settings(threads=0, processes=1), [sock])
+    srv, sock = _green_server(hello)
     idle: list = []
     hubs: list = []
     done = threading.Event()
@@ -208,18 +214,13 @@ def test_timers_and_thread_calls_run_while_requests_flow(what: str) -> None:
     sleep) or a call from another OS thread must still run meanwhile, not wait for a pause in
     the traffic. A real green server in this process; clients in a thread, real sockets. Each
     case alone: either brings the hub back to Python, where the other runs too."""
-    from spawning.config import Settings
-    from spawning.server import Server
     from spawning.wsgi.response import FAST
 
     def hello(environ: dict, start_response) -> list[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
         return [b"hi\n"]
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    srv = Server(hello, Settings(threads=0, processes=1, access_log_file="/dev/null"), [sock])
+    srv, sock = _green_server(hello, access_log_file="/dev/null")
     ticks: list[float] = []
     calls: list[float] = []
     load = {"start": 0.0, "end": 0.0, "requests": 0, "c_turn": None}
@@ -278,9 +279,6 @@ def test_stop_from_a_request_ends_the_hub_while_requests_flow() -> None:
     the C turn goes on by itself (here in a request, as an app or a signal handler may) must
     still end serve() while requests keep coming, rather than when the traffic pauses. A real
     green server in this process; clients in a thread, real sockets."""
-    from spawning.config import Settings
-    from spawning.server import Server
-
     stopped: list[float] = []
 
     def app(environ: dict, start_response) -> list[bytes]:
@@ -290,10 +288,7 @@ def test_stop_from_a_request_ends_the_hub_while_requests_flow() -> None:
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
         return [b"hi\n"]
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    srv = Server(app, Settings(threads=0, processes=1, access_log_file="/dev/null"), [sock])
+    srv, sock = _green_server(app, access_log_file="/dev/null")
     served = threading.Event()
 
     def client() -> None:
