@@ -202,7 +202,7 @@ def _spawning_at(checkout: str, threads: int):
 
 
 _BASELINE = os.environ.get("BENCH_BASELINE")
-_OTHER_BUILDS = [(f"baseline{'-green' if t == 0 else ''}", _BASELINE, t) for t in (4, 0)] if _BASELINE else []
+_OTHER_BUILDS = [("baseline", _BASELINE, 4), ("baseline-green", _BASELINE, 0)] if _BASELINE else []
 for _spec in filter(None, os.environ.get("BENCH_EXTRA", "").split(",")):
     _name, _dir, _threads = _spec.rsplit(":", 2)
     _OTHER_BUILDS.append((_name, _dir, int(_threads)))

@@ -491,12 +491,12 @@ static inline void call_watcher(sp_server *s) {
  * SP_WATCH_NAP_MAX_US; one that finds it stuck sets it back to SP_HANDOFF_US, for this watcher
  * and the next (s->watch_nap_us). A wake-up a millisecond cost a Django or Flask request in
  * thread mode ~4% of its CPU time on a virtual machine, far more than the few microseconds each
- * nap runs (bench/README.md, "Why the code is as it is"): a fast app now pays for one every 8 ms. The price: the first request to stall after a run of
- * fast ones is seen after at most SP_WATCH_NAP_MAX_US + SP_HANDOFF_US instead of
- * 2 * SP_HANDOFF_US (the queue behind it waits that long for a second thread); an app that stalls
- * often (blocking I/O) keeps the watcher at SP_HANDOFF_US. A stall with the GIL held (a long
- * computation, a garbage collection) gains nothing from a second thread before CPython's switch
- * interval, 5 ms, anyway.
+ * nap runs (bench/README.md, "Why the code is as it is"): a fast app now pays for one every 8 ms.
+ * The price: the first request to stall after a run of fast ones is seen after at most
+ * SP_WATCH_NAP_MAX_US + SP_HANDOFF_US instead of 2 * SP_HANDOFF_US (the queue behind it waits
+ * that long for a second thread); an app that stalls often (blocking I/O) keeps the watcher at
+ * SP_HANDOFF_US. A stall with the GIL held (a long computation, a garbage collection) gains
+ * nothing from a second thread before CPython's switch interval, 5 ms, anyway.
  *
  * Returns with the mutex held: when the busy thread took no work for SP_HANDOFF_US (stuck, or
  * nothing to take: the caller looks), on sp_server_wakeup(), or at the deadline (< 0: none).
@@ -519,7 +519,7 @@ static void watch_unlocked(sp_server *s, int64_t until, unsigned gen, int64_t de
             nap = SP_HANDOFF_US;
             break;
         }
-        if (nap < SP_WATCH_NAP_MAX_US) nap = nap * 2 < SP_WATCH_NAP_MAX_US ? nap * 2 : SP_WATCH_NAP_MAX_US;
+        nap = nap * 2 < SP_WATCH_NAP_MAX_US ? nap * 2 : SP_WATCH_NAP_MAX_US;
         until = now + nap;
         if (deadline >= 0 && deadline < until) until = deadline;
     }

@@ -123,7 +123,8 @@ def test_head_request_stops_too(server: SpawningProcess, case: str) -> None:
         f = s.makefile("rb")
         head, _ = read_response(f, "HEAD", whole=False)
         assert b"Content-Length: %d\r\n" % len(BODY) in head
-        assert read_response(f, whole=False)[0].startswith(b"HTTP/1.1 200 OK\r\n")   # nothing of the body came
+        # nothing of the body came
+        assert read_response(f, whole=False)[0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert _events(server.port, token) == ["close"]
 
 
@@ -151,7 +152,8 @@ def test_kept_callables_reach_nothing(server: SpawningProcess, keep: str, raised
         for head, body in heads:
             assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == BODY
         s.sendall(_request("/events?t=none"))
-        assert read_response(f, whole=False)[0].startswith(b"HTTP/1.1 200 OK\r\n")   # nothing stray on the wire
+        # nothing stray on the wire
+        assert read_response(f, whole=False)[0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert _events(server.port, first) == ["close"]
     assert _events(server.port, second) == [raised, "close"]
 
