@@ -27,7 +27,8 @@
                                        that keeps re-queuing itself (pipelining) must not starve
                                        the others' I/O */
 #define SP_CORK_MAX 32              /* small responses held back to leave in one burst (see */
-#define SP_CORK_US 200              /* conn/output.c, "Corking"): at most this many, this long */
+#define SP_CORK_US 1000             /* conn/output.c, "Corking"): at most this many, this long
+                                       (the poll cadence above: a poll sends them too) */
 
 /* Whether the backend loop.c compiles (it picks one from the same macros) is edge-triggered
  * (backend.h): the connections then register read|write once and keep readiness in flags. */

@@ -108,6 +108,39 @@ def test_held_response_does_not_wait_for_a_slow_request(spawn, threads):
             sock.close()
 
 
+@pytest.mark.parametrize("threads", ["4", "0"])
+def test_held_responses_leave_while_the_worker_keeps_taking_work(spawn, threads):
+    """Held-back responses (corking) leave not only when the worker runs out of queued requests
+    but within about a millisecond while it never does (csrc/conn/output.c: SP_CORK_US, and the
+    poll that comes every SP_POLL_EVERY_US under load, each enough alone): three connections
+    pipeline 100 requests each of 0.4 ms of work (0.12 s in all, every one below the thread
+    hand-off), and the first answer on each must come long before the last request is done.
+    (With both limits lifted the first answers come with the last, ~0.12 s.)"""
+    server = spawn("-s", "1", "-t", threads, "core_app.application")
+    conns = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(3)]
+    spin = b"GET /spin?0.0004 HTTP/1.1\r\nHost: x\r\n\r\n"
+    try:
+        time.sleep(0.2)   # accepted and idle: the pipelines arrive together
+        t0 = time.monotonic()
+        for c in conns:
+            c.sendall(spin * 100)
+        firsts, got = [], []
+        for c in conns:
+            got.append(c.recv(65536))
+            firsts.append(time.monotonic() - t0)
+            assert got[-1].startswith(b"HTTP/1.1 200 "), got[-1][:100]
+        for c, data in zip(conns, got):   # the rest all come
+            while data.count(b"spun\n") < 100:
+                data += c.recv(65536)
+        whole = time.monotonic() - t0
+        assert whole >= 0.12
+        assert max(firsts) < whole / 3, (
+            f"first answers after {[round(f, 3) for f in firsts]} s of a {whole:.3f} s queue")
+    finally:
+        for c in conns:
+            c.close()
+
+
 def test_blocking_requests_each_get_a_thread(spawn):
     """Thread mode hands queued work to another thread about a millisecond after the running one
     stays busy: one follower watches, the next takes over the watch when it takes work. Three
