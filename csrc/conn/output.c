@@ -102,8 +102,8 @@ ssize_t conn_flush_at(sp_server *s, sp_conn *c, int64_t now_ms) {
  * saturated, and there the wake-ups are what it buys back. A framework view takes ~100 us, so
  * 200 us (the limit until 2026-12-07) let ~2 responses leave together; at 1 ms ~10 do. Measured
  * on Flask under wrk -c50 (bench/kernel_counts.py): the client's wake-ups fell from ~0.5 to ~0.1
- * a request and the server's system time from ~18 to ~7 us, ~10% of the request (bench/README.md,
- * "Why the code is as it is"). The latency it adds is within the queueing the client sees anyway
+ * a request and the server's system time by ~10 us, ~8% of the request (bench/README.md, "Why
+ * the code is as it is"). The latency it adds is within the queueing the client sees anyway
  * at saturation (p99 unchanged in bench/run.py); below saturation the queue runs dry and the
  * responses leave then.
  *
