@@ -174,6 +174,14 @@ int sp_parse_proxy(const char *buf, size_t len, sp_proxy_addr *out);
 
 typedef struct sp_server sp_server;
 
+/* sp_config.cork. ALWAYS: every small keep-alive response is held, for several app threads (another
+ * thread could serve the client's next request, and log it, before this one logs its own). BURSTS:
+ * only one that others can join (another is held, a request is queued or another is with the
+ * app), for a single app thread (green mode, --threads 1); a lone one goes at once. */
+#define SP_CORK_OFF 0
+#define SP_CORK_ALWAYS 1
+#define SP_CORK_BURSTS 2
+
 /* Python (spawning.server.make_core_config) fills every field from its Settings, whose defaults
  * live in spawning/config/options.py only; C has no defaults of its own for these but the
  * parser's (sp_limits.h, SP_DEFAULT_MAX_CHUNK_EXT), for C callers that pass zeros. */
@@ -189,8 +197,11 @@ typedef struct sp_config {
     size_t max_chunk_ext;        /* chunk-extension limit; 0: SP_DEFAULT_MAX_CHUNK_EXT */
     const char *server_header;   /* "Server: ..." value, NULL or "" for none */
     int cork;                    /* hold small keep-alive responses to send them in bursts
-                                    (conn/output.c, "Corking"). Off for a single app thread: nothing else would
-                                    flush them while that thread runs a slow request. */
+                                    (conn/output.c, "Corking"): SP_CORK_OFF, SP_CORK_ALWAYS or
+                                    SP_CORK_BURSTS */
+    int flusher;                 /* a thread of the loop's own sends held responses once they are
+                                    due, for a single app thread, which may be running a slow
+                                    request meanwhile (loop.c, "The flusher") */
     int chain;                   /* thread mode: sp_code_answer() also takes the next request */
     uint64_t proxy_listeners;    /* bit i: connections on listener i (0-63) start with a PROXY
                                     preamble (sp_parse_proxy), which gives REMOTE_ADDR and

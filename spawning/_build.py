@@ -15,7 +15,7 @@ CSRC = os.path.join(os.path.dirname(HERE), "csrc")
 # its one backend; conn/: the connections, as one unit that includes the part's files: see
 # csrc/conn/unit.c), then the CPython part (csrc/py/: the request runner, behind py/runner.h, also
 # one unit: csrc/py/unit.c).
-SOURCES = ["http/parser.c", "http/env.c", "http/proxy.c", "loop/loop.c", "conn/unit.c", "py/unit.c"]
+SOURCES = ["http/parser.c", "http/env.c", "http/proxy.c", "loop/loop.c", "loop/flusher.c", "conn/unit.c", "py/unit.c"]
 
 # cffi compiles against the stable ABI except on debug and free-threaded builds; we do the same.
 LIMITED_API = not (hasattr(sys, "gettotalrefcount") or sysconfig.get_config_var("Py_GIL_DISABLED"))

@@ -7,6 +7,9 @@
 #define SP_EV_WAKEUP 3
 #define SP_READ 1
 #define SP_WRITE 2
+#define SP_CORK_OFF 0
+#define SP_CORK_ALWAYS 1
+#define SP_CORK_BURSTS 2
 
 typedef struct sp_header { const char *name; size_t name_len; const char *value; size_t value_len; } sp_header;
 typedef struct sp_limits { size_t max_request_line; size_t max_field_size; size_t max_head_size; size_t max_headers; } sp_limits;
@@ -51,6 +54,7 @@ typedef struct sp_config {
     size_t max_chunk_ext;
     const char *server_header;
     int cork;
+    int flusher;
     int chain;
     uint64_t proxy_listeners;
     uint64_t max_requests;

@@ -77,9 +77,13 @@ def make_core_config(settings: Settings) -> Any:
     c.body_timeout_ms = _ms(settings.body_timeout)
     c.keepalive = 0 if settings.no_keepalive else 1
     c.max_chunk_ext = settings.limit_chunk_extension
-    # Corking trades a little latency for far fewer client wake-ups. With one app thread nothing
-    # would flush a held response while that thread runs a slow request, so it stays off there.
-    c.cork = 0 if settings.threads == 1 else 1
+    # Corking (csrc/conn/output.c) trades a little latency for far fewer client wake-ups. Several
+    # app threads hold every small response (the access log's order); one app thread (green mode,
+    # -t 1) only those that can leave in a burst. -t 1 has the flusher thread send them when due
+    # while its one thread runs a slow request; green mode's hub polls, which sends them, whenever
+    # a request waits.
+    c.cork = lib.SP_CORK_ALWAYS if settings.threads > 1 else lib.SP_CORK_BURSTS
+    c.flusher = 1 if settings.threads == 1 else 0
     # Thread mode: each answer takes the thread's next queued request in the same crossing.
     # Green mode's hub takes whole batches instead (and fd events, which an answer must not).
     c.chain = 0 if settings.threads == 0 else 1

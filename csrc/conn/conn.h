@@ -217,11 +217,11 @@ static inline ssize_t conn_flush(sp_server *s, sp_conn *c) { return conn_flush_a
 /* Sends iov after whatever is queued and queues what the socket does not take: the bytes queued
  * afterwards, or -errno (the connection was killed). */
 ssize_t conn_sendv(sp_server *s, sp_conn *c, struct iovec *iov, int n);
-/* Whether a small complete response answered now is held back ("Corking"): always in thread
- * mode (chain), else when it has a burst to join: something is held back already, queued, or
- * still with the app. With s->mu held. */
+/* Whether a small complete response answered now is held back ("Corking"): always with
+ * SP_CORK_ALWAYS (several app threads), else when it has a burst to join: something is held back
+ * already, queued, or still with the app. With s->mu held. */
 static inline int conn_cork_worth(const sp_server *s) {
-    return s->cfg.chain || s->ncork || s->nready || s->st.in_flight > 1;
+    return s->cfg.cork == SP_CORK_ALWAYS || s->ncork || s->nready || s->st.in_flight > 1;
 }
 /* Appends iov to the output and holds the connection back for a burst: 0, or -ENOMEM (nothing
  * queued). */

@@ -95,7 +95,8 @@ ssize_t conn_flush_at(sp_server *s, sp_conn *c, int64_t now_ms) {
  * client; the others find it awake. The price is latency: a response waits at most SP_CORK_US
  * plus the run of one more request on the same thread (another thread takes the poller role,
  * which flushes, once that request is SP_HANDOFF_US old and the watcher next looks: loop.c,
- * watch_unlocked).
+ * watch_unlocked). With a single app thread (--threads 1) there is no other: the flusher
+ * (loop/flusher.c) sends them when due instead.
  *
  * Why SP_CORK_US is 1 ms, the loop's poll cadence under load (SP_POLL_EVERY_US), and not less:
  * the limit only bites while the worker always has another request queued, that is when it is
@@ -107,24 +108,29 @@ ssize_t conn_flush_at(sp_server *s, sp_conn *c, int64_t now_ms) {
  * at saturation (p99 unchanged in bench/run.py); below saturation the queue runs dry and the
  * responses leave then.
  *
- * Without chain (green mode: one thread), a response that would start a burst no other can join
- * goes at once instead (conn_cork_worth): nothing else is held back, no request is queued and no
- * other is with the app (the one being answered is still counted in flight), so that the next
- * thing the thread does, once it has written the access log line, is poll, which would flush it
- * alone. That is every response of a lightly loaded green worker, one request a poll: sent there
- * and then, it is not copied into a cork buffer (~190 instructions a request). The bytes are the
- * same; a burst already held keeps growing as it did. Thread mode keeps holding them: another
- * thread that takes the poller role while this one still writes the log line would serve the
- * client's next request, and log it, first; held back, the response leaves at the next poll
- * turn, which is after the line most of the time (tests/wsgi/test_handler.py checks the access
- * log's order; sent at once, it failed there about one run in three under load).
+ * With one app thread (SP_CORK_BURSTS: green mode, --threads 1), a response that would start a
+ * burst no other can join goes at once instead (conn_cork_worth): nothing else is held back, no
+ * request is queued and no other is with the app (the one being answered is still counted in
+ * flight), so that the next thing the thread does, once it has written the access log line, is
+ * poll, which would flush it alone. That is every response of a lightly loaded worker, one
+ * request a poll: sent there and then, it is not copied into a cork buffer (~190 instructions a
+ * request), and -t 1's flusher is not woken. The bytes are the same; a burst already held keeps
+ * growing as it did. Several app threads (SP_CORK_ALWAYS) keep holding them: another thread that
+ * takes the poller role while this one still writes the log line would serve the client's next
+ * request, and log it, first; held back, the response leaves at the next poll turn, which is
+ * after the line most of the time (tests/wsgi/test_handler.py checks the access log's order; sent
+ * at once, it failed there about one run in three under load). One app thread writes its lines
+ * in order whenever the responses leave.
  *
  * Larger responses go at once (a 64 KiB body held back without a copy, as it once was, measured
  * no different). */
 
 static void cork(sp_server *s, sp_conn *c, int64_t now_us) {
     if (c->corked) return;
-    if (!s->ncork) s->cork_since_us = now_us;
+    if (!s->ncork) {
+        s->cork_since_us = now_us;
+        loop_corked(s);
+    }
     c->corked = 1;
     s->cork[s->ncork++] = c;
     if (s->ncork == SP_CORK_MAX) conn_uncork_all(s);

@@ -33,7 +33,8 @@
  * So an idle pool costs nothing and a busy one a wake-up every few ms, which touches no lock the
  * busy thread holds.
  *
- * Green mode: one thread, so the queue and the poll turn are all there is.
+ * Green mode: one thread, so the queue and the poll turn are all there is. --threads 1: one app
+ * thread, and the flusher (flusher.c), which sends held-back responses while it runs a request.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -133,6 +134,12 @@ int loop_init(sp_server *s, const sp_conn_ops *ops) {
     s->wake.fd = p[0];
     s->wake_w = p[1];
     if ((rc = be_add(s->be, p[0], BE_READ, 0, &s->wake)) < 0) {
+        close(p[0]);
+        close(p[1]);
+        goto fail;
+    }
+    if (s->cfg.flusher && (rc = loop_flusher_start(s)) < 0) {
+        be_del(s->be, p[0]);
         close(p[0]);
         close(p[1]);
         goto fail;

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 #include "sp.h"
 
 #define SP_SWEEP_MS 250             /* timeout sweep period: timeouts are exact to this */
@@ -134,6 +135,11 @@ struct sp_server {
     int64_t last_poll_us;            /* when a poll turn last ran */
     unsigned wake_gen;
 
+    /* the flusher (flusher.c), with cfg.flusher */
+    pthread_t flusher; pthread_cond_t flush_cv;
+    int flusher_on, flusher_idle, flusher_stop;
+    pid_t flusher_pid;               /* the process it runs in (a forked child has none) */
+
     int64_t next_sweep_ms;
     char date[40];                   /* "Date: ...\r\n" cached per second (conn_date) */
     size_t date_len;
@@ -153,6 +159,18 @@ struct sp_server {
 int64_t sp_now_ms(void);
 /* The monotonic clock in microseconds. */
 int64_t sp_now_us(void);
+
+/* ---- flusher.c, for conn/ and loop.c ----------------------------------------------------------- */
+
+/* Starts the flusher thread (loop_init, with cfg.flusher): 0 or -errno. */
+int loop_flusher_start(sp_server *s);
+/* Stops and joins it, if it runs in this process; first thing in sp_server_free. */
+void loop_flusher_stop(sp_server *s);
+/* A burst of held-back responses begins (the first is held), with s->mu held: a sleeping flusher
+ * wakes to time it. */
+static inline void loop_corked(sp_server *s) {
+    if (s->flusher_idle) { s->flusher_idle = 0; pthread_cond_signal(&s->flush_cv); }
+}
 
 /* ---- loop.c, for conn/ ------------------------------------------------------------------------- */
 

@@ -141,6 +141,36 @@ def test_held_responses_leave_while_the_worker_keeps_taking_work(spawn, threads)
             c.close()
 
 
+@pytest.mark.parametrize("threads", ["1", "4", "0"])
+def test_held_responses_do_not_wait_for_a_slow_request(spawn, threads):
+    """A finished response held back to leave in a burst (corking) must not wait for the slow
+    request the worker goes on to: two requests queue behind a 0.3 s one, a fast one and then a
+    1 s one. With one app thread (-t 1) that thread answers the first two and goes straight on to
+    the 1 s request with both answers held; the flusher thread (csrc/loop/flusher.c) sends them
+    within a millisecond. (Without it they came with the 1 s request's, at ~1.3 s.) Thread mode's
+    other threads and green mode's hub send them as they poll."""
+    server = spawn("-s", "1", "-t", threads, "core_app.application")
+    conns = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(3)]
+    try:
+        time.sleep(0.2)   # accepted and idle
+        t0 = time.monotonic()
+        conns[0].sendall(b"GET /sleep?0.3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.1)   # the first is with the app: the next two queue behind it
+        conns[1].sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        conns[2].sendall(b"GET /sleep?1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert conns[0].recv(4096).endswith(b"slept\n")
+        first = time.monotonic() - t0
+        assert conns[1].recv(4096).endswith(b"hello /hello\n")
+        fast = time.monotonic() - t0
+        assert conns[2].recv(4096).endswith(b"slept\n")
+        slow = time.monotonic() - t0
+        assert first < scaled(0.8) and fast < scaled(0.8), (
+            f"answers at {first:.3f} s and {fast:.3f} s waited for the slow one's ({slow:.3f} s)")
+    finally:
+        for c in conns:
+            c.close()
+
+
 def test_blocking_requests_each_get_a_thread(spawn):
     """Thread mode hands queued work to another thread about a millisecond after the running one
     stays busy: one follower watches, the next takes over the watch when it takes work. Three
