@@ -199,9 +199,6 @@ typedef struct sp_config {
     int cork;                    /* hold small keep-alive responses to send them in bursts
                                     (conn/output.c, "Corking"): SP_CORK_OFF, SP_CORK_ALWAYS or
                                     SP_CORK_BURSTS */
-    int flusher;                 /* a thread of the loop's own sends held responses once they are
-                                    due, for a single app thread, which may be running a slow
-                                    request meanwhile (loop.c, "The flusher") */
     int chain;                   /* thread mode: sp_code_answer() also takes the next request */
     uint64_t proxy_listeners;    /* bit i: connections on listener i (0-63) start with a PROXY
                                     preamble (sp_parse_proxy), which gives REMOTE_ADDR and
@@ -417,6 +414,13 @@ int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen,
                     const char *body, size_t blen);
 /* Sends every held-back response (conn/output.c, "Corking") now, as far as the sockets take them. */
 void sp_server_flush(sp_server *s);
+/* The flusher (loop/flusher.c): sends held-back responses once they are due while the one app
+ * thread runs a long request. For a caller with a single app thread (--threads 1), whose held
+ * responses nothing else would send meanwhile: it runs this in a thread of its own, without the
+ * GIL, until sp_server_flusher_stop(), and joins that thread before sp_server_free(). Returns 0. */
+int sp_server_flusher(sp_server *s);
+/* Makes sp_server_flusher() return, now or as soon as it is called. */
+void sp_server_flusher_stop(sp_server *s);
 /* sp_code_respond(), then, when the server's config says chain (thread mode), the calling
  * thread's next request if one is queued (first polling without waiting if the queue has gone
  * unpolled too long, as sp_poll does, so that pipelining cannot starve other connections): one

@@ -54,7 +54,6 @@ typedef struct sp_config {
     size_t max_chunk_ext;
     const char *server_header;
     int cork;
-    int flusher;
     int chain;
     uint64_t proxy_listeners;
     uint64_t max_requests;
@@ -118,6 +117,8 @@ typedef struct sp_head {
 sp_request *sp_code_head(sp_server *s, int64_t code, const sp_head **head);
 int sp_code_respond(sp_server *s, int64_t code, const char *head, size_t hlen, const char *body, size_t blen);
 void sp_server_flush(sp_server *s);
+int sp_server_flusher(sp_server *s);
+void sp_server_flusher_stop(sp_server *s);
 int64_t sp_code_answer(sp_server *s, int64_t code, const char *head, size_t hlen, const char *body, size_t blen);
 int64_t sp_code_answer_whole(sp_server *s, int64_t code, const char *head, size_t hlen, const char *body, size_t blen);
 int sp_py_setup(void);

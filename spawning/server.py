@@ -79,11 +79,10 @@ def make_core_config(settings: Settings) -> Any:
     c.max_chunk_ext = settings.limit_chunk_extension
     # Corking (csrc/conn/output.c) trades a little latency for far fewer client wake-ups. Several
     # app threads hold every small response (the access log's order); one app thread (green mode,
-    # -t 1) only those that can leave in a burst. -t 1 has the flusher thread send them when due
-    # while its one thread runs a slow request; green mode's hub polls, which sends them, whenever
-    # a request waits.
+    # -t 1) only those that can leave in a burst. -t 1 runs the flusher (Server._serve_threads) to
+    # send them when due while its one thread runs a slow request; green mode's hub polls, which
+    # sends them, whenever a request waits.
     c.cork = lib.SP_CORK_ALWAYS if settings.threads > 1 else lib.SP_CORK_BURSTS
-    c.flusher = 1 if settings.threads == 1 else 0
     # Thread mode: each answer takes the thread's next queued request in the same crossing.
     # Green mode's hub takes whole batches instead (and fd events, which an answer must not).
     c.chain = 0 if settings.threads == 0 else 1
@@ -259,6 +258,14 @@ class Server:
                               threads=self.threads, poll_ms=POLL_MS, forwarded=self.forwarded)
         workers = [threading.Thread(target=self._thread_main, args=(handle,), name=f"spawning-{i}",
                                     daemon=True) for i in range(self.threads)]
+        flusher = None
+        if self.threads == 1:
+            # With one app thread nothing else would send its held-back responses while it runs
+            # a slow request: the core's flusher loop does, in a thread of its own (without the
+            # GIL, the whole time; csrc/loop/flusher.c).
+            flusher = threading.Thread(target=lib.sp_server_flusher, args=(self._srv,),
+                                       name="spawning-flusher", daemon=True)
+            flusher.start()
         for t in workers:
             t.start()
         try:
@@ -273,6 +280,9 @@ class Server:
             deadline = time.monotonic() + (2.0 if self._draining else 0.5)
             for t in workers:
                 t.join(max(0.0, deadline - time.monotonic()))
+            if flusher is not None:   # after the app thread: it may hold responses till its end
+                lib.sp_server_flusher_stop(self._srv)
+                flusher.join(1.0)
 
     def _thread_main(self, handle: Callable) -> None:
         try:

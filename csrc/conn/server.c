@@ -211,7 +211,6 @@ sp_server *sp_server_new(const sp_config *cfg) {
 
 void sp_server_free(sp_server *s) {
     if (!s) return;
-    loop_flusher_stop(s);   /* before anything it could touch goes */
     s->polling = 0;
     while (s->conns) conn_close(s, s->conns);
     conn_reap(s);

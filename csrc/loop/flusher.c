@@ -1,5 +1,5 @@
-/* flusher.c -- the flusher: a thread of the loop's own that sends held-back responses once they
- * are due, for a server with a single app thread (sp_config.flusher).
+/* flusher.c -- the flusher (sp_server_flusher): a loop that sends held-back responses once they
+ * are due, run in a thread of its own by a server with a single app thread.
  *
  * The flusher
  * -----------
@@ -13,7 +13,9 @@
  * requests per CPU-second where corked it did 1.23x, a Django view 0.82x against 1.15x (one
  * side-by-side run, bench/README.md, "Why the code is as it is").
  *
- * So such a server has this thread. It runs no Python and never waits for the GIL. With nothing
+ * So such a server runs this loop in a thread of its own (spawning/server.py starts a Python
+ * thread that calls it: the C core starts no threads, and linking pthread_create would tie the
+ * wheel to glibc 2.34's symbol versions). It runs no Python and holds no GIL. With nothing
  * held it sleeps on its condition variable until a burst begins (loop_corked, loop.h, when the
  * first response is held); then it naps, without the mutex, until the burst is due and the app
  * thread has run its current request for SP_HANDOFF_US, the hand-off rule of thread mode
@@ -22,13 +24,10 @@
  * a context switch every other request (the app thread waiting on the mutex while this one sent a
  * burst; bench/kernel_counts.py). Under steady load it wakes about once per SP_HANDOFF_US and
  * touches no lock; below saturation nothing is held (SP_CORK_BURSTS: a response no other can join
- * goes at once) and it sleeps. A forked child (an app's os.fork()) has no such thread:
- * loop_flusher_stop leaves it be there. */
+ * goes at once) and it sleeps. */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <signal.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "loop.h"
 
@@ -46,8 +45,7 @@ static void nap_until(int64_t until, int64_t now) {
     nanosleep(&ts, NULL);
 }
 
-static void *flusher_main(void *arg) {
-    sp_server *s = arg;
+int sp_server_flusher(sp_server *s) {
     pthread_mutex_lock(&s->mu);
     while (!s->flusher_stop) {
         if (!s->ncork) {
@@ -76,38 +74,12 @@ static void *flusher_main(void *arg) {
         pthread_mutex_lock(&s->mu);
     }
     pthread_mutex_unlock(&s->mu);
-    return NULL;
-}
-
-int loop_flusher_start(sp_server *s) {
-    pthread_cond_init(&s->flush_cv, NULL);
-    /* Every signal blocked in the thread (it inherits the mask): the process's signals go to the
-     * threads that handle them (Python's main thread). */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int rc = pthread_create(&s->flusher, NULL, flusher_main, s);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc != 0) {
-        pthread_cond_destroy(&s->flush_cv);
-        return -rc;
-    }
-#if defined(__linux__)
-    pthread_setname_np(s->flusher, "spawning-flush");
-#endif
-    s->flusher_pid = getpid();
-    s->flusher_on = 1;
     return 0;
 }
 
-void loop_flusher_stop(sp_server *s) {
-    if (!s->flusher_on) return;
-    s->flusher_on = 0;
-    if (s->flusher_pid != getpid()) return;   /* forked: the thread stayed in the parent */
+void sp_server_flusher_stop(sp_server *s) {
     pthread_mutex_lock(&s->mu);
-    s->flusher_stop = 1;
+    __atomic_store_n(&s->flusher_stop, 1, __ATOMIC_RELAXED);
     pthread_cond_signal(&s->flush_cv);
     pthread_mutex_unlock(&s->mu);
-    pthread_join(s->flusher, NULL);   /* a nap under way ends within SP_CORK_US */
-    pthread_cond_destroy(&s->flush_cv);
 }

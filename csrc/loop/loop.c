@@ -124,6 +124,7 @@ int loop_init(sp_server *s, const sp_conn_ops *ops) {
     s->watch_nap_us = SP_HANDOFF_US;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
+    pthread_cond_init(&s->flush_cv, NULL);
     int rc = be_create(&s->be);
     if (rc < 0) goto fail;
     int p[2];
@@ -138,17 +139,12 @@ int loop_init(sp_server *s, const sp_conn_ops *ops) {
         close(p[1]);
         goto fail;
     }
-    if (s->cfg.flusher && (rc = loop_flusher_start(s)) < 0) {
-        be_del(s->be, p[0]);
-        close(p[0]);
-        close(p[1]);
-        goto fail;
-    }
     s->accepting = 1;
     return 0;
 fail:
     if (s->be) be_free(s->be);
     s->be = NULL;
+    pthread_cond_destroy(&s->flush_cv);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
     return rc;
@@ -162,6 +158,7 @@ void loop_fini(sp_server *s) {
     close(s->wake.fd);
     close(s->wake_w);
     be_free(s->be);
+    pthread_cond_destroy(&s->flush_cv);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
 }

@@ -13,7 +13,6 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <sys/socket.h>
-#include <sys/types.h>
 #include "sp.h"
 
 #define SP_SWEEP_MS 250             /* timeout sweep period: timeouts are exact to this */
@@ -135,10 +134,10 @@ struct sp_server {
     int64_t last_poll_us;            /* when a poll turn last ran */
     unsigned wake_gen;
 
-    /* the flusher (flusher.c), with cfg.flusher */
-    pthread_t flusher; pthread_cond_t flush_cv;
-    int flusher_on, flusher_idle, flusher_stop;
-    pid_t flusher_pid;               /* the process it runs in (a forked child has none) */
+    /* the flusher (flusher.c), when the caller runs one */
+    pthread_cond_t flush_cv;
+    int flusher_idle;                /* it waits on flush_cv for a burst to begin */
+    int flusher_stop;                /* sp_server_flusher_stop() was called */
 
     int64_t next_sweep_ms;
     char date[40];                   /* "Date: ...\r\n" cached per second (conn_date) */
@@ -160,12 +159,8 @@ int64_t sp_now_ms(void);
 /* The monotonic clock in microseconds. */
 int64_t sp_now_us(void);
 
-/* ---- flusher.c, for conn/ and loop.c ----------------------------------------------------------- */
+/* ---- flusher.c, for conn/ --------------------------------------------------------------------- */
 
-/* Starts the flusher thread (loop_init, with cfg.flusher): 0 or -errno. */
-int loop_flusher_start(sp_server *s);
-/* Stops and joins it, if it runs in this process; first thing in sp_server_free. */
-void loop_flusher_stop(sp_server *s);
 /* A burst of held-back responses begins (the first is held), with s->mu held: a sleeping flusher
  * wakes to time it. */
 static inline void loop_corked(sp_server *s) {

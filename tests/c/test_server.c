@@ -363,11 +363,16 @@ static int readable(int fd, int ms) {
     return poll(&p, 1, ms) == 1;
 }
 
+static void *run_flusher(void *srv) {
+    sp_server_flusher(srv);
+    return NULL;
+}
+
 /* With SP_CORK_BURSTS a small keep-alive response is held back only when it has a burst to join
  * (conn/output.c, "Corking"): the answer to a request that is the only one in flight, with nothing
  * queued or held, leaves at once, before any poll; an answer while another request is with the
- * app waits for the next poll (or flush), or, with the flusher (--threads 1's), for SP_CORK_US
- * while that other request is still with the app. */
+ * app waits for the next poll (or flush), or, with the flusher running (--threads 1's), about
+ * SP_CORK_US while that other request is still with the app. */
 static void cork_phase(const sp_config *base, int flusher) {
     static const char head[] = "200 OK\0Content-Type\0text/plain";
     char buf[4096];
@@ -377,7 +382,6 @@ static void cork_phase(const sp_config *base, int flusher) {
     sp_config cfg = *base;
     cfg.chain = flusher;
     cfg.cork = SP_CORK_BURSTS;
-    cfg.flusher = flusher;
     int lfd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa = { .sin_family = AF_INET };
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -387,6 +391,8 @@ static void cork_phase(const sp_config *base, int flusher) {
     port = ntohs(sa.sin_port);
     srv = sp_server_new(&cfg);
     CHECK(srv != NULL && sp_server_add_listener(srv, lfd, 0) == 0, "cork phase's server");
+    pthread_t ft;
+    if (flusher) pthread_create(&ft, NULL, run_flusher, srv);
     int a = dial(), b = dial();
     int64_t codes[2];
     send_str(a, "GET /alone HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -419,6 +425,10 @@ static void cork_phase(const sp_config *base, int flusher) {
     sp_stats st;
     sp_server_stats(srv, &st);
     CHECK(st.requests == CORK_REQUESTS, "cork phase: %llu requests", (unsigned long long)st.requests);
+    if (flusher) {
+        sp_server_flusher_stop(srv);
+        pthread_join(ft, NULL);
+    }
     sp_server_free(srv);
     close(lfd);
     srv = main_srv;
