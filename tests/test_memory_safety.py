@@ -263,8 +263,9 @@ HEADERS = [("Content-Type", "text/plain")]
 
 @pytest.fixture
 def core():
-    """(server pointer, listener port, its keep-alive clients): a core as one app thread runs it,
-    whose answers take the next queued request (chain) and leave at once (no corking)."""
+    """(server pointer, listener port, its keep-alive clients): a core as one app thread runs it
+    (-t 1), whose answers take the next queued request (chain), with its flusher thread sending
+    what an answer holds back for a burst (corking) as spawning.server does."""
     from spawning._core import ffi, lib
 
     from spawning.config import Settings
@@ -277,8 +278,12 @@ def core():
     srv = ffi.gc(lib.sp_server_new(cfg), lib.sp_server_free)
     listener = socket.create_server(("127.0.0.1", 0))
     assert lib.sp_server_add_listener(srv, listener.fileno(), 0) == 0
+    flusher = threading.Thread(target=lib.sp_server_flusher, args=(srv,), daemon=True)
+    flusher.start()
     clients: list[socket.socket] = []
     yield srv, listener.getsockname()[1], clients
+    lib.sp_server_flusher_stop(srv)
+    flusher.join(5)
     for c in clients:
         c.close()
     del srv
