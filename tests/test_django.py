@@ -87,9 +87,9 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 ADMIN_PAGES = ["/admin/", "/admin/auth/user/", "/admin/auth/user/1/change/", "/admin/auth/group/"]
 
 
-@pytest.mark.parametrize("args", [("-s", "2", "-t", "4"), ("-s", "1", "-t", "0"),
+@pytest.mark.parametrize("args", [("-s", "2", "-t", "4"), ("-s", "1", "-t", "0"), ("-s", "1", "-t", "1"),
                                   ("-s", "2", "-t", "4", "--no-keepalive")],
-                         ids=["threads", "green", "no-keepalive"])
+                         ids=["threads", "green", "one-thread", "no-keepalive"])
 def test_admin_session_end_to_end(spawn, project, superuser, args):
     """Every answer of a login session arrives, the bodiless 302s first: before 6a781ed the
     admin's redirect to its login page (Content-Length: 0) never left the server."""

@@ -18,9 +18,10 @@ import urllib.parse
 import pytest
 from conftest import Browser
 
-# (arguments, environment): thread and green mode, and thread mode on the Python path alone
+# (arguments, environment): thread, green and one-thread mode, and thread mode on the Python path alone
 # (SPAWNING_NO_PYFAST=1: spawning/wsgi/ answers what csrc/py/runner.c would).
 MODES = {"threads": (("-s", "2", "-t", "4"), {}), "green": (("-s", "1", "-t", "0"), {}),
+         "one-thread": (("-s", "1", "-t", "1"), {}),   # corks with the flusher (csrc/loop/flusher.c)
          "threads-no-pyfast": (("-s", "1", "-t", "4"), {"SPAWNING_NO_PYFAST": "1"})}
 
 

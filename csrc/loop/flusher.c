@@ -26,7 +26,6 @@
  * touches no lock; below saturation nothing is held (SP_CORK_BURSTS: a response no other can join
  * goes at once) and it sleeps. */
 #define _GNU_SOURCE
-#include <errno.h>
 #include <time.h>
 
 #include "loop.h"
