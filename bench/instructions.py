@@ -7,7 +7,12 @@ divided by N, plus the top functions. Kernel time (recv/writev on loopback) is n
 
     python bench/instructions.py [--requests 2000] [--top 25] [--threads N] [--post BYTES] [--big] [--browser] [--form]
                                  [--app closeiter|flask|django] [--inclusive] [--gc-freeze]
-                                 [--conns 10] [--cache-sim [--sort D1mr]]
+                                 [--conns 10] [--cache-sim [--sort D1mr]] [--server PEER]
+
+``--server PEER`` counts a peer of bench/peers.py instead (freastal, bjoern, fastwsgi, fastpysgi,
+...): the same app of bench/apps.py, the same requests from the same driver, started as
+bench/run.py starts it, so that user-space work per request compares across servers without
+the wall clock's noise. What the kernel does for each server's request is bench/kernel_counts.py's.
 
 ``--post BYTES`` sends POST requests with a body of that size to an echo app (the benchmark's
 16 KiB POST is ``--post 16384``) instead of GET to hello world; ``--big`` GETs a 64 KiB response;
@@ -154,34 +159,72 @@ def drive(port: int, n: int, post: int = 0, conns: int = 10, browser: bool = Fal
 APPS = {"closeiter": "closeiter", "flask": "flask_view", "django": "django_view", "form": "form"}
 
 
+def peer_argv(server: str, post: int, big: bool, app: str, workdir: str) -> tuple[list, int]:
+    """The argv that starts the peer named server (bench/peers.py) on the app the options name,
+    and its port."""
+    import peers as P
+    peer = next((p for p in P.PEERS if p.name == server), None)
+    if peer is None or server.startswith("spawning") or not P.is_installed(peer):
+        raise SystemExit(f"--server {server}: not an installed peer of bench/peers.py")
+    name = APPS.get(app) or ("echo" if post else "big" if big else "hello")
+    with socket.socket() as s:      # a free port, as bench/run.py picks one
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = peer.command(name, port, workdir)
+    if argv is None:
+        raise SystemExit(f"--server {server} cannot serve {name}")
+    return argv, port
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def run(n: int, workdir: str, threads: int = 1, post: int = 0, big: bool = False,
         browser: bool = False, app: str = "", inclusive: bool = False, gc_freeze: bool = False,
-        conns: int = 10, cache_sim: bool = False) -> str:
+        conns: int = 10, cache_sim: bool = False, server: str = "spawning") -> str:
     portfile = os.path.join(workdir, f"port-{n}")
-    script = os.path.join(workdir, "server.py")
-    with open(script, "w") as f:
-        f.write(SERVER.format(root=ROOT, portfile=portfile, threads=threads, post=post, big=big,
-                                bench=os.path.join(ROOT, "bench"), app=APPS.get(app, ""),
-                                gc_freeze=gc_freeze))
+    if server == "spawning":
+        script = os.path.join(workdir, "server.py")
+        with open(script, "w") as f:
+            f.write(SERVER.format(root=ROOT, portfile=portfile, threads=threads, post=post, big=big,
+                                    bench=os.path.join(ROOT, "bench"), app=APPS.get(app, ""),
+                                    gc_freeze=gc_freeze))
+        argv, port, env = [sys.executable, script], 0, None
+    else:
+        import peers as P
+        argv, port = peer_argv(server, post, big, app, workdir)
+        env = P.peer_env()
     out = os.path.join(workdir, f"cg-{n}.out")
     sim = ["--cache-sim=yes", "--branch-sim=yes"] if cache_sim else []
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", *sim, f"--callgrind-out-file={out}",
-                             sys.executable, script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             *argv], cwd=os.path.join(ROOT, "bench"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not _read(portfile):
+        while not (_accepts(port) if port else _read(portfile)):
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise SystemExit("the server under valgrind did not start")
             time.sleep(0.2)
         time.sleep(0.5)
-        port = int(_read(portfile))
+        port = port or int(_read(portfile))
         form = app == "form"
         drive(port, 300, post, conns, browser, form)   # warm-up: imports, caches, buffer pools
         if n:
             drive(port, n, post, conns, browser, form)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(120)
+        # spawning stops on SIGTERM; the peers' serve loops take SIGINT (KeyboardInterrupt), and
+        # get SIGTERM if that does not end them. Either way callgrind writes its file on exit.
+        proc.send_signal(signal.SIGTERM if server == "spawning" else signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(120)
     if os.environ.get("INSTRUCTIONS_KEEP"):   # a directory: keep callgrind's files to annotate again
         shutil.copy(out, os.path.join(os.environ["INSTRUCTIONS_KEEP"], os.path.basename(out)))
     argv = ["callgrind_annotate"] + (["--inclusive=yes"] if inclusive else []) + [out]
@@ -235,7 +278,8 @@ def parse_events(report: str) -> tuple[list[int], dict[str, list[int]]]:
 
 def main_cache_sim(a: argparse.Namespace, browser: bool) -> None:
     """main() for --cache-sim: per request, each event's total and the top functions."""
-    opts = (a.threads, a.post, a.big, browser, a.app, a.inclusive, a.gc_freeze, a.conns, True)
+    opts = (a.threads, a.post, a.big, browser, a.app, a.inclusive, a.gc_freeze, a.conns, True,
+            a.server)
     with tempfile.TemporaryDirectory() as d:
         t0, f0 = parse_events(run(0, d, *opts))
         t1, f1 = parse_events(run(a.requests, d, *opts))
@@ -270,6 +314,9 @@ def main() -> None:
     ap.add_argument("--cache-sim", action="store_true",
                     help="simulate caches and branch predictors: data misses, mispredicts per request")
     ap.add_argument("--sort", choices=EVENTS, default="Ir", help="with --cache-sim: rank functions by it")
+    ap.add_argument("--server", default="spawning",
+                    help="a peer of bench/peers.py (bjoern, fastwsgi, fastpysgi, freastal, ...) to "
+                         "count instead of spawning, serving the same app the same requests")
     a = ap.parse_args()
     if a.form:
         a.app = "form"
@@ -277,7 +324,8 @@ def main() -> None:
     if a.cache_sim:
         main_cache_sim(a, browser)
         return
-    opts = (a.threads, a.post, a.big, browser, a.app, a.inclusive, a.gc_freeze, a.conns)
+    opts = (a.threads, a.post, a.big, browser, a.app, a.inclusive, a.gc_freeze, a.conns, False,
+            a.server)
     with tempfile.TemporaryDirectory() as d:
         t0, f0 = parse(run(0, d, *opts))
         t1, f1 = parse(run(a.requests, d, *opts))

@@ -68,7 +68,7 @@ static int runner_traverse(Runner *self, visitproc visit, void *arg)
     Py_VISIT(self->base_envs);
     Py_VISIT(self->empty);
     Py_VISIT(self->forwarded);
-    return 0;
+    return shapes_traverse(self, visit, arg);
 }
 
 static int runner_clear(Runner *self)
@@ -86,6 +86,7 @@ static int runner_clear(Runner *self)
     Py_CLEAR(self->base_envs);
     Py_CLEAR(self->empty);
     Py_CLEAR(self->forwarded);
+    shapes_clear(self);
     return 0;
 }
 
