@@ -243,6 +243,7 @@ static void shapes_clear(Runner *self)
         shape_drop(&self->shapes[i]);
     PyMem_Free(self->shapes);
     self->shapes = NULL;
+    self->shapes_gen++;
 }
 
 static uint64_t shape_hash(int listener, const sp_env_field *fs, size_t nf)
@@ -283,6 +284,7 @@ static int shape_keep(Runner *self, uint64_t h, int listener, PyObject *env, siz
         }
     }
     shape_drop(sh);
+    self->shapes_gen++;
     sh->hash = h;
     sh->seen = 0;
     sh->listener = listener;
@@ -425,8 +427,20 @@ again:;
         PyObject *bases = PyList_GetItem(self->base_envs, listener);
         src = bases != NULL ? PyTuple_GetItem(bases, rh->num_headers >= 2) : NULL;
     }
-    if (src == NULL || (env = PyDict_Copy(src)) == NULL)
+    if (src == NULL)
         goto fail;
+    /* The copy allocates a dict, which may run the collector and so finalizers, which may let
+     * another thread (or greenlet) in here to replace the shape: src is held through the copy,
+     * and a shape that changed meanwhile is not used (nothing after the copy runs Python code
+     * until forwarded, after the last use of sh). */
+    unsigned gen = self->shapes_gen;
+    Py_INCREF(src);
+    env = PyDict_Copy(src);
+    Py_DECREF(src);
+    if (env == NULL)
+        goto fail;
+    if (sh != NULL && self->shapes_gen != gen)
+        goto collided;
     /* REMOTE_ADDR, then SP_ENV_FIXED's: REQUEST_METHOD PATH_INFO QUERY_STRING SERVER_PROTOCOL
      * RAW_URI. */
     if (env_put(env, fixed_keys[0], &fixed_vals[0], h->addr, h->addr_len, sh, used, 0) < 0
@@ -512,7 +526,8 @@ again:;
     }
     return env;
 collided:
-    /* Another shape's hash: made again from the constants (what was written is forgotten). */
+    /* Another shape's hash, or the shape was replaced: made again from the constants (what was
+     * written is forgotten). */
     Py_CLEAR(env);
     PyMem_Free(big);
     big = NULL;

@@ -84,6 +84,7 @@ typedef struct {
     PyObject *app;
     struct env_shape *shapes;   /* environ.c's templates by the head's field names (SHAPES of
                                    them), or NULL until the first is kept */
+    unsigned shapes_gen;        /* counts the changes to shapes (environ.c, env_from_head) */
     PyObject *conn_envs;  /* dict: repeat code -> environ to copy, for bodyless requests... */
     PyObject *body_envs;  /* ...and for requests with a body (see request_env) */
     PyObject *new_input;  /* callable(response[, head]) -> Python's wsgi.input for a body, head
