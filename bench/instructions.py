@@ -159,9 +159,9 @@ def drive(port: int, n: int, post: int = 0, conns: int = 10, browser: bool = Fal
 APPS = {"closeiter": "closeiter", "flask": "flask_view", "django": "django_view", "form": "form"}
 
 
-def peer_argv(server: str, post: int, big: bool, app: str, workdir: str) -> tuple[list, int]:
+def peer_argv(server: str, post: int, big: bool, app: str, workdir: str) -> tuple[list, int, dict]:
     """The argv that starts the peer named server (bench/peers.py) on the app the options name,
-    and its port."""
+    its port and its environment."""
     import peers as P
     peer = next((p for p in P.PEERS if p.name == server), None)
     if peer is None or server.startswith("spawning") or not P.is_installed(peer):
@@ -173,7 +173,7 @@ def peer_argv(server: str, post: int, big: bool, app: str, workdir: str) -> tupl
     argv = peer.command(name, port, workdir)
     if argv is None:
         raise SystemExit(f"--server {server} cannot serve {name}")
-    return argv, port
+    return argv, port, P.peer_env()
 
 
 def _accepts(port: int) -> bool:
@@ -196,9 +196,7 @@ def run(n: int, workdir: str, threads: int = 1, post: int = 0, big: bool = False
                                     gc_freeze=gc_freeze))
         argv, port, env = [sys.executable, script], 0, None
     else:
-        import peers as P
-        argv, port = peer_argv(server, post, big, app, workdir)
-        env = P.peer_env()
+        argv, port, env = peer_argv(server, post, big, app, workdir)
     out = os.path.join(workdir, f"cg-{n}.out")
     sim = ["--cache-sim=yes", "--branch-sim=yes"] if cache_sim else []
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", *sim, f"--callgrind-out-file={out}",
