@@ -28,9 +28,13 @@ from collections.abc import Iterator
 import pytest
 from conftest import read_response, start_server
 
+from spawning._core import lib
+
 SEED = int(os.environ.get("SPAWNING_ENV_SEED", "20261207"))
 HEADS = 1500
-CPYTHON = sys.implementation.name == "cpython"
+# Whether the core has the C runner: CPython, and not built with SPAWNING_NO_PYFAST=1 (sp_py_setup
+# is -ENOSYS then); without it every server runs the Python path.
+C_RUNNER = sys.implementation.name == "cpython" and lib.sp_py_setup() == 0
 MAX_FIELDS = 100          # --limit-request-fields' default (csrc/http/sp_limits.h)
 
 TCHAR = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -414,7 +418,7 @@ def test_environ_space(servers: dict) -> None:
                     f"{replay}: head {i} on {mode} answered differently on its send {k}", head[:2000],
                     status, diff(a, b))
             # Each server on the path it is meant to test (PyPy has only the Python one).
-            assert a.pop("spawning.test.fast") == (mode.endswith("-c") and CPYTHON), (mode, a)
+            assert a.pop("spawning.test.fast") == (mode.endswith("-c") and C_RUNNER), (mode, a)
             dumps[mode] = a
         for other in ("thread-py", "green-c", "green-py"):
             assert dumps[other] == dumps["thread-c"], (f"{replay}: head {i}: {other} != thread-c",
