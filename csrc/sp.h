@@ -122,7 +122,8 @@ typedef struct sp_env_field {
     const char *value; size_t value_len;  /* the value; when sep is set only its first piece,
                                              and value_len is the joined value's (sp_env_join) */
     const char *sep;                      /* NULL, or ", " / "; ": the name's fields are joined */
-    size_t first;                         /* private */
+    size_t first;                         /* the index in req->headers of the name's first field
+                                             (req->num_headers: made up) */
 } sp_env_field;
 
 /* Starts the entries of req's fields. */
@@ -135,6 +136,16 @@ int sp_env_next(sp_env_iter *it, sp_env_field *f);
 /* Every entry (what sp_env_next gives, repeats resolved) into out, which has room for
  * req->num_headers + 1; returns their count. */
 size_t sp_env_all(sp_env_iter *it, sp_env_field *out);
+/* Whether the entries of the head are each one field's, told by the fields' names alone: no name
+ * repeats and the target is not in absolute form (its authority would be Host). True of a new
+ * iterator of such a head, and still true after the walk (sp_env_all) of one. */
+int sp_env_replayable(const sp_env_iter *it);
+/* The entries of the fields req->headers[first[j]], j < n, into out[j], hash 0: what sp_env_all
+ * gives, for a replayable head (sp_env_replayable) whose fields' names are byte for byte those
+ * of a head whose entries' fields (f->first) were first[0..n). For a reader that keeps which
+ * fields of a head's names make entries (the CPython runner's shapes), so that a head of the
+ * same names is not walked. */
+void sp_env_replay(const sp_env_iter *it, const unsigned char *first, size_t n, sp_env_field *out);
 /* Writes f's key ("HTTP_ACCEPT", "CONTENT_TYPE") to out (room for 5 + f->name_len); returns its
  * length. */
 size_t sp_env_key(const sp_env_field *f, char *out);

@@ -35,6 +35,8 @@ typedef struct sp_env_field {
 void sp_env_begin(sp_env_iter *it, const sp_request_head *req);
 int sp_env_next(sp_env_iter *it, sp_env_field *f);
 size_t sp_env_all(sp_env_iter *it, sp_env_field *out);
+int sp_env_replayable(const sp_env_iter *it);
+void sp_env_replay(const sp_env_iter *it, const unsigned char *first, size_t n, sp_env_field *out);
 size_t sp_env_key(const sp_env_field *f, char *out);
 void sp_env_join(const sp_env_iter *it, const sp_env_field *f, char *out);
 ssize_t sp_env_path(const sp_request_head *req, char *out, size_t cap);

@@ -450,6 +450,25 @@ ssize_t sp_env_path(const sp_request_head *req, char *out, size_t cap)
     return decode(p, n, out, cap);
 }
 
+/* The entry of field i (at h), of the name kind kind and case-blind hash hash, as its name alone
+ * makes it: before a repeat's join and an absolute-form target's Host. */
+static ENV_INLINE void entry_of(const sp_header *h, size_t i, int kind, uint32_t hash, sp_env_field *f)
+{
+    f->name = h->name;
+    f->name_len = h->name_len;
+    f->hash = hash;
+    /* CONTENT_TYPE and CONTENT_LENGTH without the HTTP_ prefix (PEP 3333). */
+    f->cgi = kind == NAME_CONTENT_TYPE || kind == NAME_CONTENT_LENGTH;
+    f->first = i;
+    f->sep = NULL;
+    if (kind == NAME_CONTENT_LENGTH) {
+        first_list_element(h, &f->value, &f->value_len);
+    } else {
+        f->value = h->value;
+        f->value_len = h->value_len;
+    }
+}
+
 /* sp_env_next, inline in sp_env_pack. */
 static ENV_INLINE int env_next(sp_env_iter *it, sp_env_field *f)
 {
@@ -511,28 +530,15 @@ static ENV_INLINE int env_next(sp_env_iter *it, sp_env_field *f)
         return 1;
     }
     it->i = i + 1;
-    f->name = hs[i].name;
-    f->name_len = hs[i].name_len;
-    f->hash = hash;
-    /* CONTENT_TYPE and CONTENT_LENGTH without the HTTP_ prefix (PEP 3333). */
-    f->cgi = kind == NAME_CONTENT_TYPE || kind == NAME_CONTENT_LENGTH;
-    f->first = i;
-    f->sep = NULL;
-    if (kind == NAME_PLAIN) {
-        f->value = hs[i].value;
-        f->value_len = hs[i].value_len;
-    } else if (kind == NAME_HOST && it->absolute) {
+    entry_of(&hs[i], i, kind, hash, f);
+    if (kind == NAME_HOST && it->absolute) {
         f->value = it->authority;
         f->value_len = it->authority_len;
         it->absolute = 2;
         return 1;
-    } else if (kind == NAME_CONTENT_LENGTH) {
-        first_list_element(&hs[i], &f->value, &f->value_len);
-        return 1;
-    } else {
-        f->value = hs[i].value;
-        f->value_len = hs[i].value_len;
     }
+    if (kind == NAME_CONTENT_LENGTH)
+        return 1;   /* the first field's first element (sp_request_framing: all the same) */
     size_t k = mode == MODE_FIRST ? 0 : next_of(it, i);
     if (k) {   /* joined: the whole length, for sp_env_join */
         f->sep = kind == NAME_COOKIE ? "; " : ", ";
@@ -555,6 +561,23 @@ size_t sp_env_all(sp_env_iter *it, sp_env_field *out)
 int sp_env_next(sp_env_iter *it, sp_env_field *f)
 {
     return env_next(it, f);
+}
+
+/* No name repeats (MODE_FIRST stays for a whole walk only then: the first repeat links the
+ * fields), and no Host comes from the target: each entry is then its own field's, as entry_of
+ * makes it from the field's name and value alone. */
+int sp_env_replayable(const sp_env_iter *it)
+{
+    return it->mode == MODE_FIRST && it->authority == NULL;
+}
+
+void sp_env_replay(const sp_env_iter *it, const unsigned char *first, size_t n, sp_env_field *out)
+{
+    const sp_header *hs = it->req->headers;
+    for (size_t j = 0; j < n; j++) {
+        const sp_header *h = &hs[first[j]];
+        entry_of(h, first[j], name_kind(h->name, h->name_len), 0, &out[j]);
+    }
 }
 
 static ENV_INLINE size_t env_key(const sp_env_field *f, char *out)

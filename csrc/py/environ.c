@@ -197,24 +197,38 @@ static ENV_INLINE int env_set(PyObject *env, PyObject *key, val_ent *c, const ch
  * writes is then its path, query, target, Cookie, Referer and ids: ~8 overwrites instead of ~23
  * insertions.
  *
- * A shape is the listener and the fields' names as sent (the iterator's case-blind hash and
- * length each; the keys themselves are compared as they are found, so a hash that collides
- * costs a second pass, never a wrong key). It is kept on its second sighting in its slot, so a
- * stream of one-off shapes costs no templates; a kept one gives its slot up to the next shape
- * seen twice there. A template holds no secret: a Cookie's or Authorization's value is None in
- * it (they are never kept, val_ent), and always written. Heads of more than SHAPE_FIELDS fields,
- * or with a name too long for the key table, are not kept. The Runner owns its shapes (bases
- * differ from server to server); the environ an app gets is always a new dict. */
+ * A shape is the listener and the fields' names byte for byte, in order. Its names are all the
+ * head's entries depend on (env.c, sp_env_replayable: no name repeats, the target is not in
+ * absolute form), so a kept shape also keeps which fields make entries (their indexes) and
+ * their keys' table entries, and a head of its names skips the walk of the names (env.c's
+ * classing, hashing and repeat table: sp_env_all) and the key table's look-ups: ~1,700
+ * instructions of a browser's request. A shape is found by a hash of each name's length and
+ * first and last words (every byte of a name of up to 16 bytes), then the names are compared
+ * (a longer name's middle too), so a hash that collides costs a walk, never a wrong key.
+ *
+ * A shape is kept on its second sighting in its slot, so a stream of one-off shapes costs no
+ * templates; a kept one gives its slot up to the next shape seen twice there. A template holds
+ * no secret: a Cookie's or Authorization's value is None in it (they are never kept, val_ent),
+ * and always written. Heads of more than SHAPE_FIELDS fields, with a name too long for the key
+ * table or long names' middles that do not fit SHAPE_MIDS, are not kept. The Runner owns its
+ * shapes (bases differ from server to server); the environ an app gets is always a new dict. */
 #define SHAPES 16                       /* a power of two */
-#define SHAPE_FIELDS 32
+#define SHAPE_FIELDS 32                 /* fields of a head (so entries too) */
 #define SHAPE_VALS (6 + SHAPE_FIELDS + 1)  /* the fixed values, the fields', REMOTE_PORT */
+#define SHAPE_MIDS 256                  /* bytes of the names longer than 16 bytes, whole */
 
 struct env_shape {
     uint64_t hash;                      /* of the shape (0: none kept here) */
     uint64_t seen;                      /* a shape seen once here, not kept */
-    int listener, nf;
+    int listener, nf, nh;               /* nf entries of nh fields */
     PyObject *tmpl;                     /* a dict: the environ it was made from, secrets None */
-    PyObject *keys[SHAPE_FIELDS];       /* the fields' keys (references held) */
+    PyObject *keys[SHAPE_FIELDS];       /* the entries' keys (references held) */
+    key_ent *ents[SHAPE_FIELDS];        /* their key table entries (theirs while ents[i]->key is
+                                           keys[i]: head_key gives a slot up to another name) */
+    unsigned char first[SHAPE_FIELDS];  /* each entry's field (sp_env_field.first) */
+    unsigned char lens[SHAPE_FIELDS];   /* each field's name: its length, */
+    uint64_t heads[SHAPE_FIELDS], tails[SHAPE_FIELDS];   /* words (name_words) */
+    char mids[SHAPE_MIDS];              /* and the names over 16 bytes, in order */
     PyObject *vals[SHAPE_VALS];         /* tmpl's values (it holds them); NULL: never the same */
 };
 
@@ -246,21 +260,79 @@ static void shapes_clear(Runner *self)
     self->shapes_gen++;
 }
 
-static uint64_t shape_hash(int listener, const sp_env_field *fs, size_t nf)
+/* A name's first and last words: its first and last 8 bytes (n >= 8), 4 (n >= 4, both in head),
+ * or its bytes (n < 4). With n they hold every byte of a name of up to 16 bytes. */
+static ENV_INLINE void name_words(const char *p, size_t n, uint64_t *head, uint64_t *tail)
 {
-    uint64_t h = 0x9E3779B97F4A7C15ull * (uint64_t)(listener + 1) ^ nf;
-    for (size_t i = 0; i < nf; i++)
-        h = (h ^ ((uint64_t)fs[i].hash << 8 | fs[i].name_len << 1 | (unsigned)fs[i].cgi))
-            * 0xC2B2AE3D27D4EB4Full;
-    return h | 1;   /* never 0 */
+    if (n >= 8) {
+        *head = load8(p);
+        *tail = load8(p + n - 8);
+    } else if (n >= 4) {
+        *head = load4(p) | (uint64_t)load4(p + n - 4) << 32;
+        *tail = 0;
+    } else {
+        uint64_t w = 0;
+        for (size_t i = 0; i < n; i++)
+            w |= (uint64_t)(unsigned char)p[i] << 8 * i;
+        *head = w;
+        *tail = 0;
+    }
 }
 
-/* Keeps the environ env (made without a template) as the template of its shape h, on the
- * shape's second sighting in its slot. used[] are the values written into it, in order (NULL:
- * a secret, or a value not kept); keys[] the fields'. -1 with a Python error. */
-static int shape_keep(Runner *self, uint64_t h, int listener, PyObject *env, size_t nf,
-                      PyObject *const *keys, PyObject *const *used, size_t nused)
+/* The hash of the listener's head rh's shape (never 0), each field's name words into heads[] and
+ * tails[] (rh has at most SHAPE_FIELDS fields). */
+static uint64_t shape_hash(int listener, const sp_request_head *rh, uint64_t *heads, uint64_t *tails)
 {
+    size_t nh = rh->num_headers;
+    uint64_t h = 0x9E3779B97F4A7C15ull * (uint64_t)(listener + 1) ^ nh;
+    for (size_t i = 0; i < nh; i++) {
+        size_t n = rh->headers[i].name_len;
+        name_words(rh->headers[i].name, n, &heads[i], &tails[i]);
+        h = ((h ^ heads[i]) * 0xC2B2AE3D27D4EB4Full ^ tails[i] ^ n) * 0x9E3779B97F4A7C15ull;
+    }
+    return h | 1;
+}
+
+/* Whether rh's fields' names (their words in heads[] and tails[]) are byte for byte sh's. */
+static int shape_names(const struct env_shape *sh, const sp_request_head *rh, const uint64_t *heads,
+                       const uint64_t *tails)
+{
+    const char *mid = sh->mids;
+    if (sh->nh != (int)rh->num_headers)
+        return 0;
+    for (int i = 0; i < sh->nh; i++) {
+        size_t n = rh->headers[i].name_len;
+        if (sh->lens[i] != n || sh->heads[i] != heads[i] || sh->tails[i] != tails[i])
+            return 0;
+        if (n > 16) {
+            if (!same_middle(mid, rh->headers[i].name, n))
+                return 0;
+            mid += n;
+        }
+    }
+    return 1;
+}
+
+/* Keeps the environ env (made without a template) as the template of its shape h (of the head
+ * rh, whose name words are heads[] and tails[]), on the shape's second sighting in its slot.
+ * fs[0..nf) are its entries (sp_env_all), ents[] and keys[] their key table entries and keys,
+ * used[] the values written into env, in order (NULL: a secret, or a value not kept). -1 with a
+ * Python error. */
+static int shape_keep(Runner *self, uint64_t h, int listener, const sp_request_head *rh,
+                      const uint64_t *heads, const uint64_t *tails, PyObject *env,
+                      const sp_env_field *fs, size_t nf, key_ent *const *ents, PyObject *const *keys,
+                      PyObject *const *used, size_t nused)
+{
+    size_t nh = rh->num_headers, mids = 0;
+    for (size_t i = 0; i < nh; i++) {
+        size_t n = rh->headers[i].name_len;
+        if (n > KEY_MAX)     /* a dropped field's (an entry's name fits the key table) */
+            return 0;
+        if (n > 16)
+            mids += n;
+    }
+    if (mids > SHAPE_MIDS)
+        return 0;
     if (self->shapes == NULL && (self->shapes = PyMem_Calloc(SHAPES, sizeof *self->shapes)) == NULL) {
         PyErr_NoMemory();
         return -1;
@@ -290,22 +362,37 @@ static int shape_keep(Runner *self, uint64_t h, int listener, PyObject *env, siz
     sh->listener = listener;
     sh->tmpl = tmpl;
     sh->nf = (int)nf;
+    sh->nh = (int)nh;
     for (size_t i = 0; i < nf; i++) {
         Py_INCREF(keys[i]);
         sh->keys[i] = keys[i];
+        sh->ents[i] = ents[i];
+        sh->first[i] = (unsigned char)fs[i].first;
+    }
+    char *mid = sh->mids;
+    for (size_t i = 0; i < nh; i++) {
+        size_t n = rh->headers[i].name_len;
+        sh->lens[i] = (unsigned char)n;
+        sh->heads[i] = heads[i];
+        sh->tails[i] = tails[i];
+        if (n > 16) {
+            memcpy(mid, rh->headers[i].name, n);
+            mid += n;
+        }
     }
     for (size_t j = 0; j < nused; j++)
         sh->vals[j] = used[j];     /* tmpl holds each (its copy of env took a reference) */
     return 0;
 }
 
-/* The kept shape h of nf fields for the listener, or NULL. */
-static struct env_shape *shape_find(Runner *self, uint64_t h, int listener, size_t nf)
+/* The kept shape h of the listener's head rh (name words heads[], tails[]), or NULL. */
+static struct env_shape *shape_find(Runner *self, uint64_t h, int listener, const sp_request_head *rh,
+                                    const uint64_t *heads, const uint64_t *tails)
 {
     if (self->shapes == NULL)
         return NULL;
     struct env_shape *sh = &self->shapes[h >> 32 & (SHAPES - 1)];
-    return sh->hash == h && sh->listener == listener && sh->nf == (int)nf ? sh : NULL;
+    return sh->hash == h && sh->listener == listener && shape_names(sh, rh, heads, tails) ? sh : NULL;
 }
 
 /* The keys every environ gets from its request: REMOTE_ADDR, SP_ENV_FIXED's, REMOTE_PORT, and
@@ -410,22 +497,34 @@ static PyObject *env_from_head(Runner *self, const sp_request *r, const sp_head 
     char buf[1024];
     sp_env_field few[FEW_FIELDS], *fs = few;
     PyObject *keys[SHAPE_FIELDS], *used[SHAPE_VALS];
+    key_ent *ents[SHAPE_FIELDS];
+    uint64_t heads[SHAPE_FIELDS], tails[SHAPE_FIELDS];
     sp_env_iter it;
     sp_env_begin(&it, rh);
-    if (rh->num_headers >= FEW_FIELDS && (fs = PyMem_Malloc((rh->num_headers + 1) * sizeof *fs)) == NULL) {
+    size_t nh = rh->num_headers, nf = 0;
+    int listener = r->listener;
+    /* A head of a kept shape's names takes its entries from the shape (sp_env_replay); any
+     * other is walked, and may be kept (shape_keep) if no name repeats in it. */
+    int shapeable = nh <= SHAPE_FIELDS && sp_env_replayable(&it);
+    uint64_t shape = shapeable ? shape_hash(listener, rh, heads, tails) : 0;
+    const struct env_shape *sh = shapeable ? shape_find(self, shape, listener, rh, heads, tails) : NULL;
+    if (nh >= FEW_FIELDS && (fs = PyMem_Malloc((nh + 1) * sizeof *fs)) == NULL) {
         PyErr_NoMemory();
         return NULL;
     }
-    size_t nf = sp_env_all(&it, fs);   /* one call for all the fields' entries */
-    int listener = r->listener;
-    int shapeable = nf <= SHAPE_FIELDS;
-    uint64_t shape = shapeable ? shape_hash(listener, fs, nf) : 0;
-    const struct env_shape *sh = shapeable ? shape_find(self, shape, listener, nf) : NULL;
-again:;
+    if (sh != NULL) {
+        nf = (size_t)sh->nf;
+        sp_env_replay(&it, sh->first, nf, fs);
+    }
+walk:
+    if (sh == NULL) {
+        nf = sp_env_all(&it, fs);   /* one call for all the fields' entries */
+        shapeable = shapeable && sp_env_replayable(&it);
+    }
     PyObject *src = sh != NULL ? sh->tmpl : NULL;
     if (src == NULL) {   /* two fields or more: the roomy base */
         PyObject *bases = PyList_GetItem(self->base_envs, listener);
-        src = bases != NULL ? PyTuple_GetItem(bases, rh->num_headers >= 2) : NULL;
+        src = bases != NULL ? PyTuple_GetItem(bases, nh >= 2) : NULL;
     }
     if (src == NULL)
         goto fail;
@@ -470,13 +569,18 @@ again:;
         }
         int rc;
         if (f->name_len + 5 <= KEY_MAX) {
-            key_ent *e = head_key(f);
-            if (e == NULL)
+            key_ent *e;
+            if (sh != NULL) {   /* the shape's entry, while it is still its key's */
+                e = sh->ents[i];
+                if (e->key != sh->keys[i])
+                    goto collided;
+            } else if ((e = head_key(f)) == NULL) {
                 goto fail;
-            if (sh != NULL && e->key != sh->keys[i])
-                goto collided;
-            if (shapeable)
+            }
+            if (shapeable) {
                 keys[i] = e->key;   /* env holds it */
+                ents[i] = e;
+            }
             proxied |= e->proxied;   /* told once, when the name's entry was made */
             rc = env_put(env, e->key, e->last, v, f->value_len, sh, used, 6 + (shapeable ? i : 0));
         } else {   /* a long name: its key made for the request, into what v does not use */
@@ -513,7 +617,8 @@ again:;
     size_t nused = 6 + (shapeable ? nf : 0) + 1;
     if (env_put(env, s_remote_port, &port_vals[slot & (PORT_VALS - 1)], p, pn, sh, used, nused - 1) < 0)
         goto fail;
-    if (sh == NULL && shapeable && shape_keep(self, shape, listener, env, nf, keys, used, nused) < 0)
+    if (sh == NULL && shapeable
+            && shape_keep(self, shape, listener, rh, heads, tails, env, fs, nf, ents, keys, used, nused) < 0)
         goto fail;
     if (proxied && self->forwarded != Py_None) {
         PyObject *port = PyObject_CallFunctionObjArgs(self->forwarded, env, NULL);
@@ -526,13 +631,13 @@ again:;
     }
     return env;
 collided:
-    /* Another shape's hash, or the shape was replaced: made again from the constants (what was
-     * written is forgotten). */
+    /* The shape was replaced, or a key table entry it knew went to another name: made again
+     * from the constants, the names walked (what was written is forgotten). */
     Py_CLEAR(env);
     PyMem_Free(big);
     big = NULL;
     sh = NULL;
-    goto again;
+    goto walk;
 fail:
     PyMem_Free(big);
     if (fs != few)

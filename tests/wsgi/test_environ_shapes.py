@@ -1,10 +1,13 @@
 """Environs of heads that share their field names (a "shape") but not their values, as a
 browser's requests do: the C runner copies the environ of a shape it has seen twice from a
 template and writes only the values that are not the template's (csrc/py/environ.c, "shapes").
+A head of a kept shape's names also takes which fields make which entries from the shape.
 Every request here must get exactly its own values on both request paths and in both worker
 modes: a secret (Cookie, Authorization) never one of an earlier request, a value that changes
-back an old one, names sent in another case the same keys, joined repeats, bodies, a trusted
-proxy's rewrite, more shapes than the runner keeps, and the same shape from two connections."""
+back an old one, names sent in another case the same keys, joined repeats, bodies, a
+Content-Length list, a trusted proxy's rewrite, names told apart only in their middle, a
+dropped name, an absolute-form target's Host, more shapes than the runner keeps, and the same
+shape from two connections."""
 
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ def browser(i: int, rng: random.Random, case: bool = False) -> tuple[bytes, dict
               ("Cookie", rng.choice([f"session={i:032x}", "session=same", ""])),
               ("Referer", rng.choice([f"http://shop.example/{i - 1}", "http://shop.example/"])),
               ("X-Request-Id", f"{i:08x}")]
-    if case:   # the same names in another case: the same keys, the same shape
+    if case:   # the same names in another case: the same keys (another shape)
         fields = [(n.lower() if k % 2 else n.upper(), v) for k, (n, v) in enumerate(fields)]
     target = path + ("?" + query if query else "")
     msg = f"GET {target} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in fields) + "\r\n"
@@ -66,14 +69,17 @@ def browser(i: int, rng: random.Random, case: bool = False) -> tuple[bytes, dict
 
 
 def others(i: int, rng: random.Random) -> tuple[bytes, dict]:
-    """One of several other shapes: a form POST with a body, joined repeats with an
-    Authorization, a proxy's X-Forwarded-For, or one of 24 more (more than the runner keeps)."""
-    kind = rng.randrange(4)
+    """One of several other shapes: a form POST with a body (its Content-Length now and then a
+    list), joined repeats with an Authorization, a proxy's X-Forwarded-For, two shapes whose
+    names differ only in the middle of a long one (with a dropped name), the browser's names
+    with an absolute-form target, or one of 24 more (more than the runner keeps)."""
+    kind = rng.randrange(6)
     if kind == 0:
         body = f"csrf={i:x}&text={'x' * rng.choice([1, 40])}".encode()
+        length = rng.choice([str(len(body))] * 3 + [f"{len(body)}, {len(body)}"])
         msg = (f"POST /form HTTP/1.1\r\nHost: shop.example\r\nCookie: s={i}\r\n"
                "Content-Type: application/x-www-form-urlencoded\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+               f"Content-Length: {length}\r\n\r\n").encode() + body
         return msg, {"REQUEST_METHOD": "POST", "HTTP_COOKIE": f"s={i}", "CONTENT_LENGTH": str(len(body)),
                      "CONTENT_TYPE": "application/x-www-form-urlencoded", "spawning.test.body": "sent"}
     if kind == 1:
@@ -85,6 +91,19 @@ def others(i: int, rng: random.Random) -> tuple[bytes, dict]:
         addr = rng.choice([f"203.0.113.{i % 250}", "198.51.100.1"])
         msg = f"GET /via HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: {addr}\r\n\r\n".encode()
         return msg, {"REMOTE_ADDR": addr, "HTTP_X_FORWARDED_FOR": addr}
+    if kind == 3:
+        # The runner finds a shape by each name's length and first and last 8 bytes: these two
+        # share them, and only the names' compare tells them apart.
+        name = f"X-Long-Header-{rng.choice(['Aaaa', 'Bbbb'])}-Name-Value"
+        msg = f"GET /long HTTP/1.1\r\nHost: h\r\n{name}: {i}\r\nX_Dropped: {i}\r\n\r\n".encode()
+        return msg, {"HTTP_" + name.upper().replace("-", "_"): str(i), "HTTP_X_DROPPED": None}
+    if kind == 4:
+        # Host comes from an absolute-form target (RFC 9112 3.2.2), not from the field.
+        msg, want = browser(i, rng)
+        target = want["RAW_URI"]
+        msg = msg.replace(f"GET {target} ".encode(), f"GET http://other.example{target} ".encode(), 1)
+        want.update(RAW_URI="http://other.example" + target, HTTP_HOST="other.example")
+        return msg, want
     n = rng.randrange(24)
     names = [f"X-Shape-{n}-{k}" for k in range(n % 3 + 1)]
     msg = ("GET /many HTTP/1.1\r\nHost: h\r\n" + "".join(f"{m}: {i}\r\n" for m in names) + "\r\n").encode()
