@@ -139,8 +139,7 @@ void conn_close(sp_server *s, sp_conn *c) {
     conn_release_in(s, c);
     free(c->out);
     free(c->envbuf);
-    free(c->rep);
-    c->out = c->envbuf = c->rep = NULL;
+    c->out = c->envbuf = NULL;
     c->rep_len = 0;
     if (s->polling) {
         /* Another thread is in be_poll() without the lock: the events it brings back may point

@@ -62,7 +62,8 @@ struct sp_conn {
     char *in; size_t in_cap, in_len, pos;
     size_t last_len;                 /* head bytes already known incomplete */
     char *envbuf; size_t env_cap;
-    char *rep; size_t rep_len, rep_cap;   /* the last head, if repeated (input.c, remember_head) */
+    size_t rep_at, rep_len;           /* the last head, if repeated: envbuf's copy of it
+                                         (input.c, remember_head); rep_len 0: none */
     sp_framing rep_f;
     unsigned rep_head:1, rep_minor:1;
 

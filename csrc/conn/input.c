@@ -138,20 +138,17 @@ int conn_env_block(sp_conn *c) {
     return -ENOMEM;
 }
 
-/* The head of the connection's last request, kept so that a keep-alive client repeating it (the
- * common case) skips parsing, framing and the env block: equal bytes parse the same under the
- * same limits, and env_build's block for them is still in envbuf. Heads up to SP_REPEAT_MAX. */
-static void remember_head(sp_conn *c, const char *head, size_t len, const sp_framing *f,
-                          int is_head, int minor) {
+/* The head of the connection's last request, remembered so that a keep-alive client repeating it
+ * (the common case) skips parsing, framing and the env block: equal bytes parse the same under
+ * the same limits, and env_build's block for them is still in envbuf. What is compared is
+ * envbuf's own copy of the head (env_build's), which lasts until the next parse, so nothing is
+ * copied for it: a browser's heads never repeat, and a second copy of each cost a ~700-byte
+ * memcpy and the connection a buffer as large as its longest head. Heads up to SP_REPEAT_MAX. */
+static void remember_head(sp_conn *c, size_t len, const sp_framing *f, int is_head, int minor) {
     c->rep_len = 0;
     if (len > SP_REPEAT_MAX) return;
-    if (c->rep_cap < len) {
-        char *r = realloc(c->rep, len);
-        if (!r) return;
-        c->rep = r;
-        c->rep_cap = len;
-    }
-    memcpy(c->rep, head, len);
+    const sp_head *h = (const sp_head *)(const void *)c->envbuf;
+    c->rep_at = (size_t)((const char *)(h->req.headers + h->req.num_headers) - c->envbuf);
     c->rep_len = len;
     c->rep_f = *f;
     c->rep_head = (unsigned)is_head;
@@ -166,7 +163,7 @@ int conn_try_parse(sp_server *s, sp_conn *c) {
     sp_framing f;
     int rc, is_head, minor;
     size_t avail = c->in_len - c->pos;
-    if (c->rep_len && avail >= c->rep_len && memcmp(c->in + c->pos, c->rep, c->rep_len) == 0) {
+    if (c->rep_len && avail >= c->rep_len && memcmp(c->in + c->pos, c->envbuf + c->rep_at, c->rep_len) == 0) {
         rc = (int)c->rep_len;
         c->repeat = 1;
         f = c->rep_f;
@@ -197,7 +194,7 @@ int conn_try_parse(sp_server *s, sp_conn *c) {
         if (er < 0) { conn_error(s, c, -er); return -1; }
         is_head = rh.method_len == 4 && memcmp(rh.method, "HEAD", 4) == 0;
         minor = rh.minor_version;
-        remember_head(c, c->in + c->pos, (size_t)rc, &f, is_head, minor);
+        remember_head(c, (size_t)rc, &f, is_head, minor);
     }
     c->req.body = f.chunked ? 2 : (f.content_length > 0 ? 1 : 0);
     c->req.content_length = f.content_length;

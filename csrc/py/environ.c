@@ -22,22 +22,40 @@
  * room for is made for the request. */
 #define KEY_SLOTS 256            /* a power of two; header names a server sees are far fewer */
 #define KEY_MAX 47               /* longer names (rare, never hot) are not kept */
-#define VAL_MAX 160              /* longer values (rare, and rarely repeated) are not kept */
+#define VAL_MAX 152              /* longer values (rare, and rarely repeated) are not kept */
 
 /* A value str kept with the bytes it was made from: the next request's value for the same key,
  * when its bytes are the same, is this str again (strs are immutable) instead of a new one.
  * Most of a browser's fields repeat from request to request and from user to user (Host,
  * Accept*, User-Agent, Sec-Fetch-*, the method, the protocol, the client's address): sharing
  * their strs saves an allocation, a decode and a free each, ~200 instructions. A value that
- * differs costs a compare that fails early and a copy of its bytes. */
-typedef struct { unsigned len; PyObject *val; char bytes[VAL_MAX]; } val_ent;
+ * differs costs a compare that fails early and a copy of its bytes. The bytes' first and last
+ * words (words(): every byte of a value of up to 16) sit beside the str, so that a short value
+ * is told, and a differing one nearly always, without reading bytes[]. */
 typedef struct {
-    unsigned len; char name[KEY_MAX + 1]; PyObject *key;
+    unsigned len; PyObject *val;
+    uint64_t head, tail;         /* words(bytes, len) */
+    char bytes[VAL_MAX];
+} val_ent;
+/* A key table entry. What a request reads of it (a kept shape's, see "shapes") is its first 56
+ * bytes, one cache line: the kernel's work for a request's two system calls leaves little of the
+ * table in the L1 cache, and a browser's request reads some 15 entries. The name, which only a
+ * walk of the names reads, is last. */
+typedef struct {
+    PyObject *key;
     val_ent *last;               /* the key's last value, or NULL: never kept for a secret's */
+    unsigned len;                /* of the name */
     int proxied;                 /* a header a trusted proxy may have set (forwarded_name) */
     val_ent val;
+    char name[KEY_MAX + 1];
 } key_ent;
-static key_ent env_keys[KEY_SLOTS];   /* the GIL guards it (pyfast is not built free-threaded) */
+#if defined(__GNUC__) || defined(__clang__)
+#define ENV_LINE __attribute__((aligned(64)))
+#else
+#define ENV_LINE
+#endif
+_Static_assert(sizeof(key_ent) == 256, "key_ent: 4 cache lines, the first one the hot one");
+static key_ent env_keys[KEY_SLOTS] ENV_LINE;   /* the GIL guards it (pyfast is not built free-threaded) */
 static PyObject *fixed_keys[6];       /* REMOTE_ADDR, then SP_ENV_FIXED's */
 static val_ent fixed_vals[6];         /* their last values */
 #define PORT_VALS 64                  /* a power of two */
@@ -113,10 +131,32 @@ static key_ent *head_key(const sp_env_field *f)
 #define ENV_NOINLINE
 #endif
 
-/* env_value's new str for p[0..n), which c (NULL: none) then keeps; NULL with a Python error.
- * Out of line: most values are c's (see env_value), and this part's registers made every call
- * pay a prologue and an epilogue (~15 instructions, ~25 calls a browser's request). */
-static ENV_NOINLINE PyObject *env_value_new(val_ent *c, const char *p, size_t n)
+/* The first and last words of p[0..n): its first and last 8 bytes (n >= 8), 4 (n >= 4, both in
+ * head), or its bytes (n < 4). With n they hold every byte of up to 16 bytes. A field name's
+ * (shapes) and a kept value's (val_ent). */
+static ENV_INLINE void words(const char *p, size_t n, uint64_t *head, uint64_t *tail)
+{
+    if (n >= 8) {
+        *head = load8(p);
+        *tail = load8(p + n - 8);
+    } else if (n >= 4) {
+        *head = load4(p) | (uint64_t)load4(p + n - 4) << 32;
+        *tail = 0;
+    } else {
+        uint64_t w = 0;
+        for (size_t i = 0; i < n; i++)
+            w |= (uint64_t)(unsigned char)p[i] << 8 * i;
+        *head = w;
+        *tail = 0;
+    }
+}
+
+/* env_value's new str for p[0..n) (its words head and tail), which c (NULL: none) then keeps;
+ * NULL with a Python error. Out of line: most values are c's (see env_value), and this part's
+ * registers made every call pay a prologue and an epilogue (~15 instructions, ~25 calls a
+ * browser's request). */
+static ENV_NOINLINE PyObject *env_value_new(val_ent *c, const char *p, size_t n, uint64_t head,
+                                            uint64_t tail)
 {
     PyObject *v = PyUnicode_DecodeLatin1(p, (Py_ssize_t)n, NULL);
     if (v != NULL && c != NULL && n <= VAL_MAX) {
@@ -124,37 +164,31 @@ static ENV_NOINLINE PyObject *env_value_new(val_ent *c, const char *p, size_t n)
         Py_INCREF(v);
         c->val = v;
         c->len = (unsigned)n;
-        memcpy(c->bytes, p, n);
+        c->head = head;
+        c->tail = tail;
+        if (n > 16)              /* shorter ones are their words */
+            memcpy(c->bytes, p, n);
         Py_XDECREF(old);
     }
     return v;
 }
 
-/* a[0..n) == b[0..n), for the values env_value keeps: up to 16 bytes by two overlapping words
- * (8 or 4 bytes), up to 32 by two overlapping 16-byte blocks (SSE2), without a memcmp call
- * (~30 instructions each: a browser's kept values are mostly this short: the method, the
- * protocol, the address, Host, Sec-Fetch-*, Accept-Language, Accept-Encoding); longer ones
- * (User-Agent, Accept) by memcmp. The last 8 bytes of one of 8 or more are already known equal
- * (env_value). */
-static ENV_INLINE int same_value(const char *a, const char *b, size_t n)
+/* a[0..n) == b[0..n) for a value of over 16 bytes, whose first and last 8 are known equal
+ * (env_value): up to 32 bytes by two overlapping 16-byte blocks (SSE2), without a memcmp call
+ * (~30 instructions: Accept-Language, Accept-Encoding); longer ones (User-Agent, Accept) by
+ * memcmp. */
+static ENV_INLINE int same_long_value(const char *a, const char *b, size_t n)
 {
-    if (n > 16) {
 #if !defined(SP_NO_SIMD) && defined(__SSE2__) && defined(__x86_64__)
-        if (n <= 32) {   /* Accept-Language, Accept-Encoding: two overlapping 16-byte blocks */
-            __m128i first = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(const void *)a),
-                                           _mm_loadu_si128((const __m128i *)(const void *)b));
-            __m128i last = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(const void *)(a + n - 16)),
-                                          _mm_loadu_si128((const __m128i *)(const void *)(b + n - 16)));
-            return _mm_movemask_epi8(_mm_and_si128(first, last)) == 0xFFFF;
-        }
-#endif
-        return memcmp(a, b, n) == 0;
+    if (n <= 32) {
+        __m128i first = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(const void *)a),
+                                       _mm_loadu_si128((const __m128i *)(const void *)b));
+        __m128i last = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(const void *)(a + n - 16)),
+                                      _mm_loadu_si128((const __m128i *)(const void *)(b + n - 16)));
+        return _mm_movemask_epi8(_mm_and_si128(first, last)) == 0xFFFF;
     }
-    if (n >= 8)
-        return load8(a) == load8(b);
-    if (n >= 4)
-        return load4(a) == load4(b) && load4(a + n - 4) == load4(b + n - 4);
-    return n == 0 || (a[0] == b[0] && a[n - 1] == b[n - 1] && a[n / 2] == b[n / 2]);
+#endif
+    return memcmp(a + 8, b + 8, n - 16) == 0;
 }
 
 /* The str of the value p[0..n) as latin-1 (a new reference): c's when c (NULL: none) keeps the
@@ -162,14 +196,16 @@ static ENV_INLINE int same_value(const char *a, const char *b, size_t n)
  * env_set: the common case, c's str, is a compare and an incref. */
 static ENV_INLINE PyObject *env_value(val_ent *c, const char *p, size_t n)
 {
-    /* The last 8 bytes first: values that differ from request to request (a path, a query, an
-     * id) nearly always differ there, and are told apart without a memcmp call. */
-    if (c != NULL && c->val != NULL && c->len == n
-            && (n < 8 || load8(c->bytes + n - 8) == load8(p + n - 8)) && same_value(c->bytes, p, n)) {
+    uint64_t head, tail;
+    words(p, n, &head, &tail);
+    /* The last word first: values that differ from request to request (a path, a query, an id)
+     * nearly always differ there. Up to 16 bytes the words are the value. */
+    if (c != NULL && c->val != NULL && c->len == n && c->tail == tail && c->head == head
+            && (n <= 16 || same_long_value(c->bytes, p, n))) {
         Py_INCREF(c->val);
         return c->val;
     }
-    return env_value_new(c, p, n);
+    return env_value_new(c, p, n, head, tail);
 }
 
 /* env[key] = the value p[0..n) (env_value, c as there); 0 or -1 with a Python error. Inlined:
@@ -227,7 +263,7 @@ struct env_shape {
                                            keys[i]: head_key gives a slot up to another name) */
     unsigned char first[SHAPE_FIELDS];  /* each entry's field (sp_env_field.first) */
     unsigned char lens[SHAPE_FIELDS];   /* each field's name: its length, */
-    uint64_t heads[SHAPE_FIELDS], tails[SHAPE_FIELDS];   /* words (name_words) */
+    uint64_t heads[SHAPE_FIELDS], tails[SHAPE_FIELDS];   /* words (words()) */
     char mids[SHAPE_MIDS];              /* and the names over 16 bytes, in order */
     PyObject *vals[SHAPE_VALS];         /* tmpl's values (it holds them); NULL: never the same */
 };
@@ -260,25 +296,6 @@ static void shapes_clear(Runner *self)
     self->shapes_gen++;
 }
 
-/* A name's first and last words: its first and last 8 bytes (n >= 8), 4 (n >= 4, both in head),
- * or its bytes (n < 4). With n they hold every byte of a name of up to 16 bytes. */
-static ENV_INLINE void name_words(const char *p, size_t n, uint64_t *head, uint64_t *tail)
-{
-    if (n >= 8) {
-        *head = load8(p);
-        *tail = load8(p + n - 8);
-    } else if (n >= 4) {
-        *head = load4(p) | (uint64_t)load4(p + n - 4) << 32;
-        *tail = 0;
-    } else {
-        uint64_t w = 0;
-        for (size_t i = 0; i < n; i++)
-            w |= (uint64_t)(unsigned char)p[i] << 8 * i;
-        *head = w;
-        *tail = 0;
-    }
-}
-
 /* The hash of the listener's head rh's shape (never 0), each field's name words into heads[] and
  * tails[] (rh has at most SHAPE_FIELDS fields). */
 static uint64_t shape_hash(int listener, const sp_request_head *rh, uint64_t *heads, uint64_t *tails)
@@ -287,7 +304,7 @@ static uint64_t shape_hash(int listener, const sp_request_head *rh, uint64_t *he
     uint64_t h = 0x9E3779B97F4A7C15ull * (uint64_t)(listener + 1) ^ nh;
     for (size_t i = 0; i < nh; i++) {
         size_t n = rh->headers[i].name_len;
-        name_words(rh->headers[i].name, n, &heads[i], &tails[i]);
+        words(rh->headers[i].name, n, &heads[i], &tails[i]);
         h = ((h ^ heads[i]) * 0xC2B2AE3D27D4EB4Full ^ tails[i] ^ n) * 0x9E3779B97F4A7C15ull;
     }
     return h | 1;
