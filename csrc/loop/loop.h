@@ -41,7 +41,7 @@
 #define LOOP_EDGE 0
 #endif
 
-enum { K_LISTENER = 1, K_CONN, K_WATCH, K_WAKE };
+enum { K_LISTENER = 1, K_CONN, K_WATCH, K_WAKE, K_TICK };
 
 typedef struct sp_handle { int kind; int fd; } sp_handle;
 
@@ -139,7 +139,9 @@ struct sp_server {
     int flusher_idle;                /* it waits on flush_cv for a burst to begin */
     int flusher_stop;                /* sp_server_flusher_stop() was called */
 
-    int64_t next_sweep_ms;
+    int64_t next_sweep_ms;           /* a multiple of SP_SWEEP_MS (loop.c, "Ticks") */
+    sp_handle tick;                  /* the ticking timer (a timerfd; fd -1: none, timed waits) */
+    int ticking;                     /* it is armed */
     char date[40];                   /* "Date: ...\r\n" cached per second (conn_date) */
     size_t date_len;
     int64_t date_sec;
