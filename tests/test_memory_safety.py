@@ -350,6 +350,27 @@ def test_runner_traverses_its_type(core):
     assert type(resp) in gc.get_referents(resp)
 
 
+def test_runner_refuses_a_response_class_with_its_own_start_response(core):
+    """The C path binds ResponseBase's start_response itself (csrc/py/runner.c, start_of): a
+    response class with its own would be skipped silently, so the Runner refuses it."""
+    from spawning._core import ffi
+
+    from spawning.wsgi.handler import Runner
+    from spawning.wsgi.input import EMPTY_INPUT
+    from spawning.wsgi.response import FileWrapper, Response
+
+    class Resp(Response):
+        __slots__ = ()
+
+        def start_response(self, status, headers, exc_info=None):
+            raise AssertionError("never called")
+
+    with pytest.raises(TypeError, match="start_response"):
+        Runner(int(ffi.cast("uintptr_t", core[0])), hello, lambda resp: None, Resp, None,
+               [{}], EMPTY_INPUT, None, (FileWrapper,), lambda exc: None)
+    assert runner(core, hello) is not None   # the class make_handler builds is taken
+
+
 def test_system_exit_in_the_access_log_goes_up_and_the_next_request_is_answered(core):
     """The access log raising SystemExit (a signal handler's, say) after the answer took the next
     request: the exception reaches run()'s caller as on the Python path (it was cleared), and

@@ -90,7 +90,6 @@ typedef struct {
     PyObject *new_input;  /* callable(response[, head]) -> Python's wsgi.input for a body, head
                              the bytes of it taken already (body_input) */
     PyObject *resp_cls;   /* the handler's ResponseBase subclass */
-    int c_start;          /* resp_cls's start_response is ResponseBase's (runner.c, start_of) */
     PyObject *log;        /* callable(environ, status, sent, headers) that never raises, or None */
     PyObject *spare;      /* a response object no one else holds, for the next request */
     PyObject *spare_inp;  /* an Input no one else holds (body NULL), for the next body */

@@ -146,14 +146,16 @@ static PyObject *runner_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     Py_INCREF(app); self->app = app;
     Py_INCREF(new_input); self->new_input = new_input;
     Py_INCREF(cls); self->resp_cls = cls;
-    /* Whether the class keeps ResponseBase's start_response (a subclass that defines its own
-     * is looked up on every request, as Python would). */
+    /* The app's start_response is ResponseBase's method, bound here (start_of): a class that
+     * defined its own would be skipped, so it is refused. */
     PyObject *mine = PyObject_GetAttr((PyObject *)resp_type, s_start_response);
     PyObject *theirs = mine != NULL ? PyObject_GetAttr(cls, s_start_response) : NULL;
-    self->c_start = theirs != NULL && theirs == mine;
     Py_XDECREF(mine);
     Py_XDECREF(theirs);
-    if (theirs == NULL) {
+    if (theirs == NULL || theirs != mine) {
+        if (theirs != NULL)
+            PyErr_SetString(PyExc_TypeError,
+                            "Runner(): the response class must keep ResponseBase's start_response");
         Py_DECREF(self);
         return NULL;
     }
@@ -165,14 +167,12 @@ static PyObject *runner_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     return (PyObject *)self;
 }
 
-/* resp.start_response, a new bound method: made from ResponseBase's method itself when the class
- * keeps it, without the attribute look-up (its type's MRO and the descriptor: ~150 instructions
- * a request). */
-static PyObject *start_of(Runner *self, Resp *resp)
+/* resp.start_response, a new bound method: made from ResponseBase's method itself (the class
+ * keeps it: runner_new), without the attribute look-up (its type's MRO and the descriptor: ~150
+ * instructions a request). */
+static PyObject *start_of(Resp *resp)
 {
-    if (self->c_start)
-        return PyCFunction_NewEx(&resp_methods[0], (PyObject *)resp, NULL);
-    return PyObject_GetAttr((PyObject *)resp, s_start_response);
+    return PyCFunction_NewEx(&resp_methods[0], (PyObject *)resp, NULL);
 }
 
 /* Ends a request that can neither go on here nor go back to Python (run() is about to raise):
@@ -470,7 +470,7 @@ SP_GREEN_FRAME static PyObject *runner_run(Runner *self, PyObject *const *args, 
             if (inp == NULL || PyDict_SetItem(env, s_wsgi_input, inp) < 0)
                 return hand_back(self->srv, code_obj, env, resp, NULL, 1, 0, inp, NULL, NULL);
         }
-        PyObject *sr = start_of(self, resp);
+        PyObject *sr = start_of(resp);
         PyObject *result = NULL;
         if (sr != NULL) {
             /* The arguments on the C stack (vectorcall, where the app has it): no tuple. */
